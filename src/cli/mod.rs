@@ -1,0 +1,73 @@
+//! The command line: global options, one file per subcommand.
+
+mod conflicts;
+mod init;
+mod scan;
+mod search;
+mod status;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, Overrides};
+
+/// Keeps a searchable index of your files, converged across all your machines.
+#[derive(Debug, Parser)]
+#[command(name = "agent", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Config file [default: the platform config dir's lib-agent/agent.toml, or $LIB_AGENT_CONFIG]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// SQLite database; overrides $LIB_SQLITE_PATH and the config file
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Machine-readable JSON on stdout (logs and progress stay on stderr)
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v info, -vv debug); $LIB_LOG takes a full filter
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Init(init::Args),
+    Scan(scan::Args),
+    Search(search::Args),
+    Status(status::Args),
+    Conflicts(conflicts::Args),
+}
+
+impl GlobalArgs {
+    pub fn load_config(&self) -> anyhow::Result<Config> {
+        let overrides = Overrides { config_path: self.config.clone(), db_path: self.db.clone() };
+        Ok(Config::load(&overrides, &config::process_env)?)
+    }
+}
+
+/// Runs the command; the error becomes one line on stderr and a non-zero exit in main.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.global.load_config()?;
+    match cli.command {
+        Command::Init(args) => init::run(args, &cli.global, &config),
+        Command::Scan(args) => scan::run(args, &cli.global, config),
+        Command::Search(args) => search::run(args, &cli.global, &config),
+        Command::Status(args) => status::run(args, &cli.global, &config),
+        Command::Conflicts(args) => conflicts::run(args, &cli.global, &config),
+    }
+}
+
+/// Prints a value as one JSON document on stdout.
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

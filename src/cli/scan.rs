@@ -1,0 +1,93 @@
+//! `agent scan`: full rescan and backfill of every (or one) library.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+use super::GlobalArgs;
+use crate::config::Config;
+use crate::scan::{self, ScanOptions};
+use crate::store::Store;
+
+/// Rescan libraries: index new and changed files, record deletions, queue events for the brain
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Scan only the library with this name
+    #[arg(long, value_name = "NAME")]
+    pub library: Option<String>,
+    /// Folders to scan as libraries named after the folder, besides the configured ones
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Result<()> {
+    let mut only = args.library.clone();
+    for path in &args.paths {
+        let name = add_folder(&mut config, path)?;
+        if !args.paths.is_empty() && args.library.is_none() && args.paths.len() == 1 {
+            only = Some(name);
+        }
+    }
+    let mut store = Store::open(&config.store.path)?;
+    let options = ScanOptions { library: only, progress: !global.json };
+    let summary = scan::scan(&mut store, &config, &options)?;
+    if global.json {
+        super::print_json(&summary)?;
+    } else {
+        for lib in &summary.libraries {
+            let c = &lib.counts;
+            println!(
+                "{}: {} seen, {} unchanged, {} hashed ({:.1} MB), {} upserted, {} deleted, {} errors",
+                lib.name,
+                c.seen,
+                c.unchanged,
+                c.hashed,
+                c.bytes_hashed as f64 / 1e6,
+                c.upserted,
+                c.deleted,
+                c.errors
+            );
+        }
+        if summary.backfilled > 0 {
+            println!("backfilled {} LIB rows as initial_sync events", summary.backfilled);
+        }
+        println!("scanned {} libraries in {:.2} s", summary.libraries.len(), summary.seconds);
+    }
+    if !summary.ok {
+        let reasons: Vec<String> = summary
+            .libraries
+            .iter()
+            .filter_map(|l| l.error.as_ref().map(|e| format!("library {}: {e}", l.name)))
+            .collect();
+        bail!("{}", reasons.join("; "));
+    }
+    Ok(())
+}
+
+/// Adds a folder named on the command line as a library for this run, named after the folder,
+/// unless a configured library already has that root. Returns the library's name.
+fn add_folder(config: &mut Config, path: &std::path::Path) -> anyhow::Result<String> {
+    let root = std::path::absolute(path).with_context(|| format!("folder {}", path.display()))?;
+    let root = root.canonicalize().unwrap_or(root);
+    if let Some(existing) = config.libraries.iter().find(|l| l.path.canonicalize().ok().as_ref() == Some(&root)) {
+        return Ok(existing.name.clone());
+    }
+    let Some(name) = root.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+        bail!("folder {} has no usable name to call its library by; add it to the config file", root.display());
+    };
+    if config.library(&name).is_some() {
+        bail!(
+            "folder {}: a library named {name:?} with another root is configured already",
+            root.display()
+        );
+    }
+    let template = crate::config::LibraryConfig {
+        name: name.clone(),
+        path: root,
+        include: crate::config::DEFAULT_INCLUDE.iter().map(|g| (*g).to_owned()).collect(),
+        exclude: crate::config::DEFAULT_EXCLUDE.iter().map(|g| (*g).to_owned()).collect(),
+    };
+    crate::filter::LibraryFilter::new(&template)?;
+    config.libraries.push(template);
+    Ok(name)
+}

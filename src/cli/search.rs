@@ -1,0 +1,39 @@
+//! `agent search`: ranked full-text search over the shared view.
+
+use serde_json::json;
+
+use super::GlobalArgs;
+use crate::config::Config;
+use crate::store::{read, Store};
+
+/// Search file names and text of every indexed file (all words must match; the last may be a prefix)
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Words to look for
+    #[arg(required = true, num_args = 1..)]
+    pub query: Vec<String>,
+    /// At most this many results
+    #[arg(long, short = 'n', default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+}
+
+pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<()> {
+    let store = Store::open_existing(&config.store.path)?;
+    let query = args.query.join(" ");
+    let hits = read::search(store.conn(), &query, args.limit as usize)?;
+    if global.json {
+        return super::print_json(&json!({ "ok": true, "query": query, "results": hits }));
+    }
+    if hits.is_empty() {
+        eprintln!("no matches for {query:?}");
+        return Ok(());
+    }
+    for hit in hits {
+        println!("{}", hit.path);
+        let snippet = hit.snippet.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !snippet.is_empty() {
+            println!("    {snippet}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! `agent status`: device, libraries, file counts, outbox backlog, last scan.
+
+use serde_json::json;
+
+use super::GlobalArgs;
+use crate::config::Config;
+use crate::store::{read, Store};
+
+/// Show this device, its libraries, file counts, the outbox backlog and the last scan
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<()> {
+    let store = Store::open_existing(&config.store.path)?;
+    let conn = store.conn();
+    let counts = read::counts(conn)?;
+    let sequence = read::device_sequence(conn)?;
+    let last_run = read::last_run(conn)?;
+    let mut libraries = Vec::new();
+    for lib in &config.libraries {
+        let (files, bytes) = read::library_counts(conn, &lib.name)?;
+        libraries.push(json!({
+            "name": lib.name,
+            "path": lib.path,
+            "available": lib.path.is_dir(),
+            "files": files,
+            "bytes": bytes,
+        }));
+    }
+    let brain = config.sync.brain_url.clone();
+    if global.json {
+        return super::print_json(&json!({
+            "ok": true,
+            "device_id": store.device_id(),
+            "sequence": sequence,
+            "database": store.path(),
+            "config": config.source,
+            "libraries": libraries,
+            "counts": counts,
+            "last_scan": last_run,
+            "brain_url": brain,
+        }));
+    }
+    println!("device     {} (sequence {sequence})", store.device_id());
+    println!("database   {}", store.path().display());
+    match &config.source {
+        Some(path) => println!("config     {}", path.display()),
+        None => println!("config     none (defaults)"),
+    }
+    println!("brain      {}", brain.as_deref().unwrap_or("none configured: local-only, events queue in the outbox"));
+    println!("files      {} live ({:.1} MB), {} deleted, {} conflicts", counts.files, counts.bytes as f64 / 1e6, counts.deleted, counts.conflicts);
+    println!("outbox     {} waiting to be pushed, {} in all", counts.outbox_pending, counts.outbox_total);
+    if libraries.is_empty() {
+        println!("libraries  none configured");
+    }
+    for (lib, info) in config.libraries.iter().zip(&libraries) {
+        let state = if lib.path.is_dir() { "" } else { "  [root unavailable]" };
+        println!("library    {}  {}  {} files{state}", lib.name, lib.path.display(), info["files"]);
+    }
+    match last_run {
+        Some(run) => println!(
+            "last scan  {} {} ({} seen, {} upserted, {} deleted, {} errors){}",
+            run.ended_at.or(run.started_at).unwrap_or_default(),
+            run.status.unwrap_or_default(),
+            run.files_seen,
+            run.files_upserted,
+            run.files_deleted,
+            run.errors,
+            run.message.map(|m| format!(": {m}")).unwrap_or_default()
+        ),
+        None => println!("last scan  never"),
+    }
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! "Index one path": the one step the scanner and the watcher share.
+//!
+//! A path is first *probed* (lstat, compared with what this device observed last), then, only if it
+//! changed, *read* (streamed through sha256, mime guessed, text kept up to the cap), and finally
+//! *committed*: observed state, shared view, FTS and outbox in the caller's transaction. Probing and
+//! reading run on worker threads; committing runs on the single writer.
+
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::model::{EventType, FilePayload};
+use crate::store::{self, Batch, Observed};
+
+/// Size, mtime and inode: what decides "unchanged" without reading the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub bytes: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+}
+
+impl FileStat {
+    pub fn of(meta: &Metadata) -> FileStat {
+        FileStat {
+            bytes: meta.len(),
+            mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+            inode: meta.ino(),
+        }
+    }
+
+    pub fn mtime_unix(&self) -> i64 {
+        self.mtime_ns.div_euclid(1_000_000_000)
+    }
+}
+
+/// A file read and hashed, ready to commit.
+#[derive(Debug, Clone)]
+pub struct ReadFile {
+    pub stat: FileStat,
+    pub sha256: String,
+    pub ext: Option<String>,
+    pub mime: String,
+    pub content: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Gone between the walk and the read: not an error, the deletion is noticed on its own.
+    #[error("vanished")]
+    Vanished,
+    /// Written to while it was read: the hash would not match any version of its bytes.
+    #[error("changed while it was being read")]
+    Changed,
+    #[error("not a regular file")]
+    NotAFile,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl ReadError {
+    fn from_io(e: io::Error) -> ReadError {
+        if e.kind() == io::ErrorKind::NotFound {
+            ReadError::Vanished
+        } else {
+            ReadError::Io(e)
+        }
+    }
+}
+
+const CHUNK: usize = 64 * 1024;
+/// Bytes looked at to decide whether a file without a known type is text.
+const SNIFF: usize = 8 * 1024;
+
+/// Streams a file through sha256 with bounded memory (one chunk plus the content cap), keeping its
+/// text when it is text. Fails with `Changed` when its size or mtime moved during the read.
+pub fn read_file(path: &Path, max_content_bytes: usize) -> Result<ReadFile, ReadError> {
+    let mut file = File::open(path).map_err(ReadError::from_io)?;
+    let before = file.metadata().map_err(ReadError::from_io)?;
+    if !before.file_type().is_file() {
+        return Err(ReadError::NotAFile);
+    }
+    let stat = FileStat::of(&before);
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let guessed = mime_guess::from_path(path).first();
+    // Keep a prefix only when it may become content: known text types, or unknown types to sniff.
+    let keep = match &guessed {
+        Some(m) if !is_text_mime(m) => 0,
+        Some(_) => max_content_bytes,
+        None => max_content_bytes.max(SNIFF),
+    };
+
+    let mut hasher = Sha256::new();
+    let mut kept: Vec<u8> = Vec::with_capacity(keep.min(stat.bytes as usize));
+    let mut buf = vec![0u8; CHUNK];
+    let mut total: u64 = 0;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ReadError::from_io(e)),
+        };
+        hasher.update(&buf[..n]);
+        if kept.len() < keep {
+            let take = n.min(keep - kept.len());
+            kept.extend_from_slice(&buf[..take]);
+        }
+        total += n as u64;
+    }
+    let after = file.metadata().map_err(ReadError::from_io)?;
+    let after = FileStat::of(&after);
+    if after.bytes != stat.bytes || after.mtime_ns != stat.mtime_ns || total != stat.bytes {
+        return Err(ReadError::Changed);
+    }
+
+    let (mime, content) = match guessed {
+        Some(m) if is_text_mime(&m) => {
+            let content = if kept.contains(&0) { None } else { Some(text_prefix(&kept, max_content_bytes)) };
+            (m.essence_str().to_owned(), content)
+        }
+        Some(m) => (m.essence_str().to_owned(), None),
+        None => {
+            let sniff = &kept[..kept.len().min(SNIFF)];
+            if looks_like_text(sniff, kept.len() < SNIFF || total as usize <= SNIFF) {
+                ("text/plain".to_owned(), Some(text_prefix(&kept, max_content_bytes)))
+            } else {
+                ("application/octet-stream".to_owned(), None)
+            }
+        }
+    };
+    Ok(ReadFile { stat, sha256: hex(&hasher.finalize()), ext, mime, content })
+}
+
+fn is_text_mime(m: &mime_guess::Mime) -> bool {
+    if m.type_() == mime_guess::mime::TEXT {
+        return true;
+    }
+    let sub = m.subtype().as_str();
+    let suffix = m.suffix().map(|s| s.as_str());
+    matches!(
+        sub,
+        "json" | "xml" | "javascript" | "ecmascript" | "x-sh" | "x-csh" | "toml" | "x-toml" | "yaml"
+            | "x-yaml" | "sql" | "x-python" | "x-perl" | "x-ruby" | "x-tex" | "x-latex" | "rtf"
+            | "x-httpd-php" | "graphql" | "ld+json" | "x-ipynb+json"
+    ) || matches!(suffix, Some("xml" | "json"))
+}
+
+/// No NUL byte and valid UTF-8, except for a character cut by the end of the sample.
+fn looks_like_text(sample: &[u8], whole_file: bool) -> bool {
+    if sample.contains(&0) {
+        return false;
+    }
+    match std::str::from_utf8(sample) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none() && !whole_file,
+    }
+}
+
+/// The longest valid UTF-8 prefix within `cap` bytes. Invalid bytes inside a text file (say a
+/// stray Latin-1 character) become U+FFFD rather than losing the whole file for search.
+fn text_prefix(bytes: &[u8], cap: usize) -> String {
+    let bytes = &bytes[..bytes.len().min(cap)];
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(e) if e.error_len().is_none() => {
+            // Only the last character was cut by the cap.
+            String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned()
+        }
+        Err(_) => {
+            let lossy = String::from_utf8_lossy(bytes);
+            let mut end = lossy.len().min(cap);
+            while !lossy.is_char_boundary(end) {
+                end -= 1;
+            }
+            lossy[..end].to_owned()
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// What the disk says about one key.
+#[derive(Debug, Clone)]
+pub enum Observation {
+    Present { key: String, file: ReadFile },
+    Gone { key: String },
+}
+
+/// What committing an observation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A new upsert event.
+    Upserted,
+    /// A new delete event.
+    Deleted,
+    /// Same bytes as observed last time (a touch): observed state refreshed, no event.
+    Unchanged,
+    /// First sight of bytes the shared view already holds: observed, no event.
+    AlreadyShared,
+    /// Gone, and it was never observed here: nothing to do.
+    Nothing,
+}
+
+/// Commits one observation in the caller's transaction. Decides against the *observed* state
+/// whether this device changed the file; the event's clock and the winner come from the store.
+pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Change> {
+    match observation {
+        Observation::Present { key, file } => {
+            let previous = batch.observed(key)?;
+            let observed = Observed {
+                bytes: file.stat.bytes,
+                mtime_ns: file.stat.mtime_ns,
+                inode: file.stat.inode,
+                sha256: file.sha256.clone(),
+            };
+            batch.put_observed(key, &observed)?;
+            if previous.as_ref().is_some_and(|p| p.sha256 == file.sha256) {
+                return Ok(Change::Unchanged);
+            }
+            if previous.is_none() {
+                let shared = batch.entity(key)?;
+                if shared.is_some_and(|s| !s.winner().deleted && s.winner().sha256 == Some(file.sha256.clone()))
+                {
+                    return Ok(Change::AlreadyShared);
+                }
+            }
+            let payload = FilePayload {
+                sha256: Some(file.sha256.clone()),
+                bytes: Some(file.stat.bytes),
+                mtime_unix: Some(file.stat.mtime_unix()),
+                ext: file.ext.clone(),
+                mime: Some(file.mime.clone()),
+                content: file.content.clone(),
+            };
+            batch.record_local(key, EventType::UpsertFile, payload)?;
+            Ok(Change::Upserted)
+        }
+        Observation::Gone { key } => {
+            if batch.observed(key)?.is_none() {
+                return Ok(Change::Nothing);
+            }
+            batch.forget_observed(key)?;
+            // A delete of something the shared view already has as a tombstone says nothing new.
+            if batch.entity(key)?.is_some_and(|s| s.winner().deleted) {
+                return Ok(Change::Nothing);
+            }
+            batch.record_local(key, EventType::DeleteFile, FilePayload::default())?;
+            Ok(Change::Deleted)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_prefix_cuts_on_a_character_boundary() {
+        let s = "aé€😀".as_bytes(); // 1 + 2 + 3 + 4 bytes
+        assert_eq!(text_prefix(s, 10), "aé€😀");
+        assert_eq!(text_prefix(s, 9), "aé€");
+        assert_eq!(text_prefix(s, 3), "aé");
+        assert_eq!(text_prefix(s, 2), "a");
+        assert_eq!(text_prefix(b"ab\xffcd", 10), "ab\u{fffd}cd");
+    }
+
+    #[test]
+    fn sniffing_tells_text_from_binary() {
+        assert!(looks_like_text(b"hello\n", true));
+        assert!(!looks_like_text(b"hel\0lo", true));
+        assert!(!looks_like_text(b"\xff\xfe", true));
+        // A multi-byte character cut by the end of a partial sample is still text.
+        assert!(looks_like_text(&"€".as_bytes()[..2], false));
+    }
+
+    #[test]
+    fn hex_is_lowercase() {
+        assert_eq!(hex(&[0x00, 0xab, 0xff]), "00abff");
+    }
+}

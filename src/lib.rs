@@ -1,0 +1,13 @@
+//! lib-agent: keeps a searchable index of a person's files converged across their machines.
+//!
+//! Data flow: `scan` (and the watcher) feed `index`, which commits each change to the local
+//! `store` (observed state, shared view, full-text index and outbox in one transaction); `model`
+//! holds what the agent and the brain share: the event, vector clocks and the merge rule.
+
+pub mod cli;
+pub mod config;
+pub mod filter;
+pub mod index;
+pub mod model;
+pub mod scan;
+pub mod store;

@@ -1,0 +1,11 @@
+//! What the agent and the brain share: vector clocks and the merge rule, the event, entity keys.
+//! Everything here is pure: no I/O, so both ends and the tests use exactly the same rules.
+
+pub mod clock;
+pub mod event;
+pub mod key;
+pub mod merge;
+
+pub use clock::{Causality, VectorClock};
+pub use event::{Event, EventType, FilePayload};
+pub use merge::{EntityState, Outcome, Version};

@@ -1,0 +1,608 @@
+//! `agent scan`: the full walk. Paths go from one walker thread to many reader threads (file reads
+//! are latency-bound, so more reads in flight than cores pays off), and changed files go to this
+//! thread, the single writer, which commits them in batched transactions through `index::commit`.
+//!
+//! Unchanged files (size, mtime and inode as observed) are never opened. Observed paths the walk
+//! did not meet become deletions, unless the mass-delete guard says the library looks unmounted.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use serde::Serialize;
+use walkdir::WalkDir;
+
+use crate::config::{Config, LibraryConfig};
+use crate::filter::LibraryFilter;
+use crate::index::{self, Change, FileStat, Observation, ReadError};
+use crate::model::{key, EventType, FilePayload};
+use crate::store::read::{self, ObservedStat};
+use crate::store::{self, Store};
+
+/// Changes committed per transaction: large enough to amortise the commit's fsync, small enough
+/// that events become durable (and pushable) progressively during a long scan.
+const BATCH: usize = 1000;
+/// A file still being written after this many reads is left for the next scan or the watcher.
+const READ_ATTEMPTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("no library named {0:?} in the configuration")]
+    UnknownLibrary(String),
+    #[error("no libraries configured: add a [[library]] to the config file, or name a folder: `agent scan PATH`")]
+    NoLibraries,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    pub seen: u64,
+    pub hashed: u64,
+    pub unchanged: u64,
+    pub upserted: u64,
+    pub deleted: u64,
+    pub errors: u64,
+    pub bytes_hashed: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.seen += o.seen;
+        self.hashed += o.hashed;
+        self.unchanged += o.unchanged;
+        self.upserted += o.upserted;
+        self.deleted += o.deleted;
+        self.errors += o.errors;
+        self.bytes_hashed += o.bytes_hashed;
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LibrarySummary {
+    pub name: String,
+    pub root: PathBuf,
+    /// "ok", or "refused" when the library was not scanned (or its deletions were held back).
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanSummary {
+    pub run_id: i64,
+    pub ok: bool,
+    pub libraries: Vec<LibrarySummary>,
+    pub backfilled: u64,
+    #[serde(flatten)]
+    pub totals: Counts,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Scan only this library.
+    pub library: Option<String>,
+    /// Draw a progress line on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+/// Runs one scan of every configured library (or one), recording it in `lib_runs`.
+pub fn scan(store: &mut Store, config: &Config, options: &ScanOptions) -> Result<ScanSummary, ScanError> {
+    let started = Instant::now();
+    let libraries: Vec<&LibraryConfig> = match &options.library {
+        Some(name) => vec![config.library(name).ok_or_else(|| ScanError::UnknownLibrary(name.clone()))?],
+        None => config.libraries.iter().collect(),
+    };
+    if libraries.is_empty() {
+        return Err(ScanError::NoLibraries);
+    }
+    let run_id = start_run(store, options.library.as_deref())?;
+    let backfilled = backfill_legacy_rows(store)?;
+
+    let progress = Progress::new(options.progress);
+    let mut summaries = Vec::new();
+    let mut totals = Counts::default();
+    for library in libraries {
+        let summary = scan_library(store, config, library, &progress)?;
+        totals.add(&summary.counts);
+        summaries.push(summary);
+    }
+    progress.finish();
+
+    let ok = summaries.iter().all(|s| s.error.is_none());
+    let message: Vec<String> =
+        summaries.iter().filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name))).collect();
+    finish_run(store, run_id, &totals, ok, &message.join("; "))?;
+    Ok(ScanSummary {
+        run_id,
+        ok,
+        libraries: summaries,
+        backfilled,
+        totals,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+struct Job {
+    path: PathBuf,
+    key: String,
+}
+
+#[derive(Default)]
+struct Shared {
+    seen: AtomicU64,
+    hashed: AtomicU64,
+    unchanged: AtomicU64,
+    errors: AtomicU64,
+    bytes_hashed: AtomicU64,
+}
+
+fn scan_library(
+    store: &mut Store,
+    config: &Config,
+    library: &LibraryConfig,
+    progress: &Progress,
+) -> Result<LibrarySummary, ScanError> {
+    let mut summary = LibrarySummary {
+        name: library.name.clone(),
+        root: library.path.clone(),
+        status: "ok",
+        error: None,
+        counts: Counts::default(),
+    };
+    let refuse = |mut summary: LibrarySummary, reason: String| {
+        tracing::error!(library = %summary.name, "{reason}");
+        summary.status = "refused";
+        summary.error = Some(reason);
+        summary
+    };
+    match std::fs::metadata(&library.path) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            let reason = format!("root {} is not a folder; nothing scanned, nothing deleted", library.path.display());
+            return Ok(refuse(summary, reason));
+        }
+        Err(e) => {
+            let reason = format!(
+                "root {} is unavailable ({e}); is it unmounted? nothing scanned, nothing deleted",
+                library.path.display()
+            );
+            return Ok(refuse(summary, reason));
+        }
+    }
+    let filter = match LibraryFilter::new(library) {
+        Ok(f) => f,
+        Err(e) => return Ok(refuse(summary, e.to_string())),
+    };
+    let observed = Arc::new(read::observed_of_library(store.conn(), &library.name)?);
+    let shared = Shared::default();
+    let threads = reader_threads(config.index.hash_threads);
+    let max_content = config.index.max_content_bytes;
+    let skip_files = database_files(store.path());
+    let mut failed_dirs: Vec<String> = Vec::new();
+    let mut write_result: Result<(), ScanError> = Ok(());
+    progress.library(&library.name);
+
+    std::thread::scope(|scope| {
+        let (job_tx, job_rx) = bounded::<Job>(4096);
+        let (obs_tx, obs_rx) = bounded::<Observation>(1024);
+        let (filter, skip_files, shared_ref) = (&filter, &skip_files, &shared);
+        let walker = scope.spawn(move || walk(library, filter, skip_files, shared_ref, job_tx));
+        for _ in 0..threads {
+            let job_rx = job_rx.clone();
+            let obs_tx = obs_tx.clone();
+            let (observed, shared) = (&observed, &shared);
+            scope.spawn(move || read_worker(job_rx, obs_tx, observed, shared, max_content));
+        }
+        drop(obs_tx);
+        drop(job_rx);
+        write_result = write_loop(store, &obs_rx, &mut summary.counts, &shared, progress);
+        // On a store error the workers stop when their channel closes.
+        drop(obs_rx);
+        failed_dirs = walker.join().unwrap_or_default();
+    });
+    write_result?;
+
+    summary.counts.seen = shared.seen.load(Ordering::Relaxed);
+    summary.counts.hashed = shared.hashed.load(Ordering::Relaxed);
+    summary.counts.unchanged = shared.unchanged.load(Ordering::Relaxed);
+    summary.counts.errors += shared.errors.load(Ordering::Relaxed);
+    summary.counts.bytes_hashed = shared.bytes_hashed.load(Ordering::Relaxed);
+
+    // Deletions, behind the mass-delete guard.
+    let unseen: Vec<&str> = observed
+        .iter()
+        .filter(|(_, stat)| !stat.seen.load(Ordering::Relaxed))
+        .map(|(key, _)| &**key)
+        .collect();
+    if unseen.is_empty() {
+        return Ok(summary);
+    }
+    if !library.path.is_dir() {
+        let reason = format!(
+            "root {} disappeared during the scan; {} files not marked deleted",
+            library.path.display(),
+            unseen.len()
+        );
+        return Ok(refuse(summary, reason));
+    }
+    if summary.counts.seen == 0 {
+        let reason = format!(
+            "root {} is empty but the index holds {} files from it; is it unmounted? not marking them deleted",
+            library.path.display(),
+            unseen.len()
+        );
+        return Ok(refuse(summary, reason));
+    }
+    let mut deletions: Vec<Observation> = unseen
+        .into_iter()
+        // Files under a folder we could not read may well still exist.
+        .filter(|key| !failed_dirs.iter().any(|dir| key.starts_with(dir.as_str())))
+        .map(|key| Observation::Gone { key: key.to_owned() })
+        .collect();
+    deletions.sort_by(|a, b| obs_key(a).cmp(obs_key(b)));
+    for chunk in deletions.chunks(BATCH) {
+        commit_chunk(store, chunk, &mut summary.counts)?;
+    }
+    Ok(summary)
+}
+
+fn obs_key(o: &Observation) -> &str {
+    match o {
+        Observation::Present { key, .. } | Observation::Gone { key } => key,
+    }
+}
+
+fn reader_threads(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores * 4).clamp(4, 16)
+}
+
+/// The database and its WAL files: indexing them when the store lives inside a library would
+/// turn every commit into a new change.
+fn database_files(db: &Path) -> Vec<PathBuf> {
+    let db = std::path::absolute(db).unwrap_or_else(|_| db.to_owned());
+    ["", "-wal", "-shm", "-journal"]
+        .iter()
+        .map(|suffix| {
+            let mut p = db.clone().into_os_string();
+            p.push(suffix);
+            PathBuf::from(p)
+        })
+        .collect()
+}
+
+/// Walks one library, sending every included regular file to the readers. Returns the key
+/// prefixes of folders it could not read, whose observed files must not be taken for deleted.
+fn walk(
+    library: &LibraryConfig,
+    filter: &LibraryFilter,
+    skip_files: &[PathBuf],
+    shared: &Shared,
+    jobs: Sender<Job>,
+) -> Vec<String> {
+    let root = &library.path;
+    let mut failed_dirs = Vec::new();
+    let relative = |path: &Path| -> Option<Result<String, key::KeyError>> {
+        path.strip_prefix(root).ok().map(key::relative_key)
+    };
+    let walker = WalkDir::new(root).follow_links(false).min_depth(1).into_iter().filter_entry(|entry| {
+        if !entry.file_type().is_dir() {
+            return true;
+        }
+        match relative(entry.path()) {
+            Some(Ok(rel)) => !filter.prunes_dir(&rel),
+            Some(Err(e)) => {
+                tracing::warn!(library = %library.name, path = %entry.path().display(), "skipped folder: {e}");
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            None => true,
+        }
+    });
+    for entry in walker {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                let path = e.path().map(Path::to_path_buf);
+                tracing::warn!(library = %library.name, path = ?path, "cannot read: {e}");
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(Ok(rel)) = path.as_deref().and_then(relative) {
+                    let prefix = if rel.is_empty() {
+                        format!("{}/", library.name)
+                    } else {
+                        format!("{}/{rel}/", library.name)
+                    };
+                    failed_dirs.push(prefix);
+                }
+                continue;
+            }
+        };
+        // Symlinks are not followed (no loops, no files outside the library); sockets and fifos
+        // have no content to index.
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = match relative(entry.path()) {
+            Some(Ok(rel)) => rel,
+            Some(Err(e)) => {
+                tracing::warn!(library = %library.name, path = %entry.path().display(), "skipped: {e}");
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            None => continue,
+        };
+        if !filter.includes_file(&rel) {
+            continue;
+        }
+        if skip_files.iter().any(|p| p == entry.path()) {
+            continue;
+        }
+        let key = match key::entity_key(&library.name, &rel) {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::warn!(library = %library.name, path = %entry.path().display(), "skipped: {e}");
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        shared.seen.fetch_add(1, Ordering::Relaxed);
+        if jobs.send(Job { path: entry.into_path(), key }).is_err() {
+            break; // the writer failed; stop walking
+        }
+    }
+    failed_dirs
+}
+
+fn read_worker(
+    jobs: Receiver<Job>,
+    out: Sender<Observation>,
+    observed: &HashMap<Box<str>, ObservedStat>,
+    shared: &Shared,
+    max_content: usize,
+) {
+    for job in jobs {
+        let known = observed.get(job.key.as_str());
+        let meta = match std::fs::symlink_metadata(&job.path) {
+            Ok(meta) if meta.file_type().is_file() => meta,
+            // Vanished or replaced since the walk: like a file the walk never met.
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!(path = %job.path.display(), "cannot stat: {e}");
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                mark_seen(known);
+                continue;
+            }
+        };
+        mark_seen(known);
+        let stat = FileStat::of(&meta);
+        if known.is_some_and(|k| k.bytes == stat.bytes && k.mtime_ns == stat.mtime_ns && k.inode == stat.inode) {
+            shared.unchanged.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let mut attempt = 0;
+        let file = loop {
+            attempt += 1;
+            match index::read_file(&job.path, max_content) {
+                Err(ReadError::Changed) if attempt < READ_ATTEMPTS => continue,
+                other => break other,
+            }
+        };
+        match file {
+            Ok(file) => {
+                shared.hashed.fetch_add(1, Ordering::Relaxed);
+                shared.bytes_hashed.fetch_add(file.stat.bytes, Ordering::Relaxed);
+                if out.send(Observation::Present { key: job.key, file }).is_err() {
+                    break;
+                }
+            }
+            Err(ReadError::Vanished | ReadError::NotAFile) => {
+                if let Some(k) = known {
+                    k.seen.store(false, Ordering::Relaxed);
+                }
+            }
+            Err(ReadError::Changed) => {
+                tracing::info!(path = %job.path.display(), "still being written; left for the next scan");
+            }
+            Err(ReadError::Io(e)) => {
+                tracing::warn!(path = %job.path.display(), "cannot read: {e}");
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn mark_seen(known: Option<&ObservedStat>) {
+    if let Some(k) = known {
+        k.seen.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The single writer: drains observations into transactions of up to `BATCH` changes.
+fn write_loop(
+    store: &mut Store,
+    rx: &Receiver<Observation>,
+    counts: &mut Counts,
+    shared: &Shared,
+    progress: &Progress,
+) -> Result<(), ScanError> {
+    let mut chunk = Vec::with_capacity(BATCH);
+    while let Ok(first) = rx.recv() {
+        chunk.push(first);
+        while chunk.len() < BATCH {
+            match rx.try_recv() {
+                Ok(o) => chunk.push(o),
+                Err(_) => break,
+            }
+        }
+        commit_chunk(store, &chunk, counts)?;
+        chunk.clear();
+        progress.update(shared);
+    }
+    Ok(())
+}
+
+fn commit_chunk(store: &mut Store, chunk: &[Observation], counts: &mut Counts) -> Result<(), ScanError> {
+    let batch = store.batch()?;
+    for observation in chunk {
+        match index::commit(&batch, observation)? {
+            Change::Upserted => counts.upserted += 1,
+            Change::Deleted => counts.deleted += 1,
+            Change::Unchanged | Change::AlreadyShared | Change::Nothing => {}
+        }
+    }
+    batch.commit()?;
+    Ok(())
+}
+
+/// Turns rows adopted from a LIB v1.0 database into `initial_sync` events, once, so the brain and
+/// the other devices learn about them.
+fn backfill_legacy_rows(store: &mut Store) -> Result<u64, ScanError> {
+    if store.kv_get("backfill_pending")?.is_none() {
+        return Ok(0);
+    }
+    let rows: Vec<(String, FilePayload)> = {
+        let mut stmt = store
+            .conn()
+            .prepare(
+                "SELECT path, sha256, bytes, mtime_unix, ext, mime, content FROM lib_files
+                 WHERE event_ulid IS NULL AND deleted_at IS NULL ORDER BY path",
+            )
+            .map_err(|source| store::StoreError::Sql { context: "reading rows to backfill".into(), source })?;
+        let mapped = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    FilePayload {
+                        sha256: r.get(1)?,
+                        bytes: r.get::<_, Option<i64>>(2)?.map(|b| b.max(0) as u64),
+                        mtime_unix: r.get(3)?,
+                        ext: r.get(4)?,
+                        mime: r.get(5)?,
+                        content: r.get(6)?,
+                    },
+                ))
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|source| store::StoreError::Sql { context: "reading rows to backfill".into(), source })?;
+        mapped
+    };
+    let mut done = 0;
+    for chunk in rows.chunks(BATCH) {
+        let batch = store.batch()?;
+        for (path, payload) in chunk {
+            if let Err(e) = key::validate(path) {
+                tracing::warn!(path, "not backfilled: {e}");
+                continue;
+            }
+            if !payload.sha256.as_deref().is_some_and(crate::model::event::is_sha256_hex) || payload.bytes.is_none() {
+                tracing::warn!(path, "not backfilled: the LIB row has no valid sha256 or size");
+                continue;
+            }
+            batch.record_local(path, EventType::InitialSync, payload.clone())?;
+            done += 1;
+        }
+        batch.commit()?;
+    }
+    let batch = store.batch()?;
+    batch.kv_delete("backfill_pending")?;
+    batch.commit()?;
+    tracing::info!(events = done, "backfilled LIB rows as initial_sync events");
+    Ok(done)
+}
+
+fn start_run(store: &mut Store, library: Option<&str>) -> Result<i64, ScanError> {
+    let batch = store.batch()?;
+    batch
+        .tx()
+        .execute(
+            "INSERT INTO lib_runs (started_at, library, status) VALUES (?1, ?2, 'running')",
+            (crate::model::event::now_rfc3339(), library),
+        )
+        .map_err(|source| store::StoreError::Sql { context: "recording the scan in lib_runs".into(), source })?;
+    let id = batch.tx().last_insert_rowid();
+    batch.commit()?;
+    Ok(id)
+}
+
+fn finish_run(store: &mut Store, id: i64, c: &Counts, ok: bool, message: &str) -> Result<(), ScanError> {
+    let batch = store.batch()?;
+    batch
+        .tx()
+        .execute(
+            "UPDATE lib_runs SET ended_at = ?2, status = ?3, files_seen = ?4, files_hashed = ?5,
+               files_unchanged = ?6, files_upserted = ?7, files_deleted = ?8, bytes_hashed = ?9,
+               errors = ?10, message = ?11 WHERE id = ?1",
+            rusqlite::params![
+                id,
+                crate::model::event::now_rfc3339(),
+                if ok { "ok" } else { "partial" },
+                c.seen as i64,
+                c.hashed as i64,
+                c.unchanged as i64,
+                c.upserted as i64,
+                c.deleted as i64,
+                c.bytes_hashed as i64,
+                c.errors as i64,
+                (!message.is_empty()).then_some(message),
+            ],
+        )
+        .map_err(|source| store::StoreError::Sql { context: "finishing the scan in lib_runs".into(), source })?;
+    batch.commit()?;
+    Ok(())
+}
+
+/// A one-line spinner on stderr, only on a terminal.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(wanted: bool) -> Progress {
+        if !wanted || !std::io::stderr().is_terminal() {
+            return Progress { bar: None };
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]") {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress { bar: Some(bar) }
+    }
+
+    fn library(&self, name: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_prefix(name.to_owned());
+            bar.set_message("walking");
+        }
+    }
+
+    fn update(&self, s: &Shared) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!(
+                "{} seen, {} unchanged, {} hashed ({} MB)",
+                s.seen.load(Ordering::Relaxed),
+                s.unchanged.load(Ordering::Relaxed),
+                s.hashed.load(Ordering::Relaxed),
+                s.bytes_hashed.load(Ordering::Relaxed) / 1_000_000
+            ));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! One write transaction: observed state, the shared view (`lib_files` + FTS by trigger),
+//! conflicts, the device sequence and the outbox. Nothing here decides *whether* a change happened
+//! (that is `index.rs`) or *who wins* (that is `model::merge`): it stores what they decide.
+
+use rusqlite::{OptionalExtension, Transaction};
+
+use super::{Context, Result, StoreError};
+use crate::model::event::{now_rfc3339, ENTITY_TYPE_FILE};
+use crate::model::merge::{self, EntityState, Outcome, Version};
+use crate::model::{Event, EventType, FilePayload, VectorClock};
+
+/// What this device last saw of a path on its own disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub bytes: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The event was applied already: nothing changed.
+    Duplicate,
+    Merged { winner_changed: bool },
+}
+
+pub struct Batch<'a> {
+    tx: Transaction<'a>,
+    device_id: &'a str,
+}
+
+impl<'a> Batch<'a> {
+    pub(super) fn new(tx: Transaction<'a>, device_id: &'a str) -> Self {
+        Batch { tx, device_id }
+    }
+
+    pub fn device_id(&self) -> &str {
+        self.device_id
+    }
+
+    pub fn commit(self) -> Result<()> {
+        self.tx.commit().ctx(|| "committing a batch of changes".into())
+    }
+
+    pub fn observed(&self, key: &str) -> Result<Option<Observed>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT bytes, mtime_ns, inode, sha256 FROM lib_observed WHERE path = ?1")
+            .ctx(|| "preparing observed lookup".into())?;
+        stmt.query_row([key], |r| {
+            Ok(Observed {
+                bytes: r.get::<_, i64>(0)? as u64,
+                mtime_ns: r.get(1)?,
+                inode: r.get::<_, i64>(2)? as u64,
+                sha256: r.get(3)?,
+            })
+        })
+        .optional()
+        .ctx(|| format!("reading observed state of {key}"))
+    }
+
+    pub fn put_observed(&self, key: &str, observed: &Observed) -> Result<()> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO lib_observed (path, bytes, mtime_ns, inode, sha256, observed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(path) DO UPDATE SET bytes = excluded.bytes, mtime_ns = excluded.mtime_ns,
+                   inode = excluded.inode, sha256 = excluded.sha256, observed_at = excluded.observed_at",
+            )
+            .ctx(|| "preparing observed upsert".into())?;
+        stmt.execute((
+            key,
+            observed.bytes as i64,
+            observed.mtime_ns,
+            observed.inode as i64,
+            &observed.sha256,
+            now_rfc3339(),
+        ))
+        .ctx(|| format!("recording observed state of {key}"))?;
+        Ok(())
+    }
+
+    pub fn forget_observed(&self, key: &str) -> Result<()> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("DELETE FROM lib_observed WHERE path = ?1")
+            .ctx(|| "preparing observed delete".into())?;
+        stmt.execute([key]).ctx(|| format!("forgetting observed state of {key}"))?;
+        Ok(())
+    }
+
+    /// The merge state of an entity in the shared view. `None` for an unknown key, and for a row
+    /// adopted from LIB v1.0 that no event has touched yet.
+    pub fn entity(&self, key: &str) -> Result<Option<EntityState>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT seen_vc, siblings FROM lib_files WHERE path = ?1")
+            .ctx(|| "preparing entity lookup".into())?;
+        let row: Option<(Option<String>, Option<String>)> = stmt
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .ctx(|| format!("reading the shared state of {key}"))?;
+        let Some((Some(seen_vc), Some(siblings))) = row else {
+            return Ok(None);
+        };
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            context: format!("lib_files row {key}"),
+            detail: e.to_string(),
+        };
+        let seen_vc: VectorClock = serde_json::from_str(&seen_vc).map_err(corrupt)?;
+        let siblings: Vec<Version> = serde_json::from_str(&siblings).map_err(corrupt)?;
+        Ok(EntityState::from_parts(seen_vc, siblings))
+    }
+
+    /// Hands out this device's next sequence number. Never below an entry of ours already seen
+    /// (a database restored from a backup must not reuse numbers its events carried).
+    fn next_sequence(&self, at_least_above: u64) -> Result<u64> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "UPDATE lib_device SET sequence = max(sequence, ?2) + 1 WHERE device_id = ?1
+                 RETURNING sequence",
+            )
+            .ctx(|| "preparing sequence bump".into())?;
+        let seq: i64 = stmt
+            .query_row((self.device_id, at_least_above as i64), |r| r.get(0))
+            .ctx(|| "bumping the device sequence number".into())?;
+        Ok(seq as u64)
+    }
+
+    /// A new event for a change made on this device: its clock is the entity's `seen_vc` with our
+    /// entry set to a new sequence number, so it dominates every version this replica has seen.
+    fn local_event(
+        &self,
+        key: &str,
+        current: Option<&EntityState>,
+        event_type: EventType,
+        payload: FilePayload,
+    ) -> Result<Event> {
+        let mut clock = current.map(|s| s.seen_vc.clone()).unwrap_or_default();
+        let seq = self.next_sequence(clock.get(self.device_id))?;
+        clock.set(self.device_id, seq);
+        Ok(Event {
+            event_ulid: ulid::Ulid::new().to_string(),
+            device_id: self.device_id.to_owned(),
+            event_type,
+            entity_type: ENTITY_TYPE_FILE.to_owned(),
+            entity_key: key.to_owned(),
+            payload,
+            vector_clock: clock,
+            created_at: now_rfc3339(),
+        })
+    }
+
+    /// Applies an event to the shared view with the merge rule, and refreshes the entity's
+    /// conflicts.
+    pub fn apply(&self, event: &Event) -> Result<Applied> {
+        let current = self.entity(&event.entity_key)?;
+        self.apply_to(event, current)
+    }
+
+    fn apply_to(&self, event: &Event, current: Option<EntityState>) -> Result<Applied> {
+        let key = event.entity_key.as_str();
+        let Outcome::Applied { state, winner_changed } = merge::apply(current.as_ref(), &event.version())
+        else {
+            return Ok(Applied::Duplicate);
+        };
+        let seen_vc = state.seen_vc.to_json();
+        let siblings = serde_json::to_string(&state.siblings).map_err(|e| StoreError::Corrupt {
+            context: format!("serialising siblings of {key}"),
+            detail: e.to_string(),
+        })?;
+        if winner_changed {
+            self.write_winner(event, &seen_vc, &siblings)?;
+        } else {
+            let mut stmt = self
+                .tx
+                .prepare_cached("UPDATE lib_files SET seen_vc = ?2, siblings = ?3 WHERE path = ?1")
+                .ctx(|| "preparing merge-state update".into())?;
+            stmt.execute((key, &seen_vc, &siblings)).ctx(|| format!("updating merge state of {key}"))?;
+        }
+        let had_siblings = current.as_ref().is_some_and(|s| s.siblings.len() > 1);
+        if had_siblings || state.siblings.len() > 1 {
+            self.refresh_conflicts(key, &state)?;
+        }
+        Ok(Applied::Merged { winner_changed })
+    }
+
+    fn write_winner(&self, event: &Event, seen_vc: &str, siblings: &str) -> Result<()> {
+        let key = event.entity_key.as_str();
+        let p = &event.payload;
+        let deleted = event.event_type.is_delete();
+        let live = |v| if deleted { None } else { v };
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO lib_files (path, sha256, bytes, mtime_unix, ext, mime, content, deleted_at,
+                   indexed_at, event_ulid, device_id, vector_clock, seen_vc, siblings)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 ON CONFLICT(path) DO UPDATE SET sha256 = excluded.sha256, bytes = excluded.bytes,
+                   mtime_unix = excluded.mtime_unix, ext = excluded.ext, mime = excluded.mime,
+                   content = excluded.content, deleted_at = excluded.deleted_at,
+                   indexed_at = excluded.indexed_at, event_ulid = excluded.event_ulid,
+                   device_id = excluded.device_id, vector_clock = excluded.vector_clock,
+                   seen_vc = excluded.seen_vc, siblings = excluded.siblings",
+            )
+            .ctx(|| "preparing lib_files upsert".into())?;
+        stmt.execute(rusqlite::params![
+            key,
+            live(p.sha256.as_deref()),
+            if deleted { None } else { p.bytes.map(|b| b as i64) },
+            if deleted { None } else { p.mtime_unix },
+            live(p.ext.as_deref()),
+            live(p.mime.as_deref()),
+            live(p.content.as_deref()),
+            deleted.then_some(event.created_at.as_str()),
+            now_rfc3339(),
+            event.event_ulid,
+            event.device_id,
+            event.vector_clock.to_json(),
+            seen_vc,
+            siblings,
+        ])
+        .ctx(|| format!("writing the shared row of {key}"))?;
+        Ok(())
+    }
+
+    fn refresh_conflicts(&self, key: &str, state: &EntityState) -> Result<()> {
+        self.tx
+            .prepare_cached("DELETE FROM lib_conflicts WHERE path = ?1")
+            .and_then(|mut s| s.execute([key]))
+            .ctx(|| format!("clearing conflicts of {key}"))?;
+        let mut insert = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO lib_conflicts (path, event_ulid, device_id, vector_clock, deleted, sha256,
+                   bytes, mtime_unix, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .ctx(|| "preparing conflict insert".into())?;
+        for v in state.conflicts() {
+            insert
+                .execute(rusqlite::params![
+                    key,
+                    v.event_ulid,
+                    v.device_id,
+                    v.clock.to_json(),
+                    v.deleted,
+                    v.sha256,
+                    v.bytes.map(|b| b as i64),
+                    v.mtime_unix,
+                    v.created_at,
+                ])
+                .ctx(|| format!("recording a conflict of {key}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn append_outbox(&self, event: &Event) -> Result<i64> {
+        let payload = serde_json::to_string(&event.payload).map_err(|e| StoreError::Corrupt {
+            context: format!("serialising the payload of {}", event.event_ulid),
+            detail: e.to_string(),
+        })?;
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO lib_outbox (device_id, event_ulid, event_type, entity_type, entity_key,
+                   payload_json, vector_clock, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .ctx(|| "preparing outbox insert".into())?;
+        stmt.execute((
+            &event.device_id,
+            &event.event_ulid,
+            event.event_type.as_str(),
+            &event.entity_type,
+            &event.entity_key,
+            payload,
+            event.vector_clock.to_json(),
+            &event.created_at,
+        ))
+        .ctx(|| format!("appending event {} for {} to the outbox", event.event_ulid, event.entity_key))?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    /// Records a change made on this device: a new event, applied to the shared view and queued.
+    pub fn record_local(&self, key: &str, event_type: EventType, payload: FilePayload) -> Result<Event> {
+        let current = self.entity(key)?;
+        let event = self.local_event(key, current.as_ref(), event_type, payload)?;
+        self.apply_to(&event, current)?;
+        self.append_outbox(&event)?;
+        Ok(event)
+    }
+
+    pub fn kv_set(&self, key: &str, value: &str) -> Result<()> {
+        self.tx
+            .execute(
+                "INSERT INTO lib_kv (k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                (key, value),
+            )
+            .ctx(|| format!("writing lib_kv {key}"))?;
+        Ok(())
+    }
+
+    pub fn kv_delete(&self, key: &str) -> Result<()> {
+        self.tx.execute("DELETE FROM lib_kv WHERE k = ?1", [key]).ctx(|| format!("deleting lib_kv {key}"))?;
+        Ok(())
+    }
+
+    pub fn tx(&self) -> &Transaction<'a> {
+        &self.tx
+    }
+}

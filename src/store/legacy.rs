@@ -1,0 +1,135 @@
+//! Adopting a LIB v1.0/v1.1 database in place: its tables keep their rows and gain our columns.
+//!
+//! Runs inside the transaction of migration 1, so a failure leaves the old database as it was.
+//! LIB's `lib_files` used `path` as its primary key, which gives the full-text index no stable
+//! rowid (VACUUM may renumber implicit rowids), so it is rebuilt with an `id INTEGER PRIMARY KEY`
+//! and its rows copied; the old FTS table is dropped and rebuilt from the copied rows.
+
+use rusqlite::{Connection, OptionalExtension, Transaction};
+
+/// What adopt_before found, for adopt_after to finish once the schema exists.
+pub(crate) struct Adoption {
+    /// The old `lib_files` was renamed aside with these columns, to be copied.
+    legacy_columns: Option<Vec<String>>,
+    /// An FTS table of another shape was dropped: the new one must be filled.
+    fts_dropped: bool,
+}
+
+const LEGACY_FILES: &str = "lib_files_lib_v10";
+
+/// Columns later migrations rely on, per table that LIB may have created already. Added (nullable)
+/// where missing; `lib_files` is handled by copying instead.
+const ADOPTED_COLUMNS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "lib_runs",
+        &[
+            ("started_at", "TEXT"),
+            ("ended_at", "TEXT"),
+            ("library", "TEXT"),
+            ("status", "TEXT"),
+            ("files_seen", "INTEGER DEFAULT 0"),
+            ("files_hashed", "INTEGER DEFAULT 0"),
+            ("files_unchanged", "INTEGER DEFAULT 0"),
+            ("files_upserted", "INTEGER DEFAULT 0"),
+            ("files_deleted", "INTEGER DEFAULT 0"),
+            ("bytes_hashed", "INTEGER DEFAULT 0"),
+            ("errors", "INTEGER DEFAULT 0"),
+            ("message", "TEXT"),
+        ],
+    ),
+    ("lib_device", &[("sequence", "INTEGER NOT NULL DEFAULT 0"), ("created_at", "TEXT")]),
+    ("lib_outbox", &[("pushed_at", "TEXT")]),
+    ("lib_inbox", &[("source_id", "INTEGER"), ("applied_at", "TEXT")]),
+];
+
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT 1 FROM sqlite_master WHERE name = ?1", [name], |_| Ok(()))
+        .optional()
+        .map(|found| found.is_some())
+}
+
+fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<(String, String, bool)>> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info(\"{table}\")"))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(5)? > 0))
+    })?;
+    rows.collect()
+}
+
+pub(crate) fn adopt_before(tx: &Transaction) -> rusqlite::Result<Adoption> {
+    for (table, wanted) in ADOPTED_COLUMNS {
+        if !table_exists(tx, table)? {
+            continue;
+        }
+        let have: Vec<String> = columns(tx, table)?.into_iter().map(|c| c.0).collect();
+        for (column, decl) in *wanted {
+            if !have.iter().any(|h| h.eq_ignore_ascii_case(column)) {
+                tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+            }
+        }
+    }
+
+    let fts_is_ours = tx
+        .query_row("SELECT sql FROM sqlite_master WHERE name = 'lib_files_fts'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?
+        .is_some_and(|sql| sql.contains("content='lib_files'") && sql.contains("content_rowid='id'"));
+    let fts_dropped = table_exists(tx, "lib_files_fts")? && !fts_is_ours;
+    if fts_dropped {
+        tx.execute_batch("DROP TABLE lib_files_fts")?;
+    }
+
+    if !table_exists(tx, "lib_files")? {
+        return Ok(Adoption { legacy_columns: None, fts_dropped });
+    }
+    let cols = columns(tx, "lib_files")?;
+    let has_id_key =
+        cols.iter().any(|(name, ty, pk)| name == "id" && *pk && ty.eq_ignore_ascii_case("INTEGER"));
+    if has_id_key {
+        return Ok(Adoption { legacy_columns: None, fts_dropped });
+    }
+    tx.execute_batch(&format!("ALTER TABLE lib_files RENAME TO {LEGACY_FILES}"))?;
+    Ok(Adoption { legacy_columns: Some(cols.into_iter().map(|c| c.0).collect()), fts_dropped })
+}
+
+pub(crate) fn adopt_after(tx: &Transaction, adoption: Adoption) -> rusqlite::Result<()> {
+    let Some(legacy_columns) = adoption.legacy_columns else {
+        if adoption.fts_dropped {
+            tx.execute_batch(
+                "INSERT INTO lib_files_fts (rowid, path, content)
+                 SELECT id, path, content FROM lib_files WHERE deleted_at IS NULL",
+            )?;
+        }
+        return Ok(());
+    };
+    let carried = [
+        "path", "sha256", "bytes", "mtime_unix", "ext", "mime", "content", "deleted_at", "indexed_at",
+    ];
+    let select: Vec<String> = carried
+        .iter()
+        .map(|c| {
+            if legacy_columns.iter().any(|h| h.eq_ignore_ascii_case(c)) {
+                format!("\"{c}\"")
+            } else {
+                "NULL".to_owned()
+            }
+        })
+        .collect();
+    // The insert trigger indexes every copied live row for search.
+    let copied = tx.execute(
+        &format!(
+            "INSERT INTO lib_files ({}) SELECT {} FROM {LEGACY_FILES} WHERE path IS NOT NULL",
+            carried.join(", "),
+            select.join(", ")
+        ),
+        [],
+    )?;
+    tx.execute_batch(&format!("DROP TABLE {LEGACY_FILES}"))?;
+    if copied > 0 {
+        // The first scan turns these rows into initial_sync events, once.
+        tx.execute("INSERT OR REPLACE INTO lib_kv (k, v) VALUES ('backfill_pending', '1')", [])?;
+    }
+    tracing::info!(rows = copied, "adopted a LIB v1.0 lib_files table");
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The local SQLite store: open and migrate, then the per-table modules.
+//!
+//! Writes go through a [`Batch`] (one `BEGIN IMMEDIATE` transaction): the indexer puts a whole
+//! batch of file changes in one, so observed state, `lib_files`, FTS and the outbox commit together.
+
+mod batch;
+mod legacy;
+pub mod read;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+pub use batch::{Applied, Batch, Observed};
+
+/// Migrations in order; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/agent/0001_init.sql")];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("no database at {0}: run `agent init` or `agent scan` first")]
+    Missing(PathBuf),
+    #[error(
+        "database {path} has schema version {found}, newer than this agent's {supported}; \
+         refusing to touch it (upgrade the agent)"
+    )]
+    TooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error("migrating database {path} to schema {version}: {source}")]
+    Migrate { path: PathBuf, version: i64, source: rusqlite::Error },
+    #[error("database {path} is locked by another process: {source}")]
+    Locked { path: PathBuf, source: rusqlite::Error },
+    #[error("{context}: {source}")]
+    Sql { context: String, source: rusqlite::Error },
+    #[error("{context}: stored value is corrupt: {detail}")]
+    Corrupt { context: String, detail: String },
+    #[error("cannot create {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attaches what was being done to a rusqlite error.
+pub(crate) trait Context<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for rusqlite::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| StoreError::Sql { context: context(), source })
+    }
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    device_id: String,
+}
+
+impl Store {
+    /// Opens the database, creating it (and its folder) if needed, and migrates it.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|source| StoreError::CreateDir { path: parent.to_owned(), source })?;
+        }
+        Self::open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)
+    }
+
+    /// Opens a database that must exist already (search, status: never create one by accident).
+    pub fn open_existing(path: &Path) -> Result<Store> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_owned()));
+        }
+        Self::open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+    }
+
+    fn open_with(path: &Path, flags: OpenFlags) -> Result<Store> {
+        let open_err = |source| StoreError::Open { path: path.to_owned(), source };
+        let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(open_err)?;
+        // Read the version before any write: switching to WAL writes the header, and a database
+        // from a newer agent must stay untouched.
+        let found: i64 =
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open_err)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { path: path.to_owned(), found, supported: SCHEMA_VERSION });
+        }
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|source| classify_lock(path, source))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "database is not in WAL mode");
+        }
+        // FULL: a committed sequence number and outbox row survive a power loss, so a sequence
+        // number is never handed out twice for two different events.
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(open_err)?;
+        let mut store = Store { conn, path: path.to_owned(), device_id: String::new() };
+        store.migrate(found)?;
+        store.device_id = store.ensure_device()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, from: i64) -> Result<()> {
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+            let version = index as i64 + 1;
+            let path = self.path.clone();
+            let err = |source| StoreError::Migrate { path: path.clone(), version, source };
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|source| classify_lock(&self.path, source))?;
+            let adoption = if version == 1 { Some(legacy::adopt_before(&tx).map_err(err)?) } else { None };
+            tx.execute_batch(sql).map_err(err)?;
+            if let Some(adoption) = adoption {
+                legacy::adopt_after(&tx, adoption).map_err(err)?;
+            }
+            tx.pragma_update(None, "user_version", version).map_err(err)?;
+            tx.commit().map_err(err)?;
+            tracing::debug!(path = %self.path.display(), version, "migrated database");
+        }
+        Ok(())
+    }
+
+    fn ensure_device(&mut self) -> Result<String> {
+        let existing: Option<String> = self
+            .conn
+            .query_row("SELECT device_id FROM lib_device ORDER BY rowid LIMIT 1", [], |r| r.get(0))
+            .optional()
+            .ctx(|| "reading the device id".into())?;
+        if let Some(id) = existing {
+            return Ok(id);
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        self.conn
+            .execute(
+                "INSERT INTO lib_device (device_id, sequence, created_at) VALUES (?1, 0, ?2)",
+                (&id, crate::model::event::now_rfc3339()),
+            )
+            .ctx(|| "creating the device id".into())?;
+        Ok(id)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Starts a write transaction. It takes the write lock at once, so two writers queue up
+    /// instead of failing half-way.
+    pub fn batch(&mut self) -> Result<Batch<'_>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|source| classify_lock(&self.path, source))?;
+        Ok(Batch::new(tx, &self.device_id))
+    }
+
+    pub fn kv_get(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT v FROM lib_kv WHERE k = ?1", [key], |r| r.get(0))
+            .optional()
+            .ctx(|| format!("reading lib_kv {key}"))
+    }
+}
+
+fn classify_lock(path: &Path, source: rusqlite::Error) -> StoreError {
+    match source.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Locked { path: path.to_owned(), source }
+        }
+        _ => StoreError::Open { path: path.to_owned(), source },
+    }
+}

@@ -1,0 +1,268 @@
+//! Read-only queries of the local store: search, status, conflicts, and the observed state a scan
+//! compares the disk against.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+
+use rusqlite::{Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::{Context, Result};
+
+/// The observed stat of one path, as a scan needs it to skip unchanged files without a query.
+#[derive(Debug)]
+pub struct ObservedStat {
+    pub bytes: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+    /// Set by the scan when the walk meets the path; those never met are deletions.
+    pub seen: AtomicBool,
+}
+
+/// Observed state of one library, keyed by entity key. Keys sort under `<library>/`, so the primary
+/// key index serves the range.
+pub fn observed_of_library(conn: &Connection, library: &str) -> Result<HashMap<Box<str>, ObservedStat>> {
+    let lo = format!("{library}/");
+    let hi = format!("{library}0"); // '0' is the character after '/'
+    let mut stmt = conn
+        .prepare("SELECT path, bytes, mtime_ns, inode FROM lib_observed WHERE path >= ?1 AND path < ?2")
+        .ctx(|| format!("loading observed state of library {library}"))?;
+    let rows = stmt
+        .query_map((&lo, &hi), |r| {
+            Ok((
+                r.get::<_, String>(0)?.into_boxed_str(),
+                ObservedStat {
+                    bytes: r.get::<_, i64>(1)? as u64,
+                    mtime_ns: r.get(2)?,
+                    inode: r.get::<_, i64>(3)? as u64,
+                    seen: AtomicBool::new(false),
+                },
+            ))
+        })
+        .ctx(|| format!("loading observed state of library {library}"))?;
+    let mut map = HashMap::new();
+    for row in rows {
+        let (key, stat) = row.ctx(|| format!("reading observed state of library {library}"))?;
+        map.insert(key, stat);
+    }
+    Ok(map)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchHit {
+    pub path: String,
+    pub snippet: String,
+    pub score: f64,
+    pub bytes: Option<i64>,
+    pub mime: Option<String>,
+    pub mtime_unix: Option<i64>,
+}
+
+/// FTS5 ranked search (bm25) over path and content of live files. The query is taken as words to
+/// find, not as FTS5 syntax, so a stray quote or `-` in user input is never a syntax error.
+pub fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<SearchHit>> {
+    let Some(fts_query) = fts_query(query) else {
+        return Ok(Vec::new());
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT f.path, snippet(lib_files_fts, 1, '[', ']', '…', 12), bm25(lib_files_fts),
+                    f.bytes, f.mime, f.mtime_unix
+             FROM lib_files_fts JOIN lib_files f ON f.id = lib_files_fts.rowid
+             WHERE lib_files_fts MATCH ?1 AND f.deleted_at IS NULL
+             ORDER BY bm25(lib_files_fts) LIMIT ?2",
+        )
+        .ctx(|| "preparing search".into())?;
+    let rows = stmt
+        .query_map((&fts_query, limit as i64), |r| {
+            Ok(SearchHit {
+                path: r.get(0)?,
+                snippet: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                score: -r.get::<_, f64>(2)?,
+                bytes: r.get(3)?,
+                mime: r.get(4)?,
+                mtime_unix: r.get(5)?,
+            })
+        })
+        .ctx(|| format!("searching for {query:?}"))?;
+    rows.collect::<rusqlite::Result<_>>().ctx(|| format!("searching for {query:?}"))
+}
+
+/// Each whitespace-separated word becomes a quoted FTS5 string (quotes doubled), all required; the
+/// last word also matches as a prefix, as people expect while typing.
+fn fts_query(query: &str) -> Option<String> {
+    let words: Vec<String> = query
+        .split_whitespace()
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect();
+    if words.is_empty() {
+        return None;
+    }
+    let mut q = words.join(" ");
+    q.push('*');
+    Some(q)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Counts {
+    pub files: i64,
+    pub deleted: i64,
+    pub bytes: i64,
+    pub observed: i64,
+    pub outbox_pending: i64,
+    pub outbox_total: i64,
+    pub conflicts: i64,
+}
+
+pub fn counts(conn: &Connection) -> Result<Counts> {
+    let one = |sql: &str| -> Result<i64> {
+        conn.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+            .map(Option::unwrap_or_default)
+            .ctx(|| format!("counting: {sql}"))
+    };
+    Ok(Counts {
+        files: one("SELECT count(*) FROM lib_files WHERE deleted_at IS NULL")?,
+        deleted: one("SELECT count(*) FROM lib_files WHERE deleted_at IS NOT NULL")?,
+        bytes: one("SELECT sum(bytes) FROM lib_files WHERE deleted_at IS NULL")?,
+        observed: one("SELECT count(*) FROM lib_observed")?,
+        outbox_pending: one("SELECT count(*) FROM lib_outbox WHERE pushed_at IS NULL")?,
+        outbox_total: one("SELECT count(*) FROM lib_outbox")?,
+        conflicts: one("SELECT count(*) FROM lib_conflicts")?,
+    })
+}
+
+/// Live files and bytes in the shared view under one library.
+pub fn library_counts(conn: &Connection, library: &str) -> Result<(i64, i64)> {
+    conn.query_row(
+        "SELECT count(*), coalesce(sum(bytes), 0) FROM lib_files
+         WHERE path >= ?1 AND path < ?2 AND deleted_at IS NULL",
+        (format!("{library}/"), format!("{library}0")),
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .ctx(|| format!("counting files of library {library}"))
+}
+
+pub fn device_sequence(conn: &Connection) -> Result<i64> {
+    conn.query_row("SELECT sequence FROM lib_device ORDER BY rowid LIMIT 1", [], |r| r.get(0))
+        .ctx(|| "reading the device sequence".into())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub library: Option<String>,
+    pub status: Option<String>,
+    pub files_seen: i64,
+    pub files_hashed: i64,
+    pub files_unchanged: i64,
+    pub files_upserted: i64,
+    pub files_deleted: i64,
+    pub bytes_hashed: i64,
+    pub errors: i64,
+    pub message: Option<String>,
+}
+
+pub fn last_run(conn: &Connection) -> Result<Option<RunRow>> {
+    conn.query_row(
+        "SELECT id, started_at, ended_at, library, status, coalesce(files_seen, 0),
+                coalesce(files_hashed, 0), coalesce(files_unchanged, 0), coalesce(files_upserted, 0),
+                coalesce(files_deleted, 0), coalesce(bytes_hashed, 0), coalesce(errors, 0), message
+         FROM lib_runs ORDER BY id DESC LIMIT 1",
+        [],
+        |r| {
+            Ok(RunRow {
+                id: r.get(0)?,
+                started_at: r.get(1)?,
+                ended_at: r.get(2)?,
+                library: r.get(3)?,
+                status: r.get(4)?,
+                files_seen: r.get(5)?,
+                files_hashed: r.get(6)?,
+                files_unchanged: r.get(7)?,
+                files_upserted: r.get(8)?,
+                files_deleted: r.get(9)?,
+                bytes_hashed: r.get(10)?,
+                errors: r.get(11)?,
+                message: r.get(12)?,
+            })
+        },
+    )
+    .optional()
+    .ctx(|| "reading the last scan".into())
+}
+
+/// One open conflict with the version that beat it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConflictRow {
+    pub path: String,
+    pub winner: VersionSummary,
+    pub loser: VersionSummary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionSummary {
+    pub event_ulid: Option<String>,
+    pub device_id: Option<String>,
+    pub deleted: bool,
+    pub sha256: Option<String>,
+    pub bytes: Option<i64>,
+    pub mtime_unix: Option<i64>,
+    pub vector_clock: Option<serde_json::Value>,
+    pub at: Option<String>,
+}
+
+pub fn conflicts(conn: &Connection) -> Result<Vec<ConflictRow>> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT c.path, c.event_ulid, c.device_id, c.deleted, c.sha256, c.bytes, c.mtime_unix,
+                    c.vector_clock, c.created_at,
+                    f.event_ulid, f.device_id, f.deleted_at IS NOT NULL, f.sha256, f.bytes, f.mtime_unix,
+                    f.vector_clock, coalesce(f.deleted_at, f.indexed_at)
+             FROM lib_conflicts c JOIN lib_files f ON f.path = c.path
+             ORDER BY c.path, c.event_ulid",
+        )
+        .ctx(|| "preparing the conflict list".into())?;
+    let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(ConflictRow {
+                path: r.get(0)?,
+                loser: VersionSummary {
+                    event_ulid: r.get(1)?,
+                    device_id: r.get(2)?,
+                    deleted: r.get(3)?,
+                    sha256: r.get(4)?,
+                    bytes: r.get(5)?,
+                    mtime_unix: r.get(6)?,
+                    vector_clock: json(r.get(7)?),
+                    at: r.get(8)?,
+                },
+                winner: VersionSummary {
+                    event_ulid: r.get(9)?,
+                    device_id: r.get(10)?,
+                    deleted: r.get(11)?,
+                    sha256: r.get(12)?,
+                    bytes: r.get(13)?,
+                    mtime_unix: r.get(14)?,
+                    vector_clock: json(r.get(15)?),
+                    at: r.get(16)?,
+                },
+            })
+        })
+        .ctx(|| "listing conflicts".into())?;
+    rows.collect::<rusqlite::Result<_>>().ctx(|| "listing conflicts".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fts_query;
+
+    #[test]
+    fn user_input_is_quoted_for_fts5() {
+        assert_eq!(fts_query("  "), None);
+        assert_eq!(fts_query("foo bar").as_deref(), Some("\"foo\" \"bar\"*"));
+        assert_eq!(fts_query("a\"b -c").as_deref(), Some("\"a\"\"b\" \"-c\"*"));
+    }
+}
