@@ -229,10 +229,10 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
             if previous.as_ref().is_some_and(|p| p.sha256 == file.sha256) {
                 return Ok(Change::Unchanged);
             }
+            let shared = batch.shared(key)?;
             if previous.is_none() {
-                let shared = batch.entity(key)?;
-                if shared.is_some_and(|s| !s.winner().deleted && s.winner().sha256 == Some(file.sha256.clone()))
-                {
+                let winner = shared.as_ref().and_then(|row| row.state.as_ref()).map(|s| s.winner());
+                if winner.is_some_and(|w| !w.deleted && w.sha256.as_deref() == Some(file.sha256.as_str())) {
                     return Ok(Change::AlreadyShared);
                 }
             }
@@ -244,7 +244,7 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
                 mime: Some(file.mime.clone()),
                 content: file.content.clone(),
             };
-            batch.record_local(key, EventType::UpsertFile, payload)?;
+            batch.record_local_over(key, shared.as_ref(), EventType::UpsertFile, payload)?;
             Ok(Change::Upserted)
         }
         Observation::Gone { key } => {
@@ -253,10 +253,11 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
             }
             batch.forget_observed(key)?;
             // A delete of something the shared view already has as a tombstone says nothing new.
-            if batch.entity(key)?.is_some_and(|s| s.winner().deleted) {
+            let shared = batch.shared(key)?;
+            if shared.as_ref().and_then(|row| row.state.as_ref()).is_some_and(|s| s.winner().deleted) {
                 return Ok(Change::Nothing);
             }
-            batch.record_local(key, EventType::DeleteFile, FilePayload::default())?;
+            batch.record_local_over(key, shared.as_ref(), EventType::DeleteFile, FilePayload::default())?;
             Ok(Change::Deleted)
         }
     }

@@ -33,22 +33,27 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .compact()
         .init();
 }
 
-/// The error and its causes on one line. Our error types already name their cause in their own
-/// message, so a cause whose text is already there is not repeated.
+/// The error and its causes on one line. Our own error types already name their cause in their
+/// message, so the chain stops at the first of them; anyhow contexts above it are kept.
 fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
+    let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        let ours = cause.is::<lib_agent::store::StoreError>()
+            || cause.is::<lib_agent::config::ConfigError>()
+            || cause.is::<lib_agent::scan::ScanError>()
+            || cause.is::<lib_agent::filter::FilterError>();
+        if ours {
+            break;
         }
     }
-    line.replace('\n', " ")
+    parts.join(": ").replace('\n', " ")
 }

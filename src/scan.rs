@@ -91,6 +91,8 @@ pub struct ScanOptions {
     pub library: Option<String>,
     /// Draw a progress line on stderr (only when it is a terminal).
     pub progress: bool,
+    /// The user says an empty library root really is empty: record its files as deleted.
+    pub allow_empty: bool,
 }
 
 /// Runs one scan of every configured library (or one), recording it in `lib_runs`.
@@ -110,7 +112,7 @@ pub fn scan(store: &mut Store, config: &Config, options: &ScanOptions) -> Result
     let mut summaries = Vec::new();
     let mut totals = Counts::default();
     for library in libraries {
-        let summary = scan_library(store, config, library, &progress)?;
+        let summary = scan_library(store, config, library, &progress, options.allow_empty)?;
         totals.add(&summary.counts);
         summaries.push(summary);
     }
@@ -149,6 +151,7 @@ fn scan_library(
     config: &Config,
     library: &LibraryConfig,
     progress: &Progress,
+    allow_empty: bool,
 ) -> Result<LibrarySummary, ScanError> {
     let mut summary = LibrarySummary {
         name: library.name.clone(),
@@ -157,8 +160,8 @@ fn scan_library(
         error: None,
         counts: Counts::default(),
     };
+    // Not logged here: the caller reports it (the CLI as its error line, the daemon in its log).
     let refuse = |mut summary: LibrarySummary, reason: String| {
-        tracing::error!(library = %summary.name, "{reason}");
         summary.status = "refused";
         summary.error = Some(reason);
         summary
@@ -186,7 +189,7 @@ fn scan_library(
     let threads = reader_threads(config.index.hash_threads);
     let max_content = config.index.max_content_bytes;
     let skip_files = database_files(store.path());
-    let mut failed_dirs: Vec<String> = Vec::new();
+    let mut walked = WalkOutcome::default();
     let mut write_result: Result<(), ScanError> = Ok(());
     progress.library(&library.name);
 
@@ -206,7 +209,7 @@ fn scan_library(
         write_result = write_loop(store, &obs_rx, &mut summary.counts, &shared, progress);
         // On a store error the workers stop when their channel closes.
         drop(obs_rx);
-        failed_dirs = walker.join().unwrap_or_default();
+        walked = walker.join().unwrap_or_default();
     });
     write_result?;
 
@@ -233,18 +236,29 @@ fn scan_library(
         );
         return Ok(refuse(summary, reason));
     }
-    if summary.counts.seen == 0 {
+    if let Some(error) = &walked.root_error {
         let reason = format!(
-            "root {} is empty but the index holds {} files from it; is it unmounted? not marking them deleted",
+            "root {} cannot be read ({error}); {} indexed files not marked deleted",
             library.path.display(),
             unseen.len()
+        );
+        return Ok(refuse(summary, reason));
+    }
+    if summary.counts.seen == 0 && !allow_empty {
+        let reason = format!(
+            "root {} is empty but the index holds {} {} from it; is it unmounted? not marking them \
+             deleted (if you really emptied it, run `agent scan --allow-empty --library {}`)",
+            library.path.display(),
+            unseen.len(),
+            plural(unseen.len(), "file", "files"),
+            library.name
         );
         return Ok(refuse(summary, reason));
     }
     let mut deletions: Vec<Observation> = unseen
         .into_iter()
         // Files under a folder we could not read may well still exist.
-        .filter(|key| !failed_dirs.iter().any(|dir| key.starts_with(dir.as_str())))
+        .filter(|key| !walked.failed_dirs.iter().any(|dir| key.starts_with(dir.as_str())))
         .map(|key| Observation::Gone { key: key.to_owned() })
         .collect();
     deletions.sort_by(|a, b| obs_key(a).cmp(obs_key(b)));
@@ -268,31 +282,38 @@ fn reader_threads(configured: usize) -> usize {
     (cores * 4).clamp(4, 16)
 }
 
-/// The database and its WAL files: indexing them when the store lives inside a library would
-/// turn every commit into a new change.
-fn database_files(db: &Path) -> Vec<PathBuf> {
-    let db = std::path::absolute(db).unwrap_or_else(|_| db.to_owned());
+/// The database and its WAL files, as (device, inode): indexing them when the store lives inside
+/// a library would turn every commit into a new change.
+fn database_files(db: &Path) -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
     ["", "-wal", "-shm", "-journal"]
         .iter()
-        .map(|suffix| {
-            let mut p = db.clone().into_os_string();
+        .filter_map(|suffix| {
+            let mut p = db.as_os_str().to_owned();
             p.push(suffix);
-            PathBuf::from(p)
+            std::fs::metadata(PathBuf::from(p)).ok().map(|m| (m.dev(), m.ino()))
         })
         .collect()
 }
 
-/// Walks one library, sending every included regular file to the readers. Returns the key
-/// prefixes of folders it could not read, whose observed files must not be taken for deleted.
+#[derive(Default)]
+struct WalkOutcome {
+    /// Key prefixes of folders that could not be read: their observed files may well still exist.
+    failed_dirs: Vec<String>,
+    /// Why the root itself could not be read.
+    root_error: Option<String>,
+}
+
+/// Walks one library, sending every included regular file to the readers.
 fn walk(
     library: &LibraryConfig,
     filter: &LibraryFilter,
-    skip_files: &[PathBuf],
+    skip_files: &[(u64, u64)],
     shared: &Shared,
     jobs: Sender<Job>,
-) -> Vec<String> {
+) -> WalkOutcome {
     let root = &library.path;
-    let mut failed_dirs = Vec::new();
+    let mut outcome = WalkOutcome::default();
     let relative = |path: &Path| -> Option<Result<String, key::KeyError>> {
         path.strip_prefix(root).ok().map(key::relative_key)
     };
@@ -301,9 +322,9 @@ fn walk(
             return true;
         }
         match relative(entry.path()) {
-            Some(Ok(rel)) => !filter.prunes_dir(&rel),
+            Some(Ok(rel)) => !filter.prunes_dir(&rel) && !shadowed_by_nfc_twin(entry),
             Some(Err(e)) => {
-                tracing::warn!(library = %library.name, path = %entry.path().display(), "skipped folder: {e}");
+                tracing::warn!(library = %library.name, path = ?entry.path(), "skipped folder: {e}");
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 false
             }
@@ -318,12 +339,13 @@ fn walk(
                 tracing::warn!(library = %library.name, path = ?path, "cannot read: {e}");
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 if let Some(Ok(rel)) = path.as_deref().and_then(relative) {
-                    let prefix = if rel.is_empty() {
-                        format!("{}/", library.name)
+                    if rel.is_empty() {
+                        let reason = e.io_error().map_or_else(|| e.to_string(), ToString::to_string);
+                        outcome.root_error = Some(reason);
+                        outcome.failed_dirs.push(format!("{}/", library.name));
                     } else {
-                        format!("{}/{rel}/", library.name)
-                    };
-                    failed_dirs.push(prefix);
+                        outcome.failed_dirs.push(format!("{}/{rel}/", library.name));
+                    }
                 }
                 continue;
             }
@@ -336,7 +358,7 @@ fn walk(
         let rel = match relative(entry.path()) {
             Some(Ok(rel)) => rel,
             Some(Err(e)) => {
-                tracing::warn!(library = %library.name, path = %entry.path().display(), "skipped: {e}");
+                tracing::warn!(library = %library.name, path = ?entry.path(), "skipped: {e}");
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -345,13 +367,13 @@ fn walk(
         if !filter.includes_file(&rel) {
             continue;
         }
-        if skip_files.iter().any(|p| p == entry.path()) {
+        if is_database_file(&entry, skip_files) || shadowed_by_nfc_twin(&entry) {
             continue;
         }
         let key = match key::entity_key(&library.name, &rel) {
             Ok(key) => key,
             Err(e) => {
-                tracing::warn!(library = %library.name, path = %entry.path().display(), "skipped: {e}");
+                tracing::warn!(library = %library.name, path = ?entry.path(), "skipped: {e}");
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -361,7 +383,58 @@ fn walk(
             break; // the writer failed; stop walking
         }
     }
-    failed_dirs
+    outcome
+}
+
+/// Compared by device and inode, not by path: the database may be reached through a symlink,
+/// and the walk sees the library's own spelling of the path.
+fn is_database_file(entry: &walkdir::DirEntry, skip_files: &[(u64, u64)]) -> bool {
+    use walkdir::DirEntryExt;
+    skip_files.iter().any(|(_, ino)| *ino == entry.ino())
+        && entry.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            skip_files.contains(&(m.dev(), m.ino()))
+        })
+}
+
+/// Two names that differ only in Unicode normalisation (possible on Linux) would be one entity
+/// key and overwrite each other on every scan. The name already in NFC wins; the other is
+/// reported and skipped. On a normalisation-insensitive file system (macOS) both spellings open
+/// the same file, which is no clash.
+fn shadowed_by_nfc_twin(entry: &walkdir::DirEntry) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    use walkdir::DirEntryExt;
+    let Some(name) = entry.file_name().to_str() else {
+        return false;
+    };
+    if name.is_ascii() || unicode_normalization::is_nfc(name) {
+        return false;
+    }
+    let nfc: String = name.nfc().collect();
+    let twin = entry.path().with_file_name(nfc);
+    match std::fs::symlink_metadata(&twin) {
+        Ok(meta) => {
+            use std::os::unix::fs::MetadataExt;
+            if meta.ino() == entry.ino() {
+                return false;
+            }
+            tracing::warn!(
+                path = ?entry.path(),
+                twin = ?twin,
+                "skipped: differs from another name only in Unicode normalisation; rename one of them"
+            );
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
 }
 
 fn read_worker(
@@ -373,23 +446,27 @@ fn read_worker(
 ) {
     for job in jobs {
         let known = observed.get(job.key.as_str());
-        let meta = match std::fs::symlink_metadata(&job.path) {
-            Ok(meta) if meta.file_type().is_file() => meta,
-            // Vanished or replaced since the walk: like a file the walk never met.
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                tracing::warn!(path = %job.path.display(), "cannot stat: {e}");
-                shared.errors.fetch_add(1, Ordering::Relaxed);
-                mark_seen(known);
+        // A path never observed is read whatever its stat says; the read takes its own stat, so
+        // skip the lstat (one syscall of the handful a small file costs).
+        if let Some(known) = known {
+            let meta = match std::fs::symlink_metadata(&job.path) {
+                Ok(meta) if meta.file_type().is_file() => meta,
+                // Vanished or replaced since the walk: like a file the walk never met.
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::warn!(path = %job.path.display(), "cannot stat: {e}");
+                    shared.errors.fetch_add(1, Ordering::Relaxed);
+                    mark_seen(Some(known));
+                    continue;
+                }
+            };
+            mark_seen(Some(known));
+            let stat = FileStat::of(&meta);
+            if known.bytes == stat.bytes && known.mtime_ns == stat.mtime_ns && known.inode == stat.inode {
+                shared.unchanged.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-        };
-        mark_seen(known);
-        let stat = FileStat::of(&meta);
-        if known.is_some_and(|k| k.bytes == stat.bytes && k.mtime_ns == stat.mtime_ns && k.inode == stat.inode) {
-            shared.unchanged.fetch_add(1, Ordering::Relaxed);
-            continue;
         }
         let mut attempt = 0;
         let file = loop {

@@ -18,6 +18,10 @@ pub struct Args {
     /// Folders to scan as libraries named after the folder, besides the configured ones
     #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    /// A library root that is empty really is: record its indexed files as deleted (without this,
+    /// an empty root is taken for an unmounted disk and nothing is deleted)
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Result<()> {
@@ -28,8 +32,13 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
             only = Some(name);
         }
     }
+    if let Some(name) = &only {
+        if config.library(name).is_none() {
+            bail!("no library named {name:?} in the configuration");
+        }
+    }
     let mut store = Store::open(&config.store.path)?;
-    let options = ScanOptions { library: only, progress: !global.json };
+    let options = ScanOptions { library: only, progress: !global.json, allow_empty: args.allow_empty };
     let summary = scan::scan(&mut store, &config, &options)?;
     if global.json {
         super::print_json(&summary)?;
@@ -51,7 +60,8 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
         if summary.backfilled > 0 {
             println!("backfilled {} LIB rows as initial_sync events", summary.backfilled);
         }
-        println!("scanned {} libraries in {:.2} s", summary.libraries.len(), summary.seconds);
+        let n = summary.libraries.len();
+        println!("scanned {n} {} in {:.2} s", crate::scan::plural(n, "library", "libraries"), summary.seconds);
     }
     if !summary.ok {
         let reasons: Vec<String> = summary
@@ -68,11 +78,15 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
 /// unless a configured library already has that root. Returns the library's name.
 fn add_folder(config: &mut Config, path: &std::path::Path) -> anyhow::Result<String> {
     let root = std::path::absolute(path).with_context(|| format!("folder {}", path.display()))?;
-    let root = root.canonicalize().unwrap_or(root);
-    if let Some(existing) = config.libraries.iter().find(|l| l.path.canonicalize().ok().as_ref() == Some(&root)) {
+    // Compared in canonical form (symlinks resolved) when the folder exists; as spelled otherwise.
+    let canonical = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
+    let wanted = canonical(&root);
+    if let Some(existing) = config.libraries.iter().find(|l| canonical(&l.path) == wanted) {
         return Ok(existing.name.clone());
     }
-    let Some(name) = root.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+    // Named as the user spelled it (a symlink's own name), unless that is `..` or `/`.
+    let named = if root.file_name().is_some() { &root } else { &wanted };
+    let Some(name) = named.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
         bail!("folder {} has no usable name to call its library by; add it to the config file", root.display());
     };
     if config.library(&name).is_some() {

@@ -96,10 +96,7 @@ pub(crate) fn adopt_before(tx: &Transaction) -> rusqlite::Result<Adoption> {
 pub(crate) fn adopt_after(tx: &Transaction, adoption: Adoption) -> rusqlite::Result<()> {
     let Some(legacy_columns) = adoption.legacy_columns else {
         if adoption.fts_dropped {
-            tx.execute_batch(
-                "INSERT INTO lib_files_fts (rowid, path, content)
-                 SELECT id, path, content FROM lib_files WHERE deleted_at IS NULL",
-            )?;
+            fill_fts(tx)?;
         }
         return Ok(());
     };
@@ -116,7 +113,6 @@ pub(crate) fn adopt_after(tx: &Transaction, adoption: Adoption) -> rusqlite::Res
             }
         })
         .collect();
-    // The insert trigger indexes every copied live row for search.
     let copied = tx.execute(
         &format!(
             "INSERT INTO lib_files ({}) SELECT {} FROM {LEGACY_FILES} WHERE path IS NOT NULL",
@@ -126,10 +122,18 @@ pub(crate) fn adopt_after(tx: &Transaction, adoption: Adoption) -> rusqlite::Res
         [],
     )?;
     tx.execute_batch(&format!("DROP TABLE {LEGACY_FILES}"))?;
+    fill_fts(tx)?;
     if copied > 0 {
         // The first scan turns these rows into initial_sync events, once.
         tx.execute("INSERT OR REPLACE INTO lib_kv (k, v) VALUES ('backfill_pending', '1')", [])?;
     }
     tracing::info!(rows = copied, "adopted a LIB v1.0 lib_files table");
     Ok(())
+}
+
+fn fill_fts(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "INSERT INTO lib_files_fts (rowid, path, content)
+         SELECT id, path, content FROM lib_files WHERE deleted_at IS NULL",
+    )
 }
