@@ -78,6 +78,14 @@ const SNIFF: usize = 8 * 1024;
 /// Streams a file through sha256 with bounded memory (one chunk plus the content cap), keeping its
 /// text when it is text. Fails with `Changed` when its size or mtime moved during the read.
 pub fn read_file(path: &Path, max_content_bytes: usize) -> Result<ReadFile, ReadError> {
+    read_file_with(path, max_content_bytes, &mut Vec::new())
+}
+
+/// [`read_file`] with a caller-owned read buffer, so a reader thread allocates it once.
+pub fn read_file_with(path: &Path, max_content_bytes: usize, buf: &mut Vec<u8>) -> Result<ReadFile, ReadError> {
+    if buf.len() < CHUNK {
+        buf.resize(CHUNK, 0);
+    }
     let mut file = File::open(path).map_err(ReadError::from_io)?;
     let before = file.metadata().map_err(ReadError::from_io)?;
     if !before.file_type().is_file() {
@@ -95,10 +103,9 @@ pub fn read_file(path: &Path, max_content_bytes: usize) -> Result<ReadFile, Read
 
     let mut hasher = Sha256::new();
     let mut kept: Vec<u8> = Vec::with_capacity(keep.min(stat.bytes as usize));
-    let mut buf = vec![0u8; CHUNK];
     let mut total: u64 = 0;
     loop {
-        let n = match file.read(&mut buf) {
+        let n = match file.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

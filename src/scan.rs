@@ -26,6 +26,9 @@ use crate::store::{self, Store};
 /// Changes committed per transaction: large enough to amortise the commit's fsync, small enough
 /// that events become durable (and pushable) progressively during a long scan.
 const BATCH: usize = 1000;
+/// ... and at most this much text per transaction: the batch's text is held in memory twice (the
+/// observations, and SQLite's pending full-text terms), so it is what bounds peak memory.
+const BATCH_TEXT_BYTES: usize = 8 << 20;
 /// A file still being written after this many reads is left for the next scan or the watcher.
 const READ_ATTEMPTS: usize = 3;
 
@@ -195,7 +198,8 @@ fn scan_library(
 
     std::thread::scope(|scope| {
         let (job_tx, job_rx) = bounded::<Job>(4096);
-        let (obs_tx, obs_rx) = bounded::<Observation>(1024);
+        // Each observation may carry up to max_content_bytes of text: keep the queue short.
+        let (obs_tx, obs_rx) = bounded::<Observation>(256);
         let (filter, skip_files, shared_ref) = (&filter, &skip_files, &shared);
         let walker = scope.spawn(move || walk(library, filter, skip_files, shared_ref, job_tx));
         for _ in 0..threads {
@@ -444,6 +448,7 @@ fn read_worker(
     shared: &Shared,
     max_content: usize,
 ) {
+    let mut buf = Vec::new();
     for job in jobs {
         let known = observed.get(job.key.as_str());
         // A path never observed is read whatever its stat says; the read takes its own stat, so
@@ -471,7 +476,7 @@ fn read_worker(
         let mut attempt = 0;
         let file = loop {
             attempt += 1;
-            match index::read_file(&job.path, max_content) {
+            match index::read_file_with(&job.path, max_content, &mut buf) {
                 Err(ReadError::Changed) if attempt < READ_ATTEMPTS => continue,
                 other => break other,
             }
@@ -514,12 +519,20 @@ fn write_loop(
     shared: &Shared,
     progress: &Progress,
 ) -> Result<(), ScanError> {
+    let text_len = |o: &Observation| match o {
+        Observation::Present { file, .. } => file.content.as_ref().map_or(0, String::len),
+        Observation::Gone { .. } => 0,
+    };
     let mut chunk = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
+        let mut text = text_len(&first);
         chunk.push(first);
-        while chunk.len() < BATCH {
+        while chunk.len() < BATCH && text < BATCH_TEXT_BYTES {
             match rx.try_recv() {
-                Ok(o) => chunk.push(o),
+                Ok(o) => {
+                    text += text_len(&o);
+                    chunk.push(o);
+                }
                 Err(_) => break,
             }
         }
@@ -575,6 +588,7 @@ fn backfill_legacy_rows(store: &mut Store) -> Result<u64, ScanError> {
             .map_err(|source| store::StoreError::Sql { context: "reading rows to backfill".into(), source })?;
         mapped
     };
+    let observed_here = store.kv_get("backfill_observed")?.is_some();
     let mut done = 0;
     for chunk in rows.chunks(BATCH) {
         let batch = store.batch()?;
@@ -588,12 +602,23 @@ fn backfill_legacy_rows(store: &mut Store) -> Result<u64, ScanError> {
                 continue;
             }
             batch.record_local(path, EventType::InitialSync, payload.clone())?;
+            if observed_here {
+                // Inode 0 matches no file: the first scan reads each one once to confirm it.
+                let observed = store::Observed {
+                    bytes: payload.bytes.unwrap_or(0),
+                    mtime_ns: payload.mtime_unix.unwrap_or(0).saturating_mul(1_000_000_000),
+                    inode: 0,
+                    sha256: payload.sha256.clone().unwrap_or_default(),
+                };
+                batch.put_observed(path, &observed)?;
+            }
             done += 1;
         }
         batch.commit()?;
     }
     let batch = store.batch()?;
     batch.kv_delete("backfill_pending")?;
+    batch.kv_delete("backfill_observed")?;
     batch.commit()?;
     tracing::info!(events = done, "backfilled LIB rows as initial_sync events");
     Ok(done)

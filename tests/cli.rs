@@ -569,6 +569,22 @@ fn a_lib_v1_row_whose_file_changed_since_is_backfilled_then_updated() {
 }
 
 #[test]
+fn a_lib_v1_row_whose_file_was_deleted_since_becomes_a_delete_event() {
+    // LIB v1.0 never synced, so its rows are this device's files: one gone from disk is a deletion.
+    let lab = Lab::new();
+    lib_v1_database(&lab, &[A], &[A, B]);
+    let summary = lab.scan(&["notes"]);
+    assert_eq!((summary["backfilled"].as_u64(), summary["deleted"].as_u64()), (Some(2), Some(1)), "{summary:#}");
+    let events = lab.db().outbox();
+    let kinds: Vec<(&str, &str)> = events.iter().map(|e| (e.event_type.as_str(), e.entity_key.as_str())).collect();
+    assert_eq!(kinds, [("initial_sync", "notes/a.md"), ("initial_sync", "notes/b.md"), ("delete_file", "notes/b.md")]);
+    assert!(lab.db().file("notes/b.md").deleted_at.is_some());
+    // The file still there was read once to confirm it, and announced nothing more.
+    assert_eq!(summary["upserted"], 0);
+    assert_eq!(lab.scan(&["notes"])["hashed"], 0);
+}
+
+#[test]
 fn a_lib_v1_database_is_searchable_before_the_first_scan() {
     let lab = Lab::new();
     lib_v1_database(&lab, &[A, B], &[A, B]);

@@ -22,10 +22,24 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         libraries.push(json!({
             "name": lib.name,
             "path": lib.path,
+            "configured": true,
             "available": lib.path.is_dir(),
             "files": files,
             "bytes": bytes,
         }));
+    }
+    // Libraries in the index that the config does not name: folders scanned by path, or
+    // libraries of other devices.
+    for (name, files, bytes) in read::indexed_libraries(conn)? {
+        if config.library(&name).is_none() {
+            libraries.push(json!({
+                "name": name,
+                "path": null,
+                "configured": false,
+                "files": files,
+                "bytes": bytes,
+            }));
+        }
     }
     let brain = config.sync.brain_url.clone();
     if global.json {
@@ -51,11 +65,18 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
     println!("files      {} live ({:.1} MB), {} deleted, {} conflicts", counts.files, counts.bytes as f64 / 1e6, counts.deleted, counts.conflicts);
     println!("outbox     {} waiting to be pushed, {} in all", counts.outbox_pending, counts.outbox_total);
     if libraries.is_empty() {
-        println!("libraries  none configured");
+        println!("libraries  none configured or indexed");
     }
-    for (lib, info) in config.libraries.iter().zip(&libraries) {
-        let state = if lib.path.is_dir() { "" } else { "  [root unavailable]" };
-        println!("library    {}  {}  {} files{state}", lib.name, lib.path.display(), info["files"]);
+    for info in &libraries {
+        let name = info["name"].as_str().unwrap_or_default();
+        let files = info["files"].as_i64().unwrap_or_default();
+        match config.library(name) {
+            Some(lib) => {
+                let state = if lib.path.is_dir() { "" } else { "  [root unavailable]" };
+                println!("library    {name}  {}  {files} files{state}", lib.path.display());
+            }
+            None => println!("library    {name}  (not in the config)  {files} files"),
+        }
     }
     match last_run {
         Some(run) => println!(

@@ -11,6 +11,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction};
 pub(crate) struct Adoption {
     /// The old `lib_files` was renamed aside with these columns, to be copied.
     legacy_columns: Option<Vec<String>>,
+    /// The database had pulled other devices' events: its rows are not all this device's.
+    pulled_before: bool,
     /// An FTS table of another shape was dropped: the new one must be filled.
     fts_dropped: bool,
 }
@@ -57,6 +59,10 @@ fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<(String, Stri
 }
 
 pub(crate) fn adopt_before(tx: &Transaction) -> rusqlite::Result<Adoption> {
+    // LIB v1.0 had no sync: every row came from this device's disk. A v1.1 database that pulled
+    // events may hold other devices' files, which must not be taken for deleted here.
+    let pulled_before = table_exists(tx, "lib_inbox")?
+        && tx.query_row("SELECT count(*) FROM lib_inbox", [], |r| r.get::<_, i64>(0))? > 0;
     for (table, wanted) in ADOPTED_COLUMNS {
         if !table_exists(tx, table)? {
             continue;
@@ -81,16 +87,16 @@ pub(crate) fn adopt_before(tx: &Transaction) -> rusqlite::Result<Adoption> {
     }
 
     if !table_exists(tx, "lib_files")? {
-        return Ok(Adoption { legacy_columns: None, fts_dropped });
+        return Ok(Adoption { legacy_columns: None, pulled_before, fts_dropped });
     }
     let cols = columns(tx, "lib_files")?;
     let has_id_key =
         cols.iter().any(|(name, ty, pk)| name == "id" && *pk && ty.eq_ignore_ascii_case("INTEGER"));
     if has_id_key {
-        return Ok(Adoption { legacy_columns: None, fts_dropped });
+        return Ok(Adoption { legacy_columns: None, pulled_before, fts_dropped });
     }
     tx.execute_batch(&format!("ALTER TABLE lib_files RENAME TO {LEGACY_FILES}"))?;
-    Ok(Adoption { legacy_columns: Some(cols.into_iter().map(|c| c.0).collect()), fts_dropped })
+    Ok(Adoption { legacy_columns: Some(cols.into_iter().map(|c| c.0).collect()), pulled_before, fts_dropped })
 }
 
 pub(crate) fn adopt_after(tx: &Transaction, adoption: Adoption) -> rusqlite::Result<()> {
@@ -126,6 +132,11 @@ pub(crate) fn adopt_after(tx: &Transaction, adoption: Adoption) -> rusqlite::Res
     if copied > 0 {
         // The first scan turns these rows into initial_sync events, once.
         tx.execute("INSERT OR REPLACE INTO lib_kv (k, v) VALUES ('backfill_pending', '1')", [])?;
+        if !adoption.pulled_before {
+            // The backfill then records them as observed here, so the first scan verifies them
+            // and notices the ones deleted since.
+            tx.execute("INSERT OR REPLACE INTO lib_kv (k, v) VALUES ('backfill_observed', '1')", [])?;
+        }
     }
     tracing::info!(rows = copied, "adopted a LIB v1.0 lib_files table");
     Ok(())

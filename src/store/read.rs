@@ -142,6 +142,23 @@ pub fn library_counts(conn: &Connection, library: &str) -> Result<(i64, i64)> {
     .ctx(|| format!("counting files of library {library}"))
 }
 
+/// Live files and bytes per library name found in the shared view (configured or not: a folder
+/// scanned by path, or a library of another device).
+pub fn indexed_libraries(conn: &Connection) -> Result<Vec<(String, i64, i64)>> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT substr(path, 1, instr(path, '/') - 1) AS lib,
+                    count(*) FILTER (WHERE deleted_at IS NULL),
+                    coalesce(sum(bytes) FILTER (WHERE deleted_at IS NULL), 0)
+             FROM lib_files GROUP BY lib ORDER BY lib",
+        )
+        .ctx(|| "listing indexed libraries".into())?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .ctx(|| "listing indexed libraries".into())?;
+    rows.collect::<rusqlite::Result<_>>().ctx(|| "listing indexed libraries".into())
+}
+
 pub fn device_sequence(conn: &Connection) -> Result<i64> {
     conn.query_row("SELECT sequence FROM lib_device ORDER BY rowid LIMIT 1", [], |r| r.get(0))
         .ctx(|| "reading the device sequence".into())
