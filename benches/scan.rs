@@ -119,6 +119,8 @@ fn run() -> Result<ExitCode> {
     // not swap the binary between runs (or fail a spawn with "text file busy").
     let agent = work.join("agent");
     fs::copy(BUILT_AGENT, &agent)?;
+    // Taken now, next to the copy: the working tree may change while the benchmark runs.
+    let source = first_line(Command::new("git").arg("-C").arg(env!("CARGO_MANIFEST_DIR")).args(["describe", "--always", "--dirty"]));
     let bench = Bench { settings: &settings, work: &work, config: &empty_config, agent: &agent };
 
     let mut rows = Vec::new();
@@ -126,7 +128,7 @@ fn run() -> Result<ExitCode> {
     rows.push(bench.cold_text(&text)?);
     rows.push(bench.warm_rescan(&binary)?);
 
-    let report = report(&settings, &agent, &rows)?;
+    let report = report(&settings, &agent, &source, &rows)?;
     println!("{report}");
     let out = target_dir().join("bench-scan.md");
     fs::create_dir_all(out.parent().unwrap())?;
@@ -659,7 +661,7 @@ fn first_line(cmd: &mut Command) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn report(s: &Settings, agent: &Path, rows: &[Row]) -> Result<String> {
+fn report(s: &Settings, agent: &Path, source: &str, rows: &[Row]) -> Result<String> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -677,7 +679,6 @@ fn report(s: &Settings, agent: &Path, rows: &[Row]) -> Result<String> {
     let mut r = String::new();
     writeln!(r, "## scan benchmark, {date}\n")?;
     writeln!(r, "- machine: {cores} cores ({cpu}), {mem} RAM, Linux {kernel}")?;
-    let source = first_line(Command::new("git").arg("-C").arg(env!("CARGO_MANIFEST_DIR")).args(["describe", "--always", "--dirty"]));
     writeln!(r, "- agent: {} (git {source})", first_line(Command::new(agent).arg("--version")))?;
     writeln!(r, "- sqlite3 shell: {}", first_line(Command::new("sqlite3").arg("-version")))?;
     writeln!(r, "- files per tree: {} of 1 to 8 KiB in {} folders", s.files, s.files.div_ceil(FILES_PER_FOLDER))?;

@@ -195,12 +195,21 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
-    /// Not TOML, an unknown key, or a value of the wrong type. `toml`'s own error is not kept as
-    /// the source: its Display is a multi-line snippet, which must not reach the user's terminal.
+    /// Not TOML, or an unknown key (the message names it). `toml`'s own error is not kept as the
+    /// source: its Display is a multi-line snippet, which must not reach the user's terminal.
     #[error("config {}: {}{message}", show_file(.file), at_line(.line))]
     Syntax {
         file: Option<PathBuf>,
         line: Option<usize>,
+        message: String,
+    },
+    /// A value of the wrong type, such as a string where a number goes. `key` is where it sits:
+    /// `index.max_content_bytes`, `library[0].name`, `library[0].include[1]`.
+    #[error("config {}: {}{key}: {message}", show_file(.file), at_line(.line))]
+    Type {
+        file: Option<PathBuf>,
+        line: Option<usize>,
+        key: String,
         message: String,
     },
     #[error("config {}: {}{key} is missing", show_file(.file), at_line(.line))]
@@ -302,7 +311,10 @@ impl Config {
             text,
             file: source.map(Path::to_path_buf),
         };
-        let raw: RawFile = toml::from_str(text).map_err(|e| file.syntax(&e))?;
+        // Through serde_path_to_error so that a value of the wrong type names its key: toml's
+        // own error only has the span.
+        let raw: RawFile = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| file.syntax(e))?;
         let env = Env(env);
 
         let store = build_store(&file, raw.store, &env, overrides)?;
@@ -436,7 +448,9 @@ impl FileCtx<'_> {
             + 1
     }
 
-    fn syntax(&self, e: &toml::de::Error) -> ConfigError {
+    fn syntax(&self, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+        let key = key_path(e.path());
+        let e = e.into_inner();
         let line = e.span().map(|span| self.line(&span));
         // One line even if toml's message ever spans several; and say "integer" where serde
         // says "i64", which is our implementation, not the user's vocabulary.
@@ -445,6 +459,17 @@ impl FileCtx<'_> {
             .trim()
             .replace('\n', " ")
             .replace("expected i64", "expected an integer");
+        // Serde names a table by the struct it fills, which is ours, not the user's, too.
+        for raw in [
+            "RawFile",
+            "RawStore",
+            "RawLibrary",
+            "RawIndex",
+            "RawWatch",
+            "RawSync",
+        ] {
+            message = message.replace(&format!("expected struct {raw}"), "expected a table");
+        }
         // The most likely way to get a table where the list of libraries goes.
         let at_line = line
             .and_then(|l| self.text.lines().nth(l - 1))
@@ -452,10 +477,21 @@ impl FileCtx<'_> {
         if message.contains("expected a sequence") && at_line == Some("[library]") {
             message.push_str(": write [[library]], with two brackets, for each library");
         }
-        ConfigError::Syntax {
-            file: self.file.clone(),
-            line,
-            message,
+        // Not TOML has no key; an unknown key is named by the message already ("unknown field
+        // `nmae`, expected one of ..."), and its line says which table it is in.
+        if key.is_empty() || message.starts_with("unknown field") {
+            ConfigError::Syntax {
+                file: self.file.clone(),
+                line,
+                message,
+            }
+        } else {
+            ConfigError::Type {
+                file: self.file.clone(),
+                line,
+                key: key.replace(['\n', '\r'], " "),
+                message,
+            }
         }
     }
 
@@ -556,6 +592,33 @@ impl FileCtx<'_> {
             }),
         }
     }
+}
+
+/// The key that serde_path_to_error tracked down to a failing value, written as the user would:
+/// `index.max_content_bytes`, `library[0].name`. Empty at the top level (a TOML syntax error).
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path {
+        let name = match segment {
+            Segment::Seq { index } => {
+                key.push_str(&format!("[{index}]"));
+                continue;
+            }
+            Segment::Map { key: name } | Segment::Enum { variant: name } => name.as_str(),
+            Segment::Unknown => "?",
+        };
+        // `toml::Spanned` deserializes as a struct of private fields (`$__serde_spanned_private_
+        // value` and the like): an implementation detail, not a key of the file.
+        if name.starts_with("$__") {
+            continue;
+        }
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(name);
+    }
+    key
 }
 
 /// The injected environment. A variable set to the empty (or all-blank) string counts as unset,

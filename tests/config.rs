@@ -472,6 +472,96 @@ fn a_wrongly_typed_value_names_its_line() {
 }
 
 #[test]
+fn a_wrongly_typed_value_in_a_table_names_the_key() {
+    let message = error(parse("[index]\nmax_content_bytes = \"big\"\n"));
+    assert_eq!(
+        message,
+        format!(
+            "config {CONFIG_PATH}: line 2: index.max_content_bytes: invalid type: string \"big\", \
+             expected an integer"
+        )
+    );
+    // Dotted keys and inline tables are the same keys, written differently.
+    let message = error(parse("index.hash_threads = 1.5\n"));
+    assert_contains(
+        &message,
+        &["line 1", "index.hash_threads: invalid type: floating point"],
+    );
+    let message = error(parse("[sync]\nbatch_size = 1\nlisten = { port = 1 }\n"));
+    assert_contains(&message, &["line 3", "sync.listen: invalid type: map"]);
+    // A table where a value goes, and a value where a table goes, say "table", not a Rust type.
+    let message = error(parse("index = 3\n"));
+    assert_eq!(
+        message,
+        format!("config {CONFIG_PATH}: line 1: index: invalid type: integer `3`, expected a table")
+    );
+}
+
+#[test]
+fn a_wrongly_typed_value_in_an_array_of_tables_names_the_element_and_the_key() {
+    let text = "[[library]]\nname = \"a\"\npath = \"/a\"\n[[library]]\nname = 7\npath = \"/b\"\n";
+    let message = error(parse(text));
+    assert_eq!(
+        message,
+        format!(
+            "config {CONFIG_PATH}: line 5: library[1].name: invalid type: integer `7`, expected \
+             a string"
+        )
+    );
+    let message = error(parse(
+        "[[library]]\nname = \"a\"\npath = \"/a\"\ninclude = [\"*.md\",\n  3]\n",
+    ));
+    assert_contains(
+        &message,
+        &["line 5", "library[0].include[1]: invalid type: integer `3`"],
+    );
+    let message = error(parse("library = [1]\n"));
+    assert_contains(
+        &message,
+        &[
+            "line 1",
+            "library[0]: invalid type: integer `1`, expected a table",
+        ],
+    );
+}
+
+#[test]
+fn a_wrongly_typed_value_carries_its_key_as_data() {
+    match parse("[watch]\ndebounce_ms = true\n") {
+        Err(ConfigError::Type {
+            file, line, key, ..
+        }) => {
+            assert_eq!(file.as_deref(), Some(Path::new(CONFIG_PATH)));
+            assert_eq!(line, Some(2));
+            assert_eq!(key, "watch.debounce_ms");
+        }
+        other => panic!("expected Type, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_nested_unknown_key_names_the_key_and_its_line() {
+    // In the second library, and in a sub-table of a library: the line says which one.
+    let text = "[[library]]\nname = \"a\"\npath = \"/a\"\n[[library]]\nname = \"b\"\nnmae = 3\n";
+    let message = error(parse(text));
+    assert_eq!(
+        message,
+        format!(
+            "config {CONFIG_PATH}: line 6: unknown field `nmae`, expected one of `name`, `path`, \
+             `include`, `exclude`"
+        )
+    );
+    let message = error(parse(
+        "[[library]]\nname = \"a\"\n[library.filter]\nx = 1\n",
+    ));
+    assert_contains(&message, &["line 3", "unknown field `filter`"]);
+    let message = error(parse("[sync.extra]\nx = 1\n"));
+    assert_contains(&message, &["line 1", "unknown field `extra`"]);
+    let message = error(parse("index = { hash_threads = 1, colour = 2 }\n"));
+    assert_contains(&message, &["line 1", "unknown field `colour`"]);
+}
+
+#[test]
 fn a_single_bracket_library_table_says_how_to_write_it() {
     let message = error(parse("[library]\nname = \"notes\"\npath = \"/n\"\n"));
     assert_contains(&message, &["line 1", "[[library]]"]);
