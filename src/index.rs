@@ -117,6 +117,11 @@ pub fn read_file_with(path: &Path, max_content_bytes: usize, buf: &mut Vec<u8>) 
             kept.extend_from_slice(&buf[..take]);
         }
         total += n as u64;
+        // At the size fstat reported, stop without the extra read() that would return EOF: the
+        // second fstat below catches a file that grew meanwhile.
+        if total >= stat.bytes {
+            break;
+        }
     }
     let after = file.metadata().map_err(ReadError::from_io)?;
     let after = FileStat::of(&after);

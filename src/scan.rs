@@ -321,7 +321,14 @@ fn walk(
     let relative = |path: &Path| -> Option<Result<String, key::KeyError>> {
         path.strip_prefix(root).ok().map(key::relative_key)
     };
-    let walker = WalkDir::new(root).follow_links(false).min_depth(1).into_iter().filter_entry(|entry| {
+    // Sorted: keys then reach the path-keyed b-trees (lib_files, lib_observed) in order, which
+    // keeps their inserts local, and events come out in a deterministic order.
+    let walker = WalkDir::new(root)
+        .follow_links(false)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|entry| {
         if !entry.file_type().is_dir() {
             return true;
         }
