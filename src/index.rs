@@ -13,7 +13,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::model::{EventType, FilePayload};
-use crate::store::{self, Batch, Observed};
+use crate::store::{self, read, Batch, Observed};
 
 /// Size, mtime and inode: what decides "unchanged" without reading the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,4 +302,295 @@ mod tests {
     fn hex_is_lowercase() {
         assert_eq!(hex(&[0x00, 0xab, 0xff]), "00abff");
     }
+}
+
+/// The libraries of a running agent, resolved once: roots, filters, and the database's own files.
+pub struct Libraries {
+    entries: Vec<(crate::config::LibraryConfig, crate::filter::LibraryFilter)>,
+    skip_files: Vec<(u64, u64)>,
+    max_content_bytes: usize,
+    threads: usize,
+}
+
+impl Libraries {
+    pub fn new(config: &crate::config::Config, db: &Path) -> Result<Libraries, crate::filter::FilterError> {
+        let mut entries = Vec::new();
+        for library in &config.libraries {
+            entries.push((library.clone(), crate::filter::LibraryFilter::new(library)?));
+        }
+        // Longest root first, so a library nested in another claims its own paths.
+        entries.sort_by_key(|(l, _)| std::cmp::Reverse(l.path.as_os_str().len()));
+        let threads = if config.index.hash_threads > 0 {
+            config.index.hash_threads
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
+        };
+        Ok(Libraries {
+            entries,
+            skip_files: crate::scan::database_files(db),
+            max_content_bytes: config.index.max_content_bytes,
+            threads,
+        })
+    }
+
+    /// The library a path is in, and the path relative to its root.
+    fn locate<'a>(
+        &'a self,
+        path: &'a Path,
+    ) -> Option<(&'a crate::config::LibraryConfig, &'a crate::filter::LibraryFilter, &'a Path)> {
+        self.entries
+            .iter()
+            .find_map(|(library, filter)| path.strip_prefix(&library.path).ok().map(|rel| (library, filter, rel)))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(l, _)| l.name.as_str())
+    }
+}
+
+/// What indexing a set of changed paths did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathsOutcome {
+    pub upserted: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+    /// Files recognised as renamed (same inode, size and mtime as a path gone in the same batch):
+    /// their hash and text were reused instead of read again.
+    pub reused: u64,
+    pub errors: u64,
+    /// Libraries whose root itself changed: the caller rescans them (behind the mass-delete guard).
+    pub rescan: Vec<String>,
+}
+
+struct Candidate {
+    path: std::path::PathBuf,
+    key: String,
+}
+
+/// Indexes paths the watcher saw change, in one transaction per 1,000 changes. A path may be a
+/// file (created, modified, renamed in), a folder (created or moved in: indexed whole), or gone
+/// (deleted or moved out: it and everything observed beneath it become deletions). Files that
+/// are new under a name but were observed under a name gone in the same batch are renames.
+pub fn index_paths(
+    store: &mut store::Store,
+    libs: &Libraries,
+    paths: &[std::path::PathBuf],
+) -> store::Result<PathsOutcome> {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let mut outcome = PathsOutcome::default();
+    let errors = AtomicU64::new(0);
+    let mut files: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
+    let mut gone: BTreeSet<String> = BTreeSet::new();
+    let mut gone_prefixes: Vec<String> = Vec::new();
+    let mut failed_dirs: Vec<String> = Vec::new();
+
+    for path in paths {
+        let Some((library, filter, rel)) = libs.locate(path) else {
+            continue;
+        };
+        if rel.as_os_str().is_empty() {
+            if !outcome.rescan.contains(&library.name) {
+                outcome.rescan.push(library.name.clone());
+            }
+            continue;
+        }
+        let rel = match crate::model::key::relative_key(rel) {
+            Ok(rel) => rel,
+            Err(e) => {
+                tracing::warn!(library = %library.name, path = ?path, "skipped: {e}");
+                errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let Ok(key) = crate::model::key::entity_key(&library.name, &rel) else {
+            continue;
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_file() => {
+                use std::os::unix::fs::MetadataExt;
+                if filter.includes_file(&rel) && !libs.skip_files.contains(&(meta.dev(), meta.ino())) {
+                    files.insert(key, path.clone());
+                }
+            }
+            Ok(meta) if meta.is_dir() => {
+                if filter.prunes_dir(&rel) {
+                    continue;
+                }
+                let mut walked = BTreeSet::new();
+                let walk = crate::scan::walk_tree(library, filter, path, &libs.skip_files, &errors, |p, k| {
+                    walked.insert(k.clone());
+                    files.insert(k, p);
+                    true
+                });
+                failed_dirs.extend(walk.failed_dirs);
+                // Observed files under the folder that the walk did not meet are gone from it.
+                let prefix = format!("{key}/");
+                for (k, _) in read::observed_under(store.conn(), &prefix)? {
+                    if !walked.contains(&k) {
+                        gone.insert(k);
+                    }
+                }
+            }
+            // Deleted, moved out, or replaced by something that is not a file (a symlink).
+            Ok(_) => {
+                gone.insert(key.clone());
+                gone_prefixes.push(format!("{key}/"));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                gone.insert(key.clone());
+                gone_prefixes.push(format!("{key}/"));
+            }
+            Err(e) => {
+                tracing::warn!(path = ?path, "cannot stat: {e}");
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    // What went away, with its observed stat: a file that appears elsewhere with the same inode,
+    // size and mtime is the same file renamed.
+    let mut gone_rows: HashMap<(u64, u64, i64), (String, Observed)> = HashMap::new();
+    for prefix in &gone_prefixes {
+        for (k, row) in read::observed_under(store.conn(), prefix)? {
+            gone.insert(k.clone());
+            gone_rows.insert((row.inode, row.bytes, row.mtime_ns), (k, row));
+        }
+    }
+    gone.retain(|k| !files.contains_key(k) && !failed_dirs.iter().any(|d| k.starts_with(d.as_str())));
+    for k in &gone {
+        if let Some(row) = read::observed(store.conn(), k)? {
+            gone_rows.insert((row.inode, row.bytes, row.mtime_ns), (k.clone(), row));
+        }
+    }
+
+    // Probe: skip what is unchanged, reuse what was renamed, read the rest.
+    let mut present: Vec<Observation> = Vec::new();
+    let mut to_read: Vec<Candidate> = Vec::new();
+    for (key, path) in files {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => meta,
+            _ => continue, // gone again already; its own event follows
+        };
+        let stat = FileStat::of(&meta);
+        let observed = read::observed(store.conn(), &key)?;
+        if observed.as_ref().is_some_and(|o| o.bytes == stat.bytes && o.mtime_ns == stat.mtime_ns && o.inode == stat.inode) {
+            outcome.unchanged += 1;
+            continue;
+        }
+        if let Some(file) = reuse_renamed(store, &gone_rows, &path, &stat)? {
+            outcome.reused += 1;
+            present.push(Observation::Present { key, file });
+            continue;
+        }
+        to_read.push(Candidate { path, key });
+    }
+    // Committed as they are read, a chunk at a time: a tree of thousands of files moved in must
+    // not be held in memory whole (each file may carry up to max_content_bytes of text).
+    commit_all(store, present, &mut outcome)?;
+    for chunk in to_read.chunks(256) {
+        let read = read_parallel(chunk, libs, &errors);
+        commit_all(store, read, &mut outcome)?;
+    }
+    commit_all(store, gone.into_iter().map(|key| Observation::Gone { key }).collect(), &mut outcome)?;
+    outcome.errors = errors.load(Ordering::Relaxed);
+    Ok(outcome)
+}
+
+fn commit_all(store: &mut store::Store, all: Vec<Observation>, outcome: &mut PathsOutcome) -> store::Result<()> {
+    for chunk in all.chunks(1000) {
+        let batch = store.batch()?;
+        for observation in chunk {
+            match commit(&batch, observation)? {
+                Change::Upserted => outcome.upserted += 1,
+                Change::Deleted => outcome.deleted += 1,
+                Change::Unchanged | Change::AlreadyShared => outcome.unchanged += 1,
+                Change::Nothing => {}
+            }
+        }
+        batch.commit()?;
+    }
+    Ok(())
+}
+
+/// A file with the inode, size and mtime of a path gone in the same batch is that file renamed:
+/// its hash is the observed one, and its text the shared view's when the mime type is unchanged.
+fn reuse_renamed(
+    store: &store::Store,
+    gone_rows: &std::collections::HashMap<(u64, u64, i64), (String, Observed)>,
+    path: &Path,
+    stat: &FileStat,
+) -> store::Result<Option<ReadFile>> {
+    let Some((old_key, row)) = gone_rows.get(&(stat.inode, stat.bytes, stat.mtime_ns)) else {
+        return Ok(None);
+    };
+    let Some((sha, old_mime, content)) = read::live_file(store.conn(), old_key)? else {
+        return Ok(None);
+    };
+    let mime = mime_guess::from_path(path).first();
+    let new_mime = mime.as_ref().map(|m| m.essence_str().to_owned());
+    // Only when the text the new name calls for is the text the old name had.
+    if sha != row.sha256 || new_mime.is_none() || new_mime != old_mime {
+        return Ok(None);
+    }
+    Ok(Some(ReadFile {
+        stat: *stat,
+        sha256: sha,
+        ext: path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase),
+        mime: new_mime.unwrap_or_default(),
+        content,
+    }))
+}
+
+/// Reads files on a few threads (reads of small files wait on the disk, not the CPU).
+fn read_parallel(
+    candidates: &[Candidate],
+    libs: &Libraries,
+    errors: &std::sync::atomic::AtomicU64,
+) -> Vec<Observation> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let out = Mutex::new(Vec::with_capacity(candidates.len()));
+    let threads = libs.threads.min(candidates.len().div_ceil(16)).max(1);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut buf = Vec::new();
+                let mut mine = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(c) = candidates.get(i) else { break };
+                    let mut attempt = 0;
+                    let result = loop {
+                        attempt += 1;
+                        match read_file_with(&c.path, libs.max_content_bytes, &mut buf) {
+                            Err(ReadError::Changed) if attempt < 3 => continue,
+                            other => break other,
+                        }
+                    };
+                    match result {
+                        Ok(file) => mine.push(Observation::Present { key: c.key.clone(), file }),
+                        // Gone or still being written: its next event brings it back.
+                        Err(ReadError::Vanished | ReadError::NotAFile | ReadError::Changed) => {}
+                        Err(ReadError::Io(e)) => {
+                            tracing::warn!(path = ?c.path, "cannot read: {e}");
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                if let Ok(mut out) = out.lock() {
+                    out.extend(mine);
+                }
+            });
+        }
+    });
+    let mut out = out.into_inner().unwrap_or_default();
+    // Deterministic commit order, whatever the threads did.
+    out.sort_by(|a, b| match (a, b) {
+        (Observation::Present { key: x, .. }, Observation::Present { key: y, .. }) => x.cmp(y),
+        _ => std::cmp::Ordering::Equal,
+    });
+    out
 }

@@ -4,10 +4,13 @@
 //! `store` (observed state, shared view, full-text index and outbox in one transaction); `model`
 //! holds what the agent and the brain share: the event, vector clocks and the merge rule.
 
+pub mod brain;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod filter;
 pub mod index;
 pub mod model;
 pub mod scan;
 pub mod store;
+pub mod watch;

@@ -28,7 +28,8 @@ fn init_logging(verbose: u8) {
     let filter = std::env::var("LIB_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(default));
+        // notify reports its own housekeeping (a watch removed with its folder) at info.
+        .unwrap_or_else(|| EnvFilter::new(format!("{default},notify=warn")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -201,7 +201,12 @@ fn scan_library(
         // Each observation may carry up to max_content_bytes of text: keep the queue short.
         let (obs_tx, obs_rx) = bounded::<Observation>(256);
         let (filter, skip_files, shared_ref) = (&filter, &skip_files, &shared);
-        let walker = scope.spawn(move || walk(library, filter, skip_files, shared_ref, job_tx));
+        let walker = scope.spawn(move || {
+            walk_tree(library, filter, &library.path, skip_files, &shared_ref.errors, |path, key| {
+                shared_ref.seen.fetch_add(1, Ordering::Relaxed);
+                job_tx.send(Job { path, key }).is_ok()
+            })
+        });
         for _ in 0..threads {
             let job_rx = job_rx.clone();
             let obs_tx = obs_tx.clone();
@@ -288,7 +293,7 @@ fn reader_threads(configured: usize) -> usize {
 
 /// The database and its WAL files, as (device, inode): indexing them when the store lives inside
 /// a library would turn every commit into a new change.
-fn database_files(db: &Path) -> Vec<(u64, u64)> {
+pub(crate) fn database_files(db: &Path) -> Vec<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     ["", "-wal", "-shm", "-journal"]
         .iter()
@@ -301,20 +306,22 @@ fn database_files(db: &Path) -> Vec<(u64, u64)> {
 }
 
 #[derive(Default)]
-struct WalkOutcome {
+pub(crate) struct WalkOutcome {
     /// Key prefixes of folders that could not be read: their observed files may well still exist.
-    failed_dirs: Vec<String>,
-    /// Why the root itself could not be read.
-    root_error: Option<String>,
+    pub failed_dirs: Vec<String>,
+    /// Why the starting folder itself could not be read.
+    pub root_error: Option<String>,
 }
 
-/// Walks one library, sending every included regular file to the readers.
-fn walk(
+/// Walks a library from `start` (its root, or a folder in it, for the watcher), handing every
+/// included regular file to `sink` as (path, entity key); `sink` returns false to stop the walk.
+pub(crate) fn walk_tree(
     library: &LibraryConfig,
     filter: &LibraryFilter,
+    start: &Path,
     skip_files: &[(u64, u64)],
-    shared: &Shared,
-    jobs: Sender<Job>,
+    errors: &AtomicU64,
+    mut sink: impl FnMut(PathBuf, String) -> bool,
 ) -> WalkOutcome {
     let root = &library.path;
     let mut outcome = WalkOutcome::default();
@@ -323,7 +330,7 @@ fn walk(
     };
     // Sorted: keys then reach the path-keyed b-trees (lib_files, lib_observed) in order, which
     // keeps their inserts local, and events come out in a deterministic order.
-    let walker = WalkDir::new(root)
+    let walker = WalkDir::new(start)
         .follow_links(false)
         .min_depth(1)
         .sort_by_file_name()
@@ -336,7 +343,7 @@ fn walk(
             Some(Ok(rel)) => !filter.prunes_dir(&rel) && !shadowed_by_nfc_twin(entry),
             Some(Err(e)) => {
                 tracing::warn!(library = %library.name, path = ?entry.path(), "skipped folder: {e}");
-                shared.errors.fetch_add(1, Ordering::Relaxed);
+                errors.fetch_add(1, Ordering::Relaxed);
                 false
             }
             None => true,
@@ -348,11 +355,13 @@ fn walk(
             Err(e) => {
                 let path = e.path().map(Path::to_path_buf);
                 tracing::warn!(library = %library.name, path = ?path, "cannot read: {e}");
-                shared.errors.fetch_add(1, Ordering::Relaxed);
+                errors.fetch_add(1, Ordering::Relaxed);
                 if let Some(Ok(rel)) = path.as_deref().and_then(relative) {
-                    if rel.is_empty() {
+                    if path.as_deref() == Some(start) {
                         let reason = e.io_error().map_or_else(|| e.to_string(), ToString::to_string);
                         outcome.root_error = Some(reason);
+                    }
+                    if rel.is_empty() {
                         outcome.failed_dirs.push(format!("{}/", library.name));
                     } else {
                         outcome.failed_dirs.push(format!("{}/{rel}/", library.name));
@@ -370,7 +379,7 @@ fn walk(
             Some(Ok(rel)) => rel,
             Some(Err(e)) => {
                 tracing::warn!(library = %library.name, path = ?entry.path(), "skipped: {e}");
-                shared.errors.fetch_add(1, Ordering::Relaxed);
+                errors.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             None => continue,
@@ -385,13 +394,12 @@ fn walk(
             Ok(key) => key,
             Err(e) => {
                 tracing::warn!(library = %library.name, path = ?entry.path(), "skipped: {e}");
-                shared.errors.fetch_add(1, Ordering::Relaxed);
+                errors.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
         };
-        shared.seen.fetch_add(1, Ordering::Relaxed);
-        if jobs.send(Job { path: entry.into_path(), key }).is_err() {
-            break; // the writer failed; stop walking
+        if !sink(entry.into_path(), key) {
+            break; // the consumer failed; stop walking
         }
     }
     outcome
@@ -399,7 +407,7 @@ fn walk(
 
 /// Compared by device and inode, not by path: the database may be reached through a symlink,
 /// and the walk sees the library's own spelling of the path.
-fn is_database_file(entry: &walkdir::DirEntry, skip_files: &[(u64, u64)]) -> bool {
+pub(crate) fn is_database_file(entry: &walkdir::DirEntry, skip_files: &[(u64, u64)]) -> bool {
     use walkdir::DirEntryExt;
     skip_files.iter().any(|(_, ino)| *ino == entry.ino())
         && entry.metadata().is_ok_and(|m| {

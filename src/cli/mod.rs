@@ -1,7 +1,9 @@
 //! The command line: global options, one file per subcommand.
 
+pub mod brain;
 mod conflicts;
 mod init;
+mod run;
 mod scan;
 mod search;
 mod status;
@@ -41,10 +43,12 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Init(init::Args),
+    Run(run::Args),
     Scan(scan::Args),
     Search(search::Args),
     Status(status::Args),
     Conflicts(conflicts::Args),
+    Brain(brain::Args),
 }
 
 impl GlobalArgs {
@@ -59,10 +63,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.global.load_config()?;
     match cli.command {
         Command::Init(args) => init::run(args, &cli.global, &config),
+        Command::Run(args) => run::run(args, &cli.global, config),
         Command::Scan(args) => scan::run(args, &cli.global, config),
         Command::Search(args) => search::run(args, &cli.global, &config),
         Command::Status(args) => status::run(args, &cli.global, &config),
         Command::Conflicts(args) => conflicts::run(args, &cli.global, &config),
+        Command::Brain(args) => brain::run(args, &cli.global, &config),
     }
 }
 

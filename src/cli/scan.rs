@@ -76,7 +76,7 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
 
 /// Adds a folder named on the command line as a library for this run, named after the folder,
 /// unless a configured library already has that root. Returns the library's name.
-fn add_folder(config: &mut Config, path: &std::path::Path) -> anyhow::Result<String> {
+pub(crate) fn add_folder(config: &mut Config, path: &std::path::Path) -> anyhow::Result<String> {
     let root = std::path::absolute(path).with_context(|| format!("folder {}", path.display()))?;
     // Compared in canonical form (symlinks resolved) when the folder exists; as spelled otherwise.
     let canonical = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());

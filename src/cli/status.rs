@@ -42,6 +42,8 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         }
     }
     let brain = config.sync.brain_url.clone();
+    let running = crate::daemon::RunLock::is_held(store.path());
+    let run_state = crate::daemon::read_state(&store)?;
     if global.json {
         return super::print_json(&json!({
             "ok": true,
@@ -53,6 +55,10 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
             "counts": counts,
             "last_scan": last_run,
             "brain_url": brain,
+            "agent": {
+                "running": running,
+                "state": run_state,
+            },
         }));
     }
     println!("device     {} (sequence {sequence})", store.device_id());
@@ -77,6 +83,25 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
             }
             None => println!("library    {name}  (not in the config)  {files} files"),
         }
+    }
+    match (&run_state, running) {
+        (Some(run), true) => {
+            let watching = run.libraries.values().filter(|m| matches!(m, crate::daemon::LibraryMode::Watching)).count();
+            println!(
+                "agent      running (pid {}), watching {watching} of {} libraries, {} changes waiting, last change {}",
+                run.pid,
+                run.libraries.len(),
+                run.backlog,
+                run.last_change_at.as_deref().unwrap_or("none yet")
+            );
+            for (name, mode) in &run.libraries {
+                if let crate::daemon::LibraryMode::Polling { reason } = mode {
+                    println!("           {name}: {reason}");
+                }
+            }
+        }
+        (Some(run), false) => println!("agent      not running (last stopped at {})", run.updated_at),
+        (None, _) => println!("agent      not running (never started: `agent run`)"),
     }
     match last_run {
         Some(run) => println!(

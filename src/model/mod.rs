@@ -5,6 +5,7 @@ pub mod clock;
 pub mod event;
 pub mod key;
 pub mod merge;
+pub mod wire;
 
 pub use clock::{Causality, VectorClock};
 pub use event::{Event, EventType, FilePayload};

@@ -48,6 +48,57 @@ pub fn observed_of_library(conn: &Connection, library: &str) -> Result<HashMap<B
     Ok(map)
 }
 
+/// One path's observed row, read outside a write batch.
+pub fn observed(conn: &Connection, key: &str) -> Result<Option<super::Observed>> {
+    conn.prepare_cached("SELECT bytes, mtime_ns, inode, sha256 FROM lib_observed WHERE path = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row([key], |r| {
+                Ok(super::Observed {
+                    bytes: r.get::<_, i64>(0)? as u64,
+                    mtime_ns: r.get(1)?,
+                    inode: r.get::<_, i64>(2)? as u64,
+                    sha256: r.get(3)?,
+                })
+            })
+            .optional()
+        })
+        .ctx(|| format!("reading observed state of {key}"))
+}
+
+/// Observed rows of every key under a folder key (`prefix` ends with '/').
+pub fn observed_under(conn: &Connection, prefix: &str) -> Result<Vec<(String, super::Observed)>> {
+    // Keys under "a/b/" sort in ["a/b/", "a/b0"): '0' is the character after '/'.
+    let end = format!("{}0", &prefix[..prefix.len() - 1]);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT path, bytes, mtime_ns, inode, sha256 FROM lib_observed WHERE path >= ?1 AND path < ?2",
+        )
+        .ctx(|| format!("reading observed state under {prefix}"))?;
+    let rows = stmt
+        .query_map((prefix, &end), |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                super::Observed {
+                    bytes: r.get::<_, i64>(1)? as u64,
+                    mtime_ns: r.get(2)?,
+                    inode: r.get::<_, i64>(3)? as u64,
+                    sha256: r.get(4)?,
+                },
+            ))
+        })
+        .ctx(|| format!("reading observed state under {prefix}"))?;
+    rows.collect::<rusqlite::Result<_>>().ctx(|| format!("reading observed state under {prefix}"))
+}
+
+/// The shared view's winner for a key: (sha256, mime, content), if live.
+pub fn live_file(conn: &Connection, key: &str) -> Result<Option<(String, Option<String>, Option<String>)>> {
+    conn.prepare_cached(
+        "SELECT sha256, mime, content FROM lib_files WHERE path = ?1 AND deleted_at IS NULL AND sha256 IS NOT NULL",
+    )
+    .and_then(|mut stmt| stmt.query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
+    .ctx(|| format!("reading the shared row of {key}"))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchHit {
     pub path: String,

@@ -1,0 +1,278 @@
+//! The brain's storage: one trait, a SQLite store (the embedded default) and a PostgreSQL store
+//! (shared, multi-instance deployments), chosen by the `--database-url` scheme.
+//!
+//! What an ingest does to the data is decided here, once, by pure functions both stores call:
+//! [`check_batch`] (duplicates inside a request) and [`plan_entities`] (the merge rule over a
+//! batch). The stores only read the current state, and write what the plan says, in one
+//! transaction.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::{BrainError, Result};
+use crate::model::merge::{self, EntityState, Outcome};
+use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
+use crate::model::Event;
+
+pub use postgres::{PgOptions, PgStore};
+pub use sqlite::SqliteStore;
+
+/// One page of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullPage {
+    pub events: Vec<PulledEvent>,
+    pub next_after_id: i64,
+    pub has_more: bool,
+}
+
+/// One page of the current entities, by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPage {
+    pub entities: Vec<SnapshotEntity>,
+    pub watermark: i64,
+    pub has_more: bool,
+}
+
+/// A registered webhook. The secret signs notifications; it is never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub id: i64,
+    pub device_id: String,
+    pub url: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("id", &self.id)
+            .field("device_id", &self.device_id)
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PruneReport {
+    pub deleted_events: u64,
+    /// Every event up to this id is gone: a cursor below it gets 410.
+    pub pruned_through: i64,
+}
+
+/// What an ingest did: the counts for the response, and the ids it appended (for the webhooks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ingested {
+    pub result: IngestResult,
+    /// The greatest id before the new events (pull from it to get them) and the last new id;
+    /// `None` when nothing was inserted.
+    pub new_ids: Option<(i64, i64)>,
+}
+
+/// The brain's storage. Every method is all-or-nothing: an error leaves the store as it was.
+pub trait BrainStore: Send + Sync + 'static {
+    /// Appends the events new to the log and applies them to `entities` with the merge rule, in
+    /// one transaction. The batch has passed [`check_batch`]. An event whose ULID is stored with
+    /// other content refuses the whole batch ([`BrainError::Conflict`]).
+    fn ingest(&self, batch: Vec<CheckedEvent>) -> impl Future<Output = Result<Ingested>> + Send;
+
+    /// Events with `id > after_id`, in id order, at most `limit`. A cursor below the pruned part
+    /// of the log is [`BrainError::CursorPruned`].
+    fn pull(&self, after_id: i64, limit: usize) -> impl Future<Output = Result<PullPage>> + Send;
+
+    /// Entities with key `> after_key`, by key, at most `limit`, with the log watermark they
+    /// include.
+    fn snapshot(&self, after_key: &str, limit: usize) -> impl Future<Output = Result<SnapshotPage>> + Send;
+
+    /// Deletes the events received before `cutoff` (entities stay).
+    fn prune(&self, cutoff: SystemTime) -> impl Future<Output = Result<PruneReport>> + Send;
+
+    /// Registers (or replaces, and reactivates) the device's webhook; returns its id.
+    fn register_webhook(
+        &self,
+        device_id: &str,
+        url: &str,
+        secret: &str,
+    ) -> impl Future<Output = Result<i64>> + Send;
+
+    /// Deactivates the device's webhook; false when it had none active.
+    fn deactivate_webhook(&self, device_id: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    fn active_webhooks(&self) -> impl Future<Output = Result<Vec<Webhook>>> + Send;
+
+    /// The id of the newest committed event, updated after every commit (on PostgreSQL, also
+    /// commits by other brain instances): long-polls wait on it.
+    fn subscribe(&self) -> watch::Receiver<i64>;
+}
+
+/// An event that passed validation, with the digest of its canonical JSON: two events with one
+/// ULID are the same event exactly when their digests are equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedEvent {
+    pub event: Event,
+    pub digest: String,
+}
+
+impl CheckedEvent {
+    pub fn new(event: Event) -> CheckedEvent {
+        // Event's fields serialise in declaration order and the clock is sorted: canonical.
+        let json = serde_json::to_vec(&event).unwrap_or_default();
+        let digest = hex::encode(Sha256::digest(&json));
+        CheckedEvent { event, digest }
+    }
+}
+
+/// Validates every event of a request and drops exact repeats inside it. Errors name the index:
+/// `batch[3].payload.sha256 ...`.
+pub fn check_batch(batch: Vec<Event>, max_content_bytes: usize) -> Result<Vec<CheckedEvent>> {
+    let mut seen: HashMap<String, (usize, String)> = HashMap::with_capacity(batch.len());
+    let mut out = Vec::with_capacity(batch.len());
+    for (index, event) in batch.into_iter().enumerate() {
+        event
+            .validate(max_content_bytes)
+            .map_err(|e| BrainError::Invalid(format!("batch[{index}].{e}")))?;
+        let checked = CheckedEvent::new(event);
+        if let Some((first, digest)) = seen.get(&checked.event.event_ulid) {
+            if *digest != checked.digest {
+                return Err(BrainError::Conflict(format!(
+                    "batch[{index}].event_ulid {} is used by batch[{first}] with other content",
+                    checked.event.event_ulid
+                )));
+            }
+            continue;
+        }
+        seen.insert(checked.event.event_ulid.clone(), (index, checked.digest.clone()));
+        out.push(checked);
+    }
+    Ok(out)
+}
+
+/// The 409 message for a ULID stored with other content.
+pub(crate) fn reused_ulid(ulid: &str) -> BrainError {
+    BrainError::Conflict(format!(
+        "event_ulid {ulid} is stored already with other content: a ULID names one event forever"
+    ))
+}
+
+/// What to write for one entity after a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityWrite {
+    pub key: String,
+    pub state: EntityState,
+    /// Index (into the batch given to [`plan_entities`]) of the event that is the new winner, or
+    /// `None` when the winner stays and only `seen_vc`/siblings change.
+    pub new_winner: Option<usize>,
+    /// Whether the conflicts of the entity must be rewritten (it had or has several siblings).
+    pub refresh_conflicts: bool,
+}
+
+/// Applies a batch of new events to the current states of their entities with the merge rule.
+/// Returns the writes by key (a deterministic order, so concurrent writers lock rows alike).
+pub fn plan_entities(events: &[&Event], mut current: HashMap<String, EntityState>) -> Vec<EntityWrite> {
+    let mut writes: BTreeMap<String, EntityWrite> = BTreeMap::new();
+    for (index, event) in events.iter().enumerate() {
+        let key = &event.entity_key;
+        let before = current.get(key);
+        let had_siblings = before.is_some_and(|s| s.siblings.len() > 1);
+        let Outcome::Applied { state, winner_changed } = merge::apply(before, &event.version()) else {
+            continue;
+        };
+        let write = writes.entry(key.clone()).or_insert_with(|| EntityWrite {
+            key: key.clone(),
+            state: state.clone(),
+            new_winner: None,
+            refresh_conflicts: false,
+        });
+        write.state = state.clone();
+        if winner_changed {
+            write.new_winner = Some(index);
+        }
+        write.refresh_conflicts |= had_siblings || state.siblings.len() > 1;
+        current.insert(key.clone(), state);
+    }
+    writes.into_values().collect()
+}
+
+/// Runs blocking store work off the async runtime, re-raising a panic of the closure.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(BrainError::Internal(format!("store task cancelled: {e}"))),
+    }
+}
+
+/// `SystemTime` as whole Unix seconds.
+pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EventType, FilePayload, VectorClock};
+
+    fn event(device: &str, key: &str, clock: VectorClock, sha: char) -> Event {
+        Event {
+            event_ulid: ulid::Ulid::new().to_string(),
+            device_id: device.into(),
+            event_type: EventType::UpsertFile,
+            entity_type: "file".into(),
+            entity_key: key.into(),
+            payload: FilePayload {
+                sha256: Some(sha.to_string().repeat(64)),
+                bytes: Some(1),
+                ..FilePayload::default()
+            },
+            vector_clock: clock,
+            created_at: "2026-11-25T10:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_planned_as_if_applied_event_by_event() {
+        let a = event("a", "n/x", VectorClock::from([("a", 1)]), 'a');
+        let b = event("b", "n/x", VectorClock::from([("b", 1)]), 'b');
+        let c = event("a", "n/y", VectorClock::from([("a", 2)]), 'c');
+        let writes = plan_entities(&[&a, &b, &c], HashMap::new());
+        assert_eq!(writes.len(), 2);
+        assert_eq!(writes[0].key, "n/x");
+        assert_eq!(writes[0].new_winner, Some(1), "equal sums: device b wins");
+        assert!(writes[0].refresh_conflicts);
+        assert_eq!(writes[0].state.conflicts().count(), 1);
+        assert_eq!(writes[1].new_winner, Some(0));
+    }
+
+    #[test]
+    fn a_repeat_inside_a_batch_is_dropped_and_a_reuse_is_refused() {
+        let a = event("a", "n/x", VectorClock::from([("a", 1)]), 'a');
+        assert_eq!(check_batch(vec![a.clone(), a.clone()], 10).unwrap().len(), 1);
+        let mut other = a.clone();
+        other.entity_key = "n/z".into();
+        let err = check_batch(vec![a, other], 10).unwrap_err();
+        assert!(matches!(err, BrainError::Conflict(ref m) if m.contains("batch[1]")), "{err}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_event_index() {
+        let mut bad = event("a", "n/x", VectorClock::from([("a", 1)]), 'a');
+        bad.payload.sha256 = Some("xyz".into());
+        let ok = event("a", "n/y", VectorClock::from([("a", 2)]), 'a');
+        let err = check_batch(vec![ok, bad], 10).unwrap_err();
+        assert!(err.to_string().starts_with("batch[1].payload.sha256"), "{err}");
+    }
+}

@@ -1,0 +1,828 @@
+//! The brain on PostgreSQL (plain or Supabase), for deployments where several brain instances
+//! share one database. The tables live in the `lib_shared` schema of `migrations/postgres/`.
+//!
+//! Ordering: every ingest takes a transaction-level advisory lock before it assigns ids, and holds
+//! it until it commits, so ids become visible in id order across every instance: a puller that
+//! has seen id N will never later find a smaller id committing behind it.
+//! Wake-ups: ingests `pg_notify` the newest id; each instance LISTENs on its own connection, so a
+//! long-poll on one instance wakes when another instance commits.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::poll_fn;
+use tokio::sync::{watch, Semaphore, SemaphorePermit};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+
+use super::{
+    plan_entities, reused_ulid, BrainStore, CheckedEvent, Ingested, PruneReport, PullPage, SnapshotPage,
+    Webhook,
+};
+use crate::brain::{BrainError, Result};
+use crate::model::merge::{EntityState, Version};
+use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
+use crate::model::{Event, EventType, FilePayload, VectorClock};
+
+/// The migrations, in order: (version, name, SQL written for the `lib_shared` schema).
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "0001_lib_shared", include_str!("../../../migrations/postgres/0001_lib_shared.sql"))];
+
+pub const DEFAULT_SCHEMA: &str = "lib_shared";
+
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// The schema holding the brain's tables. Tests give each case its own, so they run in
+    /// parallel on one database.
+    pub schema: String,
+    /// Connections kept per brain instance.
+    pub pool_size: usize,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions { schema: DEFAULT_SCHEMA.to_owned(), pool_size: 16 }
+    }
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    schema: String,
+    /// `schema.` to put before a table name.
+    lock_key: i64,
+    channel: String,
+    newest: watch::Sender<i64>,
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+/// The URL with its password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "<unparseable URL>".to_owned() };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn pg_err(context: &str, e: tokio_postgres::Error) -> BrainError {
+    let message = format!("{context}: {}", describe(&e));
+    let unavailable = e.is_closed()
+        || e.code().is_none_or(|c| {
+            let code = c.code();
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code == "40001" || code == "40P01"
+        });
+    if unavailable {
+        BrainError::Unavailable(message)
+    } else {
+        BrainError::Internal(message)
+    }
+}
+
+/// The server's message when there is one (tokio-postgres's Display says only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+fn corrupt(context: &str, e: impl std::fmt::Display) -> BrainError {
+    BrainError::Internal(format!("{context}: stored value is corrupt: {e}"))
+}
+
+fn valid_schema(schema: &str) -> bool {
+    let mut chars = schema.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && schema.len() <= 48
+}
+
+/// A few connections, reused; a closed one is dropped and replaced on the next checkout.
+struct Pool {
+    config: Config,
+    idle: Mutex<Vec<Client>>,
+    permits: Semaphore,
+}
+
+struct Conn<'a> {
+    client: Option<Client>,
+    pool: &'a Pool,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("a checked-out connection holds its client until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("a checked-out connection holds its client until dropped")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            if !client.is_closed() {
+                self.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(client);
+            }
+        }
+    }
+}
+
+impl Pool {
+    async fn connect(config: &Config) -> Result<Client> {
+        let (client, connection) =
+            config.connect(NoTls).await.map_err(|e| pg_err("connecting to PostgreSQL", e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "PostgreSQL connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    async fn get(&self) -> Result<Conn<'_>> {
+        let permit = self.permits.acquire().await.map_err(|_| BrainError::Internal("pool closed".into()))?;
+        let reused = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                match idle.pop() {
+                    Some(c) if c.is_closed() => continue,
+                    other => break other,
+                }
+            }
+        };
+        let client = match reused {
+            Some(c) => c,
+            None => Self::connect(&self.config).await?,
+        };
+        Ok(Conn { client: Some(client), pool: self, _permit: permit })
+    }
+}
+
+impl PgStore {
+    /// Connects, creates or migrates the schema, and starts listening for other instances' commits.
+    pub async fn connect(url: &str, options: PgOptions) -> Result<PgStore> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(BrainError::Invalid(format!("{} is not a postgres:// URL", redact(url))));
+        }
+        if !valid_schema(&options.schema) {
+            return Err(BrainError::Invalid(format!("schema name {:?} is not a plain lowercase identifier", options.schema)));
+        }
+        let mut config = Config::from_str(url)
+            .map_err(|e| BrainError::Invalid(format!("database URL {}: {e}", redact(url))))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.application_name("lib-agent brain");
+        let schema = options.schema.clone();
+        let mut client = Pool::connect(&config).await?;
+        migrate(&mut client, &schema).await?;
+        let pool = Pool { config, idle: Mutex::new(vec![client]), permits: Semaphore::new(options.pool_size.max(1)) };
+        // One lock per schema: brains sharing a schema serialise their ingests, other schemas
+        // (other tests) do not wait for them.
+        let lock_key = schema.bytes().fold(0x6c69_625f_6272_6169_i64, |h, b| h.wrapping_mul(31).wrapping_add(i64::from(b)));
+        let (newest, _) = watch::channel(0);
+        let store = PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                channel: format!("{schema}_events"),
+                schema,
+                lock_key,
+                newest,
+                listener: Mutex::new(None),
+            }),
+        };
+        let newest = store.newest_id().await?;
+        store.inner.newest.send_replace(newest);
+        let task = tokio::spawn(listen(Arc::downgrade(&store.inner)));
+        *store.inner.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        Ok(store)
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// Drops the whole schema: for tests that made their own.
+    pub async fn drop_schema(&self) -> Result<()> {
+        let conn = self.inner.pool.get().await?;
+        conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.inner.schema))
+            .await
+            .map_err(|e| pg_err("dropping the schema", e))
+    }
+
+    /// SQL written for `lib_shared`, for this store's schema.
+    fn sql<'a>(&self, sql: &'a str) -> Cow<'a, str> {
+        in_schema(sql, &self.inner.schema)
+    }
+
+    async fn newest_id(&self) -> Result<i64> {
+        let conn = self.inner.pool.get().await?;
+        let row = conn
+            .query_one(
+                &*self.sql(
+                    "SELECT GREATEST(COALESCE((SELECT max(id) FROM lib_shared.events), 0),
+                       (SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through'))",
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| pg_err("reading the newest event id", e))?;
+        Ok(row.get(0))
+    }
+
+    fn bump(&self, id: i64) {
+        bump(&self.inner.newest, id);
+    }
+}
+
+fn bump(newest: &watch::Sender<i64>, id: i64) {
+    newest.send_if_modified(|v| {
+        let bumped = id > *v;
+        *v = (*v).max(id);
+        bumped
+    });
+}
+
+fn in_schema<'a>(sql: &'a str, schema: &str) -> Cow<'a, str> {
+    if schema == DEFAULT_SCHEMA {
+        Cow::Borrowed(sql)
+    } else {
+        Cow::Owned(sql.replace(DEFAULT_SCHEMA, schema))
+    }
+}
+
+async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
+    // A session lock: two brains starting at once on a new database must not both create tables.
+    let lock = format!("SELECT pg_advisory_lock(hashtext('lib-agent migrate {schema}'))");
+    client.batch_execute(&lock).await.map_err(|e| pg_err("locking for migrations", e))?;
+    let result = async {
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema};
+                 CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+                     version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now()
+                 );"
+            ))
+            .await
+            .map_err(|e| pg_err("creating the migrations table", e))?;
+        let applied: Vec<i32> = client
+            .query(&format!("SELECT version FROM {schema}.schema_migrations"), &[])
+            .await
+            .map_err(|e| pg_err("reading applied migrations", e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if let Some(newer) = applied.iter().find(|v| !MIGRATIONS.iter().any(|(m, _, _)| m == *v)) {
+            return Err(BrainError::Internal(format!(
+                "schema {schema} has migration {newer}, unknown to this brain: upgrade the agent"
+            )));
+        }
+        for (version, name, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            let tx = client.transaction().await.map_err(|e| pg_err("starting a migration", e))?;
+            tx.batch_execute(&in_schema(sql, schema))
+                .await
+                .map_err(|e| pg_err(&format!("applying migration {name}"), e))?;
+            tx.execute(&format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"), &[version, name])
+                .await
+                .map_err(|e| pg_err("recording a migration", e))?;
+            tx.commit().await.map_err(|e| pg_err("committing a migration", e))?;
+            tracing::info!(schema, migration = name, "applied PostgreSQL migration");
+        }
+        Ok(())
+    }
+    .await;
+    let unlock = format!("SELECT pg_advisory_unlock(hashtext('lib-agent migrate {schema}'))");
+    client.batch_execute(&unlock).await.map_err(|e| pg_err("unlocking after migrations", e))?;
+    result
+}
+
+/// LISTENs for commits of every instance and bumps `newest`. Reconnects with backoff; after a
+/// reconnect it re-reads the newest id, so a notification missed meanwhile still wakes waiters.
+async fn listen(inner: std::sync::Weak<Inner>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let config = strong.pool.config.clone();
+        let channel = strong.channel.clone();
+        let store = PgStore { inner: strong };
+        let connected = config.connect(NoTls).await;
+        let (client, mut connection) = match connected {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %describe(&e), "LISTEN connection failed; retrying");
+                drop(store);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        let newest = store.inner.newest.clone();
+        drop(store);
+        let (messages_tx, mut messages_rx) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            loop {
+                match poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        if messages_tx.send(n.payload().to_owned()).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return,
+                }
+            }
+        });
+        if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
+            tracing::warn!(error = %describe(&e), "LISTEN failed; retrying");
+            driver.abort();
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        // Commits between the last read and LISTEN: catch up once.
+        if let Some(strong) = inner.upgrade() {
+            if let Ok(id) = (PgStore { inner: strong }).newest_id().await {
+                bump(&newest, id);
+            }
+        }
+        while let Some(payload) = messages_rx.recv().await {
+            if let Ok(id) = payload.parse::<i64>() {
+                bump(&newest, id);
+            }
+        }
+        driver.abort();
+        drop(client);
+        if inner.upgrade().is_none() {
+            return;
+        }
+        tracing::warn!("LISTEN connection lost; reconnecting");
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn parse_state(key: &str, seen_vc: &str, siblings: &str) -> Result<EntityState> {
+    let seen_vc: VectorClock = serde_json::from_str(seen_vc).map_err(|e| corrupt(&format!("seen_vc of {key}"), e))?;
+    let siblings: Vec<Version> =
+        serde_json::from_str(siblings).map_err(|e| corrupt(&format!("siblings of {key}"), e))?;
+    EntityState::from_parts(seen_vc, siblings).ok_or_else(|| corrupt(&format!("siblings of {key}"), "empty"))
+}
+
+fn parse_event_type(s: &str) -> Result<EventType> {
+    EventType::parse(s).ok_or_else(|| corrupt("event_type", s))
+}
+
+impl BrainStore for PgStore {
+    async fn ingest(&self, batch: Vec<CheckedEvent>) -> Result<Ingested> {
+        let mut conn = self.inner.pool.get().await?;
+        let tx = conn.transaction().await.map_err(|e| pg_err("starting an ingest", e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.inner.lock_key])
+            .await
+            .map_err(|e| pg_err("taking the ingest lock", e))?;
+
+        let ulids: Vec<&str> = batch.iter().map(|c| c.event.event_ulid.as_str()).collect();
+        let stored: HashMap<String, String> = tx
+            .query(&*self.sql("SELECT event_ulid, digest FROM lib_shared.events WHERE event_ulid = ANY($1)"), &[&ulids])
+            .await
+            .map_err(|e| pg_err("looking up event ULIDs", e))?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut new_events: Vec<&Event> = Vec::with_capacity(batch.len());
+        let mut digests: Vec<&str> = Vec::with_capacity(batch.len());
+        for checked in &batch {
+            match stored.get(&checked.event.event_ulid) {
+                Some(digest) if *digest == checked.digest => {}
+                Some(_) => return Err(reused_ulid(&checked.event.event_ulid)),
+                None => {
+                    new_events.push(&checked.event);
+                    digests.push(&checked.digest);
+                }
+            }
+        }
+        if new_events.is_empty() {
+            return Ok(Ingested::default());
+        }
+
+        let col = |f: fn(&Event) -> String| new_events.iter().map(|e| f(e)).collect::<Vec<String>>();
+        let ids: Vec<i64> = tx
+            .query(
+                &*self.sql(
+                    "INSERT INTO lib_shared.events (event_ulid, device_id, event_type, entity_type, entity_key,
+                       payload, vector_clock, created_at, digest)
+                     SELECT u, d, t, et, k, p::jsonb, vc::jsonb, c, dg
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                 $7::text[], $8::text[], $9::text[]) WITH ORDINALITY
+                          AS x(u, d, t, et, k, p, vc, c, dg, n)
+                     ORDER BY n
+                     RETURNING id",
+                ),
+                &[
+                    &col(|e| e.event_ulid.clone()),
+                    &col(|e| e.device_id.clone()),
+                    &col(|e| e.event_type.as_str().to_owned()),
+                    &col(|e| e.entity_type.clone()),
+                    &col(|e| e.entity_key.clone()),
+                    &col(|e| to_json(&e.payload)),
+                    &col(|e| e.vector_clock.to_json()),
+                    &col(|e| e.created_at.clone()),
+                    &digests,
+                ],
+            )
+            .await
+            .map_err(|e| pg_err("appending events", e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let first = ids.iter().copied().min().unwrap_or(0);
+        let last = ids.iter().copied().max().unwrap_or(0);
+
+        let mut keys: Vec<&str> = new_events.iter().map(|e| e.entity_key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut current = HashMap::new();
+        for row in tx
+            .query(
+                &*self.sql(
+                    "SELECT entity_key, seen_vc::text, siblings::text FROM lib_shared.entities
+                     WHERE entity_key = ANY($1)",
+                ),
+                &[&keys],
+            )
+            .await
+            .map_err(|e| pg_err("reading entities", e))?
+        {
+            let key: String = row.get(0);
+            let state = parse_state(&key, row.get(1), row.get(2))?;
+            current.insert(key, state);
+        }
+        let writes = plan_entities(&new_events, current);
+
+        // Winners, merge-state-only updates, and conflicts, each as one statement over arrays.
+        let mut winners: [Vec<String>; 9] = Default::default();
+        let mut winner_deleted: Vec<Option<String>> = Vec::new();
+        let mut winner_siblings = Vec::new();
+        let (mut merge_keys, mut merge_vcs, mut other_siblings) = (Vec::new(), Vec::new(), Vec::new());
+        let mut refreshed: Vec<&str> = Vec::new();
+        let mut c_key = Vec::new();
+        let mut c_ulid = Vec::new();
+        let mut c_device = Vec::new();
+        let mut c_clock = Vec::new();
+        let mut c_deleted = Vec::new();
+        let mut c_sha = Vec::new();
+        let mut c_bytes: Vec<Option<i64>> = Vec::new();
+        let mut c_mtime: Vec<Option<i64>> = Vec::new();
+        let mut c_created = Vec::new();
+        for w in &writes {
+            let seen_vc = w.state.seen_vc.to_json();
+            let siblings = to_json(&w.state.siblings);
+            match w.new_winner {
+                Some(i) => {
+                    let e = new_events[i];
+                    let values = [
+                        w.key.clone(),
+                        e.entity_type.clone(),
+                        e.event_ulid.clone(),
+                        e.device_id.clone(),
+                        e.event_type.as_str().to_owned(),
+                        to_json(&e.payload),
+                        e.vector_clock.to_json(),
+                        e.created_at.clone(),
+                        seen_vc,
+                    ];
+                    for (column, value) in winners.iter_mut().zip(values) {
+                        column.push(value);
+                    }
+                    winner_deleted.push(e.event_type.is_delete().then(|| e.created_at.clone()));
+                    winner_siblings.push(siblings);
+                }
+                None => {
+                    merge_keys.push(w.key.clone());
+                    merge_vcs.push(seen_vc);
+                    other_siblings.push(siblings);
+                }
+            }
+            if w.refresh_conflicts {
+                refreshed.push(&w.key);
+                for v in w.state.conflicts() {
+                    c_key.push(w.key.clone());
+                    c_ulid.push(v.event_ulid.clone());
+                    c_device.push(v.device_id.clone());
+                    c_clock.push(v.clock.to_json());
+                    c_deleted.push(v.deleted);
+                    c_sha.push(v.sha256.clone());
+                    c_bytes.push(v.bytes.map(|b| b as i64));
+                    c_mtime.push(v.mtime_unix);
+                    c_created.push(v.created_at.clone());
+                }
+            }
+        }
+        let winner_count = winners[0].len();
+        if winner_count > 0 {
+            tx.execute(
+                &*self.sql(
+                    "INSERT INTO lib_shared.entities (entity_key, entity_type, event_ulid, device_id, event_type,
+                       payload, vector_clock, created_at, deleted_at, seen_vc, siblings, updated_at)
+                     SELECT k, et, u, d, t, p::jsonb, vc::jsonb, c, del, svc::jsonb, sib::jsonb, now()
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+                          AS x(k, et, u, d, t, p, vc, c, svc, del, sib)
+                     ON CONFLICT (entity_key) DO UPDATE SET entity_type = excluded.entity_type,
+                       event_ulid = excluded.event_ulid, device_id = excluded.device_id,
+                       event_type = excluded.event_type, payload = excluded.payload,
+                       vector_clock = excluded.vector_clock, created_at = excluded.created_at,
+                       deleted_at = excluded.deleted_at, seen_vc = excluded.seen_vc,
+                       siblings = excluded.siblings, updated_at = excluded.updated_at",
+                ),
+                &[
+                    &winners[0], &winners[1], &winners[2], &winners[3], &winners[4], &winners[5], &winners[6],
+                    &winners[7], &winners[8], &winner_deleted, &winner_siblings,
+                ],
+            )
+            .await
+            .map_err(|e| pg_err("writing entities", e))?;
+        }
+        if !merge_keys.is_empty() {
+            tx.execute(
+                &*self.sql(
+                    "UPDATE lib_shared.entities AS e SET seen_vc = x.svc::jsonb, siblings = x.sib::jsonb,
+                       updated_at = now()
+                     FROM unnest($1::text[], $2::text[], $3::text[]) AS x(k, svc, sib)
+                     WHERE e.entity_key = x.k",
+                ),
+                &[&merge_keys, &merge_vcs, &other_siblings],
+            )
+            .await
+            .map_err(|e| pg_err("updating merge state", e))?;
+        }
+        if !refreshed.is_empty() {
+            tx.execute(&*self.sql("DELETE FROM lib_shared.conflicts WHERE entity_key = ANY($1)"), &[&refreshed])
+                .await
+                .map_err(|e| pg_err("clearing conflicts", e))?;
+            if !c_key.is_empty() {
+                tx.execute(
+                    &*self.sql(
+                        "INSERT INTO lib_shared.conflicts (entity_key, event_ulid, device_id, vector_clock, deleted,
+                           sha256, bytes, mtime_unix, created_at)
+                         SELECT k, u, d, vc::jsonb, del, sha, b, m, c
+                         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[],
+                                     $7::int8[], $8::int8[], $9::text[]) AS x(k, u, d, vc, del, sha, b, m, c)",
+                    ),
+                    &[&c_key, &c_ulid, &c_device, &c_clock, &c_deleted, &c_sha, &c_bytes, &c_mtime, &c_created],
+                )
+                .await
+                .map_err(|e| pg_err("recording conflicts", e))?;
+            }
+        }
+        tx.execute("SELECT pg_notify($1, $2)", &[&self.inner.channel, &last.to_string()])
+            .await
+            .map_err(|e| pg_err("notifying other brains", e))?;
+        tx.commit().await.map_err(|e| pg_err("committing an ingest", e))?;
+        self.bump(last);
+        Ok(Ingested {
+            result: IngestResult { inserted_events: new_events.len() as u64, upserted_entities: writes.len() as u64 },
+            new_ids: Some((first - 1, last)),
+        })
+    }
+
+    async fn pull(&self, after_id: i64, limit: usize) -> Result<PullPage> {
+        let conn = self.inner.pool.get().await?;
+        let pruned: i64 = conn
+            .query_one(&*self.sql("SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through'"), &[])
+            .await
+            .map_err(|e| pg_err("reading the prune mark", e))?
+            .get(0);
+        if after_id < pruned {
+            return Err(BrainError::CursorPruned { after_id, pruned_through: pruned });
+        }
+        let rows = conn
+            .query(
+                &*self.sql(
+                    "SELECT id, event_ulid, device_id, event_type, entity_type, entity_key, payload::text,
+                       vector_clock::text, created_at
+                     FROM lib_shared.events WHERE id > $1 ORDER BY id LIMIT $2",
+                ),
+                &[&after_id, &(limit as i64 + 1)],
+            )
+            .await
+            .map_err(|e| pg_err("pulling events", e))?;
+        let has_more = rows.len() > limit;
+        let mut events = Vec::with_capacity(rows.len().min(limit));
+        for row in rows.iter().take(limit) {
+            let id: i64 = row.get(0);
+            events.push(PulledEvent {
+                id,
+                event: Event {
+                    event_ulid: row.get(1),
+                    device_id: row.get(2),
+                    event_type: parse_event_type(row.get(3))?,
+                    entity_type: row.get(4),
+                    entity_key: row.get(5),
+                    payload: serde_json::from_str::<FilePayload>(row.get(6))
+                        .map_err(|e| corrupt(&format!("payload of event {id}"), e))?,
+                    vector_clock: serde_json::from_str(row.get(7))
+                        .map_err(|e| corrupt(&format!("clock of event {id}"), e))?,
+                    created_at: row.get(8),
+                },
+            });
+        }
+        let next_after_id = events.last().map_or(after_id, |e| e.id);
+        Ok(PullPage { events, next_after_id, has_more })
+    }
+
+    async fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotPage> {
+        let mut conn = self.inner.pool.get().await?;
+        // One snapshot of the database for the watermark and the entities.
+        let tx = conn
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| pg_err("starting a snapshot", e))?;
+        let watermark: i64 = tx
+            .query_one(
+                &*self.sql(
+                    "SELECT GREATEST(COALESCE((SELECT max(id) FROM lib_shared.events), 0),
+                       (SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through'))",
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| pg_err("reading the watermark", e))?
+            .get(0);
+        let rows = tx
+            .query(
+                &*self.sql(
+                    "SELECT entity_key, entity_type, event_ulid, device_id, event_type, payload::text,
+                       vector_clock::text, created_at, deleted_at, seen_vc::text, siblings::text
+                     FROM lib_shared.entities WHERE entity_key > $1 ORDER BY entity_key LIMIT $2",
+                ),
+                &[&after_key, &(limit as i64 + 1)],
+            )
+            .await
+            .map_err(|e| pg_err("reading entities", e))?;
+        tx.commit().await.map_err(|e| pg_err("ending a snapshot", e))?;
+        let has_more = rows.len() > limit;
+        let mut entities = Vec::with_capacity(rows.len().min(limit));
+        for row in rows.iter().take(limit) {
+            let key: String = row.get(0);
+            let state = parse_state(&key, row.get(9), row.get(10))?;
+            entities.push(SnapshotEntity {
+                entity_type: row.get(1),
+                event_ulid: row.get(2),
+                device_id: row.get(3),
+                event_type: parse_event_type(row.get(4))?,
+                payload: serde_json::from_str(row.get(5)).map_err(|e| corrupt(&format!("payload of {key}"), e))?,
+                vector_clock: serde_json::from_str(row.get(6)).map_err(|e| corrupt(&format!("clock of {key}"), e))?,
+                created_at: row.get(7),
+                deleted_at: row.get(8),
+                seen_vc: state.seen_vc,
+                siblings: state.siblings,
+                entity_key: key,
+            });
+        }
+        Ok(SnapshotPage { entities, watermark, has_more })
+    }
+
+    async fn prune(&self, cutoff: SystemTime) -> Result<PruneReport> {
+        let mut conn = self.inner.pool.get().await?;
+        let tx = conn.transaction().await.map_err(|e| pg_err("starting a prune", e))?;
+        let cutoff = super::unix_seconds(cutoff) as f64;
+        let through: Option<i64> = tx
+            .query_one(
+                &*self.sql("SELECT max(id) FROM lib_shared.events WHERE received_at < to_timestamp($1)"),
+                &[&cutoff],
+            )
+            .await
+            .map_err(|e| pg_err("finding old events", e))?
+            .get(0);
+        let old: i64 = tx
+            .query_one(&*self.sql("SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through' FOR UPDATE"), &[])
+            .await
+            .map_err(|e| pg_err("reading the prune mark", e))?
+            .get(0);
+        let Some(through) = through else {
+            return Ok(PruneReport { deleted_events: 0, pruned_through: old });
+        };
+        let deleted = tx
+            .execute(&*self.sql("DELETE FROM lib_shared.events WHERE id <= $1"), &[&through])
+            .await
+            .map_err(|e| pg_err("pruning events", e))?;
+        let pruned = old.max(through);
+        tx.execute(&*self.sql("UPDATE lib_shared.brain_meta SET v = $1 WHERE k = 'pruned_through'"), &[&pruned])
+            .await
+            .map_err(|e| pg_err("recording the prune mark", e))?;
+        tx.commit().await.map_err(|e| pg_err("committing a prune", e))?;
+        Ok(PruneReport { deleted_events: deleted, pruned_through: pruned })
+    }
+
+    async fn register_webhook(&self, device_id: &str, url: &str, secret: &str) -> Result<i64> {
+        let conn = self.inner.pool.get().await?;
+        let row = conn
+            .query_one(
+                &*self.sql(
+                    "INSERT INTO lib_shared.device_webhooks (device_id, webhook_url, secret) VALUES ($1, $2, $3)
+                     ON CONFLICT (device_id) DO UPDATE SET webhook_url = excluded.webhook_url,
+                       secret = excluded.secret, active = true, updated_at = now()
+                     RETURNING id",
+                ),
+                &[&device_id, &url, &secret],
+            )
+            .await
+            .map_err(|e| pg_err("registering a webhook", e))?;
+        Ok(row.get(0))
+    }
+
+    async fn deactivate_webhook(&self, device_id: &str) -> Result<bool> {
+        let conn = self.inner.pool.get().await?;
+        let n = conn
+            .execute(
+                &*self.sql(
+                    "UPDATE lib_shared.device_webhooks SET active = false, updated_at = now()
+                     WHERE device_id = $1 AND active",
+                ),
+                &[&device_id],
+            )
+            .await
+            .map_err(|e| pg_err("deactivating a webhook", e))?;
+        Ok(n > 0)
+    }
+
+    async fn active_webhooks(&self) -> Result<Vec<Webhook>> {
+        let conn = self.inner.pool.get().await?;
+        let rows = conn
+            .query(
+                &*self.sql("SELECT id, device_id, webhook_url, secret FROM lib_shared.device_webhooks WHERE active"),
+                &[],
+            )
+            .await
+            .map_err(|e| pg_err("listing webhooks", e))?;
+        Ok(rows.iter().map(|r| Webhook { id: r.get(0), device_id: r.get(1), url: r.get(2), secret: r.get(3) }).collect())
+    }
+
+    fn subscribe(&self) -> watch::Receiver<i64> {
+        self.inner.newest.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_the_password_only() {
+        assert_eq!(redact("postgres://u:pw@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
+        assert_eq!(redact("postgresql://u@h/db"), "postgresql://u@h/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(valid_schema("lib_shared"));
+        assert!(valid_schema("lib_shared_t01"));
+        assert!(!valid_schema("Lib"));
+        assert!(!valid_schema("x;drop"));
+        assert!(!valid_schema(""));
+    }
+}

@@ -1,0 +1,548 @@
+//! The brain's embedded store: one SQLite file in WAL mode with `synchronous=FULL` (an event the
+//! brain acknowledged survives a power loss). One writer connection behind a mutex serialises
+//! ingests (SQLite has one writer anyway; queueing here beats busy-waiting in SQLite); pulls and
+//! snapshots read on their own connections, concurrently with the writer. All of it runs on the
+//! blocking pool, never on the async runtime.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::watch;
+
+use super::{
+    blocking, plan_entities, reused_ulid, unix_seconds, BrainStore, CheckedEvent, Ingested, PruneReport,
+    PullPage, SnapshotPage, Webhook,
+};
+use crate::brain::{BrainError, Result};
+use crate::model::merge::{EntityState, Version};
+use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
+use crate::model::{Event, EventType, FilePayload, VectorClock};
+
+const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/brain/sqlite/0001_init.sql")];
+
+/// Readers kept open between requests; more are opened (and closed after) under load.
+const IDLE_READERS: usize = 8;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    newest: watch::Sender<i64>,
+}
+
+fn sql_err(context: &str, e: rusqlite::Error) -> BrainError {
+    use rusqlite::ErrorCode::*;
+    let message = format!("{context}: {e}");
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure | CannotOpen | ReadOnly) => {
+            BrainError::Unavailable(message)
+        }
+        _ => BrainError::Internal(message),
+    }
+}
+
+fn corrupt(context: &str, e: impl std::fmt::Display) -> BrainError {
+    BrainError::Internal(format!("{context}: stored value is corrupt: {e}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock rolled its transaction back (the Transaction was dropped):
+    // the connection is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| sql_err(&format!("opening brain database {}", path.display()), e))?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(|e| sql_err("setting the busy timeout", e))?;
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -32768;")
+        .map_err(|e| sql_err("configuring the brain database", e))?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its folder if needed) and migrates the brain database.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                BrainError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let mut conn = open_conn(path)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| sql_err("switching to WAL", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(BrainError::Unavailable(format!(
+                "brain database {} cannot use WAL (journal mode {mode})",
+                path.display()
+            )));
+        }
+        migrate(&mut conn, path)?;
+        let newest = newest_id(&conn)?;
+        let (newest, _) = watch::channel(newest);
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(conn),
+                readers: Mutex::new(Vec::new()),
+                newest,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        blocking(move || f(&mut lock(&inner.writer))).await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let pooled = lock(&inner.readers).pop();
+            let mut conn = match pooled {
+                Some(conn) => conn,
+                None => open_conn(&inner.path)?,
+            };
+            let result = f(&mut conn);
+            let mut readers = lock(&inner.readers);
+            if readers.len() < IDLE_READERS {
+                readers.push(conn);
+            }
+            result
+        })
+        .await
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let found: i64 =
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| sql_err("reading the schema version", e))?;
+    if found > MIGRATIONS.len() as i64 {
+        return Err(BrainError::Internal(format!(
+            "brain database {} has schema version {found}, newer than this brain's {}; upgrade the agent",
+            path.display(),
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = index as i64 + 1;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_err("starting a migration", e))?;
+        tx.execute_batch(sql).map_err(|e| sql_err(&format!("migrating the brain database to {version}"), e))?;
+        tx.pragma_update(None, "user_version", version).map_err(|e| sql_err("recording the schema version", e))?;
+        tx.commit().map_err(|e| sql_err("committing a migration", e))?;
+    }
+    Ok(())
+}
+
+/// The greatest id ever handed out (AUTOINCREMENT's counter survives pruning).
+fn newest_id(conn: &Connection) -> Result<i64> {
+    conn.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'events'", [], |r| r.get(0))
+        .optional()
+        .map(|v| v.unwrap_or(0))
+        .map_err(|e| sql_err("reading the newest event id", e))
+}
+
+fn pruned_through(conn: &Connection) -> Result<i64> {
+    conn.query_row("SELECT v FROM brain_meta WHERE k = 'pruned_through'", [], |r| r.get(0))
+        .map_err(|e| sql_err("reading the prune mark", e))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn ingest(conn: &mut Connection, batch: &[CheckedEvent]) -> Result<Ingested> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_err("starting an ingest", e))?;
+    let now = unix_seconds(SystemTime::now());
+    let before = newest_id(&tx)?;
+    let mut new_events: Vec<&Event> = Vec::with_capacity(batch.len());
+    let mut last_id = before;
+    {
+        let mut find = tx
+            .prepare_cached("SELECT digest FROM events WHERE event_ulid = ?1")
+            .map_err(|e| sql_err("preparing the ULID lookup", e))?;
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO events (event_ulid, device_id, event_type, entity_type, entity_key, payload,
+                   vector_clock, created_at, received_at, digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .map_err(|e| sql_err("preparing the event insert", e))?;
+        for checked in batch {
+            let e = &checked.event;
+            let stored: Option<String> = find
+                .query_row([&e.event_ulid], |r| r.get(0))
+                .optional()
+                .map_err(|err| sql_err("looking up an event ULID", err))?;
+            match stored {
+                Some(digest) if digest == checked.digest => continue,
+                Some(_) => return Err(reused_ulid(&e.event_ulid)),
+                None => {}
+            }
+            insert
+                .execute(rusqlite::params![
+                    e.event_ulid,
+                    e.device_id,
+                    e.event_type.as_str(),
+                    e.entity_type,
+                    e.entity_key,
+                    to_json(&e.payload),
+                    e.vector_clock.to_json(),
+                    e.created_at,
+                    now,
+                    checked.digest,
+                ])
+                .map_err(|err| sql_err("appending an event", err))?;
+            last_id = tx.last_insert_rowid();
+            new_events.push(e);
+        }
+    }
+    if new_events.is_empty() {
+        return Ok(Ingested::default());
+    }
+
+    let mut current = HashMap::new();
+    {
+        let mut read = tx
+            .prepare_cached("SELECT seen_vc, siblings FROM entities WHERE entity_key = ?1")
+            .map_err(|e| sql_err("preparing the entity lookup", e))?;
+        for e in &new_events {
+            if current.contains_key(&e.entity_key) {
+                continue;
+            }
+            let row: Option<(String, String)> = read
+                .query_row([&e.entity_key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(|err| sql_err("reading an entity", err))?;
+            if let Some(state) = row.map(|(vc, sib)| parse_state(&e.entity_key, &vc, &sib)).transpose()? {
+                current.insert(e.entity_key.clone(), state);
+            }
+        }
+    }
+    let writes = plan_entities(&new_events, current);
+    {
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO entities (entity_key, entity_type, event_ulid, device_id, event_type, payload,
+                   vector_clock, created_at, deleted_at, seen_vc, siblings, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT(entity_key) DO UPDATE SET entity_type = excluded.entity_type,
+                   event_ulid = excluded.event_ulid, device_id = excluded.device_id,
+                   event_type = excluded.event_type, payload = excluded.payload,
+                   vector_clock = excluded.vector_clock, created_at = excluded.created_at,
+                   deleted_at = excluded.deleted_at, seen_vc = excluded.seen_vc,
+                   siblings = excluded.siblings, updated_at = excluded.updated_at",
+            )
+            .map_err(|e| sql_err("preparing the entity upsert", e))?;
+        let mut update = tx
+            .prepare_cached("UPDATE entities SET seen_vc = ?2, siblings = ?3, updated_at = ?4 WHERE entity_key = ?1")
+            .map_err(|e| sql_err("preparing the merge-state update", e))?;
+        let mut clear = tx
+            .prepare_cached("DELETE FROM conflicts WHERE entity_key = ?1")
+            .map_err(|e| sql_err("preparing the conflict clear", e))?;
+        let mut conflict = tx
+            .prepare_cached(
+                "INSERT INTO conflicts (entity_key, event_ulid, device_id, vector_clock, deleted, sha256,
+                   bytes, mtime_unix, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(|e| sql_err("preparing the conflict insert", e))?;
+        for w in &writes {
+            let seen_vc = w.state.seen_vc.to_json();
+            let siblings = to_json(&w.state.siblings);
+            match w.new_winner {
+                Some(index) => {
+                    let e = new_events[index];
+                    let deleted = e.event_type.is_delete();
+                    upsert
+                        .execute(rusqlite::params![
+                            w.key,
+                            e.entity_type,
+                            e.event_ulid,
+                            e.device_id,
+                            e.event_type.as_str(),
+                            to_json(&e.payload),
+                            e.vector_clock.to_json(),
+                            e.created_at,
+                            deleted.then_some(e.created_at.as_str()),
+                            seen_vc,
+                            siblings,
+                            now,
+                        ])
+                        .map_err(|err| sql_err("writing an entity", err))?;
+                }
+                None => {
+                    update
+                        .execute(rusqlite::params![w.key, seen_vc, siblings, now])
+                        .map_err(|err| sql_err("updating an entity's merge state", err))?;
+                }
+            }
+            if w.refresh_conflicts {
+                clear.execute([&w.key]).map_err(|e| sql_err("clearing conflicts", e))?;
+                for v in w.state.conflicts() {
+                    conflict
+                        .execute(rusqlite::params![
+                            w.key,
+                            v.event_ulid,
+                            v.device_id,
+                            v.clock.to_json(),
+                            v.deleted,
+                            v.sha256,
+                            v.bytes.map(|b| b as i64),
+                            v.mtime_unix,
+                            v.created_at,
+                        ])
+                        .map_err(|e| sql_err("recording a conflict", e))?;
+                }
+            }
+        }
+    }
+    tx.commit().map_err(|e| sql_err("committing an ingest", e))?;
+    Ok(Ingested {
+        result: IngestResult { inserted_events: new_events.len() as u64, upserted_entities: writes.len() as u64 },
+        new_ids: Some((before, last_id)),
+    })
+}
+
+fn parse_state(key: &str, seen_vc: &str, siblings: &str) -> Result<EntityState> {
+    let seen_vc: VectorClock = serde_json::from_str(seen_vc).map_err(|e| corrupt(&format!("seen_vc of {key}"), e))?;
+    let siblings: Vec<Version> =
+        serde_json::from_str(siblings).map_err(|e| corrupt(&format!("siblings of {key}"), e))?;
+    EntityState::from_parts(seen_vc, siblings).ok_or_else(|| corrupt(&format!("siblings of {key}"), "empty"))
+}
+
+fn parse_event_type(s: &str) -> Result<EventType> {
+    EventType::parse(s).ok_or_else(|| corrupt("event_type", s))
+}
+
+fn pull(conn: &mut Connection, after_id: i64, limit: usize) -> Result<PullPage> {
+    let tx = conn.transaction().map_err(|e| sql_err("starting a pull", e))?;
+    let pruned = pruned_through(&tx)?;
+    if after_id < pruned {
+        return Err(BrainError::CursorPruned { after_id, pruned_through: pruned });
+    }
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT id, event_ulid, device_id, event_type, entity_type, entity_key, payload, vector_clock,
+               created_at FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )
+        .map_err(|e| sql_err("preparing the pull", e))?;
+    let rows = stmt
+        .query_map(rusqlite::params![after_id, limit as i64 + 1], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
+            ))
+        })
+        .map_err(|e| sql_err("pulling events", e))?;
+    let mut events = Vec::with_capacity(limit.min(512));
+    let mut has_more = false;
+    for row in rows {
+        let (id, event_ulid, device_id, event_type, entity_type, entity_key, payload, clock, created_at) =
+            row.map_err(|e| sql_err("reading an event", e))?;
+        if events.len() == limit {
+            has_more = true;
+            break;
+        }
+        events.push(PulledEvent {
+            id,
+            event: Event {
+                event_type: parse_event_type(&event_type)?,
+                payload: serde_json::from_str::<FilePayload>(&payload)
+                    .map_err(|e| corrupt(&format!("payload of event {id}"), e))?,
+                vector_clock: serde_json::from_str(&clock).map_err(|e| corrupt(&format!("clock of event {id}"), e))?,
+                event_ulid,
+                device_id,
+                entity_type,
+                entity_key,
+                created_at,
+            },
+        });
+    }
+    let next_after_id = events.last().map_or(after_id, |e| e.id);
+    Ok(PullPage { events, next_after_id, has_more })
+}
+
+fn snapshot(conn: &mut Connection, after_key: &str, limit: usize) -> Result<SnapshotPage> {
+    // One read transaction: the watermark and the entities are the same moment of the store.
+    let tx = conn.transaction().map_err(|e| sql_err("starting a snapshot", e))?;
+    let watermark = newest_id(&tx)?;
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT entity_key, entity_type, event_ulid, device_id, event_type, payload, vector_clock,
+               created_at, deleted_at, seen_vc, siblings
+             FROM entities WHERE entity_key > ?1 ORDER BY entity_key LIMIT ?2",
+        )
+        .map_err(|e| sql_err("preparing the snapshot", e))?;
+    let rows = stmt
+        .query_map(rusqlite::params![after_key, limit as i64 + 1], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, Option<String>>(8)?,
+                r.get::<_, String>(9)?,
+                r.get::<_, String>(10)?,
+            ))
+        })
+        .map_err(|e| sql_err("reading entities", e))?;
+    let mut entities = Vec::new();
+    let mut has_more = false;
+    for row in rows {
+        let (key, entity_type, event_ulid, device_id, event_type, payload, clock, created_at, deleted_at, vc, sib) =
+            row.map_err(|e| sql_err("reading an entity", e))?;
+        if entities.len() == limit {
+            has_more = true;
+            break;
+        }
+        let state = parse_state(&key, &vc, &sib)?;
+        entities.push(SnapshotEntity {
+            event_type: parse_event_type(&event_type)?,
+            payload: serde_json::from_str(&payload).map_err(|e| corrupt(&format!("payload of {key}"), e))?,
+            vector_clock: serde_json::from_str(&clock).map_err(|e| corrupt(&format!("clock of {key}"), e))?,
+            entity_key: key,
+            entity_type,
+            event_ulid,
+            device_id,
+            created_at,
+            deleted_at,
+            seen_vc: state.seen_vc,
+            siblings: state.siblings,
+        });
+    }
+    Ok(SnapshotPage { entities, watermark, has_more })
+}
+
+fn prune(conn: &mut Connection, cutoff: i64) -> Result<PruneReport> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_err("starting a prune", e))?;
+    let old = pruned_through(&tx)?;
+    let through: Option<i64> = tx
+        .query_row("SELECT MAX(id) FROM events WHERE received_at < ?1", [cutoff], |r| r.get(0))
+        .map_err(|e| sql_err("finding old events", e))?;
+    let Some(through) = through else {
+        return Ok(PruneReport { deleted_events: 0, pruned_through: old });
+    };
+    let deleted = tx.execute("DELETE FROM events WHERE id <= ?1", [through]).map_err(|e| sql_err("pruning events", e))?;
+    let pruned = old.max(through);
+    tx.execute("UPDATE brain_meta SET v = ?1 WHERE k = 'pruned_through'", [pruned])
+        .map_err(|e| sql_err("recording the prune mark", e))?;
+    tx.commit().map_err(|e| sql_err("committing a prune", e))?;
+    Ok(PruneReport { deleted_events: deleted as u64, pruned_through: pruned })
+}
+
+impl BrainStore for SqliteStore {
+    async fn ingest(&self, batch: Vec<CheckedEvent>) -> Result<Ingested> {
+        let newest = self.inner.clone();
+        let ingested = self.write(move |conn| ingest(conn, &batch)).await?;
+        if let Some((_, last)) = ingested.new_ids {
+            newest.newest.send_if_modified(|v| {
+                let bumped = last > *v;
+                *v = (*v).max(last);
+                bumped
+            });
+        }
+        Ok(ingested)
+    }
+
+    async fn pull(&self, after_id: i64, limit: usize) -> Result<PullPage> {
+        self.read(move |conn| pull(conn, after_id, limit)).await
+    }
+
+    async fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotPage> {
+        let after_key = after_key.to_owned();
+        self.read(move |conn| snapshot(conn, &after_key, limit)).await
+    }
+
+    async fn prune(&self, cutoff: SystemTime) -> Result<PruneReport> {
+        let cutoff = unix_seconds(cutoff);
+        self.write(move |conn| prune(conn, cutoff)).await
+    }
+
+    async fn register_webhook(&self, device_id: &str, url: &str, secret: &str) -> Result<i64> {
+        let (device_id, url, secret) = (device_id.to_owned(), url.to_owned(), secret.to_owned());
+        self.write(move |conn| {
+            let now = unix_seconds(SystemTime::now());
+            conn.query_row(
+                "INSERT INTO device_webhooks (device_id, webhook_url, secret, active, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?4)
+                 ON CONFLICT(device_id) DO UPDATE SET webhook_url = excluded.webhook_url,
+                   secret = excluded.secret, active = 1, updated_at = excluded.updated_at
+                 RETURNING id",
+                rusqlite::params![device_id, url, secret, now],
+                |r| r.get(0),
+            )
+            .map_err(|e| sql_err("registering a webhook", e))
+        })
+        .await
+    }
+
+    async fn deactivate_webhook(&self, device_id: &str) -> Result<bool> {
+        let device_id = device_id.to_owned();
+        self.write(move |conn| {
+            let now = unix_seconds(SystemTime::now());
+            conn.execute(
+                "UPDATE device_webhooks SET active = 0, updated_at = ?2 WHERE device_id = ?1 AND active = 1",
+                rusqlite::params![device_id, now],
+            )
+            .map(|n| n > 0)
+            .map_err(|e| sql_err("deactivating a webhook", e))
+        })
+        .await
+    }
+
+    async fn active_webhooks(&self) -> Result<Vec<Webhook>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT id, device_id, webhook_url, secret FROM device_webhooks WHERE active = 1")
+                .map_err(|e| sql_err("preparing the webhook list", e))?;
+            let rows = stmt
+                .query_map([], |r| Ok(Webhook { id: r.get(0)?, device_id: r.get(1)?, url: r.get(2)?, secret: r.get(3)? }))
+                .map_err(|e| sql_err("listing webhooks", e))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| sql_err("reading a webhook", e))
+        })
+        .await
+    }
+
+    fn subscribe(&self) -> watch::Receiver<i64> {
+        self.inner.newest.subscribe()
+    }
+}

@@ -1,0 +1,45 @@
+//! `agent run`: the background agent (today: the watcher; see `daemon.rs`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::GlobalArgs;
+use crate::config::Config;
+use crate::daemon;
+use crate::store::Store;
+
+/// Run in the background: watch every library and keep the index current, until SIGINT/SIGTERM
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Folders to watch as libraries named after the folder, besides the configured ones
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Result<()> {
+    for path in &args.paths {
+        super::scan::add_folder(&mut config, path)?;
+    }
+    let mut store = Store::open(&config.store.path)?;
+
+    // SIGINT and SIGTERM end the loop; the pending changes are indexed before exiting.
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .context("installing the signal handlers")?;
+    let handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            tracing::info!(signal, "stopping");
+            let _ = stop_tx.send(());
+        }
+    });
+
+    let state = daemon::run(&config, &mut store, &stop_rx)?;
+    handle.close();
+    if global.json {
+        super::print_json(&json!({ "ok": true, "changes_indexed": state.changes_indexed }))?;
+    }
+    Ok(())
+}

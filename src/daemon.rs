@@ -1,0 +1,348 @@
+//! `agent run`: the background agent. It takes the database's run lock, starts watching every
+//! library, then reconciles with a scan (so changes made while it was stopped, and during
+//! start-up, are all caught), and from then on feeds the watcher's debounced paths to the indexer.
+//!
+//! Libraries it cannot watch (root unavailable, inotify watch limit) are rescanned periodically
+//! instead: a change may be noticed late, but it is never missed.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::index::{self, Libraries, PathsOutcome};
+use crate::model::event::now_rfc3339;
+use crate::scan::{self, ScanOptions};
+use crate::store::{Store, StoreError};
+use crate::watch::{self, Debouncer, FsSignal, FsWatcher};
+
+/// How often a library that cannot be watched is rescanned.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(60);
+/// Paths indexed per call, so a huge burst is committed progressively.
+const MAX_PATHS_PER_BATCH: usize = 2_000;
+/// The run state in `lib_kv` is rewritten at most this often while busy.
+const STATE_INTERVAL: Duration = Duration::from_secs(1);
+pub const STATE_KEY: &str = "agent_run_state";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(
+        "another `agent run` is already using database {db} (lock {lock}{pid}); stop it first"
+    )]
+    AlreadyRunning { db: PathBuf, lock: PathBuf, pid: String },
+    #[error("cannot create the run lock {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the file watcher: {0}")]
+    Watcher(#[from] notify::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Scan(#[from] scan::ScanError),
+    #[error(transparent)]
+    Filter(#[from] crate::filter::FilterError),
+    #[error("no libraries configured: add a [[library]] to the config file, or name folders: `agent run PATH`")]
+    NoLibraries,
+}
+
+/// The lock that keeps a second `agent run` off the same database. Held for the process's life;
+/// the kernel releases it if the process dies.
+pub struct RunLock {
+    _file: File,
+}
+
+pub fn lock_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+impl RunLock {
+    pub fn acquire(db: &Path) -> Result<RunLock, DaemonError> {
+        use std::io::{Read, Seek, Write};
+        let path = lock_path(db);
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| DaemonError::Lock { path: path.clone(), source })?;
+        if file.try_lock().is_err() {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            let pid = if pid.is_empty() { String::new() } else { format!(", held by pid {pid}") };
+            return Err(DaemonError::AlreadyRunning { db: db.to_owned(), lock: path, pid });
+        }
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(file, "{}", std::process::id());
+        let _ = file.flush();
+        Ok(RunLock { _file: file })
+    }
+
+    /// Whether some process holds the lock now (for `agent status`).
+    pub fn is_held(db: &Path) -> bool {
+        match File::options().read(true).write(true).open(lock_path(db)) {
+            Ok(file) => file.try_lock().is_err(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// How each library is being kept current.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum LibraryMode {
+    Watching,
+    /// Rescanned every POLL_INTERVAL, because it could not be watched.
+    Polling { reason: String },
+}
+
+/// What `agent status` shows of a running agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunState {
+    pub pid: u32,
+    pub started_at: String,
+    pub updated_at: String,
+    /// "starting", "running" or "stopped".
+    pub state: String,
+    pub libraries: BTreeMap<String, LibraryMode>,
+    /// Paths changed and waiting for their settle window.
+    pub backlog: usize,
+    pub last_change_at: Option<String>,
+    pub changes_indexed: u64,
+    /// Renamed files whose hash and text were reused instead of read again.
+    pub renames_reused: u64,
+}
+
+pub fn read_state(store: &Store) -> Result<Option<RunState>, StoreError> {
+    Ok(store.kv_get(STATE_KEY)?.and_then(|s| serde_json::from_str(&s).ok()))
+}
+
+/// Runs until `shutdown` receives (or is dropped), then indexes what is pending and returns.
+pub fn run(config: &Config, store: &mut Store, shutdown: &Receiver<()>) -> Result<RunState, DaemonError> {
+    if config.libraries.is_empty() {
+        return Err(DaemonError::NoLibraries);
+    }
+    let _lock = RunLock::acquire(store.path())?;
+    let libs = Libraries::new(config, store.path())?;
+    let (mut watcher, fs_rx) = FsWatcher::new()?;
+    let mut state = RunState {
+        pid: std::process::id(),
+        started_at: now_rfc3339(),
+        state: "starting".into(),
+        ..RunState::default()
+    };
+    // Watch first, then scan: a change made during the scan is then seen by one or the other.
+    for library in &config.libraries {
+        let mode = start_watching(&mut watcher, &library.path, &library.name);
+        state.libraries.insert(library.name.clone(), mode);
+    }
+    save_state(store, &mut state)?;
+    reconcile(store, config, None)?;
+    state.state = "running".into();
+    save_state(store, &mut state)?;
+    tracing::info!(libraries = state.libraries.len(), "watching");
+
+    let window = Duration::from_millis(config.watch.debounce_ms);
+    let mut debouncer = Debouncer::new(window);
+    let mut next_poll = Instant::now() + POLL_INTERVAL;
+    let mut last_saved = Instant::now();
+    let mut dirty = false;
+    loop {
+        let now = Instant::now();
+        let mut wake = debouncer.next_due().unwrap_or(now + POLL_INTERVAL).min(next_poll);
+        if dirty {
+            wake = wake.min(last_saved + STATE_INTERVAL);
+        }
+        let timeout = wake.saturating_duration_since(now);
+        let mut rescan_all = false;
+        let mut limit_hit: Vec<PathBuf> = Vec::new();
+        select! {
+            recv(shutdown) -> _ => break,
+            recv(fs_rx) -> signal => match signal {
+                Ok(signal) => handle(signal, &mut debouncer, &mut rescan_all, &mut limit_hit, &mut state),
+                Err(_) => break, // the watcher is gone: nothing more will come
+            },
+            default(timeout) => {}
+        }
+        // Take everything already queued, so a burst becomes one batch.
+        while let Ok(signal) = fs_rx.try_recv() {
+            handle(signal, &mut debouncer, &mut rescan_all, &mut limit_hit, &mut state);
+        }
+        if watcher.take_overflow() {
+            rescan_all = true;
+        }
+        for path in limit_hit {
+            for library in &config.libraries {
+                if path.starts_with(&library.path) {
+                    let mode = watch_limit_mode(&library.path, &library.name);
+                    watcher.unwatch(&library.path);
+                    state.libraries.insert(library.name.clone(), mode);
+                    dirty = true;
+                }
+            }
+        }
+        if rescan_all {
+            tracing::warn!("the kernel dropped file events (queue overflow); rescanning every library");
+            reconcile(store, config, None)?;
+        }
+
+        let now = Instant::now();
+        let mut due = debouncer.take_due(now);
+        while !due.is_empty() {
+            let rest = due.split_off(due.len().min(MAX_PATHS_PER_BATCH));
+            let outcome = index::index_paths(store, &libs, &due)?;
+            note(&outcome, &mut state);
+            for name in &outcome.rescan {
+                reconcile(store, config, Some(name))?;
+            }
+            due = rest;
+            dirty = true;
+        }
+
+        if now >= next_poll {
+            next_poll = now + POLL_INTERVAL;
+            for library in &config.libraries {
+                let Some(LibraryMode::Polling { .. }) = state.libraries.get(&library.name) else { continue };
+                // A root that came back (remounted) is watched again.
+                let mode = start_watching(&mut watcher, &library.path, &library.name);
+                if mode != state.libraries[&library.name] {
+                    state.libraries.insert(library.name.clone(), mode);
+                    dirty = true;
+                }
+                reconcile(store, config, Some(&library.name))?;
+            }
+        }
+        if state.backlog != debouncer.len() {
+            state.backlog = debouncer.len();
+            dirty = true;
+        }
+        if dirty && last_saved.elapsed() >= STATE_INTERVAL {
+            save_state(store, &mut state)?;
+            last_saved = Instant::now();
+            dirty = false;
+        }
+    }
+
+    // Shutdown: index what is pending, then record that we stopped.
+    let pending = debouncer.take_all();
+    for chunk in pending.chunks(MAX_PATHS_PER_BATCH) {
+        let outcome = index::index_paths(store, &libs, chunk)?;
+        note(&outcome, &mut state);
+    }
+    state.state = "stopped".into();
+    state.backlog = 0;
+    save_state(store, &mut state)?;
+    tracing::info!(changes = state.changes_indexed, "stopped");
+    Ok(state)
+}
+
+fn handle(
+    signal: FsSignal,
+    debouncer: &mut Debouncer,
+    rescan_all: &mut bool,
+    limit_hit: &mut Vec<PathBuf>,
+    state: &mut RunState,
+) {
+    match signal {
+        FsSignal::Changed(paths) => {
+            let now = Instant::now();
+            for path in paths {
+                debouncer.add(path, now);
+            }
+            state.last_change_at = Some(now_rfc3339());
+        }
+        FsSignal::Rescan => *rescan_all = true,
+        FsSignal::Error(e) if watch::is_watch_limit(&e) => limit_hit.extend(e.paths.clone()),
+        FsSignal::Error(e) => {
+            tracing::warn!("file watcher: {e}; rescanning to be sure nothing was missed");
+            *rescan_all = true;
+        }
+    }
+}
+
+fn note(outcome: &PathsOutcome, state: &mut RunState) {
+    state.changes_indexed += outcome.upserted + outcome.deleted;
+    state.renames_reused += outcome.reused;
+    if outcome.upserted + outcome.deleted > 0 {
+        tracing::info!(
+            upserted = outcome.upserted,
+            deleted = outcome.deleted,
+            renamed = outcome.reused,
+            errors = outcome.errors,
+            "indexed changes"
+        );
+    }
+}
+
+fn start_watching(watcher: &mut FsWatcher, root: &Path, name: &str) -> LibraryMode {
+    if !root.is_dir() {
+        let reason = format!("root {} is unavailable; rescanning it every {} s", root.display(), POLL_INTERVAL.as_secs());
+        tracing::warn!(library = name, "{reason}");
+        return LibraryMode::Polling { reason };
+    }
+    match watcher.watch(root) {
+        Ok(()) => LibraryMode::Watching,
+        Err(e) if watch::is_watch_limit(&e) => {
+            watcher.unwatch(root);
+            watch_limit_mode(root, name)
+        }
+        Err(e) => {
+            let reason = format!("cannot watch {} ({e}); rescanning it every {} s", root.display(), POLL_INTERVAL.as_secs());
+            tracing::warn!(library = name, "{reason}");
+            LibraryMode::Polling { reason }
+        }
+    }
+}
+
+/// Says once, with the numbers a user needs to fix it, that the inotify watch limit is reached.
+fn watch_limit_mode(root: &Path, name: &str) -> LibraryMode {
+    let folders = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_dir())
+        .count();
+    let limit = watch::watch_limit().map_or_else(|| "?".to_owned(), |l| l.to_string());
+    let reason = format!(
+        "the inotify watch limit (fs.inotify.max_user_watches = {limit}) is reached; library {name} needs \
+         {folders} more; raise it (e.g. `sysctl fs.inotify.max_user_watches={}`); meanwhile it is rescanned \
+         every {} s",
+        (folders as u64 + watch::watch_limit().unwrap_or(8192)).next_power_of_two(),
+        POLL_INTERVAL.as_secs()
+    );
+    tracing::warn!(library = name, "{reason}");
+    LibraryMode::Polling { reason }
+}
+
+fn reconcile(store: &mut Store, config: &Config, library: Option<&str>) -> Result<(), DaemonError> {
+    let options = ScanOptions { library: library.map(str::to_owned), progress: false, allow_empty: false };
+    let summary = scan::scan(store, config, &options)?;
+    for lib in &summary.libraries {
+        if let Some(error) = &lib.error {
+            tracing::error!(library = %lib.name, "{error}");
+        } else if lib.counts.upserted + lib.counts.deleted > 0 {
+            tracing::info!(
+                library = %lib.name,
+                upserted = lib.counts.upserted,
+                deleted = lib.counts.deleted,
+                "caught up with changes made while not watching"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn save_state(store: &mut Store, state: &mut RunState) -> Result<(), StoreError> {
+    state.updated_at = now_rfc3339();
+    let json = serde_json::to_string(state).unwrap_or_default();
+    let batch = store.batch()?;
+    batch.kv_set(STATE_KEY, &json)?;
+    batch.commit()
+}

@@ -1,0 +1,131 @@
+//! Request and response bodies of the brain's HTTP protocol (DESIGN.md "Wire protocol"), shared by
+//! the brain's routes and the agent's sync client so both ends agree on every field.
+//! The shapes are LIB v1.1's edge function's, so its Python clients keep working.
+
+use serde::{Deserialize, Serialize};
+
+use super::clock::VectorClock;
+use super::event::{Event, EventType, FilePayload};
+use super::merge::Version;
+
+/// The header that carries the shared secret on every route but `/health`.
+pub const SECRET_HEADER: &str = "x-lib-sync-secret";
+/// The header that signs a webhook notification: `t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+pub const SIGNATURE_HEADER: &str = "x-lib-signature";
+/// At most this many events in one `POST /ingest`, and in one page of `/pull` or `/snapshot`.
+pub const MAX_BATCH: usize = 500;
+
+/// `POST /ingest`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestRequest {
+    pub batch: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestResult {
+    /// Events new to the log (a re-sent event with a known ULID is not counted).
+    pub inserted_events: u64,
+    /// Entities whose merged state changed.
+    pub upserted_entities: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestResponse {
+    pub ok: bool,
+    pub result: IngestResult,
+}
+
+/// One event of the log, with the brain's id (the pull cursor).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PulledEvent {
+    pub id: i64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// `GET /pull?after_id=N&limit=M[&wait_ms=W]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullResponse {
+    pub ok: bool,
+    pub events: Vec<PulledEvent>,
+    /// The cursor for the next pull: the id of the last event returned, or `after_id` if none.
+    pub next_after_id: i64,
+    pub has_more: bool,
+}
+
+/// The merged state of one entity, as `/snapshot` serves it for re-seeding a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEntity {
+    pub entity_type: String,
+    pub entity_key: String,
+    /// The winning event.
+    pub event_ulid: String,
+    pub device_id: String,
+    pub event_type: EventType,
+    pub payload: FilePayload,
+    pub vector_clock: VectorClock,
+    pub created_at: String,
+    /// Set when the winner is a tombstone.
+    pub deleted_at: Option<String>,
+    /// Pointwise maximum of every applied clock.
+    pub seen_vc: VectorClock,
+    /// The versions no applied version dominates, the winner first: the losers with other bytes
+    /// are the entity's open conflicts.
+    pub siblings: Vec<Version>,
+}
+
+/// `GET /snapshot?after_key=K&limit=M`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotResponse {
+    pub ok: bool,
+    pub entities: Vec<SnapshotEntity>,
+    /// The log id this page includes every event up to. A device re-seeding keeps the watermark
+    /// of its *first* page and pulls from it afterwards (events applied twice are harmless).
+    pub watermark: i64,
+    pub has_more: bool,
+}
+
+/// `POST /webhook`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookRequest {
+    pub device_id: String,
+    pub webhook_url: String,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookResponse {
+    pub ok: bool,
+    pub webhook_id: i64,
+}
+
+/// The body the brain POSTs to a registered webhook after an ingest that inserted events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookNotification {
+    /// Always `"new_events"`.
+    pub event: String,
+    /// Pulling from this id returns the new events.
+    pub after_id: i64,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+}
+
+/// `{"ok": true}` (`DELETE /webhook/{device_id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OkResponse {
+    pub ok: bool,
+}
+
+/// Every error: `{"ok": false, "error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub ok: bool,
+    pub error: String,
+}
+
+/// `GET /health`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    pub status: String,
+    pub version: String,
+}

@@ -1,0 +1,164 @@
+//! The watcher: notify's events, coalesced per path over a settle window, become batches of paths
+//! for `index::index_paths` (the same indexer `agent scan` uses).
+//!
+//! The notify callback never blocks: it `try_send`s into a bounded queue, and when the queue is
+//! full it raises a flag instead, so the daemon rescans rather than silently dropping changes
+//! (STYLE.md habit 4). Nothing here keeps a map of the tree: the observed state in SQLite does.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+
+/// Queue depth between notify's thread and the daemon: a burst beyond it triggers a rescan.
+const QUEUE: usize = 65_536;
+
+/// What the daemon learns from the watcher.
+#[derive(Debug)]
+pub enum FsSignal {
+    /// These paths changed (in any way: created, written, renamed, removed).
+    Changed(Vec<PathBuf>),
+    /// The kernel dropped events (inotify's queue overflowed): rescan everything.
+    Rescan,
+    /// The watcher failed, e.g. the inotify watch limit was reached while adding new folders.
+    Error(notify::Error),
+}
+
+/// A recursive watch on every library root, feeding a bounded queue.
+pub struct FsWatcher {
+    watcher: RecommendedWatcher,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl FsWatcher {
+    pub fn new() -> notify::Result<(FsWatcher, Receiver<FsSignal>)> {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&overflowed);
+        let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+            forward(&tx, &flag, event);
+        })?;
+        Ok((FsWatcher { watcher, overflowed }, rx))
+    }
+
+    pub fn watch(&mut self, root: &std::path::Path) -> notify::Result<()> {
+        self.watcher.watch(root, RecursiveMode::Recursive)
+    }
+
+    pub fn unwatch(&mut self, root: &std::path::Path) {
+        let _ = self.watcher.unwatch(root);
+    }
+
+    /// True (once) when events were dropped because the queue was full.
+    pub fn take_overflow(&self) -> bool {
+        self.overflowed.swap(false, Ordering::Relaxed)
+    }
+}
+
+fn forward(tx: &Sender<FsSignal>, overflowed: &AtomicBool, event: notify::Result<Event>) {
+    let signal = match event {
+        Ok(event) if event.need_rescan() => FsSignal::Rescan,
+        // Reads change nothing we index.
+        Ok(Event { kind: EventKind::Access(_), .. }) => return,
+        Ok(event) if event.paths.is_empty() => return,
+        Ok(event) => FsSignal::Changed(event.paths),
+        Err(e) => FsSignal::Error(e),
+    };
+    if tx.try_send(signal).is_err() {
+        overflowed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Coalesces changes per path: a path is due once no event touched it for the settle window, so
+/// an editor's burst of writes, or a write-to-temp-then-rename save, is indexed once.
+#[derive(Debug)]
+pub struct Debouncer {
+    window: Duration,
+    pending: HashMap<PathBuf, Instant>,
+}
+
+impl Debouncer {
+    pub fn new(window: Duration) -> Debouncer {
+        Debouncer { window, pending: HashMap::new() }
+    }
+
+    pub fn add(&mut self, path: PathBuf, now: Instant) {
+        self.pending.insert(path, now + self.window);
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// When the earliest pending path becomes due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.pending.values().min().copied()
+    }
+
+    /// Removes and returns the paths due at `now`, sorted.
+    pub fn take_due(&mut self, now: Instant) -> Vec<PathBuf> {
+        let mut due: Vec<PathBuf> =
+            self.pending.iter().filter(|(_, at)| **at <= now).map(|(p, _)| p.clone()).collect();
+        for path in &due {
+            self.pending.remove(path);
+        }
+        due.sort();
+        due
+    }
+
+    /// Everything pending, due or not (at shutdown).
+    pub fn take_all(&mut self) -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> = self.pending.drain().map(|(p, _)| p).collect();
+        all.sort();
+        all
+    }
+}
+
+/// Whether a watch error is the inotify watch limit (ENOSPC from inotify_add_watch).
+pub fn is_watch_limit(e: &notify::Error) -> bool {
+    matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
+        || matches!(&e.kind, notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::ENOSPC))
+}
+
+/// The kernel's inotify watch limit, where there is one to read.
+pub fn watch_limit() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches").ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_is_due_once_quiet_for_the_window() {
+        let t0 = Instant::now();
+        let w = Duration::from_millis(100);
+        let mut d = Debouncer::new(w);
+        d.add("a".into(), t0);
+        d.add("a".into(), t0 + Duration::from_millis(60)); // still being written
+        d.add("b".into(), t0 + Duration::from_millis(10));
+        assert_eq!(d.next_due(), Some(t0 + Duration::from_millis(110)));
+        assert!(d.take_due(t0 + Duration::from_millis(100)).is_empty());
+        assert_eq!(d.take_due(t0 + Duration::from_millis(110)), [PathBuf::from("b")]);
+        assert_eq!(d.take_due(t0 + Duration::from_millis(160)), [PathBuf::from("a")]);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn shutdown_takes_everything_pending() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::new(Duration::from_secs(10));
+        d.add("b".into(), t0);
+        d.add("a".into(), t0);
+        assert_eq!(d.take_all(), [PathBuf::from("a"), PathBuf::from("b")]);
+        assert_eq!(d.len(), 0);
+    }
+}

@@ -1,0 +1,324 @@
+//! What the brain tests share: a real brain server on 127.0.0.1, port 0, over a SQLite file in a
+//! temporary folder or over its own schema of the PostgreSQL test database
+//! (`LIB_TEST_DATABASE_URL`), an HTTP client that speaks to it, and event builders.
+//!
+//! A PostgreSQL test fails, never skips, when the variable is unset or the server unreachable:
+//! `.ci/run` sets it and starts the server.
+
+#![allow(dead_code)] // each test file uses its own part of this module
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use lib_agent::brain::server::{self, ServerConfig};
+use lib_agent::brain::store::{BrainStore, PgOptions, PgStore, PruneReport, SqliteStore, Webhook};
+use lib_agent::model::{Event, EventType, FilePayload, VectorClock};
+
+pub const SECRET: &str = "test-secret-Zq8";
+
+/// The store under a test server, for the calls that have no route (prune) or that look behind one.
+#[derive(Clone)]
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl AnyStore {
+    pub async fn prune(&self, cutoff: SystemTime) -> PruneReport {
+        match self {
+            AnyStore::Sqlite(s) => s.prune(cutoff).await.unwrap(),
+            AnyStore::Postgres(s) => s.prune(cutoff).await.unwrap(),
+        }
+    }
+
+    pub async fn active_webhooks(&self) -> Vec<Webhook> {
+        match self {
+            AnyStore::Sqlite(s) => s.active_webhooks().await.unwrap(),
+            AnyStore::Postgres(s) => s.active_webhooks().await.unwrap(),
+        }
+    }
+}
+
+/// Drops a test's PostgreSQL schema when the test ends, pass or fail.
+struct SchemaGuard {
+    url: String,
+    schema: String,
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        // Drop may run inside the test's runtime: do the async work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn pg_url() -> String {
+    std::env::var("LIB_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "LIB_TEST_DATABASE_URL is not set: PostgreSQL tests need a server \
+             (e.g. postgres://postgres@127.0.0.1:5432/test; .ci/run sets it)"
+        )
+    })
+}
+
+/// A fresh schema name for one test.
+pub fn test_schema() -> String {
+    format!("lib_shared_t{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// A store of the given kind, empty.
+pub struct Fixture {
+    pub store: AnyStore,
+    _dir: Option<tempfile::TempDir>,
+    _schema: Option<SchemaGuard>,
+}
+
+impl Fixture {
+    pub async fn sqlite() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("brain.db")).unwrap();
+        Fixture { store: AnyStore::Sqlite(store), _dir: Some(dir), _schema: None }
+    }
+
+    pub async fn postgres() -> Fixture {
+        let url = pg_url();
+        let schema = test_schema();
+        let guard = SchemaGuard { url: url.clone(), schema: schema.clone() };
+        let store = PgStore::connect(&url, PgOptions { schema, pool_size: 8 })
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {url} is unreachable or refused the schema: {e}"));
+        Fixture { store: AnyStore::Postgres(store), _dir: None, _schema: Some(guard) }
+    }
+
+    /// Another brain instance on the same PostgreSQL schema (its own pool and listener).
+    pub async fn second_instance(&self) -> AnyStore {
+        match &self.store {
+            AnyStore::Postgres(s) => AnyStore::Postgres(
+                PgStore::connect(&pg_url(), PgOptions { schema: s.schema().to_owned(), pool_size: 8 })
+                    .await
+                    .unwrap(),
+            ),
+            AnyStore::Sqlite(s) => AnyStore::Sqlite(s.clone()),
+        }
+    }
+
+    pub async fn serve(&self) -> Brain {
+        Brain::start(self.store.clone(), config()).await
+    }
+}
+
+pub fn config() -> ServerConfig {
+    ServerConfig { secret: Some(SECRET.into()), ..ServerConfig::default() }
+}
+
+/// A running brain server.
+pub struct Brain {
+    pub addr: SocketAddr,
+    pub store: AnyStore,
+    client: Client<HttpConnector, Full<Bytes>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Brain {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Brain {
+    pub async fn start(store: AnyStore, config: ServerConfig) -> Brain {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        match store.clone() {
+            AnyStore::Sqlite(s) => {
+                tokio::spawn(server::serve(listener, Arc::new(s), config, shutdown));
+            }
+            AnyStore::Postgres(s) => {
+                tokio::spawn(server::serve(listener, Arc::new(s), config, shutdown));
+            }
+        }
+        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        Brain { addr, store, client, stop: Some(stop) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A request with the given secret (None: no header).
+    pub async fn send(&self, method: &str, path: &str, secret: Option<&str>, body: Vec<u8>) -> Reply {
+        let mut request = axum::http::Request::builder().method(method).uri(self.url(path));
+        if let Some(secret) = secret {
+            request = request.header("x-lib-sync-secret", secret);
+        }
+        if !body.is_empty() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request.body(Full::new(Bytes::from(body))).unwrap();
+        let response = self.client.request(request).await.expect("the brain answers");
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, body, text }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send("GET", path, Some(SECRET), Vec::new()).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send("POST", path, Some(SECRET), serde_json::to_vec(body).unwrap()).await
+    }
+
+    pub async fn ingest(&self, batch: &[Event]) -> Reply {
+        self.post("/ingest", &json!({ "batch": batch })).await
+    }
+
+    /// Ingests and expects success; returns (inserted_events, upserted_entities).
+    pub async fn ingest_ok(&self, batch: &[Event]) -> (u64, u64) {
+        let r = self.ingest(batch).await;
+        assert_eq!(r.status, 200, "ingest failed: {}", r.text);
+        assert_eq!(r.body["ok"], true);
+        (
+            r.body["result"]["inserted_events"].as_u64().unwrap(),
+            r.body["result"]["upserted_entities"].as_u64().unwrap(),
+        )
+    }
+
+    pub async fn pull(&self, after_id: i64, limit: usize) -> Reply {
+        self.get(&format!("/pull?after_id={after_id}&limit={limit}")).await
+    }
+
+    /// Every event in the log, paging through it.
+    pub async fn pull_all(&self) -> Vec<Value> {
+        let mut after = 0;
+        let mut all = Vec::new();
+        loop {
+            let r = self.pull(after, 500).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            all.extend(r.body["events"].as_array().unwrap().iter().cloned());
+            after = r.body["next_after_id"].as_i64().unwrap();
+            if !r.body["has_more"].as_bool().unwrap() {
+                return all;
+            }
+        }
+    }
+
+    /// Every entity, paging through the snapshot.
+    pub async fn snapshot_all(&self) -> Vec<Value> {
+        let mut after = String::new();
+        let mut all = Vec::new();
+        loop {
+            let r = self.get(&format!("/snapshot?after_key={}&limit=500", encode(&after))).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            let page = r.body["entities"].as_array().unwrap();
+            all.extend(page.iter().cloned());
+            if !r.body["has_more"].as_bool().unwrap() {
+                return all;
+            }
+            after = page.last().unwrap()["entity_key"].as_str().unwrap().to_owned();
+        }
+    }
+
+    pub async fn entity(&self, key: &str) -> Option<Value> {
+        self.snapshot_all().await.into_iter().find(|e| e["entity_key"] == key)
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub fn sha(c: char) -> String {
+    c.to_string().repeat(64)
+}
+
+/// An upsert of `key` by `device` with `clock`, whose bytes hash to `sha(c)`.
+pub fn upsert(device: &str, key: &str, clock: &[(&str, u64)], c: char) -> Event {
+    let mut vc = VectorClock::new();
+    for (d, n) in clock {
+        vc.set(d, *n);
+    }
+    Event {
+        event_ulid: ulid::Ulid::new().to_string(),
+        device_id: device.into(),
+        event_type: EventType::UpsertFile,
+        entity_type: "file".into(),
+        entity_key: key.into(),
+        payload: FilePayload {
+            sha256: Some(sha(c)),
+            bytes: Some(300),
+            mtime_unix: Some(1_732_500_000),
+            ext: Some("md".into()),
+            mime: Some("text/markdown".into()),
+            content: Some(format!("content {c} of {key}")),
+        },
+        vector_clock: vc,
+        created_at: "2026-11-25T10:00:00Z".into(),
+    }
+}
+
+pub fn delete(device: &str, key: &str, clock: &[(&str, u64)]) -> Event {
+    let mut e = upsert(device, key, clock, '0');
+    e.event_type = EventType::DeleteFile;
+    e.payload = FilePayload::default();
+    e
+}
+
+/// `n` upserts of distinct keys by one device, its clock counting up from `from`.
+pub fn many(device: &str, n: usize, from: u64) -> Vec<Event> {
+    (0..n)
+        .map(|i| upsert(device, &format!("notes/{device}/f{:06}.md", from + i as u64), &[(device, from + i as u64)], 'a'))
+        .collect()
+}
+
+pub fn ulids(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| e["event_ulid"].as_str().unwrap().to_owned()).collect()
+}
+
+pub fn ids(events: &[Value]) -> Vec<i64> {
+    events.iter().map(|e| e["id"].as_i64().unwrap()).collect()
+}
+
+/// Every test is bounded: a hang fails it instead of the whole suite.
+pub const TEST_LIMIT: Duration = Duration::from_secs(60);

@@ -1,0 +1,346 @@
+//! The watcher, with the real notify backend on real temporary folders: every kind of change
+//! reaches `lib_files` and the outbox through the same indexer as `agent scan`, exactly once.
+//!
+//! Each test starts `daemon::run` on a thread, makes changes, waits (bounded) until the database
+//! shows them, then stops the agent (which indexes anything still pending) and asserts the exact
+//! events: nothing missing, nothing extra.
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lib_agent::config::{Config, Overrides};
+use lib_agent::daemon::{self, RunState};
+use lib_agent::store::Store;
+use rusqlite::Connection;
+
+struct Agent {
+    dir: tempfile::TempDir,
+    config: Config,
+    stop: Option<crossbeam_channel::Sender<()>>,
+    handle: Option<JoinHandle<Result<RunState, String>>>,
+}
+
+fn config_for(dir: &Path, extra: &str, debounce_ms: u64) -> Config {
+    let toml = format!(
+        "[store]\npath = {:?}\n[[library]]\nname = \"lib\"\npath = {:?}\n{extra}\n[watch]\ndebounce_ms = {debounce_ms}\n",
+        dir.join("agent.db"),
+        dir.join("lib")
+    );
+    Config::from_toml_str(&toml, None, &|_| None, &Overrides::default()).expect("config")
+}
+
+impl Agent {
+    /// A library folder with these files, not yet watched.
+    fn with_files(files: &[(&str, &str)]) -> Agent {
+        Agent::with_files_and(files, "", 100)
+    }
+
+    fn with_files_and(files: &[(&str, &str)], library_extra: &str, debounce_ms: u64) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("lib")).expect("mkdir");
+        let config = config_for(dir.path(), library_extra, debounce_ms);
+        let agent = Agent { dir, config, stop: None, handle: None };
+        for (rel, text) in files {
+            agent.write(rel, text);
+        }
+        agent
+    }
+
+    fn start(mut self) -> Agent {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let config = self.config.clone();
+        self.handle = Some(std::thread::spawn(move || {
+            let mut store = Store::open(&config.store.path).map_err(|e| e.to_string())?;
+            daemon::run(&config, &mut store, &rx).map_err(|e| e.to_string())
+        }));
+        self.stop = Some(tx);
+        self.wait_until("the agent runs", |db| {
+            db.query_row("SELECT v FROM lib_kv WHERE k = 'agent_run_state'", [], |r| r.get::<_, String>(0))
+                .is_ok_and(|v| v.contains("\"state\":\"running\""))
+        });
+        self
+    }
+
+    /// Stops the agent; it indexes what is still pending first.
+    fn stop(&mut self) -> RunState {
+        drop(self.stop.take());
+        let handle = self.handle.take().expect("running");
+        handle.join().expect("agent thread").expect("agent ran without error")
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("lib").join(rel)
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir -p");
+        std::fs::write(path, text).expect("write");
+    }
+
+    fn db(&self) -> Connection {
+        Connection::open(self.dir.path().join("agent.db")).expect("open db")
+    }
+
+    /// Polls the database (a second connection, as `agent status` would) until `done`, for at
+    /// most 10 s.
+    fn wait_until(&self, what: &str, done: impl Fn(&Connection) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(db) = Connection::open(self.dir.path().join("agent.db")) {
+                if done(&db) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_for_events(&self, n: usize) {
+        self.wait_until(&format!("{n} events"), |db| outbox(db).len() >= n);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn outbox(db: &Connection) -> Vec<(String, String)> {
+    let mut stmt = db.prepare("SELECT event_type, entity_key FROM lib_outbox ORDER BY id").expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("query").collect::<Result<_, _>>().expect("rows")
+}
+
+/// Events after the first `skip`, as (type, key) pairs, sorted within the batch for comparison.
+fn events_after(db: &Connection, skip: usize) -> Vec<(String, String)> {
+    outbox(db).into_iter().skip(skip).collect()
+}
+
+fn ev(kind: &str, key: &str) -> (String, String) {
+    (kind.to_owned(), key.to_owned())
+}
+
+fn live_files(db: &Connection) -> Vec<(String, String)> {
+    let mut stmt = db
+        .prepare("SELECT path, coalesce(content, '') FROM lib_files WHERE deleted_at IS NULL ORDER BY path")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("query").collect::<Result<_, _>>().expect("rows")
+}
+
+fn sorted(mut v: Vec<(String, String)>) -> Vec<(String, String)> {
+    v.sort();
+    v
+}
+
+#[test]
+fn a_created_file_is_indexed_once() {
+    let mut a = Agent::with_files(&[]).start();
+    a.write("new.md", "fresh words");
+    a.wait_for_events(1);
+    a.stop();
+    let db = a.db();
+    assert_eq!(events_after(&db, 0), [ev("upsert_file", "lib/new.md")]);
+    assert_eq!(live_files(&db), [("lib/new.md".to_owned(), "fresh words".to_owned())]);
+}
+
+#[test]
+fn modify_append_and_truncate_are_each_one_upsert_with_the_new_text() {
+    let mut a = Agent::with_files(&[("a.txt", "one")]).start();
+    let base = outbox(&a.db()).len();
+    assert_eq!(base, 1, "the start-up scan indexed the existing file");
+    a.write("a.txt", "two");
+    a.wait_for_events(base + 1);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(a.path("a.txt")).expect("open");
+        f.write_all(b" and three").expect("append");
+    }
+    a.wait_for_events(base + 2);
+    std::fs::OpenOptions::new().write(true).open(a.path("a.txt")).expect("open").set_len(3).expect("truncate");
+    a.wait_for_events(base + 3);
+    a.stop();
+    let db = a.db();
+    assert_eq!(events_after(&db, base), vec![ev("upsert_file", "lib/a.txt"); 3]);
+    assert_eq!(live_files(&db), [("lib/a.txt".to_owned(), "two".to_owned())]);
+}
+
+#[test]
+fn a_deleted_file_becomes_a_tombstone() {
+    let mut a = Agent::with_files(&[("a.txt", "doomed"), ("keep.txt", "stays")]).start();
+    std::fs::remove_file(a.path("a.txt")).expect("rm");
+    a.wait_for_events(3);
+    a.stop();
+    let db = a.db();
+    assert_eq!(events_after(&db, 2), [ev("delete_file", "lib/a.txt")]);
+    assert_eq!(live_files(&db), [("lib/keep.txt".to_owned(), "stays".to_owned())]);
+}
+
+#[test]
+fn a_renamed_file_is_a_delete_and_an_upsert_without_reading_it_again() {
+    let mut a = Agent::with_files(&[("old.md", "moving text")]).start();
+    std::fs::rename(a.path("old.md"), a.path("new.md")).expect("mv");
+    a.wait_for_events(3);
+    let state = a.stop();
+    let db = a.db();
+    assert_eq!(sorted(events_after(&db, 1)), [ev("delete_file", "lib/old.md"), ev("upsert_file", "lib/new.md")]);
+    assert_eq!(live_files(&db), [("lib/new.md".to_owned(), "moving text".to_owned())]);
+    assert_eq!(state.changes_indexed, 2);
+    assert_eq!(state.renames_reused, 1, "recognised by inode, size and mtime: not read again");
+}
+
+#[test]
+fn a_renamed_folder_moves_everything_beneath_it() {
+    let mut a = Agent::with_files(&[("d/a.txt", "A"), ("d/sub/b.txt", "B")]).start();
+    std::fs::rename(a.path("d"), a.path("e")).expect("mv");
+    a.wait_for_events(6);
+    a.stop();
+    let db = a.db();
+    assert_eq!(
+        sorted(events_after(&db, 2)),
+        [
+            ev("delete_file", "lib/d/a.txt"),
+            ev("delete_file", "lib/d/sub/b.txt"),
+            ev("upsert_file", "lib/e/a.txt"),
+            ev("upsert_file", "lib/e/sub/b.txt"),
+        ]
+    );
+    let paths: Vec<String> = live_files(&db).into_iter().map(|f| f.0).collect();
+    assert_eq!(paths, ["lib/e/a.txt", "lib/e/sub/b.txt"]);
+}
+
+#[test]
+fn a_deleted_folder_deletes_everything_beneath_it() {
+    let mut a = Agent::with_files(&[("d/a.txt", "A"), ("d/sub/b.txt", "B"), ("keep.txt", "K")]).start();
+    std::fs::remove_dir_all(a.path("d")).expect("rm -r");
+    a.wait_for_events(5);
+    a.stop();
+    let db = a.db();
+    assert_eq!(sorted(events_after(&db, 3)), [ev("delete_file", "lib/d/a.txt"), ev("delete_file", "lib/d/sub/b.txt")]);
+    assert_eq!(live_files(&db), [("lib/keep.txt".to_owned(), "K".to_owned())]);
+}
+
+#[test]
+fn files_written_right_after_mkdir_p_are_all_indexed() {
+    let mut a = Agent::with_files(&[]).start();
+    std::fs::create_dir_all(a.path("x/y/z")).expect("mkdir -p");
+    for (i, dir) in ["x", "x/y", "x/y/z"].iter().enumerate() {
+        std::fs::write(a.path(&format!("{dir}/f{i}.txt")), format!("file {i}")).expect("write");
+    }
+    a.wait_for_events(3);
+    a.stop();
+    let db = a.db();
+    assert_eq!(
+        sorted(events_after(&db, 0)),
+        [ev("upsert_file", "lib/x/f0.txt"), ev("upsert_file", "lib/x/y/f1.txt"), ev("upsert_file", "lib/x/y/z/f2.txt")]
+    );
+}
+
+#[test]
+fn a_tree_moved_in_is_indexed_and_moved_out_is_deleted() {
+    let mut a = Agent::with_files(&[]).start();
+    let outside = a.dir.path().join("outside");
+    std::fs::create_dir_all(outside.join("t/u")).expect("mkdir");
+    std::fs::write(outside.join("t/one.txt"), "1").expect("write");
+    std::fs::write(outside.join("t/u/two.txt"), "2").expect("write");
+    std::fs::rename(outside.join("t"), a.path("t")).expect("move in");
+    a.wait_for_events(2);
+    std::fs::rename(a.path("t"), outside.join("t")).expect("move out");
+    a.wait_for_events(4);
+    a.stop();
+    let db = a.db();
+    let events = events_after(&db, 0);
+    assert_eq!(sorted(events[..2].to_vec()), [ev("upsert_file", "lib/t/one.txt"), ev("upsert_file", "lib/t/u/two.txt")]);
+    assert_eq!(sorted(events[2..].to_vec()), [ev("delete_file", "lib/t/one.txt"), ev("delete_file", "lib/t/u/two.txt")]);
+    assert!(live_files(&db).is_empty());
+}
+
+#[test]
+fn excluded_paths_are_never_indexed() {
+    let mut a = Agent::with_files(&[]).start();
+    a.write(".git/objects/ab", "blob");
+    a.write("notes.swp", "swap");
+    a.write("real.md", "real");
+    a.wait_for_events(1);
+    a.stop();
+    let db = a.db();
+    assert_eq!(events_after(&db, 0), [ev("upsert_file", "lib/real.md")]);
+    let observed: i64 = db.query_row("SELECT count(*) FROM lib_observed", [], |r| r.get(0)).expect("count");
+    assert_eq!(observed, 1, "excluded files are not even hashed");
+}
+
+#[test]
+fn an_editor_style_atomic_save_is_one_upsert_of_the_real_file() {
+    let mut a = Agent::with_files(&[("doc.md", "draft")]).start();
+    // Write a temporary file beside it, then rename it over the original, as editors do.
+    a.write(".doc.md.tmp123", "final text");
+    std::fs::rename(a.path(".doc.md.tmp123"), a.path("doc.md")).expect("rename over");
+    a.wait_for_events(2);
+    a.stop();
+    let db = a.db();
+    assert_eq!(events_after(&db, 1), [ev("upsert_file", "lib/doc.md")]);
+    assert_eq!(live_files(&db), [("lib/doc.md".to_owned(), "final text".to_owned())]);
+}
+
+#[test]
+fn a_burst_of_a_thousand_files_is_indexed_completely() {
+    let mut a = Agent::with_files(&[]).start();
+    for i in 0..1000 {
+        a.write(&format!("burst/d{}/f{i}.txt", i % 10), &format!("file number {i}"));
+    }
+    a.wait_for_events(1000);
+    a.stop();
+    let db = a.db();
+    let events = events_after(&db, 0);
+    assert_eq!(events.len(), 1000, "one event per file, no more");
+    assert!(events.iter().all(|(kind, _)| kind == "upsert_file"));
+    let distinct: std::collections::BTreeSet<&String> = events.iter().map(|(_, k)| k).collect();
+    assert_eq!(distinct.len(), 1000);
+}
+
+#[test]
+fn a_change_made_while_the_agent_was_stopped_is_caught_at_the_next_start() {
+    let mut a = Agent::with_files(&[("a.txt", "before"), ("b.txt", "gone soon")]).start();
+    a.stop();
+    a.write("a.txt", "edited while stopped");
+    std::fs::remove_file(a.path("b.txt")).expect("rm");
+    a.write("c.txt", "created while stopped");
+    let mut a = a.start();
+    a.stop();
+    let db = a.db();
+    assert_eq!(
+        sorted(events_after(&db, 2)),
+        [ev("delete_file", "lib/b.txt"), ev("upsert_file", "lib/a.txt"), ev("upsert_file", "lib/c.txt")]
+    );
+}
+
+#[test]
+fn a_second_agent_on_the_same_database_is_refused() {
+    let a = Agent::with_files(&[]).start();
+    let db = a.dir.path().join("agent.db");
+    let err = match daemon::RunLock::acquire(&db) {
+        Ok(_) => panic!("a second lock was granted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("already using database"), "{err}");
+    assert!(daemon::RunLock::is_held(&db));
+}
+
+#[test]
+fn stopping_indexes_changes_still_in_their_settle_window() {
+    // A settle window far longer than the test: the change is certainly still pending.
+    let mut a = Agent::with_files_and(&[], "", 60_000).start();
+    a.write("late.txt", "written just before the stop");
+    a.wait_until("the change is in the backlog", |db| {
+        db.query_row("SELECT v FROM lib_kv WHERE k = 'agent_run_state'", [], |r| r.get::<_, String>(0))
+            .is_ok_and(|v| v.contains("\"backlog\":1"))
+    });
+    assert!(outbox(&a.db()).is_empty());
+    a.stop();
+    assert_eq!(events_after(&a.db(), 0), [ev("upsert_file", "lib/late.txt")]);
+}
