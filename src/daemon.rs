@@ -324,6 +324,7 @@ fn watch_limit_mode(root: &Path, name: &str) -> LibraryMode {
 fn reconcile(store: &mut Store, config: &Config, library: Option<&str>) -> Result<(), DaemonError> {
     let options = ScanOptions { library: library.map(str::to_owned), progress: false, allow_empty: false };
     let summary = scan::scan(store, config, &options)?;
+    store.release_memory();
     for lib in &summary.libraries {
         if let Some(error) = &lib.error {
             tracing::error!(library = %lib.name, "{error}");
@@ -345,4 +346,31 @@ fn save_state(store: &mut Store, state: &mut RunState) -> Result<(), StoreError>
     let batch = store.batch()?;
     batch.kv_set(STATE_KEY, &json)?;
     batch.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_limit_message_names_the_setting_and_the_numbers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for d in ["a", "a/b", "c"] {
+            std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
+        }
+        let LibraryMode::Polling { reason } = watch_limit_mode(dir.path(), "notes") else {
+            panic!("a library over the limit is polled")
+        };
+        assert!(reason.contains("fs.inotify.max_user_watches"), "{reason}");
+        assert!(reason.contains("needs 4 more"), "the root and its three folders: {reason}");
+        assert!(reason.contains("rescanned every 60 s"), "{reason}");
+    }
+
+    #[test]
+    fn an_enospc_from_inotify_is_the_watch_limit() {
+        let e = notify::Error::io(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(watch::is_watch_limit(&e));
+        assert!(watch::is_watch_limit(&notify::Error::new(notify::ErrorKind::MaxFilesWatch)));
+        assert!(!watch::is_watch_limit(&notify::Error::generic("other")));
+    }
 }

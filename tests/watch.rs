@@ -344,3 +344,28 @@ fn stopping_indexes_changes_still_in_their_settle_window() {
     a.stop();
     assert_eq!(events_after(&a.db(), 0), [ev("upsert_file", "lib/late.txt")]);
 }
+
+#[test]
+fn a_burst_beyond_the_kernels_event_queue_loses_nothing() {
+    // 20,000 new files make far more inotify events than the kernel queues by default (16,384):
+    // if it overflows, the agent rescans; either way every file must be indexed exactly once.
+    let mut a = Agent::with_files(&[]).start();
+    let n = 20_000;
+    for i in 0..n {
+        let dir = a.path(&format!("flood/d{:03}", i / 100));
+        if i % 100 == 0 {
+            std::fs::create_dir_all(&dir).expect("mkdir");
+        }
+        std::fs::write(dir.join(format!("f{i}")), i.to_string()).expect("write");
+    }
+    a.wait_until("every file indexed", |db| {
+        db.query_row("SELECT count(*) FROM lib_files WHERE deleted_at IS NULL", [], |r| r.get::<_, i64>(0))
+            .is_ok_and(|count| count == n)
+    });
+    a.stop();
+    let db = a.db();
+    let (events, keys): (i64, i64) = db
+        .query_row("SELECT count(*), count(DISTINCT entity_key) FROM lib_outbox", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("count");
+    assert_eq!((events, keys), (n, n), "one event per file");
+}

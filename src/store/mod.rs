@@ -215,6 +215,17 @@ impl Store {
         self.conn.execute_batch(sql).ctx(|| "setting WAL checkpointing".into())
     }
 
+    /// Gives memory back after a large job (a scan): SQLite's page cache, and the allocator's
+    /// free pages, so a long-running agent stays small while idle.
+    pub fn release_memory(&self) {
+        let _ = self.conn.execute_batch("PRAGMA shrink_memory");
+        #[cfg(target_os = "linux")]
+        // SAFETY: malloc_trim only returns free heap pages to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
     /// Makes everything committed so far durable (a checkpoint syncs the WAL and the database).
     pub fn make_durable(&mut self) -> Result<()> {
         self.conn
