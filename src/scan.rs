@@ -111,6 +111,8 @@ pub fn scan(store: &mut Store, config: &Config, options: &ScanOptions) -> Result
     let run_id = start_run(store, options.library.as_deref())?;
     let backfilled = backfill_legacy_rows(store)?;
 
+    // Checkpoints and per-commit fsyncs wait until the scan ends (see Store::set_bulk_mode).
+    store.set_bulk_mode(true)?;
     let progress = Progress::new(options.progress);
     let mut summaries = Vec::new();
     let mut totals = Counts::default();
@@ -120,6 +122,7 @@ pub fn scan(store: &mut Store, config: &Config, options: &ScanOptions) -> Result
         summaries.push(summary);
     }
     progress.finish();
+    store.set_bulk_mode(false)?;
 
     let ok = summaries.iter().all(|s| s.error.is_none());
     let message: Vec<String> =
@@ -540,10 +543,13 @@ fn write_loop(
     };
     let mut chunk = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
+        // Gather a full batch, waiting briefly for the readers: every commit rewrites the b-tree
+        // pages it touched and flushes the full-text index, so few large ones beat many small.
+        let gather_until = Instant::now() + Duration::from_millis(100);
         let mut text = text_len(&first);
         chunk.push(first);
         while chunk.len() < BATCH && text < BATCH_TEXT_BYTES {
-            match rx.try_recv() {
+            match rx.recv_deadline(gather_until) {
                 Ok(o) => {
                     text += text_len(&o);
                     chunk.push(o);
