@@ -116,13 +116,26 @@ pub fn scan(store: &mut Store, config: &Config, options: &ScanOptions) -> Result
     let progress = Progress::new(options.progress);
     let mut summaries = Vec::new();
     let mut totals = Counts::default();
+    let mut failed = None;
     for library in libraries {
-        let summary = scan_library(store, config, library, &progress, options.allow_empty)?;
-        totals.add(&summary.counts);
-        summaries.push(summary);
+        match scan_library(store, config, library, &progress, options.allow_empty) {
+            Ok(summary) => {
+                totals.add(&summary.counts);
+                summaries.push(summary);
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
     progress.finish();
+    // Also after a failure: what was committed is made durable, and the connection goes back to
+    // its normal durability for whatever the caller does next.
     store.set_bulk_mode(false)?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
 
     let ok = summaries.iter().all(|s| s.error.is_none());
     let message: Vec<String> =

@@ -34,6 +34,9 @@ pub struct StoreArgs {
     /// [default: the platform data dir's lib-agent/brain.db]
     #[arg(long, value_name = "URL", env = "LIB_BRAIN_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// PostgreSQL schema holding the brain's tables (several brains can share one database)
+    #[arg(long, value_name = "NAME", default_value = crate::brain::store::postgres::DEFAULT_SCHEMA)]
+    pub schema: String,
 }
 
 /// Run the brain server (SQLite file by default, PostgreSQL with --database-url)
@@ -69,7 +72,7 @@ pub struct PruneArgs {
 /// The store named on the command line.
 enum Target {
     Sqlite(PathBuf),
-    Postgres(String),
+    Postgres(String, PgOptions),
 }
 
 impl Target {
@@ -78,7 +81,7 @@ impl Target {
             (Some(_), Some(_)) => bail!("give either --db PATH or --database-url URL, not both"),
             (Some(url), None) => {
                 if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                    Ok(Target::Postgres(url.clone()))
+                    Ok(Target::Postgres(url.clone(), PgOptions { schema: store.schema.clone(), ..PgOptions::default() }))
                 } else if let Some(path) = url.strip_prefix("sqlite://") {
                     Ok(Target::Sqlite(PathBuf::from(path)))
                 } else {
@@ -97,7 +100,9 @@ impl Target {
     fn describe(&self) -> String {
         match self {
             Target::Sqlite(path) => format!("sqlite {}", path.display()),
-            Target::Postgres(url) => format!("postgres {}", crate::brain::store::postgres::redact(url)),
+            Target::Postgres(url, options) => {
+                format!("postgres {} schema {}", crate::brain::store::postgres::redact(url), options.schema)
+            }
         }
     }
 }
@@ -137,8 +142,8 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             let store = SqliteStore::open(path).with_context(|| format!("opening {}", target.describe()))?;
             listen(Arc::new(store), server_config, &args.listen, &target, global).await
         }
-        Target::Postgres(url) => {
-            let store = PgStore::connect(url, PgOptions::default())
+        Target::Postgres(url, options) => {
+            let store = PgStore::connect(url, options.clone())
                 .await
                 .with_context(|| format!("opening {}", target.describe()))?;
             listen(Arc::new(store), server_config, &args.listen, &target, global).await
@@ -203,8 +208,8 @@ async fn prune(args: PruneArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             let store = SqliteStore::open(path).with_context(|| format!("opening {}", target.describe()))?;
             store.prune(cutoff).await?
         }
-        Target::Postgres(url) => {
-            let store = PgStore::connect(url, PgOptions::default())
+        Target::Postgres(url, options) => {
+            let store = PgStore::connect(url, options.clone())
                 .await
                 .with_context(|| format!("opening {}", target.describe()))?;
             store.prune(cutoff).await?

@@ -129,12 +129,24 @@ pub fn config() -> ServerConfig {
     ServerConfig { secret: Some(SECRET.into()), ..ServerConfig::default() }
 }
 
-/// A running brain server.
+/// A running brain server in this process.
 pub struct Brain {
-    pub addr: SocketAddr,
+    pub http: Http,
     pub store: AnyStore,
-    client: Client<HttpConnector, Full<Bytes>>,
     stop: Option<oneshot::Sender<()>>,
+}
+
+impl std::ops::Deref for Brain {
+    type Target = Http;
+    fn deref(&self) -> &Http {
+        &self.http
+    }
+}
+
+/// An HTTP client of one brain server, with the test secret.
+pub struct Http {
+    pub addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Drop for Brain {
@@ -167,8 +179,13 @@ impl Brain {
                 tokio::spawn(server::serve(listener, Arc::new(s), config, shutdown));
             }
         }
-        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-        Brain { addr, store, client, stop: Some(stop) }
+        Brain { http: Http::new(addr), store, stop: Some(stop) }
+    }
+}
+
+impl Http {
+    pub fn new(addr: SocketAddr) -> Http {
+        Http { addr, client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -177,6 +194,11 @@ impl Brain {
 
     /// A request with the given secret (None: no header).
     pub async fn send(&self, method: &str, path: &str, secret: Option<&str>, body: Vec<u8>) -> Reply {
+        self.try_send(method, path, secret, body).await.expect("the brain answers")
+    }
+
+    /// [`Http::send`], with `None` when the brain cannot be reached.
+    pub async fn try_send(&self, method: &str, path: &str, secret: Option<&str>, body: Vec<u8>) -> Option<Reply> {
         let mut request = axum::http::Request::builder().method(method).uri(self.url(path));
         if let Some(secret) = secret {
             request = request.header("x-lib-sync-secret", secret);
@@ -185,12 +207,12 @@ impl Brain {
             request = request.header("content-type", "application/json");
         }
         let request = request.body(Full::new(Bytes::from(body))).unwrap();
-        let response = self.client.request(request).await.expect("the brain answers");
+        let response = self.client.request(request).await.ok()?;
         let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let bytes = response.into_body().collect().await.ok()?.to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply { status, body, text }
+        Some(Reply { status, body, text })
     }
 
     pub async fn get(&self, path: &str) -> Reply {

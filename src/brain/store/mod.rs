@@ -254,7 +254,7 @@ mod tests {
         assert_eq!(writes[0].new_winner, Some(1), "equal sums: device b wins");
         assert!(writes[0].refresh_conflicts);
         assert_eq!(writes[0].state.conflicts().count(), 1);
-        assert_eq!(writes[1].new_winner, Some(0));
+        assert_eq!(writes[1].new_winner, Some(2), "indexes point into the whole batch");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -87,7 +88,7 @@ pub fn redact(url: &str) -> String {
 fn pg_err(context: &str, e: tokio_postgres::Error) -> BrainError {
     let message = format!("{context}: {}", describe(&e));
     let unavailable = e.is_closed()
-        || e.code().is_none_or(|c| {
+        || e.code().map_or(true, |c| {
             let code = c.code();
             code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code == "40001" || code == "40P01"
         });
@@ -131,11 +132,15 @@ struct Pool {
     config: Config,
     idle: Mutex<Vec<Client>>,
     permits: Semaphore,
+    /// Bumped when the database was found unreachable: connections checked out before then are
+    /// not reused (one may have just received its FATAL while its socket still looks open).
+    generation: AtomicU64,
 }
 
 struct Conn<'a> {
     client: Option<Client>,
     pool: &'a Pool,
+    generation: u64,
     _permit: SemaphorePermit<'a>,
 }
 
@@ -155,8 +160,15 @@ impl std::ops::DerefMut for Conn<'_> {
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            if !client.is_closed() {
-                self.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(client);
+            let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if self.pool.generation.load(Ordering::SeqCst) != self.generation {
+                // Checked out before the database was found unreachable: do not trust it.
+            } else if client.is_closed() {
+                // The server closed it: a restart or failover closed the idle ones too. Drop
+                // them all rather than fail one request per stale connection.
+                idle.clear();
+            } else {
+                idle.push(client);
             }
         }
     }
@@ -174,8 +186,20 @@ impl Pool {
         Ok(client)
     }
 
+    /// [`pg_err`], and when the database is unreachable, drops the idle connections: after a
+    /// restart or failover they are all dead, and each would fail one more request.
+    fn err(&self, context: &str, e: tokio_postgres::Error) -> BrainError {
+        let error = pg_err(context, e);
+        if matches!(error, BrainError::Unavailable(_)) {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+        error
+    }
+
     async fn get(&self) -> Result<Conn<'_>> {
         let permit = self.permits.acquire().await.map_err(|_| BrainError::Internal("pool closed".into()))?;
+        let generation = self.generation.load(Ordering::SeqCst);
         let reused = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             loop {
@@ -189,7 +213,7 @@ impl Pool {
             Some(c) => c,
             None => Self::connect(&self.config).await?,
         };
-        Ok(Conn { client: Some(client), pool: self, _permit: permit })
+        Ok(Conn { client: Some(client), pool: self, generation, _permit: permit })
     }
 }
 
@@ -207,11 +231,17 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
-        config.application_name("lib-agent brain");
         let schema = options.schema.clone();
+        // Names this brain's sessions in pg_stat_activity (and lets a test find them).
+        config.application_name(&format!("lib brain {schema}"));
         let mut client = Pool::connect(&config).await?;
         migrate(&mut client, &schema).await?;
-        let pool = Pool { config, idle: Mutex::new(vec![client]), permits: Semaphore::new(options.pool_size.max(1)) };
+        let pool = Pool {
+            config,
+            idle: Mutex::new(vec![client]),
+            permits: Semaphore::new(options.pool_size.max(1)),
+            generation: AtomicU64::new(0),
+        };
         // One lock per schema: brains sharing a schema serialise their ingests, other schemas
         // (other tests) do not wait for them.
         let lock_key = schema.bytes().fold(0x6c69_625f_6272_6169_i64, |h, b| h.wrapping_mul(31).wrapping_add(i64::from(b)));
@@ -415,16 +445,16 @@ fn parse_event_type(s: &str) -> Result<EventType> {
 impl BrainStore for PgStore {
     async fn ingest(&self, batch: Vec<CheckedEvent>) -> Result<Ingested> {
         let mut conn = self.inner.pool.get().await?;
-        let tx = conn.transaction().await.map_err(|e| pg_err("starting an ingest", e))?;
+        let tx = conn.transaction().await.map_err(|e| self.inner.pool.err("starting an ingest", e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.inner.lock_key])
             .await
-            .map_err(|e| pg_err("taking the ingest lock", e))?;
+            .map_err(|e| self.inner.pool.err("taking the ingest lock", e))?;
 
         let ulids: Vec<&str> = batch.iter().map(|c| c.event.event_ulid.as_str()).collect();
         let stored: HashMap<String, String> = tx
             .query(&*self.sql("SELECT event_ulid, digest FROM lib_shared.events WHERE event_ulid = ANY($1)"), &[&ulids])
             .await
-            .map_err(|e| pg_err("looking up event ULIDs", e))?
+            .map_err(|e| self.inner.pool.err("looking up event ULIDs", e))?
             .into_iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
@@ -470,7 +500,7 @@ impl BrainStore for PgStore {
                 ],
             )
             .await
-            .map_err(|e| pg_err("appending events", e))?
+            .map_err(|e| self.inner.pool.err("appending events", e))?
             .iter()
             .map(|r| r.get(0))
             .collect();
@@ -490,7 +520,7 @@ impl BrainStore for PgStore {
                 &[&keys],
             )
             .await
-            .map_err(|e| pg_err("reading entities", e))?
+            .map_err(|e| self.inner.pool.err("reading entities", e))?
         {
             let key: String = row.get(0);
             let state = parse_state(&key, row.get(1), row.get(2))?;
@@ -580,7 +610,7 @@ impl BrainStore for PgStore {
                 ],
             )
             .await
-            .map_err(|e| pg_err("writing entities", e))?;
+            .map_err(|e| self.inner.pool.err("writing entities", e))?;
         }
         if !merge_keys.is_empty() {
             tx.execute(
@@ -593,12 +623,12 @@ impl BrainStore for PgStore {
                 &[&merge_keys, &merge_vcs, &other_siblings],
             )
             .await
-            .map_err(|e| pg_err("updating merge state", e))?;
+            .map_err(|e| self.inner.pool.err("updating merge state", e))?;
         }
         if !refreshed.is_empty() {
             tx.execute(&*self.sql("DELETE FROM lib_shared.conflicts WHERE entity_key = ANY($1)"), &[&refreshed])
                 .await
-                .map_err(|e| pg_err("clearing conflicts", e))?;
+                .map_err(|e| self.inner.pool.err("clearing conflicts", e))?;
             if !c_key.is_empty() {
                 tx.execute(
                     &*self.sql(
@@ -611,13 +641,13 @@ impl BrainStore for PgStore {
                     &[&c_key, &c_ulid, &c_device, &c_clock, &c_deleted, &c_sha, &c_bytes, &c_mtime, &c_created],
                 )
                 .await
-                .map_err(|e| pg_err("recording conflicts", e))?;
+                .map_err(|e| self.inner.pool.err("recording conflicts", e))?;
             }
         }
         tx.execute("SELECT pg_notify($1, $2)", &[&self.inner.channel, &last.to_string()])
             .await
-            .map_err(|e| pg_err("notifying other brains", e))?;
-        tx.commit().await.map_err(|e| pg_err("committing an ingest", e))?;
+            .map_err(|e| self.inner.pool.err("notifying other brains", e))?;
+        tx.commit().await.map_err(|e| self.inner.pool.err("committing an ingest", e))?;
         self.bump(last);
         Ok(Ingested {
             result: IngestResult { inserted_events: new_events.len() as u64, upserted_entities: writes.len() as u64 },
@@ -630,7 +660,7 @@ impl BrainStore for PgStore {
         let pruned: i64 = conn
             .query_one(&*self.sql("SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through'"), &[])
             .await
-            .map_err(|e| pg_err("reading the prune mark", e))?
+            .map_err(|e| self.inner.pool.err("reading the prune mark", e))?
             .get(0);
         if after_id < pruned {
             return Err(BrainError::CursorPruned { after_id, pruned_through: pruned });
@@ -645,7 +675,7 @@ impl BrainStore for PgStore {
                 &[&after_id, &(limit as i64 + 1)],
             )
             .await
-            .map_err(|e| pg_err("pulling events", e))?;
+            .map_err(|e| self.inner.pool.err("pulling events", e))?;
         let has_more = rows.len() > limit;
         let mut events = Vec::with_capacity(rows.len().min(limit));
         for row in rows.iter().take(limit) {
@@ -679,7 +709,7 @@ impl BrainStore for PgStore {
             .read_only(true)
             .start()
             .await
-            .map_err(|e| pg_err("starting a snapshot", e))?;
+            .map_err(|e| self.inner.pool.err("starting a snapshot", e))?;
         let watermark: i64 = tx
             .query_one(
                 &*self.sql(
@@ -689,7 +719,7 @@ impl BrainStore for PgStore {
                 &[],
             )
             .await
-            .map_err(|e| pg_err("reading the watermark", e))?
+            .map_err(|e| self.inner.pool.err("reading the watermark", e))?
             .get(0);
         let rows = tx
             .query(
@@ -701,8 +731,8 @@ impl BrainStore for PgStore {
                 &[&after_key, &(limit as i64 + 1)],
             )
             .await
-            .map_err(|e| pg_err("reading entities", e))?;
-        tx.commit().await.map_err(|e| pg_err("ending a snapshot", e))?;
+            .map_err(|e| self.inner.pool.err("reading entities", e))?;
+        tx.commit().await.map_err(|e| self.inner.pool.err("ending a snapshot", e))?;
         let has_more = rows.len() > limit;
         let mut entities = Vec::with_capacity(rows.len().min(limit));
         for row in rows.iter().take(limit) {
@@ -727,7 +757,7 @@ impl BrainStore for PgStore {
 
     async fn prune(&self, cutoff: SystemTime) -> Result<PruneReport> {
         let mut conn = self.inner.pool.get().await?;
-        let tx = conn.transaction().await.map_err(|e| pg_err("starting a prune", e))?;
+        let tx = conn.transaction().await.map_err(|e| self.inner.pool.err("starting a prune", e))?;
         let cutoff = super::unix_seconds(cutoff) as f64;
         let through: Option<i64> = tx
             .query_one(
@@ -735,12 +765,12 @@ impl BrainStore for PgStore {
                 &[&cutoff],
             )
             .await
-            .map_err(|e| pg_err("finding old events", e))?
+            .map_err(|e| self.inner.pool.err("finding old events", e))?
             .get(0);
         let old: i64 = tx
             .query_one(&*self.sql("SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through' FOR UPDATE"), &[])
             .await
-            .map_err(|e| pg_err("reading the prune mark", e))?
+            .map_err(|e| self.inner.pool.err("reading the prune mark", e))?
             .get(0);
         let Some(through) = through else {
             return Ok(PruneReport { deleted_events: 0, pruned_through: old });
@@ -748,12 +778,12 @@ impl BrainStore for PgStore {
         let deleted = tx
             .execute(&*self.sql("DELETE FROM lib_shared.events WHERE id <= $1"), &[&through])
             .await
-            .map_err(|e| pg_err("pruning events", e))?;
+            .map_err(|e| self.inner.pool.err("pruning events", e))?;
         let pruned = old.max(through);
         tx.execute(&*self.sql("UPDATE lib_shared.brain_meta SET v = $1 WHERE k = 'pruned_through'"), &[&pruned])
             .await
-            .map_err(|e| pg_err("recording the prune mark", e))?;
-        tx.commit().await.map_err(|e| pg_err("committing a prune", e))?;
+            .map_err(|e| self.inner.pool.err("recording the prune mark", e))?;
+        tx.commit().await.map_err(|e| self.inner.pool.err("committing a prune", e))?;
         Ok(PruneReport { deleted_events: deleted, pruned_through: pruned })
     }
 
@@ -770,7 +800,7 @@ impl BrainStore for PgStore {
                 &[&device_id, &url, &secret],
             )
             .await
-            .map_err(|e| pg_err("registering a webhook", e))?;
+            .map_err(|e| self.inner.pool.err("registering a webhook", e))?;
         Ok(row.get(0))
     }
 
@@ -785,7 +815,7 @@ impl BrainStore for PgStore {
                 &[&device_id],
             )
             .await
-            .map_err(|e| pg_err("deactivating a webhook", e))?;
+            .map_err(|e| self.inner.pool.err("deactivating a webhook", e))?;
         Ok(n > 0)
     }
 
@@ -797,7 +827,7 @@ impl BrainStore for PgStore {
                 &[],
             )
             .await
-            .map_err(|e| pg_err("listing webhooks", e))?;
+            .map_err(|e| self.inner.pool.err("listing webhooks", e))?;
         Ok(rows.iter().map(|r| Webhook { id: r.get(0), device_id: r.get(1), url: r.get(2), secret: r.get(3) }).collect())
     }
 
