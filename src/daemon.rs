@@ -20,8 +20,20 @@ use crate::scan::{self, ScanOptions};
 use crate::store::{Store, StoreError};
 use crate::watch::{self, Debouncer, FsSignal, FsWatcher};
 
-/// How often a library that cannot be watched is rescanned.
+/// How often a library that cannot be watched is rescanned, by default.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// How often a library that cannot be watched is rescanned.
+    pub poll_interval: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { poll_interval: POLL_INTERVAL }
+    }
+}
 /// Paths indexed per call, so a huge burst is committed progressively.
 const MAX_PATHS_PER_BATCH: usize = 2_000;
 /// The run state in `lib_kv` is rewritten at most this often while busy.
@@ -125,7 +137,13 @@ pub fn read_state(store: &Store) -> Result<Option<RunState>, StoreError> {
 }
 
 /// Runs until `shutdown` receives (or is dropped), then indexes what is pending and returns.
-pub fn run(config: &Config, store: &mut Store, shutdown: &Receiver<()>) -> Result<RunState, DaemonError> {
+pub fn run(
+    config: &Config,
+    store: &mut Store,
+    shutdown: &Receiver<()>,
+    options: &RunOptions,
+) -> Result<RunState, DaemonError> {
+    let poll = options.poll_interval;
     if config.libraries.is_empty() {
         return Err(DaemonError::NoLibraries);
     }
@@ -140,23 +158,24 @@ pub fn run(config: &Config, store: &mut Store, shutdown: &Receiver<()>) -> Resul
     };
     // Watch first, then scan: a change made during the scan is then seen by one or the other.
     for library in &config.libraries {
-        let mode = start_watching(&mut watcher, &library.path, &library.name);
+        let mode = start_watching(&mut watcher, &library.path, &library.name, poll);
         state.libraries.insert(library.name.clone(), mode);
     }
     save_state(store, &mut state)?;
-    reconcile(store, config, None)?;
+    let unavailable = reconcile(store, config, None)?;
+    poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
     state.state = "running".into();
     save_state(store, &mut state)?;
     tracing::info!(libraries = state.libraries.len(), "watching");
 
     let window = Duration::from_millis(config.watch.debounce_ms);
     let mut debouncer = Debouncer::new(window);
-    let mut next_poll = Instant::now() + POLL_INTERVAL;
+    let mut next_poll = Instant::now() + poll;
     let mut last_saved = Instant::now();
     let mut dirty = false;
     loop {
         let now = Instant::now();
-        let mut wake = debouncer.next_due().unwrap_or(now + POLL_INTERVAL).min(next_poll);
+        let mut wake = debouncer.next_due().unwrap_or(now + poll).min(next_poll);
         if dirty {
             wake = wake.min(last_saved + STATE_INTERVAL);
         }
@@ -181,7 +200,7 @@ pub fn run(config: &Config, store: &mut Store, shutdown: &Receiver<()>) -> Resul
         for path in limit_hit {
             for library in &config.libraries {
                 if path.starts_with(&library.path) {
-                    let mode = watch_limit_mode(&library.path, &library.name);
+                    let mode = watch_limit_mode(&library.path, &library.name, poll);
                     watcher.unwatch(&library.path);
                     state.libraries.insert(library.name.clone(), mode);
                     dirty = true;
@@ -190,7 +209,8 @@ pub fn run(config: &Config, store: &mut Store, shutdown: &Receiver<()>) -> Resul
         }
         if rescan_all {
             tracing::warn!("the kernel dropped file events (queue overflow); rescanning every library");
-            reconcile(store, config, None)?;
+            let unavailable = reconcile(store, config, None)?;
+            dirty |= poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
         }
 
         let now = Instant::now();
@@ -200,23 +220,25 @@ pub fn run(config: &Config, store: &mut Store, shutdown: &Receiver<()>) -> Resul
             let outcome = index::index_paths(store, &libs, &due)?;
             note(&outcome, &mut state);
             for name in &outcome.rescan {
-                reconcile(store, config, Some(name))?;
+                let unavailable = reconcile(store, config, Some(name))?;
+                poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
             }
             due = rest;
             dirty = true;
         }
 
         if now >= next_poll {
-            next_poll = now + POLL_INTERVAL;
+            next_poll = now + poll;
             for library in &config.libraries {
                 let Some(LibraryMode::Polling { .. }) = state.libraries.get(&library.name) else { continue };
                 // A root that came back (remounted) is watched again.
-                let mode = start_watching(&mut watcher, &library.path, &library.name);
+                let mode = start_watching(&mut watcher, &library.path, &library.name, poll);
                 if mode != state.libraries[&library.name] {
                     state.libraries.insert(library.name.clone(), mode);
                     dirty = true;
                 }
-                reconcile(store, config, Some(&library.name))?;
+                let unavailable = reconcile(store, config, Some(&library.name))?;
+                poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
             }
         }
         if state.backlog != debouncer.len() {
@@ -241,6 +263,33 @@ pub fn run(config: &Config, store: &mut Store, shutdown: &Receiver<()>) -> Resul
     save_state(store, &mut state)?;
     tracing::info!(changes = state.changes_indexed, "stopped");
     Ok(state)
+}
+
+/// Libraries whose root went away (unmounted, deleted) lost their watch with it: poll them until
+/// the root is back, then watch again.
+fn poll_unavailable(
+    watcher: &mut FsWatcher,
+    config: &Config,
+    names: Vec<String>,
+    state: &mut RunState,
+    poll: Duration,
+) -> bool {
+    let mut changed = false;
+    for name in names {
+        let Some(library) = config.library(&name) else { continue };
+        watcher.unwatch(&library.path);
+        let reason = format!(
+            "root {} is unavailable; rescanning it every {} s until it is back",
+            library.path.display(),
+            poll.as_secs()
+        );
+        let mode = LibraryMode::Polling { reason };
+        if state.libraries.get(&name) != Some(&mode) {
+            state.libraries.insert(name, mode);
+            changed = true;
+        }
+    }
+    changed
 }
 
 fn handle(
@@ -281,9 +330,9 @@ fn note(outcome: &PathsOutcome, state: &mut RunState) {
     }
 }
 
-fn start_watching(watcher: &mut FsWatcher, root: &Path, name: &str) -> LibraryMode {
+fn start_watching(watcher: &mut FsWatcher, root: &Path, name: &str, poll: Duration) -> LibraryMode {
     if !root.is_dir() {
-        let reason = format!("root {} is unavailable; rescanning it every {} s", root.display(), POLL_INTERVAL.as_secs());
+        let reason = format!("root {} is unavailable; rescanning it every {} s", root.display(), poll.as_secs());
         tracing::warn!(library = name, "{reason}");
         return LibraryMode::Polling { reason };
     }
@@ -291,10 +340,10 @@ fn start_watching(watcher: &mut FsWatcher, root: &Path, name: &str) -> LibraryMo
         Ok(()) => LibraryMode::Watching,
         Err(e) if watch::is_watch_limit(&e) => {
             watcher.unwatch(root);
-            watch_limit_mode(root, name)
+            watch_limit_mode(root, name, poll)
         }
         Err(e) => {
-            let reason = format!("cannot watch {} ({e}); rescanning it every {} s", root.display(), POLL_INTERVAL.as_secs());
+            let reason = format!("cannot watch {} ({e}); rescanning it every {} s", root.display(), poll.as_secs());
             tracing::warn!(library = name, "{reason}");
             LibraryMode::Polling { reason }
         }
@@ -302,7 +351,7 @@ fn start_watching(watcher: &mut FsWatcher, root: &Path, name: &str) -> LibraryMo
 }
 
 /// Says once, with the numbers a user needs to fix it, that the inotify watch limit is reached.
-fn watch_limit_mode(root: &Path, name: &str) -> LibraryMode {
+fn watch_limit_mode(root: &Path, name: &str, poll: Duration) -> LibraryMode {
     let folders = walkdir::WalkDir::new(root)
         .follow_links(false)
         .into_iter()
@@ -315,19 +364,25 @@ fn watch_limit_mode(root: &Path, name: &str) -> LibraryMode {
          {folders} more; raise it (e.g. `sysctl fs.inotify.max_user_watches={}`); meanwhile it is rescanned \
          every {} s",
         (folders as u64 + watch::watch_limit().unwrap_or(8192)).next_power_of_two(),
-        POLL_INTERVAL.as_secs()
+        poll.as_secs()
     );
     tracing::warn!(library = name, "{reason}");
     LibraryMode::Polling { reason }
 }
 
-fn reconcile(store: &mut Store, config: &Config, library: Option<&str>) -> Result<(), DaemonError> {
+/// Rescans; returns the libraries refused because their root is unavailable (to be polled until
+/// it comes back: its watch went with it).
+fn reconcile(store: &mut Store, config: &Config, library: Option<&str>) -> Result<Vec<String>, DaemonError> {
     let options = ScanOptions { library: library.map(str::to_owned), progress: false, allow_empty: false };
     let summary = scan::scan(store, config, &options)?;
     store.release_memory();
+    let mut unavailable = Vec::new();
     for lib in &summary.libraries {
         if let Some(error) = &lib.error {
             tracing::error!(library = %lib.name, "{error}");
+            if !lib.root.is_dir() {
+                unavailable.push(lib.name.clone());
+            }
         } else if lib.counts.upserted + lib.counts.deleted > 0 {
             tracing::info!(
                 library = %lib.name,
@@ -337,7 +392,7 @@ fn reconcile(store: &mut Store, config: &Config, library: Option<&str>) -> Resul
             );
         }
     }
-    Ok(())
+    Ok(unavailable)
 }
 
 fn save_state(store: &mut Store, state: &mut RunState) -> Result<(), StoreError> {
@@ -358,7 +413,7 @@ mod tests {
         for d in ["a", "a/b", "c"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
         }
-        let LibraryMode::Polling { reason } = watch_limit_mode(dir.path(), "notes") else {
+        let LibraryMode::Polling { reason } = watch_limit_mode(dir.path(), "notes", POLL_INTERVAL) else {
             panic!("a library over the limit is polled")
         };
         assert!(reason.contains("fs.inotify.max_user_watches"), "{reason}");

@@ -36,7 +36,7 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
         }
     });
 
-    let state = daemon::run(&config, &mut store, &stop_rx)?;
+    let state = daemon::run(&config, &mut store, &stop_rx, &daemon::RunOptions::default())?;
     handle.close();
     if global.json {
         super::print_json(&json!({ "ok": true, "changes_indexed": state.changes_indexed }))?;
