@@ -59,8 +59,7 @@ CREATE TABLE IF NOT EXISTS lib_shared.device_webhooks (
     secret           text NOT NULL,
     active           boolean NOT NULL DEFAULT true,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    updated_at       timestamptz NOT NULL DEFAULT now(),
-    last_notified_at timestamptz
+    updated_at       timestamptz NOT NULL DEFAULT now()
 );
 
 -- pruned_through: every event up to this id was pruned.

@@ -93,20 +93,7 @@ impl<'a> Batch<'a> {
     }
 
     pub fn observed(&self, key: &str) -> Result<Option<Observed>> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT bytes, mtime_ns, inode, sha256 FROM lib_observed WHERE path = ?1")
-            .ctx(|| "preparing observed lookup".into())?;
-        stmt.query_row([key], |r| {
-            Ok(Observed {
-                bytes: r.get::<_, i64>(0)? as u64,
-                mtime_ns: r.get(1)?,
-                inode: r.get::<_, i64>(2)? as u64,
-                sha256: r.get(3)?,
-            })
-        })
-        .optional()
-        .ctx(|| format!("reading observed state of {key}"))
+        super::read::observed(&self.tx, key)
     }
 
     pub fn put_observed(&self, key: &str, observed: &Observed) -> Result<()> {

@@ -54,8 +54,7 @@ CREATE TABLE device_webhooks (
     secret      TEXT NOT NULL,
     active      INTEGER NOT NULL DEFAULT 1,
     created_at  INTEGER NOT NULL,
-    updated_at  INTEGER NOT NULL,
-    last_notified_at INTEGER
+    updated_at  INTEGER NOT NULL
 );
 
 -- pruned_through: every event up to this id was pruned.
