@@ -159,7 +159,7 @@ pub fn run(
     // Watch first, then scan: a change made during the scan is then seen by one or the other.
     for library in &config.libraries {
         let mode = start_watching(&mut watcher, &library.path, &library.name, poll);
-        state.libraries.insert(library.name.clone(), mode);
+        set_mode(&mut state, &library.name, mode);
     }
     save_state(store, &mut state)?;
     let unavailable = reconcile(store, config, None)?;
@@ -202,8 +202,7 @@ pub fn run(
                 if path.starts_with(&library.path) {
                     let mode = watch_limit_mode(&library.path, &library.name, poll);
                     watcher.unwatch(&library.path);
-                    state.libraries.insert(library.name.clone(), mode);
-                    dirty = true;
+                    dirty |= set_mode(&mut state, &library.name, mode);
                 }
             }
         }
@@ -233,10 +232,7 @@ pub fn run(
                 let Some(LibraryMode::Polling { .. }) = state.libraries.get(&library.name) else { continue };
                 // A root that came back (remounted) is watched again.
                 let mode = start_watching(&mut watcher, &library.path, &library.name, poll);
-                if mode != state.libraries[&library.name] {
-                    state.libraries.insert(library.name.clone(), mode);
-                    dirty = true;
-                }
+                dirty |= set_mode(&mut state, &library.name, mode);
                 let unavailable = reconcile(store, config, Some(&library.name))?;
                 poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
             }
@@ -278,18 +274,26 @@ fn poll_unavailable(
     for name in names {
         let Some(library) = config.library(&name) else { continue };
         watcher.unwatch(&library.path);
-        let reason = format!(
-            "root {} is unavailable; rescanning it every {} s until it is back",
-            library.path.display(),
-            poll.as_secs()
-        );
-        let mode = LibraryMode::Polling { reason };
-        if state.libraries.get(&name) != Some(&mode) {
-            state.libraries.insert(name, mode);
-            changed = true;
-        }
+        changed |= set_mode(state, &name, unavailable_mode(&library.path, poll));
     }
     changed
+}
+
+/// Records how a library is kept current, and says so when that changes (once, not at every
+/// retry).
+fn set_mode(state: &mut RunState, name: &str, mode: LibraryMode) -> bool {
+    if state.libraries.get(name) == Some(&mode) {
+        return false;
+    }
+    match &mode {
+        LibraryMode::Polling { reason } => tracing::warn!(library = name, "{reason}"),
+        LibraryMode::Watching if state.libraries.contains_key(name) => {
+            tracing::info!(library = name, "watching again")
+        }
+        LibraryMode::Watching => {}
+    }
+    state.libraries.insert(name.to_owned(), mode);
+    true
 }
 
 fn handle(
@@ -332,9 +336,7 @@ fn note(outcome: &PathsOutcome, state: &mut RunState) {
 
 fn start_watching(watcher: &mut FsWatcher, root: &Path, name: &str, poll: Duration) -> LibraryMode {
     if !root.is_dir() {
-        let reason = format!("root {} is unavailable; rescanning it every {} s", root.display(), poll.as_secs());
-        tracing::warn!(library = name, "{reason}");
-        return LibraryMode::Polling { reason };
+        return unavailable_mode(root, poll);
     }
     match watcher.watch(root) {
         Ok(()) => LibraryMode::Watching,
@@ -343,11 +345,20 @@ fn start_watching(watcher: &mut FsWatcher, root: &Path, name: &str, poll: Durati
             watch_limit_mode(root, name, poll)
         }
         Err(e) => {
-            let reason = format!("cannot watch {} ({e}); rescanning it every {} s", root.display(), poll.as_secs());
-            tracing::warn!(library = name, "{reason}");
+            let reason =
+                format!("cannot watch {} ({e}); rescanning it every {}", root.display(), humantime::format_duration(poll));
             LibraryMode::Polling { reason }
         }
     }
+}
+
+fn unavailable_mode(root: &Path, poll: Duration) -> LibraryMode {
+    let reason = format!(
+        "root {} is unavailable (unmounted?); rescanning it every {} until it is back",
+        root.display(),
+        humantime::format_duration(poll)
+    );
+    LibraryMode::Polling { reason }
 }
 
 /// Says once, with the numbers a user needs to fix it, that the inotify watch limit is reached.
@@ -362,11 +373,10 @@ fn watch_limit_mode(root: &Path, name: &str, poll: Duration) -> LibraryMode {
     let reason = format!(
         "the inotify watch limit (fs.inotify.max_user_watches = {limit}) is reached; library {name} needs \
          {folders} more; raise it (e.g. `sysctl fs.inotify.max_user_watches={}`); meanwhile it is rescanned \
-         every {} s",
+         every {}",
         (folders as u64 + watch::watch_limit().unwrap_or(8192)).next_power_of_two(),
-        poll.as_secs()
+        humantime::format_duration(poll)
     );
-    tracing::warn!(library = name, "{reason}");
     LibraryMode::Polling { reason }
 }
 
@@ -418,7 +428,7 @@ mod tests {
         };
         assert!(reason.contains("fs.inotify.max_user_watches"), "{reason}");
         assert!(reason.contains("needs 4 more"), "the root and its three folders: {reason}");
-        assert!(reason.contains("rescanned every 60 s"), "{reason}");
+        assert!(reason.contains("rescanned every 1m"), "{reason}");
     }
 
     #[test]
