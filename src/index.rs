@@ -425,7 +425,9 @@ pub fn index_paths(
                     true
                 });
                 failed_dirs.extend(walk.failed_dirs);
-                // Observed files under the folder that the walk did not meet are gone from it.
+                // A file this folder replaced is gone; so are observed files under the folder
+                // that the walk did not meet.
+                gone.insert(key.clone());
                 let prefix = format!("{key}/");
                 for (k, _) in read::observed_under(store.conn(), &prefix)? {
                     if !walked.contains(&k) {

@@ -408,3 +408,15 @@ fn a_library_root_that_disappears_deletes_nothing_and_is_picked_up_again_when_ba
     let db = a.db();
     assert_eq!(events_after(&db, 2), [ev("upsert_file", "lib/c.txt"), ev("upsert_file", "lib/d.txt")]);
 }
+
+#[test]
+fn a_file_replaced_by_a_folder_of_the_same_name_is_deleted_and_the_folder_indexed() {
+    let mut a = Agent::with_files(&[("thing", "a file"), ("keep.txt", "K")]).start();
+    std::fs::remove_file(a.path("thing")).expect("rm");
+    std::fs::create_dir(a.path("thing")).expect("mkdir");
+    std::fs::write(a.path("thing/inside.txt"), "inside").expect("write");
+    a.wait_for_events(4);
+    a.stop();
+    let db = a.db();
+    assert_eq!(sorted(events_after(&db, 2)), [ev("delete_file", "lib/thing"), ev("upsert_file", "lib/thing/inside.txt")]);
+}
