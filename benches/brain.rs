@@ -127,15 +127,17 @@ async fn measure(addr: SocketAddr, events: usize, clients: usize, pulls: usize) 
         bodies.push(
             (0..per_client)
                 .map(|b| {
-                    let batch: Vec<Event> =
-                        (0..BATCH).map(|i| event(&device, (b * BATCH + i + 1) as u64)).collect();
+                    let batch: Vec<Event> = (0..BATCH).map(|i| event(&device, (b * BATCH + i + 1) as u64)).collect();
                     Bytes::from(serde_json::to_vec(&json!({ "batch": batch })).unwrap())
                 })
                 .collect(),
         );
     }
     let payload_bytes = serde_json::to_vec(&event("bench-0", 1).payload).unwrap().len();
-    eprintln!("  {} events in batches of {BATCH}, {payload_bytes} bytes of payload each, {clients} connection(s)", per_client * clients * BATCH);
+    eprintln!(
+        "  {} events in batches of {BATCH}, {payload_bytes} bytes of payload each, {clients} connection(s)",
+        per_client * clients * BATCH
+    );
 
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -70,7 +70,8 @@ impl Metrics {
             ("lib_brain_webhook_failures_total", "Webhook notifications that failed", &self.webhook_failures),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+            let _ =
+                writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
         }
         let name = "lib_brain_request_duration_seconds";
         let _ = writeln!(out, "# HELP {name} HTTP request latency by route and status\n# TYPE {name} histogram");

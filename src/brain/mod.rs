@@ -27,6 +27,9 @@ pub enum BrainError {
          pruned): re-seed from GET /snapshot, then pull from its watermark"
     )]
     CursorPruned { after_id: i64, pruned_through: i64 },
+    /// No such route (404).
+    #[error("{0}")]
+    NotFound(String),
     /// The body is over the byte cap (413).
     #[error("{0}")]
     TooLarge(String),
@@ -44,6 +47,7 @@ impl BrainError {
             BrainError::Invalid(_) => StatusCode::BAD_REQUEST,
             BrainError::Conflict(_) => StatusCode::CONFLICT,
             BrainError::CursorPruned { .. } => StatusCode::GONE,
+            BrainError::NotFound(_) => StatusCode::NOT_FOUND,
             BrainError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             BrainError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             BrainError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -127,16 +127,10 @@ pub fn router<S: BrainStore>(store: Arc<S>, config: ServerConfig, stopping: watc
     Router::new()
         .route("/health", get(health))
         .merge(protected)
-        .fallback(|| async { BrainError::Invalid("no such route".into()).into_response_with(StatusCode::NOT_FOUND) })
+        .fallback(|| async { BrainError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state)
-}
-
-impl BrainError {
-    fn into_response_with(self, status: StatusCode) -> Response {
-        (status, Json(ErrorBody { ok: false, error: self.to_string() })).into_response()
-    }
 }
 
 /// Serves until `shutdown` resolves, then stops taking requests, ends long-polls and waits for
@@ -159,10 +153,8 @@ pub async fn serve<S: BrainStore>(
 
 /// Span and latency per route; the route is the matched pattern, never the raw URL.
 async fn observe<S: BrainStore>(State(state): State<AppState<S>>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().clone();
     let started = Instant::now();
     let span = tracing::debug_span!("request", %method, route = %route);

@@ -113,8 +113,7 @@ impl Notifier {
     }
 
     async fn deliver(&self, hook: &Webhook, after_id: i64) {
-        let notification =
-            WebhookNotification { event: "new_events".into(), after_id, timestamp: now_rfc3339() };
+        let notification = WebhookNotification { event: "new_events".into(), after_id, timestamp: now_rfc3339() };
         let body = serde_json::to_vec(&notification).unwrap_or_default();
         let signature = sign(&hook.secret, unix_seconds(SystemTime::now()), &body);
         let request = match axum::http::Request::post(&hook.url)
@@ -154,6 +153,16 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
+        // Computed independently (Python's hmac module), so a listener in any language agrees.
+        let body = br#"{"event":"new_events","after_id":41,"timestamp":"2026-11-25T10:00:00Z"}"#;
+        assert_eq!(
+            sign("whsec_test", 1_732_500_000, body),
+            "t=1732500000,v1=b6c021af2257636f779522751f596a2c8f2188cdfa8cf4063a85546b9c5342cb"
+        );
+    }
 
     #[test]
     fn a_signature_verifies_with_its_secret_body_and_time_only() {

@@ -81,7 +81,10 @@ impl Target {
             (Some(_), Some(_)) => bail!("give either --db PATH or --database-url URL, not both"),
             (Some(url), None) => {
                 if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                    Ok(Target::Postgres(url.clone(), PgOptions { schema: store.schema.clone(), ..PgOptions::default() }))
+                    Ok(Target::Postgres(
+                        url.clone(),
+                        PgOptions { schema: store.schema.clone(), ..PgOptions::default() },
+                    ))
                 } else if let Some(path) = url.strip_prefix("sqlite://") {
                     Ok(Target::Sqlite(PathBuf::from(path)))
                 } else {
@@ -108,10 +111,8 @@ impl Target {
 }
 
 pub fn run(args: Args, global: &GlobalArgs, _config: &Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     match args.command {
         BrainCommand::Serve(args) => runtime.block_on(serve(args, global)),
         BrainCommand::Prune(args) => runtime.block_on(prune(args, global)),
@@ -216,7 +217,9 @@ async fn prune(args: PruneArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         }
     };
     if global.json {
-        return super::print_json(&json!({"ok": true, "deleted_events": report.deleted_events, "pruned_through": report.pruned_through}));
+        return super::print_json(
+            &json!({"ok": true, "deleted_events": report.deleted_events, "pruned_through": report.pruned_through}),
+        );
     }
     println!(
         "pruned {} event(s) older than {} day(s); devices with a cursor below {} re-seed from a snapshot",

@@ -90,8 +90,11 @@ pub fn observed_under(conn: &Connection, prefix: &str) -> Result<Vec<(String, su
     rows.collect::<rusqlite::Result<_>>().ctx(|| format!("reading observed state under {prefix}"))
 }
 
-/// The shared view's winner for a key: (sha256, mime, content), if live.
-pub fn live_file(conn: &Connection, key: &str) -> Result<Option<(String, Option<String>, Option<String>)>> {
+/// A live winner's sha256, mime type and text.
+pub type LiveFile = (String, Option<String>, Option<String>);
+
+/// The shared view's winner for a key, if live.
+pub fn live_file(conn: &Connection, key: &str) -> Result<Option<LiveFile>> {
     conn.prepare_cached(
         "SELECT sha256, mime, content FROM lib_files WHERE path = ?1 AND deleted_at IS NULL AND sha256 IS NOT NULL",
     )

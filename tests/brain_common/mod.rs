@@ -112,9 +112,7 @@ impl Fixture {
     pub async fn second_instance(&self) -> AnyStore {
         match &self.store {
             AnyStore::Postgres(s) => AnyStore::Postgres(
-                PgStore::connect(&pg_url(), PgOptions { schema: s.schema().to_owned(), pool_size: 8 })
-                    .await
-                    .unwrap(),
+                PgStore::connect(&pg_url(), PgOptions { schema: s.schema().to_owned(), pool_size: 8 }).await.unwrap(),
             ),
             AnyStore::Sqlite(s) => AnyStore::Sqlite(s.clone()),
         }
@@ -232,10 +230,7 @@ impl Http {
         let r = self.ingest(batch).await;
         assert_eq!(r.status, 200, "ingest failed: {}", r.text);
         assert_eq!(r.body["ok"], true);
-        (
-            r.body["result"]["inserted_events"].as_u64().unwrap(),
-            r.body["result"]["upserted_entities"].as_u64().unwrap(),
-        )
+        (r.body["result"]["inserted_events"].as_u64().unwrap(), r.body["result"]["upserted_entities"].as_u64().unwrap())
     }
 
     pub async fn pull(&self, after_id: i64, limit: usize) -> Reply {
@@ -330,7 +325,9 @@ pub fn delete(device: &str, key: &str, clock: &[(&str, u64)]) -> Event {
 /// `n` upserts of distinct keys by one device, its clock counting up from `from`.
 pub fn many(device: &str, n: usize, from: u64) -> Vec<Event> {
     (0..n)
-        .map(|i| upsert(device, &format!("notes/{device}/f{:06}.md", from + i as u64), &[(device, from + i as u64)], 'a'))
+        .map(|i| {
+            upsert(device, &format!("notes/{device}/f{:06}.md", from + i as u64), &[(device, from + i as u64)], 'a')
+        })
         .collect()
 }
 

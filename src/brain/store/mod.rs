@@ -17,12 +17,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::{BrainError, Result};
-use crate::model::merge::{self, EntityState, Outcome};
+use crate::model::merge::{self, EntityState, Outcome, Version};
 use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
-use crate::model::Event;
+use crate::model::{Event, EventType, VectorClock};
 
 pub use postgres::{PgOptions, PgStore};
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// One page of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,12 +95,7 @@ pub trait BrainStore: Send + Sync + 'static {
     fn prune(&self, cutoff: SystemTime) -> impl Future<Output = Result<PruneReport>> + Send;
 
     /// Registers (or replaces, and reactivates) the device's webhook; returns its id.
-    fn register_webhook(
-        &self,
-        device_id: &str,
-        url: &str,
-        secret: &str,
-    ) -> impl Future<Output = Result<i64>> + Send;
+    fn register_webhook(&self, device_id: &str, url: &str, secret: &str) -> impl Future<Output = Result<i64>> + Send;
 
     /// Deactivates the device's webhook; false when it had none active.
     fn deactivate_webhook(&self, device_id: &str) -> impl Future<Output = Result<bool>> + Send;
@@ -135,9 +130,7 @@ pub fn check_batch(batch: Vec<Event>, max_content_bytes: usize) -> Result<Vec<Ch
     let mut seen: HashMap<String, (usize, String)> = HashMap::with_capacity(batch.len());
     let mut out = Vec::with_capacity(batch.len());
     for (index, event) in batch.into_iter().enumerate() {
-        event
-            .validate(max_content_bytes)
-            .map_err(|e| BrainError::Invalid(format!("batch[{index}].{e}")))?;
+        event.validate(max_content_bytes).map_err(|e| BrainError::Invalid(format!("batch[{index}].{e}")))?;
         let checked = CheckedEvent::new(event);
         if let Some((first, digest)) = seen.get(&checked.event.event_ulid) {
             if *digest != checked.digest {
@@ -200,6 +193,27 @@ pub fn plan_entities(events: &[&Event], mut current: HashMap<String, EntityState
     writes.into_values().collect()
 }
 
+/// Rebuilds an entity's merge state from its stored JSON columns.
+pub(crate) fn parse_state(key: &str, seen_vc: &str, siblings: &str) -> Result<EntityState> {
+    let seen_vc: VectorClock = serde_json::from_str(seen_vc).map_err(|e| corrupt(&format!("seen_vc of {key}"), e))?;
+    let siblings: Vec<Version> =
+        serde_json::from_str(siblings).map_err(|e| corrupt(&format!("siblings of {key}"), e))?;
+    EntityState::from_parts(seen_vc, siblings).ok_or_else(|| corrupt(&format!("siblings of {key}"), "empty"))
+}
+
+pub(crate) fn parse_event_type(s: &str) -> Result<EventType> {
+    EventType::parse(s).ok_or_else(|| corrupt("event_type", s))
+}
+
+pub(crate) fn corrupt(context: &str, e: impl std::fmt::Display) -> BrainError {
+    BrainError::Internal(format!("{context}: stored value is corrupt: {e}"))
+}
+
+/// JSON of a value that always serialises (payloads, sibling lists).
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
 /// Runs blocking store work off the async runtime, re-raising a panic of the closure.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
 where
@@ -224,7 +238,7 @@ pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EventType, FilePayload, VectorClock};
+    use crate::model::FilePayload;
 
     fn event(device: &str, key: &str, clock: VectorClock, sha: char) -> Event {
         Event {
@@ -233,11 +247,7 @@ mod tests {
             event_type: EventType::UpsertFile,
             entity_type: "file".into(),
             entity_key: key.into(),
-            payload: FilePayload {
-                sha256: Some(sha.to_string().repeat(64)),
-                bytes: Some(1),
-                ..FilePayload::default()
-            },
+            payload: FilePayload { sha256: Some(sha.to_string().repeat(64)), bytes: Some(1), ..FilePayload::default() },
             vector_clock: clock,
             created_at: "2026-11-25T10:00:00Z".into(),
         }

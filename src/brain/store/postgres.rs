@@ -19,13 +19,12 @@ use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 
 use super::{
-    plan_entities, reused_ulid, BrainStore, CheckedEvent, Ingested, PruneReport, PullPage, SnapshotPage,
-    Webhook,
+    corrupt, parse_event_type, parse_state, plan_entities, reused_ulid, to_json, BrainStore, CheckedEvent, Ingested,
+    PruneReport, PullPage, SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
-use crate::model::merge::{EntityState, Version};
 use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
-use crate::model::{Event, EventType, FilePayload, VectorClock};
+use crate::model::{Event, FilePayload};
 
 /// The migrations, in order: (version, name, SQL written for the `lib_shared` schema).
 const MIGRATIONS: &[(i32, &str, &str)] =
@@ -90,7 +89,11 @@ fn pg_err(context: &str, e: tokio_postgres::Error) -> BrainError {
     let unavailable = e.is_closed()
         || e.code().map_or(true, |c| {
             let code = c.code();
-            code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code == "40001" || code == "40P01"
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || code == "40001"
+                || code == "40P01"
         });
     if unavailable {
         BrainError::Unavailable(message)
@@ -114,10 +117,6 @@ fn describe(e: &tokio_postgres::Error) -> String {
             text
         }
     }
-}
-
-fn corrupt(context: &str, e: impl std::fmt::Display) -> BrainError {
-    BrainError::Internal(format!("{context}: stored value is corrupt: {e}"))
 }
 
 fn valid_schema(schema: &str) -> bool {
@@ -176,8 +175,7 @@ impl Drop for Conn<'_> {
 
 impl Pool {
     async fn connect(config: &Config) -> Result<Client> {
-        let (client, connection) =
-            config.connect(NoTls).await.map_err(|e| pg_err("connecting to PostgreSQL", e))?;
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| pg_err("connecting to PostgreSQL", e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection closed");
@@ -224,16 +222,19 @@ impl PgStore {
             return Err(BrainError::Invalid(format!("{} is not a postgres:// URL", redact(url))));
         }
         if !valid_schema(&options.schema) {
-            return Err(BrainError::Invalid(format!("schema name {:?} is not a plain lowercase identifier", options.schema)));
+            return Err(BrainError::Invalid(format!(
+                "schema name {:?} is not a plain lowercase identifier",
+                options.schema
+            )));
         }
-        let mut config = Config::from_str(url)
-            .map_err(|e| BrainError::Invalid(format!("database URL {}: {e}", redact(url))))?;
+        let mut config =
+            Config::from_str(url).map_err(|e| BrainError::Invalid(format!("database URL {}: {e}", redact(url))))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
         let schema = options.schema.clone();
         // Names this brain's sessions in pg_stat_activity (and lets a test find them).
-        config.application_name(&format!("lib brain {schema}"));
+        config.application_name(format!("lib brain {schema}"));
         let mut client = Pool::connect(&config).await?;
         migrate(&mut client, &schema).await?;
         let pool = Pool {
@@ -244,7 +245,8 @@ impl PgStore {
         };
         // One lock per schema: brains sharing a schema serialise their ingests, other schemas
         // (other tests) do not wait for them.
-        let lock_key = schema.bytes().fold(0x6c69_625f_6272_6169_i64, |h, b| h.wrapping_mul(31).wrapping_add(i64::from(b)));
+        let lock_key =
+            schema.bytes().fold(0x6c69_625f_6272_6169_i64, |h, b| h.wrapping_mul(31).wrapping_add(i64::from(b)));
         let (newest, _) = watch::channel(0);
         let store = PgStore {
             inner: Arc::new(Inner {
@@ -350,9 +352,12 @@ async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
             tx.batch_execute(&in_schema(sql, schema))
                 .await
                 .map_err(|e| pg_err(&format!("applying migration {name}"), e))?;
-            tx.execute(&format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"), &[version, name])
-                .await
-                .map_err(|e| pg_err("recording a migration", e))?;
+            tx.execute(
+                &format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),
+                &[version, name],
+            )
+            .await
+            .map_err(|e| pg_err("recording a migration", e))?;
             tx.commit().await.map_err(|e| pg_err("committing a migration", e))?;
             tracing::info!(schema, migration = name, "applied PostgreSQL migration");
         }
@@ -425,21 +430,6 @@ async fn listen(inner: std::sync::Weak<Inner>) {
         }
         tracing::warn!("LISTEN connection lost; reconnecting");
     }
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
-}
-
-fn parse_state(key: &str, seen_vc: &str, siblings: &str) -> Result<EntityState> {
-    let seen_vc: VectorClock = serde_json::from_str(seen_vc).map_err(|e| corrupt(&format!("seen_vc of {key}"), e))?;
-    let siblings: Vec<Version> =
-        serde_json::from_str(siblings).map_err(|e| corrupt(&format!("siblings of {key}"), e))?;
-    EntityState::from_parts(seen_vc, siblings).ok_or_else(|| corrupt(&format!("siblings of {key}"), "empty"))
-}
-
-fn parse_event_type(s: &str) -> Result<EventType> {
-    EventType::parse(s).ok_or_else(|| corrupt("event_type", s))
 }
 
 impl BrainStore for PgStore {
@@ -605,8 +595,17 @@ impl BrainStore for PgStore {
                        siblings = excluded.siblings, updated_at = excluded.updated_at",
                 ),
                 &[
-                    &winners[0], &winners[1], &winners[2], &winners[3], &winners[4], &winners[5], &winners[6],
-                    &winners[7], &winners[8], &winner_deleted, &winner_siblings,
+                    &winners[0],
+                    &winners[1],
+                    &winners[2],
+                    &winners[3],
+                    &winners[4],
+                    &winners[5],
+                    &winners[6],
+                    &winners[7],
+                    &winners[8],
+                    &winner_deleted,
+                    &winner_siblings,
                 ],
             )
             .await
@@ -657,14 +656,6 @@ impl BrainStore for PgStore {
 
     async fn pull(&self, after_id: i64, limit: usize) -> Result<PullPage> {
         let conn = self.inner.pool.get().await?;
-        let pruned: i64 = conn
-            .query_one(&*self.sql("SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through'"), &[])
-            .await
-            .map_err(|e| self.inner.pool.err("reading the prune mark", e))?
-            .get(0);
-        if after_id < pruned {
-            return Err(BrainError::CursorPruned { after_id, pruned_through: pruned });
-        }
         let rows = conn
             .query(
                 &*self.sql(
@@ -676,6 +667,17 @@ impl BrainStore for PgStore {
             )
             .await
             .map_err(|e| self.inner.pool.err("pulling events", e))?;
+        // The prune mark is read *after* the events: a prune that committed before the read above
+        // shows here, so its gap is never served as if nothing were missing. (One that commits
+        // later only costs a re-seed that was not strictly needed.)
+        let pruned: i64 = conn
+            .query_one(&*self.sql("SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through'"), &[])
+            .await
+            .map_err(|e| self.inner.pool.err("reading the prune mark", e))?
+            .get(0);
+        if after_id < pruned {
+            return Err(BrainError::CursorPruned { after_id, pruned_through: pruned });
+        }
         let has_more = rows.len() > limit;
         let mut events = Vec::with_capacity(rows.len().min(limit));
         for row in rows.iter().take(limit) {
@@ -828,7 +830,10 @@ impl BrainStore for PgStore {
             )
             .await
             .map_err(|e| self.inner.pool.err("listing webhooks", e))?;
-        Ok(rows.iter().map(|r| Webhook { id: r.get(0), device_id: r.get(1), url: r.get(2), secret: r.get(3) }).collect())
+        Ok(rows
+            .iter()
+            .map(|r| Webhook { id: r.get(0), device_id: r.get(1), url: r.get(2), secret: r.get(3) })
+            .collect())
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {

@@ -13,18 +13,30 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::watch;
 
 use super::{
-    blocking, plan_entities, reused_ulid, unix_seconds, BrainStore, CheckedEvent, Ingested, PruneReport,
-    PullPage, SnapshotPage, Webhook,
+    blocking, corrupt, parse_event_type, parse_state, plan_entities, reused_ulid, to_json, unix_seconds, BrainStore,
+    CheckedEvent, Ingested, PruneReport, PullPage, SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
-use crate::model::merge::{EntityState, Version};
 use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
-use crate::model::{Event, EventType, FilePayload, VectorClock};
+use crate::model::{Event, FilePayload};
 
 const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/brain/sqlite/0001_init.sql")];
 
 /// Readers kept open between requests; more are opened (and closed after) under load.
 const IDLE_READERS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// How long a write waits for a lock another process holds before the request fails with
+    /// 503 (nothing written).
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions { busy_timeout: Duration::from_secs(10) }
+    }
+}
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -33,6 +45,7 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
+    options: SqliteOptions,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     newest: watch::Sender<i64>,
@@ -49,23 +62,19 @@ fn sql_err(context: &str, e: rusqlite::Error) -> BrainError {
     }
 }
 
-fn corrupt(context: &str, e: impl std::fmt::Display) -> BrainError {
-    BrainError::Internal(format!("{context}: stored value is corrupt: {e}"))
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock rolled its transaction back (the Transaction was dropped):
     // the connection is still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn open_conn(path: &Path) -> Result<Connection> {
+fn open_conn(path: &Path, options: &SqliteOptions) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| sql_err(&format!("opening brain database {}", path.display()), e))?;
-    conn.busy_timeout(Duration::from_secs(10)).map_err(|e| sql_err("setting the busy timeout", e))?;
+    conn.busy_timeout(options.busy_timeout).map_err(|e| sql_err("setting the busy timeout", e))?;
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -32768;")
         .map_err(|e| sql_err("configuring the brain database", e))?;
     Ok(conn)
@@ -74,12 +83,15 @@ fn open_conn(path: &Path) -> Result<Connection> {
 impl SqliteStore {
     /// Opens (creating it and its folder if needed) and migrates the brain database.
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    pub fn open_with(path: &Path, options: SqliteOptions) -> Result<SqliteStore> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                BrainError::Unavailable(format!("cannot create {}: {e}", parent.display()))
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| BrainError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
         }
-        let mut conn = open_conn(path)?;
+        let mut conn = open_conn(path, &options)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(|e| sql_err("switching to WAL", e))?;
@@ -95,6 +107,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
+                options,
                 writer: Mutex::new(conn),
                 readers: Mutex::new(Vec::new()),
                 newest,
@@ -123,7 +136,7 @@ impl SqliteStore {
             let pooled = lock(&inner.readers).pop();
             let mut conn = match pooled {
                 Some(conn) => conn,
-                None => open_conn(&inner.path)?,
+                None => open_conn(&inner.path, &inner.options)?,
             };
             let result = f(&mut conn);
             let mut readers = lock(&inner.readers);
@@ -137,8 +150,9 @@ impl SqliteStore {
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
-    let found: i64 =
-        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| sql_err("reading the schema version", e))?;
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| sql_err("reading the schema version", e))?;
     if found > MIGRATIONS.len() as i64 {
         return Err(BrainError::Internal(format!(
             "brain database {} has schema version {found}, newer than this brain's {}; upgrade the agent",
@@ -171,14 +185,9 @@ fn pruned_through(conn: &Connection) -> Result<i64> {
         .map_err(|e| sql_err("reading the prune mark", e))
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
-}
-
 fn ingest(conn: &mut Connection, batch: &[CheckedEvent]) -> Result<Ingested> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| sql_err("starting an ingest", e))?;
+    let tx =
+        conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| sql_err("starting an ingest", e))?;
     let now = unix_seconds(SystemTime::now());
     let before = newest_id(&tx)?;
     let mut new_events: Vec<&Event> = Vec::with_capacity(batch.len());
@@ -329,17 +338,6 @@ fn ingest(conn: &mut Connection, batch: &[CheckedEvent]) -> Result<Ingested> {
     })
 }
 
-fn parse_state(key: &str, seen_vc: &str, siblings: &str) -> Result<EntityState> {
-    let seen_vc: VectorClock = serde_json::from_str(seen_vc).map_err(|e| corrupt(&format!("seen_vc of {key}"), e))?;
-    let siblings: Vec<Version> =
-        serde_json::from_str(siblings).map_err(|e| corrupt(&format!("siblings of {key}"), e))?;
-    EntityState::from_parts(seen_vc, siblings).ok_or_else(|| corrupt(&format!("siblings of {key}"), "empty"))
-}
-
-fn parse_event_type(s: &str) -> Result<EventType> {
-    EventType::parse(s).ok_or_else(|| corrupt("event_type", s))
-}
-
 fn pull(conn: &mut Connection, after_id: i64, limit: usize) -> Result<PullPage> {
     let tx = conn.transaction().map_err(|e| sql_err("starting a pull", e))?;
     let pruned = pruned_through(&tx)?;
@@ -451,9 +449,8 @@ fn snapshot(conn: &mut Connection, after_key: &str, limit: usize) -> Result<Snap
 }
 
 fn prune(conn: &mut Connection, cutoff: i64) -> Result<PruneReport> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| sql_err("starting a prune", e))?;
+    let tx =
+        conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| sql_err("starting a prune", e))?;
     let old = pruned_through(&tx)?;
     let through: Option<i64> = tx
         .query_row("SELECT MAX(id) FROM events WHERE received_at < ?1", [cutoff], |r| r.get(0))
@@ -461,7 +458,8 @@ fn prune(conn: &mut Connection, cutoff: i64) -> Result<PruneReport> {
     let Some(through) = through else {
         return Ok(PruneReport { deleted_events: 0, pruned_through: old });
     };
-    let deleted = tx.execute("DELETE FROM events WHERE id <= ?1", [through]).map_err(|e| sql_err("pruning events", e))?;
+    let deleted =
+        tx.execute("DELETE FROM events WHERE id <= ?1", [through]).map_err(|e| sql_err("pruning events", e))?;
     let pruned = old.max(through);
     tx.execute("UPDATE brain_meta SET v = ?1 WHERE k = 'pruned_through'", [pruned])
         .map_err(|e| sql_err("recording the prune mark", e))?;
@@ -535,7 +533,9 @@ impl BrainStore for SqliteStore {
                 .prepare_cached("SELECT id, device_id, webhook_url, secret FROM device_webhooks WHERE active = 1")
                 .map_err(|e| sql_err("preparing the webhook list", e))?;
             let rows = stmt
-                .query_map([], |r| Ok(Webhook { id: r.get(0)?, device_id: r.get(1)?, url: r.get(2)?, secret: r.get(3)? }))
+                .query_map([], |r| {
+                    Ok(Webhook { id: r.get(0)?, device_id: r.get(1)?, url: r.get(2)?, secret: r.get(3)? })
+                })
                 .map_err(|e| sql_err("listing webhooks", e))?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| sql_err("reading a webhook", e))
         })
