@@ -13,4 +13,5 @@ pub mod index;
 pub mod model;
 pub mod scan;
 pub mod store;
+pub mod sync;
 pub mod watch;

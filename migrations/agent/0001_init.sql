@@ -88,7 +88,9 @@ CREATE TABLE IF NOT EXISTS lib_outbox (
     payload_json TEXT NOT NULL,
     vector_clock TEXT NOT NULL,
     created_at   TEXT NOT NULL,
-    pushed_at    TEXT
+    pushed_at    TEXT,
+    parked_at    TEXT,                         -- the brain refused it: kept aside, not retried
+    parked_error TEXT                          -- and why
 );
 -- Only what the pusher reads: the backlog in id order. (LIB's indexes on created_at and device_id
 -- served no query here and cost two b-tree writes per event.)

@@ -7,6 +7,7 @@ mod run;
 mod scan;
 mod search;
 mod status;
+mod sync;
 
 use std::path::PathBuf;
 
@@ -47,6 +48,7 @@ pub enum Command {
     Scan(scan::Args),
     Search(search::Args),
     Status(status::Args),
+    Sync(sync::Args),
     Conflicts(conflicts::Args),
     Brain(brain::Args),
 }
@@ -67,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scan(args) => scan::run(args, &cli.global, config),
         Command::Search(args) => search::run(args, &cli.global, &config),
         Command::Status(args) => status::run(args, &cli.global, &config),
+        Command::Sync(args) => sync::run(args, &cli.global, &config),
         Command::Conflicts(args) => conflicts::run(args, &cli.global, &config),
         Command::Brain(args) => brain::run(args, &cli.global, &config),
     }

@@ -381,6 +381,70 @@ impl<'a> Batch<'a> {
         Ok(event)
     }
 
+    /// Marks outbox rows pushed: the brain acknowledged them.
+    pub fn mark_pushed(&self, ids: &[i64]) -> Result<()> {
+        let now = now_rfc3339();
+        let mut stmt = self
+            .tx
+            .prepare_cached("UPDATE lib_outbox SET pushed_at = ?2 WHERE id = ?1 AND pushed_at IS NULL")
+            .ctx(|| "preparing the pushed mark".into())?;
+        for id in ids {
+            stmt.execute((id, &now)).ctx(|| format!("marking outbox row {id} pushed"))?;
+        }
+        Ok(())
+    }
+
+    /// Sets an outbox row aside with the brain's reason: it is not retried, and `agent status`
+    /// shows it.
+    pub fn park(&self, id: i64, error: &str) -> Result<()> {
+        self.tx
+            .execute(
+                "UPDATE lib_outbox SET parked_at = ?2, parked_error = ?3 WHERE id = ?1",
+                (id, now_rfc3339(), error),
+            )
+            .ctx(|| format!("parking outbox row {id}"))?;
+        Ok(())
+    }
+
+    /// Whether an event of this device is in its outbox (pushed or not).
+    pub fn in_outbox(&self, ulid: &str) -> Result<bool> {
+        self.tx
+            .prepare_cached("SELECT 1 FROM lib_outbox WHERE event_ulid = ?1")
+            .and_then(|mut s| s.exists([ulid]))
+            .ctx(|| format!("looking up {ulid} in the outbox"))
+    }
+
+    /// Records a pulled event in the inbox. False when its ULID is there already (pulled before).
+    pub fn record_inbox(&self, source_id: i64, event: &Event) -> Result<bool> {
+        let payload = serde_json::to_string(&event.payload).map_err(|e| StoreError::Corrupt {
+            context: format!("serialising the payload of {}", event.event_ulid),
+            detail: e.to_string(),
+        })?;
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO lib_inbox (source_id, device_id, event_ulid, event_type, entity_type, entity_key,
+                   payload_json, vector_clock, created_at, applied_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(event_ulid) DO NOTHING",
+            )
+            .ctx(|| "preparing inbox insert".into())?;
+        let inserted = stmt
+            .execute(rusqlite::params![
+                source_id,
+                event.device_id,
+                event.event_ulid,
+                event.event_type.as_str(),
+                event.entity_type,
+                event.entity_key,
+                payload,
+                event.vector_clock.to_json(),
+                event.created_at,
+                now_rfc3339(),
+            ])
+            .ctx(|| format!("recording pulled event {} in the inbox", event.event_ulid))?;
+        Ok(inserted == 1)
+    }
+
     pub fn kv_set(&self, key: &str, value: &str) -> Result<()> {
         self.tx
             .execute(

@@ -40,7 +40,7 @@ const ADOPTED_COLUMNS: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     ("lib_device", &[("sequence", "INTEGER NOT NULL DEFAULT 0"), ("created_at", "TEXT")]),
-    ("lib_outbox", &[("pushed_at", "TEXT")]),
+    ("lib_outbox", &[("pushed_at", "TEXT"), ("parked_at", "TEXT"), ("parked_error", "TEXT")]),
     ("lib_inbox", &[("source_id", "INTEGER"), ("applied_at", "TEXT")]),
 ];
 

@@ -102,6 +102,55 @@ pub fn live_file(conn: &Connection, key: &str) -> Result<Option<LiveFile>> {
     .ctx(|| format!("reading the shared row of {key}"))
 }
 
+/// Unpushed, unparked outbox events in id order (the order they were made), at most `limit`.
+pub fn pending_outbox(conn: &Connection, limit: usize) -> Result<Vec<(i64, crate::model::Event)>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, device_id, event_ulid, event_type, entity_type, entity_key, payload_json, vector_clock,
+                    created_at
+             FROM lib_outbox WHERE pushed_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT ?1",
+        )
+        .ctx(|| "reading the outbox".into())?;
+    type Raw = (i64, String, String, String, String, String, String, String, String);
+    let rows: Vec<Raw> = stmt
+        .query_map([limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .ctx(|| "reading the outbox".into())?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (id, device_id, event_ulid, event_type, entity_type, entity_key, payload, clock, created_at) in rows {
+        let corrupt = |detail: String| super::StoreError::Corrupt { context: format!("lib_outbox row {id}"), detail };
+        let event_type = crate::model::EventType::parse(&event_type)
+            .ok_or_else(|| corrupt(format!("unknown event_type {event_type:?}")))?;
+        let payload = serde_json::from_str(&payload).map_err(|e| corrupt(format!("payload_json: {e}")))?;
+        let vector_clock = serde_json::from_str(&clock).map_err(|e| corrupt(format!("vector_clock: {e}")))?;
+        events.push((
+            id,
+            crate::model::Event {
+                event_ulid,
+                device_id,
+                event_type,
+                entity_type,
+                entity_key,
+                payload,
+                vector_clock,
+                created_at,
+            },
+        ));
+    }
+    Ok(events)
+}
+
+/// Outbox events the brain refused, with its reason.
+pub fn parked_outbox(conn: &Connection) -> Result<Vec<(String, String, String)>> {
+    let mut stmt = conn
+        .prepare("SELECT event_ulid, entity_key, coalesce(parked_error, '') FROM lib_outbox WHERE parked_at IS NOT NULL ORDER BY id")
+        .ctx(|| "reading parked events".into())?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).ctx(|| "reading parked events".into())?;
+    rows.collect::<rusqlite::Result<_>>().ctx(|| "reading parked events".into())
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchHit {
     pub path: String,

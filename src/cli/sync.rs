@@ -1,0 +1,53 @@
+//! `agent sync`: one push and/or pull now, with the LIB v1.1 summary.
+
+use anyhow::bail;
+use serde_json::json;
+
+use super::GlobalArgs;
+use crate::config::Config;
+use crate::store::Store;
+use crate::sync::{self, BrainClient};
+
+/// Push the outbox to the brain and/or pull and apply what other devices changed, once, now
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only push (with neither flag: push, then pull)
+    #[arg(long)]
+    pub push: bool,
+    /// Only pull
+    #[arg(long)]
+    pub pull: bool,
+}
+
+pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<()> {
+    let Some(url) = &config.sync.brain_url else {
+        bail!("no brain configured: set [sync] brain_url in the config file, or LIB_BRAIN_URL");
+    };
+    let client = BrainClient::new(url, config.sync.secret.clone())?;
+    let mut store = Store::open(&config.store.path)?;
+    let (do_push, do_pull) = if args.push || args.pull { (args.push, args.pull) } else { (true, true) };
+    let batch = config.sync.batch_size;
+    let pushed = if do_push { Some(sync::push(&mut store, &client, batch)?) } else { None };
+    let pulled = if do_pull { Some(sync::pull(&mut store, &client, batch, None)?) } else { None };
+    let backfill_pending = store.kv_get("backfill_pending")?.is_some();
+    if global.json {
+        return super::print_json(&json!({
+            "ok": true,
+            "push": pushed,
+            "pull": pulled,
+            "backfill": { "pending": backfill_pending },
+        }));
+    }
+    if let Some(p) = &pushed {
+        println!(
+            "pushed {} events ({} new to the brain){}",
+            p.pushed,
+            p.result.inserted_events,
+            if p.parked > 0 { format!("; {} refused and parked (see `agent status`)", p.parked) } else { String::new() }
+        );
+    }
+    if let Some(p) = &pulled {
+        println!("pulled {} events, applied {}; cursor {}", p.pulled, p.applied, p.new_after_id);
+    }
+    Ok(())
+}

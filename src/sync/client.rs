@@ -1,0 +1,144 @@
+//! The brain's HTTP client: one method per route, errors classified so callers know whether to
+//! retry (network, 5xx, 408, 429) or not (the brain refused the request as invalid).
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::model::wire::{
+    ErrorBody, IngestRequest, IngestResponse, IngestResult, PullResponse, SnapshotResponse, SECRET_HEADER,
+};
+use crate::model::Event;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("brain URL {0:?} is https://, which this build cannot speak yet (no TLS); use http:// (e.g. through a local TLS proxy)")]
+    NoTls(String),
+    #[error("cannot reach the brain at {url}: {reason}")]
+    Network { url: String, reason: String },
+    #[error("the brain answered {status} to {route}: {message}")]
+    Status { route: &'static str, status: u16, message: String },
+    #[error("the brain's answer to {route} is not what the protocol says: {reason}")]
+    Protocol { route: &'static str, reason: String },
+}
+
+impl ClientError {
+    /// Worth retrying later with the same request: the brain may be down or busy.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Network { .. } => true,
+            ClientError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            ClientError::NoTls(_) | ClientError::Protocol { .. } => false,
+        }
+    }
+
+    /// The brain refused the request itself (400, 409, 413): resending it cannot succeed.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ClientError::Status { status: 400 | 409 | 413, .. })
+    }
+
+    pub fn is_cursor_pruned(&self) -> bool {
+        matches!(self, ClientError::Status { status: 410, .. })
+    }
+}
+
+pub struct BrainClient {
+    http: reqwest::blocking::Client,
+    base: String,
+    secret: Option<String>,
+}
+
+impl std::fmt::Debug for BrainClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrainClient").field("base", &self.base).field("secret", &self.secret.as_ref().map(|_| "<redacted>")).finish()
+    }
+}
+
+impl BrainClient {
+    pub fn new(base: &str, secret: Option<String>) -> Result<BrainClient, ClientError> {
+        if base.to_ascii_lowercase().starts_with("https://") {
+            return Err(ClientError::NoTls(base.to_owned()));
+        }
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Network { url: base.to_owned(), reason: e.to_string() })?;
+        Ok(BrainClient { http, base: base.trim_end_matches('/').to_owned(), secret })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str, timeout: Duration) -> reqwest::blocking::RequestBuilder {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).timeout(timeout);
+        if let Some(secret) = &self.secret {
+            request = request.header(SECRET_HEADER, secret);
+        }
+        request
+    }
+
+    fn send<T: DeserializeOwned>(
+        &self,
+        route: &'static str,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let network = |e: reqwest::Error| ClientError::Network { url: self.base.clone(), reason: one_line(&e) };
+        let response = request.send().map_err(network)?;
+        let status = response.status();
+        let body = response.bytes().map_err(network)?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+            return Err(ClientError::Status { route, status: status.as_u16(), message });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol { route, reason: e.to_string() })
+    }
+
+    /// `POST /ingest`. The body is serialised here once; callers bound it by count and bytes.
+    pub fn ingest(&self, batch: &[Event]) -> Result<IngestResult, ClientError> {
+        let body = serde_json::to_vec(&IngestRequest { batch: batch.to_vec() })
+            .map_err(|e| ClientError::Protocol { route: "/ingest", reason: e.to_string() })?;
+        let request = self
+            .request(reqwest::Method::POST, "/ingest", Duration::from_secs(60))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let response: IngestResponse = self.send("/ingest", request)?;
+        Ok(response.result)
+    }
+
+    /// `GET /pull`; with `wait` it long-polls until an event exists or the wait passes.
+    pub fn pull(&self, after_id: i64, limit: usize, wait: Option<Duration>) -> Result<PullResponse, ClientError> {
+        let mut path = format!("/pull?after_id={after_id}&limit={limit}");
+        let mut timeout = Duration::from_secs(60);
+        if let Some(wait) = wait {
+            path.push_str(&format!("&wait_ms={}", wait.as_millis()));
+            timeout += wait;
+        }
+        self.send("/pull", self.request(reqwest::Method::GET, &path, timeout))
+    }
+
+    /// `GET /snapshot`, one page of current entities after `after_key`.
+    pub fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotResponse, ClientError> {
+        let request = self
+            .request(reqwest::Method::GET, "/snapshot", Duration::from_secs(60))
+            .query(&[("after_key", after_key), ("limit", &limit.to_string())]);
+        self.send("/snapshot", request)
+    }
+}
+
+/// reqwest's error and its causes on one line (its Display alone says only "error sending request").
+fn one_line(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,297 @@
+//! Sync between real agents' stores and a real brain (SQLite, HTTP on loopback): what one device
+//! changes reaches the others, concurrent edits end the same everywhere, and nothing is lost or
+//! doubled when the brain is down or a response is lost.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use lib_agent::brain::server::{serve, ServerConfig};
+use lib_agent::brain::store::sqlite::SqliteStore;
+use lib_agent::config::{Config, Overrides};
+use lib_agent::scan::{self, ScanOptions};
+use lib_agent::store::{read, Store};
+use lib_agent::sync::{self, BrainClient};
+use rusqlite::Connection;
+
+const SECRET: &str = "test-secret";
+
+struct Brain {
+    addr: SocketAddr,
+    runtime: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    db: std::path::PathBuf,
+}
+
+impl Brain {
+    fn start(dir: &Path) -> Brain {
+        Brain::start_at(dir, "127.0.0.1:0".parse().expect("addr"))
+    }
+
+    fn start_at(dir: &Path, addr: SocketAddr) -> Brain {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let db = dir.join("brain.db");
+        let store = Arc::new(SqliteStore::open(&db).expect("brain store"));
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let config = ServerConfig { secret: Some(SECRET.into()), ..ServerConfig::default() };
+        runtime.spawn(serve(listener, store, config, async move {
+            let _ = rx.await;
+        }));
+        Brain { addr, runtime, stop: Some(tx), db }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn client(&self) -> BrainClient {
+        BrainClient::new(&self.url(), Some(SECRET.into())).expect("client")
+    }
+
+    fn shutdown(mut self) -> (SocketAddr, std::path::PathBuf) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let (addr, db) = (self.addr, self.db.clone());
+        self.runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        (addr, db)
+    }
+
+    /// The brain's winner for a key: (device, sha256 or None for a tombstone).
+    fn winner(&self, key: &str) -> (String, Option<String>) {
+        let page = self.client().snapshot("", 500).expect("snapshot");
+        let entity = page.entities.into_iter().find(|e| e.entity_key == key).expect("entity at the brain");
+        (entity.device_id, if entity.deleted_at.is_some() { None } else { entity.payload.sha256 })
+    }
+}
+
+struct Device {
+    dir: tempfile::TempDir,
+    config: Config,
+    store: Store,
+}
+
+impl Device {
+    fn new() -> Device {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("notes")).expect("mkdir");
+        // Keep one file so that emptying the folder is not taken for an unmounted disk.
+        std::fs::write(dir.path().join("notes/.keep"), "").expect("write");
+        let toml = format!(
+            "[store]\npath = {:?}\n[[library]]\nname = \"notes\"\npath = {:?}\n",
+            dir.path().join("agent.db"),
+            dir.path().join("notes")
+        );
+        let config = Config::from_toml_str(&toml, None, &|_| None, &Overrides::default()).expect("config");
+        let store = Store::open(&config.store.path).expect("store");
+        Device { dir, config, store }
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        std::fs::write(self.dir.path().join("notes").join(rel), text).expect("write");
+    }
+
+    fn remove(&self, rel: &str) {
+        std::fs::remove_file(self.dir.path().join("notes").join(rel)).expect("rm");
+    }
+
+    fn scan(&mut self) {
+        scan::scan(&mut self.store, &self.config, &ScanOptions::default()).expect("scan");
+    }
+
+    fn sync(&mut self, brain: &Brain) {
+        let client = brain.client();
+        sync::push(&mut self.store, &client, 200).expect("push");
+        sync::pull(&mut self.store, &client, 200, None).expect("pull");
+    }
+
+    fn db(&self) -> Connection {
+        Connection::open(self.dir.path().join("agent.db")).expect("db")
+    }
+
+    /// The shared view: (device of the winner, sha256 or None for a tombstone).
+    fn winner(&self, key: &str) -> (String, Option<String>) {
+        self.db()
+            .query_row("SELECT device_id, sha256 FROM lib_files WHERE path = ?1", [key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("row")
+    }
+
+    fn shared_rows(&self) -> Vec<(String, Option<String>, Option<String>, String)> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare("SELECT path, sha256, content, event_ulid FROM lib_files ORDER BY path")
+            .expect("prepare");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).expect("query").collect::<Result<_, _>>().expect("rows")
+    }
+
+    fn conflicts(&self) -> Vec<String> {
+        read::conflicts(self.store.conn()).expect("conflicts").into_iter().map(|c| c.loser.event_ulid.unwrap_or_default()).collect()
+    }
+
+    fn device_id(&self) -> String {
+        self.store.device_id().to_owned()
+    }
+}
+
+#[test]
+fn a_file_written_on_one_device_reaches_the_others_with_its_hash() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(brain_dir.path());
+    let (mut a, mut b, mut c) = (Device::new(), Device::new(), Device::new());
+    a.write("idea.md", "an idea from A");
+    a.scan();
+    a.sync(&brain);
+    b.sync(&brain);
+    c.sync(&brain);
+    let expected = a.winner("notes/idea.md");
+    assert_eq!(expected.0, a.device_id());
+    assert_eq!(b.winner("notes/idea.md"), expected);
+    assert_eq!(c.winner("notes/idea.md"), expected);
+    let hits = read::search(b.store.conn(), "idea", 10).expect("search");
+    assert_eq!(hits.iter().map(|h| h.path.as_str()).collect::<Vec<_>>(), ["notes/idea.md"]);
+    // Pulling never writes the user's files.
+    assert!(!b.dir.path().join("notes/idea.md").exists());
+}
+
+#[test]
+fn a_delete_propagates_as_a_tombstone() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(brain_dir.path());
+    let (mut a, mut b) = (Device::new(), Device::new());
+    a.write("gone.md", "soon deleted");
+    a.scan();
+    a.sync(&brain);
+    b.sync(&brain);
+    a.remove("gone.md");
+    a.scan();
+    a.sync(&brain);
+    b.sync(&brain);
+    assert_eq!(b.winner("notes/gone.md").1, None);
+    assert_eq!(brain.winner("notes/gone.md").1, None);
+    assert!(read::search(b.store.conn(), "deleted", 10).expect("search").is_empty());
+}
+
+#[test]
+fn an_edit_made_after_seeing_another_devices_version_wins_everywhere() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(brain_dir.path());
+    let (mut a, mut b) = (Device::new(), Device::new());
+    a.write("doc.md", "first draft by A");
+    a.scan();
+    a.sync(&brain);
+    b.sync(&brain);
+    b.write("doc.md", "second draft by B, having seen A's");
+    b.scan();
+    b.sync(&brain);
+    a.sync(&brain);
+    let expected = b.winner("notes/doc.md");
+    assert_eq!(expected.0, b.device_id());
+    assert_eq!(a.winner("notes/doc.md"), expected);
+    assert_eq!(brain.winner("notes/doc.md"), expected);
+    assert!(a.conflicts().is_empty() && b.conflicts().is_empty());
+}
+
+#[test]
+fn concurrent_edits_end_with_the_same_winner_and_conflict_on_every_replica() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(brain_dir.path());
+    let (mut a, mut b) = (Device::new(), Device::new());
+    a.write("same.md", "A's words");
+    b.write("same.md", "B's different words");
+    a.scan();
+    b.scan();
+    a.sync(&brain);
+    b.sync(&brain);
+    a.sync(&brain);
+    let winner = brain.winner("notes/same.md");
+    assert_eq!(a.winner("notes/same.md"), winner);
+    assert_eq!(b.winner("notes/same.md"), winner);
+    assert_eq!(a.shared_rows(), b.shared_rows(), "the same shared view, row for row");
+    let (ca, cb) = (a.conflicts(), b.conflicts());
+    assert_eq!(ca.len(), 1, "the loser is listed");
+    assert_eq!(ca, cb, "the same conflict on every replica");
+}
+
+#[test]
+fn with_the_brain_down_the_outbox_keeps_everything_until_it_is_back() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(brain_dir.path());
+    let (mut a, mut b) = (Device::new(), Device::new());
+    let (addr, _) = brain.shutdown();
+    for i in 0..5 {
+        a.write(&format!("f{i}.md"), &format!("written while the brain is down {i}"));
+        a.scan();
+    }
+    let client = BrainClient::new(&format!("http://{addr}"), Some(SECRET.into())).expect("client");
+    let err = sync::push(&mut a.store, &client, 200).expect_err("the brain is down");
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(read::counts(a.store.conn()).expect("counts").outbox_pending, 6);
+    // Back on the same address and database.
+    let brain = Brain::start_at(brain_dir.path(), addr);
+    a.sync(&brain);
+    b.sync(&brain);
+    assert_eq!(read::counts(a.store.conn()).expect("counts").outbox_pending, 0);
+    assert_eq!(a.shared_rows(), b.shared_rows());
+    assert_eq!(b.shared_rows().len(), 6);
+}
+
+#[test]
+fn a_push_whose_answer_was_lost_duplicates_nothing_when_retried() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(brain_dir.path());
+    let (mut a, mut b) = (Device::new(), Device::new());
+    a.write("once.md", "only once");
+    a.scan();
+    let first = sync::push(&mut a.store, &brain.client(), 200).expect("push");
+    assert_eq!(first.result.inserted_events, 2);
+    // As if the brain had committed but its answer never arrived: the rows are still unpushed.
+    a.db().execute("UPDATE lib_outbox SET pushed_at = NULL", []).expect("forget");
+    let again = sync::push(&mut a.store, &brain.client(), 200).expect("push again");
+    assert_eq!((again.pushed, again.result.inserted_events), (2, 0));
+    let pulled = sync::pull(&mut b.store, &brain.client(), 200, None).expect("pull");
+    assert_eq!((pulled.pulled, pulled.applied), (2, 2));
+    let inbox: i64 = b.db().query_row("SELECT count(*) FROM lib_inbox", [], |r| r.get(0)).expect("count");
+    assert_eq!(inbox, 2);
+    // Pulling again applies nothing twice.
+    let again = sync::pull(&mut b.store, &brain.client(), 200, None).expect("pull");
+    assert_eq!((again.pulled, again.applied), (0, 0));
+}
+
+#[test]
+fn an_event_the_brain_refuses_is_parked_and_the_rest_go_through() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(brain_dir.path());
+    let mut a = Device::new();
+    a.write("good.md", "fine");
+    a.scan();
+    // A corrupt row between good ones (as a buggy older version might have written).
+    a.db()
+        .execute(
+            "UPDATE lib_outbox SET payload_json = '{\"sha256\":\"not-a-hash\",\"bytes\":1}' WHERE entity_key = 'notes/good.md'",
+            [],
+        )
+        .expect("corrupt");
+    a.write("later.md", "also fine");
+    a.scan();
+    let summary = sync::push(&mut a.store, &brain.client(), 200).expect("push");
+    assert_eq!((summary.pushed, summary.parked), (2, 1));
+    let parked = read::parked_outbox(a.store.conn()).expect("parked");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].1, "notes/good.md");
+    assert!(parked[0].2.contains("sha256"), "the brain's reason is kept: {}", parked[0].2);
+    assert_eq!(read::counts(a.store.conn()).expect("counts").outbox_pending, 1, "parked is not pending");
+}
+
+#[test]
+fn a_wrong_secret_is_refused_and_nothing_is_marked_pushed() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(brain_dir.path());
+    let mut a = Device::new();
+    a.scan();
+    let client = BrainClient::new(&brain.url(), Some("wrong".into())).expect("client");
+    let err = sync::push(&mut a.store, &client, 200).expect_err("refused");
+    assert!(err.to_string().contains("401"), "{err}");
+    assert_eq!(read::counts(a.store.conn()).expect("counts").outbox_pending, 1);
+}
