@@ -18,6 +18,7 @@ use crate::index::{self, Libraries, PathsOutcome};
 use crate::model::event::now_rfc3339;
 use crate::scan::{self, ScanOptions};
 use crate::store::{Store, StoreError};
+use crate::sync::agent::SyncAgent;
 use crate::watch::{self, Debouncer, FsSignal, FsWatcher};
 
 /// How often a library that cannot be watched is rescanned, by default.
@@ -56,6 +57,8 @@ pub enum DaemonError {
     Scan(#[from] scan::ScanError),
     #[error(transparent)]
     Filter(#[from] crate::filter::FilterError),
+    #[error(transparent)]
+    Sync(#[from] crate::sync::SyncError),
     #[error("no libraries configured: add a [[library]] to the config file, or name folders: `agent run PATH`")]
     NoLibraries,
 }
@@ -164,6 +167,13 @@ pub fn run(
     save_state(store, &mut state)?;
     let unavailable = reconcile(store, config, None)?;
     poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
+    // Pushes what is queued (also from before this start), then follows every commit.
+    let sync = SyncAgent::start(config, store.path())?;
+    let changed = || {
+        if let Some(sync) = &sync {
+            sync.changed();
+        }
+    };
     state.state = "running".into();
     save_state(store, &mut state)?;
     tracing::info!(libraries = state.libraries.len(), "watching");
@@ -210,6 +220,7 @@ pub fn run(
             tracing::warn!("the kernel dropped file events (queue overflow); rescanning every library");
             let unavailable = reconcile(store, config, None)?;
             dirty |= poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
+            changed();
         }
 
         let now = Instant::now();
@@ -218,6 +229,9 @@ pub fn run(
             let rest = due.split_off(due.len().min(MAX_PATHS_PER_BATCH));
             let outcome = index::index_paths(store, &libs, &due)?;
             note(&outcome, &mut state);
+            if outcome.upserted + outcome.deleted > 0 {
+                changed();
+            }
             for name in &outcome.rescan {
                 let unavailable = reconcile(store, config, Some(name))?;
                 poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
@@ -235,6 +249,7 @@ pub fn run(
                 dirty |= set_mode(&mut state, &library.name, mode);
                 let unavailable = reconcile(store, config, Some(&library.name))?;
                 poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
+                changed();
             }
         }
         if state.backlog != debouncer.len() {
@@ -253,6 +268,9 @@ pub fn run(
     for chunk in pending.chunks(MAX_PATHS_PER_BATCH) {
         let outcome = index::index_paths(store, &libs, chunk)?;
         note(&outcome, &mut state);
+    }
+    if let Some(sync) = sync {
+        sync.stop();
     }
     state.state = "stopped".into();
     state.backlog = 0;

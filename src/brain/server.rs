@@ -335,7 +335,7 @@ async fn register_webhook<S: BrainStore>(
         .webhook_url
         .parse()
         .map_err(|e| BrainError::Invalid(format!("webhook_url {:?} is not a URL: {e}", request.webhook_url)))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().map_or(true, str::is_empty) {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
         return Err(BrainError::Invalid(format!(
             "webhook_url {:?} must be an http:// or https:// URL with a host",
             request.webhook_url

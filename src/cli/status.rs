@@ -43,6 +43,10 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
     }
     let brain = config.sync.brain_url.clone();
     let running = crate::daemon::RunLock::is_held(store.path());
+    let sync_state: Option<crate::sync::agent::SyncState> =
+        store.kv_get(crate::sync::agent::STATE_KEY)?.and_then(|s| serde_json::from_str(&s).ok());
+    let cursor: i64 = store.kv_get(crate::sync::CURSOR_KEY)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let parked = read::parked_outbox(conn)?;
     let run_state = crate::daemon::read_state(&store)?;
     if global.json {
         return super::print_json(&json!({
@@ -55,6 +59,12 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
             "counts": counts,
             "last_scan": last_run,
             "brain_url": brain,
+            "sync": {
+                "realtime": config.sync.realtime.as_str(),
+                "cursor": cursor,
+                "parked": parked.iter().map(|(ulid, key, error)| json!({"event_ulid": ulid, "entity_key": key, "error": error})).collect::<Vec<_>>(),
+                "state": sync_state,
+            },
             "agent": {
                 "running": running,
                 "state": run_state,
@@ -67,9 +77,34 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         Some(path) => println!("config     {}", path.display()),
         None => println!("config     none (defaults)"),
     }
-    println!("brain      {}", brain.as_deref().unwrap_or("none configured: local-only, events queue in the outbox"));
+    match &brain {
+        None => println!("brain      none configured: local-only, events queue in the outbox"),
+        Some(url) => {
+            let st = sync_state.clone().unwrap_or_default();
+            let reach = match st.reachable {
+                Some(true) => "reachable",
+                Some(false) => "UNREACHABLE",
+                None => "not contacted yet",
+            };
+            println!("brain      {url} ({reach}), realtime {}, cursor {cursor}", config.sync.realtime.as_str());
+            println!(
+                "sync       last push {}, last pull {}",
+                st.last_push_at.as_deref().unwrap_or("never"),
+                st.last_pull_at.as_deref().unwrap_or("never")
+            );
+            if let Some(error) = &st.last_error {
+                println!("           last error: {error}");
+            }
+        }
+    }
     println!("files      {} live ({:.1} MB), {} deleted, {} conflicts", counts.files, counts.bytes as f64 / 1e6, counts.deleted, counts.conflicts);
     println!("outbox     {} waiting to be pushed, {} in all", counts.outbox_pending, counts.outbox_total);
+    if !parked.is_empty() {
+        println!("parked     {} events the brain refused (not retried):", parked.len());
+        for (ulid, key, error) in &parked {
+            println!("           {key} ({ulid}): {error}");
+        }
+    }
     if libraries.is_empty() {
         println!("libraries  none configured or indexed");
     }

@@ -228,7 +228,7 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
         deleted: one("SELECT count(*) FROM lib_files WHERE deleted_at IS NOT NULL")?,
         bytes: one("SELECT sum(bytes) FROM lib_files WHERE deleted_at IS NULL")?,
         observed: one("SELECT count(*) FROM lib_observed")?,
-        outbox_pending: one("SELECT count(*) FROM lib_outbox WHERE pushed_at IS NULL")?,
+        outbox_pending: one("SELECT count(*) FROM lib_outbox WHERE pushed_at IS NULL AND parked_at IS NULL")?,
         outbox_total: one("SELECT count(*) FROM lib_outbox")?,
         conflicts: one("SELECT count(*) FROM lib_conflicts")?,
     })

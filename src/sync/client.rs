@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::model::wire::{
-    ErrorBody, IngestRequest, IngestResponse, IngestResult, PullResponse, SnapshotResponse, SECRET_HEADER,
+    ErrorBody, IngestRequest, IngestResponse, IngestResult, PullResponse, SnapshotResponse, WebhookRequest,
+    WebhookResponse, SECRET_HEADER,
 };
 use crate::model::Event;
 
@@ -125,6 +126,16 @@ impl BrainClient {
             .request(reqwest::Method::GET, "/snapshot", Duration::from_secs(60))
             .query(&[("after_key", after_key), ("limit", &limit.to_string())]);
         self.send("/snapshot", request)
+    }
+}
+
+impl BrainClient {
+    /// `POST /webhook`: asks the brain to notify `url` of new events, signed with `secret`.
+    pub fn register_webhook(&self, device_id: &str, url: &str, secret: &str) -> Result<i64, ClientError> {
+        let body = WebhookRequest { device_id: device_id.to_owned(), webhook_url: url.to_owned(), secret: secret.to_owned() };
+        let request = self.request(reqwest::Method::POST, "/webhook", Duration::from_secs(30)).json(&body);
+        let response: WebhookResponse = self.send("/webhook", request)?;
+        Ok(response.webhook_id)
     }
 }
 

@@ -5,7 +5,9 @@
 //! cursor in one transaction, so a crash anywhere re-pulls at worst, and never applies twice.
 //! Pulling never writes the user's files and never touches the observed state.
 
+pub mod agent;
 pub mod client;
+pub mod listener;
 
 use std::time::Duration;
 

@@ -87,7 +87,7 @@ pub fn redact(url: &str) -> String {
 fn pg_err(context: &str, e: tokio_postgres::Error) -> BrainError {
     let message = format!("{context}: {}", describe(&e));
     let unavailable = e.is_closed()
-        || e.code().map_or(true, |c| {
+        || e.code().is_none_or(|c| {
             let code = c.code();
             code.starts_with("08")
                 || code.starts_with("53")

@@ -1,0 +1,289 @@
+//! Sync inside `agent run`: a debounced pusher, a puller woken by long-poll or by the webhook
+//! listener, and a periodic full push + pull as the fallback. Each runs on its own thread with its
+//! own connection to the store (SQLite serialises the writers), so a slow brain never holds up
+//! the watcher.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use serde::{Deserialize, Serialize};
+
+use super::{BrainClient, SyncError};
+use crate::config::{Config, Realtime};
+use crate::model::event::now_rfc3339;
+use crate::store::Store;
+
+/// How long one long-poll request waits at the brain.
+const LONG_POLL: Duration = Duration::from_secs(20);
+/// A burst of changes is pushed at most this long after its first change, however long it lasts.
+const MAX_PUSH_DELAY: Duration = Duration::from_secs(2);
+pub const STATE_KEY: &str = "sync_state";
+
+/// What `agent status` shows of sync.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncState {
+    pub brain_url: String,
+    pub realtime: String,
+    pub reachable: Option<bool>,
+    pub last_push_at: Option<String>,
+    pub last_pull_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// Capped exponential backoff with jitter, so many devices do not retry in step.
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let base = Duration::from_secs(1).saturating_mul(1 << self.failures.min(8)).min(Duration::from_secs(300));
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        // ±20 %, from the clock's nanoseconds: enough to spread retries out.
+        let jitter = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
+        base.mul_f64(jitter)
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// The running sync threads. Dropping `stop` ends them.
+pub struct SyncAgent {
+    pub push_now: Sender<()>,
+    stop: Option<Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl SyncAgent {
+    /// Starts sync for a configured brain; `None` (and a log line) when there is none.
+    pub fn start(config: &Config, db: &Path) -> Result<Option<SyncAgent>, SyncError> {
+        let Some(url) = config.sync.brain_url.clone() else {
+            tracing::info!("no brain configured: local-only; events wait in the outbox until one is set");
+            return Ok(None);
+        };
+        let client = Arc::new(BrainClient::new(&url, config.sync.secret.clone())?);
+        let (push_tx, push_rx) = crossbeam_channel::bounded::<()>(1);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut realtime = config.sync.realtime;
+        if realtime == Realtime::Webhook && (config.sync.public_url.is_none() || config.sync.webhook_secret.is_none()) {
+            tracing::warn!("realtime = \"webhook\" needs [sync] public_url and LIB_WEBHOOK_SECRET; using long-poll");
+            realtime = Realtime::Longpoll;
+        }
+        let mut threads = Vec::new();
+        let settings = Settings {
+            batch: config.sync.batch_size,
+            debounce: Duration::from_millis(config.sync.push_debounce_ms),
+            interval: Duration::from_secs(config.sync.interval_secs),
+            realtime,
+            url: url.clone(),
+        };
+
+        let store = Store::open(db)?;
+        let (c, s, stop) = (Arc::clone(&client), settings.clone(), stop_rx.clone());
+        threads.push(std::thread::spawn(move || pusher(store, &c, &s, &push_rx, &stop)));
+
+        if realtime != Realtime::Off {
+            let store = Store::open(db)?;
+            let (c, s, stop, flag) = (Arc::clone(&client), settings.clone(), stop_rx.clone(), Arc::clone(&stopping));
+            threads.push(std::thread::spawn(move || puller(store, &c, &s, &wake_rx, &stop, &flag)));
+        }
+        if realtime == Realtime::Webhook {
+            let secret = config.sync.webhook_secret.clone().unwrap_or_default();
+            let public = config.sync.public_url.clone().unwrap_or_default();
+            let listen = config.sync.listen;
+            let device = Store::open(db)?.device_id().to_owned();
+            let stop = stop_rx.clone();
+            threads.push(super::listener::spawn(listen, secret.clone(), wake_tx, stop)?);
+            match client.register_webhook(&device, &public, &secret) {
+                Ok(id) => tracing::info!(webhook_id = id, url = %public, "webhook registered with the brain"),
+                Err(e) => tracing::warn!("cannot register the webhook yet ({e}); long-poll is not running, the periodic sync covers it"),
+            }
+        }
+        Ok(Some(SyncAgent { push_now: push_tx, stop: Some(stop_tx), threads, stopping }))
+    }
+
+    /// Asks for a push soon (debounced).
+    pub fn changed(&self) {
+        let _ = self.push_now.try_send(());
+    }
+
+    /// Stops the threads; a long-poll in flight is not waited for (it ends with the process).
+    pub fn stop(mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
+        let pusher = self.threads.remove(0);
+        let _ = pusher.join();
+    }
+}
+
+#[derive(Clone)]
+struct Settings {
+    batch: usize,
+    debounce: Duration,
+    interval: Duration,
+    realtime: Realtime,
+    url: String,
+}
+
+fn save_state(store: &mut Store, update: impl FnOnce(&mut SyncState)) {
+    let mut state: SyncState =
+        store.kv_get(STATE_KEY).ok().flatten().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+    update(&mut state);
+    let Ok(json) = serde_json::to_string(&state) else { return };
+    if let Ok(batch) = store.batch() {
+        let _ = batch.kv_set(STATE_KEY, &json).and_then(|()| batch.commit());
+    }
+}
+
+fn record(store: &mut Store, settings: &Settings, what: &str, result: &Result<(), SyncError>) {
+    save_state(store, |s| {
+        s.brain_url = settings.url.clone();
+        s.realtime = settings.realtime.as_str().to_owned();
+        match result {
+            Ok(()) => {
+                s.reachable = Some(true);
+                s.last_error = None;
+                if what == "push" {
+                    s.last_push_at = Some(now_rfc3339());
+                } else {
+                    s.last_pull_at = Some(now_rfc3339());
+                }
+            }
+            Err(e) => {
+                s.reachable = Some(!e.is_retryable());
+                s.last_error = Some(format!("{what}: {e}"));
+            }
+        }
+    });
+}
+
+/// Pushes `debounce` after the last change (at most MAX_PUSH_DELAY after the first), at start,
+/// and with a pull every `interval`; retries with backoff while the brain is unreachable.
+fn pusher(mut store: Store, client: &BrainClient, s: &Settings, changes: &Receiver<()>, stop: &Receiver<()>) {
+    let far = Duration::from_secs(3600);
+    let mut due = Some(Instant::now());
+    let mut first_change: Option<Instant> = None;
+    let mut next_full = Instant::now() + s.interval;
+    let mut backoff = Backoff { failures: 0 };
+    let mut failing = false;
+    loop {
+        let now = Instant::now();
+        let wake = due.map_or(now + far, |d| d.min(now + far)).min(next_full);
+        select! {
+            recv(stop) -> _ => return,
+            recv(changes) -> _ => {
+                let now = Instant::now();
+                let first = *first_change.get_or_insert(now);
+                due = Some((now + s.debounce).min(first + MAX_PUSH_DELAY));
+                continue;
+            },
+            default(wake.saturating_duration_since(now)) => {}
+        }
+        let now = Instant::now();
+        let full = now >= next_full;
+        if !full && due.is_none_or(|d| now < d) {
+            continue;
+        }
+        first_change = None;
+        let mut result = super::push(&mut store, client, s.batch).map(|summary| {
+            if summary.pushed > 0 {
+                tracing::debug!(pushed = summary.pushed, new = summary.result.inserted_events, "pushed");
+            }
+        });
+        record(&mut store, s, "push", &result);
+        if full && result.is_ok() {
+            next_full = now + s.interval;
+            result = super::pull(&mut store, client, s.batch, None).map(|_| ());
+            record(&mut store, s, "pull", &result);
+        }
+        match result {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("the brain is reachable again");
+                }
+                failing = false;
+                backoff.reset();
+                due = None;
+            }
+            Err(e) => {
+                let retry = backoff.next();
+                if !failing {
+                    tracing::warn!("sync failed ({e}); retrying in {}", humantime::format_duration(retry));
+                }
+                failing = true;
+                due = Some(now + retry);
+                if full {
+                    next_full = now + retry;
+                }
+            }
+        }
+    }
+}
+
+/// Pulls whenever the brain has news: by long-poll, or when the listener says a webhook came.
+fn puller(
+    mut store: Store,
+    client: &BrainClient,
+    s: &Settings,
+    wake: &Receiver<()>,
+    stop: &Receiver<()>,
+    stopping: &AtomicBool,
+) {
+    let mut backoff = Backoff { failures: 0 };
+    let mut failing = false;
+    loop {
+        if stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let wait = match s.realtime {
+            Realtime::Longpoll => Some(LONG_POLL),
+            _ => None,
+        };
+        let result = super::pull(&mut store, client, s.batch, wait).map(|summary| {
+            if summary.applied > 0 {
+                tracing::info!(applied = summary.applied, cursor = summary.new_after_id, "pulled changes");
+            }
+        });
+        if stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        record(&mut store, s, "pull", &result);
+        let pause = match &result {
+            Ok(()) => {
+                failing = false;
+                backoff.reset();
+                None
+            }
+            Err(e) => {
+                let retry = backoff.next();
+                if !failing {
+                    tracing::warn!("pull failed ({e}); retrying in {}", humantime::format_duration(retry));
+                }
+                failing = true;
+                Some(retry)
+            }
+        };
+        match (s.realtime, pause) {
+            // Long-poll: ask again at once, unless the brain is failing.
+            (Realtime::Longpoll, None) => {}
+            (_, pause) => {
+                let timeout = pause.unwrap_or(Duration::from_secs(3600));
+                select! {
+                    recv(stop) -> _ => return,
+                    recv(wake) -> _ => {},
+                    default(timeout) => {}
+                }
+            }
+        }
+    }
+}

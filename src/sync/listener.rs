@@ -1,0 +1,66 @@
+//! The webhook listener: the brain POSTs `{"event": "new_events", ...}` here after an ingest; a
+//! valid signature (HMAC-SHA256 with this device's webhook secret, timestamp within ±5 minutes,
+//! verified by the brain's own `webhooks::verify`) wakes the puller. Anything else gets 401 and
+//! wakes nothing.
+
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::{json, Value};
+
+use super::SyncError;
+use crate::brain::webhooks;
+use crate::model::wire::SIGNATURE_HEADER;
+
+#[derive(Clone)]
+struct Listener {
+    secret: String,
+    wake: Sender<()>,
+}
+
+/// The listener's routes: `POST /` and `POST /webhook` (either may be registered as the URL).
+pub fn router(secret: String, wake: Sender<()>) -> Router {
+    Router::new()
+        .route("/", post(notified))
+        .route("/webhook", post(notified))
+        .with_state(Listener { secret, wake })
+}
+
+async fn notified(State(l): State<Listener>, headers: HeaderMap, body: Bytes) -> (StatusCode, Json<Value>) {
+    let Some(signature) = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()) else {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"ok": false, "error": "missing x-lib-signature"})));
+    };
+    if let Err(e) = webhooks::verify(&l.secret, signature, &body, SystemTime::now()) {
+        tracing::warn!("webhook refused: {e}");
+        return (StatusCode::UNAUTHORIZED, Json(json!({"ok": false, "error": e.to_string()})));
+    }
+    let _ = l.wake.try_send(());
+    (StatusCode::OK, Json(json!({"ok": true})))
+}
+
+/// Binds `addr` now (so a taken port is an error at start) and serves on a thread until `stop`.
+pub fn spawn(addr: SocketAddr, secret: String, wake: Sender<()>, stop: Receiver<()>) -> Result<JoinHandle<()>, SyncError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        SyncError::Client(super::ClientError::Network { url: addr.to_string(), reason: e.to_string() })
+    })?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| {
+        SyncError::Client(super::ClientError::Network { url: addr.to_string(), reason: format!("cannot listen: {e}") })
+    })?;
+    tracing::info!(%addr, "webhook listener ready");
+    Ok(std::thread::spawn(move || {
+        let app = router(secret, wake);
+        let shutdown = async move {
+            let _ = tokio::task::spawn_blocking(move || stop.recv()).await;
+        };
+        if let Err(e) = runtime.block_on(async { axum::serve(listener, app).with_graceful_shutdown(shutdown).await }) {
+            tracing::error!("webhook listener stopped: {e}");
+        }
+    }))
+}

@@ -1,0 +1,168 @@
+//! `agent brain serve` and `agent brain prune` as a user runs them: the real binary, its flags,
+//! its refusals and its exit status.
+
+mod brain_common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use brain_common::*;
+
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Home {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("agent.toml"), "").unwrap();
+        Home { dir }
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("brain.db")
+    }
+
+    fn command(&self, args: &[&str], secret: Option<&str>) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_agent"));
+        c.arg("--config").arg(self.dir.path().join("agent.toml")).args(args);
+        for var in ["LIB_SYNC_SECRET", "LIB_BRAIN_DATABASE_URL", "LIB_SQLITE_PATH", "LIB_LOG", "RUST_LOG"] {
+            c.env_remove(var);
+        }
+        if let Some(secret) = secret {
+            c.env("LIB_SYNC_SECRET", secret);
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str], secret: Option<&str>) -> Output {
+        self.command(args, secret).output().unwrap()
+    }
+
+    /// Starts `brain serve` on port 0 and returns it with its address.
+    fn serve(&self, args: &[&str], secret: Option<&str>) -> (Child, SocketAddr) {
+        let mut all = vec!["brain", "serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut child = self.command(&all, secret).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .parse()
+            .unwrap();
+        (child, addr)
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Waits for the child to exit, killing it after `limit`.
+fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the brain did not stop within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_secret_unless_told_to() {
+    let home = Home::new();
+    let db = home.db();
+    let out = home.run(&["brain", "serve", "--listen", "127.0.0.1:0", "--db", db.to_str().unwrap()], None);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("LIB_SYNC_SECRET") && err.contains("--insecure-no-auth"), "{err}");
+    assert!(!Path::new(&db).exists(), "nothing created before refusing");
+}
+
+#[test]
+fn store_flags_are_checked() {
+    let home = Home::new();
+    let db = home.db();
+    let out = home.run(
+        &["brain", "serve", "--db", db.to_str().unwrap(), "--database-url", "postgres://x@127.0.0.1/db"],
+        Some("s"),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not both"), "{}", stderr(&out));
+    let out = home.run(&["brain", "serve", "--database-url", "mysql://x@127.0.0.1/db"], Some("s"));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("postgres://"), "{}", stderr(&out));
+    let out = home.run(&["brain", "serve", "--database-url", "postgres://u:hunter2@127.0.0.1:1/db"], Some("s"));
+    assert!(!out.status.success(), "an unreachable database is an error");
+    assert!(!stderr(&out).contains("hunter2"), "the password never appears: {}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_sqlite_answers_and_stops_cleanly_on_sigterm() {
+    let home = Home::new();
+    let db = home.db();
+    let (mut child, addr) = home.serve(&["--db", db.to_str().unwrap()], Some(SECRET));
+    let http = Http::new(addr);
+    let run = async {
+        assert_eq!(http.send("GET", "/health", None, Vec::new()).await.status, 200);
+        assert_eq!(http.ingest_ok(&many("dev-a", 3, 1)).await, (3, 3));
+        assert_eq!(http.send("GET", "/pull", None, Vec::new()).await.status, 401);
+        // A long-poll in flight must not hold the shutdown for its whole (60 s) wait. The pause
+        // lets it reach the server; should it not have, it is refused and the exit is still checked.
+        let waiting = tokio::spawn(async move {
+            http.try_send("GET", "/pull?after_id=3&wait_ms=60000", Some(SECRET), Vec::new()).await.map(|r| r.status)
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = tokio::task::spawn_blocking(move || wait(&mut child, Duration::from_secs(10))).await.unwrap();
+        assert!(status.success(), "exit status {status:?}");
+        let polled = waiting.await.unwrap();
+        assert!(matches!(polled, Some(200) | None), "the pending long-poll got its (empty) answer: {polled:?}");
+    };
+    tokio::time::timeout(Duration::from_secs(30), run).await.expect("timed out");
+    assert!(db.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_no_auth_serves_without_a_secret() {
+    let home = Home::new();
+    let db = home.db();
+    let (mut child, addr) = home.serve(&["--db", db.to_str().unwrap(), "--insecure-no-auth"], None);
+    let http = Http::new(addr);
+    let run = async {
+        let r = http.send("GET", "/pull?after_id=0", None, Vec::new()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome.expect("timed out");
+}
+
+#[test]
+fn prune_reports_what_it_deleted() {
+    let home = Home::new();
+    let db = home.db();
+    let out = home.run(&["brain", "prune", "--older-than", "30", "--db", db.to_str().unwrap()], None);
+    assert!(!out.status.success(), "no database: an error, not a new empty one");
+    assert!(stderr(&out).contains("no brain database"), "{}", stderr(&out));
+    lib_agent::brain::store::SqliteStore::open(&db).unwrap();
+    let out = home.run(&["--json", "brain", "prune", "--older-than", "30", "--db", db.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["deleted_events"], 0);
+}
