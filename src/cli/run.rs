@@ -19,11 +19,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Result<()> {
-    for path in &args.paths {
-        super::scan::add_folder(&mut config, path)?;
-    }
-    let mut store = Store::open(&config.store.path)?;
-
     // SIGINT and SIGTERM end the loop; the pending changes are indexed before exiting.
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
@@ -35,6 +30,11 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
             let _ = stop_tx.send(());
         }
     });
+
+    for path in &args.paths {
+        super::scan::add_folder(&mut config, path)?;
+    }
+    let mut store = Store::open(&config.store.path)?;
 
     let state = daemon::run(&config, &mut store, &stop_rx, &daemon::RunOptions::default())?;
     handle.close();
