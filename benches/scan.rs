@@ -18,6 +18,8 @@
 //!   `BENCH_TEXT_RUNS` overrides);
 //! - `BENCH_DIR` keep the trees there and reuse them in later runs (default: a temp dir);
 //! - `BENCH_TIMEOUT` seconds before one run is killed and the benchmark fails (default 900);
+//! - `BENCH_NOISE_PCT` discard and repeat a pair of runs when other work on the machine took more
+//!   than this percentage of one core while it ran (default 30; at most 3 repeats per pair);
 //! - `BENCH_STRICT=1` exit non-zero when a target is missed (otherwise only a wrong result,
 //!   such as a failed agent run or a miscount, fails the benchmark).
 //!
@@ -61,6 +63,9 @@ struct Settings {
     text_runs: usize,
     timeout: Duration,
     strict: bool,
+    /// A pair of runs during which other work on the machine took more than this share of a
+    /// core is discarded and run again (see `Bench::compare`).
+    noise: f64,
 }
 
 fn env_usize(name: &str, default: usize) -> Result<usize> {
@@ -85,6 +90,7 @@ fn run() -> Result<ExitCode> {
         text_runs: env_usize("BENCH_TEXT_RUNS", runs.min(3))?,
         timeout: Duration::from_secs(env_usize("BENCH_TIMEOUT", 900)? as u64),
         strict: std::env::var("BENCH_STRICT").is_ok_and(|v| v == "1"),
+        noise: env_usize("BENCH_NOISE_PCT", 30)? as f64 / 100.0,
     };
 
     // The temp dir must outlive every run, so it is held here until the end of `run`.
@@ -347,6 +353,29 @@ fn timeval_secs(t: libc::timeval) -> f64 {
     t.tv_sec as f64 + t.tv_usec as f64 / 1e6
 }
 
+/// CPU seconds this benchmark process has used (its polling loop), not counted as foreign.
+fn own_cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    timeval_secs(u.ru_utime) + timeval_secs(u.ru_stime)
+}
+
+/// Waits (up to two minutes) until the rest of the machine has used less than `limit` of a
+/// core over one second, so a timed pair does not start in the middle of someone's build.
+fn wait_for_quiet(limit: f64) {
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (Some(a), own) = (machine_busy_secs(), own_cpu_secs()) else { return };
+        std::thread::sleep(Duration::from_secs(1));
+        let Some(b) = machine_busy_secs() else { return };
+        let busy = b - a - (own_cpu_secs() - own);
+        if busy < limit || Instant::now() >= until {
+            return;
+        }
+    }
+}
+
 /// Runs `cmd` to completion with stdout and stderr in files, and returns its wall time and peak
 /// memory. The wall time is taken around the whole child process, spawn to reap, because that is
 /// what a user waits for. The child is reaped with `wait4` rather than `Child::wait` because only
@@ -354,6 +383,7 @@ fn timeval_secs(t: libc::timeval) -> f64 {
 fn run_timed(cmd: &mut Command, out: &Path, err: &Path, timeout: Duration) -> Result<(Sample, String)> {
     cmd.stdin(Stdio::null()).stdout(File::create(out)?).stderr(File::create(err)?);
     let busy_before = machine_busy_secs();
+    let own_before = own_cpu_secs();
     let started = Instant::now();
     let child = cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
     let pid = child.id() as libc::pid_t;
@@ -393,7 +423,7 @@ fn run_timed(cmd: &mut Command, out: &Path, err: &Path, timeout: Duration) -> Re
 
     let own_cpu = timeval_secs(usage.ru_utime) + timeval_secs(usage.ru_stime);
     let foreign_cpu = match (busy_before, machine_busy_secs()) {
-        (Some(a), Some(b)) => (b - a - own_cpu).max(0.0),
+        (Some(a), Some(b)) => (b - a - own_cpu - (own_cpu_secs() - own_before)).max(0.0),
         _ => 0.0,
     };
     let sample = Sample { secs, maxrss_kib: usage.ru_maxrss, foreign_cpu };
@@ -446,6 +476,10 @@ struct Measured {
     foreign_cpu: f64,
     /// Sum of the wall time of every timed run of both commands.
     wall: f64,
+    /// Pairs thrown away because other work disturbed them, and pairs kept although disturbed
+    /// (the repeats ran out).
+    discarded: usize,
+    kept_noisy: usize,
 }
 
 impl Measured {
@@ -516,7 +550,9 @@ impl Bench<'_> {
     /// Times `runs` pairs, alternating which command goes first. The machine is shared and
     /// noisy: alternating spreads slow spells (another job, a thermal dip, writeback of the
     /// last run's database) over both commands instead of over one, and the median then drops
-    /// the outliers that a mean would carry.
+    /// the outliers that a mean would carry. On two cores a parallel build next door can still
+    /// double a run, so a pair during which other work took more than `noise` of a core is
+    /// discarded and repeated, the same rule for both commands; the report counts them.
     fn compare(
         &self,
         name: &str,
@@ -524,29 +560,54 @@ impl Bench<'_> {
         mut agent: impl FnMut() -> Result<Sample>,
         mut baseline: impl FnMut() -> Result<Sample>,
     ) -> Result<Measured> {
-        let mut m = Measured { agent: Vec::new(), baseline: Vec::new(), agent_rss_mib: 0.0, foreign_cpu: 0.0, wall: 0.0 };
+        const REPEATS: usize = 3;
+        let noise = self.settings.noise;
+        let mut m = Measured {
+            agent: Vec::new(),
+            baseline: Vec::new(),
+            agent_rss_mib: 0.0,
+            foreign_cpu: 0.0,
+            wall: 0.0,
+            discarded: 0,
+            kept_noisy: 0,
+        };
         for i in 0..runs {
-            let mut one = |first_agent: bool| -> Result<()> {
-                let s = if first_agent { agent()? } else { baseline()? };
-                if first_agent {
-                    m.agent.push(s.secs);
-                    m.agent_rss_mib = m.agent_rss_mib.max(s.maxrss_kib as f64 / 1024.0);
-                } else {
-                    m.baseline.push(s.secs);
-                }
-                m.foreign_cpu += s.foreign_cpu;
-                m.wall += s.secs;
-                Ok(())
-            };
             let agent_first = i % 2 == 1;
-            one(agent_first)?;
-            one(!agent_first)?;
-            eprintln!(
-                "bench scan: {name}: run {}/{runs}: agent {:.3} s, baseline {:.3} s",
-                i + 1,
-                m.agent[i],
-                m.baseline[i]
-            );
+            for attempt in 0..=REPEATS {
+                wait_for_quiet(noise);
+                let (a, b) = if agent_first {
+                    let a = agent()?;
+                    (a, baseline()?)
+                } else {
+                    let b = baseline()?;
+                    (agent()?, b)
+                };
+                let share = |s: &Sample| s.foreign_cpu / s.secs.max(1e-3);
+                // /proc/stat counts in 10 ms ticks: below 50 ms of foreign CPU, the share of a
+                // short run is rounding, not a disturbance.
+                let disturbed = |s: &Sample| share(s) > noise && s.foreign_cpu > 0.05;
+                let noisy = disturbed(&a) || disturbed(&b);
+                eprintln!(
+                    "bench scan: {name}: run {}/{runs}: agent {:.3} s, baseline {:.3} s; other work {:.0}%, {:.0}% of a core{}",
+                    i + 1,
+                    a.secs,
+                    b.secs,
+                    100.0 * share(&a),
+                    100.0 * share(&b),
+                    if noisy && attempt < REPEATS { ": disturbed, repeating" } else { "" }
+                );
+                if noisy && attempt < REPEATS {
+                    m.discarded += 1;
+                    continue;
+                }
+                m.kept_noisy += noisy as usize;
+                m.agent.push(a.secs);
+                m.baseline.push(b.secs);
+                m.agent_rss_mib = m.agent_rss_mib.max(a.maxrss_kib as f64 / 1024.0);
+                m.foreign_cpu += a.foreign_cpu + b.foreign_cpu;
+                m.wall += a.secs + b.secs;
+                break;
+            }
         }
         Ok(m)
     }
@@ -713,13 +774,17 @@ fn report(s: &Settings, agent: &Path, source: &str, rows: &[Row]) -> Result<Stri
     writeln!(r, "\nBaselines and every run, in seconds. \"Other CPU\" is the CPU time the machine spent outside")?;
     writeln!(r, "the measured command during the timed runs, as a share of their wall time: other jobs on a shared")?;
     writeln!(r, "machine, or kernel writeback. Near 0% is a clean measurement; tens of percent means the figures are")?;
-    writeln!(r, "disturbed and worth a rerun.\n")?;
+    writeln!(r, "disturbed and worth a rerun. A pair of runs with more than {:.0}% is repeated (BENCH_NOISE_PCT).\n", s.noise * 100.0)?;
     for row in rows {
         write!(r, "- {}: baseline {}", row.name, row.note)?;
         if let Some(m) = &row.result {
             let list = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");
             write!(r, "; agent [{}]; baseline [{}]", list(&m.agent), list(&m.baseline))?;
             write!(r, "; other CPU {:.2} s ({:.0}% of one core)", m.foreign_cpu, 100.0 * m.foreign_cpu / m.wall.max(1e-9))?;
+            write!(r, "; pairs repeated because disturbed: {}", m.discarded)?;
+            if m.kept_noisy > 0 {
+                write!(r, "; **{} pair(s) kept although disturbed**", m.kept_noisy)?;
+            }
         }
         writeln!(r)?;
     }

@@ -226,11 +226,16 @@ impl Store {
         }
     }
 
-    /// Makes everything committed so far durable (a checkpoint syncs the WAL and the database).
+    /// Makes everything committed so far durable, whichever connection committed it: a small
+    /// commit at `synchronous=FULL` fsyncs the whole WAL, and with it every frame before it
+    /// (commits made in bulk mode were not synced one by one).
     pub fn make_durable(&mut self) -> Result<()> {
         self.conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            .ctx(|| "syncing the database to disk".into())
+            .execute_batch("PRAGMA synchronous = FULL")
+            .ctx(|| "syncing the database to disk".into())?;
+        let batch = self.batch()?;
+        batch.kv_set("durable_at", &crate::model::event::now_rfc3339())?;
+        batch.commit()
     }
 
     pub fn kv_get(&self, key: &str) -> Result<Option<String>> {
