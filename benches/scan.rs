@@ -1,5 +1,5 @@
 //! The scan benchmark: the speed and memory targets of issue 2, each measured as a ratio
-//! against a baseline command run in the same process, on the same files, on the same machine.
+//! against a baseline command timed in the same benchmark run, on the same files and machine.
 //!
 //! `cargo bench --bench scan` builds the release `agent` and runs this program. It generates two
 //! deterministic trees (random bytes and text), then times three scenarios:
@@ -126,13 +126,12 @@ fn run() -> Result<ExitCode> {
     let agent = work.join("agent");
     fs::copy(BUILT_AGENT, &agent)?;
     // Taken now, next to the copy: the working tree may change while the benchmark runs.
-    let source = first_line(Command::new("git").arg("-C").arg(env!("CARGO_MANIFEST_DIR")).args(["describe", "--always", "--dirty"]));
+    let source = first_line(
+        Command::new("git").arg("-C").arg(env!("CARGO_MANIFEST_DIR")).args(["describe", "--always", "--dirty"]),
+    );
     let bench = Bench { settings: &settings, work: &work, config: &empty_config, agent: &agent };
 
-    let mut rows = Vec::new();
-    rows.push(bench.cold_binary(&binary)?);
-    rows.push(bench.cold_text(&text)?);
-    rows.push(bench.warm_rescan(&binary)?);
+    let rows = vec![bench.cold_binary(&binary)?, bench.cold_text(&text)?, bench.warm_rescan(&binary)?];
 
     let report = report(&settings, &agent, &source, &rows)?;
     println!("{report}");
@@ -226,7 +225,12 @@ fn ensure_tree(root: &Path, dir: &Path, kind: Kind, files: usize) -> Result<()> 
         }
         Err(_) if dir.exists() => {
             // Never delete a folder this program did not make (BENCH_DIR may point anywhere).
-            return Err(format!("{} exists without {}; remove it or choose another BENCH_DIR", dir.display(), marker.display()).into());
+            return Err(format!(
+                "{} exists without {}; remove it or choose another BENCH_DIR",
+                dir.display(),
+                marker.display()
+            )
+            .into());
         }
         Err(_) => {}
     }
@@ -384,6 +388,8 @@ fn run_timed(cmd: &mut Command, out: &Path, err: &Path, timeout: Duration) -> Re
     cmd.stdin(Stdio::null()).stdout(File::create(out)?).stderr(File::create(err)?);
     let busy_before = machine_busy_secs();
     let own_before = own_cpu_secs();
+    // Its own process group, so a timeout kills the whole pipeline of a baseline, not just `sh`.
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
     let started = Instant::now();
     let child = cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
     let pid = child.id() as libc::pid_t;
@@ -408,9 +414,10 @@ fn run_timed(cmd: &mut Command, out: &Path, err: &Path, timeout: Duration) -> Re
             return Err(format!("wait4({pid}): {e}").into());
         }
         if Instant::now() >= deadline {
-            // SAFETY: as above; after SIGKILL a blocking wait4 returns promptly.
+            // SAFETY: as above; the group's id is the unreaped pid, so it is still ours. After
+            // SIGKILL a blocking wait4 returns promptly.
             unsafe {
-                libc::kill(pid, libc::SIGKILL);
+                libc::kill(-pid, libc::SIGKILL);
                 libc::wait4(pid, &mut status, 0, &mut usage);
             }
             return Err(format!("{cmd:?} still running after {} s; killed (BENCH_TIMEOUT)", timeout.as_secs()).into());
@@ -490,10 +497,17 @@ impl Measured {
 
 impl Row {
     fn time_ok(&self) -> bool {
-        self.result.as_ref().map_or(true, |m| m.ratio() <= self.target)
+        // A skipped row misses nothing.
+        match &self.result {
+            Some(m) => m.ratio() <= self.target,
+            None => true,
+        }
     }
     fn rss_ok(&self) -> bool {
-        self.result.as_ref().map_or(true, |m| m.agent_rss_mib < RSS_TARGET_MIB)
+        match &self.result {
+            Some(m) => m.agent_rss_mib < RSS_TARGET_MIB,
+            None => true,
+        }
     }
     fn missed(&self) -> bool {
         !self.time_ok() || !self.rss_ok()
@@ -527,7 +541,10 @@ impl Bench<'_> {
             .map_err(|e| format!("agent --json printed no valid JSON ({e}):\n{stdout}\nstderr:\n{}", stderr()))?;
         let field = |k: &str| json.get(k).and_then(|v| v.as_u64());
         let n = self.settings.files as u64;
-        if field("seen") != Some(n) || field("hashed") != Some(expect_hashed as u64) || json.get("ok") != Some(&serde_json::Value::Bool(true)) {
+        if field("seen") != Some(n)
+            || field("hashed") != Some(expect_hashed as u64)
+            || json.get("ok") != Some(&serde_json::Value::Bool(true))
+        {
             return Err(format!(
                 "agent scan of {} is wrong: expected seen={n} hashed={expect_hashed} ok=true, got seen={:?} hashed={:?} ok={:?}\n{stdout}\nstderr:\n{}",
                 tree.display(),
@@ -654,7 +671,12 @@ impl Bench<'_> {
         let note = "sqlite3 shell: FTS5 table filled from `fsdir(DIR)` in one transaction".to_string();
         if Command::new("sqlite3").arg("-version").stdout(Stdio::null()).status().is_err() {
             eprintln!("bench scan: sqlite3 not found on PATH: cold text skipped");
-            return Ok(Row { name: "cold text", result: None, target: 1.3, note: format!("skipped: no sqlite3 ({note})") });
+            return Ok(Row {
+                name: "cold text",
+                result: None,
+                target: 1.3,
+                note: format!("skipped: no sqlite3 ({note})"),
+            });
         }
         warm_cache(tree)?;
         let n = self.settings.files;
@@ -726,9 +748,16 @@ fn report(s: &Settings, agent: &Path, source: &str, rows: &[Row]) -> Result<Stri
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").map(|k| k.trim().to_string()).unwrap_or_else(|_| "unknown".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
     let mem = fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
@@ -743,7 +772,11 @@ fn report(s: &Settings, agent: &Path, source: &str, rows: &[Row]) -> Result<Stri
     writeln!(r, "- agent: {} (git {source})", first_line(Command::new(agent).arg("--version")))?;
     writeln!(r, "- sqlite3 shell: {}", first_line(Command::new("sqlite3").arg("-version")))?;
     writeln!(r, "- files per tree: {} of 1 to 8 KiB in {} folders", s.files, s.files.div_ceil(FILES_PER_FOLDER))?;
-    writeln!(r, "- runs: {} per command ({} for cold text), alternating agent and baseline; medians", s.runs, s.text_runs)?;
+    writeln!(
+        r,
+        "- runs: {} per command ({} for cold text), alternating agent and baseline; medians",
+        s.runs, s.text_runs
+    )?;
     writeln!(r, "- page cache warm for both commands; \"cold\" means a new database\n")?;
     writeln!(r, "| scenario | agent median (s) | baseline median (s) | ratio | target | result | agent peak RSS (MiB, target < 100) |")?;
     writeln!(r, "|---|---:|---:|---:|---:|---|---:|")?;
@@ -774,13 +807,22 @@ fn report(s: &Settings, agent: &Path, source: &str, rows: &[Row]) -> Result<Stri
     writeln!(r, "\nBaselines and every run, in seconds. \"Other CPU\" is the CPU time the machine spent outside")?;
     writeln!(r, "the measured command during the timed runs, as a share of their wall time: other jobs on a shared")?;
     writeln!(r, "machine, or kernel writeback. Near 0% is a clean measurement; tens of percent means the figures are")?;
-    writeln!(r, "disturbed and worth a rerun. A pair of runs with more than {:.0}% is repeated (BENCH_NOISE_PCT).\n", s.noise * 100.0)?;
+    writeln!(
+        r,
+        "disturbed and worth a rerun. A pair of runs with more than {:.0}% is repeated (BENCH_NOISE_PCT).\n",
+        s.noise * 100.0
+    )?;
     for row in rows {
         write!(r, "- {}: baseline {}", row.name, row.note)?;
         if let Some(m) = &row.result {
             let list = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");
             write!(r, "; agent [{}]; baseline [{}]", list(&m.agent), list(&m.baseline))?;
-            write!(r, "; other CPU {:.2} s ({:.0}% of one core)", m.foreign_cpu, 100.0 * m.foreign_cpu / m.wall.max(1e-9))?;
+            write!(
+                r,
+                "; other CPU {:.2} s ({:.0}% of one core)",
+                m.foreign_cpu,
+                100.0 * m.foreign_cpu / m.wall.max(1e-9)
+            )?;
             write!(r, "; pairs repeated because disturbed: {}", m.discarded)?;
             if m.kept_noisy > 0 {
                 write!(r, "; **{} pair(s) kept although disturbed**", m.kept_noisy)?;
