@@ -21,6 +21,7 @@ struct Brain {
     runtime: tokio::runtime::Runtime,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     db: std::path::PathBuf,
+    store: Arc<SqliteStore>,
 }
 
 impl Brain {
@@ -36,10 +37,17 @@ impl Brain {
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let config = ServerConfig { secret: Some(SECRET.into()), ..ServerConfig::default() };
-        runtime.spawn(serve(listener, store, config, async move {
+        runtime.spawn(serve(listener, Arc::clone(&store), config, async move {
             let _ = rx.await;
         }));
-        Brain { addr, runtime, stop: Some(tx), db }
+        Brain { addr, runtime, stop: Some(tx), db, store }
+    }
+
+    /// Drops every event of the log (entities stay), as `agent brain prune` does with old ones.
+    fn prune_everything(&self) {
+        use lib_agent::brain::store::BrainStore;
+        let cutoff = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        self.runtime.block_on(self.store.prune(cutoff)).expect("prune");
     }
 
     fn url(&self) -> String {
@@ -294,4 +302,38 @@ fn a_wrong_secret_is_refused_and_nothing_is_marked_pushed() {
     let err = sync::push(&mut a.store, &client, 200).expect_err("refused");
     assert!(err.to_string().contains("401"), "{err}");
     assert_eq!(read::counts(a.store.conn()).expect("counts").outbox_pending, 1);
+}
+
+#[test]
+fn a_device_whose_cursor_was_pruned_reseeds_from_the_snapshot_and_matches() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(brain_dir.path());
+    let (mut a, mut b, mut late) = (Device::new(), Device::new(), Device::new());
+    a.write("x.md", "A's x");
+    b.write("x.md", "B's concurrent x");
+    a.write("y.md", "A's y");
+    a.scan();
+    b.scan();
+    a.sync(&brain);
+    b.sync(&brain);
+    a.remove("y.md");
+    a.scan();
+    a.sync(&brain);
+    b.sync(&brain);
+    brain.prune_everything();
+    // A device that never pulled: its cursor (0) is older than the pruned log.
+    let summary = sync::pull(&mut late.store, &brain.client(), 200, None).expect("pull");
+    assert!(summary.reseeded, "{summary:?}");
+    let shared = |d: &Device| -> Vec<(String, Option<String>, String)> {
+        d.shared_rows().into_iter().filter(|r| !r.0.ends_with(".keep")).map(|r| (r.0, r.1, r.3)).collect()
+    };
+    assert_eq!(shared(&late), shared(&b), "the same winners, tombstones included");
+    assert_eq!(late.conflicts(), b.conflicts(), "and the same conflicts");
+    assert_eq!(late.winner("notes/y.md").1, None);
+    // And it goes on pulling from the watermark.
+    a.write("z.md", "after the prune");
+    a.scan();
+    a.sync(&brain);
+    sync::pull(&mut late.store, &brain.client(), 200, None).expect("pull");
+    assert_eq!(late.winner("notes/z.md"), a.winner("notes/z.md"));
 }
