@@ -33,7 +33,10 @@ const SECRET: &str = "bench-secret";
 const BATCH: usize = 500;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Server {
@@ -61,7 +64,9 @@ fn start(store_args: &[&str], config: &std::path::Path) -> Server {
         .spawn()
         .expect("agent starts");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let addr = line
         .split("http://")
         .nth(1)
@@ -74,7 +79,11 @@ fn start(store_args: &[&str], config: &std::path::Path) -> Server {
 
 /// One event with about 300 bytes of payload.
 fn event(device: &str, n: u64) -> Event {
-    let content: String = format!("note {n} of {device}: ").chars().chain(std::iter::repeat('x')).take(160).collect();
+    let content: String = format!("note {n} of {device}: ")
+        .chars()
+        .chain(std::iter::repeat('x'))
+        .take(160)
+        .collect();
     Event {
         event_ulid: ulid::Ulid::new().to_string(),
         device_id: device.to_owned(),
@@ -127,13 +136,17 @@ async fn measure(addr: SocketAddr, events: usize, clients: usize, pulls: usize) 
         bodies.push(
             (0..per_client)
                 .map(|b| {
-                    let batch: Vec<Event> = (0..BATCH).map(|i| event(&device, (b * BATCH + i + 1) as u64)).collect();
+                    let batch: Vec<Event> = (0..BATCH)
+                        .map(|i| event(&device, (b * BATCH + i + 1) as u64))
+                        .collect();
                     Bytes::from(serde_json::to_vec(&json!({ "batch": batch })).unwrap())
                 })
                 .collect(),
         );
     }
-    let payload_bytes = serde_json::to_vec(&event("bench-0", 1).payload).unwrap().len();
+    let payload_bytes = serde_json::to_vec(&event("bench-0", 1).payload)
+        .unwrap()
+        .len();
     eprintln!(
         "  {} events in batches of {BATCH}, {payload_bytes} bytes of payload each, {clients} connection(s)",
         per_client * clients * BATCH
@@ -208,7 +221,10 @@ fn main() -> ExitCode {
     let clients = env_usize("BENCH_CLIENTS", 2).max(1);
     let pulls = env_usize("BENCH_PULLS", 300).max(1);
     let strict = std::env::var("BENCH_STRICT").is_ok_and(|v| v == "1");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let home = tempfile::tempdir().unwrap();
     let config = home.path().join("agent.toml");
     std::fs::write(&config, "").unwrap();
@@ -234,7 +250,9 @@ fn main() -> ExitCode {
         runtime.block_on(async {
             if let Ok((c, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
                 tokio::spawn(conn);
-                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
+                let _ = c
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .await;
             }
         });
     } else {

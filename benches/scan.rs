@@ -71,7 +71,10 @@ struct Settings {
 fn env_usize(name: &str, default: usize) -> Result<usize> {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => {
-            let n: usize = v.trim().parse().map_err(|_| format!("{name}={v:?} is not a number"))?;
+            let n: usize = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("{name}={v:?} is not a number"))?;
             if n == 0 {
                 return Err(format!("{name} must be at least 1").into());
             }
@@ -101,19 +104,29 @@ fn run() -> Result<ExitCode> {
             (None, dir.canonicalize()?)
         }
         _ => {
-            let t = tempfile::Builder::new().prefix("lib-agent-bench-").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("lib-agent-bench-")
+                .tempdir()?;
             let p = t.path().canonicalize()?;
             (Some(t), p)
         }
     };
     // Paths go into `sh -c` and SQL strings below; a quote would need escaping in both.
     if root.to_string_lossy().contains(['\'', '"', '\\']) {
-        return Err(format!("bench dir {} must not contain quotes or backslashes", root.display()).into());
+        return Err(format!(
+            "bench dir {} must not contain quotes or backslashes",
+            root.display()
+        )
+        .into());
     }
 
     let binary = root.join("binary");
     let text = root.join("text");
-    eprintln!("bench scan: {} files per tree under {}", settings.files, root.display());
+    eprintln!(
+        "bench scan: {} files per tree under {}",
+        settings.files,
+        root.display()
+    );
     ensure_tree(&root, &binary, Kind::Binary, settings.files)?;
     ensure_tree(&root, &text, Kind::Text, settings.files)?;
 
@@ -127,11 +140,23 @@ fn run() -> Result<ExitCode> {
     fs::copy(BUILT_AGENT, &agent)?;
     // Taken now, next to the copy: the working tree may change while the benchmark runs.
     let source = first_line(
-        Command::new("git").arg("-C").arg(env!("CARGO_MANIFEST_DIR")).args(["describe", "--always", "--dirty"]),
+        Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(["describe", "--always", "--dirty"]),
     );
-    let bench = Bench { settings: &settings, work: &work, config: &empty_config, agent: &agent };
+    let bench = Bench {
+        settings: &settings,
+        work: &work,
+        config: &empty_config,
+        agent: &agent,
+    };
 
-    let rows = vec![bench.cold_binary(&binary)?, bench.cold_text(&text)?, bench.warm_rescan(&binary)?];
+    let rows = vec![
+        bench.cold_binary(&binary)?,
+        bench.cold_text(&text)?,
+        bench.warm_rescan(&binary)?,
+    ];
 
     let report = report(&settings, &agent, &source, &rows)?;
     println!("{report}");
@@ -210,7 +235,10 @@ impl Kind {
 /// written last, so an interrupted generation is never reused.
 fn ensure_tree(root: &Path, dir: &Path, kind: Kind, files: usize) -> Result<()> {
     let marker = root.join(format!("{}.marker", kind.name()));
-    let want = format!("lib-agent scan bench tree v{TREE_VERSION} kind={} files={files}\n", kind.name());
+    let want = format!(
+        "lib-agent scan bench tree v{TREE_VERSION} kind={} files={files}\n",
+        kind.name()
+    );
     match fs::read_to_string(&marker) {
         Ok(have) if have == want && dir.is_dir() => {
             eprintln!("bench scan: reusing {}", dir.display());
@@ -236,7 +264,10 @@ fn ensure_tree(root: &Path, dir: &Path, kind: Kind, files: usize) -> Result<()> 
     }
 
     let started = Instant::now();
-    eprint!("bench scan: generating {} ({files} files)... ", dir.display());
+    eprint!(
+        "bench scan: generating {} ({files} files)... ",
+        dir.display()
+    );
     let _ = io::stderr().flush();
     let mut rng = Rng(kind.seed());
     let vocabulary = vocabulary(&mut Rng(0x5EED_0003));
@@ -246,7 +277,9 @@ fn ensure_tree(root: &Path, dir: &Path, kind: Kind, files: usize) -> Result<()> 
         // 50 files per folder, 50 folders per top folder: d000/e00 .. d039/e49 for 100k files.
         if i % FILES_PER_FOLDER == 0 {
             let f = i / FILES_PER_FOLDER;
-            folder = dir.join(format!("d{:03}", f / 50)).join(format!("e{:02}", f % 50));
+            folder = dir
+                .join(format!("d{:03}", f / 50))
+                .join(format!("e{:02}", f % 50));
             fs::create_dir_all(&folder)?;
         }
         let size = rng.range(MIN_SIZE, MAX_SIZE);
@@ -283,7 +316,9 @@ fn vocabulary(rng: &mut Rng) -> Vec<String> {
     (0..VOCABULARY)
         .map(|_| {
             let len = rng.range(2, 10);
-            let mut w: String = (0..len).map(|_| LETTERS[rng.range(0, LETTERS.len() - 1)] as char).collect();
+            let mut w: String = (0..len)
+                .map(|_| LETTERS[rng.range(0, LETTERS.len() - 1)] as char)
+                .collect();
             if rng.range(0, 49) == 0 {
                 w.push_str(ACCENTED[rng.range(0, ACCENTED.len() - 1)]);
             }
@@ -348,8 +383,17 @@ struct Sample {
 /// (user, nice, system, irq, softirq, steal; in USER_HZ ticks, 100 per second on Linux).
 fn machine_busy_secs() -> Option<f64> {
     let stat = fs::read_to_string("/proc/stat").ok()?;
-    let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
-    let busy = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum::<u64>();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum::<u64>();
     Some(busy as f64 / 100.0)
 }
 
@@ -370,7 +414,9 @@ fn own_cpu_secs() -> f64 {
 fn wait_for_quiet(limit: f64) {
     let until = Instant::now() + Duration::from_secs(120);
     loop {
-        let (Some(a), own) = (machine_busy_secs(), own_cpu_secs()) else { return };
+        let (Some(a), own) = (machine_busy_secs(), own_cpu_secs()) else {
+            return;
+        };
         std::thread::sleep(Duration::from_secs(1));
         let Some(b) = machine_busy_secs() else { return };
         let busy = b - a - (own_cpu_secs() - own);
@@ -384,14 +430,23 @@ fn wait_for_quiet(limit: f64) {
 /// memory. The wall time is taken around the whole child process, spawn to reap, because that is
 /// what a user waits for. The child is reaped with `wait4` rather than `Child::wait` because only
 /// `wait4` hands back the child's `rusage`, hence `ru_maxrss`.
-fn run_timed(cmd: &mut Command, out: &Path, err: &Path, timeout: Duration) -> Result<(Sample, String)> {
-    cmd.stdin(Stdio::null()).stdout(File::create(out)?).stderr(File::create(err)?);
+fn run_timed(
+    cmd: &mut Command,
+    out: &Path,
+    err: &Path,
+    timeout: Duration,
+) -> Result<(Sample, String)> {
+    cmd.stdin(Stdio::null())
+        .stdout(File::create(out)?)
+        .stderr(File::create(err)?);
     let busy_before = machine_busy_secs();
     let own_before = own_cpu_secs();
     // Its own process group, so a timeout kills the whole pipeline of a baseline, not just `sh`.
     std::os::unix::process::CommandExt::process_group(cmd, 0);
     let started = Instant::now();
-    let child = cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain old data; zeroed is a valid value for wait4 to overwrite.
@@ -420,7 +475,11 @@ fn run_timed(cmd: &mut Command, out: &Path, err: &Path, timeout: Duration) -> Re
                 libc::kill(-pid, libc::SIGKILL);
                 libc::wait4(pid, &mut status, 0, &mut usage);
             }
-            return Err(format!("{cmd:?} still running after {} s; killed (BENCH_TIMEOUT)", timeout.as_secs()).into());
+            return Err(format!(
+                "{cmd:?} still running after {} s; killed (BENCH_TIMEOUT)",
+                timeout.as_secs()
+            )
+            .into());
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -433,7 +492,11 @@ fn run_timed(cmd: &mut Command, out: &Path, err: &Path, timeout: Duration) -> Re
         (Some(a), Some(b)) => (b - a - own_cpu - (own_cpu_secs() - own_before)).max(0.0),
         _ => 0.0,
     };
-    let sample = Sample { secs, maxrss_kib: usage.ru_maxrss, foreign_cpu };
+    let sample = Sample {
+        secs,
+        maxrss_kib: usage.ru_maxrss,
+        foreign_cpu,
+    };
     if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
         Ok((sample, fs::read_to_string(out).unwrap_or_default()))
     } else {
@@ -524,7 +587,13 @@ struct Bench<'a> {
 impl Bench<'_> {
     fn agent_scan(&self, db: &Path, tree: &Path) -> Command {
         let mut c = Command::new(self.agent);
-        c.arg("--db").arg(db).arg("--config").arg(self.config).arg("--json").arg("scan").arg(tree);
+        c.arg("--db")
+            .arg(db)
+            .arg("--config")
+            .arg(self.config)
+            .arg("--json")
+            .arg("scan")
+            .arg(tree);
         // A log filter left in the environment would make the agent write more than usual.
         c.env_remove("LIB_LOG").env_remove("RUST_LOG");
         c
@@ -535,10 +604,19 @@ impl Bench<'_> {
     fn run_agent(&self, db: &Path, tree: &Path, expect_hashed: usize) -> Result<Sample> {
         let out = self.work.join("agent.out");
         let err = self.work.join("agent.err");
-        let (sample, stdout) = run_timed(&mut self.agent_scan(db, tree), &out, &err, self.settings.timeout)?;
+        let (sample, stdout) = run_timed(
+            &mut self.agent_scan(db, tree),
+            &out,
+            &err,
+            self.settings.timeout,
+        )?;
         let stderr = || fs::read_to_string(&err).unwrap_or_default();
-        let json: serde_json::Value = serde_json::from_str(&stdout)
-            .map_err(|e| format!("agent --json printed no valid JSON ({e}):\n{stdout}\nstderr:\n{}", stderr()))?;
+        let json: serde_json::Value = serde_json::from_str(&stdout).map_err(|e| {
+            format!(
+                "agent --json printed no valid JSON ({e}):\n{stdout}\nstderr:\n{}",
+                stderr()
+            )
+        })?;
         let field = |k: &str| json.get(k).and_then(|v| v.as_u64());
         let n = self.settings.files as u64;
         if field("seen") != Some(n)
@@ -668,8 +746,14 @@ impl Bench<'_> {
     }
 
     fn cold_text(&self, tree: &Path) -> Result<Row> {
-        let note = "sqlite3 shell: FTS5 table filled from `fsdir(DIR)` in one transaction".to_string();
-        if Command::new("sqlite3").arg("-version").stdout(Stdio::null()).status().is_err() {
+        let note =
+            "sqlite3 shell: FTS5 table filled from `fsdir(DIR)` in one transaction".to_string();
+        if Command::new("sqlite3")
+            .arg("-version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
             eprintln!("bench scan: sqlite3 not found on PATH: cold text skipped");
             return Ok(Row {
                 name: "cold text",
@@ -701,15 +785,25 @@ impl Bench<'_> {
                 c.arg(&db).arg(&sql);
                 let s = self.run_baseline(c)?;
                 // Untimed: a baseline that loads nothing would flatter nobody honestly.
-                let count = Command::new("sqlite3").arg(&db).arg("SELECT count(*) FROM f").output()?;
+                let count = Command::new("sqlite3")
+                    .arg(&db)
+                    .arg("SELECT count(*) FROM f")
+                    .output()?;
                 let count = String::from_utf8_lossy(&count.stdout).trim().to_string();
                 if count != n.to_string() {
-                    return Err(format!("sqlite3 baseline loaded {count:?} rows, expected {n}").into());
+                    return Err(
+                        format!("sqlite3 baseline loaded {count:?} rows, expected {n}").into(),
+                    );
                 }
                 Ok(s)
             },
         )?;
-        Ok(Row { name: "cold text", result: Some(m), target: 1.3, note })
+        Ok(Row {
+            name: "cold text",
+            result: Some(m),
+            target: 1.3,
+            note,
+        })
     }
 
     fn warm_rescan(&self, tree: &Path) -> Result<Row> {
@@ -722,13 +816,19 @@ impl Bench<'_> {
             "warm rescan",
             self.settings.runs,
             || self.run_agent(&db, tree, 0),
-            || self.run_baseline(sh(format!("find '{}' -type f -printf '%s %T@\\n' > /dev/null", tree.display()))),
+            || {
+                self.run_baseline(sh(format!(
+                    "find '{}' -type f -printf '%s %T@\\n' > /dev/null",
+                    tree.display()
+                )))
+            },
         )?;
         Ok(Row {
             name: "warm rescan",
             result: Some(m),
             target: 2.0,
-            note: "`find DIR -type f -printf '%s %T@\\n'`; the agent hashed 0 files in every run".into(),
+            note: "`find DIR -type f -printf '%s %T@\\n'`; the agent hashed 0 files in every run"
+                .into(),
         })
     }
 }
@@ -739,13 +839,22 @@ impl Bench<'_> {
 fn first_line(cmd: &mut Command) -> String {
     cmd.output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into())
 }
 
 fn report(s: &Settings, agent: &Path, source: &str, rows: &[Row]) -> Result<String> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -760,7 +869,11 @@ fn report(s: &Settings, agent: &Path, source: &str, rows: &[Row]) -> Result<Stri
         .unwrap_or_else(|_| "unknown".into());
     let mem = fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
         .and_then(|kib| kib.parse::<u64>().ok())
         .map(|kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
         .unwrap_or_else(|| "unknown".into());
@@ -768,27 +881,55 @@ fn report(s: &Settings, agent: &Path, source: &str, rows: &[Row]) -> Result<Stri
 
     let mut r = String::new();
     writeln!(r, "## scan benchmark, {date}\n")?;
-    writeln!(r, "- machine: {cores} cores ({cpu}), {mem} RAM, Linux {kernel}")?;
-    writeln!(r, "- agent: {} (git {source})", first_line(Command::new(agent).arg("--version")))?;
-    writeln!(r, "- sqlite3 shell: {}", first_line(Command::new("sqlite3").arg("-version")))?;
-    writeln!(r, "- files per tree: {} of 1 to 8 KiB in {} folders", s.files, s.files.div_ceil(FILES_PER_FOLDER))?;
+    writeln!(
+        r,
+        "- machine: {cores} cores ({cpu}), {mem} RAM, Linux {kernel}"
+    )?;
+    writeln!(
+        r,
+        "- agent: {} (git {source})",
+        first_line(Command::new(agent).arg("--version"))
+    )?;
+    writeln!(
+        r,
+        "- sqlite3 shell: {}",
+        first_line(Command::new("sqlite3").arg("-version"))
+    )?;
+    writeln!(
+        r,
+        "- files per tree: {} of 1 to 8 KiB in {} folders",
+        s.files,
+        s.files.div_ceil(FILES_PER_FOLDER)
+    )?;
     writeln!(
         r,
         "- runs: {} per command ({} for cold text), alternating agent and baseline; medians",
         s.runs, s.text_runs
     )?;
-    writeln!(r, "- page cache warm for both commands; \"cold\" means a new database\n")?;
+    writeln!(
+        r,
+        "- page cache warm for both commands; \"cold\" means a new database\n"
+    )?;
     writeln!(r, "| scenario | agent median (s) | baseline median (s) | ratio | target | result | agent peak RSS (MiB, target < 100) |")?;
     writeln!(r, "|---|---:|---:|---:|---:|---|---:|")?;
     for row in rows {
         match &row.result {
-            None => writeln!(r, "| {} | - | - | - | <= {:.1} | skipped | - |", row.name, row.target)?,
+            None => writeln!(
+                r,
+                "| {} | - | - | - | <= {:.1} | skipped | - |",
+                row.name, row.target
+            )?,
             Some(m) => {
                 let result = match (row.time_ok(), row.rss_ok()) {
                     (true, true) => "pass".to_string(),
-                    (false, true) => format!("FAIL: {:.0}% over", (m.ratio() / row.target - 1.0) * 100.0),
+                    (false, true) => {
+                        format!("FAIL: {:.0}% over", (m.ratio() / row.target - 1.0) * 100.0)
+                    }
                     (true, false) => "FAIL: memory".to_string(),
-                    (false, false) => format!("FAIL: {:.0}% over, memory", (m.ratio() / row.target - 1.0) * 100.0),
+                    (false, false) => format!(
+                        "FAIL: {:.0}% over, memory",
+                        (m.ratio() / row.target - 1.0) * 100.0
+                    ),
                 };
                 writeln!(
                     r,
@@ -815,8 +956,18 @@ fn report(s: &Settings, agent: &Path, source: &str, rows: &[Row]) -> Result<Stri
     for row in rows {
         write!(r, "- {}: baseline {}", row.name, row.note)?;
         if let Some(m) = &row.result {
-            let list = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");
-            write!(r, "; agent [{}]; baseline [{}]", list(&m.agent), list(&m.baseline))?;
+            let list = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            write!(
+                r,
+                "; agent [{}]; baseline [{}]",
+                list(&m.agent),
+                list(&m.baseline)
+            )?;
             write!(
                 r,
                 "; other CPU {:.2} s ({:.0}% of one core)",

@@ -25,7 +25,10 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn env_usize(name: &str, default: usize) -> Result<usize> {
     match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => Ok(v.trim().parse().map_err(|_| format!("{name}={v:?} is not a number"))?),
+        Ok(v) if !v.trim().is_empty() => Ok(v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not a number"))?),
         _ => Ok(default),
     }
 }
@@ -43,13 +46,22 @@ impl Drop for Proc {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn start_brain(dir: &Path) -> Result<(Proc, String)> {
     let port = free_port()?;
     let mut child = Command::new(AGENT)
-        .args(["--json", "brain", "serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+        .args([
+            "--json",
+            "brain",
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--db",
+        ])
         .arg(dir.join("brain.db"))
         .env("LIB_SYNC_SECRET", SECRET)
         .stdout(Stdio::piped())
@@ -62,28 +74,51 @@ fn start_brain(dir: &Path) -> Result<(Proc, String)> {
     Ok((Proc(child), format!("http://127.0.0.1:{port}")))
 }
 
-fn start_agent(dir: &Path, brain: &str, sync: &str, env: &[(&str, &str)]) -> Result<(Proc, PathBuf)> {
+fn start_agent(
+    dir: &Path,
+    brain: &str,
+    sync: &str,
+    env: &[(&str, &str)],
+) -> Result<(Proc, PathBuf)> {
     std::fs::create_dir_all(dir.join("notes"))?;
     std::fs::write(
         dir.join("agent.toml"),
-        format!("[[library]]\nname = \"notes\"\npath = {:?}\n[sync]\nbrain_url = \"{brain}\"\n{sync}\n", dir.join("notes")),
+        format!(
+            "[[library]]\nname = \"notes\"\npath = {:?}\n[sync]\nbrain_url = \"{brain}\"\n{sync}\n",
+            dir.join("notes")
+        ),
     )?;
     let db = dir.join("agent.db");
     let mut cmd = Command::new(AGENT);
-    cmd.arg("--db").arg(&db).arg("--config").arg(dir.join("agent.toml")).arg("run");
-    cmd.env("LIB_SYNC_SECRET", SECRET).env_remove("LIB_BRAIN_URL").stdout(Stdio::null()).stderr(Stdio::inherit());
+    cmd.arg("--db")
+        .arg(&db)
+        .arg("--config")
+        .arg(dir.join("agent.toml"))
+        .arg("run");
+    cmd.env("LIB_SYNC_SECRET", SECRET)
+        .env_remove("LIB_BRAIN_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let child = Proc(cmd.spawn()?);
     wait(&db, Duration::from_secs(60), |c| {
-        c.query_row("SELECT v FROM lib_kv WHERE k = 'agent_run_state'", [], |r| r.get::<_, String>(0))
-            .is_ok_and(|v| v.contains("\"state\":\"running\""))
+        c.query_row(
+            "SELECT v FROM lib_kv WHERE k = 'agent_run_state'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .is_ok_and(|v| v.contains("\"state\":\"running\""))
     })?;
     Ok((child, db))
 }
 
-fn wait(db: &Path, limit: Duration, done: impl Fn(&rusqlite::Connection) -> bool) -> Result<Instant> {
+fn wait(
+    db: &Path,
+    limit: Duration,
+    done: impl Fn(&rusqlite::Connection) -> bool,
+) -> Result<Instant> {
     let deadline = Instant::now() + limit;
     let mut conn = None;
     loop {
@@ -115,7 +150,12 @@ fn latency(mode: &str, writes: usize) -> Result<(f64, f64)> {
     } else {
         "realtime = \"longpoll\"".to_owned()
     };
-    let (_b, db_b) = start_agent(&dir.path().join("b"), &url, &b_sync, &[("LIB_WEBHOOK_SECRET", "hook")])?;
+    let (_b, db_b) = start_agent(
+        &dir.path().join("b"),
+        &url,
+        &b_sync,
+        &[("LIB_WEBHOOK_SECRET", "hook")],
+    )?;
     let (_a, _) = start_agent(&dir.path().join("a"), &url, "realtime = \"off\"", &[])?;
     let notes = dir.path().join("a/notes");
     let mut samples = Vec::with_capacity(writes);
@@ -124,8 +164,12 @@ fn latency(mode: &str, writes: usize) -> Result<(f64, f64)> {
         let start = Instant::now();
         std::fs::write(notes.join(format!("w{i}.md")), format!("write {i}"))?;
         let seen = wait(&db_b, Duration::from_secs(30), |c| {
-            c.query_row("SELECT count(*) FROM lib_files WHERE path = ?1", [&key], |r| r.get::<_, i64>(0))
-                .is_ok_and(|n| n == 1)
+            c.query_row(
+                "SELECT count(*) FROM lib_files WHERE path = ?1",
+                [&key],
+                |r| r.get::<_, i64>(0),
+            )
+            .is_ok_and(|n| n == 1)
         })?;
         samples.push(seen.duration_since(start).as_secs_f64() * 1000.0);
     }
@@ -166,7 +210,10 @@ fn catch_up(events: usize) -> Result<f64> {
     }
     let away = dir.path().join("away");
     std::fs::create_dir_all(&away)?;
-    std::fs::write(away.join("agent.toml"), format!("[sync]\nbrain_url = \"{url}\"\nbatch_size = 500\n"))?;
+    std::fs::write(
+        away.join("agent.toml"),
+        format!("[sync]\nbrain_url = \"{url}\"\nbatch_size = 500\n"),
+    )?;
     let start = Instant::now();
     let status = Command::new(AGENT)
         .arg("--db")
@@ -187,7 +234,9 @@ fn run() -> Result<()> {
     let writes = env_usize("BENCH_WRITES", 100)?;
     let events = env_usize("BENCH_EVENTS", 100_000)?;
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-    let mut report = format!("## sync benchmark, {now}\n\n- {writes} writes per mode; catch-up of {events} events\n\n");
+    let mut report = format!(
+        "## sync benchmark, {now}\n\n- {writes} writes per mode; catch-up of {events} events\n\n"
+    );
     report.push_str("| measure | figure | target | result |\n|---|---:|---:|---|\n");
     for mode in ["longpoll", "webhook"] {
         let (p50, p99) = latency(mode, writes)?;
@@ -203,7 +252,10 @@ fn run() -> Result<()> {
         if secs < 30.0 { "pass" } else { "FAIL" }
     ));
     println!("{report}");
-    let _ = std::fs::write(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-sync.md"), &report);
+    let _ = std::fs::write(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-sync.md"),
+        &report,
+    );
     Ok(())
 }
 

@@ -32,9 +32,13 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { poll_interval: POLL_INTERVAL }
+        RunOptions {
+            poll_interval: POLL_INTERVAL,
+        }
     }
 }
+/// How long events are gathered after a wake-up before they are handled.
+const GATHER: Duration = Duration::from_millis(5);
 /// Paths indexed per call, so a huge burst is committed progressively.
 const MAX_PATHS_PER_BATCH: usize = 2_000;
 /// The run state in `lib_kv` is rewritten at most this often while busy.
@@ -46,9 +50,16 @@ pub enum DaemonError {
     #[error(
         "another `agent run` is already using database {db} (lock {lock}{pid}); stop it first"
     )]
-    AlreadyRunning { db: PathBuf, lock: PathBuf, pid: String },
+    AlreadyRunning {
+        db: PathBuf,
+        lock: PathBuf,
+        pid: String,
+    },
     #[error("cannot create the run lock {path}: {source}")]
-    Lock { path: PathBuf, source: std::io::Error },
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start the file watcher: {0}")]
     Watcher(#[from] notify::Error),
     #[error(transparent)]
@@ -85,13 +96,24 @@ impl RunLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|source| DaemonError::Lock { path: path.clone(), source })?;
+            .map_err(|source| DaemonError::Lock {
+                path: path.clone(),
+                source,
+            })?;
         if file.try_lock().is_err() {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
             let pid = pid.trim();
-            let pid = if pid.is_empty() { String::new() } else { format!(", held by pid {pid}") };
-            return Err(DaemonError::AlreadyRunning { db: db.to_owned(), lock: path, pid });
+            let pid = if pid.is_empty() {
+                String::new()
+            } else {
+                format!(", held by pid {pid}")
+            };
+            return Err(DaemonError::AlreadyRunning {
+                db: db.to_owned(),
+                lock: path,
+                pid,
+            });
         }
         let _ = file.set_len(0);
         let _ = file.rewind();
@@ -115,7 +137,9 @@ impl RunLock {
 pub enum LibraryMode {
     Watching,
     /// Rescanned every POLL_INTERVAL, because it could not be watched.
-    Polling { reason: String },
+    Polling {
+        reason: String,
+    },
 }
 
 /// What `agent status` shows of a running agent.
@@ -136,7 +160,9 @@ pub struct RunState {
 }
 
 pub fn read_state(store: &Store) -> Result<Option<RunState>, StoreError> {
-    Ok(store.kv_get(STATE_KEY)?.and_then(|s| serde_json::from_str(&s).ok()))
+    Ok(store
+        .kv_get(STATE_KEY)?
+        .and_then(|s| serde_json::from_str(&s).ok()))
 }
 
 /// Runs until `shutdown` receives (or is dropped), then indexes what is pending and returns.
@@ -151,6 +177,7 @@ pub fn run(
         return Err(DaemonError::NoLibraries);
     }
     let _lock = RunLock::acquire(store.path())?;
+    store.defer_sync()?;
     let libs = Libraries::new(config, store.path())?;
     let (mut watcher, fs_rx) = FsWatcher::new()?;
     let mut state = RunState {
@@ -200,9 +227,18 @@ pub fn run(
             },
             default(timeout) => {}
         }
-        // Take everything already queued, so a burst becomes one batch.
-        while let Ok(signal) = fs_rx.try_recv() {
-            handle(signal, &mut debouncer, &mut rescan_all, &mut limit_hit, &mut state);
+        // Take everything already queued, and what follows within a few milliseconds, so a burst
+        // costs one wake-up per slice instead of one per event (wake-ups are what a burst of
+        // inotify events costs most on a small machine).
+        let gather_until = Instant::now() + GATHER;
+        while let Ok(signal) = fs_rx.recv_deadline(gather_until) {
+            handle(
+                signal,
+                &mut debouncer,
+                &mut rescan_all,
+                &mut limit_hit,
+                &mut state,
+            );
         }
         if watcher.take_overflow() {
             rescan_all = true;
@@ -217,7 +253,9 @@ pub fn run(
             }
         }
         if rescan_all {
-            tracing::warn!("the kernel dropped file events (queue overflow); rescanning every library");
+            tracing::warn!(
+                "the kernel dropped file events (queue overflow); rescanning every library"
+            );
             let unavailable = reconcile(store, config, None)?;
             dirty |= poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
             changed();
@@ -243,7 +281,9 @@ pub fn run(
         if now >= next_poll {
             next_poll = now + poll;
             for library in &config.libraries {
-                let Some(LibraryMode::Polling { .. }) = state.libraries.get(&library.name) else { continue };
+                let Some(LibraryMode::Polling { .. }) = state.libraries.get(&library.name) else {
+                    continue;
+                };
                 // A root that came back (remounted) is watched again.
                 let mode = start_watching(&mut watcher, &library.path, &library.name, poll);
                 dirty |= set_mode(&mut state, &library.name, mode);
@@ -290,7 +330,9 @@ fn poll_unavailable(
 ) -> bool {
     let mut changed = false;
     for name in names {
-        let Some(library) = config.library(&name) else { continue };
+        let Some(library) = config.library(&name) else {
+            continue;
+        };
         watcher.unwatch(&library.path);
         changed |= set_mode(state, &name, unavailable_mode(&library.path, poll));
     }
@@ -363,8 +405,11 @@ fn start_watching(watcher: &mut FsWatcher, root: &Path, name: &str, poll: Durati
             watch_limit_mode(root, name, poll)
         }
         Err(e) => {
-            let reason =
-                format!("cannot watch {} ({e}); rescanning it every {}", root.display(), humantime::format_duration(poll));
+            let reason = format!(
+                "cannot watch {} ({e}); rescanning it every {}",
+                root.display(),
+                humantime::format_duration(poll)
+            );
             LibraryMode::Polling { reason }
         }
     }
@@ -400,8 +445,16 @@ fn watch_limit_mode(root: &Path, name: &str, poll: Duration) -> LibraryMode {
 
 /// Rescans; returns the libraries refused because their root is unavailable (to be polled until
 /// it comes back: its watch went with it).
-fn reconcile(store: &mut Store, config: &Config, library: Option<&str>) -> Result<Vec<String>, DaemonError> {
-    let options = ScanOptions { library: library.map(str::to_owned), progress: false, allow_empty: false };
+fn reconcile(
+    store: &mut Store,
+    config: &Config,
+    library: Option<&str>,
+) -> Result<Vec<String>, DaemonError> {
+    let options = ScanOptions {
+        library: library.map(str::to_owned),
+        progress: false,
+        allow_empty: false,
+    };
     let summary = scan::scan(store, config, &options)?;
     store.release_memory();
     let mut unavailable = Vec::new();
@@ -441,11 +494,15 @@ mod tests {
         for d in ["a", "a/b", "c"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
         }
-        let LibraryMode::Polling { reason } = watch_limit_mode(dir.path(), "notes", POLL_INTERVAL) else {
+        let LibraryMode::Polling { reason } = watch_limit_mode(dir.path(), "notes", POLL_INTERVAL)
+        else {
             panic!("a library over the limit is polled")
         };
         assert!(reason.contains("fs.inotify.max_user_watches"), "{reason}");
-        assert!(reason.contains("needs 4 more"), "the root and its three folders: {reason}");
+        assert!(
+            reason.contains("needs 4 more"),
+            "the root and its three folders: {reason}"
+        );
         assert!(reason.contains("rescanned every 1m"), "{reason}");
     }
 
@@ -453,7 +510,9 @@ mod tests {
     fn an_enospc_from_inotify_is_the_watch_limit() {
         let e = notify::Error::io(std::io::Error::from_raw_os_error(libc::ENOSPC));
         assert!(watch::is_watch_limit(&e));
-        assert!(watch::is_watch_limit(&notify::Error::new(notify::ErrorKind::MaxFilesWatch)));
+        assert!(watch::is_watch_limit(&notify::Error::new(
+            notify::ErrorKind::MaxFilesWatch
+        )));
         assert!(!watch::is_watch_limit(&notify::Error::generic("other")));
     }
 }

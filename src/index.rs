@@ -27,7 +27,10 @@ impl FileStat {
     pub fn of(meta: &Metadata) -> FileStat {
         FileStat {
             bytes: meta.len(),
-            mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
             inode: meta.ino(),
         }
     }
@@ -82,7 +85,11 @@ pub fn read_file(path: &Path, max_content_bytes: usize) -> Result<ReadFile, Read
 }
 
 /// [`read_file`] with a caller-owned read buffer, so a reader thread allocates it once.
-pub fn read_file_with(path: &Path, max_content_bytes: usize, buf: &mut Vec<u8>) -> Result<ReadFile, ReadError> {
+pub fn read_file_with(
+    path: &Path,
+    max_content_bytes: usize,
+    buf: &mut Vec<u8>,
+) -> Result<ReadFile, ReadError> {
     if buf.len() < CHUNK {
         buf.resize(CHUNK, 0);
     }
@@ -92,7 +99,10 @@ pub fn read_file_with(path: &Path, max_content_bytes: usize, buf: &mut Vec<u8>) 
         return Err(ReadError::NotAFile);
     }
     let stat = FileStat::of(&before);
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     let guessed = mime_guess::from_path(path).first();
     // Keep a prefix only when it may become content: known text types, or unknown types to sniff.
     let keep = match &guessed {
@@ -131,20 +141,33 @@ pub fn read_file_with(path: &Path, max_content_bytes: usize, buf: &mut Vec<u8>) 
 
     let (mime, content) = match guessed {
         Some(m) if is_text_mime(&m) => {
-            let content = if kept.contains(&0) { None } else { Some(text_prefix(&kept, max_content_bytes)) };
+            let content = if kept.contains(&0) {
+                None
+            } else {
+                Some(text_prefix(&kept, max_content_bytes))
+            };
             (m.essence_str().to_owned(), content)
         }
         Some(m) => (m.essence_str().to_owned(), None),
         None => {
             let sniff = &kept[..kept.len().min(SNIFF)];
             if looks_like_text(sniff, kept.len() < SNIFF || total as usize <= SNIFF) {
-                ("text/plain".to_owned(), Some(text_prefix(&kept, max_content_bytes)))
+                (
+                    "text/plain".to_owned(),
+                    Some(text_prefix(&kept, max_content_bytes)),
+                )
             } else {
                 ("application/octet-stream".to_owned(), None)
             }
         }
     };
-    Ok(ReadFile { stat, sha256: hex(&hasher.finalize()), ext, mime, content })
+    Ok(ReadFile {
+        stat,
+        sha256: hex(&hasher.finalize()),
+        ext,
+        mime,
+        content,
+    })
 }
 
 fn is_text_mime(m: &mime_guess::Mime) -> bool {
@@ -155,9 +178,27 @@ fn is_text_mime(m: &mime_guess::Mime) -> bool {
     let suffix = m.suffix().map(|s| s.as_str());
     matches!(
         sub,
-        "json" | "xml" | "javascript" | "ecmascript" | "x-sh" | "x-csh" | "toml" | "x-toml" | "yaml"
-            | "x-yaml" | "sql" | "x-python" | "x-perl" | "x-ruby" | "x-tex" | "x-latex" | "rtf"
-            | "x-httpd-php" | "graphql" | "ld+json" | "x-ipynb+json"
+        "json"
+            | "xml"
+            | "javascript"
+            | "ecmascript"
+            | "x-sh"
+            | "x-csh"
+            | "toml"
+            | "x-toml"
+            | "yaml"
+            | "x-yaml"
+            | "sql"
+            | "x-python"
+            | "x-perl"
+            | "x-ruby"
+            | "x-tex"
+            | "x-latex"
+            | "rtf"
+            | "x-httpd-php"
+            | "graphql"
+            | "ld+json"
+            | "x-ipynb+json"
     ) || matches!(suffix, Some("xml" | "json"))
 }
 
@@ -243,8 +284,13 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
             }
             let shared = batch.shared(key)?;
             if previous.is_none() {
-                let winner = shared.as_ref().and_then(|row| row.state.as_ref()).map(|s| s.winner());
-                if winner.is_some_and(|w| !w.deleted && w.sha256.as_deref() == Some(file.sha256.as_str())) {
+                let winner = shared
+                    .as_ref()
+                    .and_then(|row| row.state.as_ref())
+                    .map(|s| s.winner());
+                if winner.is_some_and(|w| {
+                    !w.deleted && w.sha256.as_deref() == Some(file.sha256.as_str())
+                }) {
                     return Ok(Change::AlreadyShared);
                 }
             }
@@ -266,10 +312,19 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
             batch.forget_observed(key)?;
             // A delete of something the shared view already has as a tombstone says nothing new.
             let shared = batch.shared(key)?;
-            if shared.as_ref().and_then(|row| row.state.as_ref()).is_some_and(|s| s.winner().deleted) {
+            if shared
+                .as_ref()
+                .and_then(|row| row.state.as_ref())
+                .is_some_and(|s| s.winner().deleted)
+            {
                 return Ok(Change::Nothing);
             }
-            batch.record_local_over(key, shared.as_ref(), EventType::DeleteFile, FilePayload::default())?;
+            batch.record_local_over(
+                key,
+                shared.as_ref(),
+                EventType::DeleteFile,
+                FilePayload::default(),
+            )?;
             Ok(Change::Deleted)
         }
     }
@@ -313,7 +368,10 @@ pub struct Libraries {
 }
 
 impl Libraries {
-    pub fn new(config: &crate::config::Config, db: &Path) -> Result<Libraries, crate::filter::FilterError> {
+    pub fn new(
+        config: &crate::config::Config,
+        db: &Path,
+    ) -> Result<Libraries, crate::filter::FilterError> {
         let mut entries = Vec::new();
         for library in &config.libraries {
             entries.push((library.clone(), crate::filter::LibraryFilter::new(library)?));
@@ -323,7 +381,9 @@ impl Libraries {
         let threads = if config.index.hash_threads > 0 {
             config.index.hash_threads
         } else {
-            std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(2, 8)
         };
         Ok(Libraries {
             entries,
@@ -337,10 +397,16 @@ impl Libraries {
     fn locate<'a>(
         &'a self,
         path: &'a Path,
-    ) -> Option<(&'a crate::config::LibraryConfig, &'a crate::filter::LibraryFilter, &'a Path)> {
-        self.entries
-            .iter()
-            .find_map(|(library, filter)| path.strip_prefix(&library.path).ok().map(|rel| (library, filter, rel)))
+    ) -> Option<(
+        &'a crate::config::LibraryConfig,
+        &'a crate::filter::LibraryFilter,
+        &'a Path,
+    )> {
+        self.entries.iter().find_map(|(library, filter)| {
+            path.strip_prefix(&library.path)
+                .ok()
+                .map(|rel| (library, filter, rel))
+        })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -410,7 +476,9 @@ pub fn index_paths(
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.is_file() => {
                 use std::os::unix::fs::MetadataExt;
-                if filter.includes_file(&rel) && !libs.skip_files.contains(&(meta.dev(), meta.ino())) {
+                if filter.includes_file(&rel)
+                    && !libs.skip_files.contains(&(meta.dev(), meta.ino()))
+                {
                     files.insert(key, path.clone());
                 }
             }
@@ -419,11 +487,18 @@ pub fn index_paths(
                     continue;
                 }
                 let mut walked = BTreeSet::new();
-                let walk = crate::scan::walk_tree(library, filter, path, &libs.skip_files, &errors, |p, k| {
-                    walked.insert(k.clone());
-                    files.insert(k, p);
-                    true
-                });
+                let walk = crate::scan::walk_tree(
+                    library,
+                    filter,
+                    path,
+                    &libs.skip_files,
+                    &errors,
+                    |p, k| {
+                        walked.insert(k.clone());
+                        files.insert(k, p);
+                        true
+                    },
+                );
                 failed_dirs.extend(walk.failed_dirs);
                 // A file this folder replaced is gone; so are observed files under the folder
                 // that the walk did not meet.
@@ -460,16 +535,26 @@ pub fn index_paths(
             gone_rows.insert((row.inode, row.bytes, row.mtime_ns), (k, row));
         }
     }
-    gone.retain(|k| !files.contains_key(k) && !failed_dirs.iter().any(|d| k.starts_with(d.as_str())));
+    gone.retain(|k| {
+        !files.contains_key(k) && !failed_dirs.iter().any(|d| k.starts_with(d.as_str()))
+    });
     for k in &gone {
         if let Some(row) = read::observed(store.conn(), k)? {
             gone_rows.insert((row.inode, row.bytes, row.mtime_ns), (k.clone(), row));
         }
     }
 
-    // Probe: skip what is unchanged, reuse what was renamed, read the rest.
+    // Probe: skip what is unchanged, reuse what was renamed, read the rest. One read
+    // transaction for all the lookups, rather than one (with its file locks) per lookup.
     let mut present: Vec<Observation> = Vec::new();
     let mut to_read: Vec<Candidate> = Vec::new();
+    let probe = store
+        .conn()
+        .unchecked_transaction()
+        .map_err(|source| store::StoreError::Sql {
+            context: "starting a read transaction".into(),
+            source,
+        })?;
     for (key, path) in files {
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_file() => meta,
@@ -477,7 +562,9 @@ pub fn index_paths(
         };
         let stat = FileStat::of(&meta);
         let observed = read::observed(store.conn(), &key)?;
-        if observed.as_ref().is_some_and(|o| o.bytes == stat.bytes && o.mtime_ns == stat.mtime_ns && o.inode == stat.inode) {
+        if observed.as_ref().is_some_and(|o| {
+            o.bytes == stat.bytes && o.mtime_ns == stat.mtime_ns && o.inode == stat.inode
+        }) {
             outcome.unchanged += 1;
             continue;
         }
@@ -488,19 +575,30 @@ pub fn index_paths(
         }
         to_read.push(Candidate { path, key });
     }
-    // Committed as they are read, a chunk at a time: a tree of thousands of files moved in must
-    // not be held in memory whole (each file may carry up to max_content_bytes of text).
+    drop(probe); // read-only: rolling back ends it
+                 // Committed as they are read, a chunk at a time: a tree of thousands of files moved in must
+                 // not be held in memory whole (each file may carry up to max_content_bytes of text).
     commit_all(store, present, &mut outcome)?;
-    for chunk in to_read.chunks(256) {
+    for chunk in to_read.chunks(512) {
         let read = read_parallel(chunk, libs, &errors);
         commit_all(store, read, &mut outcome)?;
     }
-    commit_all(store, gone.into_iter().map(|key| Observation::Gone { key }).collect(), &mut outcome)?;
+    commit_all(
+        store,
+        gone.into_iter()
+            .map(|key| Observation::Gone { key })
+            .collect(),
+        &mut outcome,
+    )?;
     outcome.errors = errors.load(Ordering::Relaxed);
     Ok(outcome)
 }
 
-fn commit_all(store: &mut store::Store, all: Vec<Observation>, outcome: &mut PathsOutcome) -> store::Result<()> {
+fn commit_all(
+    store: &mut store::Store,
+    all: Vec<Observation>,
+    outcome: &mut PathsOutcome,
+) -> store::Result<()> {
     for chunk in all.chunks(1000) {
         let batch = store.batch()?;
         for observation in chunk {
@@ -539,7 +637,10 @@ fn reuse_renamed(
     Ok(Some(ReadFile {
         stat: *stat,
         sha256: sha,
-        ext: path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase),
+        ext: path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase),
         mime: new_mime.unwrap_or_default(),
         content,
     }))
@@ -573,7 +674,10 @@ fn read_parallel(
                         }
                     };
                     match result {
-                        Ok(file) => mine.push(Observation::Present { key: c.key.clone(), file }),
+                        Ok(file) => mine.push(Observation::Present {
+                            key: c.key.clone(),
+                            file,
+                        }),
                         // Gone or still being written: its next event brings it back.
                         Err(ReadError::Vanished | ReadError::NotAFile | ReadError::Changed) => {}
                         Err(ReadError::Io(e)) => {

@@ -99,10 +99,16 @@ pub struct ScanOptions {
 }
 
 /// Runs one scan of every configured library (or one), recording it in `lib_runs`.
-pub fn scan(store: &mut Store, config: &Config, options: &ScanOptions) -> Result<ScanSummary, ScanError> {
+pub fn scan(
+    store: &mut Store,
+    config: &Config,
+    options: &ScanOptions,
+) -> Result<ScanSummary, ScanError> {
     let started = Instant::now();
     let libraries: Vec<&LibraryConfig> = match &options.library {
-        Some(name) => vec![config.library(name).ok_or_else(|| ScanError::UnknownLibrary(name.clone()))?],
+        Some(name) => vec![config
+            .library(name)
+            .ok_or_else(|| ScanError::UnknownLibrary(name.clone()))?],
         None => config.libraries.iter().collect(),
     };
     if libraries.is_empty() {
@@ -138,8 +144,10 @@ pub fn scan(store: &mut Store, config: &Config, options: &ScanOptions) -> Result
     }
 
     let ok = summaries.iter().all(|s| s.error.is_none());
-    let message: Vec<String> =
-        summaries.iter().filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name))).collect();
+    let message: Vec<String> = summaries
+        .iter()
+        .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name)))
+        .collect();
     finish_run(store, run_id, &totals, ok, &message.join("; "))?;
     Ok(ScanSummary {
         run_id,
@@ -188,7 +196,10 @@ fn scan_library(
     match std::fs::metadata(&library.path) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
-            let reason = format!("root {} is not a folder; nothing scanned, nothing deleted", library.path.display());
+            let reason = format!(
+                "root {} is not a folder; nothing scanned, nothing deleted",
+                library.path.display()
+            );
             return Ok(refuse(summary, reason));
         }
         Err(e) => {
@@ -218,10 +229,17 @@ fn scan_library(
         let (obs_tx, obs_rx) = bounded::<Observation>(256);
         let (filter, skip_files, shared_ref) = (&filter, &skip_files, &shared);
         let walker = scope.spawn(move || {
-            walk_tree(library, filter, &library.path, skip_files, &shared_ref.errors, |path, key| {
-                shared_ref.seen.fetch_add(1, Ordering::Relaxed);
-                job_tx.send(Job { path, key }).is_ok()
-            })
+            walk_tree(
+                library,
+                filter,
+                &library.path,
+                skip_files,
+                &shared_ref.errors,
+                |path, key| {
+                    shared_ref.seen.fetch_add(1, Ordering::Relaxed);
+                    job_tx.send(Job { path, key }).is_ok()
+                },
+            )
         });
         for _ in 0..threads {
             let job_rx = job_rx.clone();
@@ -283,8 +301,15 @@ fn scan_library(
     let mut deletions: Vec<Observation> = unseen
         .into_iter()
         // Files under a folder we could not read may well still exist.
-        .filter(|key| !walked.failed_dirs.iter().any(|dir| key.starts_with(dir.as_str())))
-        .map(|key| Observation::Gone { key: key.to_owned() })
+        .filter(|key| {
+            !walked
+                .failed_dirs
+                .iter()
+                .any(|dir| key.starts_with(dir.as_str()))
+        })
+        .map(|key| Observation::Gone {
+            key: key.to_owned(),
+        })
         .collect();
     deletions.sort_by(|a, b| obs_key(a).cmp(obs_key(b)));
     for chunk in deletions.chunks(BATCH) {
@@ -316,7 +341,9 @@ pub(crate) fn database_files(db: &Path) -> Vec<(u64, u64)> {
         .filter_map(|suffix| {
             let mut p = db.as_os_str().to_owned();
             p.push(suffix);
-            std::fs::metadata(PathBuf::from(p)).ok().map(|m| (m.dev(), m.ino()))
+            std::fs::metadata(PathBuf::from(p))
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
         })
         .collect()
 }
@@ -374,7 +401,9 @@ pub(crate) fn walk_tree(
                 errors.fetch_add(1, Ordering::Relaxed);
                 if let Some(Ok(rel)) = path.as_deref().and_then(relative) {
                     if path.as_deref() == Some(start) {
-                        let reason = e.io_error().map_or_else(|| e.to_string(), ToString::to_string);
+                        let reason = e
+                            .io_error()
+                            .map_or_else(|| e.to_string(), ToString::to_string);
                         outcome.root_error = Some(reason);
                     }
                     if rel.is_empty() {
@@ -499,7 +528,10 @@ fn read_worker(
             };
             mark_seen(Some(known));
             let stat = FileStat::of(&meta);
-            if known.bytes == stat.bytes && known.mtime_ns == stat.mtime_ns && known.inode == stat.inode {
+            if known.bytes == stat.bytes
+                && known.mtime_ns == stat.mtime_ns
+                && known.inode == stat.inode
+            {
                 shared.unchanged.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -515,8 +547,13 @@ fn read_worker(
         match file {
             Ok(file) => {
                 shared.hashed.fetch_add(1, Ordering::Relaxed);
-                shared.bytes_hashed.fetch_add(file.stat.bytes, Ordering::Relaxed);
-                if out.send(Observation::Present { key: job.key, file }).is_err() {
+                shared
+                    .bytes_hashed
+                    .fetch_add(file.stat.bytes, Ordering::Relaxed);
+                if out
+                    .send(Observation::Present { key: job.key, file })
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -577,7 +614,11 @@ fn write_loop(
     Ok(())
 }
 
-fn commit_chunk(store: &mut Store, chunk: &[Observation], counts: &mut Counts) -> Result<(), ScanError> {
+fn commit_chunk(
+    store: &mut Store,
+    chunk: &[Observation],
+    counts: &mut Counts,
+) -> Result<(), ScanError> {
     let batch = store.batch()?;
     for observation in chunk {
         match index::commit(&batch, observation)? {
@@ -603,7 +644,10 @@ fn backfill_legacy_rows(store: &mut Store) -> Result<u64, ScanError> {
                 "SELECT path, sha256, bytes, mtime_unix, ext, mime, content FROM lib_files
                  WHERE event_ulid IS NULL AND deleted_at IS NULL ORDER BY path",
             )
-            .map_err(|source| store::StoreError::Sql { context: "reading rows to backfill".into(), source })?;
+            .map_err(|source| store::StoreError::Sql {
+                context: "reading rows to backfill".into(),
+                source,
+            })?;
         let mapped = stmt
             .query_map([], |r| {
                 Ok((
@@ -619,7 +663,10 @@ fn backfill_legacy_rows(store: &mut Store) -> Result<u64, ScanError> {
                 ))
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|source| store::StoreError::Sql { context: "reading rows to backfill".into(), source })?;
+            .map_err(|source| store::StoreError::Sql {
+                context: "reading rows to backfill".into(),
+                source,
+            })?;
         mapped
     };
     let observed_here = store.kv_get("backfill_observed")?.is_some();
@@ -631,8 +678,16 @@ fn backfill_legacy_rows(store: &mut Store) -> Result<u64, ScanError> {
                 tracing::warn!(path, "not backfilled: {e}");
                 continue;
             }
-            if !payload.sha256.as_deref().is_some_and(crate::model::event::is_sha256_hex) || payload.bytes.is_none() {
-                tracing::warn!(path, "not backfilled: the LIB row has no valid sha256 or size");
+            if !payload
+                .sha256
+                .as_deref()
+                .is_some_and(crate::model::event::is_sha256_hex)
+                || payload.bytes.is_none()
+            {
+                tracing::warn!(
+                    path,
+                    "not backfilled: the LIB row has no valid sha256 or size"
+                );
                 continue;
             }
             batch.record_local(path, EventType::InitialSync, payload.clone())?;
@@ -640,7 +695,10 @@ fn backfill_legacy_rows(store: &mut Store) -> Result<u64, ScanError> {
                 // Inode 0 matches no file: the first scan reads each one once to confirm it.
                 let observed = store::Observed {
                     bytes: payload.bytes.unwrap_or(0),
-                    mtime_ns: payload.mtime_unix.unwrap_or(0).saturating_mul(1_000_000_000),
+                    mtime_ns: payload
+                        .mtime_unix
+                        .unwrap_or(0)
+                        .saturating_mul(1_000_000_000),
                     inode: 0,
                     sha256: payload.sha256.clone().unwrap_or_default(),
                 };
@@ -666,13 +724,22 @@ fn start_run(store: &mut Store, library: Option<&str>) -> Result<i64, ScanError>
             "INSERT INTO lib_runs (started_at, library, status) VALUES (?1, ?2, 'running')",
             (crate::model::event::now_rfc3339(), library),
         )
-        .map_err(|source| store::StoreError::Sql { context: "recording the scan in lib_runs".into(), source })?;
+        .map_err(|source| store::StoreError::Sql {
+            context: "recording the scan in lib_runs".into(),
+            source,
+        })?;
     let id = batch.tx().last_insert_rowid();
     batch.commit()?;
     Ok(id)
 }
 
-fn finish_run(store: &mut Store, id: i64, c: &Counts, ok: bool, message: &str) -> Result<(), ScanError> {
+fn finish_run(
+    store: &mut Store,
+    id: i64,
+    c: &Counts,
+    ok: bool,
+    message: &str,
+) -> Result<(), ScanError> {
     let batch = store.batch()?;
     batch
         .tx()
@@ -694,7 +761,10 @@ fn finish_run(store: &mut Store, id: i64, c: &Counts, ok: bool, message: &str) -
                 (!message.is_empty()).then_some(message),
             ],
         )
-        .map_err(|source| store::StoreError::Sql { context: "finishing the scan in lib_runs".into(), source })?;
+        .map_err(|source| store::StoreError::Sql {
+            context: "finishing the scan in lib_runs".into(),
+            source,
+        })?;
     batch.commit()?;
     Ok(())
 }
@@ -710,7 +780,9 @@ impl Progress {
             return Progress { bar: None };
         }
         let bar = indicatif::ProgressBar::new_spinner();
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]") {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]")
+        {
             bar.set_style(style);
         }
         bar.enable_steady_tick(Duration::from_millis(120));

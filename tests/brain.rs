@@ -65,11 +65,18 @@ async fn ingested_events_are_pulled_back_in_id_order_with_their_fields(f: Fixtur
     let batch = many("dev-a", 5, 1);
     assert_eq!(brain.ingest_ok(&batch).await, (5, 5));
     let events = brain.pull_all().await;
-    assert_eq!(ulids(&events), batch.iter().map(|e| e.event_ulid.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        ulids(&events),
+        batch
+            .iter()
+            .map(|e| e.event_ulid.clone())
+            .collect::<Vec<_>>()
+    );
     let ids = ids(&events);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascend: {ids:?}");
     // Every field comes back as it was sent, plus the brain's id.
-    let first: lib_agent::model::wire::PulledEvent = serde_json::from_value(events[0].clone()).unwrap();
+    let first: lib_agent::model::wire::PulledEvent =
+        serde_json::from_value(events[0].clone()).unwrap();
     assert_eq!(first.event, batch[0]);
     assert_eq!(first.id, ids[0]);
 }
@@ -100,14 +107,24 @@ async fn a_ulid_reused_with_other_content_is_409_and_nothing_of_the_batch_is_sto
     let r = brain.ingest(&[fresh.clone(), forged]).await;
     assert_eq!(r.status, 409, "{}", r.text);
     assert_eq!(r.body["ok"], false);
-    assert!(r.body["error"].as_str().unwrap().contains(&original.event_ulid), "{}", r.text);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&original.event_ulid),
+        "{}",
+        r.text
+    );
     let events = brain.pull_all().await;
     assert_eq!(
         ulids(&events),
         std::slice::from_ref(&original.event_ulid),
         "the fresh event of the refused batch is not stored"
     );
-    assert_eq!(brain.entity("notes/a.md").await.unwrap()["payload"]["sha256"], sha('a'));
+    assert_eq!(
+        brain.entity("notes/a.md").await.unwrap()["payload"]["sha256"],
+        sha('a')
+    );
     // Inside one request too.
     let mut twin = fresh.clone();
     twin.payload.bytes = Some(1);
@@ -165,8 +182,14 @@ async fn a_long_poll_returns_as_soon_as_an_event_commits(f: Fixture) {
     brain.ingest_ok(std::slice::from_ref(&event)).await;
     let (r, elapsed) = waiting.await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(ulids(r.body["events"].as_array().unwrap()), [event.event_ulid]);
-    assert!(elapsed < Duration::from_secs(10), "woke after {elapsed:?}, not at the commit");
+    assert_eq!(
+        ulids(r.body["events"].as_array().unwrap()),
+        [event.event_ulid]
+    );
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "woke after {elapsed:?}, not at the commit"
+    );
 }
 
 async fn a_long_poll_with_nothing_new_returns_empty_after_the_wait(f: Fixture) {
@@ -174,12 +197,17 @@ async fn a_long_poll_with_nothing_new_returns_empty_after_the_wait(f: Fixture) {
     brain.ingest_ok(&many("dev-a", 2, 1)).await;
     let last = *ids(&brain.pull_all().await).last().unwrap();
     let started = Instant::now();
-    let r = brain.get(&format!("/pull?after_id={last}&wait_ms=300")).await;
+    let r = brain
+        .get(&format!("/pull?after_id={last}&wait_ms=300"))
+        .await;
     let elapsed = started.elapsed();
     assert_eq!(r.status, 200);
     assert_eq!(r.body["events"], json!([]));
     assert_eq!(r.body["next_after_id"], last);
-    assert!(elapsed >= Duration::from_millis(290), "returned after {elapsed:?}, before the wait");
+    assert!(
+        elapsed >= Duration::from_millis(290),
+        "returned after {elapsed:?}, before the wait"
+    );
     // With events already there, wait_ms does not delay the answer.
     let started = Instant::now();
     let r = brain.get("/pull?after_id=0&wait_ms=30000").await;
@@ -198,14 +226,25 @@ async fn the_merge_rule_picks_one_winner_and_keeps_concurrent_losers_as_conflict
     assert_eq!(x["event_ulid"], b.event_ulid);
     assert_eq!(x["payload"]["sha256"], sha('b'));
     assert_eq!(x["seen_vc"], json!({"dev-a": 2, "dev-b": 2}));
-    let siblings: Vec<&str> =
-        x["siblings"].as_array().unwrap().iter().map(|s| s["event_ulid"].as_str().unwrap()).collect();
-    assert_eq!(siblings, [b.event_ulid.as_str(), a.event_ulid.as_str()], "winner first, the loser kept");
+    let siblings: Vec<&str> = x["siblings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["event_ulid"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        siblings,
+        [b.event_ulid.as_str(), a.event_ulid.as_str()],
+        "winner first, the loser kept"
+    );
     // A greater clock sum wins over a greater device id.
     let c = upsert("dev-a", "notes/y.md", &[("dev-a", 3)], 'c');
     let d = upsert("dev-b", "notes/y.md", &[("dev-b", 1)], 'd');
     brain.ingest_ok(&[c.clone(), d]).await;
-    assert_eq!(brain.entity("notes/y.md").await.unwrap()["event_ulid"], c.event_ulid);
+    assert_eq!(
+        brain.entity("notes/y.md").await.unwrap()["event_ulid"],
+        c.event_ulid
+    );
 }
 
 async fn a_later_edit_that_saw_the_conflict_resolves_it(f: Fixture) {
@@ -213,12 +252,22 @@ async fn a_later_edit_that_saw_the_conflict_resolves_it(f: Fixture) {
     let a = upsert("dev-a", "notes/x.md", &[("dev-a", 1)], 'a');
     let b = upsert("dev-b", "notes/x.md", &[("dev-b", 1)], 'b');
     brain.ingest_ok(&[a, b]).await;
-    assert_eq!(brain.entity("notes/x.md").await.unwrap()["siblings"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        brain.entity("notes/x.md").await.unwrap()["siblings"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let merged = upsert("dev-a", "notes/x.md", &[("dev-a", 2), ("dev-b", 1)], 'e');
     brain.ingest_ok(std::slice::from_ref(&merged)).await;
     let x = brain.entity("notes/x.md").await.unwrap();
     assert_eq!(x["event_ulid"], merged.event_ulid);
-    assert_eq!(x["siblings"].as_array().unwrap().len(), 1, "the edit dominates both: no conflict left");
+    assert_eq!(
+        x["siblings"].as_array().unwrap().len(),
+        1,
+        "the edit dominates both: no conflict left"
+    );
 }
 
 async fn a_delete_is_a_tombstone_and_an_older_upsert_does_not_resurrect_it(f: Fixture) {
@@ -241,24 +290,60 @@ async fn a_delete_is_a_tombstone_and_an_older_upsert_does_not_resurrect_it(f: Fi
 async fn a_wrong_or_missing_secret_is_401_and_stores_nothing(f: Fixture) {
     let brain = f.serve().await;
     let body = serde_json::to_vec(&json!({"batch": many("dev-a", 1, 1)})).unwrap();
-    for secret in [None, Some("wrong"), Some(""), Some("test-secret-Zq8x"), Some("test-secret-Zq")] {
+    for secret in [
+        None,
+        Some("wrong"),
+        Some(""),
+        Some("test-secret-Zq8x"),
+        Some("test-secret-Zq"),
+    ] {
         let r = brain.send("POST", "/ingest", secret, body.clone()).await;
         assert_eq!(r.status, 401, "secret {secret:?}: {}", r.text);
         assert_eq!(r.body["ok"], false);
-        assert!(!r.text.contains(SECRET), "the secret never appears in an answer");
+        assert!(
+            !r.text.contains(SECRET),
+            "the secret never appears in an answer"
+        );
     }
     for path in ["/pull", "/snapshot", "/metrics"] {
-        assert_eq!(brain.send("GET", path, Some("wrong"), Vec::new()).await.status, 401, "{path}");
+        assert_eq!(
+            brain
+                .send("GET", path, Some("wrong"), Vec::new())
+                .await
+                .status,
+            401,
+            "{path}"
+        );
     }
-    assert_eq!(brain.send("DELETE", "/webhook/dev-a", None, Vec::new()).await.status, 401);
+    assert_eq!(
+        brain
+            .send("DELETE", "/webhook/dev-a", None, Vec::new())
+            .await
+            .status,
+        401
+    );
     assert!(brain.pull_all().await.is_empty());
 }
 
 async fn malformed_json_is_400_and_stores_nothing(f: Fixture) {
     let brain = f.serve().await;
-    for body in [&b"{\"batch\": ["[..], b"not json", b"{}", b"{\"batch\": {}}", b"[]"] {
-        let r = brain.send("POST", "/ingest", Some(SECRET), body.to_vec()).await;
-        assert_eq!(r.status, 400, "{:?}: {}", String::from_utf8_lossy(body), r.text);
+    for body in [
+        &b"{\"batch\": ["[..],
+        b"not json",
+        b"{}",
+        b"{\"batch\": {}}",
+        b"[]",
+    ] {
+        let r = brain
+            .send("POST", "/ingest", Some(SECRET), body.to_vec())
+            .await;
+        assert_eq!(
+            r.status,
+            400,
+            "{:?}: {}",
+            String::from_utf8_lossy(body),
+            r.text
+        );
         assert_eq!(r.body["ok"], false, "{}", r.text);
         assert!(!r.body["error"].as_str().unwrap().is_empty());
     }
@@ -269,34 +354,89 @@ async fn an_invalid_event_anywhere_refuses_the_batch_naming_index_and_field(f: F
     let brain = f.serve().await;
     type Breaker = fn(&mut Value);
     let cases: [(&str, Breaker, &str); 9] = [
-        ("sha256", |e| e["payload"]["sha256"] = json!("XYZ"), "batch[3].payload.sha256"),
-        ("ulid", |e| e["event_ulid"] = json!("not-a-ulid"), "batch[3].event_ulid"),
-        ("device", |e| e["device_id"] = json!(""), "batch[3].device_id"),
-        ("event type", |e| e["event_type"] = json!("rename_file"), "batch[3].event_type"),
-        ("key", |e| e["entity_key"] = json!("notes/../etc/passwd"), "batch[3].entity_key"),
-        ("absolute key", |e| e["entity_key"] = json!("/etc/passwd"), "batch[3].entity_key"),
-        ("negative clock", |e| e["vector_clock"] = json!({"dev-a": -1}), "batch[3].vector_clock"),
-        ("fractional clock", |e| e["vector_clock"] = json!({"dev-a": 1.5}), "batch[3].vector_clock"),
-        ("clock without own device", |e| e["vector_clock"] = json!({"dev-z": 1}), "batch[3].vector_clock"),
+        (
+            "sha256",
+            |e| e["payload"]["sha256"] = json!("XYZ"),
+            "batch[3].payload.sha256",
+        ),
+        (
+            "ulid",
+            |e| e["event_ulid"] = json!("not-a-ulid"),
+            "batch[3].event_ulid",
+        ),
+        (
+            "device",
+            |e| e["device_id"] = json!(""),
+            "batch[3].device_id",
+        ),
+        (
+            "event type",
+            |e| e["event_type"] = json!("rename_file"),
+            "batch[3].event_type",
+        ),
+        (
+            "key",
+            |e| e["entity_key"] = json!("notes/../etc/passwd"),
+            "batch[3].entity_key",
+        ),
+        (
+            "absolute key",
+            |e| e["entity_key"] = json!("/etc/passwd"),
+            "batch[3].entity_key",
+        ),
+        (
+            "negative clock",
+            |e| e["vector_clock"] = json!({"dev-a": -1}),
+            "batch[3].vector_clock",
+        ),
+        (
+            "fractional clock",
+            |e| e["vector_clock"] = json!({"dev-a": 1.5}),
+            "batch[3].vector_clock",
+        ),
+        (
+            "clock without own device",
+            |e| e["vector_clock"] = json!({"dev-z": 1}),
+            "batch[3].vector_clock",
+        ),
     ];
     for (what, breaker, field) in cases {
-        let mut batch: Vec<Value> = many("dev-a", 5, 1).iter().map(|e| serde_json::to_value(e).unwrap()).collect();
+        let mut batch: Vec<Value> = many("dev-a", 5, 1)
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect();
         breaker(&mut batch[3]);
         let r = brain.post("/ingest", &json!({ "batch": batch })).await;
         assert_eq!(r.status, 400, "{what}: {}", r.text);
         let error = r.body["error"].as_str().unwrap();
-        assert!(error.starts_with(field), "{what}: error {error:?} does not start with {field:?}");
+        assert!(
+            error.starts_with(field),
+            "{what}: error {error:?} does not start with {field:?}"
+        );
     }
     let mut big = many("dev-a", 1, 1);
     big[0].payload.content = Some("x".repeat(1024 * 1024 + 1));
     let r = brain.ingest(&big).await;
     assert_eq!(r.status, 400);
-    assert!(r.body["error"].as_str().unwrap().starts_with("batch[0].payload.content"), "{}", r.text);
-    assert!(brain.pull_all().await.is_empty(), "nothing of any refused batch is stored");
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("batch[0].payload.content"),
+        "{}",
+        r.text
+    );
+    assert!(
+        brain.pull_all().await.is_empty(),
+        "nothing of any refused batch is stored"
+    );
 }
 
 async fn a_batch_over_500_events_or_a_body_over_the_cap_is_413(f: Fixture) {
-    let small_cap = lib_agent::brain::server::ServerConfig { max_body_bytes: 64 * 1024, ..config() };
+    let small_cap = lib_agent::brain::server::ServerConfig {
+        max_body_bytes: 64 * 1024,
+        ..config()
+    };
     let brain = Brain::start(f.store.clone(), small_cap).await;
     let r = brain.ingest(&many("dev-a", 501, 1)).await;
     assert_eq!(r.status, 413, "{}", r.text);
@@ -305,18 +445,36 @@ async fn a_batch_over_500_events_or_a_body_over_the_cap_is_413(f: Fixture) {
     fat[0].payload.content = Some("x".repeat(100 * 1024));
     let r = brain.ingest(&fat).await;
     assert_eq!(r.status, 413, "{}", r.text);
-    assert!(r.body["error"].as_str().unwrap().contains("65536"), "{}", r.text);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("65536"),
+        "{}",
+        r.text
+    );
     let default_cap = f.serve().await;
     let r = default_cap.ingest(&many("dev-a", 501, 1)).await;
     assert_eq!(r.status, 413);
-    assert!(r.body["error"].as_str().unwrap().contains("500"), "{}", r.text);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("500"),
+        "{}",
+        r.text
+    );
     assert!(default_cap.pull_all().await.is_empty());
-    assert_eq!(default_cap.ingest_ok(&many("dev-a", 500, 1)).await.0, 500, "500 is allowed");
+    assert_eq!(
+        default_cap.ingest_ok(&many("dev-a", 500, 1)).await.0,
+        500,
+        "500 is allowed"
+    );
 }
 
 async fn bad_pull_parameters_are_400(f: Fixture) {
     let brain = f.serve().await;
-    for query in ["after_id=-1", "after_id=abc", "limit=0", "limit=-5", "wait_ms=soon"] {
+    for query in [
+        "after_id=-1",
+        "after_id=abc",
+        "limit=0",
+        "limit=-5",
+        "wait_ms=soon",
+    ] {
         let r = brain.get(&format!("/pull?{query}")).await;
         assert_eq!(r.status, 400, "{query}: {}", r.text);
         assert_eq!(r.body["ok"], false, "{query}");
@@ -326,14 +484,24 @@ async fn bad_pull_parameters_are_400(f: Fixture) {
 async fn snapshot_pages_through_entities_by_key_with_the_watermark(f: Fixture) {
     let brain = f.serve().await;
     brain.ingest_ok(&many("dev-a", 7, 1)).await;
-    brain.ingest_ok(&[upsert("dev-a", "notes/dev-a/f000001.md", &[("dev-a", 100)], 'f')]).await;
+    brain
+        .ingest_ok(&[upsert(
+            "dev-a",
+            "notes/dev-a/f000001.md",
+            &[("dev-a", 100)],
+            'f',
+        )])
+        .await;
     let newest = *ids(&brain.pull_all().await).last().unwrap();
     let r = brain.get("/snapshot?limit=3").await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["watermark"], newest);
     assert_eq!(r.body["has_more"], true);
     let all = brain.snapshot_all().await;
-    let keys: Vec<&str> = all.iter().map(|e| e["entity_key"].as_str().unwrap()).collect();
+    let keys: Vec<&str> = all
+        .iter()
+        .map(|e| e["entity_key"].as_str().unwrap())
+        .collect();
     let mut sorted = keys.clone();
     sorted.sort();
     assert_eq!(keys, sorted);
@@ -344,25 +512,47 @@ async fn snapshot_pages_through_entities_by_key_with_the_watermark(f: Fixture) {
 async fn a_cursor_older_than_the_pruned_log_is_410_and_a_snapshot_reseeds(f: Fixture) {
     let brain = f.serve().await;
     brain.ingest_ok(&many("dev-a", 3, 1)).await;
-    let report = brain.store.prune(SystemTime::now() + Duration::from_secs(5)).await;
+    let report = brain
+        .store
+        .prune(SystemTime::now() + Duration::from_secs(5))
+        .await;
     assert_eq!(report.deleted_events, 3);
     let pruned = report.pruned_through;
     brain.ingest_ok(&many("dev-b", 2, 1)).await;
     let r = brain.pull(0, 100).await;
     assert_eq!(r.status, 410, "{}", r.text);
-    assert!(r.body["error"].as_str().unwrap().contains("snapshot"), "the body says how to re-seed: {}", r.text);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("snapshot"),
+        "the body says how to re-seed: {}",
+        r.text
+    );
     // Re-seed: the snapshot still holds every entity, and pulling from its watermark continues.
     let snap = brain.get("/snapshot").await;
-    assert_eq!(snap.body["entities"].as_array().unwrap().len(), 5, "entities outlive the pruned log");
+    assert_eq!(
+        snap.body["entities"].as_array().unwrap().len(),
+        5,
+        "entities outlive the pruned log"
+    );
     let watermark = snap.body["watermark"].as_i64().unwrap();
     let r = brain.pull(watermark, 100).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["events"], json!([]));
     let r = brain.pull(pruned, 100).await;
-    assert_eq!(r.status, 200, "a cursor at the pruned mark is fine: {}", r.text);
+    assert_eq!(
+        r.status, 200,
+        "a cursor at the pruned mark is fine: {}",
+        r.text
+    );
     assert_eq!(r.body["events"].as_array().unwrap().len(), 2);
     // Pruning again with nothing old is a no-op.
-    assert_eq!(brain.store.prune(SystemTime::now() - Duration::from_secs(3600)).await.deleted_events, 0);
+    assert_eq!(
+        brain
+            .store
+            .prune(SystemTime::now() - Duration::from_secs(3600))
+            .await
+            .deleted_events,
+        0
+    );
 }
 
 async fn webhooks_are_notified_signed_after_an_ingest_and_can_be_deactivated(f: Fixture) {
@@ -393,7 +583,11 @@ async fn webhooks_are_notified_signed_after_an_ingest_and_can_be_deactivated(f: 
     assert!(r.body["webhook_id"].as_i64().is_some());
 
     // A second device whose listener is gone: its delivery fails, is counted, and delays nothing.
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let r = brain
         .post("/webhook", &json!({"device_id": "dev-c", "webhook_url": format!("http://{dead}/hook"), "secret": "x"}))
         .await;
@@ -402,7 +596,8 @@ async fn webhooks_are_notified_signed_after_an_ingest_and_can_be_deactivated(f: 
     brain.ingest_ok(&many("dev-a", 2, 1)).await;
     let (headers, body) = rx.recv().await.expect("a notification");
     let signature = headers.get("x-lib-signature").unwrap().to_str().unwrap();
-    webhooks::verify("hook-secret", signature, &body, SystemTime::now()).expect("a valid signature");
+    webhooks::verify("hook-secret", signature, &body, SystemTime::now())
+        .expect("a valid signature");
     assert!(webhooks::verify("other-secret", signature, &body, SystemTime::now()).is_err());
     let note: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(note["event"], "new_events");
@@ -421,13 +616,20 @@ async fn webhooks_are_notified_signed_after_an_ingest_and_can_be_deactivated(f: 
         {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "delivery and failure not counted: {metrics}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "delivery and failure not counted: {metrics}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let r = brain.send("DELETE", "/webhook/dev-c", Some(SECRET), Vec::new()).await;
+    let r = brain
+        .send("DELETE", "/webhook/dev-c", Some(SECRET), Vec::new())
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let r = brain.send("DELETE", "/webhook/dev-b", Some(SECRET), Vec::new()).await;
+    let r = brain
+        .send("DELETE", "/webhook/dev-b", Some(SECRET), Vec::new())
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body, json!({"ok": true}));
     assert!(brain.store.active_webhooks().await.is_empty());
@@ -441,7 +643,10 @@ async fn webhooks_are_notified_signed_after_an_ingest_and_can_be_deactivated(f: 
     assert_eq!(r.status, 200);
     let active = brain.store.active_webhooks().await;
     assert_eq!(active.len(), 1);
-    assert!(!format!("{active:?}").contains("s2"), "a webhook's Debug hides its secret");
+    assert!(
+        !format!("{active:?}").contains("s2"),
+        "a webhook's Debug hides its secret"
+    );
 }
 
 async fn a_webhook_that_never_answers_does_not_delay_ingest(f: Fixture) {
@@ -458,26 +663,59 @@ async fn a_webhook_that_never_answers_does_not_delay_ingest(f: Fixture) {
         }
     });
     let url = format!("http://{addr}/hook");
-    let r = brain.post("/webhook", &json!({"device_id": "dev-slow", "webhook_url": url, "secret": "s"})).await;
+    let r = brain
+        .post(
+            "/webhook",
+            &json!({"device_id": "dev-slow", "webhook_url": url, "secret": "s"}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     for round in 0..3 {
         let started = Instant::now();
         brain.ingest_ok(&many("dev-a", 10, 1 + round * 10)).await;
-        assert!(started.elapsed() < Duration::from_secs(2), "ingest waited {:?} for a webhook", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "ingest waited {:?} for a webhook",
+            started.elapsed()
+        );
     }
     accepted.recv().await.expect("the delivery was attempted");
 }
 
 async fn only_http_webhook_urls_are_accepted(f: Fixture) {
     let brain = f.serve().await;
-    for url in ["ftp://example.com/x", "file:///etc/passwd", "not a url", "http://", "javascript:alert(1)"] {
-        let r = brain.post("/webhook", &json!({"device_id": "dev-a", "webhook_url": url, "secret": "s"})).await;
+    for url in [
+        "ftp://example.com/x",
+        "file:///etc/passwd",
+        "not a url",
+        "http://",
+        "javascript:alert(1)",
+    ] {
+        let r = brain
+            .post(
+                "/webhook",
+                &json!({"device_id": "dev-a", "webhook_url": url, "secret": "s"}),
+            )
+            .await;
         assert_eq!(r.status, 400, "{url}: {}", r.text);
-        assert!(r.body["error"].as_str().unwrap().contains("webhook_url"), "{}", r.text);
+        assert!(
+            r.body["error"].as_str().unwrap().contains("webhook_url"),
+            "{}",
+            r.text
+        );
     }
-    let r = brain.post("/webhook", &json!({"device_id": "dev-a", "webhook_url": "https://example.com/hook"})).await;
+    let r = brain
+        .post(
+            "/webhook",
+            &json!({"device_id": "dev-a", "webhook_url": "https://example.com/hook"}),
+        )
+        .await;
     assert_eq!(r.status, 400, "a missing secret: {}", r.text);
-    assert!(r.body["error"].as_str().unwrap().contains("secret"), "{}", r.text);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("secret"),
+        "{}",
+        r.text
+    );
     assert!(brain.store.active_webhooks().await.is_empty());
 }
 
@@ -494,10 +732,16 @@ async fn health_needs_no_secret_and_metrics_count_requests(f: Fixture) {
     brain.pull(0, 10).await;
     let r = brain.get("/metrics").await;
     assert_eq!(r.status, 200);
-    assert!(r.text.contains("lib_brain_events_ingested_total 4"), "{}", r.text);
+    assert!(
+        r.text.contains("lib_brain_events_ingested_total 4"),
+        "{}",
+        r.text
+    );
     assert!(r.text.contains("lib_brain_pulls_total 1"), "{}", r.text);
     assert!(
-        r.text.contains("lib_brain_request_duration_seconds_count{route=\"/ingest\",status=\"200\"} 1"),
+        r.text.contains(
+            "lib_brain_request_duration_seconds_count{route=\"/ingest\",status=\"200\"} 1"
+        ),
         "{}",
         r.text
     );
@@ -531,12 +775,16 @@ async fn concurrent_ingests_lose_nothing(f: Fixture) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_the_brain_recovers_when_its_database_connections_drop() {
     let f = Fixture::postgres().await;
-    let AnyStore::Postgres(store) = &f.store else { unreachable!() };
+    let AnyStore::Postgres(store) = &f.store else {
+        unreachable!()
+    };
     let schema = store.schema().to_owned();
     let run = async {
         let brain = f.serve().await;
         brain.ingest_ok(&many("dev-a", 3, 1)).await;
-        let (admin, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls).await.unwrap();
+        let (admin, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
         tokio::spawn(conn);
         let killed = admin
             .query(
@@ -556,19 +804,29 @@ async fn postgres_the_brain_recovers_when_its_database_connections_drop() {
             }
         }
         assert!(stored >= 7, "the brain reconnected: {stored} events stored");
-        assert_eq!(brain.pull_all().await.len(), stored, "a refused ingest stored nothing");
+        assert_eq!(
+            brain.pull_all().await.len(),
+            stored,
+            "a refused ingest stored nothing"
+        );
         // Long-polls wake again once the LISTEN connection is back.
         let last = *ids(&brain.pull_all().await).last().unwrap();
         let brain = std::sync::Arc::new(brain);
         let waiter = {
             let brain = brain.clone();
-            tokio::spawn(async move { brain.get(&format!("/pull?after_id={last}&wait_ms=20000")).await })
+            tokio::spawn(async move {
+                brain
+                    .get(&format!("/pull?after_id={last}&wait_ms=20000"))
+                    .await
+            })
         };
         brain.ingest_ok(&many("dev-c", 1, 1)).await;
         let r = waiter.await.unwrap();
         assert_eq!(r.body["events"].as_array().unwrap().len(), 1, "{}", r.text);
     };
-    tokio::time::timeout(TEST_LIMIT, run).await.expect("test timed out");
+    tokio::time::timeout(TEST_LIMIT, run)
+        .await
+        .expect("test timed out");
 }
 
 /// Two brain instances on one database: a long-poll on one wakes when the other commits.
@@ -582,7 +840,10 @@ async fn postgres_a_long_poll_wakes_when_another_brain_instance_commits() {
             let one = one.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
-                (one.get("/pull?after_id=0&wait_ms=20000").await, started.elapsed())
+                (
+                    one.get("/pull?after_id=0&wait_ms=20000").await,
+                    started.elapsed(),
+                )
             })
         };
         two.ingest_ok(&many("dev-a", 1, 1)).await;
@@ -590,7 +851,9 @@ async fn postgres_a_long_poll_wakes_when_another_brain_instance_commits() {
         assert_eq!(r.body["events"].as_array().unwrap().len(), 1, "{}", r.text);
         assert!(elapsed < Duration::from_secs(10), "woke after {elapsed:?}");
     };
-    tokio::time::timeout(TEST_LIMIT, run).await.expect("test timed out");
+    tokio::time::timeout(TEST_LIMIT, run)
+        .await
+        .expect("test timed out");
 }
 
 /// A SQLite brain whose file another process holds locked answers 503 after its busy timeout,
@@ -600,7 +863,9 @@ async fn sqlite_a_locked_database_is_503_and_the_brain_recovers() {
     use lib_agent::brain::store::{SqliteOptions, SqliteStore};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("brain.db");
-    let options = SqliteOptions { busy_timeout: Duration::from_millis(100) };
+    let options = SqliteOptions {
+        busy_timeout: Duration::from_millis(100),
+    };
     let store = SqliteStore::open_with(&path, options).unwrap();
     let run = async {
         let brain = Brain::start(AnyStore::Sqlite(store), config()).await;
@@ -616,7 +881,9 @@ async fn sqlite_a_locked_database_is_503_and_the_brain_recovers() {
         assert_eq!(brain.ingest_ok(&many("dev-b", 2, 1)).await, (2, 2));
         assert_eq!(brain.pull_all().await.len(), 3);
     };
-    tokio::time::timeout(TEST_LIMIT, run).await.expect("test timed out");
+    tokio::time::timeout(TEST_LIMIT, run)
+        .await
+        .expect("test timed out");
 }
 
 /// The same events, ingested in different orders and batchings into separate brains, leave every
@@ -653,8 +920,16 @@ async fn every_arrival_order_converges_to_the_same_entities(new_fixture: fn() ->
     assert_eq!(results[0], results[1]);
     assert_eq!(results[0], results[2]);
     let x = &results[0][0];
-    assert_eq!(x["payload"]["sha256"], sha('c'), "c saw a's version: its edit wins");
-    assert_eq!(x["siblings"].as_array().unwrap().len(), 2, "b's concurrent version is a conflict");
+    assert_eq!(
+        x["payload"]["sha256"],
+        sha('c'),
+        "c saw a's version: its edit wins"
+    );
+    assert_eq!(
+        x["siblings"].as_array().unwrap().len(),
+        2,
+        "b's concurrent version is a conflict"
+    );
 }
 
 type FixtureFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Fixture> + Send>>;
@@ -662,11 +937,15 @@ type FixtureFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Fixture>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_every_arrival_order_converges_to_the_same_entities() {
     let run = every_arrival_order_converges_to_the_same_entities(|| Box::pin(Fixture::sqlite()));
-    tokio::time::timeout(TEST_LIMIT, run).await.expect("test timed out");
+    tokio::time::timeout(TEST_LIMIT, run)
+        .await
+        .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_every_arrival_order_converges_to_the_same_entities() {
     let run = every_arrival_order_converges_to_the_same_entities(|| Box::pin(Fixture::postgres()));
-    tokio::time::timeout(TEST_LIMIT, run).await.expect("test timed out");
+    tokio::time::timeout(TEST_LIMIT, run)
+        .await
+        .expect("test timed out");
 }

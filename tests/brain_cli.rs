@@ -28,8 +28,16 @@ impl Home {
 
     fn command(&self, args: &[&str], secret: Option<&str>) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_agent"));
-        c.arg("--config").arg(self.dir.path().join("agent.toml")).args(args);
-        for var in ["LIB_SYNC_SECRET", "LIB_BRAIN_DATABASE_URL", "LIB_SQLITE_PATH", "LIB_LOG", "RUST_LOG"] {
+        c.arg("--config")
+            .arg(self.dir.path().join("agent.toml"))
+            .args(args);
+        for var in [
+            "LIB_SYNC_SECRET",
+            "LIB_BRAIN_DATABASE_URL",
+            "LIB_SQLITE_PATH",
+            "LIB_LOG",
+            "RUST_LOG",
+        ] {
             c.env_remove(var);
         }
         if let Some(secret) = secret {
@@ -47,9 +55,16 @@ impl Home {
     fn serve(&self, args: &[&str], secret: Option<&str>) -> (Child, SocketAddr) {
         let mut all = vec!["brain", "serve", "--listen", "127.0.0.1:0"];
         all.extend_from_slice(args);
-        let mut child = self.command(&all, secret).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = self
+            .command(&all, secret)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let addr = line
             .split("http://")
             .nth(1)
@@ -84,11 +99,24 @@ fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 fn serve_refuses_to_start_without_a_secret_unless_told_to() {
     let home = Home::new();
     let db = home.db();
-    let out = home.run(&["brain", "serve", "--listen", "127.0.0.1:0", "--db", db.to_str().unwrap()], None);
+    let out = home.run(
+        &[
+            "brain",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(!out.status.success());
     let err = stderr(&out);
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    assert!(err.contains("LIB_SYNC_SECRET") && err.contains("--insecure-no-auth"), "{err}");
+    assert!(
+        err.contains("LIB_SYNC_SECRET") && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
     assert!(!Path::new(&db).exists(), "nothing created before refusing");
 }
 
@@ -97,17 +125,39 @@ fn store_flags_are_checked() {
     let home = Home::new();
     let db = home.db();
     let out = home.run(
-        &["brain", "serve", "--db", db.to_str().unwrap(), "--database-url", "postgres://x@127.0.0.1/db"],
+        &[
+            "brain",
+            "serve",
+            "--db",
+            db.to_str().unwrap(),
+            "--database-url",
+            "postgres://x@127.0.0.1/db",
+        ],
         Some("s"),
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not both"), "{}", stderr(&out));
-    let out = home.run(&["brain", "serve", "--database-url", "mysql://x@127.0.0.1/db"], Some("s"));
+    let out = home.run(
+        &["brain", "serve", "--database-url", "mysql://x@127.0.0.1/db"],
+        Some("s"),
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("postgres://"), "{}", stderr(&out));
-    let out = home.run(&["brain", "serve", "--database-url", "postgres://u:hunter2@127.0.0.1:1/db"], Some("s"));
+    let out = home.run(
+        &[
+            "brain",
+            "serve",
+            "--database-url",
+            "postgres://u:hunter2@127.0.0.1:1/db",
+        ],
+        Some("s"),
+    );
     assert!(!out.status.success(), "an unreachable database is an error");
-    assert!(!stderr(&out).contains("hunter2"), "the password never appears: {}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("hunter2"),
+        "the password never appears: {}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,22 +167,42 @@ async fn serve_on_sqlite_answers_and_stops_cleanly_on_sigterm() {
     let (mut child, addr) = home.serve(&["--db", db.to_str().unwrap()], Some(SECRET));
     let http = Http::new(addr);
     let run = async {
-        assert_eq!(http.send("GET", "/health", None, Vec::new()).await.status, 200);
+        assert_eq!(
+            http.send("GET", "/health", None, Vec::new()).await.status,
+            200
+        );
         assert_eq!(http.ingest_ok(&many("dev-a", 3, 1)).await, (3, 3));
-        assert_eq!(http.send("GET", "/pull", None, Vec::new()).await.status, 401);
+        assert_eq!(
+            http.send("GET", "/pull", None, Vec::new()).await.status,
+            401
+        );
         // A long-poll in flight must not hold the shutdown for its whole (60 s) wait. The pause
         // lets it reach the server; should it not have, it is refused and the exit is still checked.
         let waiting = tokio::spawn(async move {
-            http.try_send("GET", "/pull?after_id=3&wait_ms=60000", Some(SECRET), Vec::new()).await.map(|r| r.status)
+            http.try_send(
+                "GET",
+                "/pull?after_id=3&wait_ms=60000",
+                Some(SECRET),
+                Vec::new(),
+            )
+            .await
+            .map(|r| r.status)
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = tokio::task::spawn_blocking(move || wait(&mut child, Duration::from_secs(10))).await.unwrap();
+        let status = tokio::task::spawn_blocking(move || wait(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
         assert!(status.success(), "exit status {status:?}");
         let polled = waiting.await.unwrap();
-        assert!(matches!(polled, Some(200) | None), "the pending long-poll got its (empty) answer: {polled:?}");
+        assert!(
+            matches!(polled, Some(200) | None),
+            "the pending long-poll got its (empty) answer: {polled:?}"
+        );
     };
-    tokio::time::timeout(Duration::from_secs(30), run).await.expect("timed out");
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("timed out");
     assert!(db.exists());
 }
 
@@ -156,11 +226,39 @@ async fn insecure_no_auth_serves_without_a_secret() {
 fn prune_reports_what_it_deleted() {
     let home = Home::new();
     let db = home.db();
-    let out = home.run(&["brain", "prune", "--older-than", "30", "--db", db.to_str().unwrap()], None);
-    assert!(!out.status.success(), "no database: an error, not a new empty one");
-    assert!(stderr(&out).contains("no brain database"), "{}", stderr(&out));
+    let out = home.run(
+        &[
+            "brain",
+            "prune",
+            "--older-than",
+            "30",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "no database: an error, not a new empty one"
+    );
+    assert!(
+        stderr(&out).contains("no brain database"),
+        "{}",
+        stderr(&out)
+    );
     lib_agent::brain::store::SqliteStore::open(&db).unwrap();
-    let out = home.run(&["--json", "brain", "prune", "--older-than", "30", "--db", db.to_str().unwrap()], None);
+    let out = home.run(
+        &[
+            "--json",
+            "brain",
+            "prune",
+            "--older-than",
+            "30",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], true);

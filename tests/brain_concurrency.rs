@@ -38,7 +38,14 @@ impl BrainProcess {
         let config = home.path().join("agent.toml");
         std::fs::write(&config, "").unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
-            .args(["--config", config.to_str().unwrap(), "brain", "serve", "--listen", "127.0.0.1:0"])
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "brain",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .args(["--database-url", url, "--schema", schema])
             .env("LIB_SYNC_SECRET", SECRET)
             .env_remove("LIB_BRAIN_DATABASE_URL")
@@ -48,7 +55,9 @@ impl BrainProcess {
             .spawn()
             .expect("the agent binary starts");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let addr = line
             .split("http://")
             .nth(1)
@@ -56,15 +65,24 @@ impl BrainProcess {
             .unwrap_or_else(|| panic!("brain did not say where it listens: {line:?}"))
             .parse()
             .unwrap();
-        BrainProcess { child, addr, _home: home }
+        BrainProcess {
+            child,
+            addr,
+            _home: home,
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_brains_eight_writers_two_long_polling_readers_see_every_event_once_in_order() {
     let fixture = Fixture::postgres().await; // creates the schema, drops it at the end
-    let AnyStore::Postgres(store) = &fixture.store else { unreachable!() };
-    let brains = [BrainProcess::start(&pg_url(), store.schema()), BrainProcess::start(&pg_url(), store.schema())];
+    let AnyStore::Postgres(store) = &fixture.store else {
+        unreachable!()
+    };
+    let brains = [
+        BrainProcess::start(&pg_url(), store.schema()),
+        BrainProcess::start(&pg_url(), store.schema()),
+    ];
     let clients: Vec<Arc<Http>> = brains.iter().map(|b| Arc::new(Http::new(b.addr))).collect();
 
     let run = async {
@@ -75,11 +93,16 @@ async fn two_brains_eight_writers_two_long_polling_readers_see_every_event_once_
                 let mut after = 0i64;
                 let mut seen = Vec::with_capacity(EVENTS);
                 while seen.len() < EVENTS {
-                    let reply = http.get(&format!("/pull?after_id={after}&limit=500&wait_ms=5000")).await;
+                    let reply = http
+                        .get(&format!("/pull?after_id={after}&limit=500&wait_ms=5000"))
+                        .await;
                     assert_eq!(reply.status, 200, "{}", reply.text);
                     for event in reply.body["events"].as_array().unwrap() {
                         let id = event["id"].as_i64().unwrap();
-                        assert!(id > after, "reader {r}: id {id} after {after}: out of order");
+                        assert!(
+                            id > after,
+                            "reader {r}: id {id} after {after}: out of order"
+                        );
                         after = id;
                         seen.push((id, event["event_ulid"].as_str().unwrap().to_owned()));
                     }
@@ -117,5 +140,7 @@ async fn two_brains_eight_writers_two_long_polling_readers_see_every_event_once_
             assert!(ulids.iter().all(|u| written.contains(*u)));
         }
     };
-    tokio::time::timeout(Duration::from_secs(120), run).await.expect("the concurrency test timed out");
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the concurrency test timed out");
 }

@@ -20,7 +20,12 @@ fn listing(dir: &Path) -> BTreeSet<String> {
 }
 
 fn keys(v: &Value) -> Vec<&str> {
-    let mut k: Vec<&str> = v.as_object().expect("an object").keys().map(String::as_str).collect();
+    let mut k: Vec<&str> = v
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
     k.sort();
     k
 }
@@ -36,15 +41,25 @@ fn init_creates_the_database_and_prints_the_device_id() {
     assert_eq!(sequence, 0, "no event yet");
     assert_eq!(device.len(), 36, "a UUID: {device}");
     assert!(uuid_like(&device), "{device}");
-    assert!(run.stdout.contains(&device), "init prints the device id: {:?}", run.stdout);
-    assert!(run.stdout.contains(lab.db.to_str().expect("utf-8")), "and the database: {:?}", run.stdout);
+    assert!(
+        run.stdout.contains(&device),
+        "init prints the device id: {:?}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(lab.db.to_str().expect("utf-8")),
+        "and the database: {:?}",
+        run.stdout
+    );
     assert!(run.stderr.is_empty(), "nothing on stderr: {:?}", run.stderr);
 }
 
 fn uuid_like(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
-        && groups.iter().all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
+        && groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 #[test]
@@ -54,7 +69,9 @@ fn init_twice_keeps_the_same_device_id() {
     let second = lab.json(&["init"]);
     assert_eq!(first["device_id"], second["device_id"]);
     let text = lab.agent(&["init"]).success();
-    assert!(text.stdout.contains(first["device_id"].as_str().expect("id")));
+    assert!(text
+        .stdout
+        .contains(first["device_id"].as_str().expect("id")));
     assert_eq!(lab.db().device().0, first["device_id"]);
 }
 
@@ -62,12 +79,19 @@ fn init_twice_keeps_the_same_device_id() {
 fn init_json_has_the_device_the_database_and_the_schema_version() {
     let lab = Lab::new();
     let out = lab.json(&["init"]);
-    assert_eq!(keys(&out), ["database", "device_id", "ok", "schema_version"]);
+    assert_eq!(
+        keys(&out),
+        ["database", "device_id", "ok", "schema_version"]
+    );
     assert_eq!(out["ok"], true);
     assert_eq!(out["database"], lab.db.to_str().expect("utf-8"));
     assert_eq!(out["schema_version"], 1);
     assert!(uuid_like(out["device_id"].as_str().expect("a string")));
-    let version: i64 = lab.db().conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("user_version");
+    let version: i64 = lab
+        .db()
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
     assert_eq!(version, 1);
 }
 
@@ -90,13 +114,21 @@ fn fruit_lab() -> Lab {
          elderberry, fig, grape, honeydew, kiwi, lemon, mango, nectarine, orange, papaya.\n",
     );
     lab.write("notes/other.txt", "banana bread recipe\n");
-    lab.write("notes/photo.jpg", b"\xff\xd8\xff\xe0 apple in a binary file");
+    lab.write(
+        "notes/photo.jpg",
+        b"\xff\xd8\xff\xe0 apple in a binary file",
+    );
     lab.scan(&["notes"]);
     lab
 }
 
 fn result_paths(out: &Value) -> Vec<&str> {
-    out["results"].as_array().expect("results").iter().map(|r| r["path"].as_str().expect("path")).collect()
+    out["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["path"].as_str().expect("path"))
+        .collect()
 }
 
 #[test]
@@ -105,17 +137,49 @@ fn search_ranks_results_and_returns_paths_and_snippets() {
     let out = lab.json(&["search", "apple"]);
     assert_eq!(out["ok"], true);
     assert_eq!(out["query"], "apple");
-    assert_eq!(result_paths(&out), ["notes/apple.txt", "notes/fruit.md"], "the denser match first; binary content is not searched");
+    assert_eq!(
+        result_paths(&out),
+        ["notes/apple.txt", "notes/fruit.md"],
+        "the denser match first; binary content is not searched"
+    );
     let results = out["results"].as_array().expect("results");
-    let scores: Vec<f64> = results.iter().map(|r| r["score"].as_f64().expect("score")).collect();
+    let scores: Vec<f64> = results
+        .iter()
+        .map(|r| r["score"].as_f64().expect("score"))
+        .collect();
     assert!(scores[0] > scores[1], "scores descend: {scores:?}");
-    assert!(results[0]["snippet"].as_str().expect("snippet").contains("[apple]"), "{:#}", results[0]);
-    assert!(results[1]["snippet"].as_str().expect("snippet").contains("[apple]"), "{:#}", results[1]);
+    assert!(
+        results[0]["snippet"]
+            .as_str()
+            .expect("snippet")
+            .contains("[apple]"),
+        "{:#}",
+        results[0]
+    );
+    assert!(
+        results[1]["snippet"]
+            .as_str()
+            .expect("snippet")
+            .contains("[apple]"),
+        "{:#}",
+        results[1]
+    );
 
     let text = lab.agent(&["search", "apple"]).success();
     let lines: Vec<&str> = text.stdout.lines().collect();
-    assert_eq!(lines.first().copied(), Some("notes/apple.txt"), "{:?}", text.stdout);
-    assert!(lines.get(1).is_some_and(|l| l.starts_with("    ") && l.contains("[apple]")), "{:?}", text.stdout);
+    assert_eq!(
+        lines.first().copied(),
+        Some("notes/apple.txt"),
+        "{:?}",
+        text.stdout
+    );
+    assert!(
+        lines
+            .get(1)
+            .is_some_and(|l| l.starts_with("    ") && l.contains("[apple]")),
+        "{:?}",
+        text.stdout
+    );
     assert!(text.stdout.contains("notes/fruit.md"));
 }
 
@@ -125,7 +189,10 @@ fn search_json_results_have_a_stable_shape() {
     let out = lab.json(&["search", "pie"]);
     assert_eq!(keys(&out), ["ok", "query", "results"]);
     let hit = &out["results"][0];
-    assert_eq!(keys(hit), ["bytes", "mime", "mtime_unix", "path", "score", "snippet"]);
+    assert_eq!(
+        keys(hit),
+        ["bytes", "mime", "mtime_unix", "path", "score", "snippet"]
+    );
     assert_eq!(hit["path"], "notes/apple.txt");
     assert_eq!(hit["bytes"], "apple apple apple pie\n".len());
     assert_eq!(hit["mime"], "text/plain");
@@ -135,29 +202,55 @@ fn search_json_results_have_a_stable_shape() {
 #[test]
 fn search_needs_every_word_and_takes_the_last_as_a_prefix() {
     let lab = fruit_lab();
-    assert_eq!(result_paths(&lab.json(&["search", "apple", "banana"])), ["notes/fruit.md"]);
-    assert_eq!(result_paths(&lab.json(&["search", "apple banana"])), ["notes/fruit.md"]);
-    let mut prefix = result_paths(&lab.json(&["search", "ban"])).into_iter().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(
+        result_paths(&lab.json(&["search", "apple", "banana"])),
+        ["notes/fruit.md"]
+    );
+    assert_eq!(
+        result_paths(&lab.json(&["search", "apple banana"])),
+        ["notes/fruit.md"]
+    );
+    let mut prefix = result_paths(&lab.json(&["search", "ban"]))
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
     prefix.sort();
     assert_eq!(prefix, ["notes/fruit.md", "notes/other.txt"]);
-    assert_eq!(result_paths(&lab.json(&["search", "recipe"])), ["notes/other.txt"]);
+    assert_eq!(
+        result_paths(&lab.json(&["search", "recipe"])),
+        ["notes/other.txt"]
+    );
 }
 
 #[test]
 fn search_matches_file_names_too() {
     let lab = fruit_lab();
-    assert_eq!(result_paths(&lab.json(&["search", "fruit"])), ["notes/fruit.md"]);
-    assert_eq!(result_paths(&lab.json(&["search", "photo"])), ["notes/photo.jpg"], "a binary file is found by its name");
+    assert_eq!(
+        result_paths(&lab.json(&["search", "fruit"])),
+        ["notes/fruit.md"]
+    );
+    assert_eq!(
+        result_paths(&lab.json(&["search", "photo"])),
+        ["notes/photo.jpg"],
+        "a binary file is found by its name"
+    );
 }
 
 #[test]
 fn search_honours_limit() {
     let lab = fruit_lab();
-    assert_eq!(result_paths(&lab.json(&["search", "apple", "--limit", "1"])), ["notes/apple.txt"]);
-    assert_eq!(result_paths(&lab.json(&["search", "-n", "1", "banana"])).len(), 1);
+    assert_eq!(
+        result_paths(&lab.json(&["search", "apple", "--limit", "1"])),
+        ["notes/apple.txt"]
+    );
+    assert_eq!(
+        result_paths(&lab.json(&["search", "-n", "1", "banana"])).len(),
+        1
+    );
     let text = lab.agent(&["search", "--limit", "1", "apple"]).success();
     assert!(!text.stdout.contains("fruit.md"), "{:?}", text.stdout);
-    lab.agent(&["search", "--limit", "0", "apple"]).failure_or_usage();
+    lab.agent(&["search", "--limit", "0", "apple"])
+        .failure_or_usage();
 }
 
 /// A usage error from the argument parser (exit 2) or an error (exit 1), never success or a crash.
@@ -185,9 +278,27 @@ fn search_with_no_match_is_not_an_error() {
 #[test]
 fn search_takes_fts5_syntax_characters_as_plain_text() {
     let lab = fruit_lab();
-    for query in ["\"foo", "a AND (", "NEAR(apple", "apple OR", "*", "col:x", "'", "^apple", "\"", ")", "{a b}", "a + b", "NOT"] {
+    for query in [
+        "\"foo",
+        "a AND (",
+        "NEAR(apple",
+        "apple OR",
+        "*",
+        "col:x",
+        "'",
+        "^apple",
+        "\"",
+        ")",
+        "{a b}",
+        "a + b",
+        "NOT",
+    ] {
         let run = lab.agent(&["--json", "search", query]).success();
-        assert!(run.json()["results"].is_array(), "{query:?}: {}", run.stdout);
+        assert!(
+            run.json()["results"].is_array(),
+            "{query:?}: {}",
+            run.stdout
+        );
         assert!(!run.stderr.contains("error"), "{query:?}: {:?}", run.stderr);
     }
     // A leading dash is an option to the argument parser; after `--` it is a word.
@@ -196,15 +307,27 @@ fn search_takes_fts5_syntax_characters_as_plain_text() {
         assert!(run.json()["results"].is_array(), "{query:?}");
     }
     // The syntax characters are dropped, the words still found.
-    assert_eq!(result_paths(&lab.json(&["search", "\"apple"])), ["notes/apple.txt", "notes/fruit.md"]);
-    assert_eq!(result_paths(&lab.json(&["search", "pie)"])), ["notes/apple.txt"]);
+    assert_eq!(
+        result_paths(&lab.json(&["search", "\"apple"])),
+        ["notes/apple.txt", "notes/fruit.md"]
+    );
+    assert_eq!(
+        result_paths(&lab.json(&["search", "pie)"])),
+        ["notes/apple.txt"]
+    );
 }
 
 #[test]
 fn search_without_a_database_says_to_run_init_or_scan_and_creates_nothing() {
     let lab = Lab::new();
     let before = listing(lab.root());
-    for args in [&["search", "apple"][..], &["--json", "search", "apple"], &["status"], &["--json", "status"], &["conflicts"]] {
+    for args in [
+        &["search", "apple"][..],
+        &["--json", "search", "apple"],
+        &["status"],
+        &["--json", "status"],
+        &["conflicts"],
+    ] {
         let run = lab.agent(args).failure();
         run.assert_one_line_error(&[lab.db.to_str().expect("utf-8"), "agent init", "agent scan"]);
         assert!(run.stdout.is_empty(), "{args:?}: {:?}", run.stdout);
@@ -216,7 +339,9 @@ fn search_without_a_database_says_to_run_init_or_scan_and_creates_nothing() {
 fn search_without_a_database_in_a_missing_folder_creates_no_folder() {
     let mut lab = Lab::new();
     lab.db = lab.path("not/yet/agent.db");
-    lab.agent(&["search", "x"]).failure().assert_one_line_error(&["agent init"]);
+    lab.agent(&["search", "x"])
+        .failure()
+        .assert_one_line_error(&["agent init"]);
     assert!(!lab.path("not").exists());
 }
 
@@ -235,7 +360,13 @@ fn status_before_any_scan_shows_the_device_and_never() {
     assert_eq!(out["counts"]["outbox_pending"], 0);
     let text = lab.agent(&["status"]).success();
     assert!(text.stdout.contains(&device), "{}", text.stdout);
-    assert!(text.stdout.lines().any(|l| l.starts_with("last scan") && l.contains("never")), "{}", text.stdout);
+    assert!(
+        text.stdout
+            .lines()
+            .any(|l| l.starts_with("last scan") && l.contains("never")),
+        "{}",
+        text.stdout
+    );
 }
 
 #[test]
@@ -250,7 +381,17 @@ fn status_shows_device_libraries_file_counts_outbox_backlog_and_last_scan() {
     let scan2 = lab.scan(&[]);
 
     let out = lab.json(&["status"]);
-    for key in ["device_id", "sequence", "database", "config", "libraries", "counts", "last_scan", "brain_url", "ok"] {
+    for key in [
+        "device_id",
+        "sequence",
+        "database",
+        "config",
+        "libraries",
+        "counts",
+        "last_scan",
+        "brain_url",
+        "ok",
+    ] {
         assert!(out.get(key).is_some(), "status --json has {key}: {out:#}");
     }
     assert_eq!(out["ok"], true);
@@ -282,10 +423,26 @@ fn status_shows_device_libraries_file_counts_outbox_backlog_and_last_scan() {
 
     let text = lab.agent(&["status"]).success().stdout;
     assert!(text.contains(&device), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("outbox") && l.contains("4 waiting")), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("files") && l.contains("2 live") && l.contains("1 deleted")), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("library") && l.contains("notes") && l.contains("2 files")), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("last scan") && l.contains("ok") && l.contains("1 deleted")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("outbox") && l.contains("4 waiting")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("files") && l.contains("2 live") && l.contains("1 deleted")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("library") && l.contains("notes") && l.contains("2 files")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("last scan") && l.contains("ok") && l.contains("1 deleted")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -307,19 +464,32 @@ fn conflicts_on_a_fresh_index_says_none() {
     lab.agent(&["init"]).success();
     let text = lab.agent(&["conflicts"]).success();
     assert_eq!(text.stdout.trim(), "no conflicts");
-    assert_eq!(lab.json(&["conflicts"]), serde_json::json!({"ok": true, "conflicts": []}));
+    assert_eq!(
+        lab.json(&["conflicts"]),
+        serde_json::json!({"ok": true, "conflicts": []})
+    );
 
     // Local edits never conflict with themselves.
     lab.scan(&["notes"]);
     lab.write("notes/a.txt", "a, edited\n");
     lab.scan(&["notes"]);
-    assert_eq!(lab.json(&["conflicts"]), serde_json::json!({"ok": true, "conflicts": []}));
+    assert_eq!(
+        lab.json(&["conflicts"]),
+        serde_json::json!({"ok": true, "conflicts": []})
+    );
 }
 
 // ---- a bad config ------------------------------------------------------------------------------
 
-const EVERY_COMMAND: &[&[&str]] =
-    &[&["init"], &["scan"], &["scan", "notes"], &["search", "x"], &["status"], &["conflicts"], &["--json", "status"]];
+const EVERY_COMMAND: &[&[&str]] = &[
+    &["init"],
+    &["scan"],
+    &["scan", "notes"],
+    &["search", "x"],
+    &["status"],
+    &["conflicts"],
+    &["--json", "status"],
+];
 
 /// Every command, given this config file, fails with one line on stderr naming the file and
 /// `parts` (the key, the line), prints nothing on stdout, and creates no database.
@@ -341,22 +511,35 @@ fn assert_bad_config(text: &str, parts: &[&str]) {
             run.stderr
         );
         assert!(run.stdout.is_empty(), "{:?}", run.stdout);
-        assert!(!lab.db.exists(), "`agent {}` created the database", args.join(" "));
+        assert!(
+            !lab.db.exists(),
+            "`agent {}` created the database",
+            args.join(" ")
+        );
     }
 }
 
 #[test]
 fn a_config_with_an_unknown_key_is_one_line_naming_the_file_and_the_key() {
     assert_bad_config("colour = \"blue\"\n", &["line 1", "colour"]);
-    assert_bad_config("[index]\nmax_contnet_bytes = 3\n", &["line 2", "max_contnet_bytes"]);
-    assert_bad_config("[[library]]\nname = \"n\"\npaht = \"/tmp\"\n", &["line 3", "paht"]);
+    assert_bad_config(
+        "[index]\nmax_contnet_bytes = 3\n",
+        &["line 2", "max_contnet_bytes"],
+    );
+    assert_bad_config(
+        "[[library]]\nname = \"n\"\npaht = \"/tmp\"\n",
+        &["line 3", "paht"],
+    );
 }
 
 #[test]
 fn a_config_that_is_not_toml_is_one_line_naming_the_file_and_the_line() {
     assert_bad_config("[[library]\nname = \"n\"\n", &["line 1"]);
     assert_bad_config("[index]\nmax_content_bytes = \n", &["line 2"]);
-    assert_bad_config("[index]\nmax_content_bytes = 3\n[index]\nhash_threads = 1\n", &["line 3"]);
+    assert_bad_config(
+        "[index]\nmax_content_bytes = 3\n[index]\nhash_threads = 1\n",
+        &["line 3"],
+    );
 }
 
 #[test]
@@ -369,15 +552,24 @@ fn a_config_with_a_duplicate_library_name_is_one_line_naming_both() {
 
 #[test]
 fn a_config_value_out_of_range_is_one_line_naming_the_key() {
-    assert_bad_config("[index]\nmax_content_bytes = 0\n", &["line 2", "max_content_bytes"]);
+    assert_bad_config(
+        "[index]\nmax_content_bytes = 0\n",
+        &["line 2", "max_content_bytes"],
+    );
 }
 
 #[test]
 fn a_config_value_of_the_wrong_type_is_one_line_naming_the_key() {
     // Issue 2: "A bad config gives a one-line error naming the key and file". A string where a
     // number goes must say which key, not only the line.
-    assert_bad_config("[index]\nmax_content_bytes = \"big\"\n", &["line 2", "max_content_bytes"]);
-    assert_bad_config("[[library]]\nname = 7\npath = \"/tmp/a\"\n", &["line 2", "name"]);
+    assert_bad_config(
+        "[index]\nmax_content_bytes = \"big\"\n",
+        &["line 2", "max_content_bytes"],
+    );
+    assert_bad_config(
+        "[[library]]\nname = 7\npath = \"/tmp/a\"\n",
+        &["line 2", "name"],
+    );
 }
 
 #[test]
@@ -410,8 +602,17 @@ fn assert_every_command_refuses_and_touches_nothing(lab: &Lab, parts: &[&str]) {
     ] {
         let run = lab.agent(args).failure();
         run.assert_one_line_error(parts);
-        assert!(std::fs::read(&lab.db).expect("read db") == bytes, "`agent {}` changed the database file", args.join(" "));
-        assert_eq!(listing(lab.root()), names, "`agent {}` left files behind", args.join(" "));
+        assert!(
+            std::fs::read(&lab.db).expect("read db") == bytes,
+            "`agent {}` changed the database file",
+            args.join(" ")
+        );
+        assert_eq!(
+            listing(lab.root()),
+            names,
+            "`agent {}` left files behind",
+            args.join(" ")
+        );
     }
 }
 
@@ -421,7 +622,8 @@ fn a_database_from_a_newer_version_is_refused_by_every_command_and_left_untouche
     lab.agent(&["init"]).success();
     {
         let conn = Connection::open(&lab.db).expect("open");
-        conn.pragma_update(None, "user_version", 999).expect("set user_version");
+        conn.pragma_update(None, "user_version", 999)
+            .expect("set user_version");
     }
     let db = lab.db.to_str().expect("utf-8").to_owned();
     assert_every_command_refuses_and_touches_nothing(&lab, &[db.as_str(), "999", "newer"]);
@@ -433,7 +635,8 @@ fn a_database_from_a_newer_version_in_rollback_journal_mode_is_left_untouched() 
     let lab = Lab::new();
     {
         let conn = Connection::open(&lab.db).expect("create");
-        conn.execute_batch("CREATE TABLE future_table (x); PRAGMA user_version = 999;").expect("create");
+        conn.execute_batch("CREATE TABLE future_table (x); PRAGMA user_version = 999;")
+            .expect("create");
     }
     assert_every_command_refuses_and_touches_nothing(&lab, &["999", "newer"]);
 }
@@ -488,7 +691,10 @@ fn lib_v1_database(lab: &Lab, disk: &[(&str, &str)], rows: &[(&str, &str)]) {
         )
         .expect("LIB v1.0 row");
     }
-    conn.execute_batch("INSERT INTO lib_files_fts (path, content) SELECT path, content FROM lib_files;").expect("fts");
+    conn.execute_batch(
+        "INSERT INTO lib_files_fts (path, content) SELECT path, content FROM lib_files;",
+    )
+    .expect("fts");
 }
 
 const A: (&str, &str) = ("notes/a.md", "alpha written under lib one\n");
@@ -501,13 +707,25 @@ fn a_lib_v1_database_is_adopted_and_its_rows_backfilled_once_as_initial_sync() {
 
     let summary = lab.scan(&["notes"]);
     assert_eq!(summary["backfilled"], 2, "{summary:#}");
-    assert_eq!(summary["upserted"], 0, "the bytes on disk are the ones LIB indexed: {summary:#}");
+    assert_eq!(
+        summary["upserted"], 0,
+        "the bytes on disk are the ones LIB indexed: {summary:#}"
+    );
 
     let db = lab.db();
     let (device, _) = db.device();
     let events = db.outbox();
-    let kinds: Vec<(&str, &str)> = events.iter().map(|e| (e.event_type.as_str(), e.entity_key.as_str())).collect();
-    assert_eq!(kinds, [("initial_sync", "notes/a.md"), ("initial_sync", "notes/b.md")]);
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.event_type.as_str(), e.entity_key.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("initial_sync", "notes/a.md"),
+            ("initial_sync", "notes/b.md")
+        ]
+    );
     for (event, (key, content)) in events.iter().zip([A, B]) {
         assert_eq!(
             event.payload,
@@ -523,14 +741,23 @@ fn a_lib_v1_database_is_adopted_and_its_rows_backfilled_once_as_initial_sync() {
 
     // The rows are kept, now owned by the events that announced them.
     let rows = db.files();
-    assert_eq!(rows.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["notes/a.md", "notes/b.md"]);
+    assert_eq!(
+        rows.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+        ["notes/a.md", "notes/b.md"]
+    );
     for (row, event) in rows.iter().zip(&events) {
-        assert_eq!(row.sha256, event.payload["sha256"].as_str().map(str::to_owned));
+        assert_eq!(
+            row.sha256,
+            event.payload["sha256"].as_str().map(str::to_owned)
+        );
         assert_eq!(row.deleted_at, None);
         assert_eq!(row.event_ulid.as_deref(), Some(event.event_ulid.as_str()));
     }
     assert_eq!(db.kv("backfill_pending"), None, "the backfill is done");
-    let version: i64 = db.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("user_version");
+    let version: i64 = db
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
     assert_eq!(version, 1);
 
     // LIB's run history stays.
@@ -543,11 +770,23 @@ fn a_lib_v1_database_is_adopted_and_its_rows_backfilled_once_as_initial_sync() {
 
     let found = lab.json(&["search", "alpha"]);
     assert_eq!(found["results"][0]["path"], "notes/a.md");
-    assert_eq!(lab.json(&["search", "written"])["results"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        lab.json(&["search", "written"])["results"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
 
     // Once: a second scan adds nothing.
     let summary = lab.scan(&["notes"]);
-    assert_eq!((summary["backfilled"].as_u64(), summary["upserted"].as_u64(), summary["hashed"].as_u64()), (Some(0), Some(0), Some(0)));
+    assert_eq!(
+        (
+            summary["backfilled"].as_u64(),
+            summary["upserted"].as_u64(),
+            summary["hashed"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0))
+    );
     assert_eq!(lab.db().outbox(), events);
     assert_eq!(lab.db().runs().len(), 3);
 }
@@ -558,14 +797,37 @@ fn a_lib_v1_row_whose_file_changed_since_is_backfilled_then_updated() {
     let edited = ("notes/b.md", "bravo edited after lib one\n");
     lib_v1_database(&lab, &[A, edited], &[A, B]);
     let summary = lab.scan(&["notes"]);
-    assert_eq!((summary["backfilled"].as_u64(), summary["upserted"].as_u64()), (Some(2), Some(1)), "{summary:#}");
+    assert_eq!(
+        (summary["backfilled"].as_u64(), summary["upserted"].as_u64()),
+        (Some(2), Some(1)),
+        "{summary:#}"
+    );
 
     let events = lab.db().outbox();
-    let kinds: Vec<(&str, &str)> = events.iter().map(|e| (e.event_type.as_str(), e.entity_key.as_str())).collect();
-    assert_eq!(kinds, [("initial_sync", "notes/a.md"), ("initial_sync", "notes/b.md"), ("upsert_file", "notes/b.md")]);
-    assert!(common::dominates(&events[2].vector_clock, &events[1].vector_clock));
-    assert_eq!(lab.db().file("notes/b.md").sha256, Some(sha256_hex(edited.1)));
-    assert_eq!(result_paths(&lab.json(&["search", "edited"])), ["notes/b.md"]);
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.event_type.as_str(), e.entity_key.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("initial_sync", "notes/a.md"),
+            ("initial_sync", "notes/b.md"),
+            ("upsert_file", "notes/b.md")
+        ]
+    );
+    assert!(common::dominates(
+        &events[2].vector_clock,
+        &events[1].vector_clock
+    ));
+    assert_eq!(
+        lab.db().file("notes/b.md").sha256,
+        Some(sha256_hex(edited.1))
+    );
+    assert_eq!(
+        result_paths(&lab.json(&["search", "edited"])),
+        ["notes/b.md"]
+    );
 }
 
 #[test]
@@ -574,10 +836,24 @@ fn a_lib_v1_row_whose_file_was_deleted_since_becomes_a_delete_event() {
     let lab = Lab::new();
     lib_v1_database(&lab, &[A], &[A, B]);
     let summary = lab.scan(&["notes"]);
-    assert_eq!((summary["backfilled"].as_u64(), summary["deleted"].as_u64()), (Some(2), Some(1)), "{summary:#}");
+    assert_eq!(
+        (summary["backfilled"].as_u64(), summary["deleted"].as_u64()),
+        (Some(2), Some(1)),
+        "{summary:#}"
+    );
     let events = lab.db().outbox();
-    let kinds: Vec<(&str, &str)> = events.iter().map(|e| (e.event_type.as_str(), e.entity_key.as_str())).collect();
-    assert_eq!(kinds, [("initial_sync", "notes/a.md"), ("initial_sync", "notes/b.md"), ("delete_file", "notes/b.md")]);
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.event_type.as_str(), e.entity_key.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("initial_sync", "notes/a.md"),
+            ("initial_sync", "notes/b.md"),
+            ("delete_file", "notes/b.md")
+        ]
+    );
     assert!(lab.db().file("notes/b.md").deleted_at.is_some());
     // The file still there was read once to confirm it, and announced nothing more.
     assert_eq!(summary["upserted"], 0);
@@ -588,7 +864,10 @@ fn a_lib_v1_row_whose_file_was_deleted_since_becomes_a_delete_event() {
 fn a_lib_v1_database_is_searchable_before_the_first_scan() {
     let lab = Lab::new();
     lib_v1_database(&lab, &[A, B], &[A, B]);
-    assert_eq!(result_paths(&lab.json(&["search", "bravo"])), ["notes/b.md"]);
+    assert_eq!(
+        result_paths(&lab.json(&["search", "bravo"])),
+        ["notes/b.md"]
+    );
     let status = lab.json(&["status"]);
     assert_eq!(status["counts"]["files"], 2);
     // Searching adopts the database but announces nothing: that is the scan's job, once.

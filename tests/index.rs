@@ -26,7 +26,8 @@ impl Fixture {
             dir.path().join("agent.db"),
             dir.path().join("notes")
         );
-        let config = Config::from_toml_str(&toml, None, &|_| None, &Overrides::default()).expect("config");
+        let config =
+            Config::from_toml_str(&toml, None, &|_| None, &Overrides::default()).expect("config");
         let store = Store::open(&config.store.path).expect("open store");
         Fixture { dir, config, store }
     }
@@ -42,7 +43,11 @@ impl Fixture {
     }
 
     fn search(&self, q: &str) -> Vec<String> {
-        read::search(self.store.conn(), q, 10).expect("search").into_iter().map(|h| h.path).collect()
+        read::search(self.store.conn(), q, 10)
+            .expect("search")
+            .into_iter()
+            .map(|h| h.path)
+            .collect()
     }
 
     fn outbox(&self) -> Vec<(String, String, VectorClock)> {
@@ -53,7 +58,11 @@ impl Fixture {
             .expect("prepare");
         stmt.query_map([], |r| {
             let clock: String = r.get(2)?;
-            Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&clock).expect("clock json")))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                serde_json::from_str(&clock).expect("clock json"),
+            ))
         })
         .expect("query")
         .collect::<Result<_, _>>()
@@ -63,16 +72,28 @@ impl Fixture {
     fn shared_sha(&self, key: &str) -> Option<String> {
         self.store
             .conn()
-            .query_row("SELECT sha256 FROM lib_files WHERE path = ?1", [key], |r| r.get(0))
+            .query_row("SELECT sha256 FROM lib_files WHERE path = ?1", [key], |r| {
+                r.get(0)
+            })
             .expect("row")
     }
 
     /// An event from another device, applied as the puller will apply it.
-    fn apply_remote(&mut self, device: &str, key: &str, clock: VectorClock, text: Option<&str>) -> Event {
+    fn apply_remote(
+        &mut self,
+        device: &str,
+        key: &str,
+        clock: VectorClock,
+        text: Option<&str>,
+    ) -> Event {
         let event = Event {
             event_ulid: ulid::Ulid::new().to_string(),
             device_id: device.into(),
-            event_type: if text.is_some() { EventType::UpsertFile } else { EventType::DeleteFile },
+            event_type: if text.is_some() {
+                EventType::UpsertFile
+            } else {
+                EventType::DeleteFile
+            },
             entity_type: "file".into(),
             entity_key: key.into(),
             payload: text.map_or_else(FilePayload::default, |t| FilePayload {
@@ -102,17 +123,26 @@ fn search_follows_edits_and_deletes() {
     assert_eq!(f.search("quick"), ["notes/a.md"]);
     f.write("a.md", "a lazy dog, longer now");
     f.scan();
-    assert!(f.search("quick").is_empty(), "old text must leave the index");
+    assert!(
+        f.search("quick").is_empty(),
+        "old text must leave the index"
+    );
     assert_eq!(f.search("lazy"), ["notes/a.md"]);
     assert_eq!(f.search("a.md"), ["notes/a.md"], "names are searchable too");
     std::fs::remove_file(f.dir.path().join("notes/a.md")).expect("rm");
     f.scan();
-    assert!(f.search("lazy").is_empty(), "a tombstone is not a search result");
-    let integrity = f
-        .store
-        .conn()
-        .execute("INSERT INTO lib_files_fts(lib_files_fts) VALUES ('integrity-check')", []);
-    assert!(integrity.is_ok(), "FTS index consistent with lib_files: {integrity:?}");
+    assert!(
+        f.search("lazy").is_empty(),
+        "a tombstone is not a search result"
+    );
+    let integrity = f.store.conn().execute(
+        "INSERT INTO lib_files_fts(lib_files_fts) VALUES ('integrity-check')",
+        [],
+    );
+    assert!(
+        integrity.is_ok(),
+        "FTS index consistent with lib_files: {integrity:?}"
+    );
 }
 
 #[test]
@@ -123,10 +153,20 @@ fn local_edits_bump_this_devices_entry_over_the_seen_clock() {
     f.scan();
     f.write("a.md", "two!");
     f.scan();
-    let events: Vec<_> = f.outbox().into_iter().filter(|e| e.1 == "notes/a.md").collect();
+    let events: Vec<_> = f
+        .outbox()
+        .into_iter()
+        .filter(|e| e.1 == "notes/a.md")
+        .collect();
     assert_eq!(events.len(), 2);
-    assert_eq!(events[0].2.entries().map(|(d, _)| d).collect::<Vec<_>>(), [me.as_str()]);
-    assert_eq!(events[1].2.entries().map(|(d, _)| d).collect::<Vec<_>>(), [me.as_str()]);
+    assert_eq!(
+        events[0].2.entries().map(|(d, _)| d).collect::<Vec<_>>(),
+        [me.as_str()]
+    );
+    assert_eq!(
+        events[1].2.entries().map(|(d, _)| d).collect::<Vec<_>>(),
+        [me.as_str()]
+    );
     assert!(events[1].2.get(&me) > events[0].2.get(&me));
     assert!(events[1].2.dominates(&events[0].2));
 }
@@ -139,7 +179,12 @@ fn a_remote_version_changes_the_shared_view_but_not_what_this_device_observed() 
     f.scan();
     let local_sha = f.shared_sha("notes/a.md");
     // Another device edited after seeing ours: it wins in the shared view.
-    f.apply_remote("dev-b", "notes/a.md", VectorClock::from([(me.as_str(), 1), ("dev-b", 1)]), Some("theirs"));
+    f.apply_remote(
+        "dev-b",
+        "notes/a.md",
+        VectorClock::from([(me.as_str(), 1), ("dev-b", 1)]),
+        Some("theirs"),
+    );
     assert_ne!(f.shared_sha("notes/a.md"), local_sha);
     assert_eq!(f.search("theirs"), ["notes/a.md"]);
     // Our disk did not change, so a rescan says nothing: no ping-pong between the two versions.
@@ -163,15 +208,28 @@ fn a_concurrent_remote_edit_that_loses_is_listed_as_a_conflict() {
     f.write("a.md", "mine");
     f.scan();
     // dev-0 sorts below any UUID, and its clock sum equals ours: ours wins, theirs is the conflict.
-    let theirs = f.apply_remote("0-dev", "notes/a.md", VectorClock::from([("0-dev", 1)]), Some("theirs"));
+    let theirs = f.apply_remote(
+        "0-dev",
+        "notes/a.md",
+        VectorClock::from([("0-dev", 1)]),
+        Some("theirs"),
+    );
     let conflicts = read::conflicts(f.store.conn()).expect("conflicts");
     assert_eq!(conflicts.len(), 1);
-    assert_eq!(conflicts[0].loser.event_ulid.as_deref(), Some(theirs.event_ulid.as_str()));
-    assert_eq!(conflicts[0].winner.device_id.as_deref(), Some(f.store.device_id()));
+    assert_eq!(
+        conflicts[0].loser.event_ulid.as_deref(),
+        Some(theirs.event_ulid.as_str())
+    );
+    assert_eq!(
+        conflicts[0].winner.device_id.as_deref(),
+        Some(f.store.device_id())
+    );
     // Editing after seeing the conflict resolves it.
     f.write("a.md", "merged by hand");
     f.scan();
-    assert!(read::conflicts(f.store.conn()).expect("conflicts").is_empty());
+    assert!(read::conflicts(f.store.conn())
+        .expect("conflicts")
+        .is_empty());
 }
 
 #[test]
@@ -180,7 +238,12 @@ fn an_older_remote_upsert_does_not_resurrect_a_local_delete() {
     f.write("a.md", "doomed");
     f.scan();
     // dev-b's version arrives, then this device deletes the file having seen it.
-    let stale = f.apply_remote("dev-b", "notes/a.md", VectorClock::from([("dev-b", 1)]), Some("stale"));
+    let stale = f.apply_remote(
+        "dev-b",
+        "notes/a.md",
+        VectorClock::from([("dev-b", 1)]),
+        Some("stale"),
+    );
     std::fs::remove_file(f.dir.path().join("notes/a.md")).expect("rm");
     f.scan();
     let delete = f.outbox().pop().expect("delete event");
@@ -193,11 +256,17 @@ fn an_older_remote_upsert_does_not_resurrect_a_local_delete() {
     let deleted: Option<String> = f
         .store
         .conn()
-        .query_row("SELECT deleted_at FROM lib_files WHERE path = 'notes/a.md'", [], |r| r.get(0))
+        .query_row(
+            "SELECT deleted_at FROM lib_files WHERE path = 'notes/a.md'",
+            [],
+            |r| r.get(0),
+        )
         .expect("row");
     assert!(deleted.is_some());
     assert!(f.search("stale").is_empty());
-    assert!(read::conflicts(f.store.conn()).expect("conflicts").is_empty());
+    assert!(read::conflicts(f.store.conn())
+        .expect("conflicts")
+        .is_empty());
 }
 
 #[test]
@@ -207,14 +276,26 @@ fn sequence_numbers_survive_reopening_and_stay_above_our_own_entries_seen_elsewh
     f.write("a.md", "one");
     f.scan();
     let path = f.config.store.path.clone();
-    drop(std::mem::replace(&mut f.store, Store::open(&path).expect("reopen")));
+    drop(std::mem::replace(
+        &mut f.store,
+        Store::open(&path).expect("reopen"),
+    ));
     assert_eq!(f.store.device_id(), me, "the device id is stable");
     // As if this database were restored from an old backup: the brain knows our entry 7.
-    f.apply_remote("dev-b", "notes/b.md", VectorClock::from([(me.as_str(), 7), ("dev-b", 1)]), Some("b"));
+    f.apply_remote(
+        "dev-b",
+        "notes/b.md",
+        VectorClock::from([(me.as_str(), 7), ("dev-b", 1)]),
+        Some("b"),
+    );
     f.write("b.md", "edited here");
     f.scan();
     let last = f.outbox().pop().expect("event");
-    assert!(last.2.get(&me) > 7, "never reuse a number our events carried: {}", last.2);
+    assert!(
+        last.2.get(&me) > 7,
+        "never reuse a number our events carried: {}",
+        last.2
+    );
 }
 
 #[test]
@@ -231,7 +312,11 @@ fn text_is_kept_up_to_the_cap_and_binary_is_not() {
     let text = dir.path().join("t.txt");
     std::fs::write(&text, "é".repeat(100)).expect("write");
     let read = index::read_file(&text, 11).expect("read");
-    assert_eq!(read.content.as_deref(), Some("ééééé"), "cut on a character boundary");
+    assert_eq!(
+        read.content.as_deref(),
+        Some("ééééé"),
+        "cut on a character boundary"
+    );
     assert_eq!(read.mime, "text/plain");
     assert_eq!(read.stat.bytes, 200);
     let bin = dir.path().join("b.bin");
@@ -241,7 +326,10 @@ fn text_is_kept_up_to_the_cap_and_binary_is_not() {
     let noext = dir.path().join("Makefile");
     std::fs::write(&noext, "all:\n\techo hi\n").expect("write");
     let read = index::read_file(&noext, 1024).expect("read");
-    assert_eq!(read.mime, "text/plain", "text without an extension is sniffed");
+    assert_eq!(
+        read.mime, "text/plain",
+        "text without an extension is sniffed"
+    );
     assert!(read.content.is_some());
 }
 

@@ -19,8 +19,13 @@ fn clock_strategy() -> impl Strategy<Value = VectorClock> {
 }
 
 fn version_strategy() -> impl Strategy<Value = Version> {
-    (clock_strategy(), 0usize..DEVICES.len(), 0u32..1000, prop::option::of(0u8..3)).prop_map(
-        |(clock, device, ulid, sha)| Version {
+    (
+        clock_strategy(),
+        0usize..DEVICES.len(),
+        0u32..1000,
+        prop::option::of(0u8..3),
+    )
+        .prop_map(|(clock, device, ulid, sha)| Version {
             event_ulid: format!("{ulid:026}"),
             device_id: DEVICES[device].to_owned(),
             clock,
@@ -29,41 +34,46 @@ fn version_strategy() -> impl Strategy<Value = Version> {
             bytes: sha.map(u64::from),
             mtime_unix: None,
             created_at: String::new(),
-        },
-    )
+        })
 }
 
 /// Events as devices really make them: each device edits after seeing some of the others' events,
 /// so clocks carry real causal history (including deletes that supersede upserts).
 fn history_strategy() -> impl Strategy<Value = Vec<Version>> {
-    prop::collection::vec((0usize..DEVICES.len(), prop::option::of(0u8..3), any::<u64>()), 1..12).prop_map(
-        |steps| {
-            let mut made: Vec<Version> = Vec::new();
-            let mut seq = [0u64; DEVICES.len()];
-            for (n, (device, sha, seen_mask)) in steps.into_iter().enumerate() {
-                // The device has seen an arbitrary subset of what was made so far.
-                let mut clock = VectorClock::new();
-                for (i, v) in made.iter().enumerate() {
-                    if v.device_id == DEVICES[device] || seen_mask & (1 << (i % 64)) != 0 {
-                        clock.merge(&v.clock);
-                    }
-                }
-                seq[device] = seq[device].max(clock.get(DEVICES[device])) + 1;
-                clock.set(DEVICES[device], seq[device]);
-                made.push(Version {
-                    event_ulid: format!("{n:026}"),
-                    device_id: DEVICES[device].to_owned(),
-                    clock,
-                    deleted: sha.is_none(),
-                    sha256: sha.map(|s| format!("{s:064}")),
-                    bytes: sha.map(u64::from),
-                    mtime_unix: None,
-                    created_at: String::new(),
-                });
-            }
-            made
-        },
+    prop::collection::vec(
+        (
+            0usize..DEVICES.len(),
+            prop::option::of(0u8..3),
+            any::<u64>(),
+        ),
+        1..12,
     )
+    .prop_map(|steps| {
+        let mut made: Vec<Version> = Vec::new();
+        let mut seq = [0u64; DEVICES.len()];
+        for (n, (device, sha, seen_mask)) in steps.into_iter().enumerate() {
+            // The device has seen an arbitrary subset of what was made so far.
+            let mut clock = VectorClock::new();
+            for (i, v) in made.iter().enumerate() {
+                if v.device_id == DEVICES[device] || seen_mask & (1 << (i % 64)) != 0 {
+                    clock.merge(&v.clock);
+                }
+            }
+            seq[device] = seq[device].max(clock.get(DEVICES[device])) + 1;
+            clock.set(DEVICES[device], seq[device]);
+            made.push(Version {
+                event_ulid: format!("{n:026}"),
+                device_id: DEVICES[device].to_owned(),
+                clock,
+                deleted: sha.is_none(),
+                sha256: sha.map(|s| format!("{s:064}")),
+                bytes: sha.map(u64::from),
+                mtime_unix: None,
+                created_at: String::new(),
+            });
+        }
+        made
+    })
 }
 
 fn apply_all<'a>(versions: impl IntoIterator<Item = &'a Version>) -> Option<EntityState> {
@@ -78,7 +88,11 @@ fn apply_all<'a>(versions: impl IntoIterator<Item = &'a Version>) -> Option<Enti
 
 fn unique_ulids(versions: &[Version]) -> Vec<Version> {
     let mut seen = std::collections::HashSet::new();
-    versions.iter().filter(|v| seen.insert(v.event_ulid.clone())).cloned().collect()
+    versions
+        .iter()
+        .filter(|v| seen.insert(v.event_ulid.clone()))
+        .cloned()
+        .collect()
 }
 
 proptest! {

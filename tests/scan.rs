@@ -16,7 +16,10 @@ fn new_events(lab: &Lab, before: usize) -> Vec<OutboxRow> {
 }
 
 fn event_types(events: &[OutboxRow]) -> Vec<(&str, &str)> {
-    events.iter().map(|e| (e.event_type.as_str(), e.entity_key.as_str())).collect()
+    events
+        .iter()
+        .map(|e| (e.event_type.as_str(), e.entity_key.as_str()))
+        .collect()
 }
 
 /// The library entry of a `--json` scan summary.
@@ -31,24 +34,71 @@ fn library<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Va
 
 fn search_paths(lab: &Lab, query: &str) -> Vec<String> {
     let out = lab.json(&["search", query]);
-    out["results"].as_array().expect("results").iter().map(|r| r["path"].as_str().expect("path").to_owned()).collect()
+    out["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["path"].as_str().expect("path").to_owned())
+        .collect()
 }
 
 // ---- a first scan ------------------------------------------------------------------------------
 
 /// (path below the library, bytes, mime, ext, content kept for search)
-type Expected = (&'static str, Vec<u8>, &'static str, Option<&'static str>, Option<&'static str>);
+type Expected = (
+    &'static str,
+    Vec<u8>,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+);
 
 fn sample_library(lab: &Lab) -> Vec<Expected> {
     let png: Vec<u8> = [&b"\x89PNG\r\n\x1a\n"[..], &[0u8; 64]].concat();
     let files: Vec<Expected> = vec![
-        ("a.md", b"# Title\nhello world\n".to_vec(), "text/markdown", Some("md"), Some("# Title\nhello world\n")),
-        ("sub/c.txt", b"deep text in a folder\n".to_vec(), "text/plain", Some("txt"), Some("deep text in a folder\n")),
-        ("sub/deeper/d.json", b"{\"k\": \"v\"}\n".to_vec(), "application/json", Some("json"), Some("{\"k\": \"v\"}\n")),
-        ("README", b"plain words without an extension\n".to_vec(), "text/plain", None, Some("plain words without an extension\n")),
+        (
+            "a.md",
+            b"# Title\nhello world\n".to_vec(),
+            "text/markdown",
+            Some("md"),
+            Some("# Title\nhello world\n"),
+        ),
+        (
+            "sub/c.txt",
+            b"deep text in a folder\n".to_vec(),
+            "text/plain",
+            Some("txt"),
+            Some("deep text in a folder\n"),
+        ),
+        (
+            "sub/deeper/d.json",
+            b"{\"k\": \"v\"}\n".to_vec(),
+            "application/json",
+            Some("json"),
+            Some("{\"k\": \"v\"}\n"),
+        ),
+        (
+            "README",
+            b"plain words without an extension\n".to_vec(),
+            "text/plain",
+            None,
+            Some("plain words without an extension\n"),
+        ),
         ("image.png", png, "image/png", Some("png"), None),
-        ("blob.bin", b"bin\0ary\xff\xfe".to_vec(), "application/octet-stream", Some("bin"), None),
-        ("data", b"\0\x01\x02 no extension, binary".to_vec(), "application/octet-stream", None, None),
+        (
+            "blob.bin",
+            b"bin\0ary\xff\xfe".to_vec(),
+            "application/octet-stream",
+            Some("bin"),
+            None,
+        ),
+        (
+            "data",
+            b"\0\x01\x02 no extension, binary".to_vec(),
+            "application/octet-stream",
+            None,
+            None,
+        ),
     ];
     for (rel, bytes, ..) in &files {
         lab.write(&format!("notes/{rel}"), bytes);
@@ -67,7 +117,14 @@ fn a_first_scan_indexes_every_file_with_its_hash_size_type_and_text() {
     assert_eq!(summary["ok"], true);
     let lib = library(&summary, "notes");
     assert_eq!(lib["status"], "ok");
-    for (field, value) in [("seen", n), ("hashed", n), ("upserted", n), ("unchanged", 0), ("deleted", 0), ("errors", 0)] {
+    for (field, value) in [
+        ("seen", n),
+        ("hashed", n),
+        ("upserted", n),
+        ("unchanged", 0),
+        ("deleted", 0),
+        ("errors", 0),
+    ] {
         assert_eq!(lib[field], value, "libraries[notes].{field} in {summary:#}");
         assert_eq!(summary[field], value, "total {field} in {summary:#}");
     }
@@ -78,19 +135,34 @@ fn a_first_scan_indexes_every_file_with_its_hash_size_type_and_text() {
     let rows = db.files();
     let mut expected_paths: Vec<String> = files.iter().map(|f| format!("notes/{}", f.0)).collect();
     expected_paths.sort();
-    assert_eq!(rows.iter().map(|r| r.path.clone()).collect::<Vec<_>>(), expected_paths);
+    assert_eq!(
+        rows.iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
+        expected_paths
+    );
     for (rel, bytes, mime, ext, content) in &files {
         let key = format!("notes/{rel}");
         let row = db.file(&key);
         let disk = lab.path(&key);
-        assert_eq!(row.sha256.as_deref(), Some(sha256_hex(bytes).as_str()), "{key} sha256");
+        assert_eq!(
+            row.sha256.as_deref(),
+            Some(sha256_hex(bytes).as_str()),
+            "{key} sha256"
+        );
         assert_eq!(row.bytes, Some(bytes.len() as i64), "{key} bytes");
         assert_eq!(row.mtime_unix, Some(mtime(&disk).0), "{key} mtime_unix");
         assert_eq!(row.mime.as_deref(), Some(*mime), "{key} mime");
         assert_eq!(row.ext.as_deref(), *ext, "{key} ext");
-        assert_eq!(row.content.as_deref(), *content, "{key} content (NULL for binary)");
+        assert_eq!(
+            row.content.as_deref(),
+            *content,
+            "{key} content (NULL for binary)"
+        );
         assert_eq!(row.deleted_at, None, "{key} is live");
-        assert_eq!(row.device_id.as_deref(), Some(device.as_str()), "{key} origin device");
+        assert_eq!(
+            row.device_id.as_deref(),
+            Some(device.as_str()),
+            "{key} origin device"
+        );
     }
 
     // One upsert_file per file, each with the clock {device: seq}, seq strictly increasing.
@@ -105,13 +177,23 @@ fn a_first_scan_indexes_every_file_with_its_hash_size_type_and_text() {
         assert_eq!(e.pushed_at, None, "nothing is pushed without a brain");
         assert_eq!(e.event_ulid.len(), 26, "a ULID: {}", e.event_ulid);
         assert!(ulids.insert(e.event_ulid.clone()), "ULIDs are unique");
-        assert_eq!(e.vector_clock.len(), 1, "only this device has touched it: {:?}", e.vector_clock);
+        assert_eq!(
+            e.vector_clock.len(),
+            1,
+            "only this device has touched it: {:?}",
+            e.vector_clock
+        );
         let seq = e.vector_clock[&device];
-        assert!(seq > last_seq, "sequence numbers strictly increase: {seq} after {last_seq}");
+        assert!(
+            seq > last_seq,
+            "sequence numbers strictly increase: {seq} after {last_seq}"
+        );
         last_seq = seq;
 
-        let (rel, bytes, mime, ext, content) =
-            files.iter().find(|f| format!("notes/{}", f.0) == e.entity_key).expect("event for a known file");
+        let (rel, bytes, mime, ext, content) = files
+            .iter()
+            .find(|f| format!("notes/{}", f.0) == e.entity_key)
+            .expect("event for a known file");
         let mut payload = json!({
             "sha256": sha256_hex(bytes),
             "bytes": bytes.len(),
@@ -131,12 +213,22 @@ fn a_first_scan_indexes_every_file_with_its_hash_size_type_and_text() {
         assert_eq!(row.event_ulid.as_deref(), Some(e.event_ulid.as_str()));
         assert_eq!(row.vector_clock.as_ref(), Some(&e.vector_clock));
     }
-    assert_eq!(db.device(), (device.clone(), last_seq as i64), "lib_device holds the last sequence handed out");
-    assert_eq!(last_seq, n, "sequence numbers 1..=n, none skipped or reused");
+    assert_eq!(
+        db.device(),
+        (device.clone(), last_seq as i64),
+        "lib_device holds the last sequence handed out"
+    );
+    assert_eq!(
+        last_seq, n,
+        "sequence numbers 1..=n, none skipped or reused"
+    );
 
     // What this device saw on its disk, for the next scan to compare with.
     let observed = db.observed();
-    assert_eq!(observed.iter().map(|o| o.path.clone()).collect::<Vec<_>>(), expected_paths);
+    assert_eq!(
+        observed.iter().map(|o| o.path.clone()).collect::<Vec<_>>(),
+        expected_paths
+    );
     for o in &observed {
         let disk = lab.path(&o.path);
         let bytes = std::fs::read(&disk).expect("read");
@@ -151,7 +243,10 @@ fn a_first_scan_indexes_every_file_with_its_hash_size_type_and_text() {
     assert_eq!(runs.len(), 1, "{runs:#?}");
     let run = &runs[0];
     assert_eq!(run.status.as_deref(), Some("ok"));
-    assert!(run.started_at.is_some() && run.ended_at.is_some(), "{run:?}");
+    assert!(
+        run.started_at.is_some() && run.ended_at.is_some(),
+        "{run:?}"
+    );
     assert_eq!(run.files_seen, Some(n as i64));
     assert_eq!(run.files_hashed, Some(n as i64));
     assert_eq!(run.files_upserted, Some(n as i64));
@@ -171,7 +266,15 @@ fn a_second_scan_with_nothing_changed_hashes_nothing_and_emits_nothing() {
 
     let summary = lab.scan(&["notes"]);
     let n = files.len() as u64;
-    for (field, value) in [("seen", n), ("unchanged", n), ("hashed", 0), ("bytes_hashed", 0), ("upserted", 0), ("deleted", 0), ("errors", 0)] {
+    for (field, value) in [
+        ("seen", n),
+        ("unchanged", n),
+        ("hashed", 0),
+        ("bytes_hashed", 0),
+        ("upserted", 0),
+        ("deleted", 0),
+        ("errors", 0),
+    ] {
         assert_eq!(summary[field], value, "{field} in {summary:#}");
     }
     let db = lab.db();
@@ -179,7 +282,14 @@ fn a_second_scan_with_nothing_changed_hashes_nothing_and_emits_nothing() {
     assert_eq!(db.files(), files_before, "the shared view is untouched");
     let runs = db.runs();
     assert_eq!(runs.len(), 2, "one lib_runs row per scan");
-    assert_eq!((runs[1].files_seen, runs[1].files_unchanged, runs[1].files_hashed), (Some(n as i64), Some(n as i64), Some(0)));
+    assert_eq!(
+        (
+            runs[1].files_seen,
+            runs[1].files_unchanged,
+            runs[1].files_hashed
+        ),
+        (Some(n as i64), Some(n as i64), Some(0))
+    );
 }
 
 // ---- changes between scans ---------------------------------------------------------------------
@@ -191,24 +301,47 @@ fn a_modified_file_gets_one_upsert_whose_clock_dominates_the_old_one() {
     lab.write("notes/b.txt", "bravo stays\n");
     lab.scan(&["notes"]);
     let old = lab.db().outbox();
-    let old_a = old.iter().find(|e| e.entity_key == "notes/a.txt").expect("first event of a").clone();
+    let old_a = old
+        .iter()
+        .find(|e| e.entity_key == "notes/a.txt")
+        .expect("first event of a")
+        .clone();
 
     lab.write("notes/a.txt", "alpha version two, longer\n");
     let summary = lab.scan(&["notes"]);
-    assert_eq!((summary["hashed"].as_u64(), summary["upserted"].as_u64(), summary["unchanged"].as_u64()), (Some(1), Some(1), Some(1)));
+    assert_eq!(
+        (
+            summary["hashed"].as_u64(),
+            summary["upserted"].as_u64(),
+            summary["unchanged"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
 
     let events = new_events(&lab, old.len());
     assert_eq!(event_types(&events), [("upsert_file", "notes/a.txt")]);
     let new = &events[0];
-    assert!(dominates(&new.vector_clock, &old_a.vector_clock), "{:?} should dominate {:?}", new.vector_clock, old_a.vector_clock);
-    assert_eq!(new.payload["sha256"], sha256_hex("alpha version two, longer\n"));
+    assert!(
+        dominates(&new.vector_clock, &old_a.vector_clock),
+        "{:?} should dominate {:?}",
+        new.vector_clock,
+        old_a.vector_clock
+    );
+    assert_eq!(
+        new.payload["sha256"],
+        sha256_hex("alpha version two, longer\n")
+    );
     assert_eq!(new.payload["content"], "alpha version two, longer\n");
 
     let row = lab.db().file("notes/a.txt");
     assert_eq!(row.sha256, Some(sha256_hex("alpha version two, longer\n")));
     assert_eq!(row.event_ulid.as_deref(), Some(new.event_ulid.as_str()));
     assert_eq!(search_paths(&lab, "longer"), ["notes/a.txt"]);
-    assert_eq!(search_paths(&lab, "one"), Vec::<String>::new(), "the old text is gone from search");
+    assert_eq!(
+        search_paths(&lab, "one"),
+        Vec::<String>::new(),
+        "the old text is gone from search"
+    );
 }
 
 #[test]
@@ -218,12 +351,23 @@ fn a_deleted_file_gets_one_delete_event_with_an_empty_payload_and_leaves_search(
     lab.write("notes/b.txt", "bravo\n");
     lab.scan(&["notes"]);
     let old = lab.db().outbox();
-    let old_b = old.iter().find(|e| e.entity_key == "notes/b.txt").expect("event of b").clone();
+    let old_b = old
+        .iter()
+        .find(|e| e.entity_key == "notes/b.txt")
+        .expect("event of b")
+        .clone();
     assert_eq!(search_paths(&lab, "bravo"), ["notes/b.txt"]);
 
     std::fs::remove_file(lab.path("notes/b.txt")).expect("rm");
     let summary = lab.scan(&["notes"]);
-    assert_eq!((summary["deleted"].as_u64(), summary["upserted"].as_u64(), summary["hashed"].as_u64()), (Some(1), Some(0), Some(0)));
+    assert_eq!(
+        (
+            summary["deleted"].as_u64(),
+            summary["upserted"].as_u64(),
+            summary["hashed"].as_u64()
+        ),
+        (Some(1), Some(0), Some(0))
+    );
 
     let events = new_events(&lab, old.len());
     assert_eq!(event_types(&events), [("delete_file", "notes/b.txt")]);
@@ -233,10 +377,20 @@ fn a_deleted_file_gets_one_delete_event_with_an_empty_payload_and_leaves_search(
     let db = lab.db();
     let row = db.file("notes/b.txt");
     assert!(row.deleted_at.is_some(), "the row is a tombstone: {row:?}");
-    assert_eq!(row.event_ulid.as_deref(), Some(events[0].event_ulid.as_str()));
-    assert!(db.observed().iter().all(|o| o.path != "notes/b.txt"), "no longer observed on disk");
+    assert_eq!(
+        row.event_ulid.as_deref(),
+        Some(events[0].event_ulid.as_str())
+    );
+    assert!(
+        db.observed().iter().all(|o| o.path != "notes/b.txt"),
+        "no longer observed on disk"
+    );
     assert_eq!(db.runs().last().expect("run").files_deleted, Some(1));
-    assert_eq!(search_paths(&lab, "bravo"), Vec::<String>::new(), "a deleted file is not found");
+    assert_eq!(
+        search_paths(&lab, "bravo"),
+        Vec::<String>::new(),
+        "a deleted file is not found"
+    );
     assert_eq!(search_paths(&lab, "alpha"), ["notes/a.txt"]);
 
     // The deletion is recorded once: the next scan says nothing more.
@@ -260,7 +414,10 @@ fn a_file_created_again_after_its_deletion_is_live_again() {
     lab.scan(&["notes"]);
     let events = new_events(&lab, before.len());
     assert_eq!(event_types(&events), [("upsert_file", "notes/b.txt")]);
-    assert!(dominates(&events[0].vector_clock, &tombstone.vector_clock), "the new version causally follows the delete");
+    assert!(
+        dominates(&events[0].vector_clock, &tombstone.vector_clock),
+        "the new version causally follows the delete"
+    );
     let row = lab.db().file("notes/b.txt");
     assert_eq!(row.deleted_at, None);
     assert_eq!(row.content.as_deref(), Some("bravo is back\n"));
@@ -279,11 +436,30 @@ fn touching_a_file_without_changing_its_bytes_emits_no_event() {
     shift_mtime(&path, 3600);
     let summary = lab.scan(&["notes"]);
     // The new mtime makes the scan read the file again; the same hash makes it no change.
-    assert_eq!((summary["hashed"].as_u64(), summary["upserted"].as_u64(), summary["unchanged"].as_u64()), (Some(1), Some(0), Some(1)));
+    assert_eq!(
+        (
+            summary["hashed"].as_u64(),
+            summary["upserted"].as_u64(),
+            summary["unchanged"].as_u64()
+        ),
+        (Some(1), Some(0), Some(1))
+    );
     assert_eq!(lab.db().outbox(), before, "no event for a touch");
-    assert_eq!(lab.db().file("notes/a.txt").event_ulid, row_before.event_ulid);
-    let observed = lab.db().observed().into_iter().find(|o| o.path == "notes/a.txt").expect("observed");
-    assert_eq!(observed.mtime_ns, mtime(&path).1, "the observed mtime follows the disk");
+    assert_eq!(
+        lab.db().file("notes/a.txt").event_ulid,
+        row_before.event_ulid
+    );
+    let observed = lab
+        .db()
+        .observed()
+        .into_iter()
+        .find(|o| o.path == "notes/a.txt")
+        .expect("observed");
+    assert_eq!(
+        observed.mtime_ns,
+        mtime(&path).1,
+        "the observed mtime follows the disk"
+    );
 
     // And having seen the new mtime, the scan after that does not read it again.
     let summary = lab.scan(&["notes"]);
@@ -306,13 +482,35 @@ fn content_is_capped_at_max_content_bytes_on_a_character_boundary() {
 
     let db = lab.db();
     let euro = db.file("capped/euro.txt");
-    assert_eq!(euro.content.as_deref(), Some("€€€"), "cut before the character the cap splits");
-    assert_eq!(euro.bytes, Some(18), "the size is the file's, not the content's");
-    assert_eq!(euro.sha256, Some(sha256_hex(&euros)), "the hash covers every byte");
-    assert_eq!(db.file("capped/ascii.txt").content.as_deref(), Some("abcdefghij"));
+    assert_eq!(
+        euro.content.as_deref(),
+        Some("€€€"),
+        "cut before the character the cap splits"
+    );
+    assert_eq!(
+        euro.bytes,
+        Some(18),
+        "the size is the file's, not the content's"
+    );
+    assert_eq!(
+        euro.sha256,
+        Some(sha256_hex(&euros)),
+        "the hash covers every byte"
+    );
+    assert_eq!(
+        db.file("capped/ascii.txt").content.as_deref(),
+        Some("abcdefghij")
+    );
     assert_eq!(db.file("capped/short.txt").content.as_deref(), Some("tiny"));
-    let event = db.outbox().into_iter().find(|e| e.entity_key == "capped/euro.txt").expect("event");
-    assert_eq!(event.payload["content"], "€€€", "the event carries the same capped text");
+    let event = db
+        .outbox()
+        .into_iter()
+        .find(|e| e.entity_key == "capped/euro.txt")
+        .expect("event");
+    assert_eq!(
+        event.payload["content"], "€€€",
+        "the event carries the same capped text"
+    );
     assert_eq!(event.payload["bytes"], 18);
 }
 
@@ -328,13 +526,18 @@ fn git_folders_and_swap_files_are_never_indexed() {
     lab.write("notes/sub/.keep.txt.swp", "swap\n");
     let summary = lab.scan(&["notes"]);
     assert_eq!(summary["seen"], 2, "{summary:#}");
-    assert_eq!(lab.db().live_paths(), ["notes/keep.md", "notes/sub/keep.txt"]);
+    assert_eq!(
+        lab.db().live_paths(),
+        ["notes/keep.md", "notes/sub/keep.txt"]
+    );
     assert_eq!(lab.db().observed().len(), 2);
 }
 
 #[test]
 fn include_globs_restrict_the_library_to_what_they_match() {
-    let lab = Lab::with_config("[[library]]\nname = \"docs\"\npath = '{root}/docs'\ninclude = [\"**/*.md\"]\n");
+    let lab = Lab::with_config(
+        "[[library]]\nname = \"docs\"\npath = '{root}/docs'\ninclude = [\"**/*.md\"]\n",
+    );
     lab.write("docs/a.md", "a\n");
     lab.write("docs/deep/er/b.md", "b\n");
     lab.write("docs/c.txt", "c\n");
@@ -354,8 +557,19 @@ fn the_database_inside_the_scanned_folder_is_not_indexed() {
     assert_eq!(summary["seen"], 1, "{summary:#}");
     // A second scan while the database (and its WAL) changed under the library: still nothing.
     let summary = lab.scan(&["notes"]);
-    assert_eq!((summary["seen"].as_u64(), summary["upserted"].as_u64()), (Some(1), Some(0)), "{summary:#}");
-    assert_eq!(lab.db().files().iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["notes/a.txt"]);
+    assert_eq!(
+        (summary["seen"].as_u64(), summary["upserted"].as_u64()),
+        (Some(1), Some(0)),
+        "{summary:#}"
+    );
+    assert_eq!(
+        lab.db()
+            .files()
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect::<Vec<_>>(),
+        ["notes/a.txt"]
+    );
     assert_eq!(lab.db().outbox().len(), 1);
 }
 
@@ -368,10 +582,20 @@ fn the_database_inside_the_scanned_folder_is_not_indexed_when_named_through_a_sy
     std::os::unix::fs::symlink("notes", lab.path("via-link")).expect("symlink");
     lab.db = lab.path("via-link/agent.db");
     let summary = lab.scan(&["notes"]);
-    assert_eq!(summary["seen"], 1, "the database and its WAL files were walked: {summary:#}");
+    assert_eq!(
+        summary["seen"], 1,
+        "the database and its WAL files were walked: {summary:#}"
+    );
     let summary = lab.scan(&["notes"]);
     assert_eq!(summary["upserted"], 0, "{summary:#}");
-    assert_eq!(lab.db().files().iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["notes/a.txt"]);
+    assert_eq!(
+        lab.db()
+            .files()
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect::<Vec<_>>(),
+        ["notes/a.txt"]
+    );
 }
 
 #[test]
@@ -406,7 +630,11 @@ fn a_decomposed_unicode_name_is_indexed_under_its_nfc_key() {
     lab.scan(&["notes"]);
     assert_eq!(lab.db().live_paths(), ["notes/caf\u{e9}.txt"]);
     let summary = lab.scan(&["notes"]);
-    assert_eq!((summary["hashed"].as_u64(), summary["upserted"].as_u64()), (Some(0), Some(0)), "{summary:#}");
+    assert_eq!(
+        (summary["hashed"].as_u64(), summary["upserted"].as_u64()),
+        (Some(0), Some(0)),
+        "{summary:#}"
+    );
     assert_eq!(lab.db().outbox().len(), 1);
 }
 
@@ -421,13 +649,27 @@ fn two_names_that_are_one_key_after_normalisation_do_not_make_an_event_on_every_
     lab.write("notes/plain.txt", "plain\n");
     let first = lab.agent(&["--json", "scan", "notes"]).success();
     let events = lab.db().outbox();
-    let for_key = events.iter().filter(|e| e.entity_key == "notes/caf\u{e9}.txt").count();
-    assert!(for_key <= 1, "one scan made {for_key} events for one key: {:#?}", event_types(&events));
-    assert!(first.stderr.contains("caf"), "the clash is reported: {:?}", first.stderr);
+    let for_key = events
+        .iter()
+        .filter(|e| e.entity_key == "notes/caf\u{e9}.txt")
+        .count();
+    assert!(
+        for_key <= 1,
+        "one scan made {for_key} events for one key: {:#?}",
+        event_types(&events)
+    );
+    assert!(
+        first.stderr.contains("caf"),
+        "the clash is reported: {:?}",
+        first.stderr
+    );
 
     for _ in 0..2 {
         let summary = lab.scan(&["notes"]);
-        assert_eq!(summary["upserted"], 0, "a scan with nothing changed made events: {summary:#}");
+        assert_eq!(
+            summary["upserted"], 0,
+            "a scan with nothing changed made events: {summary:#}"
+        );
     }
     assert_eq!(lab.db().outbox().len(), events.len());
 }
@@ -454,9 +696,25 @@ fn an_unreadable_file_is_a_warning_counted_in_the_run_and_the_scan_goes_on() {
 
     let run = lab.agent(&["--json", "scan", "notes"]).success();
     let summary = run.json();
-    assert_eq!((summary["seen"].as_u64(), summary["upserted"].as_u64(), summary["errors"].as_u64()), (Some(2), Some(1), Some(1)), "{summary:#}");
-    assert!(run.stderr.contains("secret.txt"), "the warning names the file: {:?}", run.stderr);
-    assert!(run.stderr.to_lowercase().contains("permission denied"), "and says why: {:?}", run.stderr);
+    assert_eq!(
+        (
+            summary["seen"].as_u64(),
+            summary["upserted"].as_u64(),
+            summary["errors"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "{summary:#}"
+    );
+    assert!(
+        run.stderr.contains("secret.txt"),
+        "the warning names the file: {:?}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.to_lowercase().contains("permission denied"),
+        "and says why: {:?}",
+        run.stderr
+    );
 
     let db = lab.db();
     assert_eq!(db.live_paths(), ["notes/ok.txt"]);
@@ -474,13 +732,32 @@ fn a_file_that_becomes_unreadable_is_not_taken_for_deleted() {
     lab.write("notes/secret.txt", "version two, which cannot be read\n");
     set_mode(&secret, 0o000);
     let summary = lab.agent(&["--json", "scan", "notes"]).success().json();
-    assert_eq!((summary["errors"].as_u64(), summary["deleted"].as_u64(), summary["upserted"].as_u64()), (Some(1), Some(0), Some(0)), "{summary:#}");
+    assert_eq!(
+        (
+            summary["errors"].as_u64(),
+            summary["deleted"].as_u64(),
+            summary["upserted"].as_u64()
+        ),
+        (Some(1), Some(0), Some(0)),
+        "{summary:#}"
+    );
 
     let db = lab.db();
-    assert_eq!(event_types(&db.outbox()).iter().filter(|(t, _)| *t != "upsert_file").count(), 0, "no delete event");
+    assert_eq!(
+        event_types(&db.outbox())
+            .iter()
+            .filter(|(t, _)| *t != "upsert_file")
+            .count(),
+        0,
+        "no delete event"
+    );
     let row = db.file("notes/secret.txt");
     assert_eq!(row.deleted_at, None);
-    assert_eq!(row.sha256, Some(sha256_hex("version one\n")), "the last hash that matched its bytes stays");
+    assert_eq!(
+        row.sha256,
+        Some(sha256_hex("version one\n")),
+        "the last hash that matched its bytes stays"
+    );
 }
 
 #[test]
@@ -498,12 +775,35 @@ fn a_folder_that_cannot_be_read_does_not_delete_the_files_indexed_under_it() {
     let summary = run.json();
     set_mode(&lab.path("notes/locked"), 0o755);
 
-    assert!(summary["errors"].as_u64() >= Some(1), "the unreadable folder is counted: {summary:#}");
-    assert!(run.stderr.contains("locked"), "and named on stderr: {:?}", run.stderr);
+    assert!(
+        summary["errors"].as_u64() >= Some(1),
+        "the unreadable folder is counted: {summary:#}"
+    );
+    assert!(
+        run.stderr.contains("locked"),
+        "and named on stderr: {:?}",
+        run.stderr
+    );
     let db = lab.db();
-    let deletes: Vec<String> = db.outbox().into_iter().filter(|e| e.event_type == "delete_file").map(|e| e.entity_key).collect();
-    assert_eq!(deletes, ["notes/gone.txt"], "only the file really gone is deleted");
-    assert_eq!(db.live_paths(), ["notes/locked/a.txt", "notes/locked/deeper/b.txt", "notes/top.txt"]);
+    let deletes: Vec<String> = db
+        .outbox()
+        .into_iter()
+        .filter(|e| e.event_type == "delete_file")
+        .map(|e| e.entity_key)
+        .collect();
+    assert_eq!(
+        deletes,
+        ["notes/gone.txt"],
+        "only the file really gone is deleted"
+    );
+    assert_eq!(
+        db.live_paths(),
+        [
+            "notes/locked/a.txt",
+            "notes/locked/deeper/b.txt",
+            "notes/top.txt"
+        ]
+    );
 }
 
 #[test]
@@ -538,7 +838,10 @@ fn an_unreadable_library_root_deletes_nothing() {
     run.error_line(&["notes"]);
 
     let db = lab.db();
-    assert!(db.outbox().iter().all(|e| e.event_type == "upsert_file"), "no delete event");
+    assert!(
+        db.outbox().iter().all(|e| e.event_type == "upsert_file"),
+        "no delete event"
+    );
     assert_eq!(db.live_paths(), ["notes/a.txt", "notes/sub/b.txt"]);
 }
 
@@ -550,7 +853,10 @@ fn permission_tests_really_ran_without_read_access() {
     let f = lab.write("probe/f.txt", "x\n");
     set_mode(&f, 0o000);
     let summary = lab.agent(&["--json", "scan", "probe"]).success().json();
-    assert_eq!(summary["errors"], 1, "the agent could read a mode-000 file: {summary:#}");
+    assert_eq!(
+        summary["errors"], 1,
+        "the agent could read a mode-000 file: {summary:#}"
+    );
 }
 
 #[test]
@@ -560,7 +866,8 @@ fn symlinks_are_not_followed_and_a_symlink_loop_terminates() {
     lab.write("outside/secret.txt", "outsider words\n");
     lab.write("outside/dir/more.txt", "outsider folder\n");
     std::fs::create_dir_all(lab.path("lib/sub")).expect("mkdir");
-    let link = |target: &str, at: &str| std::os::unix::fs::symlink(target, lab.path(at)).expect("symlink");
+    let link =
+        |target: &str, at: &str| std::os::unix::fs::symlink(target, lab.path(at)).expect("symlink");
     link("../outside/secret.txt", "lib/link.txt");
     link("../outside/dir", "lib/linked-dir");
     link("..", "lib/sub/loop");
@@ -568,8 +875,19 @@ fn symlinks_are_not_followed_and_a_symlink_loop_terminates() {
     link("nowhere", "lib/dangling");
 
     let summary = lab.scan(&["lib"]);
-    assert_eq!((summary["seen"].as_u64(), summary["errors"].as_u64()), (Some(1), Some(0)), "{summary:#}");
-    assert_eq!(lab.db().files().iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["lib/ok.txt"]);
+    assert_eq!(
+        (summary["seen"].as_u64(), summary["errors"].as_u64()),
+        (Some(1), Some(0)),
+        "{summary:#}"
+    );
+    assert_eq!(
+        lab.db()
+            .files()
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect::<Vec<_>>(),
+        ["lib/ok.txt"]
+    );
     assert_eq!(search_paths(&lab, "outsider"), Vec::<String>::new());
 }
 
@@ -598,13 +916,39 @@ fn a_name_that_is_not_utf8_is_reported_and_skipped_and_the_rest_is_indexed() {
 
     let run = lab.agent(&["--json", "scan", "notes"]).success();
     let summary = run.json();
-    assert_eq!((summary["seen"].as_u64(), summary["upserted"].as_u64(), summary["errors"].as_u64()), (Some(1), Some(1), Some(2)), "{summary:#}");
-    let warnings: Vec<&str> = run.stderr_lines().into_iter().filter(|l| l.contains("not valid UTF-8")).collect();
-    assert_eq!(warnings.len(), 2, "one warning per bad name: {:?}", run.stderr);
-    assert!(warnings.iter().any(|w| w.contains("bad")) && warnings.iter().any(|w| w.contains("folder")), "{warnings:?}");
+    assert_eq!(
+        (
+            summary["seen"].as_u64(),
+            summary["upserted"].as_u64(),
+            summary["errors"].as_u64()
+        ),
+        (Some(1), Some(1), Some(2)),
+        "{summary:#}"
+    );
+    let warnings: Vec<&str> = run
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("not valid UTF-8"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        2,
+        "one warning per bad name: {:?}",
+        run.stderr
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("bad")) && warnings.iter().any(|w| w.contains("folder")),
+        "{warnings:?}"
+    );
 
     let db = lab.db();
-    assert_eq!(db.files().iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["notes/good.txt"]);
+    assert_eq!(
+        db.files()
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect::<Vec<_>>(),
+        ["notes/good.txt"]
+    );
     assert_eq!(db.runs()[0].errors, Some(2));
 }
 
@@ -615,7 +959,11 @@ const NOTES_LIBRARY: &str = "[[library]]\nname = \"notes\"\npath = '{root}/notes
 /// A library of three files, scanned once: configured as `notes` when `configured`, else named
 /// on the command line (`agent scan notes`).
 fn indexed_notes_as(configured: bool) -> (Lab, Vec<OutboxRow>) {
-    let lab = if configured { Lab::with_config(NOTES_LIBRARY) } else { Lab::new() };
+    let lab = if configured {
+        Lab::with_config(NOTES_LIBRARY)
+    } else {
+        Lab::new()
+    };
     lab.write("notes/a.txt", "alpha\n");
     lab.write("notes/b.md", "bravo\n");
     lab.write("notes/sub/c.txt", "charlie\n");
@@ -638,12 +986,33 @@ fn assert_refused_and_nothing_lost(lab: &Lab, before: &[OutboxRow], args: &[&str
     let line = run.error_line(&["notes", reason]);
     assert!(!line.contains('\n'));
     let db = lab.db();
-    assert_eq!(db.outbox(), before, "no event at all, and above all no delete_file");
-    assert_eq!(db.live_paths(), ["notes/a.txt", "notes/b.md", "notes/sub/c.txt"]);
-    assert_eq!(db.observed().len(), 3, "what this device saw is kept for when the root is back");
-    let run_row = db.runs().last().cloned().expect("the refused scan is recorded");
+    assert_eq!(
+        db.outbox(),
+        before,
+        "no event at all, and above all no delete_file"
+    );
+    assert_eq!(
+        db.live_paths(),
+        ["notes/a.txt", "notes/b.md", "notes/sub/c.txt"]
+    );
+    assert_eq!(
+        db.observed().len(),
+        3,
+        "what this device saw is kept for when the root is back"
+    );
+    let run_row = db
+        .runs()
+        .last()
+        .cloned()
+        .expect("the refused scan is recorded");
     assert_ne!(run_row.status.as_deref(), Some("ok"), "{run_row:?}");
-    assert!(run_row.message.as_deref().is_some_and(|m| m.contains("notes")), "{run_row:?}");
+    assert!(
+        run_row
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("notes")),
+        "{run_row:?}"
+    );
 }
 
 #[test]
@@ -655,7 +1024,14 @@ fn a_missing_library_root_is_an_error_and_deletes_nothing() {
     // Back where it was (same inodes): nothing happened, nothing to read.
     std::fs::rename(lab.path("elsewhere"), lab.path("notes")).expect("mv back");
     let summary = lab.scan(&[]);
-    assert_eq!((summary["hashed"].as_u64(), summary["upserted"].as_u64(), summary["deleted"].as_u64()), (Some(0), Some(0), Some(0)));
+    assert_eq!(
+        (
+            summary["hashed"].as_u64(),
+            summary["upserted"].as_u64(),
+            summary["deleted"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0))
+    );
 }
 
 #[test]
@@ -694,7 +1070,11 @@ fn an_emptied_library_root_is_an_error_and_deletes_nothing() {
     lab.write("notes/b.md", "bravo\n");
     lab.write("notes/sub/c.txt", "charlie\n");
     let summary = lab.scan(&[]);
-    assert_eq!((summary["upserted"].as_u64(), summary["deleted"].as_u64()), (Some(0), Some(0)), "{summary:#}");
+    assert_eq!(
+        (summary["upserted"].as_u64(), summary["deleted"].as_u64()),
+        (Some(0), Some(0)),
+        "{summary:#}"
+    );
     assert_eq!(lab.db().outbox(), before);
 }
 
@@ -708,7 +1088,9 @@ fn a_library_root_replaced_by_a_file_is_an_error_and_deletes_nothing() {
 
 #[test]
 fn a_refused_library_does_not_stop_the_others_from_being_scanned() {
-    let lab = Lab::with_config(&format!("{NOTES_LIBRARY}\n[[library]]\nname = \"work\"\npath = '{{root}}/work'\n"));
+    let lab = Lab::with_config(&format!(
+        "{NOTES_LIBRARY}\n[[library]]\nname = \"work\"\npath = '{{root}}/work'\n"
+    ));
     lab.write("notes/a.txt", "alpha\n");
     lab.write("work/w.txt", "work one\n");
     lab.scan(&[]);
@@ -724,7 +1106,10 @@ fn a_refused_library_does_not_stop_the_others_from_being_scanned() {
     assert_eq!(library(&summary, "work")["status"], "ok");
     assert_eq!(library(&summary, "work")["upserted"], 1);
 
-    assert_eq!(event_types(&new_events(&lab, before.len())), [("upsert_file", "work/w.txt")]);
+    assert_eq!(
+        event_types(&new_events(&lab, before.len())),
+        [("upsert_file", "work/w.txt")]
+    );
     assert_eq!(lab.db().live_paths(), ["notes/a.txt", "work/w.txt"]);
 }
 
@@ -743,10 +1128,19 @@ fn a_refused_library_is_reported_once_on_stderr_as_one_plain_line() {
 fn warnings_written_to_a_pipe_carry_no_terminal_colour_codes() {
     let lab = Lab::new();
     lab.write("notes/good.txt", "good\n");
-    std::fs::write(lab.path("notes").join(std::ffi::OsStr::from_bytes(b"bad\xff.txt")), "x").expect("write");
+    std::fs::write(
+        lab.path("notes")
+            .join(std::ffi::OsStr::from_bytes(b"bad\xff.txt")),
+        "x",
+    )
+    .expect("write");
     let run = lab.agent(&["scan", "notes"]).success();
     assert!(run.stderr.contains("not valid UTF-8"), "{:?}", run.stderr);
-    assert!(!run.stderr.contains('\u{1b}'), "stderr is not a terminal, yet has escape codes: {:?}", run.stderr);
+    assert!(
+        !run.stderr.contains('\u{1b}'),
+        "stderr is not a terminal, yet has escape codes: {:?}",
+        run.stderr
+    );
 }
 
 // ---- --library ---------------------------------------------------------------------------------
@@ -768,11 +1162,30 @@ fn library_option_scans_only_that_library() {
     std::fs::remove_file(lab.path("beta/b.txt")).expect("rm");
     lab.write("beta/new.txt", "new\n");
     let summary = lab.scan(&["--library", "alpha"]);
-    let names: Vec<&str> = summary["libraries"].as_array().expect("list").iter().map(|l| l["name"].as_str().expect("name")).collect();
+    let names: Vec<&str> = summary["libraries"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|l| l["name"].as_str().expect("name"))
+        .collect();
     assert_eq!(names, ["alpha"]);
-    assert_eq!(event_types(&new_events(&lab, before.len())), [("upsert_file", "alpha/a.txt")]);
-    assert_eq!(lab.db().live_paths(), ["alpha/a.txt", "beta/b.txt"], "beta was not looked at");
-    assert_eq!(lab.db().runs().last().and_then(|r| r.library.clone()).as_deref(), Some("alpha"));
+    assert_eq!(
+        event_types(&new_events(&lab, before.len())),
+        [("upsert_file", "alpha/a.txt")]
+    );
+    assert_eq!(
+        lab.db().live_paths(),
+        ["alpha/a.txt", "beta/b.txt"],
+        "beta was not looked at"
+    );
+    assert_eq!(
+        lab.db()
+            .runs()
+            .last()
+            .and_then(|r| r.library.clone())
+            .as_deref(),
+        Some("alpha")
+    );
 }
 
 #[test]

@@ -30,24 +30,41 @@ impl Brain {
     }
 
     fn start_at(dir: &Path, addr: SocketAddr) -> Brain {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
         let db = dir.join("brain.db");
         let store = Arc::new(SqliteStore::open(&db).expect("brain store"));
-        let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).expect("bind");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let config = ServerConfig { secret: Some(SECRET.into()), ..ServerConfig::default() };
+        let config = ServerConfig {
+            secret: Some(SECRET.into()),
+            ..ServerConfig::default()
+        };
         runtime.spawn(serve(listener, Arc::clone(&store), config, async move {
             let _ = rx.await;
         }));
-        Brain { addr, runtime, stop: Some(tx), db, store }
+        Brain {
+            addr,
+            runtime,
+            stop: Some(tx),
+            db,
+            store,
+        }
     }
 
     /// Drops every event of the log (entities stay), as `agent brain prune` does with old ones.
     fn prune_everything(&self) {
         use lib_agent::brain::store::BrainStore;
         let cutoff = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-        self.runtime.block_on(self.store.prune(cutoff)).expect("prune");
+        self.runtime
+            .block_on(self.store.prune(cutoff))
+            .expect("prune");
     }
 
     fn url(&self) -> String {
@@ -63,15 +80,27 @@ impl Brain {
             let _ = stop.send(());
         }
         let (addr, db) = (self.addr, self.db.clone());
-        self.runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        self.runtime
+            .shutdown_timeout(std::time::Duration::from_secs(5));
         (addr, db)
     }
 
     /// The brain's winner for a key: (device, sha256 or None for a tombstone).
     fn winner(&self, key: &str) -> (String, Option<String>) {
         let page = self.client().snapshot("", 500).expect("snapshot");
-        let entity = page.entities.into_iter().find(|e| e.entity_key == key).expect("entity at the brain");
-        (entity.device_id, if entity.deleted_at.is_some() { None } else { entity.payload.sha256 })
+        let entity = page
+            .entities
+            .into_iter()
+            .find(|e| e.entity_key == key)
+            .expect("entity at the brain");
+        (
+            entity.device_id,
+            if entity.deleted_at.is_some() {
+                None
+            } else {
+                entity.payload.sha256
+            },
+        )
     }
 }
 
@@ -92,7 +121,8 @@ impl Device {
             dir.path().join("agent.db"),
             dir.path().join("notes")
         );
-        let config = Config::from_toml_str(&toml, None, &|_| None, &Overrides::default()).expect("config");
+        let config =
+            Config::from_toml_str(&toml, None, &|_| None, &Overrides::default()).expect("config");
         let store = Store::open(&config.store.path).expect("store");
         Device { dir, config, store }
     }
@@ -122,7 +152,11 @@ impl Device {
     /// The shared view: (device of the winner, sha256 or None for a tombstone).
     fn winner(&self, key: &str) -> (String, Option<String>) {
         self.db()
-            .query_row("SELECT device_id, sha256 FROM lib_files WHERE path = ?1", [key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT device_id, sha256 FROM lib_files WHERE path = ?1",
+                [key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .expect("row")
     }
 
@@ -131,11 +165,18 @@ impl Device {
         let mut stmt = db
             .prepare("SELECT path, sha256, content, event_ulid FROM lib_files ORDER BY path")
             .expect("prepare");
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).expect("query").collect::<Result<_, _>>().expect("rows")
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
     }
 
     fn conflicts(&self) -> Vec<String> {
-        read::conflicts(self.store.conn()).expect("conflicts").into_iter().map(|c| c.loser.event_ulid.unwrap_or_default()).collect()
+        read::conflicts(self.store.conn())
+            .expect("conflicts")
+            .into_iter()
+            .map(|c| c.loser.event_ulid.unwrap_or_default())
+            .collect()
     }
 
     fn device_id(&self) -> String {
@@ -158,7 +199,10 @@ fn a_file_written_on_one_device_reaches_the_others_with_its_hash() {
     assert_eq!(b.winner("notes/idea.md"), expected);
     assert_eq!(c.winner("notes/idea.md"), expected);
     let hits = read::search(b.store.conn(), "idea", 10).expect("search");
-    assert_eq!(hits.iter().map(|h| h.path.as_str()).collect::<Vec<_>>(), ["notes/idea.md"]);
+    assert_eq!(
+        hits.iter().map(|h| h.path.as_str()).collect::<Vec<_>>(),
+        ["notes/idea.md"]
+    );
     // Pulling never writes the user's files.
     assert!(!b.dir.path().join("notes/idea.md").exists());
 }
@@ -178,7 +222,9 @@ fn a_delete_propagates_as_a_tombstone() {
     b.sync(&brain);
     assert_eq!(b.winner("notes/gone.md").1, None);
     assert_eq!(brain.winner("notes/gone.md").1, None);
-    assert!(read::search(b.store.conn(), "deleted", 10).expect("search").is_empty());
+    assert!(read::search(b.store.conn(), "deleted", 10)
+        .expect("search")
+        .is_empty());
 }
 
 #[test]
@@ -216,7 +262,11 @@ fn concurrent_edits_end_with_the_same_winner_and_conflict_on_every_replica() {
     let winner = brain.winner("notes/same.md");
     assert_eq!(a.winner("notes/same.md"), winner);
     assert_eq!(b.winner("notes/same.md"), winner);
-    assert_eq!(a.shared_rows(), b.shared_rows(), "the same shared view, row for row");
+    assert_eq!(
+        a.shared_rows(),
+        b.shared_rows(),
+        "the same shared view, row for row"
+    );
     let (ca, cb) = (a.conflicts(), b.conflicts());
     assert_eq!(ca.len(), 1, "the loser is listed");
     assert_eq!(ca, cb, "the same conflict on every replica");
@@ -229,18 +279,27 @@ fn with_the_brain_down_the_outbox_keeps_everything_until_it_is_back() {
     let (mut a, mut b) = (Device::new(), Device::new());
     let (addr, _) = brain.shutdown();
     for i in 0..5 {
-        a.write(&format!("f{i}.md"), &format!("written while the brain is down {i}"));
+        a.write(
+            &format!("f{i}.md"),
+            &format!("written while the brain is down {i}"),
+        );
         a.scan();
     }
     let client = BrainClient::new(&format!("http://{addr}"), Some(SECRET.into())).expect("client");
     let err = sync::push(&mut a.store, &client, 200).expect_err("the brain is down");
     assert!(err.is_retryable(), "{err}");
-    assert_eq!(read::counts(a.store.conn()).expect("counts").outbox_pending, 6);
+    assert_eq!(
+        read::counts(a.store.conn()).expect("counts").outbox_pending,
+        6
+    );
     // Back on the same address and database.
     let brain = Brain::start_at(brain_dir.path(), addr);
     a.sync(&brain);
     b.sync(&brain);
-    assert_eq!(read::counts(a.store.conn()).expect("counts").outbox_pending, 0);
+    assert_eq!(
+        read::counts(a.store.conn()).expect("counts").outbox_pending,
+        0
+    );
     assert_eq!(a.shared_rows(), b.shared_rows());
     assert_eq!(b.shared_rows().len(), 6);
 }
@@ -255,12 +314,17 @@ fn a_push_whose_answer_was_lost_duplicates_nothing_when_retried() {
     let first = sync::push(&mut a.store, &brain.client(), 200).expect("push");
     assert_eq!(first.result.inserted_events, 2);
     // As if the brain had committed but its answer never arrived: the rows are still unpushed.
-    a.db().execute("UPDATE lib_outbox SET pushed_at = NULL", []).expect("forget");
+    a.db()
+        .execute("UPDATE lib_outbox SET pushed_at = NULL", [])
+        .expect("forget");
     let again = sync::push(&mut a.store, &brain.client(), 200).expect("push again");
     assert_eq!((again.pushed, again.result.inserted_events), (2, 0));
     let pulled = sync::pull(&mut b.store, &brain.client(), 200, None).expect("pull");
     assert_eq!((pulled.pulled, pulled.applied), (2, 2));
-    let inbox: i64 = b.db().query_row("SELECT count(*) FROM lib_inbox", [], |r| r.get(0)).expect("count");
+    let inbox: i64 = b
+        .db()
+        .query_row("SELECT count(*) FROM lib_inbox", [], |r| r.get(0))
+        .expect("count");
     assert_eq!(inbox, 2);
     // Pulling again applies nothing twice.
     let again = sync::pull(&mut b.store, &brain.client(), 200, None).expect("pull");
@@ -288,8 +352,16 @@ fn an_event_the_brain_refuses_is_parked_and_the_rest_go_through() {
     let parked = read::parked_outbox(a.store.conn()).expect("parked");
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].1, "notes/good.md");
-    assert!(parked[0].2.contains("sha256"), "the brain's reason is kept: {}", parked[0].2);
-    assert_eq!(read::counts(a.store.conn()).expect("counts").outbox_pending, 0, "parked is not pending");
+    assert!(
+        parked[0].2.contains("sha256"),
+        "the brain's reason is kept: {}",
+        parked[0].2
+    );
+    assert_eq!(
+        read::counts(a.store.conn()).expect("counts").outbox_pending,
+        0,
+        "parked is not pending"
+    );
 }
 
 #[test]
@@ -301,7 +373,10 @@ fn a_wrong_secret_is_refused_and_nothing_is_marked_pushed() {
     let client = BrainClient::new(&brain.url(), Some("wrong".into())).expect("client");
     let err = sync::push(&mut a.store, &client, 200).expect_err("refused");
     assert!(err.to_string().contains("401"), "{err}");
-    assert_eq!(read::counts(a.store.conn()).expect("counts").outbox_pending, 1);
+    assert_eq!(
+        read::counts(a.store.conn()).expect("counts").outbox_pending,
+        1
+    );
 }
 
 #[test]
@@ -325,9 +400,17 @@ fn a_device_whose_cursor_was_pruned_reseeds_from_the_snapshot_and_matches() {
     let summary = sync::pull(&mut late.store, &brain.client(), 200, None).expect("pull");
     assert!(summary.reseeded, "{summary:?}");
     let shared = |d: &Device| -> Vec<(String, Option<String>, String)> {
-        d.shared_rows().into_iter().filter(|r| !r.0.ends_with(".keep")).map(|r| (r.0, r.1, r.3)).collect()
+        d.shared_rows()
+            .into_iter()
+            .filter(|r| !r.0.ends_with(".keep"))
+            .map(|r| (r.0, r.1, r.3))
+            .collect()
     };
-    assert_eq!(shared(&late), shared(&b), "the same winners, tombstones included");
+    assert_eq!(
+        shared(&late),
+        shared(&b),
+        "the same winners, tombstones included"
+    );
     assert_eq!(late.conflicts(), b.conflicts(), "and the same conflicts");
     assert_eq!(late.winner("notes/y.md").1, None);
     // And it goes on pulling from the watermark.

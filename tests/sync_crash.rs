@@ -43,18 +43,30 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 #[test]
 fn an_agent_killed_mid_push_restarts_and_converges_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
     let store = Arc::new(SqliteStore::open(&dir.path().join("brain.db")).expect("brain"));
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let config = ServerConfig { secret: Some(SECRET.into()), ..ServerConfig::default() };
+    let config = ServerConfig {
+        secret: Some(SECRET.into()),
+        ..ServerConfig::default()
+    };
     runtime.spawn(serve(listener, store, config, std::future::pending()));
 
     let a = dir.path().join("a");
     std::fs::create_dir_all(a.join("notes")).expect("mkdir");
     std::fs::write(
         a.join("agent.toml"),
-        format!("[[library]]\nname = \"notes\"\npath = {:?}\n[sync]\npush_debounce_ms = 20\n", a.join("notes")),
+        format!(
+            "[[library]]\nname = \"notes\"\npath = {:?}\n[sync]\npush_debounce_ms = 20\n",
+            a.join("notes")
+        ),
     )
     .expect("config");
 
@@ -63,7 +75,11 @@ fn an_agent_killed_mid_push_restarts_and_converges_without_loss_or_duplicates() 
         let mut child = spawn_agent(&a, &url);
         // Changes while it runs, then SIGKILL at a moment of its choosing: mid-index or mid-push.
         for i in 0..60 {
-            std::fs::write(a.join("notes").join(format!("r{round}-{i}.md")), format!("round {round} file {i}")).expect("write");
+            std::fs::write(
+                a.join("notes").join(format!("r{round}-{i}.md")),
+                format!("round {round} file {i}"),
+            )
+            .expect("write");
             written += 1;
             if i % 20 == 0 {
                 std::thread::sleep(Duration::from_millis(15));
@@ -80,32 +96,48 @@ fn an_agent_killed_mid_push_restarts_and_converges_without_loss_or_duplicates() 
     let pid = format!("\"pid\":{},", child.id());
     wait_until("the last run is up", Duration::from_secs(60), || {
         Connection::open(&db_a).is_ok_and(|db| {
-            db.query_row("SELECT v FROM lib_kv WHERE k = 'agent_run_state'", [], |r| r.get::<_, String>(0))
-                .is_ok_and(|v| v.contains(&pid) && v.contains("\"state\":\"running\""))
-        })
-    });
-    wait_until("A indexed and pushed everything", Duration::from_secs(60), || {
-        Connection::open(&db_a).is_ok_and(|db| {
             db.query_row(
-                "SELECT (SELECT count(*) FROM lib_files WHERE deleted_at IS NULL),
-                        (SELECT count(*) FROM lib_outbox WHERE pushed_at IS NULL)",
+                "SELECT v FROM lib_kv WHERE k = 'agent_run_state'",
                 [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                |r| r.get::<_, String>(0),
             )
-            .is_ok_and(|(files, pending)| files == written && pending == 0)
+            .is_ok_and(|v| v.contains(&pid) && v.contains("\"state\":\"running\""))
         })
     });
+    wait_until(
+        "A indexed and pushed everything",
+        Duration::from_secs(60),
+        || {
+            Connection::open(&db_a).is_ok_and(|db| {
+                db.query_row(
+                    "SELECT (SELECT count(*) FROM lib_files WHERE deleted_at IS NULL),
+                        (SELECT count(*) FROM lib_outbox WHERE pushed_at IS NULL)",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .is_ok_and(|(files, pending)| files == written && pending == 0)
+            })
+        },
+    );
     // SAFETY: signalling our own child.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
-    assert!(child.wait().expect("reap").success(), "a clean stop exits 0");
+    assert!(
+        child.wait().expect("reap").success(),
+        "a clean stop exits 0"
+    );
 
     // Another device pulls: same shared view, and the brain holds each of A's events once.
     let b = dir.path().join("b");
     std::fs::create_dir_all(b.join("notes")).expect("mkdir");
-    let toml = format!("[store]\npath = {:?}\n[[library]]\nname = \"notes\"\npath = {:?}\n", b.join("agent.db"), b.join("notes"));
-    let config = Config::from_toml_str(&toml, None, &|_| None, &Overrides::default()).expect("config");
+    let toml = format!(
+        "[store]\npath = {:?}\n[[library]]\nname = \"notes\"\npath = {:?}\n",
+        b.join("agent.db"),
+        b.join("notes")
+    );
+    let config =
+        Config::from_toml_str(&toml, None, &|_| None, &Overrides::default()).expect("config");
     let mut store_b = Store::open(&config.store.path).expect("store");
     let client = BrainClient::new(&url, Some(SECRET.into())).expect("client");
     let pulled = sync::pull(&mut store_b, &client, 500, None).expect("pull");
@@ -113,12 +145,24 @@ fn an_agent_killed_mid_push_restarts_and_converges_without_loss_or_duplicates() 
         .expect("db")
         .query_row("SELECT count(*) FROM lib_outbox", [], |r| r.get(0))
         .expect("count");
-    assert_eq!(pulled.pulled as i64, outbox_a, "every event of A reached the brain exactly once");
+    assert_eq!(
+        pulled.pulled as i64, outbox_a,
+        "every event of A reached the brain exactly once"
+    );
     let rows = |db: &Path| -> Vec<(String, Option<String>, Option<String>)> {
         let c = Connection::open(db).expect("db");
-        let mut s = c.prepare("SELECT path, sha256, event_ulid FROM lib_files ORDER BY path").expect("prepare");
-        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).expect("q").collect::<Result<_, _>>().expect("rows")
+        let mut s = c
+            .prepare("SELECT path, sha256, event_ulid FROM lib_files ORDER BY path")
+            .expect("prepare");
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("q")
+            .collect::<Result<_, _>>()
+            .expect("rows")
     };
-    assert_eq!(rows(&b.join("agent.db")), rows(&db_a), "B's shared view is A's, row for row");
+    assert_eq!(
+        rows(&b.join("agent.db")),
+        rows(&db_a),
+        "B's shared view is A's, row for row"
+    );
     assert_eq!(rows(&db_a).len() as i64, written);
 }

@@ -24,17 +24,33 @@ struct Brain {
 }
 
 fn brain(dir: &Path) -> Brain {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let store = Arc::new(SqliteStore::open(&dir.join("brain.db")).expect("brain"));
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let config = ServerConfig { secret: Some(SECRET.into()), ..ServerConfig::default() };
+    let config = ServerConfig {
+        secret: Some(SECRET.into()),
+        ..ServerConfig::default()
+    };
     runtime.spawn(serve(listener, store, config, std::future::pending()));
-    Brain { addr, _runtime: runtime }
+    Brain {
+        addr,
+        _runtime: runtime,
+    }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 struct Agent {
@@ -53,23 +69,35 @@ impl Agent {
             dir.path().join("notes"),
             brain.addr
         );
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let lookup = move |key: &str| {
             if key == "LIB_SYNC_SECRET" {
                 return Some(SECRET.to_owned());
             }
             env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
         };
-        let config = Config::from_toml_str(&toml, None, &lookup, &Overrides::default()).expect("config");
+        let config =
+            Config::from_toml_str(&toml, None, &lookup, &Overrides::default()).expect("config");
         let (tx, rx) = crossbeam_channel::bounded(1);
         let handle = std::thread::spawn(move || {
             let mut store = Store::open(&config.store.path).expect("store");
             daemon::run(&config, &mut store, &rx, &RunOptions::default()).expect("agent ran");
         });
-        let agent = Agent { dir, stop: Some(tx), handle: Some(handle) };
+        let agent = Agent {
+            dir,
+            stop: Some(tx),
+            handle: Some(handle),
+        };
         agent.wait_until("running", |db| {
-            db.query_row("SELECT v FROM lib_kv WHERE k = 'agent_run_state'", [], |r| r.get::<_, String>(0))
-                .is_ok_and(|v| v.contains("\"state\":\"running\""))
+            db.query_row(
+                "SELECT v FROM lib_kv WHERE k = 'agent_run_state'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .is_ok_and(|v| v.contains("\"state\":\"running\""))
         });
         agent
     }
@@ -82,7 +110,10 @@ impl Agent {
                     return start.elapsed();
                 }
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for: {what}");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "timed out waiting for: {what}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -92,8 +123,12 @@ impl Agent {
     }
 
     fn has(db: &Connection, key: &str) -> bool {
-        db.query_row("SELECT count(*) FROM lib_files WHERE path = ?1 AND deleted_at IS NULL", [key], |r| r.get::<_, i64>(0))
-            .is_ok_and(|n| n == 1)
+        db.query_row(
+            "SELECT count(*) FROM lib_files WHERE path = ?1 AND deleted_at IS NULL",
+            [key],
+            |r| r.get::<_, i64>(0),
+        )
+        .is_ok_and(|n| n == 1)
     }
 }
 
@@ -138,7 +173,9 @@ fn a_change_reaches_the_other_running_agent_by_webhook() {
 fn post(addr: SocketAddr, signature: Option<String>, body: &str) -> u16 {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    let sig = signature.map(|s| format!("x-lib-signature: {s}\r\n")).unwrap_or_default();
+    let sig = signature
+        .map(|s| format!("x-lib-signature: {s}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
         "POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{sig}content-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -147,7 +184,11 @@ fn post(addr: SocketAddr, signature: Option<String>, body: &str) -> u16 {
     .expect("send");
     let mut reply = String::new();
     stream.read_to_string(&mut reply).expect("read");
-    reply.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status code")
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code")
 }
 
 #[test]
@@ -156,17 +197,55 @@ fn the_listener_rejects_a_bad_signature_or_an_old_timestamp_and_wakes_nothing() 
     let (_stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let _thread = lib_agent::sync::listener::spawn(addr, "hook-secret".into(), wake_tx, stop_rx).expect("listener");
+    let _thread = lib_agent::sync::listener::spawn(addr, "hook-secret".into(), wake_tx, stop_rx)
+        .expect("listener");
     let body = r#"{"event":"new_events","after_id":7,"timestamp":"2026-11-25T10:00:00Z"}"#;
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
 
     assert_eq!(post(addr, None, body), 401, "no signature");
-    assert_eq!(post(addr, Some(webhooks::sign("wrong-secret", now, body.as_bytes())), body), 401, "other secret");
-    assert_eq!(post(addr, Some(webhooks::sign("hook-secret", now - 600, body.as_bytes())), body), 401, "ten minutes old");
+    assert_eq!(
+        post(
+            addr,
+            Some(webhooks::sign("wrong-secret", now, body.as_bytes())),
+            body
+        ),
+        401,
+        "other secret"
+    );
+    assert_eq!(
+        post(
+            addr,
+            Some(webhooks::sign("hook-secret", now - 600, body.as_bytes())),
+            body
+        ),
+        401,
+        "ten minutes old"
+    );
     let tampered = body.replace('7', "8");
-    assert_eq!(post(addr, Some(webhooks::sign("hook-secret", now, body.as_bytes())), &tampered), 401, "body changed");
+    assert_eq!(
+        post(
+            addr,
+            Some(webhooks::sign("hook-secret", now, body.as_bytes())),
+            &tampered
+        ),
+        401,
+        "body changed"
+    );
     assert!(wake_rx.try_recv().is_err(), "nothing woke the puller");
 
-    assert_eq!(post(addr, Some(webhooks::sign("hook-secret", now, body.as_bytes())), body), 200);
-    assert!(wake_rx.try_recv().is_ok(), "a valid notification wakes the puller");
+    assert_eq!(
+        post(
+            addr,
+            Some(webhooks::sign("hook-secret", now, body.as_bytes())),
+            body
+        ),
+        200
+    );
+    assert!(
+        wake_rx.try_recv().is_ok(),
+        "a valid notification wakes the puller"
+    );
 }

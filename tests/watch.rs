@@ -40,7 +40,12 @@ impl Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("lib")).expect("mkdir");
         let config = config_for(dir.path(), library_extra, debounce_ms);
-        let agent = Agent { dir, config, stop: None, handle: None };
+        let agent = Agent {
+            dir,
+            config,
+            stop: None,
+            handle: None,
+        };
         for (rel, text) in files {
             agent.write(rel, text);
         }
@@ -52,13 +57,19 @@ impl Agent {
         let config = self.config.clone();
         self.handle = Some(std::thread::spawn(move || {
             let mut store = Store::open(&config.store.path).map_err(|e| e.to_string())?;
-            let options = daemon::RunOptions { poll_interval: Duration::from_millis(300) };
+            let options = daemon::RunOptions {
+                poll_interval: Duration::from_millis(300),
+            };
             daemon::run(&config, &mut store, &rx, &options).map_err(|e| e.to_string())
         }));
         self.stop = Some(tx);
         self.wait_until("the agent runs", |db| {
-            db.query_row("SELECT v FROM lib_kv WHERE k = 'agent_run_state'", [], |r| r.get::<_, String>(0))
-                .is_ok_and(|v| v.contains("\"state\":\"running\""))
+            db.query_row(
+                "SELECT v FROM lib_kv WHERE k = 'agent_run_state'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .is_ok_and(|v| v.contains("\"state\":\"running\""))
         });
         self
     }
@@ -67,7 +78,10 @@ impl Agent {
     fn stop(&mut self) -> RunState {
         drop(self.stop.take());
         let handle = self.handle.take().expect("running");
-        handle.join().expect("agent thread").expect("agent ran without error")
+        handle
+            .join()
+            .expect("agent thread")
+            .expect("agent ran without error")
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -114,8 +128,13 @@ impl Drop for Agent {
 }
 
 fn outbox(db: &Connection) -> Vec<(String, String)> {
-    let mut stmt = db.prepare("SELECT event_type, entity_key FROM lib_outbox ORDER BY id").expect("prepare");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("query").collect::<Result<_, _>>().expect("rows")
+    let mut stmt = db
+        .prepare("SELECT event_type, entity_key FROM lib_outbox ORDER BY id")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
 }
 
 /// Events after the first `skip`, as (type, key) pairs, sorted within the batch for comparison.
@@ -131,7 +150,10 @@ fn live_files(db: &Connection) -> Vec<(String, String)> {
     let mut stmt = db
         .prepare("SELECT path, coalesce(content, '') FROM lib_files WHERE deleted_at IS NULL ORDER BY path")
         .expect("prepare");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("query").collect::<Result<_, _>>().expect("rows")
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
 }
 
 fn sorted(mut v: Vec<(String, String)>) -> Vec<(String, String)> {
@@ -147,7 +169,10 @@ fn a_created_file_is_indexed_once() {
     a.stop();
     let db = a.db();
     assert_eq!(events_after(&db, 0), [ev("upsert_file", "lib/new.md")]);
-    assert_eq!(live_files(&db), [("lib/new.md".to_owned(), "fresh words".to_owned())]);
+    assert_eq!(
+        live_files(&db),
+        [("lib/new.md".to_owned(), "fresh words".to_owned())]
+    );
 }
 
 #[test]
@@ -159,16 +184,30 @@ fn modify_append_and_truncate_are_each_one_upsert_with_the_new_text() {
     a.wait_for_events(base + 1);
     {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(a.path("a.txt")).expect("open");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(a.path("a.txt"))
+            .expect("open");
         f.write_all(b" and three").expect("append");
     }
     a.wait_for_events(base + 2);
-    std::fs::OpenOptions::new().write(true).open(a.path("a.txt")).expect("open").set_len(3).expect("truncate");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(a.path("a.txt"))
+        .expect("open")
+        .set_len(3)
+        .expect("truncate");
     a.wait_for_events(base + 3);
     a.stop();
     let db = a.db();
-    assert_eq!(events_after(&db, base), vec![ev("upsert_file", "lib/a.txt"); 3]);
-    assert_eq!(live_files(&db), [("lib/a.txt".to_owned(), "two".to_owned())]);
+    assert_eq!(
+        events_after(&db, base),
+        vec![ev("upsert_file", "lib/a.txt"); 3]
+    );
+    assert_eq!(
+        live_files(&db),
+        [("lib/a.txt".to_owned(), "two".to_owned())]
+    );
 }
 
 #[test]
@@ -179,7 +218,10 @@ fn a_deleted_file_becomes_a_tombstone() {
     a.stop();
     let db = a.db();
     assert_eq!(events_after(&db, 2), [ev("delete_file", "lib/a.txt")]);
-    assert_eq!(live_files(&db), [("lib/keep.txt".to_owned(), "stays".to_owned())]);
+    assert_eq!(
+        live_files(&db),
+        [("lib/keep.txt".to_owned(), "stays".to_owned())]
+    );
 }
 
 #[test]
@@ -189,10 +231,22 @@ fn a_renamed_file_is_a_delete_and_an_upsert_without_reading_it_again() {
     a.wait_for_events(3);
     let state = a.stop();
     let db = a.db();
-    assert_eq!(sorted(events_after(&db, 1)), [ev("delete_file", "lib/old.md"), ev("upsert_file", "lib/new.md")]);
-    assert_eq!(live_files(&db), [("lib/new.md".to_owned(), "moving text".to_owned())]);
+    assert_eq!(
+        sorted(events_after(&db, 1)),
+        [
+            ev("delete_file", "lib/old.md"),
+            ev("upsert_file", "lib/new.md")
+        ]
+    );
+    assert_eq!(
+        live_files(&db),
+        [("lib/new.md".to_owned(), "moving text".to_owned())]
+    );
     assert_eq!(state.changes_indexed, 2);
-    assert_eq!(state.renames_reused, 1, "recognised by inode, size and mtime: not read again");
+    assert_eq!(
+        state.renames_reused, 1,
+        "recognised by inode, size and mtime: not read again"
+    );
 }
 
 #[test]
@@ -217,13 +271,23 @@ fn a_renamed_folder_moves_everything_beneath_it() {
 
 #[test]
 fn a_deleted_folder_deletes_everything_beneath_it() {
-    let mut a = Agent::with_files(&[("d/a.txt", "A"), ("d/sub/b.txt", "B"), ("keep.txt", "K")]).start();
+    let mut a =
+        Agent::with_files(&[("d/a.txt", "A"), ("d/sub/b.txt", "B"), ("keep.txt", "K")]).start();
     std::fs::remove_dir_all(a.path("d")).expect("rm -r");
     a.wait_for_events(5);
     a.stop();
     let db = a.db();
-    assert_eq!(sorted(events_after(&db, 3)), [ev("delete_file", "lib/d/a.txt"), ev("delete_file", "lib/d/sub/b.txt")]);
-    assert_eq!(live_files(&db), [("lib/keep.txt".to_owned(), "K".to_owned())]);
+    assert_eq!(
+        sorted(events_after(&db, 3)),
+        [
+            ev("delete_file", "lib/d/a.txt"),
+            ev("delete_file", "lib/d/sub/b.txt")
+        ]
+    );
+    assert_eq!(
+        live_files(&db),
+        [("lib/keep.txt".to_owned(), "K".to_owned())]
+    );
 }
 
 #[test]
@@ -238,7 +302,11 @@ fn files_written_right_after_mkdir_p_are_all_indexed() {
     let db = a.db();
     assert_eq!(
         sorted(events_after(&db, 0)),
-        [ev("upsert_file", "lib/x/f0.txt"), ev("upsert_file", "lib/x/y/f1.txt"), ev("upsert_file", "lib/x/y/z/f2.txt")]
+        [
+            ev("upsert_file", "lib/x/f0.txt"),
+            ev("upsert_file", "lib/x/y/f1.txt"),
+            ev("upsert_file", "lib/x/y/z/f2.txt")
+        ]
     );
 }
 
@@ -256,8 +324,20 @@ fn a_tree_moved_in_is_indexed_and_moved_out_is_deleted() {
     a.stop();
     let db = a.db();
     let events = events_after(&db, 0);
-    assert_eq!(sorted(events[..2].to_vec()), [ev("upsert_file", "lib/t/one.txt"), ev("upsert_file", "lib/t/u/two.txt")]);
-    assert_eq!(sorted(events[2..].to_vec()), [ev("delete_file", "lib/t/one.txt"), ev("delete_file", "lib/t/u/two.txt")]);
+    assert_eq!(
+        sorted(events[..2].to_vec()),
+        [
+            ev("upsert_file", "lib/t/one.txt"),
+            ev("upsert_file", "lib/t/u/two.txt")
+        ]
+    );
+    assert_eq!(
+        sorted(events[2..].to_vec()),
+        [
+            ev("delete_file", "lib/t/one.txt"),
+            ev("delete_file", "lib/t/u/two.txt")
+        ]
+    );
     assert!(live_files(&db).is_empty());
 }
 
@@ -271,7 +351,9 @@ fn excluded_paths_are_never_indexed() {
     a.stop();
     let db = a.db();
     assert_eq!(events_after(&db, 0), [ev("upsert_file", "lib/real.md")]);
-    let observed: i64 = db.query_row("SELECT count(*) FROM lib_observed", [], |r| r.get(0)).expect("count");
+    let observed: i64 = db
+        .query_row("SELECT count(*) FROM lib_observed", [], |r| r.get(0))
+        .expect("count");
     assert_eq!(observed, 1, "excluded files are not even hashed");
 }
 
@@ -285,14 +367,20 @@ fn an_editor_style_atomic_save_is_one_upsert_of_the_real_file() {
     a.stop();
     let db = a.db();
     assert_eq!(events_after(&db, 1), [ev("upsert_file", "lib/doc.md")]);
-    assert_eq!(live_files(&db), [("lib/doc.md".to_owned(), "final text".to_owned())]);
+    assert_eq!(
+        live_files(&db),
+        [("lib/doc.md".to_owned(), "final text".to_owned())]
+    );
 }
 
 #[test]
 fn a_burst_of_a_thousand_files_is_indexed_completely() {
     let mut a = Agent::with_files(&[]).start();
     for i in 0..1000 {
-        a.write(&format!("burst/d{}/f{i}.txt", i % 10), &format!("file number {i}"));
+        a.write(
+            &format!("burst/d{}/f{i}.txt", i % 10),
+            &format!("file number {i}"),
+        );
     }
     a.wait_until("every file indexed with its content", |db| {
         db.query_row(
@@ -310,7 +398,9 @@ fn a_burst_of_a_thousand_files_is_indexed_completely() {
     assert!(events.iter().all(|(kind, _)| kind == "upsert_file"));
     let distinct: std::collections::BTreeSet<&String> = events.iter().map(|(_, k)| k).collect();
     assert_eq!(distinct.len(), 1000);
-    let batches: i64 = db.query_row("SELECT count(*) FROM lib_runs", [], |r| r.get(0)).expect("runs");
+    let batches: i64 = db
+        .query_row("SELECT count(*) FROM lib_runs", [], |r| r.get(0))
+        .expect("runs");
     assert_eq!(batches, 1, "indexed by the watcher, not by rescans");
 }
 
@@ -326,7 +416,11 @@ fn a_change_made_while_the_agent_was_stopped_is_caught_at_the_next_start() {
     let db = a.db();
     assert_eq!(
         sorted(events_after(&db, 2)),
-        [ev("delete_file", "lib/b.txt"), ev("upsert_file", "lib/a.txt"), ev("upsert_file", "lib/c.txt")]
+        [
+            ev("delete_file", "lib/b.txt"),
+            ev("upsert_file", "lib/a.txt"),
+            ev("upsert_file", "lib/c.txt")
+        ]
     );
 }
 
@@ -348,12 +442,19 @@ fn stopping_indexes_changes_still_in_their_settle_window() {
     let mut a = Agent::with_files_and(&[], "", 60_000).start();
     a.write("late.txt", "written just before the stop");
     a.wait_until("the change is in the backlog", |db| {
-        db.query_row("SELECT v FROM lib_kv WHERE k = 'agent_run_state'", [], |r| r.get::<_, String>(0))
-            .is_ok_and(|v| v.contains("\"backlog\":1"))
+        db.query_row(
+            "SELECT v FROM lib_kv WHERE k = 'agent_run_state'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .is_ok_and(|v| v.contains("\"backlog\":1"))
     });
     assert!(outbox(&a.db()).is_empty());
     a.stop();
-    assert_eq!(events_after(&a.db(), 0), [ev("upsert_file", "lib/late.txt")]);
+    assert_eq!(
+        events_after(&a.db(), 0),
+        [ev("upsert_file", "lib/late.txt")]
+    );
 }
 
 #[test]
@@ -370,8 +471,12 @@ fn a_burst_beyond_the_kernels_event_queue_loses_nothing() {
         std::fs::write(dir.join(format!("f{i}")), i.to_string()).expect("write");
     }
     a.wait_until("every file indexed", |db| {
-        db.query_row("SELECT count(*) FROM lib_files WHERE deleted_at IS NULL", [], |r| r.get::<_, i64>(0))
-            .is_ok_and(|count| count == n)
+        db.query_row(
+            "SELECT count(*) FROM lib_files WHERE deleted_at IS NULL",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .is_ok_and(|count| count == n)
     });
     a.stop();
     let db = a.db();
@@ -382,7 +487,11 @@ fn a_burst_beyond_the_kernels_event_queue_loses_nothing() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .expect("count");
-    assert_eq!((deletes, keys), (0, n), "an upsert for every file, nothing else");
+    assert_eq!(
+        (deletes, keys),
+        (0, n),
+        "an upsert for every file, nothing else"
+    );
     // A rescan may catch a file between its creation and its write (an empty version that really
     // existed), but the last word on every file is its final content.
     let wrong: i64 = db
@@ -404,10 +513,18 @@ fn a_library_root_that_disappears_deletes_nothing_and_is_picked_up_again_when_ba
     let aside = a.dir.path().join("unmounted");
     std::fs::rename(&root, &aside).expect("unmount");
     a.wait_until("the library is polled", |db| {
-        db.query_row("SELECT v FROM lib_kv WHERE k = 'agent_run_state'", [], |r| r.get::<_, String>(0))
-            .is_ok_and(|v| v.contains("polling"))
+        db.query_row(
+            "SELECT v FROM lib_kv WHERE k = 'agent_run_state'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .is_ok_and(|v| v.contains("polling"))
     });
-    assert_eq!(outbox(&a.db()).len(), 2, "an unavailable root deletes nothing");
+    assert_eq!(
+        outbox(&a.db()).len(),
+        2,
+        "an unavailable root deletes nothing"
+    );
     // Back, with one change made meanwhile: found by the next poll, then watched again.
     std::fs::rename(&aside, &root).expect("remount");
     a.write("c.txt", "C");
@@ -416,7 +533,13 @@ fn a_library_root_that_disappears_deletes_nothing_and_is_picked_up_again_when_ba
     a.wait_for_events(4);
     a.stop();
     let db = a.db();
-    assert_eq!(events_after(&db, 2), [ev("upsert_file", "lib/c.txt"), ev("upsert_file", "lib/d.txt")]);
+    assert_eq!(
+        events_after(&db, 2),
+        [
+            ev("upsert_file", "lib/c.txt"),
+            ev("upsert_file", "lib/d.txt")
+        ]
+    );
 }
 
 #[test]
@@ -428,5 +551,11 @@ fn a_file_replaced_by_a_folder_of_the_same_name_is_deleted_and_the_folder_indexe
     a.wait_for_events(4);
     a.stop();
     let db = a.db();
-    assert_eq!(sorted(events_after(&db, 2)), [ev("delete_file", "lib/thing"), ev("upsert_file", "lib/thing/inside.txt")]);
+    assert_eq!(
+        sorted(events_after(&db, 2)),
+        [
+            ev("delete_file", "lib/thing"),
+            ev("upsert_file", "lib/thing/inside.txt")
+        ]
+    );
 }

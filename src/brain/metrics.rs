@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -37,7 +39,10 @@ impl Metrics {
     pub fn observe(&self, route: &str, status: u16, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         let mut all = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
-        let index = match all.iter().position(|l| l.route == route && l.status == status) {
+        let index = match all
+            .iter()
+            .position(|l| l.route == route && l.status == status)
+        {
             Some(i) => i,
             None => {
                 all.push(RouteLatency {
@@ -62,24 +67,58 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counters: [(&str, &str, &AtomicU64); 6] = [
-            ("lib_brain_events_ingested_total", "Events appended to the log", &self.events_ingested),
-            ("lib_brain_ingest_requests_total", "Successful ingest requests", &self.ingest_requests),
-            ("lib_brain_pulls_total", "Successful pull requests", &self.pulls),
-            ("lib_brain_events_pulled_total", "Events served by pulls", &self.events_pulled),
-            ("lib_brain_webhook_deliveries_total", "Webhook notifications delivered (2xx)", &self.webhook_deliveries),
-            ("lib_brain_webhook_failures_total", "Webhook notifications that failed", &self.webhook_failures),
+            (
+                "lib_brain_events_ingested_total",
+                "Events appended to the log",
+                &self.events_ingested,
+            ),
+            (
+                "lib_brain_ingest_requests_total",
+                "Successful ingest requests",
+                &self.ingest_requests,
+            ),
+            (
+                "lib_brain_pulls_total",
+                "Successful pull requests",
+                &self.pulls,
+            ),
+            (
+                "lib_brain_events_pulled_total",
+                "Events served by pulls",
+                &self.events_pulled,
+            ),
+            (
+                "lib_brain_webhook_deliveries_total",
+                "Webhook notifications delivered (2xx)",
+                &self.webhook_deliveries,
+            ),
+            (
+                "lib_brain_webhook_failures_total",
+                "Webhook notifications that failed",
+                &self.webhook_failures,
+            ),
         ];
         for (name, help, value) in counters {
-            let _ =
-                writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
         }
         let name = "lib_brain_request_duration_seconds";
-        let _ = writeln!(out, "# HELP {name} HTTP request latency by route and status\n# TYPE {name} histogram");
+        let _ = writeln!(
+            out,
+            "# HELP {name} HTTP request latency by route and status\n# TYPE {name} histogram"
+        );
         let all = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
         for l in all.iter() {
             let labels = format!("route=\"{}\",status=\"{}\"", l.route, l.status);
             for (i, bound) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {}", l.counts[i]);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{labels},le=\"{bound}\"}} {}",
+                    l.counts[i]
+                );
             }
             let total = l.counts[BUCKETS.len()];
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");

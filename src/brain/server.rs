@@ -28,8 +28,8 @@ use super::store::{check_batch, BrainStore};
 use super::webhooks::Notifier;
 use super::BrainError;
 use crate::model::wire::{
-    ErrorBody, HealthResponse, IngestRequest, IngestResponse, OkResponse, PullResponse, SnapshotResponse,
-    WebhookRequest, WebhookResponse, MAX_BATCH, SECRET_HEADER,
+    ErrorBody, HealthResponse, IngestRequest, IngestResponse, OkResponse, PullResponse,
+    SnapshotResponse, WebhookRequest, WebhookResponse, MAX_BATCH, SECRET_HEADER,
 };
 
 /// How the server behaves; every limit has a default a careful operator would pick.
@@ -100,14 +100,28 @@ impl IntoResponse for BrainError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        (status, Json(ErrorBody { ok: false, error: self.to_string() })).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                ok: false,
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
     }
 }
 
 /// The router with every route. `stopping` ends pending long-polls when it flips to true.
-pub fn router<S: BrainStore>(store: Arc<S>, config: ServerConfig, stopping: watch::Receiver<bool>) -> Router {
+pub fn router<S: BrainStore>(
+    store: Arc<S>,
+    config: ServerConfig,
+    stopping: watch::Receiver<bool>,
+) -> Router {
     let metrics = Arc::new(Metrics::default());
-    let secret_digest = config.secret.as_ref().map(|s| Sha256::digest(s.as_bytes()).into());
+    let secret_digest = config
+        .secret
+        .as_ref()
+        .map(|s| Sha256::digest(s.as_bytes()).into());
     let state = AppState {
         store,
         secret_digest,
@@ -123,7 +137,10 @@ pub fn router<S: BrainStore>(store: Arc<S>, config: ServerConfig, stopping: watc
         .route("/webhook", post(register_webhook::<S>))
         .route("/webhook/{device_id}", delete(deactivate_webhook::<S>))
         .route("/metrics", get(metrics_text::<S>))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_secret::<S>));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_secret::<S>,
+        ));
     Router::new()
         .route("/health", get(health))
         .merge(protected)
@@ -152,15 +169,23 @@ pub async fn serve<S: BrainStore>(
 }
 
 /// Span and latency per route; the route is the matched pattern, never the raw URL.
-async fn observe<S: BrainStore>(State(state): State<AppState<S>>, request: Request, next: Next) -> Response {
-    let route =
-        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+async fn observe<S: BrainStore>(
+    State(state): State<AppState<S>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().clone();
     let started = Instant::now();
     let span = tracing::debug_span!("request", %method, route = %route);
     let response = next.run(request).instrument(span).await;
     let elapsed = started.elapsed();
-    state.metrics.observe(&route, response.status().as_u16(), elapsed);
+    state
+        .metrics
+        .observe(&route, response.status().as_u16(), elapsed);
     tracing::debug!(%method, route = %route, status = response.status().as_u16(), elapsed_ms = elapsed.as_millis() as u64, "request");
     response
 }
@@ -172,7 +197,9 @@ async fn require_secret<S: BrainStore>(
     next: Next,
 ) -> Response {
     if let Some(expected) = &state.secret_digest {
-        let given = headers.get(SECRET_HEADER).map(|v| Sha256::digest(v.as_bytes()));
+        let given = headers
+            .get(SECRET_HEADER)
+            .map(|v| Sha256::digest(v.as_bytes()));
         let ok = given.is_some_and(|g| bool::from(g.as_slice().ct_eq(expected.as_slice())));
         if !ok {
             let error = if given.is_none() {
@@ -180,18 +207,29 @@ async fn require_secret<S: BrainStore>(
             } else {
                 format!("wrong {SECRET_HEADER}")
             };
-            return (StatusCode::UNAUTHORIZED, Json(ErrorBody { ok: false, error })).into_response();
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(ErrorBody { ok: false, error }),
+            )
+                .into_response();
         }
     }
     next.run(request).await
 }
 
 async fn health() -> Json<HealthResponse> {
-    Json(HealthResponse { status: "healthy".into(), version: env!("CARGO_PKG_VERSION").into() })
+    Json(HealthResponse {
+        status: "healthy".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
 }
 
 async fn metrics_text<S: BrainStore>(State(state): State<AppState<S>>) -> Response {
-    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// The body, or 413 over the cap.
@@ -200,7 +238,10 @@ fn body(body: Result<Bytes, BytesRejection>, cap: usize) -> Result<Bytes, BrainE
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             BrainError::TooLarge(format!("request body is over the cap of {cap} bytes"))
         } else {
-            BrainError::Invalid(format!("cannot read the request body: {}", rejection.body_text()))
+            BrainError::Invalid(format!(
+                "cannot read the request body: {}",
+                rejection.body_text()
+            ))
         }
     })
 }
@@ -217,7 +258,8 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BrainError> {
             BrainError::Invalid(format!("{path}: {inner}"))
         }
     })?;
-    de.end().map_err(|e| BrainError::Invalid(format!("malformed JSON: {e}")))?;
+    de.end()
+        .map_err(|e| BrainError::Invalid(format!("malformed JSON: {e}")))?;
     Ok(value)
 }
 
@@ -236,11 +278,17 @@ async fn ingest<S: BrainStore>(
     let batch = check_batch(request.batch, state.config.max_content_bytes)?;
     let ingested = state.store.ingest(batch).await?;
     Metrics::add(&state.metrics.ingest_requests, 1);
-    Metrics::add(&state.metrics.events_ingested, ingested.result.inserted_events);
+    Metrics::add(
+        &state.metrics.events_ingested,
+        ingested.result.inserted_events,
+    );
     if let Some((after_id, _)) = ingested.new_ids {
         state.notifier.notify_all(state.store.clone(), after_id);
     }
-    Ok(Json(IngestResponse { ok: true, result: ingested.result }))
+    Ok(Json(IngestResponse {
+        ok: true,
+        result: ingested.result,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,7 +301,8 @@ struct PullParams {
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, BrainError> {
-    q.map(|Query(v)| v).map_err(|e| BrainError::Invalid(e.body_text()))
+    q.map(|Query(v)| v)
+        .map_err(|e| BrainError::Invalid(e.body_text()))
 }
 
 fn page_size(limit: Option<usize>) -> Result<usize, BrainError> {
@@ -270,7 +319,10 @@ async fn pull<S: BrainStore>(
 ) -> Result<Json<PullResponse>, BrainError> {
     let params = query(params)?;
     if params.after_id < 0 {
-        return Err(BrainError::Invalid(format!("after_id must be 0 or more, not {}", params.after_id)));
+        return Err(BrainError::Invalid(format!(
+            "after_id must be 0 or more, not {}",
+            params.after_id
+        )));
     }
     let limit = page_size(params.limit)?;
     let wait = Duration::from_millis(params.wait_ms).min(state.config.max_wait);
@@ -295,7 +347,12 @@ async fn pull<S: BrainStore>(
     };
     Metrics::add(&state.metrics.pulls, 1);
     Metrics::add(&state.metrics.events_pulled, page.events.len() as u64);
-    Ok(Json(PullResponse { ok: true, events: page.events, next_after_id: page.next_after_id, has_more: page.has_more }))
+    Ok(Json(PullResponse {
+        ok: true,
+        events: page.events,
+        next_after_id: page.next_after_id,
+        has_more: page.has_more,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,7 +369,12 @@ async fn snapshot<S: BrainStore>(
     let params = query(params)?;
     let limit = page_size(params.limit)?;
     let page = state.store.snapshot(&params.after_key, limit).await?;
-    Ok(Json(SnapshotResponse { ok: true, entities: page.entities, watermark: page.watermark, has_more: page.has_more }))
+    Ok(Json(SnapshotResponse {
+        ok: true,
+        entities: page.entities,
+        watermark: page.watermark,
+        has_more: page.has_more,
+    }))
 }
 
 fn check_device_id(device_id: &str) -> Result<(), BrainError> {
@@ -331,10 +393,12 @@ async fn register_webhook<S: BrainStore>(
     let raw = body(raw, state.config.max_body_bytes)?;
     let request: WebhookRequest = parse_json(&raw)?;
     check_device_id(&request.device_id)?;
-    let uri: axum::http::Uri = request
-        .webhook_url
-        .parse()
-        .map_err(|e| BrainError::Invalid(format!("webhook_url {:?} is not a URL: {e}", request.webhook_url)))?;
+    let uri: axum::http::Uri = request.webhook_url.parse().map_err(|e| {
+        BrainError::Invalid(format!(
+            "webhook_url {:?} is not a URL: {e}",
+            request.webhook_url
+        ))
+    })?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
         return Err(BrainError::Invalid(format!(
             "webhook_url {:?} must be an http:// or https:// URL with a host",
@@ -342,11 +406,19 @@ async fn register_webhook<S: BrainStore>(
         )));
     }
     if request.secret.is_empty() {
-        return Err(BrainError::Invalid("secret is empty: notifications are signed with it".into()));
+        return Err(BrainError::Invalid(
+            "secret is empty: notifications are signed with it".into(),
+        ));
     }
-    let webhook_id = state.store.register_webhook(&request.device_id, &request.webhook_url, &request.secret).await?;
+    let webhook_id = state
+        .store
+        .register_webhook(&request.device_id, &request.webhook_url, &request.secret)
+        .await?;
     tracing::info!(device_id = %request.device_id, webhook_id, "webhook registered");
-    Ok(Json(WebhookResponse { ok: true, webhook_id }))
+    Ok(Json(WebhookResponse {
+        ok: true,
+        webhook_id,
+    }))
 }
 
 async fn deactivate_webhook<S: BrainStore>(

@@ -29,7 +29,8 @@ type HmacSha256 = Hmac<Sha256>;
 
 fn mac(secret: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length.
-    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts any key length");
+    let mut mac =
+        HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts any key length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -46,14 +47,21 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
 pub enum SignatureError {
     #[error("signature header is malformed (expected t=<unix>,v1=<hex>)")]
     Malformed,
-    #[error("signature timestamp is {skew_secs} s away from now (at most {MAX_SKEW_SECS} s allowed)")]
+    #[error(
+        "signature timestamp is {skew_secs} s away from now (at most {MAX_SKEW_SECS} s allowed)"
+    )]
     Stale { skew_secs: i64 },
     #[error("signature does not match")]
     Mismatch,
 }
 
 /// Checks a signature header against the body, in constant time, and its timestamp against `now`.
-pub fn verify(secret: &str, header: &str, body: &[u8], now: SystemTime) -> Result<(), SignatureError> {
+pub fn verify(
+    secret: &str,
+    header: &str,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<(), SignatureError> {
     let mut timestamp = None;
     let mut tags = Vec::new();
     for part in header.split(',') {
@@ -72,7 +80,10 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now: SystemTime) -> Resul
         return Err(SignatureError::Stale { skew_secs: skew });
     }
     // verify_slice compares in constant time.
-    if tags.iter().any(|tag| mac(secret, timestamp, body).verify_slice(tag).is_ok()) {
+    if tags
+        .iter()
+        .any(|tag| mac(secret, timestamp, body).verify_slice(tag).is_ok())
+    {
         Ok(())
     } else {
         Err(SignatureError::Mismatch)
@@ -90,7 +101,10 @@ impl Notifier {
     pub fn new(metrics: Arc<Metrics>) -> Notifier {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(DELIVERY_TIMEOUT));
-        Notifier { client: Client::builder(TokioExecutor::new()).build(connector), metrics }
+        Notifier {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            metrics,
+        }
     }
 
     /// Notifies every active webhook that events after `after_id` exist. Returns at once: the
@@ -113,7 +127,11 @@ impl Notifier {
     }
 
     async fn deliver(&self, hook: &Webhook, after_id: i64) {
-        let notification = WebhookNotification { event: "new_events".into(), after_id, timestamp: now_rfc3339() };
+        let notification = WebhookNotification {
+            event: "new_events".into(),
+            after_id,
+            timestamp: now_rfc3339(),
+        };
         let body = serde_json::to_vec(&notification).unwrap_or_default();
         let signature = sign(&hook.secret, unix_seconds(SystemTime::now()), &body);
         let request = match axum::http::Request::post(&hook.url)
@@ -171,10 +189,22 @@ mod tests {
         let header = sign("s3cret", t, b"{\"a\":1}");
         assert!(header.starts_with(&format!("t={t},v1=")));
         assert_eq!(verify("s3cret", &header, b"{\"a\":1}", now), Ok(()));
-        assert_eq!(verify("other", &header, b"{\"a\":1}", now), Err(SignatureError::Mismatch));
-        assert_eq!(verify("s3cret", &header, b"{\"a\":2}", now), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify("other", &header, b"{\"a\":1}", now),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify("s3cret", &header, b"{\"a\":2}", now),
+            Err(SignatureError::Mismatch)
+        );
         let later = now + Duration::from_secs(301);
-        assert!(matches!(verify("s3cret", &header, b"{\"a\":1}", later), Err(SignatureError::Stale { .. })));
-        assert_eq!(verify("s3cret", "v1=00", b"", now), Err(SignatureError::Malformed));
+        assert!(matches!(
+            verify("s3cret", &header, b"{\"a\":1}", later),
+            Err(SignatureError::Stale { .. })
+        ));
+        assert_eq!(
+            verify("s3cret", "v1=00", b"", now),
+            Err(SignatureError::Malformed)
+        );
     }
 }

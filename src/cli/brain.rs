@@ -32,7 +32,12 @@ pub struct StoreArgs {
     /// PostgreSQL URL (postgres:// or postgresql://); the brain uses its `lib_shared` schema,
     /// creating it if needed. Without it the brain uses the SQLite file of `--db`
     /// [default: the platform data dir's lib-agent/brain.db]
-    #[arg(long, value_name = "URL", env = "LIB_BRAIN_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "LIB_BRAIN_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// PostgreSQL schema holding the brain's tables (several brains can share one database)
     #[arg(long, value_name = "NAME", default_value = crate::brain::store::postgres::DEFAULT_SCHEMA)]
@@ -83,7 +88,10 @@ impl Target {
                 if url.starts_with("postgres://") || url.starts_with("postgresql://") {
                     Ok(Target::Postgres(
                         url.clone(),
-                        PgOptions { schema: store.schema.clone(), ..PgOptions::default() },
+                        PgOptions {
+                            schema: store.schema.clone(),
+                            ..PgOptions::default()
+                        },
                     ))
                 } else if let Some(path) = url.strip_prefix("sqlite://") {
                     Ok(Target::Sqlite(PathBuf::from(path)))
@@ -104,15 +112,21 @@ impl Target {
         match self {
             Target::Sqlite(path) => format!("sqlite {}", path.display()),
             Target::Postgres(url, options) => {
-                format!("postgres {} schema {}", crate::brain::store::postgres::redact(url), options.schema)
+                format!(
+                    "postgres {} schema {}",
+                    crate::brain::store::postgres::redact(url),
+                    options.schema
+                )
             }
         }
     }
 }
 
 pub fn run(args: Args, global: &GlobalArgs, _config: &Config) -> anyhow::Result<()> {
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     match args.command {
         BrainCommand::Serve(args) => runtime.block_on(serve(args, global)),
         BrainCommand::Prune(args) => runtime.block_on(prune(args, global)),
@@ -129,7 +143,10 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         );
     }
     if secret.is_some() && args.insecure_no_auth {
-        bail!("--insecure-no-auth and {} are both given: unset one", config::ENV_SYNC_SECRET);
+        bail!(
+            "--insecure-no-auth and {} are both given: unset one",
+            config::ENV_SYNC_SECRET
+        );
     }
     let server_config = ServerConfig {
         secret,
@@ -140,14 +157,29 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let target = Target::from_args(&args.store, global)?;
     match &target {
         Target::Sqlite(path) => {
-            let store = SqliteStore::open(path).with_context(|| format!("opening {}", target.describe()))?;
-            listen(Arc::new(store), server_config, &args.listen, &target, global).await
+            let store = SqliteStore::open(path)
+                .with_context(|| format!("opening {}", target.describe()))?;
+            listen(
+                Arc::new(store),
+                server_config,
+                &args.listen,
+                &target,
+                global,
+            )
+            .await
         }
         Target::Postgres(url, options) => {
             let store = PgStore::connect(url, options.clone())
                 .await
                 .with_context(|| format!("opening {}", target.describe()))?;
-            listen(Arc::new(store), server_config, &args.listen, &target, global).await
+            listen(
+                Arc::new(store),
+                server_config,
+                &args.listen,
+                &target,
+                global,
+            )
+            .await
         }
     }
 }
@@ -159,18 +191,27 @@ async fn listen<S: BrainStore>(
     target: &Target,
     global: &GlobalArgs,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-    let local = listener.local_addr().context("reading the listening address")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener
+        .local_addr()
+        .context("reading the listening address")?;
     if config.secret.is_none() {
         tracing::warn!("serving without authentication (--insecure-no-auth)");
     }
     // On stdout so a supervisor (or a test) that asked for port 0 learns the port.
     if global.json {
-        println!("{}", json!({"ok": true, "listen": local.to_string(), "store": target.describe()}));
+        println!(
+            "{}",
+            json!({"ok": true, "listen": local.to_string(), "store": target.describe()})
+        );
     } else {
         println!("brain listening on http://{local} ({})", target.describe());
     }
-    server::serve(listener, store, config, shutdown_signal()).await.context("serving")?;
+    server::serve(listener, store, config, shutdown_signal())
+        .await
+        .context("serving")?;
     tracing::info!("brain stopped");
     Ok(())
 }
@@ -206,7 +247,8 @@ async fn prune(args: PruneArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             if !path.exists() {
                 bail!("no brain database at {}", path.display());
             }
-            let store = SqliteStore::open(path).with_context(|| format!("opening {}", target.describe()))?;
+            let store = SqliteStore::open(path)
+                .with_context(|| format!("opening {}", target.describe()))?;
             store.prune(cutoff).await?
         }
         Target::Postgres(url, options) => {

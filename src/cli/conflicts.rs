@@ -26,7 +26,10 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         println!("    won:  {}", describe(&c.winner));
         println!("    lost: {}", describe(&c.loser));
     }
-    println!("{} conflict(s); an edit made after seeing them resolves them", conflicts.len());
+    println!(
+        "{} conflict(s); an edit made after seeing them resolves them",
+        conflicts.len()
+    );
     Ok(())
 }
 

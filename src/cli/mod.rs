@@ -55,7 +55,10 @@ pub enum Command {
 
 impl GlobalArgs {
     pub fn load_config(&self) -> anyhow::Result<Config> {
-        let overrides = Overrides { config_path: self.config.clone(), db_path: self.db.clone() };
+        let overrides = Overrides {
+            config_path: self.config.clone(),
+            db_path: self.db.clone(),
+        };
         Ok(Config::load(&overrides, &config::process_env)?)
     }
 }

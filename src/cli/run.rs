@@ -21,8 +21,11 @@ pub struct Args {
 pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Result<()> {
     // SIGINT and SIGTERM end the loop; the pending changes are indexed before exiting.
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("installing the signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing the signal handlers")?;
     let handle = signals.handle();
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
@@ -36,7 +39,12 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
     }
     let mut store = Store::open(&config.store.path)?;
 
-    let state = daemon::run(&config, &mut store, &stop_rx, &daemon::RunOptions::default())?;
+    let state = daemon::run(
+        &config,
+        &mut store,
+        &stop_rx,
+        &daemon::RunOptions::default(),
+    )?;
     handle.close();
     if global.json {
         super::print_json(&json!({ "ok": true, "changes_indexed": state.changes_indexed }))?;

@@ -38,7 +38,11 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
         }
     }
     let mut store = Store::open(&config.store.path)?;
-    let options = ScanOptions { library: only, progress: !global.json, allow_empty: args.allow_empty };
+    let options = ScanOptions {
+        library: only,
+        progress: !global.json,
+        allow_empty: args.allow_empty,
+    };
     let summary = scan::scan(&mut store, &config, &options)?;
     if global.json {
         super::print_json(&summary)?;
@@ -58,10 +62,17 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
             );
         }
         if summary.backfilled > 0 {
-            println!("backfilled {} LIB rows as initial_sync events", summary.backfilled);
+            println!(
+                "backfilled {} LIB rows as initial_sync events",
+                summary.backfilled
+            );
         }
         let n = summary.libraries.len();
-        println!("scanned {n} {} in {:.2} s", crate::scan::plural(n, "library", "libraries"), summary.seconds);
+        println!(
+            "scanned {n} {} in {:.2} s",
+            crate::scan::plural(n, "library", "libraries"),
+            summary.seconds
+        );
     }
     if !summary.ok {
         let reasons: Vec<String> = summary
@@ -81,13 +92,28 @@ pub(crate) fn add_folder(config: &mut Config, path: &std::path::Path) -> anyhow:
     // Compared in canonical form (symlinks resolved) when the folder exists; as spelled otherwise.
     let canonical = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
     let wanted = canonical(&root);
-    if let Some(existing) = config.libraries.iter().find(|l| canonical(&l.path) == wanted) {
+    if let Some(existing) = config
+        .libraries
+        .iter()
+        .find(|l| canonical(&l.path) == wanted)
+    {
         return Ok(existing.name.clone());
     }
     // Named as the user spelled it (a symlink's own name), unless that is `..` or `/`.
-    let named = if root.file_name().is_some() { &root } else { &wanted };
-    let Some(name) = named.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
-        bail!("folder {} has no usable name to call its library by; add it to the config file", root.display());
+    let named = if root.file_name().is_some() {
+        &root
+    } else {
+        &wanted
+    };
+    let Some(name) = named
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+    else {
+        bail!(
+            "folder {} has no usable name to call its library by; add it to the config file",
+            root.display()
+        );
     };
     if config.library(&name).is_some() {
         bail!(
@@ -98,8 +124,14 @@ pub(crate) fn add_folder(config: &mut Config, path: &std::path::Path) -> anyhow:
     let template = crate::config::LibraryConfig {
         name: name.clone(),
         path: root,
-        include: crate::config::DEFAULT_INCLUDE.iter().map(|g| (*g).to_owned()).collect(),
-        exclude: crate::config::DEFAULT_EXCLUDE.iter().map(|g| (*g).to_owned()).collect(),
+        include: crate::config::DEFAULT_INCLUDE
+            .iter()
+            .map(|g| (*g).to_owned())
+            .collect(),
+        exclude: crate::config::DEFAULT_EXCLUDE
+            .iter()
+            .map(|g| (*g).to_owned())
+            .collect(),
     };
     crate::filter::LibraryFilter::new(&template)?;
     config.libraries.push(template);

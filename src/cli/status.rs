@@ -43,9 +43,13 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
     }
     let brain = config.sync.brain_url.clone();
     let running = crate::daemon::RunLock::is_held(store.path());
-    let sync_state: Option<crate::sync::agent::SyncState> =
-        store.kv_get(crate::sync::agent::STATE_KEY)?.and_then(|s| serde_json::from_str(&s).ok());
-    let cursor: i64 = store.kv_get(crate::sync::CURSOR_KEY)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let sync_state: Option<crate::sync::agent::SyncState> = store
+        .kv_get(crate::sync::agent::STATE_KEY)?
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let cursor: i64 = store
+        .kv_get(crate::sync::CURSOR_KEY)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let parked = read::parked_outbox(conn)?;
     let run_state = crate::daemon::read_state(&store)?;
     if global.json {
@@ -86,7 +90,10 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
                 Some(false) => "UNREACHABLE",
                 None => "not contacted yet",
             };
-            println!("brain      {url} ({reach}), realtime {}, cursor {cursor}", config.sync.realtime.as_str());
+            println!(
+                "brain      {url} ({reach}), realtime {}, cursor {cursor}",
+                config.sync.realtime.as_str()
+            );
             println!(
                 "sync       last push {}, last pull {}",
                 st.last_push_at.as_deref().unwrap_or("never"),
@@ -97,10 +104,22 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
             }
         }
     }
-    println!("files      {} live ({:.1} MB), {} deleted, {} conflicts", counts.files, counts.bytes as f64 / 1e6, counts.deleted, counts.conflicts);
-    println!("outbox     {} waiting to be pushed, {} in all", counts.outbox_pending, counts.outbox_total);
+    println!(
+        "files      {} live ({:.1} MB), {} deleted, {} conflicts",
+        counts.files,
+        counts.bytes as f64 / 1e6,
+        counts.deleted,
+        counts.conflicts
+    );
+    println!(
+        "outbox     {} waiting to be pushed, {} in all",
+        counts.outbox_pending, counts.outbox_total
+    );
     if !parked.is_empty() {
-        println!("parked     {} events the brain refused (not retried):", parked.len());
+        println!(
+            "parked     {} events the brain refused (not retried):",
+            parked.len()
+        );
         for (ulid, key, error) in &parked {
             println!("           {key} ({ulid}): {error}");
         }
@@ -113,15 +132,26 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         let files = info["files"].as_i64().unwrap_or_default();
         match config.library(name) {
             Some(lib) => {
-                let state = if lib.path.is_dir() { "" } else { "  [root unavailable]" };
-                println!("library    {name}  {}  {files} files{state}", lib.path.display());
+                let state = if lib.path.is_dir() {
+                    ""
+                } else {
+                    "  [root unavailable]"
+                };
+                println!(
+                    "library    {name}  {}  {files} files{state}",
+                    lib.path.display()
+                );
             }
             None => println!("library    {name}  (not in the config)  {files} files"),
         }
     }
     match (&run_state, running) {
         (Some(run), true) => {
-            let watching = run.libraries.values().filter(|m| matches!(m, crate::daemon::LibraryMode::Watching)).count();
+            let watching = run
+                .libraries
+                .values()
+                .filter(|m| matches!(m, crate::daemon::LibraryMode::Watching))
+                .count();
             println!(
                 "agent      running (pid {}), watching {watching} of {} libraries, {} changes waiting, last change {}",
                 run.pid,
@@ -135,7 +165,10 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
                 }
             }
         }
-        (Some(run), false) => println!("agent      not running (last stopped at {})", run.updated_at),
+        (Some(run), false) => println!(
+            "agent      not running (last stopped at {})",
+            run.updated_at
+        ),
         (None, _) => println!("agent      not running (never started: `agent run`)"),
     }
     match last_run {

@@ -25,10 +25,22 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     };
     let client = BrainClient::new(url, config.sync.secret.clone())?;
     let mut store = Store::open(&config.store.path)?;
-    let (do_push, do_pull) = if args.push || args.pull { (args.push, args.pull) } else { (true, true) };
+    let (do_push, do_pull) = if args.push || args.pull {
+        (args.push, args.pull)
+    } else {
+        (true, true)
+    };
     let batch = config.sync.batch_size;
-    let pushed = if do_push { Some(sync::push(&mut store, &client, batch)?) } else { None };
-    let pulled = if do_pull { Some(sync::pull(&mut store, &client, batch, None)?) } else { None };
+    let pushed = if do_push {
+        Some(sync::push(&mut store, &client, batch)?)
+    } else {
+        None
+    };
+    let pulled = if do_pull {
+        Some(sync::pull(&mut store, &client, batch, None)?)
+    } else {
+        None
+    };
     let backfill_pending = store.kv_get("backfill_pending")?.is_some();
     if global.json {
         return super::print_json(&json!({
@@ -43,11 +55,18 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
             "pushed {} events ({} new to the brain){}",
             p.pushed,
             p.result.inserted_events,
-            if p.parked > 0 { format!("; {} refused and parked (see `agent status`)", p.parked) } else { String::new() }
+            if p.parked > 0 {
+                format!("; {} refused and parked (see `agent status`)", p.parked)
+            } else {
+                String::new()
+            }
         );
     }
     if let Some(p) = &pulled {
-        println!("pulled {} events, applied {}; cursor {}", p.pulled, p.applied, p.new_after_id);
+        println!(
+            "pulled {} events, applied {}; cursor {}",
+            p.pulled, p.applied, p.new_after_id
+        );
     }
     Ok(())
 }

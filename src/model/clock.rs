@@ -145,7 +145,10 @@ mod tests {
         let b = VectorClock::from([("a", 1), ("b", 1)]);
         assert_eq!(a.compare(&b), Causality::Before);
         assert_eq!(VectorClock::from([("a", 0)]), VectorClock::new());
-        assert_eq!(VectorClock::new().compare(&VectorClock::from([("x", 0)])), Causality::Equal);
+        assert_eq!(
+            VectorClock::new().compare(&VectorClock::from([("x", 0)])),
+            Causality::Equal
+        );
     }
 
     #[test]
@@ -154,7 +157,10 @@ mod tests {
         a.merge(&VectorClock::from([("a", 3), ("b", 7), ("c", 2)]));
         assert_eq!(a, VectorClock::from([("a", 5), ("b", 7), ("c", 2)]));
         assert_eq!(a.sum(), 14);
-        assert_eq!(VectorClock::from([("a", u64::MAX), ("b", u64::MAX)]).sum(), 2 * u128::from(u64::MAX));
+        assert_eq!(
+            VectorClock::from([("a", u64::MAX), ("b", u64::MAX)]).sum(),
+            2 * u128::from(u64::MAX)
+        );
     }
 
     #[test]

@@ -91,7 +91,9 @@ pub enum EventError {
 }
 
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Event {
@@ -115,7 +117,11 @@ impl Event {
             return Err(EventError::ClockMissingDevice(self.device_id.clone()));
         }
         if !self.event_type.is_delete() {
-            let sha = self.payload.sha256.as_deref().ok_or(EventError::MissingField("sha256"))?;
+            let sha = self
+                .payload
+                .sha256
+                .as_deref()
+                .ok_or(EventError::MissingField("sha256"))?;
             if !is_sha256_hex(sha) {
                 return Err(EventError::Sha256(sha.to_owned()));
             }
@@ -124,7 +130,10 @@ impl Event {
             }
             if let Some(content) = &self.payload.content {
                 if content.len() > max_content_bytes {
-                    return Err(EventError::ContentTooLarge { size: content.len(), cap: max_content_bytes });
+                    return Err(EventError::ContentTooLarge {
+                        size: content.len(),
+                        cap: max_content_bytes,
+                    });
                 }
             }
         }
@@ -139,9 +148,17 @@ impl Event {
             device_id: self.device_id.clone(),
             clock: self.vector_clock.clone(),
             deleted,
-            sha256: if deleted { None } else { self.payload.sha256.clone() },
+            sha256: if deleted {
+                None
+            } else {
+                self.payload.sha256.clone()
+            },
             bytes: if deleted { None } else { self.payload.bytes },
-            mtime_unix: if deleted { None } else { self.payload.mtime_unix },
+            mtime_unix: if deleted {
+                None
+            } else {
+                self.payload.mtime_unix
+            },
             created_at: self.created_at.clone(),
         }
     }
@@ -200,11 +217,17 @@ mod tests {
         assert!(matches!(e.validate(10), Err(EventError::Sha256(_))));
         let mut e = upsert();
         e.vector_clock = VectorClock::from([("other", 3)]);
-        assert!(matches!(e.validate(10), Err(EventError::ClockMissingDevice(_))));
+        assert!(matches!(
+            e.validate(10),
+            Err(EventError::ClockMissingDevice(_))
+        ));
         let mut e = upsert();
         e.entity_key = "notes/../x".into();
         assert!(matches!(e.validate(10), Err(EventError::Key(_))));
-        assert!(matches!(upsert().validate(2), Err(EventError::ContentTooLarge { size: 3, cap: 2 })));
+        assert!(matches!(
+            upsert().validate(2),
+            Err(EventError::ContentTooLarge { size: 3, cap: 2 })
+        ));
         let mut e = upsert();
         e.payload.bytes = None;
         assert_eq!(e.validate(10), Err(EventError::MissingField("bytes")));

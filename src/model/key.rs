@@ -35,7 +35,10 @@ pub fn validate(key: &str) -> Result<(), KeyError> {
     if key.chars().any(|c| c.is_control() || c == '\\') {
         return Err(KeyError::BadCharacter(key.to_owned()));
     }
-    if key.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if key
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(KeyError::BadSegment(key.to_owned()));
     }
     if !key.contains('/') {
@@ -94,13 +97,25 @@ mod tests {
     fn invalid_keys_are_refused() {
         assert_eq!(validate(""), Err(KeyError::Empty));
         assert!(matches!(validate("/notes/a"), Err(KeyError::Absolute(_))));
-        assert!(matches!(validate("notes/../etc/passwd"), Err(KeyError::BadSegment(_))));
-        assert!(matches!(validate("notes/./a"), Err(KeyError::BadSegment(_))));
+        assert!(matches!(
+            validate("notes/../etc/passwd"),
+            Err(KeyError::BadSegment(_))
+        ));
+        assert!(matches!(
+            validate("notes/./a"),
+            Err(KeyError::BadSegment(_))
+        ));
         assert!(matches!(validate("notes//a"), Err(KeyError::BadSegment(_))));
         assert!(matches!(validate("notes/a/"), Err(KeyError::BadSegment(_))));
         assert!(matches!(validate("notes"), Err(KeyError::NoPath(_))));
-        assert!(matches!(validate("notes/a\nb"), Err(KeyError::BadCharacter(_))));
-        assert!(matches!(validate("notes\\a"), Err(KeyError::BadCharacter(_))));
+        assert!(matches!(
+            validate("notes/a\nb"),
+            Err(KeyError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            validate("notes\\a"),
+            Err(KeyError::BadCharacter(_))
+        ));
         // "é" as e + combining acute is not NFC.
         assert!(validate("notes/cafe\u{301}").is_err());
     }

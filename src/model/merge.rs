@@ -90,11 +90,18 @@ pub enum Outcome {
 pub fn apply(current: Option<&EntityState>, incoming: &Version) -> Outcome {
     let Some(current) = current else {
         return Outcome::Applied {
-            state: EntityState { seen_vc: incoming.clock.clone(), siblings: vec![incoming.clone()] },
+            state: EntityState {
+                seen_vc: incoming.clock.clone(),
+                siblings: vec![incoming.clone()],
+            },
             winner_changed: true,
         };
     };
-    if current.siblings.iter().any(|s| s.event_ulid == incoming.event_ulid) {
+    if current
+        .siblings
+        .iter()
+        .any(|s| s.event_ulid == incoming.event_ulid)
+    {
         return Outcome::Duplicate;
     }
     let mut seen_vc = current.seen_vc.clone();
@@ -102,7 +109,10 @@ pub fn apply(current: Option<&EntityState>, incoming: &Version) -> Outcome {
 
     // A version some sibling dominates is not a sibling itself (it was seen and superseded). If no
     // sibling dominates it, nothing applied does: every applied version is below some sibling.
-    let superseded = current.siblings.iter().any(|s| s.clock.dominates(&incoming.clock));
+    let superseded = current
+        .siblings
+        .iter()
+        .any(|s| s.clock.dominates(&incoming.clock));
     let mut siblings: Vec<Version> = if superseded {
         current.siblings.clone()
     } else {
@@ -117,7 +127,10 @@ pub fn apply(current: Option<&EntityState>, incoming: &Version) -> Outcome {
     };
     sort_by_rank(&mut siblings);
     let winner_changed = siblings[0].event_ulid == incoming.event_ulid;
-    Outcome::Applied { state: EntityState { seen_vc, siblings }, winner_changed }
+    Outcome::Applied {
+        state: EntityState { seen_vc, siblings },
+        winner_changed,
+    }
 }
 
 fn sort_by_rank(siblings: &mut [Version]) {

@@ -24,7 +24,9 @@ pub struct Observed {
 pub enum Applied {
     /// The event was applied already: nothing changed.
     Duplicate,
-    Merged { winner_changed: bool },
+    Merged {
+        winner_changed: bool,
+    },
 }
 
 pub struct Batch<'a> {
@@ -52,7 +54,12 @@ pub struct SharedRow {
 
 impl<'a> Batch<'a> {
     pub(super) fn new(tx: Transaction<'a>, device_id: &'a str) -> Self {
-        Batch { tx, device_id, fts_staged: Cell::new(false), sequence: Cell::new(None) }
+        Batch {
+            tx,
+            device_id,
+            fts_staged: Cell::new(false),
+            sequence: Cell::new(None),
+        }
     }
 
     pub fn device_id(&self) -> &str {
@@ -77,17 +84,28 @@ impl<'a> Batch<'a> {
                 )
                 .ctx(|| "updating the search index".into())?;
         }
-        self.tx.commit().ctx(|| "committing a batch of changes".into())
+        self.tx
+            .commit()
+            .ctx(|| "committing a batch of changes".into())
     }
 
     /// Stages one search index change: `op` is NULL for an insert, 'delete' for a removal (which
     /// needs the exact old values).
-    fn stage_fts(&self, op: Option<&str>, id: i64, path: &str, content: Option<&str>) -> Result<()> {
+    fn stage_fts(
+        &self,
+        op: Option<&str>,
+        id: i64,
+        path: &str,
+        content: Option<&str>,
+    ) -> Result<()> {
         let mut stmt = self
             .tx
-            .prepare_cached("INSERT INTO temp.fts_pending (op, id, path, content) VALUES (?1, ?2, ?3, ?4)")
+            .prepare_cached(
+                "INSERT INTO temp.fts_pending (op, id, path, content) VALUES (?1, ?2, ?3, ?4)",
+            )
             .ctx(|| "preparing search index staging".into())?;
-        stmt.execute((op, id, path, content)).ctx(|| format!("staging {path} for the search index"))?;
+        stmt.execute((op, id, path, content))
+            .ctx(|| format!("staging {path} for the search index"))?;
         self.fts_staged.set(true);
         Ok(())
     }
@@ -123,7 +141,8 @@ impl<'a> Batch<'a> {
             .tx
             .prepare_cached("DELETE FROM lib_observed WHERE path = ?1")
             .ctx(|| "preparing observed delete".into())?;
-        stmt.execute([key]).ctx(|| format!("forgetting observed state of {key}"))?;
+        stmt.execute([key])
+            .ctx(|| format!("forgetting observed state of {key}"))?;
         Ok(())
     }
 
@@ -137,7 +156,9 @@ impl<'a> Batch<'a> {
             .ctx(|| "preparing entity lookup".into())?;
         type Raw = (i64, Option<String>, Option<String>, bool, Option<String>);
         let row: Option<Raw> = stmt
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .query_row([key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()
             .ctx(|| format!("reading the shared state of {key}"))?;
         let Some((id, seen_vc, siblings, live, content)) = row else {
@@ -155,7 +176,11 @@ impl<'a> Batch<'a> {
             }
             _ => None,
         };
-        Ok(Some(SharedRow { id, state, live_content: live.then_some(content) }))
+        Ok(Some(SharedRow {
+            id,
+            state,
+            live_content: live.then_some(content),
+        }))
     }
 
     /// The merge state of an entity in the shared view.
@@ -171,9 +196,11 @@ impl<'a> Batch<'a> {
             None => {
                 let stored: i64 = self
                     .tx
-                    .query_row("SELECT sequence FROM lib_device WHERE device_id = ?1", [self.device_id], |r| {
-                        r.get(0)
-                    })
+                    .query_row(
+                        "SELECT sequence FROM lib_device WHERE device_id = ?1",
+                        [self.device_id],
+                        |r| r.get(0),
+                    )
                     .ctx(|| "reading the device sequence number".into())?;
                 stored.max(0) as u64
             }
@@ -217,7 +244,10 @@ impl<'a> Batch<'a> {
     fn apply_to(&self, event: &Event, row: Option<&SharedRow>) -> Result<Applied> {
         let key = event.entity_key.as_str();
         let current = row.and_then(|r| r.state.as_ref());
-        let Outcome::Applied { state, winner_changed } = merge::apply(current, &event.version())
+        let Outcome::Applied {
+            state,
+            winner_changed,
+        } = merge::apply(current, &event.version())
         else {
             return Ok(Applied::Duplicate);
         };
@@ -233,7 +263,8 @@ impl<'a> Batch<'a> {
                 .tx
                 .prepare_cached("UPDATE lib_files SET seen_vc = ?2, siblings = ?3 WHERE path = ?1")
                 .ctx(|| "preparing merge-state update".into())?;
-            stmt.execute((key, &seen_vc, &siblings)).ctx(|| format!("updating merge state of {key}"))?;
+            stmt.execute((key, &seen_vc, &siblings))
+                .ctx(|| format!("updating merge state of {key}"))?;
         }
         let had_siblings = current.is_some_and(|s| s.siblings.len() > 1);
         if had_siblings || state.siblings.len() > 1 {
@@ -242,7 +273,13 @@ impl<'a> Batch<'a> {
         Ok(Applied::Merged { winner_changed })
     }
 
-    fn write_winner(&self, event: &Event, row: Option<&SharedRow>, seen_vc: &str, siblings: &str) -> Result<()> {
+    fn write_winner(
+        &self,
+        event: &Event,
+        row: Option<&SharedRow>,
+        seen_vc: &str,
+        siblings: &str,
+    ) -> Result<()> {
         let key = event.entity_key.as_str();
         let p = &event.payload;
         let deleted = event.event_type.is_delete();
@@ -251,7 +288,11 @@ impl<'a> Batch<'a> {
         let params = rusqlite::params![
             key,
             live(p.sha256.as_deref()),
-            if deleted { None } else { p.bytes.map(|b| b as i64) },
+            if deleted {
+                None
+            } else {
+                p.bytes.map(|b| b as i64)
+            },
             if deleted { None } else { p.mtime_unix },
             live(p.ext.as_deref()),
             live(p.mime.as_deref()),
@@ -282,7 +323,8 @@ impl<'a> Batch<'a> {
                     .ctx(|| "preparing lib_files update".into())?;
                 let mut all: Vec<&dyn rusqlite::ToSql> = params.to_vec();
                 all.push(&row.id);
-                stmt.execute(all.as_slice()).ctx(|| format!("writing the shared row of {key}"))?;
+                stmt.execute(all.as_slice())
+                    .ctx(|| format!("writing the shared row of {key}"))?;
                 row.id
             }
             None => {
@@ -294,7 +336,8 @@ impl<'a> Batch<'a> {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                     )
                     .ctx(|| "preparing lib_files insert".into())?;
-                stmt.execute(params).ctx(|| format!("writing the shared row of {key}"))?;
+                stmt.execute(params)
+                    .ctx(|| format!("writing the shared row of {key}"))?;
                 self.tx.last_insert_rowid()
             }
         };
@@ -356,12 +399,22 @@ impl<'a> Batch<'a> {
             event.vector_clock.to_json(),
             &event.created_at,
         ))
-        .ctx(|| format!("appending event {} for {} to the outbox", event.event_ulid, event.entity_key))?;
+        .ctx(|| {
+            format!(
+                "appending event {} for {} to the outbox",
+                event.event_ulid, event.entity_key
+            )
+        })?;
         Ok(self.tx.last_insert_rowid())
     }
 
     /// Records a change made on this device: a new event, applied to the shared view and queued.
-    pub fn record_local(&self, key: &str, event_type: EventType, payload: FilePayload) -> Result<Event> {
+    pub fn record_local(
+        &self,
+        key: &str,
+        event_type: EventType,
+        payload: FilePayload,
+    ) -> Result<Event> {
         let row = self.shared(key)?;
         self.record_local_over(key, row.as_ref(), event_type, payload)
     }
@@ -386,10 +439,13 @@ impl<'a> Batch<'a> {
         let now = now_rfc3339();
         let mut stmt = self
             .tx
-            .prepare_cached("UPDATE lib_outbox SET pushed_at = ?2 WHERE id = ?1 AND pushed_at IS NULL")
+            .prepare_cached(
+                "UPDATE lib_outbox SET pushed_at = ?2 WHERE id = ?1 AND pushed_at IS NULL",
+            )
             .ctx(|| "preparing the pushed mark".into())?;
         for id in ids {
-            stmt.execute((id, &now)).ctx(|| format!("marking outbox row {id} pushed"))?;
+            stmt.execute((id, &now))
+                .ctx(|| format!("marking outbox row {id} pushed"))?;
         }
         Ok(())
     }
@@ -456,7 +512,9 @@ impl<'a> Batch<'a> {
     }
 
     pub fn kv_delete(&self, key: &str) -> Result<()> {
-        self.tx.execute("DELETE FROM lib_kv WHERE k = ?1", [key]).ctx(|| format!("deleting lib_kv {key}"))?;
+        self.tx
+            .execute("DELETE FROM lib_kv WHERE k = ?1", [key])
+            .ctx(|| format!("deleting lib_kv {key}"))?;
         Ok(())
     }
 

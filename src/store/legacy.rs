@@ -39,21 +39,45 @@ const ADOPTED_COLUMNS: &[(&str, &[(&str, &str)])] = &[
             ("message", "TEXT"),
         ],
     ),
-    ("lib_device", &[("sequence", "INTEGER NOT NULL DEFAULT 0"), ("created_at", "TEXT")]),
-    ("lib_outbox", &[("pushed_at", "TEXT"), ("parked_at", "TEXT"), ("parked_error", "TEXT")]),
-    ("lib_inbox", &[("source_id", "INTEGER"), ("applied_at", "TEXT")]),
+    (
+        "lib_device",
+        &[
+            ("sequence", "INTEGER NOT NULL DEFAULT 0"),
+            ("created_at", "TEXT"),
+        ],
+    ),
+    (
+        "lib_outbox",
+        &[
+            ("pushed_at", "TEXT"),
+            ("parked_at", "TEXT"),
+            ("parked_error", "TEXT"),
+        ],
+    ),
+    (
+        "lib_inbox",
+        &[("source_id", "INTEGER"), ("applied_at", "TEXT")],
+    ),
 ];
 
 fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
-    conn.query_row("SELECT 1 FROM sqlite_master WHERE name = ?1", [name], |_| Ok(()))
-        .optional()
-        .map(|found| found.is_some())
+    conn.query_row(
+        "SELECT 1 FROM sqlite_master WHERE name = ?1",
+        [name],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
 }
 
 fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<(String, String, bool)>> {
     let mut stmt = conn.prepare(&format!("PRAGMA table_info(\"{table}\")"))?;
     let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(5)? > 0))
+        Ok((
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(5)? > 0,
+        ))
     })?;
     rows.collect()
 }
@@ -76,27 +100,44 @@ pub(crate) fn adopt_before(tx: &Transaction) -> rusqlite::Result<Adoption> {
     }
 
     let fts_is_ours = tx
-        .query_row("SELECT sql FROM sqlite_master WHERE name = 'lib_files_fts'", [], |r| {
-            r.get::<_, String>(0)
-        })
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'lib_files_fts'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
         .optional()?
-        .is_some_and(|sql| sql.contains("content='lib_files'") && sql.contains("content_rowid='id'"));
+        .is_some_and(|sql| {
+            sql.contains("content='lib_files'") && sql.contains("content_rowid='id'")
+        });
     let fts_dropped = table_exists(tx, "lib_files_fts")? && !fts_is_ours;
     if fts_dropped {
         tx.execute_batch("DROP TABLE lib_files_fts")?;
     }
 
     if !table_exists(tx, "lib_files")? {
-        return Ok(Adoption { legacy_columns: None, pulled_before, fts_dropped });
+        return Ok(Adoption {
+            legacy_columns: None,
+            pulled_before,
+            fts_dropped,
+        });
     }
     let cols = columns(tx, "lib_files")?;
-    let has_id_key =
-        cols.iter().any(|(name, ty, pk)| name == "id" && *pk && ty.eq_ignore_ascii_case("INTEGER"));
+    let has_id_key = cols
+        .iter()
+        .any(|(name, ty, pk)| name == "id" && *pk && ty.eq_ignore_ascii_case("INTEGER"));
     if has_id_key {
-        return Ok(Adoption { legacy_columns: None, pulled_before, fts_dropped });
+        return Ok(Adoption {
+            legacy_columns: None,
+            pulled_before,
+            fts_dropped,
+        });
     }
     tx.execute_batch(&format!("ALTER TABLE lib_files RENAME TO {LEGACY_FILES}"))?;
-    Ok(Adoption { legacy_columns: Some(cols.into_iter().map(|c| c.0).collect()), pulled_before, fts_dropped })
+    Ok(Adoption {
+        legacy_columns: Some(cols.into_iter().map(|c| c.0).collect()),
+        pulled_before,
+        fts_dropped,
+    })
 }
 
 pub(crate) fn adopt_after(tx: &Transaction, adoption: Adoption) -> rusqlite::Result<()> {
@@ -107,7 +148,15 @@ pub(crate) fn adopt_after(tx: &Transaction, adoption: Adoption) -> rusqlite::Res
         return Ok(());
     };
     let carried = [
-        "path", "sha256", "bytes", "mtime_unix", "ext", "mime", "content", "deleted_at", "indexed_at",
+        "path",
+        "sha256",
+        "bytes",
+        "mtime_unix",
+        "ext",
+        "mime",
+        "content",
+        "deleted_at",
+        "indexed_at",
     ];
     let select: Vec<String> = carried
         .iter()
@@ -131,11 +180,17 @@ pub(crate) fn adopt_after(tx: &Transaction, adoption: Adoption) -> rusqlite::Res
     fill_fts(tx)?;
     if copied > 0 {
         // The first scan turns these rows into initial_sync events, once.
-        tx.execute("INSERT OR REPLACE INTO lib_kv (k, v) VALUES ('backfill_pending', '1')", [])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO lib_kv (k, v) VALUES ('backfill_pending', '1')",
+            [],
+        )?;
         if !adoption.pulled_before {
             // The backfill then records them as observed here, so the first scan verifies them
             // and notices the ones deleted since.
-            tx.execute("INSERT OR REPLACE INTO lib_kv (k, v) VALUES ('backfill_observed', '1')", [])?;
+            tx.execute(
+                "INSERT OR REPLACE INTO lib_kv (k, v) VALUES ('backfill_observed', '1')",
+                [],
+            )?;
         }
     }
     tracing::info!(rows = copied, "adopted a LIB v1.0 lib_files table");

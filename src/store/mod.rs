@@ -22,24 +22,44 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open database {path}: {}", reason(source))]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("no database at {0}: run `agent init` or `agent scan` first")]
     Missing(PathBuf),
     #[error(
         "database {path} has schema version {found}, newer than this agent's {supported}; \
          refusing to touch it (upgrade the agent)"
     )]
-    TooNew { path: PathBuf, found: i64, supported: i64 },
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("migrating database {path} to schema {version}: {source}")]
-    Migrate { path: PathBuf, version: i64, source: rusqlite::Error },
+    Migrate {
+        path: PathBuf,
+        version: i64,
+        source: rusqlite::Error,
+    },
     #[error("database {path} is locked by another process: {}", reason(source))]
-    Locked { path: PathBuf, source: rusqlite::Error },
+    Locked {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("{context}: {source}")]
-    Sql { context: String, source: rusqlite::Error },
+    Sql {
+        context: String,
+        source: rusqlite::Error,
+    },
     #[error("{context}: stored value is corrupt: {detail}")]
     Corrupt { context: String, detail: String },
     #[error("cannot create {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// SQLite's own message, without rusqlite's "Error code N: ..." repetition of it.
@@ -53,8 +73,12 @@ fn reason(e: &rusqlite::Error) -> String {
             }
         }
         rusqlite::Error::SqliteFailure(code, _) => match code.code {
-            rusqlite::ErrorCode::NotADatabase => "not a database (not SQLite, or encrypted, or damaged)".to_owned(),
-            rusqlite::ErrorCode::CannotOpen => "cannot open the file (does its folder exist and is it writable?)".to_owned(),
+            rusqlite::ErrorCode::NotADatabase => {
+                "not a database (not SQLite, or encrypted, or damaged)".to_owned()
+            }
+            rusqlite::ErrorCode::CannotOpen => {
+                "cannot open the file (does its folder exist and is it writable?)".to_owned()
+            }
             rusqlite::ErrorCode::ReadOnly => "the file is read-only".to_owned(),
             _ => code.to_string(),
         },
@@ -71,7 +95,10 @@ pub(crate) trait Context<T> {
 
 impl<T> Context<T> for rusqlite::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| StoreError::Sql { context: context(), source })
+        self.map_err(|source| StoreError::Sql {
+            context: context(),
+            source,
+        })
     }
 }
 
@@ -79,16 +106,23 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     device_id: String,
+    /// Commits are not fsynced one by one (see [`Store::defer_sync`]).
+    deferred: bool,
 }
 
 impl Store {
     /// Opens the database, creating it (and its folder) if needed, and migrates it.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|source| StoreError::CreateDir { path: parent.to_owned(), source })?;
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                path: parent.to_owned(),
+                source,
+            })?;
         }
-        Self::open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)
+        Self::open_with(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )
     }
 
     /// Opens a database that must exist already (search, status: never create one by accident).
@@ -100,21 +134,31 @@ impl Store {
     }
 
     fn open_with(path: &Path, flags: OpenFlags) -> Result<Store> {
-        let open_err = |source| StoreError::Open { path: path.to_owned(), source };
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
         let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_err)?;
         // Read the version before any write: switching to WAL writes the header, and a database
         // from a newer agent must stay untouched.
-        let found: i64 =
-            conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open_err)?;
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
         if found > SCHEMA_VERSION {
-            return Err(StoreError::TooNew { path: path.to_owned(), found, supported: SCHEMA_VERSION });
+            return Err(StoreError::TooNew {
+                path: path.to_owned(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
         }
         if found == 0 {
             // Only takes effect on a new, empty file. Text rows of a few KiB fit in a 16 KiB page
             // instead of spilling into overflow chains: fewer pages and syscalls per file indexed.
-            conn.execute_batch("PRAGMA page_size = 32768").map_err(open_err)?;
+            conn.execute_batch("PRAGMA page_size = 32768")
+                .map_err(open_err)?;
         }
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -132,7 +176,12 @@ impl Store {
              );",
         )
         .map_err(open_err)?;
-        let mut store = Store { conn, path: path.to_owned(), device_id: String::new() };
+        let mut store = Store {
+            conn,
+            path: path.to_owned(),
+            device_id: String::new(),
+            deferred: false,
+        };
         store.migrate(found)?;
         store.device_id = store.ensure_device()?;
         Ok(store)
@@ -142,17 +191,26 @@ impl Store {
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
             let version = index as i64 + 1;
             let path = self.path.clone();
-            let err = |source| StoreError::Migrate { path: path.clone(), version, source };
+            let err = |source| StoreError::Migrate {
+                path: path.clone(),
+                version,
+                source,
+            };
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|source| classify_lock(&self.path, source))?;
-            let adoption = if version == 1 { Some(legacy::adopt_before(&tx).map_err(err)?) } else { None };
+            let adoption = if version == 1 {
+                Some(legacy::adopt_before(&tx).map_err(err)?)
+            } else {
+                None
+            };
             tx.execute_batch(sql).map_err(err)?;
             if let Some(adoption) = adoption {
                 legacy::adopt_after(&tx, adoption).map_err(err)?;
             }
-            tx.pragma_update(None, "user_version", version).map_err(err)?;
+            tx.pragma_update(None, "user_version", version)
+                .map_err(err)?;
             tx.commit().map_err(err)?;
             tracing::debug!(path = %self.path.display(), version, "migrated database");
         }
@@ -162,7 +220,11 @@ impl Store {
     fn ensure_device(&mut self) -> Result<String> {
         let existing: Option<String> = self
             .conn
-            .query_row("SELECT device_id FROM lib_device ORDER BY rowid LIMIT 1", [], |r| r.get(0))
+            .query_row(
+                "SELECT device_id FROM lib_device ORDER BY rowid LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
             .optional()
             .ctx(|| "reading the device id".into())?;
         if let Some(id) = existing {
@@ -207,12 +269,28 @@ impl Store {
     /// pushed yet: whoever pushes calls [`Store::make_durable`] first, so a sequence number that a
     /// pushed event carries can never be handed out again.
     pub fn set_bulk_mode(&mut self, on: bool) -> Result<()> {
-        let sql = if on {
-            "PRAGMA wal_autocheckpoint = 0; PRAGMA synchronous = NORMAL;"
-        } else {
-            "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 1000; PRAGMA wal_checkpoint(TRUNCATE);"
+        let sql = match (on, self.deferred) {
+            (true, _) => "PRAGMA wal_autocheckpoint = 0; PRAGMA synchronous = NORMAL;",
+            (false, false) => {
+                "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 1000; PRAGMA wal_checkpoint(TRUNCATE);"
+            }
+            (false, true) => "PRAGMA wal_autocheckpoint = 1000; PRAGMA wal_checkpoint(TRUNCATE);",
         };
-        self.conn.execute_batch(sql).ctx(|| "setting WAL checkpointing".into())
+        self.conn
+            .execute_batch(sql)
+            .ctx(|| "setting WAL checkpointing".into())
+    }
+
+    /// For the long-running agent: commits are durable in order but not fsynced one by one (WAL
+    /// with `synchronous=NORMAL`). A power loss can then lose the last few transactions, whole,
+    /// and their changes are found again by the start-up scan, since the observed state rolls
+    /// back with them. Nothing unsynced ever leaves the device: the pusher calls
+    /// [`Store::make_durable`] before every push.
+    pub fn defer_sync(&mut self) -> Result<()> {
+        self.deferred = true;
+        self.conn
+            .execute_batch("PRAGMA synchronous = NORMAL")
+            .ctx(|| "setting deferred sync".into())
     }
 
     /// Gives memory back after a large job (a scan): SQLite's page cache, and the allocator's
@@ -249,8 +327,14 @@ impl Store {
 fn classify_lock(path: &Path, source: rusqlite::Error) -> StoreError {
     match source.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-            StoreError::Locked { path: path.to_owned(), source }
+            StoreError::Locked {
+                path: path.to_owned(),
+                source,
+            }
         }
-        _ => StoreError::Open { path: path.to_owned(), source },
+        _ => StoreError::Open {
+            path: path.to_owned(),
+            source,
+        },
     }
 }

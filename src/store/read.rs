@@ -21,11 +21,16 @@ pub struct ObservedStat {
 
 /// Observed state of one library, keyed by entity key. Keys sort under `<library>/`, so the primary
 /// key index serves the range.
-pub fn observed_of_library(conn: &Connection, library: &str) -> Result<HashMap<Box<str>, ObservedStat>> {
+pub fn observed_of_library(
+    conn: &Connection,
+    library: &str,
+) -> Result<HashMap<Box<str>, ObservedStat>> {
     let lo = format!("{library}/");
     let hi = format!("{library}0"); // '0' is the character after '/'
     let mut stmt = conn
-        .prepare("SELECT path, bytes, mtime_ns, inode FROM lib_observed WHERE path >= ?1 AND path < ?2")
+        .prepare(
+            "SELECT path, bytes, mtime_ns, inode FROM lib_observed WHERE path >= ?1 AND path < ?2",
+        )
         .ctx(|| format!("loading observed state of library {library}"))?;
     let rows = stmt
         .query_map((&lo, &hi), |r| {
@@ -87,7 +92,8 @@ pub fn observed_under(conn: &Connection, prefix: &str) -> Result<Vec<(String, su
             ))
         })
         .ctx(|| format!("reading observed state under {prefix}"))?;
-    rows.collect::<rusqlite::Result<_>>().ctx(|| format!("reading observed state under {prefix}"))
+    rows.collect::<rusqlite::Result<_>>()
+        .ctx(|| format!("reading observed state under {prefix}"))
 }
 
 /// A live winner's sha256, mime type and text.
@@ -111,20 +117,56 @@ pub fn pending_outbox(conn: &Connection, limit: usize) -> Result<Vec<(i64, crate
              FROM lib_outbox WHERE pushed_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT ?1",
         )
         .ctx(|| "reading the outbox".into())?;
-    type Raw = (i64, String, String, String, String, String, String, String, String);
+    type Raw = (
+        i64,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+    );
     let rows: Vec<Raw> = stmt
         .query_map([limit as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .ctx(|| "reading the outbox".into())?;
     let mut events = Vec::with_capacity(rows.len());
-    for (id, device_id, event_ulid, event_type, entity_type, entity_key, payload, clock, created_at) in rows {
-        let corrupt = |detail: String| super::StoreError::Corrupt { context: format!("lib_outbox row {id}"), detail };
+    for (
+        id,
+        device_id,
+        event_ulid,
+        event_type,
+        entity_type,
+        entity_key,
+        payload,
+        clock,
+        created_at,
+    ) in rows
+    {
+        let corrupt = |detail: String| super::StoreError::Corrupt {
+            context: format!("lib_outbox row {id}"),
+            detail,
+        };
         let event_type = crate::model::EventType::parse(&event_type)
             .ok_or_else(|| corrupt(format!("unknown event_type {event_type:?}")))?;
-        let payload = serde_json::from_str(&payload).map_err(|e| corrupt(format!("payload_json: {e}")))?;
-        let vector_clock = serde_json::from_str(&clock).map_err(|e| corrupt(format!("vector_clock: {e}")))?;
+        let payload =
+            serde_json::from_str(&payload).map_err(|e| corrupt(format!("payload_json: {e}")))?;
+        let vector_clock =
+            serde_json::from_str(&clock).map_err(|e| corrupt(format!("vector_clock: {e}")))?;
         events.push((
             id,
             crate::model::Event {
@@ -147,8 +189,11 @@ pub fn parked_outbox(conn: &Connection) -> Result<Vec<(String, String, String)>>
     let mut stmt = conn
         .prepare("SELECT event_ulid, entity_key, coalesce(parked_error, '') FROM lib_outbox WHERE parked_at IS NOT NULL ORDER BY id")
         .ctx(|| "reading parked events".into())?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).ctx(|| "reading parked events".into())?;
-    rows.collect::<rusqlite::Result<_>>().ctx(|| "reading parked events".into())
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .ctx(|| "reading parked events".into())?;
+    rows.collect::<rusqlite::Result<_>>()
+        .ctx(|| "reading parked events".into())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -188,7 +233,8 @@ pub fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<Search
             })
         })
         .ctx(|| format!("searching for {query:?}"))?;
-    rows.collect::<rusqlite::Result<_>>().ctx(|| format!("searching for {query:?}"))
+    rows.collect::<rusqlite::Result<_>>()
+        .ctx(|| format!("searching for {query:?}"))
 }
 
 /// Each whitespace-separated word becomes a quoted FTS5 string (quotes doubled), all required; the
@@ -228,7 +274,9 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
         deleted: one("SELECT count(*) FROM lib_files WHERE deleted_at IS NOT NULL")?,
         bytes: one("SELECT sum(bytes) FROM lib_files WHERE deleted_at IS NULL")?,
         observed: one("SELECT count(*) FROM lib_observed")?,
-        outbox_pending: one("SELECT count(*) FROM lib_outbox WHERE pushed_at IS NULL AND parked_at IS NULL")?,
+        outbox_pending: one(
+            "SELECT count(*) FROM lib_outbox WHERE pushed_at IS NULL AND parked_at IS NULL",
+        )?,
         outbox_total: one("SELECT count(*) FROM lib_outbox")?,
         conflicts: one("SELECT count(*) FROM lib_conflicts")?,
     })
@@ -259,12 +307,17 @@ pub fn indexed_libraries(conn: &Connection) -> Result<Vec<(String, i64, i64)>> {
     let rows = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .ctx(|| "listing indexed libraries".into())?;
-    rows.collect::<rusqlite::Result<_>>().ctx(|| "listing indexed libraries".into())
+    rows.collect::<rusqlite::Result<_>>()
+        .ctx(|| "listing indexed libraries".into())
 }
 
 pub fn device_sequence(conn: &Connection) -> Result<i64> {
-    conn.query_row("SELECT sequence FROM lib_device ORDER BY rowid LIMIT 1", [], |r| r.get(0))
-        .ctx(|| "reading the device sequence".into())
+    conn.query_row(
+        "SELECT sequence FROM lib_device ORDER BY rowid LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .ctx(|| "reading the device sequence".into())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -372,7 +425,8 @@ pub fn conflicts(conn: &Connection) -> Result<Vec<ConflictRow>> {
             })
         })
         .ctx(|| "listing conflicts".into())?;
-    rows.collect::<rusqlite::Result<_>>().ctx(|| "listing conflicts".into())
+    rows.collect::<rusqlite::Result<_>>()
+        .ctx(|| "listing conflicts".into())
 }
 
 #[cfg(test)]

@@ -42,8 +42,12 @@ struct Backoff {
 impl Backoff {
     fn next(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
-        let base = Duration::from_secs(1).saturating_mul(1 << self.failures.min(8)).min(Duration::from_secs(300));
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let base = Duration::from_secs(1)
+            .saturating_mul(1 << self.failures.min(8))
+            .min(Duration::from_secs(300));
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         // ±20 %, from the clock's nanoseconds: enough to spread retries out.
         let jitter = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
         base.mul_f64(jitter)
@@ -66,7 +70,9 @@ impl SyncAgent {
     /// Starts sync for a configured brain; `None` (and a log line) when there is none.
     pub fn start(config: &Config, db: &Path) -> Result<Option<SyncAgent>, SyncError> {
         let Some(url) = config.sync.brain_url.clone() else {
-            tracing::info!("no brain configured: local-only; events wait in the outbox until one is set");
+            tracing::info!(
+                "no brain configured: local-only; events wait in the outbox until one is set"
+            );
             return Ok(None);
         };
         let client = Arc::new(BrainClient::new(&url, config.sync.secret.clone())?);
@@ -75,7 +81,9 @@ impl SyncAgent {
         let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
         let stopping = Arc::new(AtomicBool::new(false));
         let mut realtime = config.sync.realtime;
-        if realtime == Realtime::Webhook && (config.sync.public_url.is_none() || config.sync.webhook_secret.is_none()) {
+        if realtime == Realtime::Webhook
+            && (config.sync.public_url.is_none() || config.sync.webhook_secret.is_none())
+        {
             tracing::warn!("realtime = \"webhook\" needs [sync] public_url and LIB_WEBHOOK_SECRET; using long-poll");
             realtime = Realtime::Longpoll;
         }
@@ -90,12 +98,21 @@ impl SyncAgent {
 
         let store = Store::open(db)?;
         let (c, s, stop) = (Arc::clone(&client), settings.clone(), stop_rx.clone());
-        threads.push(std::thread::spawn(move || pusher(store, &c, &s, &push_rx, &stop)));
+        threads.push(std::thread::spawn(move || {
+            pusher(store, &c, &s, &push_rx, &stop)
+        }));
 
         if realtime != Realtime::Off {
             let store = Store::open(db)?;
-            let (c, s, stop, flag) = (Arc::clone(&client), settings.clone(), stop_rx.clone(), Arc::clone(&stopping));
-            threads.push(std::thread::spawn(move || puller(store, &c, &s, &wake_rx, &stop, &flag)));
+            let (c, s, stop, flag) = (
+                Arc::clone(&client),
+                settings.clone(),
+                stop_rx.clone(),
+                Arc::clone(&stopping),
+            );
+            threads.push(std::thread::spawn(move || {
+                puller(store, &c, &s, &wake_rx, &stop, &flag)
+            }));
         }
         if realtime == Realtime::Webhook {
             let secret = config.sync.webhook_secret.clone().unwrap_or_default();
@@ -103,13 +120,23 @@ impl SyncAgent {
             let listen = config.sync.listen;
             let device = Store::open(db)?.device_id().to_owned();
             let stop = stop_rx.clone();
-            threads.push(super::listener::spawn(listen, secret.clone(), wake_tx, stop)?);
+            threads.push(super::listener::spawn(
+                listen,
+                secret.clone(),
+                wake_tx,
+                stop,
+            )?);
             match client.register_webhook(&device, &public, &secret) {
                 Ok(id) => tracing::info!(webhook_id = id, url = %public, "webhook registered with the brain"),
                 Err(e) => tracing::warn!("cannot register the webhook yet ({e}); long-poll is not running, the periodic sync covers it"),
             }
         }
-        Ok(Some(SyncAgent { push_now: push_tx, stop: Some(stop_tx), threads, stopping }))
+        Ok(Some(SyncAgent {
+            push_now: push_tx,
+            stop: Some(stop_tx),
+            threads,
+            stopping,
+        }))
     }
 
     /// Asks for a push soon (debounced).
@@ -136,10 +163,16 @@ struct Settings {
 }
 
 fn save_state(store: &mut Store, update: impl FnOnce(&mut SyncState)) {
-    let mut state: SyncState =
-        store.kv_get(STATE_KEY).ok().flatten().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+    let mut state: SyncState = store
+        .kv_get(STATE_KEY)
+        .ok()
+        .flatten()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
     update(&mut state);
-    let Ok(json) = serde_json::to_string(&state) else { return };
+    let Ok(json) = serde_json::to_string(&state) else {
+        return;
+    };
     if let Ok(batch) = store.batch() {
         let _ = batch.kv_set(STATE_KEY, &json).and_then(|()| batch.commit());
     }
@@ -169,7 +202,13 @@ fn record(store: &mut Store, settings: &Settings, what: &str, result: &Result<()
 
 /// Pushes `debounce` after the last change (at most MAX_PUSH_DELAY after the first), at start,
 /// and with a pull every `interval`; retries with backoff while the brain is unreachable.
-fn pusher(mut store: Store, client: &BrainClient, s: &Settings, changes: &Receiver<()>, stop: &Receiver<()>) {
+fn pusher(
+    mut store: Store,
+    client: &BrainClient,
+    s: &Settings,
+    changes: &Receiver<()>,
+    stop: &Receiver<()>,
+) {
     let far = Duration::from_secs(3600);
     let mut due = Some(Instant::now());
     let mut first_change: Option<Instant> = None;
@@ -197,7 +236,11 @@ fn pusher(mut store: Store, client: &BrainClient, s: &Settings, changes: &Receiv
         first_change = None;
         let mut result = super::push(&mut store, client, s.batch).map(|summary| {
             if summary.pushed > 0 {
-                tracing::debug!(pushed = summary.pushed, new = summary.result.inserted_events, "pushed");
+                tracing::debug!(
+                    pushed = summary.pushed,
+                    new = summary.result.inserted_events,
+                    "pushed"
+                );
             }
         });
         record(&mut store, s, "push", &result);
@@ -218,7 +261,10 @@ fn pusher(mut store: Store, client: &BrainClient, s: &Settings, changes: &Receiv
             Err(e) => {
                 let retry = backoff.next();
                 if !failing {
-                    tracing::warn!("sync failed ({e}); retrying in {}", humantime::format_duration(retry));
+                    tracing::warn!(
+                        "sync failed ({e}); retrying in {}",
+                        humantime::format_duration(retry)
+                    );
                 }
                 failing = true;
                 due = Some(now + retry);
@@ -251,7 +297,11 @@ fn puller(
         };
         let result = super::pull(&mut store, client, s.batch, wait).map(|summary| {
             if summary.applied > 0 {
-                tracing::info!(applied = summary.applied, cursor = summary.new_after_id, "pulled changes");
+                tracing::info!(
+                    applied = summary.applied,
+                    cursor = summary.new_after_id,
+                    "pulled changes"
+                );
             }
         });
         if stopping.load(Ordering::Relaxed) {
@@ -267,7 +317,10 @@ fn puller(
             Err(e) => {
                 let retry = backoff.next();
                 if !failing {
-                    tracing::warn!("pull failed ({e}); retrying in {}", humantime::format_duration(retry));
+                    tracing::warn!(
+                        "pull failed ({e}); retrying in {}",
+                        humantime::format_duration(retry)
+                    );
                 }
                 failing = true;
                 Some(retry)

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::model::wire::{
-    ErrorBody, IngestRequest, IngestResponse, IngestResult, PullResponse, SnapshotResponse, WebhookRequest,
-    WebhookResponse, SECRET_HEADER,
+    ErrorBody, IngestRequest, IngestResponse, IngestResult, PullResponse, SnapshotResponse,
+    WebhookRequest, WebhookResponse, SECRET_HEADER,
 };
 use crate::model::Event;
 
@@ -18,7 +18,11 @@ pub enum ClientError {
     #[error("cannot reach the brain at {url}: {reason}")]
     Network { url: String, reason: String },
     #[error("the brain answered {status} to {route}: {message}")]
-    Status { route: &'static str, status: u16, message: String },
+    Status {
+        route: &'static str,
+        status: u16,
+        message: String,
+    },
     #[error("the brain's answer to {route} is not what the protocol says: {reason}")]
     Protocol { route: &'static str, reason: String },
 }
@@ -28,14 +32,22 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Network { .. } => true,
-            ClientError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            ClientError::Status { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
             ClientError::NoTls(_) | ClientError::Protocol { .. } => false,
         }
     }
 
     /// The brain refused the request itself (400, 409, 413): resending it cannot succeed.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, ClientError::Status { status: 400 | 409 | 413, .. })
+        matches!(
+            self,
+            ClientError::Status {
+                status: 400 | 409 | 413,
+                ..
+            }
+        )
     }
 
     pub fn is_cursor_pruned(&self) -> bool {
@@ -51,7 +63,10 @@ pub struct BrainClient {
 
 impl std::fmt::Debug for BrainClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrainClient").field("base", &self.base).field("secret", &self.secret.as_ref().map(|_| "<redacted>")).finish()
+        f.debug_struct("BrainClient")
+            .field("base", &self.base)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
@@ -63,16 +78,31 @@ impl BrainClient {
         let http = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| ClientError::Network { url: base.to_owned(), reason: e.to_string() })?;
-        Ok(BrainClient { http, base: base.trim_end_matches('/').to_owned(), secret })
+            .map_err(|e| ClientError::Network {
+                url: base.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(BrainClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            secret,
+        })
     }
 
     pub fn base_url(&self) -> &str {
         &self.base
     }
 
-    fn request(&self, method: reqwest::Method, path: &str, timeout: Duration) -> reqwest::blocking::RequestBuilder {
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).timeout(timeout);
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        timeout: Duration,
+    ) -> reqwest::blocking::RequestBuilder {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(timeout);
         if let Some(secret) = &self.secret {
             request = request.header(SECRET_HEADER, secret);
         }
@@ -84,23 +114,40 @@ impl BrainClient {
         route: &'static str,
         request: reqwest::blocking::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let network = |e: reqwest::Error| ClientError::Network { url: self.base.clone(), reason: one_line(&e) };
+        let network = |e: reqwest::Error| ClientError::Network {
+            url: self.base.clone(),
+            reason: one_line(&e),
+        };
         let response = request.send().map_err(network)?;
         let status = response.status();
         let body = response.bytes().map_err(network)?;
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|b| b.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-            return Err(ClientError::Status { route, status: status.as_u16(), message });
+                .unwrap_or_else(|_| {
+                    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
+                });
+            return Err(ClientError::Status {
+                route,
+                status: status.as_u16(),
+                message,
+            });
         }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol { route, reason: e.to_string() })
+        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
+            route,
+            reason: e.to_string(),
+        })
     }
 
     /// `POST /ingest`. The body is serialised here once; callers bound it by count and bytes.
     pub fn ingest(&self, batch: &[Event]) -> Result<IngestResult, ClientError> {
-        let body = serde_json::to_vec(&IngestRequest { batch: batch.to_vec() })
-            .map_err(|e| ClientError::Protocol { route: "/ingest", reason: e.to_string() })?;
+        let body = serde_json::to_vec(&IngestRequest {
+            batch: batch.to_vec(),
+        })
+        .map_err(|e| ClientError::Protocol {
+            route: "/ingest",
+            reason: e.to_string(),
+        })?;
         let request = self
             .request(reqwest::Method::POST, "/ingest", Duration::from_secs(60))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -110,7 +157,12 @@ impl BrainClient {
     }
 
     /// `GET /pull`; with `wait` it long-polls until an event exists or the wait passes.
-    pub fn pull(&self, after_id: i64, limit: usize, wait: Option<Duration>) -> Result<PullResponse, ClientError> {
+    pub fn pull(
+        &self,
+        after_id: i64,
+        limit: usize,
+        wait: Option<Duration>,
+    ) -> Result<PullResponse, ClientError> {
         let mut path = format!("/pull?after_id={after_id}&limit={limit}");
         let mut timeout = Duration::from_secs(60);
         if let Some(wait) = wait {
@@ -131,9 +183,20 @@ impl BrainClient {
 
 impl BrainClient {
     /// `POST /webhook`: asks the brain to notify `url` of new events, signed with `secret`.
-    pub fn register_webhook(&self, device_id: &str, url: &str, secret: &str) -> Result<i64, ClientError> {
-        let body = WebhookRequest { device_id: device_id.to_owned(), webhook_url: url.to_owned(), secret: secret.to_owned() };
-        let request = self.request(reqwest::Method::POST, "/webhook", Duration::from_secs(30)).json(&body);
+    pub fn register_webhook(
+        &self,
+        device_id: &str,
+        url: &str,
+        secret: &str,
+    ) -> Result<i64, ClientError> {
+        let body = WebhookRequest {
+            device_id: device_id.to_owned(),
+            webhook_url: url.to_owned(),
+            secret: secret.to_owned(),
+        };
+        let request = self
+            .request(reqwest::Method::POST, "/webhook", Duration::from_secs(30))
+            .json(&body);
         let response: WebhookResponse = self.send("/webhook", request)?;
         Ok(response.webhook_id)
     }

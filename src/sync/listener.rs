@@ -33,33 +33,63 @@ pub fn router(secret: String, wake: Sender<()>) -> Router {
         .with_state(Listener { secret, wake })
 }
 
-async fn notified(State(l): State<Listener>, headers: HeaderMap, body: Bytes) -> (StatusCode, Json<Value>) {
+async fn notified(
+    State(l): State<Listener>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, Json<Value>) {
     let Some(signature) = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()) else {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"ok": false, "error": "missing x-lib-signature"})));
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"ok": false, "error": "missing x-lib-signature"})),
+        );
     };
     if let Err(e) = webhooks::verify(&l.secret, signature, &body, SystemTime::now()) {
         tracing::warn!("webhook refused: {e}");
-        return (StatusCode::UNAUTHORIZED, Json(json!({"ok": false, "error": e.to_string()})));
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"ok": false, "error": e.to_string()})),
+        );
     }
     let _ = l.wake.try_send(());
     (StatusCode::OK, Json(json!({"ok": true})))
 }
 
 /// Binds `addr` now (so a taken port is an error at start) and serves on a thread until `stop`.
-pub fn spawn(addr: SocketAddr, secret: String, wake: Sender<()>, stop: Receiver<()>) -> Result<JoinHandle<()>, SyncError> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-        SyncError::Client(super::ClientError::Network { url: addr.to_string(), reason: e.to_string() })
-    })?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| {
-        SyncError::Client(super::ClientError::Network { url: addr.to_string(), reason: format!("cannot listen: {e}") })
-    })?;
+pub fn spawn(
+    addr: SocketAddr,
+    secret: String,
+    wake: Sender<()>,
+    stop: Receiver<()>,
+) -> Result<JoinHandle<()>, SyncError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            SyncError::Client(super::ClientError::Network {
+                url: addr.to_string(),
+                reason: e.to_string(),
+            })
+        })?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|e| {
+            SyncError::Client(super::ClientError::Network {
+                url: addr.to_string(),
+                reason: format!("cannot listen: {e}"),
+            })
+        })?;
     tracing::info!(%addr, "webhook listener ready");
     Ok(std::thread::spawn(move || {
         let app = router(secret, wake);
         let shutdown = async move {
             let _ = tokio::task::spawn_blocking(move || stop.recv()).await;
         };
-        if let Err(e) = runtime.block_on(async { axum::serve(listener, app).with_graceful_shutdown(shutdown).await }) {
+        if let Err(e) = runtime.block_on(async {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }) {
             tracing::error!("webhook listener stopped: {e}");
         }
     }))

@@ -31,7 +31,11 @@ pub enum SyncError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("pulled event {index} (brain id {id}) is invalid: {reason}")]
-    BadEvent { index: usize, id: i64, reason: String },
+    BadEvent {
+        index: usize,
+        id: i64,
+        reason: String,
+    },
 }
 
 impl SyncError {
@@ -61,7 +65,11 @@ pub struct PullSummary {
 /// Pushes the whole outbox, in id order, in requests of at most `batch_size` events and
 /// `MAX_PUSH_BYTES`. A request the brain refuses as invalid is split until the bad event is
 /// found; that one is parked and the rest go through, so one bad event never blocks the outbox.
-pub fn push(store: &mut Store, client: &BrainClient, batch_size: usize) -> Result<PushSummary, SyncError> {
+pub fn push(
+    store: &mut Store,
+    client: &BrainClient,
+    batch_size: usize,
+) -> Result<PushSummary, SyncError> {
     let batch_size = batch_size.clamp(1, MAX_BATCH);
     let mut summary = PushSummary::default();
     // Nothing leaves the device before it is durable: a sequence number an event carries must
@@ -146,7 +154,10 @@ pub fn pull(
 ) -> Result<PullSummary, SyncError> {
     let batch_size = batch_size.clamp(1, MAX_BATCH);
     let mut summary = PullSummary::default();
-    let mut cursor: i64 = store.kv_get(CURSOR_KEY)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut cursor: i64 = store
+        .kv_get(CURSOR_KEY)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut wait = wait;
     loop {
         let page = match client.pull(cursor, batch_size, wait.take()) {
@@ -163,7 +174,13 @@ pub fn pull(
         let batch = store.batch()?;
         for (index, pulled) in page.events.iter().enumerate() {
             let event = &pulled.event;
-            event.validate(max_content).map_err(|e| SyncError::BadEvent { index, id: pulled.id, reason: e.to_string() })?;
+            event
+                .validate(max_content)
+                .map_err(|e| SyncError::BadEvent {
+                    index,
+                    id: pulled.id,
+                    reason: e.to_string(),
+                })?;
             summary.pulled += 1;
             if event.device_id == batch.device_id() && batch.in_outbox(&event.event_ulid)? {
                 continue; // ours, applied when it was made
@@ -205,11 +222,19 @@ fn reseed(store: &mut Store, client: &BrainClient, batch_size: usize) -> Result<
                 created_at: entity.created_at.clone(),
             };
             batch.apply(&winner)?;
-            for sibling in entity.siblings.iter().filter(|s| s.event_ulid != entity.event_ulid) {
+            for sibling in entity
+                .siblings
+                .iter()
+                .filter(|s| s.event_ulid != entity.event_ulid)
+            {
                 let event = Event {
                     event_ulid: sibling.event_ulid.clone(),
                     device_id: sibling.device_id.clone(),
-                    event_type: if sibling.deleted { EventType::DeleteFile } else { EventType::UpsertFile },
+                    event_type: if sibling.deleted {
+                        EventType::DeleteFile
+                    } else {
+                        EventType::UpsertFile
+                    },
                     entity_type: entity.entity_type.clone(),
                     entity_key: entity.entity_key.clone(),
                     payload: crate::model::FilePayload {

@@ -58,11 +58,18 @@ impl Drop for SchemaGuard {
         let (url, schema) = (self.url.clone(), self.schema.clone());
         // Drop may run inside the test's runtime: do the async work on a thread of its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
-                if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                {
                     tokio::spawn(conn);
-                    let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
+                    let _ = client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                        .await;
                 }
             });
         })
@@ -81,7 +88,10 @@ pub fn pg_url() -> String {
 
 /// A fresh schema name for one test.
 pub fn test_schema() -> String {
-    format!("lib_shared_t{}", ulid::Ulid::new().to_string().to_lowercase())
+    format!(
+        "lib_shared_t{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    )
 }
 
 /// A store of the given kind, empty.
@@ -95,24 +105,51 @@ impl Fixture {
     pub async fn sqlite() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("brain.db")).unwrap();
-        Fixture { store: AnyStore::Sqlite(store), _dir: Some(dir), _schema: None }
+        Fixture {
+            store: AnyStore::Sqlite(store),
+            _dir: Some(dir),
+            _schema: None,
+        }
     }
 
     pub async fn postgres() -> Fixture {
         let url = pg_url();
         let schema = test_schema();
-        let guard = SchemaGuard { url: url.clone(), schema: schema.clone() };
-        let store = PgStore::connect(&url, PgOptions { schema, pool_size: 8 })
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {url} is unreachable or refused the schema: {e}"));
-        Fixture { store: AnyStore::Postgres(store), _dir: None, _schema: Some(guard) }
+        let guard = SchemaGuard {
+            url: url.clone(),
+            schema: schema.clone(),
+        };
+        let store = PgStore::connect(
+            &url,
+            PgOptions {
+                schema,
+                pool_size: 8,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL at {url} is unreachable or refused the schema: {e}")
+        });
+        Fixture {
+            store: AnyStore::Postgres(store),
+            _dir: None,
+            _schema: Some(guard),
+        }
     }
 
     /// Another brain instance on the same PostgreSQL schema (its own pool and listener).
     pub async fn second_instance(&self) -> AnyStore {
         match &self.store {
             AnyStore::Postgres(s) => AnyStore::Postgres(
-                PgStore::connect(&pg_url(), PgOptions { schema: s.schema().to_owned(), pool_size: 8 }).await.unwrap(),
+                PgStore::connect(
+                    &pg_url(),
+                    PgOptions {
+                        schema: s.schema().to_owned(),
+                        pool_size: 8,
+                    },
+                )
+                .await
+                .unwrap(),
             ),
             AnyStore::Sqlite(s) => AnyStore::Sqlite(s.clone()),
         }
@@ -124,7 +161,10 @@ impl Fixture {
 }
 
 pub fn config() -> ServerConfig {
-    ServerConfig { secret: Some(SECRET.into()), ..ServerConfig::default() }
+    ServerConfig {
+        secret: Some(SECRET.into()),
+        ..ServerConfig::default()
+    }
 }
 
 /// A running brain server in this process.
@@ -177,13 +217,20 @@ impl Brain {
                 tokio::spawn(server::serve(listener, Arc::new(s), config, shutdown));
             }
         }
-        Brain { http: Http::new(addr), store, stop: Some(stop) }
+        Brain {
+            http: Http::new(addr),
+            store,
+            stop: Some(stop),
+        }
     }
 }
 
 impl Http {
     pub fn new(addr: SocketAddr) -> Http {
-        Http { addr, client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()) }
+        Http {
+            addr,
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -191,13 +238,29 @@ impl Http {
     }
 
     /// A request with the given secret (None: no header).
-    pub async fn send(&self, method: &str, path: &str, secret: Option<&str>, body: Vec<u8>) -> Reply {
-        self.try_send(method, path, secret, body).await.expect("the brain answers")
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        secret: Option<&str>,
+        body: Vec<u8>,
+    ) -> Reply {
+        self.try_send(method, path, secret, body)
+            .await
+            .expect("the brain answers")
     }
 
     /// [`Http::send`], with `None` when the brain cannot be reached.
-    pub async fn try_send(&self, method: &str, path: &str, secret: Option<&str>, body: Vec<u8>) -> Option<Reply> {
-        let mut request = axum::http::Request::builder().method(method).uri(self.url(path));
+    pub async fn try_send(
+        &self,
+        method: &str,
+        path: &str,
+        secret: Option<&str>,
+        body: Vec<u8>,
+    ) -> Option<Reply> {
+        let mut request = axum::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
         if let Some(secret) = secret {
             request = request.header("x-lib-sync-secret", secret);
         }
@@ -218,7 +281,13 @@ impl Http {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
-        self.send("POST", path, Some(SECRET), serde_json::to_vec(body).unwrap()).await
+        self.send(
+            "POST",
+            path,
+            Some(SECRET),
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
     }
 
     pub async fn ingest(&self, batch: &[Event]) -> Reply {
@@ -230,11 +299,15 @@ impl Http {
         let r = self.ingest(batch).await;
         assert_eq!(r.status, 200, "ingest failed: {}", r.text);
         assert_eq!(r.body["ok"], true);
-        (r.body["result"]["inserted_events"].as_u64().unwrap(), r.body["result"]["upserted_entities"].as_u64().unwrap())
+        (
+            r.body["result"]["inserted_events"].as_u64().unwrap(),
+            r.body["result"]["upserted_entities"].as_u64().unwrap(),
+        )
     }
 
     pub async fn pull(&self, after_id: i64, limit: usize) -> Reply {
-        self.get(&format!("/pull?after_id={after_id}&limit={limit}")).await
+        self.get(&format!("/pull?after_id={after_id}&limit={limit}"))
+            .await
     }
 
     /// Every event in the log, paging through it.
@@ -257,19 +330,27 @@ impl Http {
         let mut after = String::new();
         let mut all = Vec::new();
         loop {
-            let r = self.get(&format!("/snapshot?after_key={}&limit=500", encode(&after))).await;
+            let r = self
+                .get(&format!("/snapshot?after_key={}&limit=500", encode(&after)))
+                .await;
             assert_eq!(r.status, 200, "{}", r.text);
             let page = r.body["entities"].as_array().unwrap();
             all.extend(page.iter().cloned());
             if !r.body["has_more"].as_bool().unwrap() {
                 return all;
             }
-            after = page.last().unwrap()["entity_key"].as_str().unwrap().to_owned();
+            after = page.last().unwrap()["entity_key"]
+                .as_str()
+                .unwrap()
+                .to_owned();
         }
     }
 
     pub async fn entity(&self, key: &str) -> Option<Value> {
-        self.snapshot_all().await.into_iter().find(|e| e["entity_key"] == key)
+        self.snapshot_all()
+            .await
+            .into_iter()
+            .find(|e| e["entity_key"] == key)
     }
 }
 
@@ -326,13 +407,21 @@ pub fn delete(device: &str, key: &str, clock: &[(&str, u64)]) -> Event {
 pub fn many(device: &str, n: usize, from: u64) -> Vec<Event> {
     (0..n)
         .map(|i| {
-            upsert(device, &format!("notes/{device}/f{:06}.md", from + i as u64), &[(device, from + i as u64)], 'a')
+            upsert(
+                device,
+                &format!("notes/{device}/f{:06}.md", from + i as u64),
+                &[(device, from + i as u64)],
+                'a',
+            )
         })
         .collect()
 }
 
 pub fn ulids(events: &[Value]) -> Vec<String> {
-    events.iter().map(|e| e["event_ulid"].as_str().unwrap().to_owned()).collect()
+    events
+        .iter()
+        .map(|e| e["event_ulid"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 pub fn ids(events: &[Value]) -> Vec<i64> {

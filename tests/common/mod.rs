@@ -71,43 +71,83 @@ impl Run {
     /// Asserts a non-zero exit that is an error, not a crash, and returns self.
     #[track_caller]
     pub fn failure(self) -> Run {
-        assert!(!self.ok(), "agent {:?} should have failed: {self:#?}", self.args);
+        assert!(
+            !self.ok(),
+            "agent {:?} should have failed: {self:#?}",
+            self.args
+        );
         assert_no_panic(&self);
-        assert_eq!(self.code, Some(1), "an error exits with status 1: {self:#?}");
+        assert_eq!(
+            self.code,
+            Some(1),
+            "an error exits with status 1: {self:#?}"
+        );
         self
     }
 
     /// stdout as JSON, which must be exactly one document.
     #[track_caller]
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout of {:?} is not one JSON document ({e}): {:?}", self.args, self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout of {:?} is not one JSON document ({e}): {:?}",
+                self.args, self.stdout
+            )
+        })
     }
 
     /// The non-empty lines of stderr.
     pub fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr.lines().filter(|l| !l.trim().is_empty()).collect()
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
     }
 
     /// Asserts that stderr is exactly one line, the error, and that it contains every part.
     #[track_caller]
     pub fn assert_one_line_error(&self, parts: &[&str]) {
         let lines = self.stderr_lines();
-        assert_eq!(lines.len(), 1, "stderr of {:?} should be one line, got: {:?}", self.args, self.stderr);
+        assert_eq!(
+            lines.len(),
+            1,
+            "stderr of {:?} should be one line, got: {:?}",
+            self.args,
+            self.stderr
+        );
         let line = lines[0];
-        assert!(line.starts_with("agent: error: "), "not an error line: {line:?}");
+        assert!(
+            line.starts_with("agent: error: "),
+            "not an error line: {line:?}"
+        );
         for part in parts {
-            assert!(line.contains(part), "the error {line:?} should contain {part:?}");
+            assert!(
+                line.contains(part),
+                "the error {line:?} should contain {part:?}"
+            );
         }
     }
 
     /// Asserts that some `agent: error:` line of stderr contains every part, and returns it.
     #[track_caller]
     pub fn error_line(&self, parts: &[&str]) -> String {
-        let errors: Vec<&str> = self.stderr_lines().into_iter().filter(|l| l.starts_with("agent: error: ")).collect();
-        assert_eq!(errors.len(), 1, "expected one `agent: error:` line in {:?}", self.stderr);
+        let errors: Vec<&str> = self
+            .stderr_lines()
+            .into_iter()
+            .filter(|l| l.starts_with("agent: error: "))
+            .collect();
+        assert_eq!(
+            errors.len(),
+            1,
+            "expected one `agent: error:` line in {:?}",
+            self.stderr
+        );
         for part in parts {
-            assert!(errors[0].contains(part), "the error {:?} should contain {part:?}", errors[0]);
+            assert!(
+                errors[0].contains(part),
+                "the error {:?} should contain {part:?}",
+                errors[0]
+            );
         }
         errors[0].to_owned()
     }
@@ -115,18 +155,36 @@ impl Run {
 
 #[track_caller]
 fn assert_no_panic(run: &Run) {
-    assert_ne!(run.code, Some(101), "agent {:?} panicked: {run:#?}", run.args);
-    assert!(!run.stderr.contains("panicked"), "agent {:?} panicked: {}", run.args, run.stderr);
+    assert_ne!(
+        run.code,
+        Some(101),
+        "agent {:?} panicked: {run:#?}",
+        run.args
+    );
+    assert!(
+        !run.stderr.contains("panicked"),
+        "agent {:?} panicked: {}",
+        run.args,
+        run.stderr
+    );
 }
 
 impl Lab {
     /// A lab with an empty config file.
     pub fn new() -> Lab {
-        let dir = tempfile::Builder::new().prefix("lib-agent-test-").tempdir().expect("temporary folder");
+        let dir = tempfile::Builder::new()
+            .prefix("lib-agent-test-")
+            .tempdir()
+            .expect("temporary folder");
         let config = dir.path().join("agent.toml");
         std::fs::write(&config, "").expect("write config");
         let db = dir.path().join("agent.db");
-        Lab { dir, config, db, unprivileged: false }
+        Lab {
+            dir,
+            config,
+            db,
+            unprivileged: false,
+        }
     }
 
     /// A lab whose config file says `text`; `{root}` in it stands for the lab's folder.
@@ -157,7 +215,10 @@ impl Lab {
     }
 
     pub fn root_str(&self) -> String {
-        self.root().to_str().expect("temporary folder has a UTF-8 path").to_owned()
+        self.root()
+            .to_str()
+            .expect("temporary folder has a UTF-8 path")
+            .to_owned()
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -176,7 +237,12 @@ impl Lab {
 
     /// Runs `agent --db <db> --config <config> ARGS` in the lab folder.
     pub fn agent<S: AsRef<OsStr>>(&self, args: &[S]) -> Run {
-        let mut full: Vec<&OsStr> = vec![OsStr::new("--db"), self.db.as_os_str(), OsStr::new("--config"), self.config.as_os_str()];
+        let mut full: Vec<&OsStr> = vec![
+            OsStr::new("--db"),
+            self.db.as_os_str(),
+            OsStr::new("--config"),
+            self.config.as_os_str(),
+        ];
         full.extend(args.iter().map(AsRef::as_ref));
         self.agent_raw(&full)
     }
@@ -184,7 +250,11 @@ impl Lab {
     /// Runs `agent ARGS` with nothing added but the environment cleaning.
     pub fn agent_raw<S: AsRef<OsStr>>(&self, args: &[S]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
-        cmd.args(args).current_dir(self.root()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .current_dir(self.root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for var in FOREIGN_ENV {
             cmd.env_remove(var);
         }
@@ -192,7 +262,10 @@ impl Lab {
             use std::os::unix::process::CommandExt;
             cmd.uid(65534).gid(65534);
         }
-        let shown: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect();
         let child = cmd.spawn().expect("start the agent binary");
         let pid = child.id() as libc::pid_t;
         let (done, finished) = mpsc::channel::<()>();
@@ -208,7 +281,10 @@ impl Lab {
         let output = child.wait_with_output().expect("wait for the agent");
         let _ = done.send(());
         let hung = watchdog.join().unwrap_or(false);
-        assert!(!hung, "agent {shown:?} did not finish within {HANG:?}: killed");
+        assert!(
+            !hung,
+            "agent {shown:?} did not finish within {HANG:?}: killed"
+        );
         Run {
             args: shown,
             code: output.status.code(),
@@ -240,7 +316,10 @@ impl Lab {
 
     /// The device id, from `agent --json init` (which changes nothing when the database exists).
     pub fn device_id(&self) -> String {
-        self.json(&["init"])["device_id"].as_str().expect("device_id").to_owned()
+        self.json(&["init"])["device_id"]
+            .as_str()
+            .expect("device_id")
+            .to_owned()
     }
 }
 
@@ -256,7 +335,10 @@ pub fn set_mode(path: &Path, mode: u32) {
 
 /// Lower-case hex sha256 of some bytes.
 pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
-    Sha256::digest(bytes.as_ref()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A vector clock as stored: device id to sequence number.
@@ -332,7 +414,8 @@ pub struct Db {
 impl Db {
     pub fn open(path: &Path) -> Db {
         assert!(path.exists(), "no database at {}", path.display());
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).expect("open the database");
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .expect("open the database");
         Db { conn }
     }
 
@@ -364,12 +447,19 @@ impl Db {
     }
 
     pub fn file(&self, path: &str) -> FileRow {
-        self.files().into_iter().find(|f| f.path == path).unwrap_or_else(|| panic!("no lib_files row {path}"))
+        self.files()
+            .into_iter()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("no lib_files row {path}"))
     }
 
     /// Paths of the rows whose winner is not a tombstone.
     pub fn live_paths(&self) -> Vec<String> {
-        self.files().into_iter().filter(|f| f.deleted_at.is_none()).map(|f| f.path).collect()
+        self.files()
+            .into_iter()
+            .filter(|f| f.deleted_at.is_none())
+            .map(|f| f.path)
+            .collect()
     }
 
     pub fn outbox(&self) -> Vec<OutboxRow> {
@@ -388,7 +478,8 @@ impl Db {
                 event_type: r.get(3)?,
                 entity_type: r.get(4)?,
                 entity_key: r.get(5)?,
-                payload: serde_json::from_str(&r.get::<_, String>(6)?).expect("payload_json is JSON"),
+                payload: serde_json::from_str(&r.get::<_, String>(6)?)
+                    .expect("payload_json is JSON"),
                 vector_clock: clock(&r.get::<_, String>(7)?),
                 created_at: r.get(8)?,
                 pushed_at: r.get(9)?,
@@ -404,7 +495,13 @@ impl Db {
             .prepare("SELECT path, bytes, mtime_ns, inode, sha256 FROM lib_observed ORDER BY path")
             .expect("query lib_observed");
         stmt.query_map([], |r| {
-            Ok(ObservedRow { path: r.get(0)?, bytes: r.get(1)?, mtime_ns: r.get(2)?, inode: r.get(3)?, sha256: r.get(4)? })
+            Ok(ObservedRow {
+                path: r.get(0)?,
+                bytes: r.get(1)?,
+                mtime_ns: r.get(2)?,
+                inode: r.get(3)?,
+                sha256: r.get(4)?,
+            })
         })
         .and_then(|rows| rows.collect())
         .expect("read lib_observed")
@@ -440,24 +537,33 @@ impl Db {
 
     pub fn device(&self) -> (String, i64) {
         self.conn
-            .query_row("SELECT device_id, sequence FROM lib_device", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row("SELECT device_id, sequence FROM lib_device", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .expect("one lib_device row")
     }
 
     pub fn kv(&self, key: &str) -> Option<String> {
-        self.conn.query_row("SELECT v FROM lib_kv WHERE k = ?1", [key], |r| r.get(0)).optional().expect("read lib_kv")
+        self.conn
+            .query_row("SELECT v FROM lib_kv WHERE k = ?1", [key], |r| r.get(0))
+            .optional()
+            .expect("read lib_kv")
     }
 }
 
 pub fn clock(json: &str) -> Clock {
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("vector clock {json:?} is not a map of numbers: {e}"))
+    serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("vector clock {json:?} is not a map of numbers: {e}"))
 }
 
 /// The mtime of a file as the index keeps it: whole seconds and nanoseconds since the epoch.
 pub fn mtime(path: &Path) -> (i64, i64) {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(path).expect("stat");
-    (meta.mtime(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec())
+    (
+        meta.mtime(),
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+    )
 }
 
 pub fn inode(path: &Path) -> i64 {
@@ -467,7 +573,10 @@ pub fn inode(path: &Path) -> i64 {
 
 /// Moves a file's mtime by `secs` without touching its bytes or inode.
 pub fn shift_mtime(path: &Path, secs: i64) {
-    let file = std::fs::File::options().write(true).open(path).expect("open to set mtime");
+    let file = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open to set mtime");
     let old = file.metadata().expect("stat").modified().expect("mtime");
     let new = if secs >= 0 {
         old + Duration::from_secs(secs as u64)

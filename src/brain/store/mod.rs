@@ -89,13 +89,22 @@ pub trait BrainStore: Send + Sync + 'static {
 
     /// Entities with key `> after_key`, by key, at most `limit`, with the log watermark they
     /// include.
-    fn snapshot(&self, after_key: &str, limit: usize) -> impl Future<Output = Result<SnapshotPage>> + Send;
+    fn snapshot(
+        &self,
+        after_key: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<SnapshotPage>> + Send;
 
     /// Deletes the events received before `cutoff` (entities stay).
     fn prune(&self, cutoff: SystemTime) -> impl Future<Output = Result<PruneReport>> + Send;
 
     /// Registers (or replaces, and reactivates) the device's webhook; returns its id.
-    fn register_webhook(&self, device_id: &str, url: &str, secret: &str) -> impl Future<Output = Result<i64>> + Send;
+    fn register_webhook(
+        &self,
+        device_id: &str,
+        url: &str,
+        secret: &str,
+    ) -> impl Future<Output = Result<i64>> + Send;
 
     /// Deactivates the device's webhook; false when it had none active.
     fn deactivate_webhook(&self, device_id: &str) -> impl Future<Output = Result<bool>> + Send;
@@ -130,7 +139,9 @@ pub fn check_batch(batch: Vec<Event>, max_content_bytes: usize) -> Result<Vec<Ch
     let mut seen: HashMap<String, (usize, String)> = HashMap::with_capacity(batch.len());
     let mut out = Vec::with_capacity(batch.len());
     for (index, event) in batch.into_iter().enumerate() {
-        event.validate(max_content_bytes).map_err(|e| BrainError::Invalid(format!("batch[{index}].{e}")))?;
+        event
+            .validate(max_content_bytes)
+            .map_err(|e| BrainError::Invalid(format!("batch[{index}].{e}")))?;
         let checked = CheckedEvent::new(event);
         if let Some((first, digest)) = seen.get(&checked.event.event_ulid) {
             if *digest != checked.digest {
@@ -141,7 +152,10 @@ pub fn check_batch(batch: Vec<Event>, max_content_bytes: usize) -> Result<Vec<Ch
             }
             continue;
         }
-        seen.insert(checked.event.event_ulid.clone(), (index, checked.digest.clone()));
+        seen.insert(
+            checked.event.event_ulid.clone(),
+            (index, checked.digest.clone()),
+        );
         out.push(checked);
     }
     Ok(out)
@@ -168,13 +182,20 @@ pub struct EntityWrite {
 
 /// Applies a batch of new events to the current states of their entities with the merge rule.
 /// Returns the writes by key (a deterministic order, so concurrent writers lock rows alike).
-pub fn plan_entities(events: &[&Event], mut current: HashMap<String, EntityState>) -> Vec<EntityWrite> {
+pub fn plan_entities(
+    events: &[&Event],
+    mut current: HashMap<String, EntityState>,
+) -> Vec<EntityWrite> {
     let mut writes: BTreeMap<String, EntityWrite> = BTreeMap::new();
     for (index, event) in events.iter().enumerate() {
         let key = &event.entity_key;
         let before = current.get(key);
         let had_siblings = before.is_some_and(|s| s.siblings.len() > 1);
-        let Outcome::Applied { state, winner_changed } = merge::apply(before, &event.version()) else {
+        let Outcome::Applied {
+            state,
+            winner_changed,
+        } = merge::apply(before, &event.version())
+        else {
             continue;
         };
         let write = writes.entry(key.clone()).or_insert_with(|| EntityWrite {
@@ -195,10 +216,12 @@ pub fn plan_entities(events: &[&Event], mut current: HashMap<String, EntityState
 
 /// Rebuilds an entity's merge state from its stored JSON columns.
 pub(crate) fn parse_state(key: &str, seen_vc: &str, siblings: &str) -> Result<EntityState> {
-    let seen_vc: VectorClock = serde_json::from_str(seen_vc).map_err(|e| corrupt(&format!("seen_vc of {key}"), e))?;
+    let seen_vc: VectorClock =
+        serde_json::from_str(seen_vc).map_err(|e| corrupt(&format!("seen_vc of {key}"), e))?;
     let siblings: Vec<Version> =
         serde_json::from_str(siblings).map_err(|e| corrupt(&format!("siblings of {key}"), e))?;
-    EntityState::from_parts(seen_vc, siblings).ok_or_else(|| corrupt(&format!("siblings of {key}"), "empty"))
+    EntityState::from_parts(seen_vc, siblings)
+        .ok_or_else(|| corrupt(&format!("siblings of {key}"), "empty"))
 }
 
 pub(crate) fn parse_event_type(s: &str) -> Result<EventType> {
@@ -247,7 +270,11 @@ mod tests {
             event_type: EventType::UpsertFile,
             entity_type: "file".into(),
             entity_key: key.into(),
-            payload: FilePayload { sha256: Some(sha.to_string().repeat(64)), bytes: Some(1), ..FilePayload::default() },
+            payload: FilePayload {
+                sha256: Some(sha.to_string().repeat(64)),
+                bytes: Some(1),
+                ..FilePayload::default()
+            },
             vector_clock: clock,
             created_at: "2026-11-25T10:00:00Z".into(),
         }
@@ -264,17 +291,27 @@ mod tests {
         assert_eq!(writes[0].new_winner, Some(1), "equal sums: device b wins");
         assert!(writes[0].refresh_conflicts);
         assert_eq!(writes[0].state.conflicts().count(), 1);
-        assert_eq!(writes[1].new_winner, Some(2), "indexes point into the whole batch");
+        assert_eq!(
+            writes[1].new_winner,
+            Some(2),
+            "indexes point into the whole batch"
+        );
     }
 
     #[test]
     fn a_repeat_inside_a_batch_is_dropped_and_a_reuse_is_refused() {
         let a = event("a", "n/x", VectorClock::from([("a", 1)]), 'a');
-        assert_eq!(check_batch(vec![a.clone(), a.clone()], 10).unwrap().len(), 1);
+        assert_eq!(
+            check_batch(vec![a.clone(), a.clone()], 10).unwrap().len(),
+            1
+        );
         let mut other = a.clone();
         other.entity_key = "n/z".into();
         let err = check_batch(vec![a, other], 10).unwrap_err();
-        assert!(matches!(err, BrainError::Conflict(ref m) if m.contains("batch[1]")), "{err}");
+        assert!(
+            matches!(err, BrainError::Conflict(ref m) if m.contains("batch[1]")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -283,6 +320,9 @@ mod tests {
         bad.payload.sha256 = Some("xyz".into());
         let ok = event("a", "n/y", VectorClock::from([("a", 2)]), 'a');
         let err = check_batch(vec![ok, bad], 10).unwrap_err();
-        assert!(err.to_string().starts_with("batch[1].payload.sha256"), "{err}");
+        assert!(
+            err.to_string().starts_with("batch[1].payload.sha256"),
+            "{err}"
+        );
     }
 }

@@ -19,16 +19,19 @@ use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 
 use super::{
-    corrupt, parse_event_type, parse_state, plan_entities, reused_ulid, to_json, BrainStore, CheckedEvent, Ingested,
-    PruneReport, PullPage, SnapshotPage, Webhook,
+    corrupt, parse_event_type, parse_state, plan_entities, reused_ulid, to_json, BrainStore,
+    CheckedEvent, Ingested, PruneReport, PullPage, SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
 use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
 use crate::model::{Event, FilePayload};
 
 /// The migrations, in order: (version, name, SQL written for the `lib_shared` schema).
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "0001_lib_shared", include_str!("../../../migrations/postgres/0001_lib_shared.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "0001_lib_shared",
+    include_str!("../../../migrations/postgres/0001_lib_shared.sql"),
+)];
 
 pub const DEFAULT_SCHEMA: &str = "lib_shared";
 
@@ -43,7 +46,10 @@ pub struct PgOptions {
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { schema: DEFAULT_SCHEMA.to_owned(), pool_size: 16 }
+        PgOptions {
+            schema: DEFAULT_SCHEMA.to_owned(),
+            pool_size: 16,
+        }
     }
 }
 
@@ -64,7 +70,12 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(task) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             task.abort();
         }
     }
@@ -72,12 +83,18 @@ impl Drop for Inner {
 
 /// The URL with its password replaced, for messages and logs.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return "<unparseable URL>".to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparseable URL>".to_owned();
+    };
     let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
             format!("{scheme}://{masked}@{host}{tail}")
         }
         None => url.to_owned(),
@@ -121,7 +138,9 @@ fn describe(e: &tokio_postgres::Error) -> String {
 
 fn valid_schema(schema: &str) -> bool {
     let mut chars = schema.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && schema.len() <= 48
 }
@@ -146,13 +165,17 @@ struct Conn<'a> {
 impl std::ops::Deref for Conn<'_> {
     type Target = Client;
     fn deref(&self) -> &Client {
-        self.client.as_ref().expect("a checked-out connection holds its client until dropped")
+        self.client
+            .as_ref()
+            .expect("a checked-out connection holds its client until dropped")
     }
 }
 
 impl std::ops::DerefMut for Conn<'_> {
     fn deref_mut(&mut self) -> &mut Client {
-        self.client.as_mut().expect("a checked-out connection holds its client until dropped")
+        self.client
+            .as_mut()
+            .expect("a checked-out connection holds its client until dropped")
     }
 }
 
@@ -175,7 +198,10 @@ impl Drop for Conn<'_> {
 
 impl Pool {
     async fn connect(config: &Config) -> Result<Client> {
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| pg_err("connecting to PostgreSQL", e))?;
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| pg_err("connecting to PostgreSQL", e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection closed");
@@ -196,7 +222,11 @@ impl Pool {
     }
 
     async fn get(&self) -> Result<Conn<'_>> {
-        let permit = self.permits.acquire().await.map_err(|_| BrainError::Internal("pool closed".into()))?;
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| BrainError::Internal("pool closed".into()))?;
         let generation = self.generation.load(Ordering::SeqCst);
         let reused = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -211,7 +241,12 @@ impl Pool {
             Some(c) => c,
             None => Self::connect(&self.config).await?,
         };
-        Ok(Conn { client: Some(client), pool: self, generation, _permit: permit })
+        Ok(Conn {
+            client: Some(client),
+            pool: self,
+            generation,
+            _permit: permit,
+        })
     }
 }
 
@@ -219,7 +254,10 @@ impl PgStore {
     /// Connects, creates or migrates the schema, and starts listening for other instances' commits.
     pub async fn connect(url: &str, options: PgOptions) -> Result<PgStore> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(BrainError::Invalid(format!("{} is not a postgres:// URL", redact(url))));
+            return Err(BrainError::Invalid(format!(
+                "{} is not a postgres:// URL",
+                redact(url)
+            )));
         }
         if !valid_schema(&options.schema) {
             return Err(BrainError::Invalid(format!(
@@ -227,8 +265,8 @@ impl PgStore {
                 options.schema
             )));
         }
-        let mut config =
-            Config::from_str(url).map_err(|e| BrainError::Invalid(format!("database URL {}: {e}", redact(url))))?;
+        let mut config = Config::from_str(url)
+            .map_err(|e| BrainError::Invalid(format!("database URL {}: {e}", redact(url))))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
@@ -245,8 +283,9 @@ impl PgStore {
         };
         // One lock per schema: brains sharing a schema serialise their ingests, other schemas
         // (other tests) do not wait for them.
-        let lock_key =
-            schema.bytes().fold(0x6c69_625f_6272_6169_i64, |h, b| h.wrapping_mul(31).wrapping_add(i64::from(b)));
+        let lock_key = schema.bytes().fold(0x6c69_625f_6272_6169_i64, |h, b| {
+            h.wrapping_mul(31).wrapping_add(i64::from(b))
+        });
         let (newest, _) = watch::channel(0);
         let store = PgStore {
             inner: Arc::new(Inner {
@@ -261,7 +300,11 @@ impl PgStore {
         let newest = store.newest_id().await?;
         store.inner.newest.send_replace(newest);
         let task = tokio::spawn(listen(Arc::downgrade(&store.inner)));
-        *store.inner.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        *store
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(task);
         Ok(store)
     }
 
@@ -272,9 +315,12 @@ impl PgStore {
     /// Drops the whole schema: for tests that made their own.
     pub async fn drop_schema(&self) -> Result<()> {
         let conn = self.inner.pool.get().await?;
-        conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.inner.schema))
-            .await
-            .map_err(|e| pg_err("dropping the schema", e))
+        conn.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            self.inner.schema
+        ))
+        .await
+        .map_err(|e| pg_err("dropping the schema", e))
     }
 
     /// SQL written for `lib_shared`, for this store's schema.
@@ -321,7 +367,10 @@ fn in_schema<'a>(sql: &'a str, schema: &str) -> Cow<'a, str> {
 async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
     // A session lock: two brains starting at once on a new database must not both create tables.
     let lock = format!("SELECT pg_advisory_lock(hashtext('lib-agent migrate {schema}'))");
-    client.batch_execute(&lock).await.map_err(|e| pg_err("locking for migrations", e))?;
+    client
+        .batch_execute(&lock)
+        .await
+        .map_err(|e| pg_err("locking for migrations", e))?;
     let result = async {
         client
             .batch_execute(&format!(
@@ -365,7 +414,10 @@ async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
     }
     .await;
     let unlock = format!("SELECT pg_advisory_unlock(hashtext('lib-agent migrate {schema}'))");
-    client.batch_execute(&unlock).await.map_err(|e| pg_err("unlocking after migrations", e))?;
+    client
+        .batch_execute(&unlock)
+        .await
+        .map_err(|e| pg_err("unlocking after migrations", e))?;
     result
 }
 
@@ -374,7 +426,9 @@ async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
 async fn listen(inner: std::sync::Weak<Inner>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         let config = strong.pool.config.clone();
         let channel = strong.channel.clone();
         let store = PgStore { inner: strong };
@@ -435,14 +489,22 @@ async fn listen(inner: std::sync::Weak<Inner>) {
 impl BrainStore for PgStore {
     async fn ingest(&self, batch: Vec<CheckedEvent>) -> Result<Ingested> {
         let mut conn = self.inner.pool.get().await?;
-        let tx = conn.transaction().await.map_err(|e| self.inner.pool.err("starting an ingest", e))?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(|e| self.inner.pool.err("starting an ingest", e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.inner.lock_key])
             .await
             .map_err(|e| self.inner.pool.err("taking the ingest lock", e))?;
 
         let ulids: Vec<&str> = batch.iter().map(|c| c.event.event_ulid.as_str()).collect();
         let stored: HashMap<String, String> = tx
-            .query(&*self.sql("SELECT event_ulid, digest FROM lib_shared.events WHERE event_ulid = ANY($1)"), &[&ulids])
+            .query(
+                &*self.sql(
+                    "SELECT event_ulid, digest FROM lib_shared.events WHERE event_ulid = ANY($1)",
+                ),
+                &[&ulids],
+            )
             .await
             .map_err(|e| self.inner.pool.err("looking up event ULIDs", e))?
             .into_iter()
@@ -464,7 +526,8 @@ impl BrainStore for PgStore {
             return Ok(Ingested::default());
         }
 
-        let col = |f: fn(&Event) -> String| new_events.iter().map(|e| f(e)).collect::<Vec<String>>();
+        let col =
+            |f: fn(&Event) -> String| new_events.iter().map(|e| f(e)).collect::<Vec<String>>();
         let ids: Vec<i64> = tx
             .query(
                 &*self.sql(
@@ -522,7 +585,8 @@ impl BrainStore for PgStore {
         let mut winners: [Vec<String>; 9] = Default::default();
         let mut winner_deleted: Vec<Option<String>> = Vec::new();
         let mut winner_siblings = Vec::new();
-        let (mut merge_keys, mut merge_vcs, mut other_siblings) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut merge_keys, mut merge_vcs, mut other_siblings) =
+            (Vec::new(), Vec::new(), Vec::new());
         let mut refreshed: Vec<&str> = Vec::new();
         let mut c_key = Vec::new();
         let mut c_ulid = Vec::new();
@@ -625,9 +689,12 @@ impl BrainStore for PgStore {
             .map_err(|e| self.inner.pool.err("updating merge state", e))?;
         }
         if !refreshed.is_empty() {
-            tx.execute(&*self.sql("DELETE FROM lib_shared.conflicts WHERE entity_key = ANY($1)"), &[&refreshed])
-                .await
-                .map_err(|e| self.inner.pool.err("clearing conflicts", e))?;
+            tx.execute(
+                &*self.sql("DELETE FROM lib_shared.conflicts WHERE entity_key = ANY($1)"),
+                &[&refreshed],
+            )
+            .await
+            .map_err(|e| self.inner.pool.err("clearing conflicts", e))?;
             if !c_key.is_empty() {
                 tx.execute(
                     &*self.sql(
@@ -643,13 +710,21 @@ impl BrainStore for PgStore {
                 .map_err(|e| self.inner.pool.err("recording conflicts", e))?;
             }
         }
-        tx.execute("SELECT pg_notify($1, $2)", &[&self.inner.channel, &last.to_string()])
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&self.inner.channel, &last.to_string()],
+        )
+        .await
+        .map_err(|e| self.inner.pool.err("notifying other brains", e))?;
+        tx.commit()
             .await
-            .map_err(|e| self.inner.pool.err("notifying other brains", e))?;
-        tx.commit().await.map_err(|e| self.inner.pool.err("committing an ingest", e))?;
+            .map_err(|e| self.inner.pool.err("committing an ingest", e))?;
         self.bump(last);
         Ok(Ingested {
-            result: IngestResult { inserted_events: new_events.len() as u64, upserted_entities: writes.len() as u64 },
+            result: IngestResult {
+                inserted_events: new_events.len() as u64,
+                upserted_entities: writes.len() as u64,
+            },
             new_ids: Some((first - 1, last)),
         })
     }
@@ -671,12 +746,18 @@ impl BrainStore for PgStore {
         // shows here, so its gap is never served as if nothing were missing. (One that commits
         // later only costs a re-seed that was not strictly needed.)
         let pruned: i64 = conn
-            .query_one(&*self.sql("SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through'"), &[])
+            .query_one(
+                &*self.sql("SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through'"),
+                &[],
+            )
             .await
             .map_err(|e| self.inner.pool.err("reading the prune mark", e))?
             .get(0);
         if after_id < pruned {
-            return Err(BrainError::CursorPruned { after_id, pruned_through: pruned });
+            return Err(BrainError::CursorPruned {
+                after_id,
+                pruned_through: pruned,
+            });
         }
         let has_more = rows.len() > limit;
         let mut events = Vec::with_capacity(rows.len().min(limit));
@@ -699,7 +780,11 @@ impl BrainStore for PgStore {
             });
         }
         let next_after_id = events.last().map_or(after_id, |e| e.id);
-        Ok(PullPage { events, next_after_id, has_more })
+        Ok(PullPage {
+            events,
+            next_after_id,
+            has_more,
+        })
     }
 
     async fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotPage> {
@@ -734,7 +819,9 @@ impl BrainStore for PgStore {
             )
             .await
             .map_err(|e| self.inner.pool.err("reading entities", e))?;
-        tx.commit().await.map_err(|e| self.inner.pool.err("ending a snapshot", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| self.inner.pool.err("ending a snapshot", e))?;
         let has_more = rows.len() > limit;
         let mut entities = Vec::with_capacity(rows.len().min(limit));
         for row in rows.iter().take(limit) {
@@ -745,8 +832,10 @@ impl BrainStore for PgStore {
                 event_ulid: row.get(2),
                 device_id: row.get(3),
                 event_type: parse_event_type(row.get(4))?,
-                payload: serde_json::from_str(row.get(5)).map_err(|e| corrupt(&format!("payload of {key}"), e))?,
-                vector_clock: serde_json::from_str(row.get(6)).map_err(|e| corrupt(&format!("clock of {key}"), e))?,
+                payload: serde_json::from_str(row.get(5))
+                    .map_err(|e| corrupt(&format!("payload of {key}"), e))?,
+                vector_clock: serde_json::from_str(row.get(6))
+                    .map_err(|e| corrupt(&format!("clock of {key}"), e))?,
                 created_at: row.get(7),
                 deleted_at: row.get(8),
                 seen_vc: state.seen_vc,
@@ -754,39 +843,67 @@ impl BrainStore for PgStore {
                 entity_key: key,
             });
         }
-        Ok(SnapshotPage { entities, watermark, has_more })
+        Ok(SnapshotPage {
+            entities,
+            watermark,
+            has_more,
+        })
     }
 
     async fn prune(&self, cutoff: SystemTime) -> Result<PruneReport> {
         let mut conn = self.inner.pool.get().await?;
-        let tx = conn.transaction().await.map_err(|e| self.inner.pool.err("starting a prune", e))?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(|e| self.inner.pool.err("starting a prune", e))?;
         let cutoff = super::unix_seconds(cutoff) as f64;
         let through: Option<i64> = tx
             .query_one(
-                &*self.sql("SELECT max(id) FROM lib_shared.events WHERE received_at < to_timestamp($1)"),
+                &*self.sql(
+                    "SELECT max(id) FROM lib_shared.events WHERE received_at < to_timestamp($1)",
+                ),
                 &[&cutoff],
             )
             .await
             .map_err(|e| self.inner.pool.err("finding old events", e))?
             .get(0);
         let old: i64 = tx
-            .query_one(&*self.sql("SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through' FOR UPDATE"), &[])
+            .query_one(
+                &*self.sql(
+                    "SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through' FOR UPDATE",
+                ),
+                &[],
+            )
             .await
             .map_err(|e| self.inner.pool.err("reading the prune mark", e))?
             .get(0);
         let Some(through) = through else {
-            return Ok(PruneReport { deleted_events: 0, pruned_through: old });
+            return Ok(PruneReport {
+                deleted_events: 0,
+                pruned_through: old,
+            });
         };
         let deleted = tx
-            .execute(&*self.sql("DELETE FROM lib_shared.events WHERE id <= $1"), &[&through])
+            .execute(
+                &*self.sql("DELETE FROM lib_shared.events WHERE id <= $1"),
+                &[&through],
+            )
             .await
             .map_err(|e| self.inner.pool.err("pruning events", e))?;
         let pruned = old.max(through);
-        tx.execute(&*self.sql("UPDATE lib_shared.brain_meta SET v = $1 WHERE k = 'pruned_through'"), &[&pruned])
+        tx.execute(
+            &*self.sql("UPDATE lib_shared.brain_meta SET v = $1 WHERE k = 'pruned_through'"),
+            &[&pruned],
+        )
+        .await
+        .map_err(|e| self.inner.pool.err("recording the prune mark", e))?;
+        tx.commit()
             .await
-            .map_err(|e| self.inner.pool.err("recording the prune mark", e))?;
-        tx.commit().await.map_err(|e| self.inner.pool.err("committing a prune", e))?;
-        Ok(PruneReport { deleted_events: deleted, pruned_through: pruned })
+            .map_err(|e| self.inner.pool.err("committing a prune", e))?;
+        Ok(PruneReport {
+            deleted_events: deleted,
+            pruned_through: pruned,
+        })
     }
 
     async fn register_webhook(&self, device_id: &str, url: &str, secret: &str) -> Result<i64> {
@@ -832,7 +949,12 @@ impl BrainStore for PgStore {
             .map_err(|e| self.inner.pool.err("listing webhooks", e))?;
         Ok(rows
             .iter()
-            .map(|r| Webhook { id: r.get(0), device_id: r.get(1), url: r.get(2), secret: r.get(3) })
+            .map(|r| Webhook {
+                id: r.get(0),
+                device_id: r.get(1),
+                url: r.get(2),
+                secret: r.get(3),
+            })
             .collect())
     }
 
@@ -847,7 +969,10 @@ mod tests {
 
     #[test]
     fn redaction_hides_the_password_only() {
-        assert_eq!(redact("postgres://u:pw@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
+        assert_eq!(
+            redact("postgres://u:pw@h:5432/db?x=1"),
+            "postgres://u:***@h:5432/db?x=1"
+        );
         assert_eq!(redact("postgresql://u@h/db"), "postgresql://u@h/db");
         assert_eq!(redact("postgres://h/db"), "postgres://h/db");
     }

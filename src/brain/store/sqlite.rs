@@ -13,14 +13,16 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::watch;
 
 use super::{
-    blocking, corrupt, parse_event_type, parse_state, plan_entities, reused_ulid, to_json, unix_seconds, BrainStore,
-    CheckedEvent, Ingested, PruneReport, PullPage, SnapshotPage, Webhook,
+    blocking, corrupt, parse_event_type, parse_state, plan_entities, reused_ulid, to_json,
+    unix_seconds, BrainStore, CheckedEvent, Ingested, PruneReport, PullPage, SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
 use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
 use crate::model::{Event, FilePayload};
 
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/brain/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[include_str!(
+    "../../../migrations/brain/sqlite/0001_init.sql"
+)];
 
 /// Readers kept open between requests; more are opened (and closed after) under load.
 const IDLE_READERS: usize = 8;
@@ -34,7 +36,9 @@ pub struct SqliteOptions {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { busy_timeout: Duration::from_secs(10) }
+        SqliteOptions {
+            busy_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -55,9 +59,9 @@ fn sql_err(context: &str, e: rusqlite::Error) -> BrainError {
     use rusqlite::ErrorCode::*;
     let message = format!("{context}: {e}");
     match e.sqlite_error_code() {
-        Some(DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure | CannotOpen | ReadOnly) => {
-            BrainError::Unavailable(message)
-        }
+        Some(
+            DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure | CannotOpen | ReadOnly,
+        ) => BrainError::Unavailable(message),
         _ => BrainError::Internal(message),
     }
 }
@@ -71,12 +75,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn open_conn(path: &Path, options: &SqliteOptions) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| sql_err(&format!("opening brain database {}", path.display()), e))?;
-    conn.busy_timeout(options.busy_timeout).map_err(|e| sql_err("setting the busy timeout", e))?;
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -32768;")
-        .map_err(|e| sql_err("configuring the brain database", e))?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(|e| sql_err("setting the busy timeout", e))?;
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -32768;",
+    )
+    .map_err(|e| sql_err("configuring the brain database", e))?;
     Ok(conn)
 }
 
@@ -88,8 +97,9 @@ impl SqliteStore {
 
     pub fn open_with(path: &Path, options: SqliteOptions) -> Result<SqliteStore> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| BrainError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                BrainError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
         }
         let mut conn = open_conn(path, &options)?;
         let mode: String = conn
@@ -165,29 +175,41 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| sql_err("starting a migration", e))?;
-        tx.execute_batch(sql).map_err(|e| sql_err(&format!("migrating the brain database to {version}"), e))?;
-        tx.pragma_update(None, "user_version", version).map_err(|e| sql_err("recording the schema version", e))?;
-        tx.commit().map_err(|e| sql_err("committing a migration", e))?;
+        tx.execute_batch(sql)
+            .map_err(|e| sql_err(&format!("migrating the brain database to {version}"), e))?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(|e| sql_err("recording the schema version", e))?;
+        tx.commit()
+            .map_err(|e| sql_err("committing a migration", e))?;
     }
     Ok(())
 }
 
 /// The greatest id ever handed out (AUTOINCREMENT's counter survives pruning).
 fn newest_id(conn: &Connection) -> Result<i64> {
-    conn.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'events'", [], |r| r.get(0))
-        .optional()
-        .map(|v| v.unwrap_or(0))
-        .map_err(|e| sql_err("reading the newest event id", e))
+    conn.query_row(
+        "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+    .map(|v| v.unwrap_or(0))
+    .map_err(|e| sql_err("reading the newest event id", e))
 }
 
 fn pruned_through(conn: &Connection) -> Result<i64> {
-    conn.query_row("SELECT v FROM brain_meta WHERE k = 'pruned_through'", [], |r| r.get(0))
-        .map_err(|e| sql_err("reading the prune mark", e))
+    conn.query_row(
+        "SELECT v FROM brain_meta WHERE k = 'pruned_through'",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(|e| sql_err("reading the prune mark", e))
 }
 
 fn ingest(conn: &mut Connection, batch: &[CheckedEvent]) -> Result<Ingested> {
-    let tx =
-        conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| sql_err("starting an ingest", e))?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_err("starting an ingest", e))?;
     let now = unix_seconds(SystemTime::now());
     let before = newest_id(&tx)?;
     let mut new_events: Vec<&Event> = Vec::with_capacity(batch.len());
@@ -249,7 +271,10 @@ fn ingest(conn: &mut Connection, batch: &[CheckedEvent]) -> Result<Ingested> {
                 .query_row([&e.entity_key], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
                 .map_err(|err| sql_err("reading an entity", err))?;
-            if let Some(state) = row.map(|(vc, sib)| parse_state(&e.entity_key, &vc, &sib)).transpose()? {
+            if let Some(state) = row
+                .map(|(vc, sib)| parse_state(&e.entity_key, &vc, &sib))
+                .transpose()?
+            {
                 current.insert(e.entity_key.clone(), state);
             }
         }
@@ -312,7 +337,9 @@ fn ingest(conn: &mut Connection, batch: &[CheckedEvent]) -> Result<Ingested> {
                 }
             }
             if w.refresh_conflicts {
-                clear.execute([&w.key]).map_err(|e| sql_err("clearing conflicts", e))?;
+                clear
+                    .execute([&w.key])
+                    .map_err(|e| sql_err("clearing conflicts", e))?;
                 for v in w.state.conflicts() {
                     conflict
                         .execute(rusqlite::params![
@@ -331,18 +358,27 @@ fn ingest(conn: &mut Connection, batch: &[CheckedEvent]) -> Result<Ingested> {
             }
         }
     }
-    tx.commit().map_err(|e| sql_err("committing an ingest", e))?;
+    tx.commit()
+        .map_err(|e| sql_err("committing an ingest", e))?;
     Ok(Ingested {
-        result: IngestResult { inserted_events: new_events.len() as u64, upserted_entities: writes.len() as u64 },
+        result: IngestResult {
+            inserted_events: new_events.len() as u64,
+            upserted_entities: writes.len() as u64,
+        },
         new_ids: Some((before, last_id)),
     })
 }
 
 fn pull(conn: &mut Connection, after_id: i64, limit: usize) -> Result<PullPage> {
-    let tx = conn.transaction().map_err(|e| sql_err("starting a pull", e))?;
+    let tx = conn
+        .transaction()
+        .map_err(|e| sql_err("starting a pull", e))?;
     let pruned = pruned_through(&tx)?;
     if after_id < pruned {
-        return Err(BrainError::CursorPruned { after_id, pruned_through: pruned });
+        return Err(BrainError::CursorPruned {
+            after_id,
+            pruned_through: pruned,
+        });
     }
     let mut stmt = tx
         .prepare_cached(
@@ -368,8 +404,17 @@ fn pull(conn: &mut Connection, after_id: i64, limit: usize) -> Result<PullPage> 
     let mut events = Vec::with_capacity(limit.min(512));
     let mut has_more = false;
     for row in rows {
-        let (id, event_ulid, device_id, event_type, entity_type, entity_key, payload, clock, created_at) =
-            row.map_err(|e| sql_err("reading an event", e))?;
+        let (
+            id,
+            event_ulid,
+            device_id,
+            event_type,
+            entity_type,
+            entity_key,
+            payload,
+            clock,
+            created_at,
+        ) = row.map_err(|e| sql_err("reading an event", e))?;
         if events.len() == limit {
             has_more = true;
             break;
@@ -380,7 +425,8 @@ fn pull(conn: &mut Connection, after_id: i64, limit: usize) -> Result<PullPage> 
                 event_type: parse_event_type(&event_type)?,
                 payload: serde_json::from_str::<FilePayload>(&payload)
                     .map_err(|e| corrupt(&format!("payload of event {id}"), e))?,
-                vector_clock: serde_json::from_str(&clock).map_err(|e| corrupt(&format!("clock of event {id}"), e))?,
+                vector_clock: serde_json::from_str(&clock)
+                    .map_err(|e| corrupt(&format!("clock of event {id}"), e))?,
                 event_ulid,
                 device_id,
                 entity_type,
@@ -390,12 +436,18 @@ fn pull(conn: &mut Connection, after_id: i64, limit: usize) -> Result<PullPage> 
         });
     }
     let next_after_id = events.last().map_or(after_id, |e| e.id);
-    Ok(PullPage { events, next_after_id, has_more })
+    Ok(PullPage {
+        events,
+        next_after_id,
+        has_more,
+    })
 }
 
 fn snapshot(conn: &mut Connection, after_key: &str, limit: usize) -> Result<SnapshotPage> {
     // One read transaction: the watermark and the entities are the same moment of the store.
-    let tx = conn.transaction().map_err(|e| sql_err("starting a snapshot", e))?;
+    let tx = conn
+        .transaction()
+        .map_err(|e| sql_err("starting a snapshot", e))?;
     let watermark = newest_id(&tx)?;
     let mut stmt = tx
         .prepare_cached(
@@ -424,8 +476,19 @@ fn snapshot(conn: &mut Connection, after_key: &str, limit: usize) -> Result<Snap
     let mut entities = Vec::new();
     let mut has_more = false;
     for row in rows {
-        let (key, entity_type, event_ulid, device_id, event_type, payload, clock, created_at, deleted_at, vc, sib) =
-            row.map_err(|e| sql_err("reading an entity", e))?;
+        let (
+            key,
+            entity_type,
+            event_ulid,
+            device_id,
+            event_type,
+            payload,
+            clock,
+            created_at,
+            deleted_at,
+            vc,
+            sib,
+        ) = row.map_err(|e| sql_err("reading an entity", e))?;
         if entities.len() == limit {
             has_more = true;
             break;
@@ -433,8 +496,10 @@ fn snapshot(conn: &mut Connection, after_key: &str, limit: usize) -> Result<Snap
         let state = parse_state(&key, &vc, &sib)?;
         entities.push(SnapshotEntity {
             event_type: parse_event_type(&event_type)?,
-            payload: serde_json::from_str(&payload).map_err(|e| corrupt(&format!("payload of {key}"), e))?,
-            vector_clock: serde_json::from_str(&clock).map_err(|e| corrupt(&format!("clock of {key}"), e))?,
+            payload: serde_json::from_str(&payload)
+                .map_err(|e| corrupt(&format!("payload of {key}"), e))?,
+            vector_clock: serde_json::from_str(&clock)
+                .map_err(|e| corrupt(&format!("clock of {key}"), e))?,
             entity_key: key,
             entity_type,
             event_ulid,
@@ -445,26 +510,45 @@ fn snapshot(conn: &mut Connection, after_key: &str, limit: usize) -> Result<Snap
             siblings: state.siblings,
         });
     }
-    Ok(SnapshotPage { entities, watermark, has_more })
+    Ok(SnapshotPage {
+        entities,
+        watermark,
+        has_more,
+    })
 }
 
 fn prune(conn: &mut Connection, cutoff: i64) -> Result<PruneReport> {
-    let tx =
-        conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| sql_err("starting a prune", e))?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_err("starting a prune", e))?;
     let old = pruned_through(&tx)?;
     let through: Option<i64> = tx
-        .query_row("SELECT MAX(id) FROM events WHERE received_at < ?1", [cutoff], |r| r.get(0))
+        .query_row(
+            "SELECT MAX(id) FROM events WHERE received_at < ?1",
+            [cutoff],
+            |r| r.get(0),
+        )
         .map_err(|e| sql_err("finding old events", e))?;
     let Some(through) = through else {
-        return Ok(PruneReport { deleted_events: 0, pruned_through: old });
+        return Ok(PruneReport {
+            deleted_events: 0,
+            pruned_through: old,
+        });
     };
-    let deleted =
-        tx.execute("DELETE FROM events WHERE id <= ?1", [through]).map_err(|e| sql_err("pruning events", e))?;
+    let deleted = tx
+        .execute("DELETE FROM events WHERE id <= ?1", [through])
+        .map_err(|e| sql_err("pruning events", e))?;
     let pruned = old.max(through);
-    tx.execute("UPDATE brain_meta SET v = ?1 WHERE k = 'pruned_through'", [pruned])
-        .map_err(|e| sql_err("recording the prune mark", e))?;
+    tx.execute(
+        "UPDATE brain_meta SET v = ?1 WHERE k = 'pruned_through'",
+        [pruned],
+    )
+    .map_err(|e| sql_err("recording the prune mark", e))?;
     tx.commit().map_err(|e| sql_err("committing a prune", e))?;
-    Ok(PruneReport { deleted_events: deleted as u64, pruned_through: pruned })
+    Ok(PruneReport {
+        deleted_events: deleted as u64,
+        pruned_through: pruned,
+    })
 }
 
 impl BrainStore for SqliteStore {
@@ -487,7 +571,8 @@ impl BrainStore for SqliteStore {
 
     async fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotPage> {
         let after_key = after_key.to_owned();
-        self.read(move |conn| snapshot(conn, &after_key, limit)).await
+        self.read(move |conn| snapshot(conn, &after_key, limit))
+            .await
     }
 
     async fn prune(&self, cutoff: SystemTime) -> Result<PruneReport> {
