@@ -117,8 +117,6 @@ pub fn scan(
     let run_id = start_run(store, options.library.as_deref())?;
     let backfilled = backfill_legacy_rows(store)?;
 
-    // Checkpoints and per-commit fsyncs wait until the scan ends (see Store::set_bulk_mode).
-    store.set_bulk_mode(true)?;
     let progress = Progress::new(options.progress);
     let mut summaries = Vec::new();
     let mut totals = Counts::default();
@@ -136,9 +134,6 @@ pub fn scan(
         }
     }
     progress.finish();
-    // Also after a failure: what was committed is made durable, and the connection goes back to
-    // its normal durability for whatever the caller does next.
-    store.set_bulk_mode(false)?;
     if let Some(e) = failed {
         return Err(e);
     }
@@ -593,13 +588,10 @@ fn write_loop(
     };
     let mut chunk = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
-        // Gather a full batch, waiting briefly for the readers: every commit rewrites the b-tree
-        // pages it touched and flushes the full-text index, so few large ones beat many small.
-        let gather_until = Instant::now() + Duration::from_millis(100);
         let mut text = text_len(&first);
         chunk.push(first);
         while chunk.len() < BATCH && text < BATCH_TEXT_BYTES {
-            match rx.recv_deadline(gather_until) {
+            match rx.try_recv() {
                 Ok(o) => {
                     text += text_len(&o);
                     chunk.push(o);
