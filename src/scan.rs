@@ -117,6 +117,10 @@ pub fn scan(
     let run_id = start_run(store, options.library.as_deref())?;
     let backfilled = backfill_legacy_rows(store)?;
 
+    // Checkpoints and per-commit fsyncs wait until the scan ends (see Store::set_bulk_mode):
+    // measured on 100,000 text files, 14.0 s instead of 16.7 s (checkpoints would copy the
+    // full-text index's pages again and again); on random bytes 0.1 to 0.2 s slower.
+    store.set_bulk_mode(true)?;
     let progress = Progress::new(options.progress);
     let mut summaries = Vec::new();
     let mut totals = Counts::default();
@@ -134,6 +138,9 @@ pub fn scan(
         }
     }
     progress.finish();
+    // Also after a failure: what was committed is made durable, and the connection goes back to
+    // its normal durability for whatever the caller does next.
+    store.set_bulk_mode(false)?;
     if let Some(e) = failed {
         return Err(e);
     }

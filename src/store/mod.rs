@@ -106,6 +106,8 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     device_id: String,
+    /// Commits are not fsynced one by one (see [`Store::defer_sync`]).
+    deferred: bool,
 }
 
 impl Store {
@@ -178,6 +180,7 @@ impl Store {
             conn,
             path: path.to_owned(),
             device_id: String::new(),
+            deferred: false,
         };
         store.migrate(found)?;
         store.device_id = store.ensure_device()?;
@@ -259,12 +262,32 @@ impl Store {
         Ok(Batch::new(tx, &self.device_id))
     }
 
+    /// Bulk mode, for a scan: WAL checkpoints wait until it ends (pages the next batches rewrite
+    /// are copied once), and commits are not fsynced one by one. Leaving it checkpoints with a
+    /// full sync, so everything committed is durable when the scan returns. A crash in between
+    /// loses whole transactions (never half of one), and nothing committed in bulk mode has been
+    /// pushed yet: whoever pushes calls [`Store::make_durable`] first, so a sequence number that a
+    /// pushed event carries can never be handed out again.
+    pub fn set_bulk_mode(&mut self, on: bool) -> Result<()> {
+        let sql = match (on, self.deferred) {
+            (true, _) => "PRAGMA wal_autocheckpoint = 0; PRAGMA synchronous = NORMAL;",
+            (false, false) => {
+                "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 1000; PRAGMA wal_checkpoint(TRUNCATE);"
+            }
+            (false, true) => "PRAGMA wal_autocheckpoint = 1000; PRAGMA wal_checkpoint(TRUNCATE);",
+        };
+        self.conn
+            .execute_batch(sql)
+            .ctx(|| "setting WAL checkpointing".into())
+    }
+
     /// For the long-running agent: commits are durable in order but not fsynced one by one (WAL
     /// with `synchronous=NORMAL`). A power loss can then lose the last few transactions, whole,
     /// and their changes are found again by the start-up scan, since the observed state rolls
     /// back with them. Nothing unsynced ever leaves the device: the pusher calls
     /// [`Store::make_durable`] before every push.
     pub fn defer_sync(&mut self) -> Result<()> {
+        self.deferred = true;
         self.conn
             .execute_batch("PRAGMA synchronous = NORMAL")
             .ctx(|| "setting deferred sync".into())
@@ -283,7 +306,7 @@ impl Store {
 
     /// Makes everything committed so far durable, whichever connection committed it: a small
     /// commit at `synchronous=FULL` fsyncs the whole WAL, and with it every frame before it
-    /// (commits made after [`Store::defer_sync`] were not synced one by one).
+    /// (commits made in bulk mode were not synced one by one).
     pub fn make_durable(&mut self) -> Result<()> {
         self.conn
             .execute_batch("PRAGMA synchronous = FULL")
