@@ -38,6 +38,19 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
         super::scan::add_folder(&mut config, path)?;
     }
     let mut store = Store::open(&config.store.path)?;
+    if !global.json {
+        // One line, so a user starting it by hand sees what it does (logs are at warn by default).
+        eprintln!(
+            "agent: watching {} {} into {}; {}; Ctrl-C stops",
+            config.libraries.len(),
+            crate::scan::plural(config.libraries.len(), "library", "libraries"),
+            store.path().display(),
+            match &config.sync.brain_url {
+                Some(url) => format!("syncing with {url} ({})", config.sync.realtime.as_str()),
+                None => "local-only: no brain configured, events wait in the outbox".to_owned(),
+            }
+        );
+    }
 
     let state = daemon::run(
         &config,
