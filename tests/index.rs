@@ -178,13 +178,17 @@ fn a_remote_version_changes_the_shared_view_but_not_what_this_device_observed() 
     f.write("a.md", "mine");
     f.scan();
     let local_sha = f.shared_sha("notes/a.md");
-    // Another device edited after seeing ours: it wins in the shared view.
-    f.apply_remote(
-        "dev-b",
-        "notes/a.md",
-        VectorClock::from([(me.as_str(), 1), ("dev-b", 1)]),
-        Some("theirs"),
-    );
+    // Another device edited after seeing ours: it wins in the shared view. (Our entry is whatever
+    // number the scan gave a.md: the readers finish in any order.)
+    let ours = f
+        .outbox()
+        .into_iter()
+        .find(|e| e.1 == "notes/a.md")
+        .expect("a.md's event")
+        .2;
+    let mut theirs = ours.clone();
+    theirs.set("dev-b", 1);
+    f.apply_remote("dev-b", "notes/a.md", theirs, Some("theirs"));
     assert_ne!(f.shared_sha("notes/a.md"), local_sha);
     assert_eq!(f.search("theirs"), ["notes/a.md"]);
     // Our disk did not change, so a rescan says nothing: no ping-pong between the two versions.
