@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::metrics::Metrics;
-use super::store::{check_batch, BrainStore};
+use super::store::{check_batch, BrainStore, CheckedEvent};
 use super::webhooks::Notifier;
 use super::BrainError;
 use crate::model::wire::{
@@ -263,19 +263,26 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BrainError> {
     Ok(value)
 }
 
-async fn ingest<S: BrainStore>(
-    State(state): State<AppState<S>>,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<IngestResponse>, BrainError> {
-    let raw = body(raw, state.config.max_body_bytes)?;
-    let request: IngestRequest = parse_json(&raw)?;
+/// Everything `POST /ingest` does to a body before the store sees it: parse the JSON, cap the
+/// batch, validate every event and drop exact repeats. Public so the fuzz target (`fuzz/`) drives
+/// this very code.
+pub fn parse_ingest(raw: &[u8], max_content_bytes: usize) -> Result<Vec<CheckedEvent>, BrainError> {
+    let request: IngestRequest = parse_json(raw)?;
     if request.batch.len() > MAX_BATCH {
         return Err(BrainError::TooLarge(format!(
             "batch has {} events, at most {MAX_BATCH} are allowed per request",
             request.batch.len()
         )));
     }
-    let batch = check_batch(request.batch, state.config.max_content_bytes)?;
+    check_batch(request.batch, max_content_bytes)
+}
+
+async fn ingest<S: BrainStore>(
+    State(state): State<AppState<S>>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<IngestResponse>, BrainError> {
+    let raw = body(raw, state.config.max_body_bytes)?;
+    let batch = parse_ingest(&raw, state.config.max_content_bytes)?;
     let ingested = state.store.ingest(batch).await?;
     Metrics::add(&state.metrics.ingest_requests, 1);
     Metrics::add(
