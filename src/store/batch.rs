@@ -39,6 +39,7 @@ pub struct Batch<'a> {
     /// This device's sequence number, read at the first event of the batch and written back at
     /// commit, in the same transaction as the events that carry it.
     sequence: Cell<Option<(u64, bool)>>,
+    ulids: Option<&'a super::UlidSource>,
 }
 
 /// What the shared view holds for a key, read once per change.
@@ -53,12 +54,17 @@ pub struct SharedRow {
 }
 
 impl<'a> Batch<'a> {
-    pub(super) fn new(tx: Transaction<'a>, device_id: &'a str) -> Self {
+    pub(super) fn new(
+        tx: Transaction<'a>,
+        device_id: &'a str,
+        ulids: Option<&'a super::UlidSource>,
+    ) -> Self {
         Batch {
             tx,
             device_id,
             fts_staged: Cell::new(false),
             sequence: Cell::new(None),
+            ulids,
         }
     }
 
@@ -222,8 +228,9 @@ impl<'a> Batch<'a> {
         let mut clock = current.map(|s| s.seen_vc.clone()).unwrap_or_default();
         let seq = self.next_sequence(clock.get(self.device_id))?;
         clock.set(self.device_id, seq);
+        let ulid = self.ulids.map_or_else(ulid::Ulid::new, |next| next());
         Ok(Event {
-            event_ulid: ulid::Ulid::new().to_string(),
+            event_ulid: ulid.to_string(),
             device_id: self.device_id.to_owned(),
             event_type,
             entity_type: ENTITY_TYPE_FILE.to_owned(),

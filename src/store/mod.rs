@@ -108,7 +108,12 @@ pub struct Store {
     device_id: String,
     /// Commits are not fsynced one by one (see [`Store::defer_sync`]).
     deferred: bool,
+    ulids: Option<UlidSource>,
 }
+
+/// Where the ULIDs of new local events come from, instead of the clock and the OS's randomness:
+/// the deterministic simulation (`tests/sim/`) replays a run exactly from its seed.
+pub type UlidSource = Box<dyn Fn() -> ulid::Ulid + Send>;
 
 impl Store {
     /// Opens the database, creating it (and its folder) if needed, and migrates it.
@@ -181,6 +186,7 @@ impl Store {
             path: path.to_owned(),
             device_id: String::new(),
             deferred: false,
+            ulids: None,
         };
         store.migrate(found)?;
         store.device_id = store.ensure_device()?;
@@ -259,7 +265,12 @@ impl Store {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|source| classify_lock(&self.path, source))?;
-        Ok(Batch::new(tx, &self.device_id))
+        Ok(Batch::new(tx, &self.device_id, self.ulids.as_ref()))
+    }
+
+    /// New local events take their ULIDs from `source` (see [`UlidSource`]).
+    pub fn set_ulid_source(&mut self, source: UlidSource) {
+        self.ulids = Some(source);
     }
 
     /// Bulk mode, for a scan: WAL checkpoints wait until it ends (pages the next batches rewrite

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 pub use client::{BrainClient, ClientError};
 
-use crate::model::wire::{IngestResult, MAX_BATCH};
+use crate::model::wire::{IngestResult, PullResponse, SnapshotResponse, MAX_BATCH};
 use crate::model::{Event, EventType};
 use crate::store::{read, Store, StoreError};
 
@@ -62,12 +62,48 @@ pub struct PullSummary {
     pub reseeded: bool,
 }
 
+/// The three routes push and pull use. [`BrainClient`] speaks them over HTTP; the deterministic
+/// simulation (`tests/sim/`) answers them through a simulated network that drops, repeats and
+/// delays requests.
+pub trait Brain {
+    /// `POST /ingest`.
+    fn ingest(&self, batch: &[Event]) -> Result<IngestResult, ClientError>;
+    /// `GET /pull`; with `wait` it long-polls.
+    fn pull(
+        &self,
+        after_id: i64,
+        limit: usize,
+        wait: Option<Duration>,
+    ) -> Result<PullResponse, ClientError>;
+    /// `GET /snapshot`, one page of current entities after `after_key`.
+    fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotResponse, ClientError>;
+}
+
+impl Brain for BrainClient {
+    fn ingest(&self, batch: &[Event]) -> Result<IngestResult, ClientError> {
+        BrainClient::ingest(self, batch)
+    }
+
+    fn pull(
+        &self,
+        after_id: i64,
+        limit: usize,
+        wait: Option<Duration>,
+    ) -> Result<PullResponse, ClientError> {
+        BrainClient::pull(self, after_id, limit, wait)
+    }
+
+    fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotResponse, ClientError> {
+        BrainClient::snapshot(self, after_key, limit)
+    }
+}
+
 /// Pushes the whole outbox, in id order, in requests of at most `batch_size` events and
 /// `MAX_PUSH_BYTES`. A request the brain refuses as invalid is split until the bad event is
 /// found; that one is parked and the rest go through, so one bad event never blocks the outbox.
 pub fn push(
     store: &mut Store,
-    client: &BrainClient,
+    client: &(impl Brain + ?Sized),
     batch_size: usize,
 ) -> Result<PushSummary, SyncError> {
     let batch_size = batch_size.clamp(1, MAX_BATCH);
@@ -111,7 +147,7 @@ fn split_by_bytes(rows: &[(i64, Event)]) -> Vec<&[(i64, Event)]> {
 
 fn push_rows(
     store: &mut Store,
-    client: &BrainClient,
+    client: &(impl Brain + ?Sized),
     rows: &[(i64, Event)],
     summary: &mut PushSummary,
 ) -> Result<(), SyncError> {
@@ -148,7 +184,7 @@ fn push_rows(
 /// Pulls and applies everything after the cursor. With `wait`, the first request long-polls.
 pub fn pull(
     store: &mut Store,
-    client: &BrainClient,
+    client: &(impl Brain + ?Sized),
     batch_size: usize,
     wait: Option<Duration>,
 ) -> Result<PullSummary, SyncError> {
@@ -203,7 +239,11 @@ pub fn pull(
 /// Rebuilds the shared view from the brain's entities and returns the log position to pull from.
 /// Applying an entity's siblings reproduces its state exactly (its `seen_vc` is the pointwise
 /// maximum of theirs), and events pulled again afterwards change nothing.
-fn reseed(store: &mut Store, client: &BrainClient, batch_size: usize) -> Result<i64, SyncError> {
+fn reseed(
+    store: &mut Store,
+    client: &(impl Brain + ?Sized),
+    batch_size: usize,
+) -> Result<i64, SyncError> {
     let mut after_key = String::new();
     let mut watermark = None;
     loop {

@@ -1,0 +1,320 @@
+//! The invariants every run must end with, once the network healed and every device synced.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use lib_agent::model::merge::{self, EntityState, Outcome};
+use lib_agent::model::{Event, EventType, FilePayload, VectorClock, Version};
+use lib_agent::store::read;
+use rusqlite::Connection;
+use sha2::{Digest, Sha256};
+
+use super::world::World;
+
+/// One entity as a replica holds it: the winner's fields and the merge state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Row {
+    key: String,
+    winner: String,
+    device: String,
+    deleted: bool,
+    sha256: Option<String>,
+    bytes: Option<i64>,
+    mtime_unix: Option<i64>,
+    content: Option<String>,
+    clock: VectorClock,
+    seen_vc: VectorClock,
+    siblings: Vec<Version>,
+}
+
+fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> T {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{what} is not valid JSON ({e}): {text}"))
+}
+
+fn brain_rows(conn: &Connection) -> Vec<Row> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT entity_key, event_ulid, device_id, deleted_at IS NOT NULL, payload, vector_clock,
+                    seen_vc, siblings FROM entities ORDER BY entity_key",
+        )
+        .expect("query entities");
+    let rows = stmt
+        .query_map([], |r| {
+            let payload: String = r.get(4)?;
+            let clock: String = r.get(5)?;
+            let seen: String = r.get(6)?;
+            let siblings: String = r.get(7)?;
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                payload,
+                clock,
+                seen,
+                siblings,
+            ))
+        })
+        .expect("read entities");
+    rows.map(|row| {
+        let (key, winner, device, deleted, payload, clock, seen, siblings): (
+            String,
+            String,
+            String,
+            bool,
+            String,
+            String,
+            String,
+            String,
+        ) = row.expect("entity row");
+        let payload: FilePayload = json(&payload, "payload");
+        Row {
+            key,
+            winner,
+            device,
+            deleted,
+            sha256: payload.sha256,
+            bytes: payload.bytes.map(|b| b as i64),
+            mtime_unix: payload.mtime_unix,
+            content: payload.content,
+            clock: json(&clock, "vector_clock"),
+            seen_vc: json(&seen, "seen_vc"),
+            siblings: json(&siblings, "siblings"),
+        }
+    })
+    .collect()
+}
+
+fn device_rows(conn: &Connection) -> Vec<Row> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT path, event_ulid, device_id, deleted_at IS NOT NULL, sha256, bytes, mtime_unix,
+                    content, vector_clock, seen_vc, siblings FROM lib_files ORDER BY path",
+        )
+        .expect("query lib_files");
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(Row {
+                key: r.get(0)?,
+                winner: r.get(1)?,
+                device: r.get(2)?,
+                deleted: r.get(3)?,
+                sha256: r.get(4)?,
+                bytes: r.get(5)?,
+                mtime_unix: r.get(6)?,
+                content: r.get(7)?,
+                clock: json(&r.get::<_, String>(8)?, "vector_clock"),
+                seen_vc: json(&r.get::<_, String>(9)?, "seen_vc"),
+                siblings: json(&r.get::<_, String>(10)?, "siblings"),
+            })
+        })
+        .expect("read lib_files");
+    rows.map(|r| r.expect("lib_files row")).collect()
+}
+
+fn pairs(conn: &Connection, sql: &str) -> BTreeSet<(String, String)> {
+    let mut stmt = conn.prepare(sql).expect("prepare");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query");
+    rows.map(|r| r.expect("row")).collect()
+}
+
+/// Every event a device ever made, in the order it made them (its outbox keeps pushed rows).
+fn outbox_events(conn: &Connection) -> Vec<Event> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT event_ulid, device_id, event_type, entity_type, entity_key, payload_json,
+                    vector_clock, created_at FROM lib_outbox ORDER BY id",
+        )
+        .expect("query outbox");
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(Event {
+                event_ulid: r.get(0)?,
+                device_id: r.get(1)?,
+                event_type: EventType::parse(&r.get::<_, String>(2)?).expect("event type"),
+                entity_type: r.get(3)?,
+                entity_key: r.get(4)?,
+                payload: json(&r.get::<_, String>(5)?, "payload_json"),
+                vector_clock: json(&r.get::<_, String>(6)?, "vector_clock"),
+                created_at: r.get(7)?,
+            })
+        })
+        .expect("read outbox");
+    rows.map(|r| r.expect("outbox row")).collect()
+}
+
+/// The files on a device's disk, by key, with the sha256 of their bytes.
+fn disk(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root) {
+        let entry = entry.expect("walk");
+        if entry.file_type().is_file() {
+            let rel = entry.path().strip_prefix(root).expect("under root");
+            let bytes = std::fs::read(entry.path()).expect("read");
+            out.insert(
+                format!("lib/{}", rel.to_str().expect("utf-8")),
+                hex::encode(Sha256::digest(&bytes)),
+            );
+        }
+    }
+    out
+}
+
+/// Panics with the first invariant the world breaks. Returns how many events and open conflicts
+/// the run ended with.
+pub fn check(world: &mut World) -> (u64, u64) {
+    let brain_path = world.net.borrow().brain.path().to_owned();
+    let brain = Connection::open(&brain_path).expect("open the brain database");
+
+    // Every event any device made, and what the merge rule says they add up to, in any order.
+    let mut events: Vec<Event> = Vec::new();
+    let mut last_local: Vec<(String, BTreeMap<String, Event>)> = Vec::new();
+    for device in &mut world.devices {
+        let id = device.id.clone();
+        let conn = device.store().conn();
+        assert!(
+            read::pending_outbox(conn, 1).expect("outbox").is_empty(),
+            "{id}: outbox not empty"
+        );
+        assert!(
+            read::parked_outbox(conn).expect("parked").is_empty(),
+            "{id}: parked events"
+        );
+        let made = outbox_events(conn);
+        let mut last = BTreeMap::new();
+        for event in &made {
+            last.insert(event.entity_key.clone(), event.clone());
+        }
+        last_local.push((id, last));
+        events.extend(made);
+    }
+    let mut expected: BTreeMap<String, EntityState> = BTreeMap::new();
+    for event in &events {
+        let current = expected.get(&event.entity_key);
+        if let Outcome::Applied { state, .. } = merge::apply(current, &event.version()) {
+            expected.insert(event.entity_key.clone(), state);
+        }
+    }
+
+    // The brain holds exactly that.
+    let brain_rows = brain_rows(&brain);
+    let keys: Vec<&String> = brain_rows.iter().map(|r| &r.key).collect();
+    assert_eq!(
+        keys,
+        expected.keys().collect::<Vec<_>>(),
+        "brain entities vs events made"
+    );
+    for row in &brain_rows {
+        let state = &expected[&row.key];
+        assert_eq!(
+            row.winner,
+            state.winner().event_ulid,
+            "brain winner of {}",
+            row.key
+        );
+        assert_eq!(row.seen_vc, state.seen_vc, "brain seen_vc of {}", row.key);
+        assert_eq!(
+            row.siblings, state.siblings,
+            "brain siblings of {}",
+            row.key
+        );
+    }
+    let expected_conflicts: BTreeSet<(String, String)> = expected
+        .iter()
+        .flat_map(|(k, s)| {
+            s.conflicts()
+                .map(move |v| (k.clone(), v.event_ulid.clone()))
+        })
+        .collect();
+    assert_eq!(
+        pairs(&brain, "SELECT entity_key, event_ulid FROM conflicts"),
+        expected_conflicts,
+        "brain conflicts"
+    );
+
+    // Every replica's shared view is the brain's entities, row for row, with the same conflicts.
+    let newest: i64 = brain
+        .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))
+        .expect("newest id");
+    for device in &mut world.devices {
+        let id = device.id.clone();
+        let root = device.root.clone();
+        let conn = device.store().conn();
+        let rows = device_rows(conn);
+        for (mine, theirs) in rows.iter().zip(&brain_rows) {
+            assert_eq!(mine, theirs, "{id}: shared view differs from the brain");
+        }
+        assert_eq!(rows.len(), brain_rows.len(), "{id}: number of entities");
+        assert_eq!(
+            pairs(conn, "SELECT path, event_ulid FROM lib_conflicts"),
+            expected_conflicts,
+            "{id}: conflicts"
+        );
+        let cursor: i64 = conn
+            .query_row("SELECT v FROM lib_kv WHERE k = 'sync_after_id'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .map(|v| v.parse().expect("cursor"))
+            .unwrap_or(0);
+        assert!(
+            cursor >= newest,
+            "{id}: cursor {cursor} is behind the brain's newest event {newest}"
+        );
+
+        // Nothing on its disk went unnoticed: the observed state is the disk.
+        let observed = pairs(conn, "SELECT path, sha256 FROM lib_observed");
+        let on_disk: BTreeSet<(String, String)> = disk(&root).into_iter().collect();
+        assert_eq!(
+            observed, on_disk,
+            "{id}: observed state vs the files on its disk"
+        );
+    }
+
+    // No change silently gone: each device's last change of a key is the winner, an open
+    // conflict, or was seen by a version that is.
+    for (id, last) in &last_local {
+        for (key, event) in last {
+            let state = &expected[key];
+            let kept = state.siblings.iter().any(|s| {
+                s.event_ulid == event.event_ulid || s.clock.dominates(&event.vector_clock)
+            });
+            assert!(
+                kept,
+                "{id}: its last change of {key} ({}) was lost",
+                event.event_ulid
+            );
+        }
+    }
+    // No winner is older than an event applied to its entity: no tombstone resurrected.
+    for event in &events {
+        let winner = expected[&event.entity_key].winner();
+        assert!(
+            !event.vector_clock.dominates(&winner.clock),
+            "{}: winner {} is older than applied event {}",
+            event.entity_key,
+            winner.event_ulid,
+            event.event_ulid
+        );
+    }
+
+    // Every acknowledged event is in the brain's log, unless a prune removed it.
+    let logged = pairs(&brain, "SELECT event_ulid, device_id FROM events");
+    let logged: BTreeSet<&String> = logged.iter().map(|(u, _)| u).collect();
+    let net = world.net.borrow();
+    for ulid in &net.brain.committed {
+        assert!(
+            logged.contains(ulid) || net.brain.pruned.contains(ulid),
+            "acknowledged event {ulid} is missing from the brain's log"
+        );
+    }
+    for event in &events {
+        assert!(
+            net.brain.committed.contains(&event.event_ulid),
+            "event {} never reached the brain",
+            event.event_ulid
+        );
+    }
+    (events.len() as u64, expected_conflicts.len() as u64)
+}

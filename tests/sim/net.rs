@@ -1,0 +1,360 @@
+//! The simulated network and the brain behind it.
+//!
+//! Every request of a device goes through [`Endpoint`], which implements the same
+//! `sync::Brain` trait the HTTP client does, so push and pull run unchanged. Each request is
+//! dropped, answered, answered and then lost, delivered twice, or held back and delivered later
+//! out of order, as the seeded generator decides. The brain is the real SQLite brain store;
+//! requests cross the wire as the same JSON the HTTP server parses.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use lib_agent::brain::store::{check_batch, BrainStore, SqliteStore};
+use lib_agent::brain::BrainError;
+use lib_agent::model::wire::{
+    IngestRequest, IngestResult, PullResponse, SnapshotResponse, MAX_BATCH,
+};
+use lib_agent::model::Event;
+use lib_agent::sync::{self, ClientError};
+
+use super::rng::Rng;
+
+/// The cap the brain puts on `payload.content` (the server's default).
+const MAX_CONTENT: usize = 1024 * 1024;
+
+/// How hostile the network is in one run: each a probability per request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    pub drop_request: f64,
+    /// The brain committed, the answer never arrives.
+    pub drop_answer: f64,
+    pub duplicate: f64,
+    /// Held back and delivered later, after other requests.
+    pub delay: f64,
+    /// The device dies with the request in flight (before or after the brain sees it).
+    pub crash: f64,
+    pub drop_wakeup: f64,
+}
+
+impl Faults {
+    pub fn random(rng: &mut Rng) -> Faults {
+        let mut p = |max: f64| {
+            if rng.chance(0.25) {
+                0.0
+            } else {
+                max * (rng.below(100) as f64 / 100.0)
+            }
+        };
+        Faults {
+            drop_request: p(0.2),
+            drop_answer: p(0.2),
+            duplicate: p(0.2),
+            delay: p(0.2),
+            crash: p(0.05),
+            drop_wakeup: p(0.5),
+        }
+    }
+}
+
+/// What a run went through, so the suite can show (and check) that faults really happen.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    pub requests: u64,
+    pub dropped: u64,
+    pub answers_lost: u64,
+    pub duplicated: u64,
+    pub delayed: u64,
+    pub device_crashes: u64,
+    pub brain_restarts: u64,
+    pub prunes: u64,
+    pub reseeds: u64,
+    pub events: u64,
+    pub conflicts: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, o: &Stats) {
+        self.requests += o.requests;
+        self.dropped += o.dropped;
+        self.answers_lost += o.answers_lost;
+        self.duplicated += o.duplicated;
+        self.delayed += o.delayed;
+        self.device_crashes += o.device_crashes;
+        self.brain_restarts += o.brain_restarts;
+        self.prunes += o.prunes;
+        self.reseeds += o.reseeds;
+        self.events += o.events;
+        self.conflicts += o.conflicts;
+    }
+}
+
+/// The brain store, restartable, and what it acknowledged.
+pub struct SimBrain {
+    path: PathBuf,
+    store: Option<SqliteStore>,
+    rt: tokio::runtime::Runtime,
+    /// Every ULID the brain committed (the device may never have heard).
+    pub committed: BTreeSet<String>,
+    /// ULIDs committed before the last prune: they may be gone from the log, by design.
+    pub pruned: BTreeSet<String>,
+}
+
+impl SimBrain {
+    pub fn open(path: PathBuf) -> SimBrain {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store = SqliteStore::open(&path).expect("open the brain store");
+        SimBrain {
+            path,
+            store: Some(store),
+            rt,
+            committed: BTreeSet::new(),
+            pruned: BTreeSet::new(),
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn store(&self) -> &SqliteStore {
+        self.store.as_ref().expect("brain store open")
+    }
+
+    /// The process dies and starts again: nothing but the database survives.
+    pub fn restart(&mut self) {
+        self.store = None;
+        self.store = Some(SqliteStore::open(&self.path).expect("reopen the brain store"));
+    }
+
+    /// `agent brain prune` of the whole log: devices behind it must re-seed.
+    pub fn prune_all(&mut self) {
+        let cutoff = SystemTime::now() + Duration::from_secs(86_400);
+        self.rt
+            .block_on(self.store().prune(cutoff))
+            .expect("prune the brain log");
+        self.pruned.extend(self.committed.iter().cloned());
+    }
+
+    /// What `POST /ingest` does with a body: parse, validate, store. `Some` ids when new events
+    /// were appended (the brain then notifies the webhooks).
+    fn ingest(&mut self, batch: &[Event]) -> Result<(IngestResult, bool), BrainError> {
+        let body = serde_json::to_vec(&IngestRequest {
+            batch: batch.to_vec(),
+        })
+        .expect("serialise a batch");
+        let request: IngestRequest = serde_json::from_slice(&body)
+            .map_err(|e| BrainError::Invalid(format!("body is not an ingest request: {e}")))?;
+        let checked = check_batch(request.batch, MAX_CONTENT)?;
+        let ulids: Vec<String> = checked.iter().map(|c| c.event.event_ulid.clone()).collect();
+        let ingested = self.rt.block_on(self.store().ingest(checked))?;
+        self.committed.extend(ulids);
+        Ok((ingested.result, ingested.new_ids.is_some()))
+    }
+
+    fn pull(&self, after_id: i64, limit: usize) -> Result<PullResponse, BrainError> {
+        let page = self
+            .rt
+            .block_on(self.store().pull(after_id, limit.clamp(1, MAX_BATCH)))?;
+        Ok(wire(&PullResponse {
+            ok: true,
+            events: page.events,
+            next_after_id: page.next_after_id,
+            has_more: page.has_more,
+        }))
+    }
+
+    fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotResponse, BrainError> {
+        let page = self
+            .rt
+            .block_on(self.store().snapshot(after_key, limit.clamp(1, MAX_BATCH)))?;
+        Ok(wire(&SnapshotResponse {
+            ok: true,
+            entities: page.entities,
+            watermark: page.watermark,
+            has_more: page.has_more,
+        }))
+    }
+}
+
+/// An answer as the device reads it: serialised and parsed again, as over HTTP.
+fn wire<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
+    serde_json::from_slice(&serde_json::to_vec(value).expect("serialise")).expect("parse")
+}
+
+fn status(e: BrainError, route: &'static str) -> ClientError {
+    ClientError::Status {
+        route,
+        status: e.status().as_u16(),
+        message: e.to_string(),
+    }
+}
+
+fn lost(reason: &str) -> ClientError {
+    ClientError::Network {
+        url: "sim://brain".into(),
+        reason: reason.into(),
+    }
+}
+
+pub struct Net {
+    pub brain: SimBrain,
+    rng: Rng,
+    pub faults: Faults,
+    /// The brain is down: every request fails.
+    pub down: bool,
+    /// Ingest requests held back by the network.
+    pub in_flight: Vec<Vec<Event>>,
+    /// Webhook notifications on their way, by device index.
+    pub wakeups: Vec<usize>,
+    /// Devices a fault killed mid-request: the world restarts them.
+    pub crashed: BTreeSet<usize>,
+    pub devices: usize,
+    pub log: Vec<String>,
+    pub stats: Stats,
+}
+
+impl Net {
+    pub fn new(brain: SimBrain, rng: Rng, faults: Faults, devices: usize) -> Net {
+        Net {
+            brain,
+            rng,
+            faults,
+            down: false,
+            in_flight: Vec::new(),
+            wakeups: Vec::new(),
+            crashed: BTreeSet::new(),
+            devices,
+            log: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The brain takes an ingest; on new events it notifies every other device (some
+    /// notifications are lost, some arrive twice).
+    fn deliver_ingest(
+        &mut self,
+        from: Option<usize>,
+        batch: &[Event],
+    ) -> Result<IngestResult, ClientError> {
+        let (result, inserted) = self.brain.ingest(batch).map_err(|e| status(e, "/ingest"))?;
+        if inserted {
+            for device in (0..self.devices).filter(|d| Some(*d) != from) {
+                if !self.rng.chance(self.faults.drop_wakeup) {
+                    self.wakeups.push(device);
+                    if self.rng.chance(self.faults.duplicate) {
+                        self.wakeups.push(device);
+                    }
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    /// Delivers one held-back ingest, chosen at random (so they arrive out of order).
+    pub fn deliver_delayed(&mut self) -> bool {
+        if self.in_flight.is_empty() {
+            return false;
+        }
+        let i = self.rng.below(self.in_flight.len());
+        let batch = self.in_flight.swap_remove(i);
+        let outcome = self.deliver_ingest(None, &batch);
+        self.log.push(format!(
+            "  delayed ingest of {} events delivered: {outcome:?}",
+            batch.len()
+        ));
+        true
+    }
+
+    /// Decides the fate of a request before the brain sees it.
+    fn before(&mut self, device: usize) -> Result<(), ClientError> {
+        self.stats.requests += 1;
+        if self.down {
+            return Err(lost("brain down"));
+        }
+        if self.rng.chance(self.faults.crash / 2.0) {
+            self.crashed.insert(device);
+            return Err(lost("device crashed before sending"));
+        }
+        if self.rng.chance(self.faults.drop_request) {
+            self.stats.dropped += 1;
+            return Err(lost("request dropped"));
+        }
+        Ok(())
+    }
+
+    /// Decides the fate of an answer the brain gave.
+    fn after(&mut self, device: usize) -> Result<(), ClientError> {
+        if self.rng.chance(self.faults.crash / 2.0) {
+            self.crashed.insert(device);
+            return Err(lost("device crashed before the answer"));
+        }
+        if self.rng.chance(self.faults.drop_answer) {
+            self.stats.answers_lost += 1;
+            return Err(lost("answer dropped"));
+        }
+        Ok(())
+    }
+}
+
+/// One device's view of the network.
+pub struct Endpoint<'a> {
+    pub net: &'a RefCell<Net>,
+    pub device: usize,
+}
+
+impl sync::Brain for Endpoint<'_> {
+    fn ingest(&self, batch: &[Event]) -> Result<IngestResult, ClientError> {
+        let mut net = self.net.borrow_mut();
+        let faults = net.faults;
+        net.before(self.device)?;
+        if net.rng.chance(faults.delay) {
+            net.in_flight.push(batch.to_vec());
+            net.stats.delayed += 1;
+            return Err(lost("request delayed past the timeout"));
+        }
+        let result = net.deliver_ingest(Some(self.device), batch)?;
+        if net.rng.chance(faults.duplicate) {
+            net.stats.duplicated += 1;
+            let again = net.deliver_ingest(Some(self.device), batch);
+            assert_eq!(
+                again.as_ref().map(|r| r.inserted_events).ok(),
+                Some(0),
+                "a repeated ingest inserted events: {again:?}"
+            );
+        }
+        net.after(self.device)?;
+        Ok(result)
+    }
+
+    fn pull(
+        &self,
+        after_id: i64,
+        limit: usize,
+        _wait: Option<Duration>,
+    ) -> Result<PullResponse, ClientError> {
+        let mut net = self.net.borrow_mut();
+        net.before(self.device)?;
+        let page = net
+            .brain
+            .pull(after_id, limit)
+            .map_err(|e| status(e, "/pull"))?;
+        net.after(self.device)?;
+        Ok(page)
+    }
+
+    fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotResponse, ClientError> {
+        let mut net = self.net.borrow_mut();
+        net.before(self.device)?;
+        let page = net
+            .brain
+            .snapshot(after_key, limit)
+            .map_err(|e| status(e, "/snapshot"))?;
+        net.after(self.device)?;
+        Ok(page)
+    }
+}

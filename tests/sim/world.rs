@@ -1,0 +1,453 @@
+//! The simulated world: devices with real stores and real library folders, one brain, one
+//! network, a clock that is a counter, and the random operations and faults of one run.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lib_agent::config::{Config, Overrides};
+use lib_agent::index::{self, Libraries};
+use lib_agent::store::{read, Store};
+use lib_agent::sync;
+
+use super::net::{Endpoint, Faults, Net, SimBrain};
+use super::rng::Rng;
+
+/// File names the devices write: few, so devices collide on them.
+const NAMES: &[&str] = &["a.txt", "b.txt", "c.md", "d/e.txt", "d/f.txt", "g/h.txt"];
+const FOLDERS: &[&str] = &["d", "g"];
+/// Shared contents make two devices write the same bytes now and then.
+const CONTENTS: &[&str] = &["alpha\n", "beta\n", "gamma gamma\n", "delta\n"];
+/// The simulated clock starts here (ms since the epoch): file mtimes and ULID times come from it.
+const EPOCH_MS: u64 = 1_780_000_000_000;
+
+pub struct Device {
+    pub index: usize,
+    pub id: String,
+    pub root: PathBuf,
+    db: PathBuf,
+    config: Config,
+    store: Option<Store>,
+    /// Paths the watcher saw change and has not indexed yet: lost in a crash.
+    dirty: BTreeSet<PathBuf>,
+    pub crashes: u32,
+}
+
+impl Device {
+    pub fn store(&mut self) -> &mut Store {
+        self.store.as_mut().expect("device store open")
+    }
+}
+
+pub struct World {
+    pub devices: Vec<Device>,
+    pub net: RefCell<Net>,
+    rng: Rng,
+    /// The simulated clock, ms since EPOCH_MS.
+    now: Arc<AtomicU64>,
+    ulid_counter: Arc<AtomicU64>,
+    _dir: tempfile::TempDir,
+    pub trace: bool,
+}
+
+/// Temporary folders live in memory when the machine has /dev/shm: a run fsyncs a lot.
+fn tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::Builder::new().prefix("lib-sim-").tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().expect("tempdir")
+}
+
+impl World {
+    pub fn new(seed: u64, trace: bool) -> World {
+        let mut rng = Rng::new(seed);
+        let dir = tempdir();
+        let count = rng.between(2, 6) as usize;
+        let faults = Faults::random(&mut rng);
+        let brain = SimBrain::open(dir.path().join("brain.db"));
+        let net = Net::new(brain, rng.fork(), faults, count);
+        let mut world = World {
+            devices: Vec::new(),
+            net: RefCell::new(net),
+            rng,
+            now: Arc::new(AtomicU64::new(0)),
+            ulid_counter: Arc::new(AtomicU64::new(0)),
+            _dir: dir,
+            trace,
+        };
+        for index in 0..count {
+            let home = world._dir.path().join(format!("dev-{index}"));
+            let root = home.join("lib");
+            std::fs::create_dir_all(&root).expect("library folder");
+            let db = home.join("agent.db");
+            let toml = format!(
+                "[store]\npath = {db:?}\n[[library]]\nname = \"lib\"\npath = {root:?}\n[index]\nhash_threads = 1\n"
+            );
+            let config = Config::from_toml_str(&toml, None, &|_| None, &Overrides::default())
+                .expect("device config");
+            let mut device = Device {
+                index,
+                id: format!("dev-{index}"),
+                root,
+                db,
+                config,
+                store: None,
+                dirty: BTreeSet::new(),
+                crashes: 0,
+            };
+            open_store(&mut device, &world.now, &world.ulid_counter);
+            world.devices.push(device);
+        }
+        world.say(format!("{count} devices, faults {faults:?}"));
+        world
+    }
+
+    fn say(&self, line: String) {
+        if self.trace {
+            eprintln!("{line}");
+        }
+        self.net.borrow_mut().log.push(line);
+    }
+
+    /// The last lines of what happened, for a failure message.
+    pub fn tail(&self) -> String {
+        let net = self.net.borrow();
+        let log = &net.log;
+        log[log.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn tick(&mut self) {
+        let step = self.rng.between(1, 50);
+        self.now.fetch_add(step, Ordering::Relaxed);
+    }
+
+    fn mtime(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(EPOCH_MS + self.now.load(Ordering::Relaxed))
+    }
+
+    /// One random step: a change on a disk, the watcher firing, a push, a pull, a message the
+    /// network held back, or a fault.
+    pub fn step(&mut self) {
+        self.tick();
+        let d = self.rng.below(self.devices.len());
+        match self.rng.below(100) {
+            0..=29 => self.change_files(d),
+            30..=44 => self.index(d),
+            45..=59 => {
+                self.push(d);
+            }
+            60..=74 => {
+                self.pull(d);
+            }
+            75..=82 => {
+                if self.net.borrow_mut().deliver_delayed() {
+                    self.say("network: delayed ingest delivered".into());
+                }
+            }
+            83..=90 => self.wake_up(),
+            91..=93 => self.crash(d),
+            94..=95 => {
+                self.say("brain: restart".into());
+                let mut net = self.net.borrow_mut();
+                net.brain.restart();
+                net.stats.brain_restarts += 1;
+            }
+            96 => {
+                self.say("brain: prune everything".into());
+                let mut net = self.net.borrow_mut();
+                net.brain.prune_all();
+                net.stats.prunes += 1;
+            }
+            _ => {
+                let mut net = self.net.borrow_mut();
+                net.down = !net.down;
+                let down = net.down;
+                drop(net);
+                self.say(format!("brain: {}", if down { "down" } else { "up" }));
+            }
+        }
+        self.restart_crashed();
+    }
+
+    /// A user's change on one device's disk, queued for its watcher.
+    fn change_files(&mut self, d: usize) {
+        let mtime = self.mtime();
+        let unique = format!(
+            "{} {}\n",
+            self.devices[d].id,
+            self.now.load(Ordering::Relaxed)
+        );
+        let root = self.devices[d].root.clone();
+        let name = *self.rng.pick(NAMES);
+        let path = root.join(name);
+        let op = self.rng.below(10);
+        let mut touched = Vec::new();
+        let what = match op {
+            0..=4 => {
+                let content = if self.rng.chance(0.5) {
+                    self.rng.pick(CONTENTS).to_string()
+                } else {
+                    unique
+                };
+                write_file(&path, content.as_bytes(), mtime, false);
+                touched.push(path);
+                format!("write {name}")
+            }
+            5 if path.is_file() => {
+                write_file(&path, unique.as_bytes(), mtime, true);
+                touched.push(path);
+                format!("append {name}")
+            }
+            6 if path.is_file() => {
+                std::fs::remove_file(&path).expect("delete");
+                touched.push(path);
+                format!("delete {name}")
+            }
+            7 if path.is_file() => {
+                let to_name = *self.rng.pick(NAMES);
+                let to = root.join(to_name);
+                if to.is_dir() || to == path {
+                    return;
+                }
+                make_parent(&to);
+                std::fs::rename(&path, &to).expect("rename");
+                touched.extend([path, to]);
+                format!("rename {name} -> {to_name}")
+            }
+            8 => {
+                let (from, to) = (*self.rng.pick(FOLDERS), *self.rng.pick(FOLDERS));
+                let (from_path, to_path) = (root.join(from), root.join(to));
+                if from == to || !from_path.is_dir() || to_path.exists() {
+                    return;
+                }
+                std::fs::rename(&from_path, &to_path).expect("rename folder");
+                touched.extend([from_path, to_path]);
+                format!("rename folder {from} -> {to}")
+            }
+            9 => {
+                let folder = *self.rng.pick(FOLDERS);
+                let folder_path = root.join(folder);
+                if !folder_path.is_dir() {
+                    return;
+                }
+                std::fs::remove_dir_all(&folder_path).expect("delete folder");
+                touched.push(folder_path);
+                format!("delete folder {folder}")
+            }
+            _ => return,
+        };
+        self.say(format!("{}: {what}", self.devices[d].id));
+        self.devices[d].dirty.extend(touched);
+    }
+
+    /// The watcher's debounce fires: everything queued is indexed.
+    pub fn index(&mut self, d: usize) {
+        let device = &mut self.devices[d];
+        let paths: Vec<PathBuf> = std::mem::take(&mut device.dirty).into_iter().collect();
+        if paths.is_empty() {
+            return;
+        }
+        let outcome = index_paths(device, &paths);
+        self.say(format!(
+            "{}: index {} paths: {outcome:?}",
+            self.devices[d].id,
+            paths.len()
+        ));
+    }
+
+    pub fn push(&mut self, d: usize) -> u64 {
+        let batch_size = self.rng.between(1, 4) as usize;
+        let endpoint = Endpoint {
+            net: &self.net,
+            device: d,
+        };
+        let device = &mut self.devices[d];
+        let result = sync::push(device.store(), &endpoint, batch_size);
+        let id = device.id.clone();
+        let pushed = result.as_ref().map_or(0, |s| s.pushed);
+        if let Ok(summary) = &result {
+            assert_eq!(summary.parked, 0, "{id}: the brain refused a valid event");
+        }
+        self.say(format!("{id}: push: {}", brief(&result.map(|s| s.pushed))));
+        pushed
+    }
+
+    pub fn pull(&mut self, d: usize) -> (u64, u64) {
+        let batch_size = self.rng.between(1, 5) as usize;
+        let endpoint = Endpoint {
+            net: &self.net,
+            device: d,
+        };
+        let device = &mut self.devices[d];
+        let result = sync::pull(device.store(), &endpoint, batch_size, None);
+        let id = device.id.clone();
+        let counts = result.as_ref().map_or((0, 0), |s| (s.pulled, s.applied));
+        if result.as_ref().is_ok_and(|s| s.reseeded) {
+            self.net.borrow_mut().stats.reseeds += 1;
+        }
+        self.say(format!(
+            "{id}: pull: {}",
+            brief(&result.map(|s| format!(
+                "{} pulled, {} applied, cursor {}{}",
+                s.pulled,
+                s.applied,
+                s.new_after_id,
+                if s.reseeded { ", re-seeded" } else { "" }
+            )))
+        ));
+        counts
+    }
+
+    /// A webhook notification arrives (any of those in flight): its device pulls.
+    fn wake_up(&mut self) {
+        let device = {
+            let mut net = self.net.borrow_mut();
+            if net.wakeups.is_empty() {
+                return;
+            }
+            let i = self.rng.below(net.wakeups.len());
+            net.wakeups.swap_remove(i)
+        };
+        self.say(format!("network: wake-up for dev-{device}"));
+        self.pull(device);
+    }
+
+    /// The device's process dies: its store is closed mid-whatever, its watcher queue lost.
+    /// On restart it reconciles with a full pass over its folder, as `agent run` does.
+    fn crash(&mut self, d: usize) {
+        self.say(format!("{}: crash and restart", self.devices[d].id));
+        let device = &mut self.devices[d];
+        device.store = None;
+        device.dirty.clear();
+        device.crashes += 1;
+        self.net.borrow_mut().stats.device_crashes += 1;
+        open_store(device, &self.now, &self.ulid_counter);
+        let outcome = reconcile(device);
+        self.say(format!(
+            "{}: start-up reconcile: {outcome:?}",
+            self.devices[d].id
+        ));
+    }
+
+    fn restart_crashed(&mut self) {
+        let crashed = std::mem::take(&mut self.net.borrow_mut().crashed);
+        for d in crashed {
+            self.crash(d);
+        }
+    }
+
+    /// The faults stop and the network heals: everything held back arrives, every queued change
+    /// is indexed, and the devices push and pull until nothing moves.
+    pub fn heal(&mut self) {
+        self.say("--- heal".into());
+        {
+            let mut net = self.net.borrow_mut();
+            net.faults = Faults::default();
+            net.down = false;
+            while net.deliver_delayed() {}
+            net.wakeups.clear();
+        }
+        for d in 0..self.devices.len() {
+            self.index(d);
+        }
+        for round in 0..10 {
+            let mut moved = 0;
+            for d in 0..self.devices.len() {
+                moved += self.push(d);
+            }
+            for d in 0..self.devices.len() {
+                moved += self.pull(d).0;
+            }
+            if moved == 0 {
+                self.say(format!("--- quiet after {round} rounds"));
+                return;
+            }
+        }
+        panic!("the devices did not reach quiescence in 10 rounds");
+    }
+}
+
+fn open_store(device: &mut Device, now: &Arc<AtomicU64>, counter: &Arc<AtomicU64>) {
+    device.store = None;
+    let mut store = Store::open(&device.db).expect("open device store");
+    if store.device_id() != device.id {
+        store
+            .conn()
+            .execute("UPDATE lib_device SET device_id = ?1", [&device.id])
+            .expect("set device id");
+        drop(store);
+        store = Store::open(&device.db).expect("reopen device store");
+    }
+    let (now, counter, index) = (now.clone(), counter.clone(), device.index);
+    store.set_ulid_source(Box::new(move || {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        ulid::Ulid::from_parts(
+            EPOCH_MS + now.load(Ordering::Relaxed),
+            ((index as u128) << 64) | u128::from(n),
+        )
+    }));
+    device.store = Some(store);
+}
+
+fn index_paths(device: &mut Device, paths: &[PathBuf]) -> index::PathsOutcome {
+    let libs = Libraries::new(&device.config, &device.db).expect("libraries");
+    let outcome = index::index_paths(device.store(), &libs, paths).expect("index paths");
+    assert_eq!(outcome.errors, 0, "{}: indexing failed", device.id);
+    assert!(
+        outcome.rescan.is_empty(),
+        "{}: rescan asked: {:?}",
+        device.id,
+        outcome.rescan
+    );
+    outcome
+}
+
+/// Every path on disk and every path observed, through the same indexing as the watcher.
+fn reconcile(device: &mut Device) -> index::PathsOutcome {
+    let mut paths: BTreeSet<PathBuf> = std::fs::read_dir(&device.root)
+        .expect("list the library")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    let observed = read::observed_of_library(device.store().conn(), "lib").expect("observed");
+    for key in observed.keys() {
+        let rel = key.strip_prefix("lib/").expect("library key");
+        paths.insert(device.root.join(rel));
+    }
+    let paths: Vec<PathBuf> = paths.into_iter().collect();
+    index_paths(device, &paths)
+}
+
+fn make_parent(path: &Path) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("make folder");
+    }
+}
+
+/// Writes (or appends) and stamps the mtime from the simulated clock, so that two writes of the
+/// same size never share an mtime.
+fn write_file(path: &Path, bytes: &[u8], mtime: SystemTime, append: bool) {
+    use std::io::Write;
+    make_parent(path);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(path)
+        .expect("open for writing");
+    file.write_all(bytes).expect("write");
+    file.set_modified(mtime).expect("set mtime");
+}
+
+fn brief<T: std::fmt::Debug>(result: &Result<T, sync::SyncError>) -> String {
+    match result {
+        Ok(v) => format!("{v:?}"),
+        Err(e) => format!("failed: {e}"),
+    }
+}
