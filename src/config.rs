@@ -23,6 +23,7 @@ use toml::Spanned;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::filter::{FilterError, LibraryFilter};
+use crate::tls::CaFile;
 
 /// The config file path when `--config` is not given (checked before the platform default).
 pub const ENV_CONFIG: &str = "LIB_AGENT_CONFIG";
@@ -32,6 +33,8 @@ pub const ENV_SQLITE_PATH: &str = "LIB_SQLITE_PATH";
 pub const ENV_BRAIN_URL: &str = "LIB_BRAIN_URL";
 /// The LIB v1.1 name of the brain's URL.
 pub const ENV_SUPABASE_FN_URL: &str = "LIB_SUPABASE_FN_URL";
+/// An extra CA file trusted for an https:// brain, over `[sync] brain_ca_file`.
+pub const ENV_BRAIN_CA_FILE: &str = "LIB_BRAIN_CA_FILE";
 /// The shared secret sent to the brain; only ever read from the environment.
 pub const ENV_SYNC_SECRET: &str = "LIB_SYNC_SECRET";
 /// The secret that signs webhook deliveries; only ever read from the environment.
@@ -114,6 +117,10 @@ pub struct SyncConfig {
     /// `LIB_BRAIN_URL`, else `LIB_SUPABASE_FN_URL`, else `[sync] brain_url`; http(s), no
     /// trailing `/`. `None`: local-only.
     pub brain_url: Option<String>,
+    /// `LIB_BRAIN_CA_FILE`, else `[sync] brain_ca_file`: certificates (PEM) trusted for an
+    /// https:// brain besides the web PKI roots, for a brain behind a private CA. Read when the
+    /// brain client is built, not here: commands that do not sync do not need it.
+    pub brain_ca_file: Option<CaFile>,
     /// Only from `LIB_SYNC_SECRET`: a secret in a file ends up in backups and dotfile repos.
     pub secret: Option<String>,
     /// Only from `LIB_WEBHOOK_SECRET`, for the same reason.
@@ -137,6 +144,10 @@ impl fmt::Debug for SyncConfig {
         let redact = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
         f.debug_struct("SyncConfig")
             .field("brain_url", &self.brain_url)
+            .field(
+                "brain_ca_file",
+                &self.brain_ca_file.as_ref().map(|f| &f.path),
+            )
             .field("secret", &redact(&self.secret))
             .field("webhook_secret", &redact(&self.webhook_secret))
             .field("realtime", &self.realtime)
@@ -420,6 +431,7 @@ struct RawWatch {
 #[serde(deny_unknown_fields)]
 struct RawSync {
     brain_url: Option<Spanned<String>>,
+    brain_ca_file: Option<Spanned<String>>,
     // Accepted by the parser only to be refused with a message that says where the secret goes.
     secret: Option<Spanned<toml::Value>>,
     webhook_secret: Option<Spanned<toml::Value>>,
@@ -829,6 +841,7 @@ fn build_sync(
 ) -> Result<SyncConfig, ConfigError> {
     let mut sync = SyncConfig {
         brain_url: None,
+        brain_ca_file: None,
         secret: None,
         webhook_secret: None,
         realtime: Realtime::Longpoll,
@@ -848,6 +861,17 @@ fn build_sync(
         )?;
         if let Some(v) = &raw.brain_url {
             sync.brain_url = file.url(v, "sync.brain_url")?;
+        }
+        // The empty string means unset, as for the URLs beside it.
+        if let Some(v) = raw
+            .brain_ca_file
+            .as_ref()
+            .filter(|v| !v.get_ref().is_empty())
+        {
+            sync.brain_ca_file = Some(CaFile {
+                path: file.path(v, "sync.brain_ca_file")?,
+                origin: file.origin(&v.span(), "sync.brain_ca_file"),
+            });
         }
         if let Some(v) = &raw.realtime {
             sync.realtime = match v.get_ref().as_str() {
@@ -885,6 +909,13 @@ fn build_sync(
     let supabase = env.url(ENV_SUPABASE_FN_URL)?;
     if let Some(url) = env.url(ENV_BRAIN_URL)?.or(supabase) {
         sync.brain_url = Some(url);
+    }
+    if let Some(value) = env.get(ENV_BRAIN_CA_FILE) {
+        let origin = format!("environment {ENV_BRAIN_CA_FILE}");
+        sync.brain_ca_file = Some(CaFile {
+            path: absolute_from_cwd(Path::new(&value), || origin.clone())?,
+            origin,
+        });
     }
     if let Some(secret) = env.get(ENV_SYNC_SECRET) {
         sync.secret = Some(secret);
@@ -1006,6 +1037,7 @@ mod tests {
         assert_eq!(example.watch.debounce_ms, defaults.watch.debounce_ms);
         let (e, d) = (&example.sync, &defaults.sync);
         assert_eq!(e.brain_url, d.brain_url);
+        assert_eq!(e.brain_ca_file, d.brain_ca_file);
         assert_eq!(e.realtime, d.realtime);
         assert_eq!(e.push_debounce_ms, d.push_debounce_ms);
         assert_eq!(e.interval_secs, d.interval_secs);

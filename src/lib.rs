@@ -14,4 +14,5 @@ pub mod model;
 pub mod scan;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod watch;

@@ -405,6 +405,40 @@ fn lib_brain_url_wins_over_lib_supabase_fn_url() {
 }
 
 #[test]
+fn the_brain_ca_file_is_a_path_like_the_others_and_the_environment_wins() {
+    // Relative to the config file's folder, and named by its line for errors.
+    let file = "[sync]\nbrain_url = \"https://brain.lan\"\nbrain_ca_file = \"certs/ca.pem\"\n";
+    let config = parse(file).expect("valid");
+    let ca = config.sync.brain_ca_file.expect("set");
+    assert_eq!(ca.path, Path::new("/home/u/.config/lib-agent/certs/ca.pem"));
+    assert_eq!(
+        ca.origin,
+        format!("config {CONFIG_PATH}: line 3: sync.brain_ca_file")
+    );
+    // `~` is the home directory.
+    let config = parse("[sync]\nbrain_ca_file = \"~/ca.pem\"\n").expect("valid");
+    assert_eq!(
+        config.sync.brain_ca_file.expect("set").path,
+        home().join("ca.pem")
+    );
+
+    let config =
+        parse_env(file, &[("LIB_BRAIN_CA_FILE", "/etc/ssl/private-ca.pem")]).expect("valid");
+    let ca = config.sync.brain_ca_file.expect("set");
+    assert_eq!(ca.path, Path::new("/etc/ssl/private-ca.pem"));
+    assert_eq!(ca.origin, "environment LIB_BRAIN_CA_FILE");
+
+    // Empty means unset, in the file and in the environment; the default is none.
+    let config = parse_env(
+        "[sync]\nbrain_ca_file = \"\"\n",
+        &[("LIB_BRAIN_CA_FILE", "")],
+    )
+    .expect("valid");
+    assert_eq!(config.sync.brain_ca_file, None);
+    assert_eq!(parse("").expect("valid").sync.brain_ca_file, None);
+}
+
+#[test]
 fn secrets_come_from_the_environment() {
     let vars = [
         ("LIB_SYNC_SECRET", "s3cret"),

@@ -31,6 +31,7 @@ use crate::model::wire::{
     ErrorBody, HealthResponse, IngestRequest, IngestResponse, OkResponse, PullResponse,
     SnapshotResponse, WebhookRequest, WebhookResponse, MAX_BATCH, SECRET_HEADER,
 };
+use crate::tls::ExtraRoots;
 
 /// How the server behaves; every limit has a default a careful operator would pick.
 #[derive(Clone)]
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     pub max_content_bytes: usize,
     /// The longest `wait_ms` honoured.
     pub max_wait: Duration,
+    /// Certificates trusted for https:// webhook URLs besides the web PKI roots.
+    pub webhook_roots: ExtraRoots,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +55,7 @@ impl Default for ServerConfig {
             max_body_bytes: 32 * 1024 * 1024,
             max_content_bytes: 1024 * 1024,
             max_wait: Duration::from_secs(60),
+            webhook_roots: ExtraRoots::none(),
         }
     }
 }
@@ -63,6 +67,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_content_bytes", &self.max_content_bytes)
             .field("max_wait", &self.max_wait)
+            .field("webhook_roots", &self.webhook_roots)
             .finish()
     }
 }
@@ -125,7 +130,7 @@ pub fn router<S: BrainStore>(
     let state = AppState {
         store,
         secret_digest,
-        notifier: Notifier::new(metrics.clone()),
+        notifier: Notifier::new(metrics.clone(), &config.webhook_roots),
         metrics,
         stopping,
         config: config.clone(),

@@ -3,23 +3,23 @@
 //! 5 s timeout. A failure is logged and counted, never retried: the device's periodic sync (or its
 //! long-poll) catches up anyway.
 //!
+//! A webhook URL may be http:// or https://; TLS is the agent's own stack ([`crate::tls`]):
+//! rustls (ring) with the web PKI roots, plus the operator's extra CA certificates if any.
+//!
 //! [`sign`] and [`verify`] are the one implementation of the signature; the agent's listener
 //! verifies with [`verify`].
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::body::Bytes;
 use hmac::{Hmac, Mac};
-use http_body_util::Full;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 
 use super::metrics::Metrics;
 use super::store::{unix_seconds, BrainStore, Webhook};
 use crate::model::event::now_rfc3339;
 use crate::model::wire::{WebhookNotification, SIGNATURE_HEADER};
+use crate::tls::ExtraRoots;
 
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A notification whose timestamp is further than this from the listener's clock is refused.
@@ -93,18 +93,29 @@ pub fn verify(
 /// Sends notifications. One client, so connections to a listener are reused.
 #[derive(Clone)]
 pub struct Notifier {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: reqwest::Client,
     metrics: Arc<Metrics>,
 }
 
 impl Notifier {
-    pub fn new(metrics: Arc<Metrics>) -> Notifier {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(DELIVERY_TIMEOUT));
-        Notifier {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            metrics,
+    /// `roots`: certificates trusted for https:// webhook URLs besides the web PKI roots.
+    pub fn new(metrics: Arc<Metrics>, roots: &ExtraRoots) -> Notifier {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(DELIVERY_TIMEOUT)
+            // A notification goes to the URL the device registered and nowhere else: not through
+            // a proxy from the server's environment, and not on to wherever a redirect points
+            // (a 3xx counts as refused).
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none());
+        for cert in roots.certificates() {
+            builder = builder.add_root_certificate(cert);
         }
+        // Building can only fail on a root certificate rustls refuses, and ExtraRoots checked
+        // each one with rustls's own test when it was loaded.
+        let client = builder
+            .build()
+            .expect("the webhook client's settings and roots are valid");
+        Notifier { client, metrics }
     }
 
     /// Notifies every active webhook that events after `after_id` exist. Returns at once: the
@@ -134,19 +145,22 @@ impl Notifier {
         };
         let body = serde_json::to_vec(&notification).unwrap_or_default();
         let signature = sign(&hook.secret, unix_seconds(SystemTime::now()), &body);
-        let request = match axum::http::Request::post(&hook.url)
-            .header("content-type", "application/json")
-            .header(SIGNATURE_HEADER, signature)
-            .body(Full::new(Bytes::from(body)))
-        {
-            Ok(r) => r,
+        let url = match reqwest::Url::parse(&hook.url) {
+            Ok(url) => url,
             Err(e) => {
                 Metrics::add(&self.metrics.webhook_failures, 1);
                 tracing::warn!(device_id = %hook.device_id, url = %hook.url, error = %e, "webhook URL unusable");
                 return;
             }
         };
-        let outcome = tokio::time::timeout(DELIVERY_TIMEOUT, self.client.request(request)).await;
+        let request = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(SIGNATURE_HEADER, signature)
+            .body(body)
+            .send();
+        let outcome = tokio::time::timeout(DELIVERY_TIMEOUT, request).await;
         match outcome {
             Ok(Ok(response)) if response.status().is_success() => {
                 Metrics::add(&self.metrics.webhook_deliveries, 1);
@@ -158,7 +172,9 @@ impl Notifier {
             }
             Ok(Err(e)) => {
                 Metrics::add(&self.metrics.webhook_failures, 1);
-                tracing::warn!(device_id = %hook.device_id, url = %hook.url, error = %e, "webhook delivery failed");
+                let error =
+                    crate::tls::certificate_error(&e).unwrap_or_else(|| crate::tls::one_line(&e));
+                tracing::warn!(device_id = %hook.device_id, url = %hook.url, %error, "webhook delivery failed");
             }
             Err(_) => {
                 Metrics::add(&self.metrics.webhook_failures, 1);

@@ -75,7 +75,7 @@ impl SyncAgent {
             );
             return Ok(None);
         };
-        let client = Arc::new(BrainClient::new(&url, config.sync.secret.clone())?);
+        let client = Arc::new(BrainClient::from_config(&url, &config.sync)?);
         let (push_tx, push_rx) = crossbeam_channel::bounded::<()>(1);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);

@@ -1,22 +1,36 @@
 //! The brain's HTTP client: one method per route, errors classified so callers know whether to
 //! retry (network, 5xx, 408, 429) or not (the brain refused the request as invalid).
+//!
+//! http:// and https:// both work: TLS is rustls (ring) trusting the web PKI roots, plus the
+//! certificates of `[sync] brain_ca_file` / `LIB_BRAIN_CA_FILE` for a brain behind a private CA
+//! (see [`crate::tls`]).
 
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use crate::config::{SyncConfig, ENV_BRAIN_CA_FILE};
 use crate::model::wire::{
     ErrorBody, IngestRequest, IngestResponse, IngestResult, PullResponse, SnapshotResponse,
     WebhookRequest, WebhookResponse, SECRET_HEADER,
 };
 use crate::model::Event;
+use crate::tls::{self, CaFileError, ExtraRoots};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("brain URL {0:?} is https://, which this build cannot speak yet (no TLS); use http:// (e.g. through a local TLS proxy)")]
-    NoTls(String),
+    /// The configured extra CA file cannot be used; nothing was sent.
+    #[error(transparent)]
+    CaFile(#[from] CaFileError),
     #[error("cannot reach the brain at {url}: {reason}")]
     Network { url: String, reason: String },
+    /// The TLS handshake failed on the brain's certificate. Retryable, like a network error: a
+    /// certificate gets renewed, a clock gets fixed, and the agent should then carry on by itself.
+    #[error(
+        "the brain at {url} presented a certificate that is not trusted: {reason}; if the brain \
+         uses a private CA, name its certificate in [sync] brain_ca_file or {ENV_BRAIN_CA_FILE}"
+    )]
+    Certificate { url: String, reason: String },
     #[error("the brain answered {status} to {route}: {message}")]
     Status {
         route: &'static str,
@@ -31,11 +45,11 @@ impl ClientError {
     /// Worth retrying later with the same request: the brain may be down or busy.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Network { .. } => true,
+            ClientError::Network { .. } | ClientError::Certificate { .. } => true,
             ClientError::Status { status, .. } => {
                 *status >= 500 || *status == 408 || *status == 429
             }
-            ClientError::NoTls(_) | ClientError::Protocol { .. } => false,
+            ClientError::CaFile(_) | ClientError::Protocol { .. } => false,
         }
     }
 
@@ -71,17 +85,35 @@ impl std::fmt::Debug for BrainClient {
 }
 
 impl BrainClient {
+    /// A client of the brain at `base` (http:// or https://), trusting the web PKI roots.
     pub fn new(base: &str, secret: Option<String>) -> Result<BrainClient, ClientError> {
-        if base.to_ascii_lowercase().starts_with("https://") {
-            return Err(ClientError::NoTls(base.to_owned()));
+        BrainClient::with_roots(base, secret, &ExtraRoots::none())
+    }
+
+    /// The client the configuration describes: the secret and the extra CA file of `sync`.
+    pub fn from_config(base: &str, sync: &SyncConfig) -> Result<BrainClient, ClientError> {
+        let roots = match &sync.brain_ca_file {
+            Some(file) => ExtraRoots::load(file)?,
+            None => ExtraRoots::none(),
+        };
+        BrainClient::with_roots(base, sync.secret.clone(), &roots)
+    }
+
+    /// A client that trusts `roots` besides the web PKI roots.
+    pub fn with_roots(
+        base: &str,
+        secret: Option<String>,
+        roots: &ExtraRoots,
+    ) -> Result<BrainClient, ClientError> {
+        let mut builder =
+            reqwest::blocking::Client::builder().connect_timeout(Duration::from_secs(5));
+        for cert in roots.certificates() {
+            builder = builder.add_root_certificate(cert);
         }
-        let http = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| ClientError::Network {
-                url: base.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let http = builder.build().map_err(|e| ClientError::Network {
+            url: base.to_owned(),
+            reason: tls::one_line(&e),
+        })?;
         Ok(BrainClient {
             http,
             base: base.trim_end_matches('/').to_owned(),
@@ -114,9 +146,15 @@ impl BrainClient {
         route: &'static str,
         request: reqwest::blocking::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let network = |e: reqwest::Error| ClientError::Network {
-            url: self.base.clone(),
-            reason: one_line(&e),
+        let network = |e: reqwest::Error| match tls::certificate_error(&e) {
+            Some(reason) => ClientError::Certificate {
+                url: self.base.clone(),
+                reason,
+            },
+            None => ClientError::Network {
+                url: self.base.clone(),
+                reason: tls::one_line(&e),
+            },
         };
         let response = request.send().map_err(network)?;
         let status = response.status();
@@ -200,19 +238,4 @@ impl BrainClient {
         let response: WebhookResponse = self.send("/webhook", request)?;
         Ok(response.webhook_id)
     }
-}
-
-/// reqwest's error and its causes on one line (its Display alone says only "error sending request").
-fn one_line(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
