@@ -29,6 +29,7 @@ const FOREIGN_ENV: &[&str] = &[
     "LIB_LOG",
     "LIB_BRAIN_URL",
     "LIB_SUPABASE_FN_URL",
+    "LIB_BRAIN_CA_FILE",
     "LIB_SYNC_SECRET",
     "LIB_WEBHOOK_SECRET",
     "LIB_WEBHOOK_PORT",
@@ -237,6 +238,11 @@ impl Lab {
 
     /// Runs `agent --db <db> --config <config> ARGS` in the lab folder.
     pub fn agent<S: AsRef<OsStr>>(&self, args: &[S]) -> Run {
+        self.agent_env(args, &[])
+    }
+
+    /// [`Lab::agent`] with these environment variables set (after the foreign ones are removed).
+    pub fn agent_env<S: AsRef<OsStr>>(&self, args: &[S], env: &[(&str, &str)]) -> Run {
         let mut full: Vec<&OsStr> = vec![
             OsStr::new("--db"),
             self.db.as_os_str(),
@@ -244,11 +250,15 @@ impl Lab {
             self.config.as_os_str(),
         ];
         full.extend(args.iter().map(AsRef::as_ref));
-        self.agent_raw(&full)
+        self.agent_raw_env(&full, env)
     }
 
     /// Runs `agent ARGS` with nothing added but the environment cleaning.
     pub fn agent_raw<S: AsRef<OsStr>>(&self, args: &[S]) -> Run {
+        self.agent_raw_env(args, &[])
+    }
+
+    fn agent_raw_env<S: AsRef<OsStr>>(&self, args: &[S], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
         cmd.args(args)
             .current_dir(self.root())
@@ -258,6 +268,7 @@ impl Lab {
         for var in FOREIGN_ENV {
             cmd.env_remove(var);
         }
+        cmd.envs(env.iter().copied());
         if self.unprivileged {
             use std::os::unix::process::CommandExt;
             cmd.uid(65534).gid(65534);

@@ -1,0 +1,493 @@
+//! https:// end to end, on loopback: a TLS-terminating proxy (tokio-rustls, the self-signed
+//! certificate of `tests/fixtures/tls/`) in front of a real brain, and in front of a real webhook
+//! listener.
+//!
+//! - Push and pull through `https://127.0.0.1:PORT` work when the certificate is trusted through
+//!   the extra CA file (`LIB_BRAIN_CA_FILE`, `[sync] brain_ca_file`), by the library and by
+//!   `agent sync`.
+//! - Without it they fail with one line that names the certificate and the setting, no panic, and
+//!   the outbox keeps every event for the next try.
+//! - A CA file that is missing or not PEM is an error naming the file and the setting.
+//! - The brain delivers a signed webhook to an `https://` URL, and counts a delivery it cannot
+//!   make because it does not trust the listener's certificate as a failure.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lib_agent::brain::server::{serve, ServerConfig};
+use lib_agent::brain::store::sqlite::SqliteStore;
+use lib_agent::config::{Config, Overrides};
+use lib_agent::model::{Event, EventType, FilePayload, VectorClock};
+use lib_agent::scan::{self, ScanOptions};
+use lib_agent::store::{read, Store};
+use lib_agent::sync::{self, listener, BrainClient, ClientError};
+use lib_agent::tls::{CaFile, ExtraRoots};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use common::Lab;
+
+const SECRET: &str = "tls-test-secret";
+/// Every wait in these tests ends by then: a hang fails the test instead of the suite.
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+}
+
+fn test_ca() -> CaFile {
+    CaFile {
+        path: fixture("cert.pem"),
+        origin: "test".into(),
+    }
+}
+
+/// A runtime for the servers of one test, off the test's thread: the agent's client is blocking
+/// and must not run inside it.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A TLS-terminating proxy on 127.0.0.1 with the fixture certificate: every connection it
+/// accepts is decrypted and relayed to `backend` as plain TCP.
+struct TlsProxy {
+    addr: SocketAddr,
+    /// Connections whose handshake completed.
+    handshakes: Arc<AtomicUsize>,
+}
+
+impl TlsProxy {
+    fn start(runtime: &tokio::runtime::Runtime, backend: SocketAddr) -> TlsProxy {
+        let certs = CertificateDer::pem_file_iter(fixture("cert.pem"))
+            .expect("fixture cert")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("fixture cert is PEM");
+        let key = PrivateKeyDer::from_pem_file(fixture("key.pem")).expect("fixture key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&handshakes);
+        runtime.spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, counter) = (acceptor.clone(), Arc::clone(&counter));
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return; // the client refused our certificate
+                    };
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                });
+            }
+        });
+        TlsProxy { addr, handshakes }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+}
+
+/// A real brain (SQLite) on 127.0.0.1, plain HTTP, with a TLS proxy in front of it.
+struct Brain {
+    runtime: tokio::runtime::Runtime,
+    addr: SocketAddr,
+    proxy: TlsProxy,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Brain {
+    fn start(webhook_roots: ExtraRoots) -> Brain {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = runtime();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("brain.db")).expect("brain"));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind brain");
+        let addr = listener.local_addr().expect("brain addr");
+        let config = ServerConfig {
+            secret: Some(SECRET.into()),
+            webhook_roots,
+            ..ServerConfig::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        runtime.spawn(serve(listener, store, config, async move {
+            let _ = stopped.await;
+        }));
+        let proxy = TlsProxy::start(&runtime, addr);
+        Brain {
+            runtime,
+            addr,
+            proxy,
+            stop: Some(stop),
+            _dir: dir,
+        }
+    }
+
+    fn https_url(&self) -> String {
+        self.proxy.url()
+    }
+
+    /// A client that speaks to the brain directly, without TLS.
+    fn plain_client(&self) -> BrainClient {
+        BrainClient::new(&format!("http://{}", self.addr), Some(SECRET.into())).expect("client")
+    }
+
+    /// One counter of `GET /metrics`.
+    fn metric(&self, name: &str) -> u64 {
+        let text = reqwest::blocking::Client::new()
+            .get(format!("http://{}/metrics", self.addr))
+            .header("x-lib-sync-secret", SECRET)
+            .send()
+            .and_then(|r| r.text())
+            .expect("metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+}
+
+impl Drop for Brain {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A device: its own database and one library folder with a file in it, scanned.
+struct Device {
+    dir: tempfile::TempDir,
+    config: Config,
+    store: Store,
+}
+
+impl Device {
+    fn new(ca_file: Option<&Path>, brain_url: &str) -> Device {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("notes")).expect("mkdir");
+        let toml = format!(
+            "[store]\npath = {:?}\n[[library]]\nname = \"notes\"\npath = {:?}\n\
+             [sync]\nbrain_url = {brain_url:?}\n",
+            dir.path().join("agent.db"),
+            dir.path().join("notes")
+        );
+        // The CA file and the secret come from the (injected) environment, as a user sets them.
+        let ca = ca_file.map(|p| p.to_str().expect("UTF-8 path").to_owned());
+        let env = move |var: &str| match var {
+            "LIB_BRAIN_CA_FILE" => ca.clone(),
+            "LIB_SYNC_SECRET" => Some(SECRET.to_owned()),
+            _ => None,
+        };
+        let config =
+            Config::from_toml_str(&toml, None, &env, &Overrides::default()).expect("config");
+        let store = Store::open(&config.store.path).expect("store");
+        Device { dir, config, store }
+    }
+
+    fn write_and_scan(&mut self, rel: &str, text: &str) {
+        std::fs::write(self.dir.path().join("notes").join(rel), text).expect("write");
+        scan::scan(&mut self.store, &self.config, &ScanOptions::default()).expect("scan");
+    }
+
+    fn client(&self) -> Result<BrainClient, ClientError> {
+        let url = self.config.sync.brain_url.as_deref().expect("brain_url");
+        BrainClient::from_config(url, &self.config.sync)
+    }
+
+    fn pending(&self) -> i64 {
+        read::counts(self.store.conn())
+            .expect("counts")
+            .outbox_pending
+    }
+}
+
+#[test]
+fn push_and_pull_through_https_work_with_the_configured_ca() {
+    let brain = Brain::start(ExtraRoots::none());
+    let ca = fixture("cert.pem");
+    let mut a = Device::new(Some(&ca), &brain.https_url());
+    let mut b = Device::new(Some(&ca), &brain.https_url());
+    a.write_and_scan("secure.md", "sent over TLS");
+    assert_eq!(a.pending(), 1);
+
+    let client = a.client().expect("client with the CA");
+    let pushed = sync::push(&mut a.store, &client, 200).expect("push over https");
+    assert_eq!(pushed.pushed, 1);
+    assert_eq!(a.pending(), 0);
+
+    let client = b.client().expect("client with the CA");
+    let pulled = sync::pull(&mut b.store, &client, 200, None).expect("pull over https");
+    assert_eq!(pulled.applied, 1);
+    let hits = read::search(b.store.conn(), "TLS", 10).expect("search");
+    assert_eq!(
+        hits.iter().map(|h| h.path.as_str()).collect::<Vec<_>>(),
+        ["notes/secure.md"]
+    );
+    assert!(
+        brain.proxy.handshakes.load(Ordering::SeqCst) >= 2,
+        "both devices went through the TLS proxy"
+    );
+}
+
+#[test]
+fn without_the_ca_the_push_fails_on_the_certificate_and_the_outbox_keeps_its_events() {
+    let brain = Brain::start(ExtraRoots::none());
+    let mut a = Device::new(None, &brain.https_url());
+    a.write_and_scan("one.md", "first");
+    a.write_and_scan("two.md", "second");
+
+    let client = a.client().expect("a client needs no CA to be built");
+    let err = sync::push(&mut a.store, &client, 200).expect_err("an untrusted certificate");
+    let text = err.to_string();
+    assert!(
+        matches!(
+            &err,
+            sync::SyncError::Client(ClientError::Certificate { .. })
+        ),
+        "{err:?}"
+    );
+    for part in [
+        "certificate",
+        "UnknownIssuer",
+        "LIB_BRAIN_CA_FILE",
+        &brain.https_url(),
+    ] {
+        assert!(text.contains(part), "{text:?} should name {part:?}");
+    }
+    assert!(!text.contains('\n'), "one line: {text:?}");
+    assert!(
+        err.is_retryable(),
+        "a certificate can be fixed on the server"
+    );
+    assert_eq!(a.pending(), 2, "nothing was marked pushed");
+    assert!(
+        brain
+            .plain_client()
+            .pull(0, 500, None)
+            .expect("pull")
+            .events
+            .is_empty(),
+        "nothing reached the brain"
+    );
+    assert_eq!(brain.proxy.handshakes.load(Ordering::SeqCst), 0);
+
+    // The same device, once the CA is configured, delivers everything it kept.
+    a.config.sync.brain_ca_file = Some(test_ca());
+    let client = a.client().expect("client with the CA");
+    assert_eq!(
+        sync::push(&mut a.store, &client, 200).expect("push").pushed,
+        2
+    );
+    assert_eq!(a.pending(), 0);
+}
+
+#[test]
+fn agent_sync_speaks_https_with_the_ca_and_says_why_without_it() {
+    let brain = Brain::start(ExtraRoots::none());
+    let lab = Lab::new();
+    lab.write_config(&format!(
+        "[[library]]\nname = \"notes\"\npath = \"{{root}}/notes\"\n[sync]\nbrain_url = \"{}\"\n",
+        brain.https_url()
+    ));
+    lab.write("notes/a.md", "alpha");
+    lab.write("notes/b.md", "beta");
+    lab.scan(&[]);
+    let ca = fixture("cert.pem");
+    let ca = ca.to_str().expect("UTF-8 path");
+
+    let run = lab
+        .agent_env(&["sync", "--push"], &[("LIB_SYNC_SECRET", SECRET)])
+        .failure();
+    run.assert_one_line_error(&["certificate", "UnknownIssuer", "LIB_BRAIN_CA_FILE"]);
+    let outbox = lab.db().outbox();
+    assert_eq!(outbox.len(), 2);
+    assert!(outbox.iter().all(|row| row.pushed_at.is_none()), "kept");
+
+    let summary = lab
+        .agent_env(
+            &["--json", "sync"],
+            &[("LIB_SYNC_SECRET", SECRET), ("LIB_BRAIN_CA_FILE", ca)],
+        )
+        .success()
+        .json();
+    assert_eq!(summary["ok"], true);
+    assert_eq!(summary["push"]["pushed"], 2, "{summary}");
+    assert!(lab.db().outbox().iter().all(|row| row.pushed_at.is_some()));
+    assert_eq!(
+        brain
+            .plain_client()
+            .pull(0, 500, None)
+            .expect("pull")
+            .events
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn an_unusable_ca_file_is_one_line_naming_the_file_and_the_setting() {
+    let lab = Lab::new();
+    let not_pem = lab.write("not-a-cert.pem", "hello, I am not a certificate\n");
+    let missing = lab.path("missing.pem");
+    let env_missing = missing.to_str().expect("UTF-8").to_owned();
+    // The brain is never reached: the file is checked before anything is sent.
+    let config =
+        |ca: &str| format!("[sync]\nbrain_url = \"https://127.0.0.1:9\"\nbrain_ca_file = {ca:?}\n");
+
+    lab.write_config(&config("not-a-cert.pem"));
+    let run = lab.agent(&["sync"]).failure();
+    run.assert_one_line_error(&[
+        "sync.brain_ca_file",
+        not_pem.to_str().expect("UTF-8"),
+        "no PEM certificate",
+    ]);
+
+    lab.write_config(&config("missing.pem"));
+    lab.agent(&["sync"]).failure().assert_one_line_error(&[
+        "sync.brain_ca_file",
+        &env_missing,
+        "cannot read",
+    ]);
+
+    // The environment beats the file, and is named when it is the one at fault.
+    lab.write_config(&config("not-a-cert.pem"));
+    lab.agent_env(&["sync"], &[("LIB_BRAIN_CA_FILE", &env_missing)])
+        .failure()
+        .assert_one_line_error(&["environment LIB_BRAIN_CA_FILE", &env_missing, "cannot read"]);
+
+    // A private key is not a CA certificate.
+    let key = fixture("key.pem");
+    lab.agent_env(
+        &["sync"],
+        &[("LIB_BRAIN_CA_FILE", key.to_str().expect("UTF-8"))],
+    )
+    .failure()
+    .assert_one_line_error(&["LIB_BRAIN_CA_FILE", "no PEM certificate"]);
+}
+
+/// The agent's real webhook listener on 127.0.0.1 (it verifies signatures), a TLS proxy in front.
+struct Listener {
+    proxy: TlsProxy,
+    woken: crossbeam_channel::Receiver<()>,
+}
+
+impl Listener {
+    fn start(runtime: &tokio::runtime::Runtime, secret: &str) -> Listener {
+        let (wake, woken) = crossbeam_channel::bounded(8);
+        let app = listener::router(secret.to_owned(), wake);
+        let tcp = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind listener");
+        let addr = tcp.local_addr().expect("listener addr");
+        runtime.spawn(async move { axum::serve(tcp, app).await });
+        let proxy = TlsProxy::start(runtime, addr);
+        Listener { proxy, woken }
+    }
+
+    fn https_url(&self) -> String {
+        format!("{}/webhook", self.proxy.url())
+    }
+}
+
+fn upsert(device: &str, key: &str) -> Event {
+    let mut clock = VectorClock::new();
+    clock.set(device, 1);
+    Event {
+        event_ulid: ulid::Ulid::new().to_string(),
+        device_id: device.into(),
+        event_type: EventType::UpsertFile,
+        entity_type: "file".into(),
+        entity_key: key.into(),
+        payload: FilePayload {
+            sha256: Some("a".repeat(64)),
+            bytes: Some(5),
+            mtime_unix: Some(1_732_500_000),
+            ext: Some("md".into()),
+            mime: Some("text/markdown".into()),
+            content: Some("hello".into()),
+        },
+        vector_clock: clock,
+        created_at: "2026-11-25T10:00:00Z".into(),
+    }
+}
+
+/// Polls `done` until it holds or [`LIMIT`] passes.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < LIMIT, "{what}: not within {LIMIT:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_webhook_with_an_https_url_is_delivered_signed_through_tls() {
+    let roots = ExtraRoots::load(&test_ca()).expect("fixture CA");
+    let brain = Brain::start(roots);
+    let hook = Listener::start(&brain.runtime, "hook-secret");
+    let client = brain.plain_client();
+    client
+        .register_webhook("dev-b", &hook.https_url(), "hook-secret")
+        .expect("register");
+
+    client
+        .ingest(&[upsert("dev-a", "notes/x.md")])
+        .expect("ingest");
+    // The listener wakes its puller only for a notification whose signature it verified.
+    hook.woken
+        .recv_timeout(LIMIT)
+        .expect("a signed notification reached the listener through TLS");
+    assert_eq!(hook.proxy.handshakes.load(Ordering::SeqCst), 1);
+    eventually("the delivery is counted", || {
+        brain.metric("lib_brain_webhook_deliveries_total") == 1
+    });
+    assert_eq!(brain.metric("lib_brain_webhook_failures_total"), 0);
+}
+
+#[test]
+fn a_webhook_behind_an_untrusted_certificate_is_counted_as_failed_not_delivered() {
+    let brain = Brain::start(ExtraRoots::none());
+    let hook = Listener::start(&brain.runtime, "hook-secret");
+    let client = brain.plain_client();
+    client
+        .register_webhook("dev-b", &hook.https_url(), "hook-secret")
+        .expect("register");
+    client
+        .ingest(&[upsert("dev-a", "notes/x.md")])
+        .expect("ingest");
+    eventually("the failed delivery is counted", || {
+        brain.metric("lib_brain_webhook_failures_total") == 1
+    });
+    assert_eq!(brain.metric("lib_brain_webhook_deliveries_total"), 0);
+    assert!(
+        hook.woken.try_recv().is_err(),
+        "nothing reached the listener"
+    );
+    assert_eq!(hook.proxy.handshakes.load(Ordering::SeqCst), 0);
+}
