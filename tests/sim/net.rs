@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use lib_agent::brain::store::{check_batch, BrainStore, SqliteStore};
+use lib_agent::brain::server::parse_ingest;
+use lib_agent::brain::store::{BrainStore, SqliteStore};
 use lib_agent::brain::BrainError;
 use lib_agent::model::wire::{
     IngestRequest, IngestResult, PullResponse, SnapshotResponse, MAX_BATCH,
@@ -140,16 +141,15 @@ impl SimBrain {
         self.pruned.extend(self.committed.iter().cloned());
     }
 
-    /// What `POST /ingest` does with a body: parse, validate, store. `Some` ids when new events
+    /// What `POST /ingest` does with a body: the handler's own parsing and validation, then the
+    /// store. `Some` ids when new events
     /// were appended (the brain then notifies the webhooks).
     fn ingest(&mut self, batch: &[Event]) -> Result<(IngestResult, bool), BrainError> {
         let body = serde_json::to_vec(&IngestRequest {
             batch: batch.to_vec(),
         })
         .expect("serialise a batch");
-        let request: IngestRequest = serde_json::from_slice(&body)
-            .map_err(|e| BrainError::Invalid(format!("body is not an ingest request: {e}")))?;
-        let checked = check_batch(request.batch, MAX_CONTENT)?;
+        let checked = parse_ingest(&body, MAX_CONTENT)?;
         let ulids: Vec<String> = checked.iter().map(|c| c.event.event_ulid.clone()).collect();
         let ingested = self.rt.block_on(self.store().ingest(checked))?;
         self.committed.extend(ulids);

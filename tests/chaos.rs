@@ -1,0 +1,426 @@
+//! The real binary under chaos: three `agent run` processes and one `agent brain serve` on
+//! loopback, random file changes in the three library folders, and random `kill -9` and restarts
+//! of the agents and of the brain. When the chaos stops, every device must have noticed every
+//! file on its disk, pushed every change it made, and hold the brain's state row for row.
+//!
+//! The choices come from a seed printed at the start (`CHAOS_SEED=<n>` repeats them; the timing
+//! of real processes does not repeat). `CHAOS_SECS` sets how long the chaos lasts (default 12).
+
+#[path = "sim/rng.rs"]
+#[allow(dead_code)] // shared with the simulation, which uses all of it
+mod rng;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+use sha2::{Digest, Sha256};
+
+use rng::Rng;
+
+const SECRET: &str = "chaos-secret";
+const NAMES: &[&str] = &["a.md", "b.md", "c.txt", "sub/d.md", "sub/e.txt", "f.md"];
+const SHARED: &[&str] = &["same words\n", "other words here\n", "third\n"];
+
+fn agent_command(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_agent"));
+    for var in [
+        "LIB_AGENT_CONFIG",
+        "LIB_SQLITE_PATH",
+        "LIB_BRAIN_URL",
+        "LIB_SUPABASE_FN_URL",
+        "RUST_LOG",
+    ] {
+        c.env_remove(var);
+    }
+    c.env("LIB_SYNC_SECRET", SECRET)
+        .env("LIB_LOG", "info")
+        .stdin(Stdio::null());
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(home.join("log.txt"))
+        .expect("log file");
+    c.stdout(Stdio::from(log.try_clone().expect("log file")))
+        .stderr(Stdio::from(log));
+    c
+}
+
+fn log_tail(home: &Path) -> String {
+    let text = std::fs::read_to_string(home.join("log.txt")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// A child process that may be killed and started again.
+struct Process {
+    name: String,
+    home: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status within 30 s.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!(
+                    "{} did not stop on SIGTERM within 30 s\n{}",
+                    self.name,
+                    log_tail(&self.home)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Brain {
+    process: Process,
+    addr: String,
+}
+
+impl Brain {
+    fn start(&mut self) {
+        let child = agent_command(&self.process.home)
+            .args([
+                "--config",
+                "/dev/null",
+                "brain",
+                "serve",
+                "--listen",
+                &self.addr,
+                "--db",
+            ])
+            .arg(self.process.home.join("brain.db"))
+            .spawn()
+            .expect("spawn the brain");
+        self.process.child = Some(child);
+        // Up when it answers /health.
+        let started = Instant::now();
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the brain did not start\n{}",
+                log_tail(&self.process.home)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn db(&self) -> Connection {
+        read_only(&self.process.home.join("brain.db"))
+    }
+}
+
+struct Device {
+    process: Process,
+    folder: PathBuf,
+}
+
+impl Device {
+    fn start(&mut self, brain_url: &str) {
+        let home = &self.process.home;
+        let child = agent_command(home)
+            .arg("--config")
+            .arg(home.join("agent.toml"))
+            .arg("--db")
+            .arg(home.join("agent.db"))
+            .arg("run")
+            .env("LIB_BRAIN_URL", brain_url)
+            .spawn()
+            .expect("spawn an agent");
+        self.process.child = Some(child);
+    }
+
+    fn db(&self) -> Option<Connection> {
+        let path = self.process.home.join("agent.db");
+        path.exists().then(|| read_only(&path))
+    }
+}
+
+fn read_only(path: &Path) -> Connection {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open read-only");
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    conn
+}
+
+fn rows<T: rusqlite::types::FromSql + Ord>(
+    conn: &Connection,
+    sql: &str,
+) -> Result<BTreeSet<Vec<T>>, String> {
+    let mut stmt = conn.prepare(sql).map_err(|e| e.to_string())?;
+    let width = stmt.column_count();
+    let rows = stmt
+        .query_map([], |r| {
+            (0..width)
+                .map(|i| r.get::<_, T>(i))
+                .collect::<Result<Vec<T>, _>>()
+        })
+        .map_err(|e| e.to_string())?;
+    rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+}
+
+/// The files on disk by key, with the sha256 of their bytes.
+fn disk(folder: &Path) -> BTreeSet<Vec<String>> {
+    walkdir::WalkDir::new(folder)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e.path().strip_prefix(folder).expect("under the folder");
+            let bytes = std::fs::read(e.path()).unwrap_or_default();
+            vec![
+                format!("notes/{}", rel.display()),
+                hex::encode(Sha256::digest(&bytes)),
+            ]
+        })
+        .collect()
+}
+
+/// `Ok` when every device agrees with the brain; else what differs first.
+fn agreement(brain: &Brain, devices: &[Device]) -> Result<(), String> {
+    let b = brain.db();
+    let entities: BTreeSet<Vec<String>> = rows(
+        &b,
+        "SELECT entity_key, event_ulid, seen_vc, siblings FROM entities",
+    )?;
+    let conflicts: BTreeSet<Vec<String>> =
+        rows(&b, "SELECT entity_key, event_ulid FROM conflicts")?;
+    let logged: BTreeSet<Vec<String>> = rows(&b, "SELECT event_ulid FROM events")?;
+    for device in devices {
+        let name = &device.process.name;
+        let d = device
+            .db()
+            .ok_or_else(|| format!("{name} has no database yet"))?;
+        let pending: BTreeSet<Vec<String>> = rows(
+            &d,
+            "SELECT event_ulid FROM lib_outbox WHERE pushed_at IS NULL",
+        )?;
+        if !pending.is_empty() {
+            return Err(format!("{name} has {} events to push", pending.len()));
+        }
+        let observed: BTreeSet<Vec<String>> = rows(&d, "SELECT path, sha256 FROM lib_observed")?;
+        let on_disk = disk(&device.folder);
+        if observed != on_disk {
+            return Err(format!(
+                "{name} observed {observed:?} but its disk holds {on_disk:?}"
+            ));
+        }
+        let shared: BTreeSet<Vec<String>> = rows(
+            &d,
+            "SELECT path, event_ulid, seen_vc, siblings FROM lib_files",
+        )?;
+        if shared != entities {
+            let diff: Vec<_> = shared.symmetric_difference(&entities).take(2).collect();
+            return Err(format!(
+                "{name}'s shared view differs from the brain: {diff:?}"
+            ));
+        }
+        let mine: BTreeSet<Vec<String>> = rows(&d, "SELECT path, event_ulid FROM lib_conflicts")?;
+        if mine != conflicts {
+            return Err(format!(
+                "{name} lists conflicts {mine:?}, the brain {conflicts:?}"
+            ));
+        }
+        let made: BTreeSet<Vec<String>> = rows(&d, "SELECT event_ulid FROM lib_outbox")?;
+        if let Some(missing) = made.difference(&logged).next() {
+            return Err(format!(
+                "{name}'s event {missing:?} is not in the brain's log"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A user's change in one folder: write, overwrite, delete or rename, over a few shared names.
+fn change(rng: &mut Rng, folder: &Path, n: u64) {
+    let path = folder.join(rng.pick(NAMES));
+    match rng.below(8) {
+        0..=4 => {
+            let text = if rng.chance(0.4) {
+                rng.pick(SHARED).to_string()
+            } else {
+                format!("change {n} {}\n", "x".repeat(rng.below(40)))
+            };
+            if let Some(parent) = path.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let _ = std::fs::write(&path, text);
+        }
+        5 | 6 => {
+            let _ = std::fs::remove_file(&path);
+        }
+        _ => {
+            let to = folder.join(rng.pick(NAMES));
+            if let Some(parent) = to.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let _ = std::fs::rename(&path, &to);
+        }
+    }
+}
+
+#[test]
+fn three_agents_and_a_brain_killed_at_random_converge() {
+    let seed = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    let secs: u64 = std::env::var("CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    eprintln!("chaos seed {seed} ({secs} s); repeat its choices with CHAOS_SEED={seed}");
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("http://{addr}");
+    let brain_home = dir.path().join("brain");
+    std::fs::create_dir_all(&brain_home).expect("brain home");
+    let mut brain = Brain {
+        process: Process {
+            name: "brain".into(),
+            home: brain_home,
+            child: None,
+        },
+        addr,
+    };
+    brain.start();
+
+    let mut devices: Vec<Device> = (0..3)
+        .map(|i| {
+            let home = dir.path().join(format!("dev{i}"));
+            let folder = home.join("notes");
+            std::fs::create_dir_all(&folder).expect("library folder");
+            std::fs::write(
+                home.join("agent.toml"),
+                format!(
+                    "[[library]]\nname = \"notes\"\npath = {folder:?}\n[watch]\ndebounce_ms = 50\n\
+                     [sync]\nrealtime = \"longpoll\"\npush_debounce_ms = 50\ninterval_secs = 5\n"
+                ),
+            )
+            .expect("config");
+            Device {
+                process: Process {
+                    name: format!("dev{i}"),
+                    home,
+                    child: None,
+                },
+                folder,
+            }
+        })
+        .collect();
+    for device in &mut devices {
+        device.start(&url);
+    }
+
+    let (mut kills, mut brain_kills, mut changes) = (0, 0, 0u64);
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(rng.between(5, 40)));
+        let d = rng.below(devices.len());
+        match rng.below(100) {
+            0..=89 => {
+                changes += 1;
+                change(&mut rng, &devices[d].folder, changes);
+            }
+            90..=96 => {
+                devices[d].process.kill9();
+                kills += 1;
+                if rng.chance(0.7) {
+                    std::thread::sleep(Duration::from_millis(rng.between(0, 200)));
+                    devices[d].start(&url);
+                }
+            }
+            _ => {
+                brain.process.kill9();
+                brain_kills += 1;
+                std::thread::sleep(Duration::from_millis(rng.between(0, 300)));
+                brain.start();
+            }
+        }
+        for device in devices.iter_mut().filter(|d| d.process.child.is_none()) {
+            if rng.chance(0.05) {
+                device.start(&url);
+            }
+        }
+    }
+    for device in devices.iter_mut().filter(|d| d.process.child.is_none()) {
+        device.start(&url);
+    }
+    eprintln!(
+        "{changes} changes, {kills} agent kills, {brain_kills} brain kills; waiting for agreement"
+    );
+
+    let started = Instant::now();
+    let mut last = agreement(&brain, &devices);
+    while last.is_err() && started.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_millis(250));
+        last = agreement(&brain, &devices);
+    }
+    if let Err(e) = last {
+        let logs: Vec<String> = devices
+            .iter()
+            .map(|d| format!("--- {} log:\n{}", d.process.name, log_tail(&d.process.home)))
+            .collect();
+        panic!(
+            "no agreement 90 s after the chaos stopped (seed {seed}): {e}\n{}",
+            logs.join("\n")
+        );
+    }
+    let b = brain.db();
+    let count = |sql: &str| b.query_row(sql, [], |r| r.get::<_, i64>(0)).expect("count");
+    eprintln!(
+        "agreed after {:.1} s: {} events, {} entities, {} open conflicts",
+        started.elapsed().as_secs_f64(),
+        count("SELECT count(*) FROM events"),
+        count("SELECT count(*) FROM entities"),
+        count("SELECT count(*) FROM conflicts"),
+    );
+    for device in &mut devices {
+        let status = device.process.terminate();
+        assert!(
+            status.success(),
+            "{} exited with {status} on SIGTERM\n{}",
+            device.process.name,
+            log_tail(&device.process.home)
+        );
+    }
+    agreement(&brain, &devices).expect("still agreeing after a clean stop");
+}
