@@ -40,10 +40,34 @@ impl FileStat {
     }
 }
 
+/// Stored as the observed mtime of a file read too soon after it was written (see
+/// [`is_racy`]): no stat matches it, so the next look at the file reads it again.
+pub const UNTRUSTED_MTIME: i64 = i64::MIN;
+
+/// Whether a stat taken at `read_at` may miss a later write. The kernel stamps mtimes from a
+/// coarse clock (one tick, up to 10 ms), so a write in the same tick as the one we read, of the
+/// same size, leaves size and mtime unchanged: trusting them would skip it forever. Timestamps
+/// with no nanoseconds may come from a filesystem that keeps whole (or even pairs of) seconds;
+/// mtimes in the future (clock skew) are never trusted.
+pub fn is_racy(mtime_ns: i64, read_at: std::time::SystemTime) -> bool {
+    let read_at_ns = match read_at.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(_) => return true,
+    };
+    let window: i64 = if mtime_ns % 1_000_000_000 == 0 {
+        2_000_000_000
+    } else {
+        50_000_000
+    };
+    mtime_ns > read_at_ns.saturating_sub(window)
+}
+
 /// A file read and hashed, ready to commit.
 #[derive(Debug, Clone)]
 pub struct ReadFile {
     pub stat: FileStat,
+    /// Read so soon after a write that its stat cannot vouch for it next time ([`is_racy`]).
+    pub racy: bool,
     pub sha256: String,
     pub ext: Option<String>,
     pub mime: String,
@@ -93,6 +117,7 @@ pub fn read_file_with(
     if buf.len() < CHUNK {
         buf.resize(CHUNK, 0);
     }
+    let read_at = std::time::SystemTime::now();
     let mut file = File::open(path).map_err(ReadError::from_io)?;
     let before = file.metadata().map_err(ReadError::from_io)?;
     if !before.file_type().is_file() {
@@ -163,6 +188,7 @@ pub fn read_file_with(
     };
     Ok(ReadFile {
         stat,
+        racy: is_racy(stat.mtime_ns, read_at),
         sha256: hex(&hasher.finalize()),
         ext,
         mime,
@@ -274,7 +300,11 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
             let previous = batch.observed(key)?;
             let observed = Observed {
                 bytes: file.stat.bytes,
-                mtime_ns: file.stat.mtime_ns,
+                mtime_ns: if file.racy {
+                    UNTRUSTED_MTIME
+                } else {
+                    file.stat.mtime_ns
+                },
                 inode: file.stat.inode,
                 sha256: file.sha256.clone(),
             };
@@ -636,6 +666,7 @@ fn reuse_renamed(
     }
     Ok(Some(ReadFile {
         stat: *stat,
+        racy: is_racy(stat.mtime_ns, std::time::SystemTime::now()),
         sha256: sha,
         ext: path
             .extension()

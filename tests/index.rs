@@ -348,3 +348,72 @@ fn a_large_file_is_hashed_in_bounded_memory_and_correctly() {
     assert_eq!(read.sha256, format!("{:x}", Sha256::digest(&chunk)));
     assert_eq!(read.content, None);
 }
+
+#[test]
+fn a_same_size_write_in_the_same_clock_tick_as_the_read_is_not_missed() {
+    let mut fx = Fixture::new();
+    let path = fx.dir.path().join("notes/draft.md");
+    fx.write("draft.md", "first take\n");
+    let stamped = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_eq!(fx.scan().totals.upserted, 2, "draft.md and keep.bin");
+
+    // Rewritten with as many bytes within the same tick of the kernel's coarse clock: size, mtime
+    // and inode are what the scan saw, only the bytes differ.
+    fx.write("draft.md", "other take\n");
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(stamped))
+        .expect("restore mtime");
+    let summary = fx.scan();
+    assert_eq!(summary.totals.upserted, 1, "{summary:?}");
+    assert_eq!(fx.search("other"), ["notes/draft.md"]);
+
+    // Once the files are older than the racy window, their stat is trusted again: not re-read.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for file in [path.clone(), fx.dir.path().join("notes/keep.bin")] {
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .and_then(|f| f.set_modified(old))
+            .expect("age the file");
+    }
+    assert_eq!(fx.scan().totals.upserted, 0, "the same bytes: no event");
+    assert_eq!(
+        fx.scan().totals.hashed,
+        0,
+        "an old, unchanged file is not read"
+    );
+}
+
+#[test]
+fn only_a_stat_taken_well_after_the_write_vouches_for_the_file() {
+    use std::time::{Duration, UNIX_EPOCH};
+    let at = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
+    let second = 1_000_000_000i64;
+    let mtime = 1_780_000_000 * second + 123_456_789;
+    assert!(
+        index::is_racy(mtime, at(mtime as u64)),
+        "read in the tick of the write"
+    );
+    assert!(
+        index::is_racy(mtime, at(mtime as u64 + 10_000_000)),
+        "10 ms later"
+    );
+    assert!(
+        !index::is_racy(mtime, at(mtime as u64 + 100_000_000)),
+        "100 ms later"
+    );
+    assert!(
+        index::is_racy(mtime, at(mtime as u64 - 5 * second as u64)),
+        "mtime in the future"
+    );
+    let whole = 1_780_000_000 * second;
+    assert!(
+        index::is_racy(whole, at(whole as u64 + second as u64)),
+        "whole-second stamps: 1 s later"
+    );
+    assert!(!index::is_racy(whole, at(whole as u64 + 3 * second as u64)));
+}

@@ -46,8 +46,16 @@ impl Agent {
             stop: None,
             handle: None,
         };
+        // Files that were there before the agent: a few seconds old, as a user's files are (a
+        // file read within the clock tick of its write is read again next time: index::is_racy).
+        let before = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
         for (rel, text) in files {
             agent.write(rel, text);
+            std::fs::File::options()
+                .write(true)
+                .open(agent.path(rel))
+                .and_then(|f| f.set_modified(before))
+                .expect("stamp the mtime");
         }
         agent
     }

@@ -226,13 +226,21 @@ impl Lab {
         self.root().join(rel)
     }
 
-    /// Writes a file (and its folders) below the lab.
+    /// Writes a file (and its folders) below the lab, stamped a few seconds in the past, as a
+    /// user's file is by the time a scan reads it: a file read within the clock tick of its last
+    /// write is read again next time (`index::is_racy`), which only the tests about that mean.
     pub fn write(&self, rel: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
         let path = self.path(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).expect("create folders");
         }
         std::fs::write(&path, bytes).expect("write file");
+        let written = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(written))
+            .expect("stamp the mtime");
         path
     }
 
