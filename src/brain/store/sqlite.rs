@@ -57,12 +57,17 @@ struct Inner {
 
 fn sql_err(context: &str, e: rusqlite::Error) -> BrainError {
     use rusqlite::ErrorCode::*;
-    let message = format!("{context}: {e}");
     match e.sqlite_error_code() {
-        Some(
-            DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure | CannotOpen | ReadOnly,
-        ) => BrainError::Unavailable(message),
-        _ => BrainError::Internal(message),
+        // SQLite's own words ("database or disk is full") leave the operator guessing; the
+        // transaction was rolled back whole, so the client can simply retry later.
+        Some(DiskFull) => BrainError::Unavailable(format!(
+            "the disk holding the brain's database is full ({context}); nothing was written: \
+             free space on it, then retry"
+        )),
+        Some(DatabaseBusy | DatabaseLocked | SystemIoFailure | CannotOpen | ReadOnly) => {
+            BrainError::Unavailable(format!("{context}: {e}"))
+        }
+        _ => BrainError::Internal(format!("{context}: {e}")),
     }
 }
 
