@@ -72,7 +72,7 @@ pub struct Event {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
-    #[error("event_ulid {0:?} is not a ULID")]
+    #[error("event_ulid {0:?} is not a ULID (26 uppercase base32 digits, at most 7ZZ…Z)")]
     Ulid(String),
     #[error("device_id {0:?} is empty, too long or has control characters")]
     DeviceId(String),
@@ -96,10 +96,18 @@ pub fn is_sha256_hex(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A ULID in its one canonical spelling: 26 uppercase Crockford base32 digits, at most `7ZZ…Z`.
+/// The `ulid` crate also reads lowercase, and silently drops the bits over 128 that a first digit
+/// above `7` carries; the event ULID is the idempotency key, compared as a string, so either would
+/// let one ULID name two events (found by fuzzing: `fuzz/`, target `ingest_structured`).
+pub fn is_ulid(s: &str) -> bool {
+    ulid::Ulid::from_string(s).is_ok_and(|u| u.to_string() == s)
+}
+
 impl Event {
     /// Checks everything a replica relies on before it applies the event.
     pub fn validate(&self, max_content_bytes: usize) -> Result<(), EventError> {
-        if ulid::Ulid::from_string(&self.event_ulid).is_err() {
+        if !is_ulid(&self.event_ulid) {
             return Err(EventError::Ulid(self.event_ulid.clone()));
         }
         if self.device_id.is_empty()
@@ -204,6 +212,31 @@ mod tests {
         assert_eq!(json["vector_clock"], serde_json::json!({"dev-a": 1}));
         let back: Event = serde_json::from_value(json).unwrap();
         assert_eq!(back, e);
+    }
+
+    /// Regression (fuzz target `ingest_structured`): the brain accepted `01arz3…` next to
+    /// `01ARZ3…`, and `8ZZ…Z`, which decodes to the same 128 bits as `0ZZ…Z`: two idempotency keys
+    /// for one ULID.
+    #[test]
+    fn a_ulid_has_one_spelling() {
+        let mut e = upsert();
+        e.event_ulid = "01ARZ3NDEKTSV4RRFFQ69G5FAV".into();
+        assert_eq!(e.validate(10), Ok(()));
+        for other in [
+            "01arz3ndektsv4rrffq69g5fav",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAv",
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "ZZZZZZZZZZZZZZZZZZZZZZZZZZ",
+        ] {
+            e.event_ulid = other.into();
+            assert!(
+                matches!(e.validate(10), Err(EventError::Ulid(_))),
+                "{other} accepted"
+            );
+        }
+        e.event_ulid = "7ZZZZZZZZZZZZZZZZZZZZZZZZZ".into();
+        assert_eq!(e.validate(10), Ok(()), "the greatest ULID");
+        assert!(is_ulid(&ulid::Ulid::new().to_string()));
     }
 
     #[test]
