@@ -6,54 +6,24 @@
 //! The choices come from a seed printed at the start (`CHAOS_SEED=<n>` repeats them; the timing
 //! of real processes does not repeat). `CHAOS_SECS` sets how long the chaos lasts (default 12).
 
+mod process;
 #[path = "sim/rng.rs"]
 #[allow(dead_code)] // shared with the simulation, which uses all of it
 mod rng;
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
+use process::BrainProcess;
 use rng::Rng;
 
-const SECRET: &str = "chaos-secret";
 const NAMES: &[&str] = &["a.md", "b.md", "c.txt", "sub/d.md", "sub/e.txt", "f.md"];
 const SHARED: &[&str] = &["same words\n", "other words here\n", "third\n"];
-
-fn agent_command(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_agent"));
-    for var in [
-        "LIB_AGENT_CONFIG",
-        "LIB_SQLITE_PATH",
-        "LIB_BRAIN_URL",
-        "LIB_SUPABASE_FN_URL",
-        "RUST_LOG",
-    ] {
-        c.env_remove(var);
-    }
-    c.env("LIB_SYNC_SECRET", SECRET)
-        .env("LIB_LOG", "info")
-        .stdin(Stdio::null());
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(home.join("log.txt"))
-        .expect("log file");
-    c.stdout(Stdio::from(log.try_clone().expect("log file")))
-        .stderr(Stdio::from(log));
-    c
-}
-
-fn log_tail(home: &Path) -> String {
-    let text = std::fs::read_to_string(home.join("log.txt")).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
-}
 
 /// A child process that may be killed and started again.
 struct Process {
@@ -64,10 +34,11 @@ struct Process {
 
 impl Process {
     fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        process::kill9(&mut self.child);
+    }
+
+    fn log_tail(&self) -> String {
+        process::log_tail(&self.home.join("log.txt"), 15)
     }
 
     /// SIGTERM, and the exit status within 30 s.
@@ -85,7 +56,7 @@ impl Process {
                 panic!(
                     "{} did not stop on SIGTERM within 30 s\n{}",
                     self.name,
-                    log_tail(&self.home)
+                    self.log_tail()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -99,44 +70,6 @@ impl Drop for Process {
     }
 }
 
-struct Brain {
-    process: Process,
-    addr: String,
-}
-
-impl Brain {
-    fn start(&mut self) {
-        let child = agent_command(&self.process.home)
-            .args([
-                "--config",
-                "/dev/null",
-                "brain",
-                "serve",
-                "--listen",
-                &self.addr,
-                "--db",
-            ])
-            .arg(self.process.home.join("brain.db"))
-            .spawn()
-            .expect("spawn the brain");
-        self.process.child = Some(child);
-        // Up when it answers /health.
-        let started = Instant::now();
-        while std::net::TcpStream::connect(&self.addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the brain did not start\n{}",
-                log_tail(&self.process.home)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn db(&self) -> Connection {
-        read_only(&self.process.home.join("brain.db"))
-    }
-}
-
 struct Device {
     process: Process,
     folder: PathBuf,
@@ -145,7 +78,7 @@ struct Device {
 impl Device {
     fn start(&mut self, brain_url: &str) {
         let home = &self.process.home;
-        let child = agent_command(home)
+        let child = process::agent(Some(&home.join("log.txt")))
             .arg("--config")
             .arg(home.join("agent.toml"))
             .arg("--db")
@@ -205,8 +138,8 @@ fn disk(folder: &Path) -> BTreeSet<Vec<String>> {
 }
 
 /// `Ok` when every device agrees with the brain; else what differs first.
-fn agreement(brain: &Brain, devices: &[Device]) -> Result<(), String> {
-    let b = brain.db();
+fn agreement(brain: &BrainProcess, devices: &[Device]) -> Result<(), String> {
+    let b = read_only(&brain.db);
     let entities: BTreeSet<Vec<String>> = rows(
         &b,
         "SELECT entity_key, event_ulid, seen_vc, siblings FROM entities",
@@ -305,23 +238,8 @@ fn three_agents_and_a_brain_killed_at_random_converge() {
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().expect("tempdir");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let url = format!("http://{addr}");
-    let brain_home = dir.path().join("brain");
-    std::fs::create_dir_all(&brain_home).expect("brain home");
-    let mut brain = Brain {
-        process: Process {
-            name: "brain".into(),
-            home: brain_home,
-            child: None,
-        },
-        addr,
-    };
-    brain.start();
+    let mut brain = BrainProcess::start(&dir.path().join("brain"), true);
+    let url = brain.url();
 
     let mut devices: Vec<Device> = (0..3)
         .map(|i| {
@@ -369,10 +287,10 @@ fn three_agents_and_a_brain_killed_at_random_converge() {
                 }
             }
             _ => {
-                brain.process.kill9();
+                brain.kill9();
                 brain_kills += 1;
                 std::thread::sleep(Duration::from_millis(rng.between(0, 300)));
-                brain.start();
+                brain.restart();
             }
         }
         for device in devices.iter_mut().filter(|d| d.process.child.is_none()) {
@@ -397,14 +315,14 @@ fn three_agents_and_a_brain_killed_at_random_converge() {
     if let Err(e) = last {
         let logs: Vec<String> = devices
             .iter()
-            .map(|d| format!("--- {} log:\n{}", d.process.name, log_tail(&d.process.home)))
+            .map(|d| format!("--- {} log:\n{}", d.process.name, d.process.log_tail()))
             .collect();
         panic!(
             "no agreement 90 s after the chaos stopped (seed {seed}): {e}\n{}",
             logs.join("\n")
         );
     }
-    let b = brain.db();
+    let b = read_only(&brain.db);
     let count = |sql: &str| b.query_row(sql, [], |r| r.get::<_, i64>(0)).expect("count");
     eprintln!(
         "agreed after {:.1} s: {} events, {} entities, {} open conflicts",
@@ -419,7 +337,7 @@ fn three_agents_and_a_brain_killed_at_random_converge() {
             status.success(),
             "{} exited with {status} on SIGTERM\n{}",
             device.process.name,
-            log_tail(&device.process.home)
+            device.process.log_tail()
         );
     }
     agreement(&brain, &devices).expect("still agreeing after a clean stop");

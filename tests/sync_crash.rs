@@ -1,8 +1,10 @@
 //! `agent run` killed with SIGKILL again and again while it indexes and pushes: after each restart
 //! it converges, with no lost and no doubly applied event.
 
+mod process;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,21 +15,14 @@ use lib_agent::store::Store;
 use lib_agent::sync::{self, BrainClient};
 use rusqlite::Connection;
 
-const SECRET: &str = "crash-secret";
-
 fn spawn_agent(dir: &Path, brain: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_agent"))
+    process::agent(None)
         .arg("--db")
         .arg(dir.join("agent.db"))
         .arg("--config")
         .arg(dir.join("agent.toml"))
         .arg("run")
         .env("LIB_BRAIN_URL", brain)
-        .env("LIB_SYNC_SECRET", SECRET)
-        .env_remove("LIB_AGENT_CONFIG")
-        .env_remove("LIB_SQLITE_PATH")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("spawn agent")
 }
@@ -54,7 +49,7 @@ fn an_agent_killed_mid_push_restarts_and_converges_without_loss_or_duplicates() 
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let config = ServerConfig {
-        secret: Some(SECRET.into()),
+        secret: Some(process::SECRET.into()),
         ..ServerConfig::default()
     };
     runtime.spawn(serve(listener, store, config, std::future::pending()));
@@ -139,7 +134,7 @@ fn an_agent_killed_mid_push_restarts_and_converges_without_loss_or_duplicates() 
     let config =
         Config::from_toml_str(&toml, None, &|_| None, &Overrides::default()).expect("config");
     let mut store_b = Store::open(&config.store.path).expect("store");
-    let client = BrainClient::new(&url, Some(SECRET.into())).expect("client");
+    let client = BrainClient::new(&url, Some(process::SECRET.into())).expect("client");
     let pulled = sync::pull(&mut store_b, &client, 500, None).expect("pull");
     let outbox_a: i64 = Connection::open(&db_a)
         .expect("db")

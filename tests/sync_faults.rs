@@ -4,17 +4,18 @@
 //! processes (`agent brain serve`, `agent sync`) on loopback; the proxy sees each exchange whole
 //! and decides its fate.
 
+mod process;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use process::BrainProcess;
 use rusqlite::Connection;
 use serde_json::Value;
-
-const SECRET: &str = "faults-secret";
 
 /// What the proxy does with an exchange the brain has answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,105 +135,24 @@ fn serve(client: TcpStream, upstream: &str, hook: &Hook) {
     }
 }
 
-fn agent() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_agent"));
-    for var in [
-        "LIB_AGENT_CONFIG",
-        "LIB_SQLITE_PATH",
-        "LIB_BRAIN_URL",
-        "LIB_SUPABASE_FN_URL",
-        "LIB_BRAIN_CA_FILE",
-        "LIB_SYNC_BATCH_SIZE",
-        "LIB_LOG",
-        "RUST_LOG",
-    ] {
-        c.env_remove(var);
-    }
-    c.env("LIB_SYNC_SECRET", SECRET).stdin(Stdio::null());
-    c
+fn events(brain: &BrainProcess) -> Vec<String> {
+    let db = Connection::open(&brain.db).expect("open the brain db");
+    let mut stmt = db
+        .prepare("SELECT event_ulid FROM events ORDER BY id")
+        .expect("prepare");
+    let rows = stmt.query_map([], |r| r.get(0)).expect("query");
+    rows.map(|r| r.expect("row")).collect()
 }
 
-/// A brain process on a fixed port, so it can be killed and started again at the same address.
-struct Brain {
-    db: PathBuf,
-    addr: String,
-    child: Option<Child>,
-}
-
-impl Brain {
-    fn start(dir: &Path) -> Brain {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut brain = Brain {
-            db: dir.join("brain.db"),
-            addr: format!("127.0.0.1:{port}"),
-            child: None,
-        };
-        brain.restart();
-        brain
-    }
-
-    fn restart(&mut self) {
-        let child = agent()
-            .args([
-                "--config",
-                "/dev/null",
-                "brain",
-                "serve",
-                "--listen",
-                &self.addr,
-                "--db",
-            ])
-            .arg(&self.db)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the brain");
-        self.child = Some(child);
-        let started = Instant::now();
-        while TcpStream::connect(&self.addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the brain did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn events(&self) -> Vec<String> {
-        let db = Connection::open(&self.db).expect("open the brain db");
-        let mut stmt = db
-            .prepare("SELECT event_ulid FROM events ORDER BY id")
-            .expect("prepare");
-        let rows = stmt.query_map([], |r| r.get(0)).expect("query");
-        rows.map(|r| r.expect("row")).collect()
-    }
-
-    fn entities(&self) -> Vec<(String, String)> {
-        let db = Connection::open(&self.db).expect("open the brain db");
-        let mut stmt = db
-            .prepare("SELECT entity_key, event_ulid FROM entities ORDER BY entity_key")
-            .expect("prepare");
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .expect("query");
-        rows.map(|r| r.expect("row")).collect()
-    }
-}
-
-impl Drop for Brain {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+fn entities(brain: &BrainProcess) -> Vec<(String, String)> {
+    let db = Connection::open(&brain.db).expect("open the brain db");
+    let mut stmt = db
+        .prepare("SELECT entity_key, event_ulid FROM entities ORDER BY entity_key")
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query");
+    rows.map(|r| r.expect("row")).collect()
 }
 
 /// A device: a library folder with a few files, scanned, and its database.
@@ -270,7 +190,7 @@ impl Device {
     }
 
     fn command(&self, args: &[&str], brain: Option<&str>) -> Command {
-        let mut c = agent();
+        let mut c = process::agent(None);
         c.arg("--config")
             .arg(self.home.join("agent.toml"))
             .arg("--db")
@@ -342,7 +262,10 @@ fn hook(f: impl FnMut(&Exchange) -> Verdict + Send + 'static) -> Hook {
 #[test]
 fn the_brain_killed_after_committing_an_ingest_but_before_answering_duplicates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let brain = Arc::new(Mutex::new(Brain::start(dir.path())));
+    let brain = Arc::new(Mutex::new(BrainProcess::start(
+        &dir.path().join("brain"),
+        false,
+    )));
     let device = Device::new(dir.path(), "a", 5);
 
     // The first ingest reaches the brain and commits; the brain dies before its answer leaves.
@@ -370,7 +293,7 @@ fn the_brain_killed_after_committing_an_ingest_but_before_answering_duplicates_n
         "nothing marked pushed without an answer"
     );
     assert_eq!(
-        brain.lock().expect("brain").events(),
+        events(&brain.lock().expect("brain")),
         made,
         "yet the brain has it all"
     );
@@ -380,14 +303,14 @@ fn the_brain_killed_after_committing_an_ingest_but_before_answering_duplicates_n
     let result = summary(&device.sync(&["--push"], &proxy.url()));
     assert_eq!(result["push"]["pushed"], made.len() as u64);
     assert_eq!(result["push"]["result"]["inserted_events"], 0, "{result}");
-    assert_eq!(brain.lock().expect("brain").events(), made);
+    assert_eq!(events(&brain.lock().expect("brain")), made);
     assert_eq!(device.outbox().1, 0);
 }
 
 #[test]
 fn an_agent_killed_after_the_brain_committed_its_push_pushes_again_without_duplicates() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(dir.path());
+    let brain = BrainProcess::start(&dir.path().join("brain"), false);
     let device = Device::new(dir.path(), "a", 5);
 
     // The agent's pid, for the proxy to kill it the moment the brain has committed.
@@ -416,21 +339,21 @@ fn an_agent_killed_after_the_brain_committed_its_push_pushes_again_without_dupli
     assert_eq!(out.status.signal(), Some(libc::SIGKILL), "killed mid-push");
     let (made, pending) = device.outbox();
     assert_eq!(pending, made.len() as i64);
-    assert_eq!(brain.events(), made, "the brain committed the push");
+    assert_eq!(events(&brain), made, "the brain committed the push");
 
     // Restarted, it pushes the same events again; the brain takes none of them twice.
     let result = summary(&device.sync(&["--push"], &proxy.url()));
     assert_eq!(result["push"]["result"]["inserted_events"], 0, "{result}");
-    assert_eq!(brain.events(), made);
+    assert_eq!(events(&brain), made);
     assert_eq!(device.outbox().1, 0);
 }
 
 #[test]
 fn an_agent_killed_while_a_pull_answer_arrives_pulls_again_and_applies_each_event_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(dir.path());
+    let brain = BrainProcess::start(&dir.path().join("brain"), false);
     let a = Device::new(dir.path(), "a", 6);
-    summary(&a.sync(&["--push"], &format!("http://{}", brain.addr)));
+    summary(&a.sync(&["--push"], &brain.url()));
     let b = Device::new(dir.path(), "b", 0);
 
     // Two kills: before B gets the first page of events, and right after it got it (the kill
@@ -479,8 +402,8 @@ fn an_agent_killed_while_a_pull_answer_arrives_pulls_again_and_applies_each_even
     }
 
     // Restarted, B pulls the rest: its shared view is the brain's, each event in its inbox once.
-    let result = summary(&b.sync(&["--pull"], &format!("http://{}", brain.addr)));
-    assert_eq!(b.shared(), brain.entities(), "{result}");
+    let result = summary(&b.sync(&["--pull"], &brain.url()));
+    assert_eq!(b.shared(), entities(&brain), "{result}");
     let db = b.db();
     let (inbox, distinct): (i64, i64) = db
         .query_row(
