@@ -166,7 +166,26 @@ pub fn read_state(store: &Store) -> Result<Option<RunState>, StoreError> {
 }
 
 /// Runs until `shutdown` receives (or is dropped), then indexes what is pending and returns.
+///
+/// A store error (a full disk among them) ends the run: nothing half-written stays, the observed
+/// state rolls back with the change, and the start-up scan of the next run catches up.
 pub fn run(
+    config: &Config,
+    store: &mut Store,
+    shutdown: &Receiver<()>,
+    options: &RunOptions,
+) -> Result<RunState, DaemonError> {
+    let path = store.path().to_owned();
+    watch_and_index(config, store, shutdown, options).map_err(|e| match e {
+        DaemonError::Store(e) => DaemonError::Store(e.on_disk_of(&path)),
+        DaemonError::Scan(scan::ScanError::Store(e)) => {
+            DaemonError::Scan(scan::ScanError::Store(e.on_disk_of(&path)))
+        }
+        other => other,
+    })
+}
+
+fn watch_and_index(
     config: &Config,
     store: &mut Store,
     shutdown: &Receiver<()>,

@@ -104,6 +104,18 @@ pub fn scan(
     config: &Config,
     options: &ScanOptions,
 ) -> Result<ScanSummary, ScanError> {
+    let path = store.path().to_owned();
+    scan_all(store, config, options).map_err(|e| match e {
+        ScanError::Store(e) => ScanError::Store(e.on_disk_of(&path)),
+        other => other,
+    })
+}
+
+fn scan_all(
+    store: &mut Store,
+    config: &Config,
+    options: &ScanOptions,
+) -> Result<ScanSummary, ScanError> {
     let started = Instant::now();
     let libraries: Vec<&LibraryConfig> = match &options.library {
         Some(name) => vec![config
@@ -139,11 +151,16 @@ pub fn scan(
     }
     progress.finish();
     // Also after a failure: what was committed is made durable, and the connection goes back to
-    // its normal durability for whatever the caller does next.
-    store.set_bulk_mode(false)?;
+    // its normal durability for whatever the caller does next. The first error is the one to
+    // report: on a full disk this checkpoint fails too, and would hide what the scan was doing.
+    let leave_bulk = store.set_bulk_mode(false);
     if let Some(e) = failed {
+        if let Err(also) = leave_bulk {
+            tracing::debug!("after the scan failed: {also}");
+        }
         return Err(e);
     }
+    leave_bulk?;
 
     let ok = summaries.iter().all(|s| s.error.is_none());
     let message: Vec<String> = summaries

@@ -3,6 +3,7 @@
 //! (that is `index.rs`) or *who wins* (that is `model::merge`): it stores what they decide.
 
 use std::cell::Cell;
+use std::path::Path;
 
 use rusqlite::{OptionalExtension, Transaction};
 
@@ -32,6 +33,8 @@ pub enum Applied {
 pub struct Batch<'a> {
     tx: Transaction<'a>,
     device_id: &'a str,
+    /// The database file, named in the error when a commit finds the disk full.
+    path: &'a Path,
     /// Search index changes are staged in `temp.fts_pending` and written to FTS5 in one statement
     /// at commit: FTS5 flushes its pending terms to disk at every statement that writes it, so
     /// one write per file made full-text indexing three times slower (measured).
@@ -57,11 +60,13 @@ impl<'a> Batch<'a> {
     pub(super) fn new(
         tx: Transaction<'a>,
         device_id: &'a str,
+        path: &'a Path,
         ulids: Option<&'a super::UlidSource>,
     ) -> Self {
         Batch {
             tx,
             device_id,
+            path,
             fts_staged: Cell::new(false),
             sequence: Cell::new(None),
             ulids,
@@ -72,7 +77,14 @@ impl<'a> Batch<'a> {
         self.device_id
     }
 
+    /// Commits, or rolls everything of the batch back: a full disk (commit is where WAL mode
+    /// writes) loses nothing that was committed before.
     pub fn commit(self) -> Result<()> {
+        let path = self.path;
+        self.commit_all().map_err(|e| e.on_disk_of(path))
+    }
+
+    fn commit_all(self) -> Result<()> {
         if let Some((sequence, true)) = self.sequence.get() {
             self.tx
                 .execute(

@@ -60,6 +60,66 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// SQLite could not grow the database, its WAL or its shared-memory index. The transaction
+    /// was rolled back whole; what was committed before stays.
+    #[error(
+        "the disk holding database {path} is full ({context}); nothing was half-written or lost: \
+         free some space, then run again"
+    )]
+    DiskFull {
+        path: PathBuf,
+        context: String,
+        source: rusqlite::Error,
+    },
+}
+
+impl StoreError {
+    /// The file system under the database is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::DiskFull { .. } => true,
+            StoreError::Open { source, .. }
+            | StoreError::Migrate { source, .. }
+            | StoreError::Locked { source, .. }
+            | StoreError::Sql { source, .. } => is_disk_full(source),
+            _ => false,
+        }
+    }
+
+    /// Says that a full disk is what failed, and names the database on it: SQLite's own words
+    /// ("database or disk is full", or "disk I/O error" when its shared-memory index cannot
+    /// grow) name neither. Other errors pass unchanged.
+    pub fn on_disk_of(self, path: &Path) -> StoreError {
+        let (context, source) = match self {
+            StoreError::Open { source, .. } | StoreError::Locked { source, .. }
+                if is_disk_full(&source) =>
+            {
+                ("opening it".to_owned(), source)
+            }
+            StoreError::Migrate {
+                version, source, ..
+            } if is_disk_full(&source) => (format!("migrating it to schema {version}"), source),
+            StoreError::Sql { context, source } if is_disk_full(&source) => (context, source),
+            other => return other,
+        };
+        StoreError::DiskFull {
+            path: path.to_owned(),
+            context,
+            source,
+        }
+    }
+}
+
+/// SQLITE_FULL, or a shared-memory index that cannot grow (SQLite reports that as an I/O error,
+/// and on Linux the cause is ENOSPC).
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(code, _) => {
+            code.code == rusqlite::ErrorCode::DiskFull
+                || code.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE
+        }
+        _ => false,
+    }
 }
 
 /// SQLite's own message, without rusqlite's "Error code N: ..." repetition of it.
@@ -128,6 +188,7 @@ impl Store {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )
+        .map_err(|e| e.on_disk_of(path))
     }
 
     /// Opens a database that must exist already (search, status: never create one by accident).
@@ -135,7 +196,7 @@ impl Store {
         if !path.exists() {
             return Err(StoreError::Missing(path.to_owned()));
         }
-        Self::open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        Self::open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| e.on_disk_of(path))
     }
 
     fn open_with(path: &Path, flags: OpenFlags) -> Result<Store> {
@@ -264,8 +325,13 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|source| classify_lock(&self.path, source))?;
-        Ok(Batch::new(tx, &self.device_id, self.ulids.as_ref()))
+            .map_err(|source| classify_lock(&self.path, source).on_disk_of(&self.path))?;
+        Ok(Batch::new(
+            tx,
+            &self.device_id,
+            &self.path,
+            self.ulids.as_ref(),
+        ))
     }
 
     /// New local events take their ULIDs from `source` (see [`UlidSource`]).
@@ -289,7 +355,14 @@ impl Store {
         };
         self.conn
             .execute_batch(sql)
-            .ctx(|| "setting WAL checkpointing".into())
+            .ctx(|| {
+                if on {
+                    "setting WAL checkpointing".into()
+                } else {
+                    "checkpointing the WAL into the database".into()
+                }
+            })
+            .map_err(|e| e.on_disk_of(&self.path))
     }
 
     /// For the long-running agent: commits are durable in order but not fsynced one by one (WAL
@@ -347,5 +420,48 @@ fn classify_lock(path: &Path, source: rusqlite::Error) -> StoreError {
             path: path.to_owned(),
             source,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: std::os::raw::c_int, message: &str) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(message.into()))
+    }
+
+    #[test]
+    fn a_full_disk_is_named_with_the_database_and_other_errors_pass_unchanged() {
+        let db = Path::new("/data/agent.db");
+        let full = StoreError::Sql {
+            context: "committing a batch of changes".into(),
+            source: sqlite(rusqlite::ffi::SQLITE_FULL, "database or disk is full"),
+        };
+        assert!(full.is_disk_full());
+        let named = full.on_disk_of(db).to_string();
+        assert!(
+            named.starts_with(
+                "the disk holding database /data/agent.db is full (committing a batch of changes)"
+            ),
+            "{named}"
+        );
+        // SQLite calls a shared-memory index that cannot grow an I/O error.
+        let shm = StoreError::Open {
+            path: db.to_owned(),
+            source: sqlite(rusqlite::ffi::SQLITE_IOERR_SHMSIZE, "disk I/O error"),
+        };
+        let named = shm.on_disk_of(db).to_string();
+        assert!(named.contains("is full (opening it)"), "{named}");
+
+        let locked = StoreError::Sql {
+            context: "reading".into(),
+            source: sqlite(rusqlite::ffi::SQLITE_BUSY, "database is locked"),
+        };
+        assert!(!locked.is_disk_full());
+        assert_eq!(
+            locked.on_disk_of(db).to_string(),
+            "reading: database is locked"
+        );
     }
 }
