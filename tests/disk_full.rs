@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use brain_common::{many, ulids, AnyStore, Brain, Http, SECRET};
+use common::Lab;
 
 /// Every test here is bounded (the brief: under 30 s each).
 const LIMIT: Duration = Duration::from_secs(30);
@@ -39,7 +40,10 @@ impl Tmpfs {
                 !required,
                 "{test}: CI_REQUIRE_MOUNT=1 but a tmpfs cannot be mounted: {why}"
             );
-            eprintln!(
+            // Straight to the process's stderr: the test harness captures eprintln! of a test
+            // that passes, and this line must be seen.
+            let _ = writeln!(
+                std::io::stderr(),
                 "{test}: NOT RUN: it needs a small tmpfs to fill, and {why}; run the tests as root \
                  (CI sets CI_REQUIRE_MOUNT=1, where this fails instead)"
             );
@@ -312,4 +316,253 @@ fn brain_command(config: &Path, db: &Path) -> Command {
         .stdin(Stdio::null())
         .stderr(Stdio::piped());
     c
+}
+
+// ---- the agent ---------------------------------------------------------------------------------
+
+/// A library of `n` small text files, each with a word of its own (`uniqueN`), in the lab (on the
+/// ordinary disk), and the lab's database on `disk`.
+fn lab_on(disk: &Tmpfs) -> Lab {
+    let mut lab = Lab::with_config("[[library]]\nname = \"notes\"\npath = '{root}/notes'\n");
+    lab.db = disk.join("agent.db");
+    std::fs::create_dir_all(lab.path("notes")).expect("create the library");
+    lab
+}
+
+fn write_files(lab: &Lab, from: usize, to: usize) {
+    for i in from..to {
+        lab.write(
+            &format!("notes/f{i:05}.md"),
+            format!(
+                "note {i} unique{i} {}\n",
+                "lorem ipsum dolor sit amet consectetur ".repeat(8)
+            ),
+        );
+    }
+}
+
+/// What a failed write must never leave behind: the database opens, SQLite finds it sound, and
+/// observed state, `lib_files`, the search index and the outbox tell one story (every change
+/// is there whole or not at all). Returns the indexed keys.
+#[track_caller]
+fn assert_whole(db_path: &Path) -> Vec<String> {
+    let db = common::Db::open(db_path);
+    let check: String = db
+        .conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok", "SQLite finds the database sound");
+    let files: Vec<String> = db.live_paths();
+    assert_eq!(db.files().len(), files.len(), "no tombstones here");
+    let observed: Vec<String> = db.observed().into_iter().map(|o| o.path).collect();
+    assert_eq!(observed, files, "observed state and lib_files agree");
+    let mut events: Vec<String> = db.outbox().into_iter().map(|e| e.entity_key).collect();
+    events.sort();
+    assert_eq!(events, files, "exactly one outbox event per indexed file");
+    let (_, sequence) = db.device();
+    assert_eq!(
+        sequence as usize,
+        events.len(),
+        "one sequence number per event"
+    );
+    let indexed: i64 = db
+        .conn
+        .query_row("SELECT count(*) FROM lib_files_fts_docsize", [], |r| {
+            r.get(0)
+        })
+        .expect("count the search index");
+    assert_eq!(
+        indexed as usize,
+        files.len(),
+        "the search index holds every file, once"
+    );
+    db.conn
+        .execute(
+            "INSERT INTO lib_files_fts(lib_files_fts) VALUES ('integrity-check')",
+            [],
+        )
+        .expect("the search index matches lib_files");
+    files
+}
+
+fn assert_disk_full_error(run: &common::Run, db: &Path) {
+    let line = run.error_line(&[
+        "the disk holding database",
+        db.to_str().expect("utf-8 path"),
+        "is full",
+    ]);
+    assert!(!line.contains("Error code"), "no SQLite noise: {line}");
+}
+
+/// `agent scan` with its database on a full disk: one line naming the disk-full database, the
+/// index whole, and the next scan with space indexes everything with one event per file.
+#[test]
+fn scan_on_a_full_disk_fails_with_one_line_keeps_the_index_whole_and_catches_up() {
+    let Some(disk) = Tmpfs::mount("scan_on_a_full_disk", 16 * 1024) else {
+        return;
+    };
+    let started = Instant::now();
+    let lab = lab_on(&disk);
+    const FILES: usize = 3000;
+    write_files(&lab, 0, FILES);
+    lab.agent(&["init"]).success();
+    let mut filler = disk.fill();
+
+    // Full to the last byte: SQLite cannot even map its shared-memory index.
+    let run = lab.agent(&["scan"]).failure();
+    run.assert_one_line_error(&[]);
+    assert_disk_full_error(&run, &lab.db);
+
+    // Room for the start and some batches, not for the whole library.
+    filler.shrink(3 * 1024);
+    let run = lab.agent(&["scan"]).failure();
+    run.assert_one_line_error(&[]);
+    assert_disk_full_error(&run, &lab.db);
+    let indexed = assert_whole(&lab.db);
+    assert!(indexed.len() < FILES, "the disk filled up before the end");
+
+    filler.free();
+    let summary = lab.scan(&[]);
+    assert_eq!(summary["ok"], true, "{summary:#}");
+    let indexed = assert_whole(&lab.db);
+    assert_eq!(indexed.len(), FILES, "every file indexed, once");
+    let hits = lab.json(&["search", "unique2999"]);
+    assert_eq!(hits["results"][0]["path"], "notes/f02999.md", "{hits:#}");
+    assert!(started.elapsed() < LIMIT, "took {:?}", started.elapsed());
+}
+
+/// `agent run` with its database on a disk that fills up while it indexes: it exits with status 1
+/// and one line naming the disk-full database (no silent crash, no half-written change), and a
+/// restart once space is freed catches up with every file, one event each.
+#[test]
+fn agent_run_on_a_full_disk_exits_with_one_line_and_a_restart_catches_up() {
+    let Some(disk) = Tmpfs::mount("agent_run_on_a_full_disk", 16 * 1024) else {
+        return;
+    };
+    let started = Instant::now();
+    let lab = lab_on(&disk);
+    lab.agent(&["init"]).success();
+    let mut filler = disk.fill();
+
+    // No room at all: it does not start, and says why.
+    let mut agent = spawn_run(&lab);
+    let run = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    assert_disk_full_error(&run, &lab.db);
+
+    // Room to start; then files arrive until the disk is full.
+    filler.shrink(2 * 1024);
+    let mut agent = spawn_run(&lab);
+    wait_until("agent run is running", || {
+        lab.db.exists()
+            && common::Db::open(&lab.db)
+                .kv(lib_agent::daemon::STATE_KEY)
+                .is_some_and(|s| s.contains("\"state\":\"running\""))
+    });
+    let mut written = 0;
+    let run = loop {
+        assert!(written < 20_000, "the disk never filled up");
+        write_files(&lab, written, written + 500);
+        written += 500;
+        if let Some(run) = agent.try_exit(Duration::from_millis(500)) {
+            break run;
+        }
+    };
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    assert_disk_full_error(&run, &lab.db);
+    let indexed = assert_whole(&lab.db);
+    assert!(indexed.len() < written, "the disk filled up before the end");
+
+    filler.free();
+    let mut agent = spawn_run(&lab);
+    wait_until("the restart caught up", || {
+        common::Db::open(&lab.db).live_paths().len() == written
+    });
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+    let run = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let indexed = assert_whole(&lab.db);
+    assert_eq!(indexed.len(), written, "every file indexed, once");
+    assert!(started.elapsed() < LIMIT, "took {:?}", started.elapsed());
+}
+
+/// A running `agent run` whose stderr goes to a file (a pipe nobody reads could fill up).
+struct RunningAgent {
+    child: std::process::Child,
+    stderr: PathBuf,
+    args: Vec<String>,
+}
+
+fn spawn_run(lab: &Lab) -> RunningAgent {
+    let stderr = lab.path(&format!("run-{}.err", ulid::Ulid::new()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
+    cmd.arg("--db")
+        .arg(&lab.db)
+        .arg("--config")
+        .arg(&lab.config)
+        .arg("run")
+        .current_dir(lab.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+    for var in [
+        "LIB_AGENT_CONFIG",
+        "LIB_SQLITE_PATH",
+        "LIB_LOG",
+        "LIB_BRAIN_URL",
+        "LIB_SUPABASE_FN_URL",
+        "LIB_SYNC_SECRET",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    RunningAgent {
+        child: cmd.spawn().expect("start agent run"),
+        stderr,
+        args: vec!["run".into()],
+    }
+}
+
+impl RunningAgent {
+    /// The run, once it has exited, waiting at most `wait`.
+    fn try_exit(&mut self, wait: Duration) -> Option<common::Run> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for agent run") {
+                return Some(common::Run {
+                    args: self.args.clone(),
+                    code: status.code(),
+                    stdout: String::new(),
+                    stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[track_caller]
+    fn wait_exit(&mut self, limit: Duration) -> common::Run {
+        self.try_exit(limit)
+            .unwrap_or_else(|| panic!("agent run did not exit within {limit:?}"))
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[track_caller]
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
