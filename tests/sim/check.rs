@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use lib_agent::model::merge::{self, EntityState, Outcome};
-use lib_agent::model::{Event, EventType, FilePayload, VectorClock, Version};
+use lib_agent::model::wire::SnapshotEntity;
+use lib_agent::model::{Event, EventType, VectorClock, Version};
 use lib_agent::store::read;
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
@@ -31,58 +32,23 @@ fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> T {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{what} is not valid JSON ({e}): {text}"))
 }
 
-fn brain_rows(conn: &Connection) -> Vec<Row> {
-    let mut stmt = conn
-        .prepare(
-            "SELECT entity_key, event_ulid, device_id, deleted_at IS NOT NULL, payload, vector_clock,
-                    seen_vc, siblings FROM entities ORDER BY entity_key",
-        )
-        .expect("query entities");
-    let rows = stmt
-        .query_map([], |r| {
-            let payload: String = r.get(4)?;
-            let clock: String = r.get(5)?;
-            let seen: String = r.get(6)?;
-            let siblings: String = r.get(7)?;
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                payload,
-                clock,
-                seen,
-                siblings,
-            ))
+fn brain_rows(entities: Vec<SnapshotEntity>) -> Vec<Row> {
+    entities
+        .into_iter()
+        .map(|e| Row {
+            key: e.entity_key,
+            winner: e.event_ulid,
+            device: e.device_id,
+            deleted: e.deleted_at.is_some(),
+            sha256: e.payload.sha256,
+            bytes: e.payload.bytes.map(|b| b as i64),
+            mtime_unix: e.payload.mtime_unix,
+            content: e.payload.content,
+            clock: e.vector_clock,
+            seen_vc: e.seen_vc,
+            siblings: e.siblings,
         })
-        .expect("read entities");
-    rows.map(|row| {
-        let (key, winner, device, deleted, payload, clock, seen, siblings): (
-            String,
-            String,
-            String,
-            bool,
-            String,
-            String,
-            String,
-            String,
-        ) = row.expect("entity row");
-        let payload: FilePayload = json(&payload, "payload");
-        Row {
-            key,
-            winner,
-            device,
-            deleted,
-            sha256: payload.sha256,
-            bytes: payload.bytes.map(|b| b as i64),
-            mtime_unix: payload.mtime_unix,
-            content: payload.content,
-            clock: json(&clock, "vector_clock"),
-            seen_vc: json(&seen, "seen_vc"),
-            siblings: json(&siblings, "siblings"),
-        }
-    })
-    .collect()
+        .collect()
 }
 
 fn device_rows(conn: &Connection) -> Vec<Row> {
@@ -165,8 +131,15 @@ fn disk(root: &Path) -> BTreeMap<String, String> {
 /// Panics with the first invariant the world breaks. Returns how many events and open conflicts
 /// the run ended with.
 pub fn check(world: &mut World) -> (u64, u64) {
-    let brain_path = world.net.borrow().brain.path().to_owned();
-    let brain = Connection::open(&brain_path).expect("open the brain database");
+    let (brain_rows, stored_conflicts, (logged, newest)) = {
+        let net = world.net.borrow();
+        let brain = &net.brain;
+        (
+            brain_rows(brain.entities()),
+            brain.conflicts_table(),
+            brain.log(),
+        )
+    };
 
     // Every event any device made, and what the merge rule says they add up to, in any order.
     let mut events: Vec<Event> = Vec::new();
@@ -199,7 +172,6 @@ pub fn check(world: &mut World) -> (u64, u64) {
     }
 
     // The brain holds exactly that.
-    let brain_rows = brain_rows(&brain);
     let keys: Vec<&String> = brain_rows.iter().map(|r| &r.key).collect();
     assert_eq!(
         keys,
@@ -228,16 +200,9 @@ pub fn check(world: &mut World) -> (u64, u64) {
                 .map(move |v| (k.clone(), v.event_ulid.clone()))
         })
         .collect();
-    assert_eq!(
-        pairs(&brain, "SELECT entity_key, event_ulid FROM conflicts"),
-        expected_conflicts,
-        "brain conflicts"
-    );
+    assert_eq!(stored_conflicts, expected_conflicts, "brain conflicts");
 
     // Every replica's shared view is the brain's entities, row for row, with the same conflicts.
-    let newest: i64 = brain
-        .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))
-        .expect("newest id");
     for device in &mut world.devices {
         let id = device.id.clone();
         let root = device.root.clone();
@@ -300,8 +265,6 @@ pub fn check(world: &mut World) -> (u64, u64) {
     }
 
     // Every acknowledged event is in the brain's log, unless a prune removed it.
-    let logged = pairs(&brain, "SELECT event_ulid, device_id FROM events");
-    let logged: BTreeSet<&String> = logged.iter().map(|(u, _)| u).collect();
     let net = world.net.borrow();
     for ulid in &net.brain.committed {
         assert!(

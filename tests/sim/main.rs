@@ -7,8 +7,11 @@
 //! lost, reconciled at restart); the brain restarts, goes down, and prunes its log so devices
 //! must re-seed. Time is a counter and every choice comes from one seeded generator: a failing
 //! run prints its seed, and `SIM_SEED=<seed> cargo test --test sim` replays exactly that run
-//! with a trace. `SIM_SEEDS=<n>` runs more seeds than the default.
+//! with a trace. `SIM_SEEDS=<n>` runs more seeds than the default. The same runs go against a
+//! PostgreSQL brain too (`postgres_seeds_converge`, `SIM_PG_SEEDS`).
 
+#[path = "../brain_common/mod.rs"]
+mod brain_common;
 mod check;
 mod net;
 mod rng;
@@ -16,13 +19,16 @@ mod world;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use net::StoreKind;
+
 /// Seeds once found failing, kept so the bugs they found stay fixed.
 const REGRESSIONS: &[u64] = &[];
 const DEFAULT_SEEDS: u64 = 500;
+const DEFAULT_PG_SEEDS: u64 = 60;
 
 /// One run: random steps with faults, then heal, sync to quiescence and check.
-fn run(seed: u64, trace: bool) -> net::Stats {
-    let mut world = world::World::new(seed, trace);
+fn run(seed: u64, trace: bool, store: StoreKind) -> net::Stats {
+    let mut world = world::World::new(seed, trace, store);
     let mut rng = rng::Rng::new(seed ^ 0x5EED);
     let steps = rng.between(50, 300);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -51,14 +57,14 @@ fn run(seed: u64, trace: bool) -> net::Stats {
 
 /// Runs seeds and shows what they went through. Over many runs, every kind of fault must have
 /// happened, or the simulation has stopped testing what it claims to.
-fn run_all(seeds: impl Iterator<Item = u64>) {
+fn run_all(seeds: impl Iterator<Item = u64>, store: StoreKind) {
     let mut total = net::Stats::default();
     let mut runs = 0;
     for seed in seeds {
-        total.add(&run(seed, false));
+        total.add(&run(seed, false, store));
         runs += 1;
     }
-    eprintln!("{runs} runs: {total:?}");
+    eprintln!("{runs} runs on {store:?}: {total:?}");
     if runs >= 100 {
         let t = total;
         for (what, n) in [
@@ -77,11 +83,11 @@ fn run_all(seeds: impl Iterator<Item = u64>) {
     }
 }
 
-fn seeds(part: u64, parts: u64) -> impl Iterator<Item = u64> {
-    let count = std::env::var("SIM_SEEDS")
+fn seeds(part: u64, parts: u64, var: &str, default: u64) -> impl Iterator<Item = u64> {
+    let count = std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_SEEDS);
+        .unwrap_or(default);
     (0..count).filter(move |s| s % parts == part)
 }
 
@@ -96,10 +102,10 @@ fn replay() -> Option<u64> {
 #[test]
 fn seeds_converge_even() {
     if let Some(seed) = replay() {
-        eprintln!("{:?}", run(seed, true));
+        eprintln!("{:?}", run(seed, true, StoreKind::Sqlite));
         return;
     }
-    run_all(seeds(0, 2));
+    run_all(seeds(0, 2, "SIM_SEEDS", DEFAULT_SEEDS), StoreKind::Sqlite);
 }
 
 #[test]
@@ -107,12 +113,26 @@ fn seeds_converge_odd() {
     if replay().is_some() {
         return; // the even half replays it
     }
-    run_all(seeds(1, 2));
+    run_all(seeds(1, 2, "SIM_SEEDS", DEFAULT_SEEDS), StoreKind::Sqlite);
+}
+
+/// The same runs with the brain on PostgreSQL (`LIB_TEST_DATABASE_URL`, a schema per run):
+/// fewer, since each costs a schema and its migration.
+#[test]
+fn postgres_seeds_converge() {
+    if let Some(seed) = replay() {
+        eprintln!("{:?}", run(seed, true, StoreKind::Postgres));
+        return;
+    }
+    run_all(
+        seeds(0, 1, "SIM_PG_SEEDS", DEFAULT_PG_SEEDS),
+        StoreKind::Postgres,
+    );
 }
 
 #[test]
 fn regression_seeds_converge() {
     for &seed in REGRESSIONS {
-        run(seed, false);
+        run(seed, false, StoreKind::Sqlite);
     }
 }

@@ -12,14 +12,15 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use lib_agent::brain::server::parse_ingest;
-use lib_agent::brain::store::{BrainStore, SqliteStore};
+use lib_agent::brain::store::{BrainStore, PgStore, SqliteStore};
 use lib_agent::brain::BrainError;
 use lib_agent::model::wire::{
-    IngestRequest, IngestResult, PullResponse, SnapshotResponse, MAX_BATCH,
+    IngestRequest, IngestResult, PullResponse, SnapshotEntity, SnapshotResponse, MAX_BATCH,
 };
 use lib_agent::model::Event;
 use lib_agent::sync::{self, ClientError};
 
+use super::brain_common::TestSchema;
 use super::rng::Rng;
 
 /// The cap the brain puts on `payload.content` (the server's default).
@@ -91,10 +92,35 @@ impl Stats {
     }
 }
 
+/// Which store the brain runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Awaits `$call` on whichever store the brain runs.
+macro_rules! on_store {
+    ($brain:expr, $s:ident => $call:expr) => {
+        match $brain.store.as_ref().expect("brain store open") {
+            Store::Sqlite($s) => $brain.rt.block_on($call),
+            Store::Postgres($s) => $brain.rt.block_on($call),
+        }
+    };
+}
+
 /// The brain store, restartable, and what it acknowledged.
 pub struct SimBrain {
+    kind: StoreKind,
     path: PathBuf,
-    store: Option<SqliteStore>,
+    /// The PostgreSQL schema of this run, dropped at its end.
+    schema: Option<TestSchema>,
+    store: Option<Store>,
     rt: tokio::runtime::Runtime,
     /// Every ULID the brain committed (the device may never have heard).
     pub committed: BTreeSet<String>,
@@ -103,47 +129,46 @@ pub struct SimBrain {
 }
 
 impl SimBrain {
-    pub fn open(path: PathBuf) -> SimBrain {
+    pub fn open(kind: StoreKind, path: PathBuf) -> SimBrain {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let store = SqliteStore::open(&path).expect("open the brain store");
-        SimBrain {
+        let mut brain = SimBrain {
+            kind,
             path,
-            store: Some(store),
+            schema: (kind == StoreKind::Postgres).then(TestSchema::new),
+            store: None,
             rt,
             committed: BTreeSet::new(),
             pruned: BTreeSet::new(),
-        }
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
-    }
-
-    fn store(&self) -> &SqliteStore {
-        self.store.as_ref().expect("brain store open")
+        };
+        brain.restart();
+        brain
     }
 
     /// The process dies and starts again: nothing but the database survives.
     pub fn restart(&mut self) {
         self.store = None;
-        self.store = Some(SqliteStore::open(&self.path).expect("reopen the brain store"));
+        self.store = Some(match (&self.kind, &self.schema) {
+            (StoreKind::Postgres, Some(schema)) => Store::Postgres(
+                self.rt
+                    .block_on(schema.open())
+                    .expect("open the PostgreSQL brain store"),
+            ),
+            _ => Store::Sqlite(SqliteStore::open(&self.path).expect("open the brain store")),
+        });
     }
 
     /// `agent brain prune` of the whole log: devices behind it must re-seed.
     pub fn prune_all(&mut self) {
         let cutoff = SystemTime::now() + Duration::from_secs(86_400);
-        self.rt
-            .block_on(self.store().prune(cutoff))
-            .expect("prune the brain log");
+        on_store!(self, s => s.prune(cutoff)).expect("prune the brain log");
         self.pruned.extend(self.committed.iter().cloned());
     }
 
     /// What `POST /ingest` does with a body: the handler's own parsing and validation, then the
-    /// store. `Some` ids when new events
-    /// were appended (the brain then notifies the webhooks).
+    /// store. True when new events were appended (the brain then notifies the webhooks).
     fn ingest(&mut self, batch: &[Event]) -> Result<(IngestResult, bool), BrainError> {
         let body = serde_json::to_vec(&IngestRequest {
             batch: batch.to_vec(),
@@ -151,15 +176,14 @@ impl SimBrain {
         .expect("serialise a batch");
         let checked = parse_ingest(&body, MAX_CONTENT)?;
         let ulids: Vec<String> = checked.iter().map(|c| c.event.event_ulid.clone()).collect();
-        let ingested = self.rt.block_on(self.store().ingest(checked))?;
+        let ingested = on_store!(self, s => s.ingest(checked))?;
         self.committed.extend(ulids);
         Ok((ingested.result, ingested.new_ids.is_some()))
     }
 
     fn pull(&self, after_id: i64, limit: usize) -> Result<PullResponse, BrainError> {
-        let page = self
-            .rt
-            .block_on(self.store().pull(after_id, limit.clamp(1, MAX_BATCH)))?;
+        let limit = limit.clamp(1, MAX_BATCH);
+        let page = on_store!(self, s => s.pull(after_id, limit))?;
         Ok(wire(&PullResponse {
             ok: true,
             events: page.events,
@@ -169,15 +193,74 @@ impl SimBrain {
     }
 
     fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotResponse, BrainError> {
-        let page = self
-            .rt
-            .block_on(self.store().snapshot(after_key, limit.clamp(1, MAX_BATCH)))?;
+        let limit = limit.clamp(1, MAX_BATCH);
+        let page = on_store!(self, s => s.snapshot(after_key, limit))?;
         Ok(wire(&SnapshotResponse {
             ok: true,
             entities: page.entities,
             watermark: page.watermark,
             has_more: page.has_more,
         }))
+    }
+
+    /// Every entity, as `/snapshot` serves them.
+    pub fn entities(&self) -> Vec<SnapshotEntity> {
+        let (mut all, mut after) = (Vec::new(), String::new());
+        loop {
+            let page = self.snapshot(&after, MAX_BATCH).expect("snapshot");
+            all.extend(page.entities);
+            match all.last() {
+                Some(last) if page.has_more => after = last.entity_key.clone(),
+                _ => return all,
+            }
+        }
+    }
+
+    /// The ULIDs in the log (what pruning left of it), and the newest id.
+    pub fn log(&self) -> (BTreeSet<String>, i64) {
+        let (mut ulids, mut cursor) = (BTreeSet::new(), 0);
+        loop {
+            match self.pull(cursor, MAX_BATCH) {
+                Ok(page) => {
+                    ulids.extend(page.events.into_iter().map(|e| e.event.event_ulid));
+                    cursor = page.next_after_id.max(cursor);
+                    if !page.has_more {
+                        return (ulids, cursor);
+                    }
+                }
+                Err(BrainError::CursorPruned { pruned_through, .. }) => cursor = pruned_through,
+                Err(e) => panic!("reading the brain's log: {e}"),
+            }
+        }
+    }
+
+    /// The open conflicts as the store's own table lists them.
+    pub fn conflicts_table(&self) -> BTreeSet<(String, String)> {
+        match &self.schema {
+            Some(schema) => self.rt.block_on(async {
+                let sql = format!(
+                    "SELECT entity_key, event_ulid FROM {}.conflicts",
+                    schema.name
+                );
+                let rows = schema
+                    .admin()
+                    .await
+                    .query(&sql, &[])
+                    .await
+                    .expect("conflicts");
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+            }),
+            None => {
+                let conn = rusqlite::Connection::open(&self.path).expect("open the brain db");
+                let mut stmt = conn
+                    .prepare("SELECT entity_key, event_ulid FROM conflicts")
+                    .expect("prepare");
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .expect("query");
+                rows.map(|r| r.expect("row")).collect()
+            }
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use lib_agent::index::{self, Libraries};
 use lib_agent::store::{read, Store};
 use lib_agent::sync;
 
-use super::net::{Endpoint, Faults, Net, SimBrain};
+use super::net::{Endpoint, Faults, Net, SimBrain, StoreKind};
 use super::rng::Rng;
 
 /// File names the devices write: few, so devices collide on them.
@@ -65,12 +65,12 @@ fn tempdir() -> tempfile::TempDir {
 }
 
 impl World {
-    pub fn new(seed: u64, trace: bool) -> World {
+    pub fn new(seed: u64, trace: bool, store: StoreKind) -> World {
         let mut rng = Rng::new(seed);
         let dir = tempdir();
         let count = rng.between(2, 6) as usize;
         let faults = Faults::random(&mut rng);
-        let brain = SimBrain::open(dir.path().join("brain.db"));
+        let brain = SimBrain::open(store, dir.path().join("brain.db"));
         let net = Net::new(brain, rng.fork(), faults, count);
         let mut world = World {
             devices: Vec::new(),
