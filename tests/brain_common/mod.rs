@@ -77,6 +77,71 @@ impl Drop for SchemaGuard {
     }
 }
 
+/// A fresh schema of the test database, dropped at the end of the test, for tests that prepare it
+/// before a brain opens it (a LIB v1.1 schema to adopt) or open it several ways.
+pub struct TestSchema {
+    pub name: String,
+    guard: SchemaGuard,
+}
+
+impl TestSchema {
+    pub fn new() -> TestSchema {
+        let name = test_schema();
+        TestSchema {
+            guard: SchemaGuard {
+                url: pg_url(),
+                schema: name.clone(),
+            },
+            name,
+        }
+    }
+
+    /// A plain connection to the test database, for looking behind the brain.
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.guard.url, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL test database reachable");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Runs SQL written for `lib_shared` in this schema.
+    pub async fn execute(&self, sql: &str) {
+        self.admin()
+            .await
+            .batch_execute(&sql.replace("lib_shared", &self.name))
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    }
+
+    /// A brain store on this schema, at the test database's URL or another one.
+    pub async fn open_at(&self, url: &str) -> Result<PgStore, lib_agent::brain::BrainError> {
+        PgStore::connect(
+            url,
+            PgOptions {
+                schema: self.name.clone(),
+                pool_size: 4,
+            },
+        )
+        .await
+    }
+
+    pub async fn open(&self) -> Result<PgStore, lib_agent::brain::BrainError> {
+        self.open_at(&self.guard.url).await
+    }
+}
+
+impl Fixture {
+    /// A fixture over a store opened on a [`TestSchema`], which it drops at the end.
+    pub fn postgres_on(schema: TestSchema, store: PgStore) -> Fixture {
+        Fixture {
+            store: AnyStore::Postgres(store),
+            _dir: None,
+            _schema: Some(schema.guard),
+        }
+    }
+}
+
 pub fn pg_url() -> String {
     std::env::var("LIB_TEST_DATABASE_URL").unwrap_or_else(|_| {
         panic!(
@@ -312,7 +377,12 @@ impl Http {
 
     /// Every event in the log, paging through it.
     pub async fn pull_all(&self) -> Vec<Value> {
-        let mut after = 0;
+        self.pull_all_after(0).await
+    }
+
+    /// Every event after a cursor, paging through the log.
+    pub async fn pull_all_after(&self, cursor: i64) -> Vec<Value> {
+        let mut after = cursor;
         let mut all = Vec::new();
         loop {
             let r = self.pull(after, 500).await;

@@ -6,6 +6,11 @@
 //! has seen id N will never later find a smaller id committing behind it.
 //! Wake-ups: ingests `pg_notify` the newest id; each instance LISTENs on its own connection, so a
 //! long-poll on one instance wakes when another instance commits.
+//! A schema left by LIB v1.1's Supabase brain is adopted in place at the first start ([`v11`]).
+
+mod v11;
+
+pub use v11::{AdoptReport, Rejected};
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -66,6 +71,8 @@ struct Inner {
     channel: String,
     newest: watch::Sender<i64>,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// What the first start did to a LIB v1.1 schema it found; `None` when there was none.
+    adopted: Option<AdoptReport>,
 }
 
 impl Drop for Inner {
@@ -274,7 +281,7 @@ impl PgStore {
         // Names this brain's sessions in pg_stat_activity (and lets a test find them).
         config.application_name(format!("lib brain {schema}"));
         let mut client = Pool::connect(&config).await?;
-        migrate(&mut client, &schema).await?;
+        let adopted = migrate(&mut client, &schema).await?;
         let pool = Pool {
             config,
             idle: Mutex::new(vec![client]),
@@ -295,6 +302,7 @@ impl PgStore {
                 lock_key,
                 newest,
                 listener: Mutex::new(None),
+                adopted,
             }),
         };
         let newest = store.newest_id().await?;
@@ -310,6 +318,12 @@ impl PgStore {
 
     pub fn schema(&self) -> &str {
         &self.inner.schema
+    }
+
+    /// What this store's start did to a LIB v1.1 schema (`None`: there was none to adopt, or it
+    /// was adopted by an earlier start).
+    pub fn adopted(&self) -> Option<&AdoptReport> {
+        self.inner.adopted.as_ref()
     }
 
     /// Drops the whole schema: for tests that made their own.
@@ -364,7 +378,7 @@ fn in_schema<'a>(sql: &'a str, schema: &str) -> Cow<'a, str> {
     }
 }
 
-async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
+async fn migrate(client: &mut Client, schema: &str) -> Result<Option<AdoptReport>> {
     // A session lock: two brains starting at once on a new database must not both create tables.
     let lock = format!("SELECT pg_advisory_lock(hashtext('lib-agent migrate {schema}'))");
     client
@@ -372,6 +386,13 @@ async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
         .await
         .map_err(|e| pg_err("locking for migrations", e))?;
     let result = async {
+        // Tables of ours with no migration recorded are LIB v1.1's (CREATE TABLE IF NOT EXISTS
+        // would keep them, and every query would fail later): adopt them first, in place.
+        let adopted = if tracked(client, schema).await? {
+            None
+        } else {
+            v11::adopt(client, schema).await?
+        };
         client
             .batch_execute(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema};
@@ -381,36 +402,17 @@ async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
             ))
             .await
             .map_err(|e| pg_err("creating the migrations table", e))?;
-        let applied: Vec<i32> = client
-            .query(&format!("SELECT version FROM {schema}.schema_migrations"), &[])
-            .await
-            .map_err(|e| pg_err("reading applied migrations", e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if let Some(newer) = applied.iter().find(|v| !MIGRATIONS.iter().any(|(m, _, _)| m == *v)) {
-            return Err(BrainError::Internal(format!(
-                "schema {schema} has migration {newer}, unknown to this brain: upgrade the agent"
-            )));
-        }
-        for (version, name, sql) in MIGRATIONS {
-            if applied.contains(version) {
+        let applied = applied_migrations(client, schema).await?;
+        for migration in MIGRATIONS {
+            if applied.contains(&migration.0) {
                 continue;
             }
             let tx = client.transaction().await.map_err(|e| pg_err("starting a migration", e))?;
-            tx.batch_execute(&in_schema(sql, schema))
-                .await
-                .map_err(|e| pg_err(&format!("applying migration {name}"), e))?;
-            tx.execute(
-                &format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),
-                &[version, name],
-            )
-            .await
-            .map_err(|e| pg_err("recording a migration", e))?;
+            apply_migration(&tx, schema, migration).await?;
             tx.commit().await.map_err(|e| pg_err("committing a migration", e))?;
-            tracing::info!(schema, migration = name, "applied PostgreSQL migration");
+            tracing::info!(schema, migration = migration.1, "applied PostgreSQL migration");
         }
-        Ok(())
+        Ok(adopted)
     }
     .await;
     let unlock = format!("SELECT pg_advisory_unlock(hashtext('lib-agent migrate {schema}'))");
@@ -419,6 +421,74 @@ async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
         .await
         .map_err(|e| pg_err("unlocking after migrations", e))?;
     result
+}
+
+/// Whether the schema holds this brain's migration records (at least one: an empty table is
+/// what an older brain left when its first migration failed on LIB v1.1's tables).
+async fn tracked(client: &Client, schema: &str) -> Result<bool> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{schema}.schema_migrations")],
+        )
+        .await
+        .map_err(|e| pg_err("looking for the migrations table", e))?
+        .get(0);
+    if !exists {
+        return Ok(false);
+    }
+    client
+        .query_one(
+            &format!("SELECT EXISTS (SELECT 1 FROM {schema}.schema_migrations)"),
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| pg_err("reading applied migrations", e))
+}
+
+/// The recorded migrations; refuses a schema migrated by a newer brain.
+async fn applied_migrations(
+    client: &impl tokio_postgres::GenericClient,
+    schema: &str,
+) -> Result<Vec<i32>> {
+    let applied: Vec<i32> = client
+        .query(
+            &format!("SELECT version FROM {schema}.schema_migrations"),
+            &[],
+        )
+        .await
+        .map_err(|e| pg_err("reading applied migrations", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if let Some(newer) = applied
+        .iter()
+        .find(|v| !MIGRATIONS.iter().any(|(m, _, _)| m == *v))
+    {
+        return Err(BrainError::Internal(format!(
+            "schema {schema} has migration {newer}, unknown to this brain: upgrade the agent"
+        )));
+    }
+    Ok(applied)
+}
+
+/// Runs one migration and records it, inside the caller's transaction.
+async fn apply_migration(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    (version, name, sql): &(i32, &str, &str),
+) -> Result<()> {
+    tx.batch_execute(&in_schema(sql, schema))
+        .await
+        .map_err(|e| pg_err(&format!("applying migration {name}"), e))?;
+    tx.execute(
+        &format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),
+        &[version, name],
+    )
+    .await
+    .map_err(|e| pg_err("recording a migration", e))?;
+    Ok(())
 }
 
 /// LISTENs for commits of every instance and bumps `newest`. Reconnects with backoff; after a
@@ -484,6 +554,169 @@ async fn listen(inner: std::sync::Weak<Inner>) {
         }
         tracing::warn!("LISTEN connection lost; reconnecting");
     }
+}
+
+/// The part of an ingest after the log append: reads the current merge state of the entities the
+/// events touch, applies the events to it with the merge rule ([`plan_entities`]), and writes the
+/// new winners, merge states and conflicts, each as one statement over arrays. Returns how many
+/// entities changed. The adoption of a LIB v1.1 schema replays its log through this too.
+async fn apply_to_entities(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    events: &[&Event],
+    err: &(dyn Fn(&str, tokio_postgres::Error) -> BrainError + Sync),
+) -> Result<usize> {
+    let sql = |s: &'static str| in_schema(s, schema);
+    let mut keys: Vec<&str> = events.iter().map(|e| e.entity_key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut current = HashMap::new();
+    for row in tx
+        .query(
+            &*sql(
+                "SELECT entity_key, seen_vc::text, siblings::text FROM lib_shared.entities
+                 WHERE entity_key = ANY($1)",
+            ),
+            &[&keys],
+        )
+        .await
+        .map_err(|e| err("reading entities", e))?
+    {
+        let key: String = row.get(0);
+        let state = parse_state(&key, row.get(1), row.get(2))?;
+        current.insert(key, state);
+    }
+    let writes = plan_entities(events, current);
+
+    // Winners, merge-state-only updates, and conflicts, each as one statement over arrays.
+    let mut winners: [Vec<String>; 9] = Default::default();
+    let mut winner_deleted: Vec<Option<String>> = Vec::new();
+    let mut winner_siblings = Vec::new();
+    let (mut merge_keys, mut merge_vcs, mut other_siblings) = (Vec::new(), Vec::new(), Vec::new());
+    let mut refreshed: Vec<&str> = Vec::new();
+    let mut c_key = Vec::new();
+    let mut c_ulid = Vec::new();
+    let mut c_device = Vec::new();
+    let mut c_clock = Vec::new();
+    let mut c_deleted = Vec::new();
+    let mut c_sha = Vec::new();
+    let mut c_bytes: Vec<Option<i64>> = Vec::new();
+    let mut c_mtime: Vec<Option<i64>> = Vec::new();
+    let mut c_created = Vec::new();
+    for w in &writes {
+        let seen_vc = w.state.seen_vc.to_json();
+        let siblings = to_json(&w.state.siblings);
+        match w.new_winner {
+            Some(i) => {
+                let e = events[i];
+                let values = [
+                    w.key.clone(),
+                    e.entity_type.clone(),
+                    e.event_ulid.clone(),
+                    e.device_id.clone(),
+                    e.event_type.as_str().to_owned(),
+                    to_json(&e.payload),
+                    e.vector_clock.to_json(),
+                    e.created_at.clone(),
+                    seen_vc,
+                ];
+                for (column, value) in winners.iter_mut().zip(values) {
+                    column.push(value);
+                }
+                winner_deleted.push(e.event_type.is_delete().then(|| e.created_at.clone()));
+                winner_siblings.push(siblings);
+            }
+            None => {
+                merge_keys.push(w.key.clone());
+                merge_vcs.push(seen_vc);
+                other_siblings.push(siblings);
+            }
+        }
+        if w.refresh_conflicts {
+            refreshed.push(&w.key);
+            for v in w.state.conflicts() {
+                c_key.push(w.key.clone());
+                c_ulid.push(v.event_ulid.clone());
+                c_device.push(v.device_id.clone());
+                c_clock.push(v.clock.to_json());
+                c_deleted.push(v.deleted);
+                c_sha.push(v.sha256.clone());
+                c_bytes.push(v.bytes.map(|b| b as i64));
+                c_mtime.push(v.mtime_unix);
+                c_created.push(v.created_at.clone());
+            }
+        }
+    }
+    let winner_count = winners[0].len();
+    if winner_count > 0 {
+        tx.execute(
+            &*sql(
+                "INSERT INTO lib_shared.entities (entity_key, entity_type, event_ulid, device_id, event_type,
+                   payload, vector_clock, created_at, deleted_at, seen_vc, siblings, updated_at)
+                 SELECT k, et, u, d, t, p::jsonb, vc::jsonb, c, del, svc::jsonb, sib::jsonb, now()
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+                      AS x(k, et, u, d, t, p, vc, c, svc, del, sib)
+                 ON CONFLICT (entity_key) DO UPDATE SET entity_type = excluded.entity_type,
+                   event_ulid = excluded.event_ulid, device_id = excluded.device_id,
+                   event_type = excluded.event_type, payload = excluded.payload,
+                   vector_clock = excluded.vector_clock, created_at = excluded.created_at,
+                   deleted_at = excluded.deleted_at, seen_vc = excluded.seen_vc,
+                   siblings = excluded.siblings, updated_at = excluded.updated_at",
+            ),
+            &[
+                &winners[0],
+                &winners[1],
+                &winners[2],
+                &winners[3],
+                &winners[4],
+                &winners[5],
+                &winners[6],
+                &winners[7],
+                &winners[8],
+                &winner_deleted,
+                &winner_siblings,
+            ],
+        )
+        .await
+        .map_err(|e| err("writing entities", e))?;
+    }
+    if !merge_keys.is_empty() {
+        tx.execute(
+            &*sql(
+                "UPDATE lib_shared.entities AS e SET seen_vc = x.svc::jsonb, siblings = x.sib::jsonb,
+                   updated_at = now()
+                 FROM unnest($1::text[], $2::text[], $3::text[]) AS x(k, svc, sib)
+                 WHERE e.entity_key = x.k",
+            ),
+            &[&merge_keys, &merge_vcs, &other_siblings],
+        )
+        .await
+        .map_err(|e| err("updating merge state", e))?;
+    }
+    if !refreshed.is_empty() {
+        tx.execute(
+            &*sql("DELETE FROM lib_shared.conflicts WHERE entity_key = ANY($1)"),
+            &[&refreshed],
+        )
+        .await
+        .map_err(|e| err("clearing conflicts", e))?;
+        if !c_key.is_empty() {
+            tx.execute(
+                &*sql(
+                    "INSERT INTO lib_shared.conflicts (entity_key, event_ulid, device_id, vector_clock, deleted,
+                       sha256, bytes, mtime_unix, created_at)
+                     SELECT k, u, d, vc::jsonb, del, sha, b, m, c
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[],
+                                 $7::int8[], $8::int8[], $9::text[]) AS x(k, u, d, vc, del, sha, b, m, c)",
+                ),
+                &[&c_key, &c_ulid, &c_device, &c_clock, &c_deleted, &c_sha, &c_bytes, &c_mtime, &c_created],
+            )
+            .await
+            .map_err(|e| err("recording conflicts", e))?;
+        }
+    }
+    Ok(writes.len())
 }
 
 impl BrainStore for PgStore {
@@ -560,156 +793,10 @@ impl BrainStore for PgStore {
         let first = ids.iter().copied().min().unwrap_or(0);
         let last = ids.iter().copied().max().unwrap_or(0);
 
-        let mut keys: Vec<&str> = new_events.iter().map(|e| e.entity_key.as_str()).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let mut current = HashMap::new();
-        for row in tx
-            .query(
-                &*self.sql(
-                    "SELECT entity_key, seen_vc::text, siblings::text FROM lib_shared.entities
-                     WHERE entity_key = ANY($1)",
-                ),
-                &[&keys],
-            )
-            .await
-            .map_err(|e| self.inner.pool.err("reading entities", e))?
-        {
-            let key: String = row.get(0);
-            let state = parse_state(&key, row.get(1), row.get(2))?;
-            current.insert(key, state);
-        }
-        let writes = plan_entities(&new_events, current);
-
-        // Winners, merge-state-only updates, and conflicts, each as one statement over arrays.
-        let mut winners: [Vec<String>; 9] = Default::default();
-        let mut winner_deleted: Vec<Option<String>> = Vec::new();
-        let mut winner_siblings = Vec::new();
-        let (mut merge_keys, mut merge_vcs, mut other_siblings) =
-            (Vec::new(), Vec::new(), Vec::new());
-        let mut refreshed: Vec<&str> = Vec::new();
-        let mut c_key = Vec::new();
-        let mut c_ulid = Vec::new();
-        let mut c_device = Vec::new();
-        let mut c_clock = Vec::new();
-        let mut c_deleted = Vec::new();
-        let mut c_sha = Vec::new();
-        let mut c_bytes: Vec<Option<i64>> = Vec::new();
-        let mut c_mtime: Vec<Option<i64>> = Vec::new();
-        let mut c_created = Vec::new();
-        for w in &writes {
-            let seen_vc = w.state.seen_vc.to_json();
-            let siblings = to_json(&w.state.siblings);
-            match w.new_winner {
-                Some(i) => {
-                    let e = new_events[i];
-                    let values = [
-                        w.key.clone(),
-                        e.entity_type.clone(),
-                        e.event_ulid.clone(),
-                        e.device_id.clone(),
-                        e.event_type.as_str().to_owned(),
-                        to_json(&e.payload),
-                        e.vector_clock.to_json(),
-                        e.created_at.clone(),
-                        seen_vc,
-                    ];
-                    for (column, value) in winners.iter_mut().zip(values) {
-                        column.push(value);
-                    }
-                    winner_deleted.push(e.event_type.is_delete().then(|| e.created_at.clone()));
-                    winner_siblings.push(siblings);
-                }
-                None => {
-                    merge_keys.push(w.key.clone());
-                    merge_vcs.push(seen_vc);
-                    other_siblings.push(siblings);
-                }
-            }
-            if w.refresh_conflicts {
-                refreshed.push(&w.key);
-                for v in w.state.conflicts() {
-                    c_key.push(w.key.clone());
-                    c_ulid.push(v.event_ulid.clone());
-                    c_device.push(v.device_id.clone());
-                    c_clock.push(v.clock.to_json());
-                    c_deleted.push(v.deleted);
-                    c_sha.push(v.sha256.clone());
-                    c_bytes.push(v.bytes.map(|b| b as i64));
-                    c_mtime.push(v.mtime_unix);
-                    c_created.push(v.created_at.clone());
-                }
-            }
-        }
-        let winner_count = winners[0].len();
-        if winner_count > 0 {
-            tx.execute(
-                &*self.sql(
-                    "INSERT INTO lib_shared.entities (entity_key, entity_type, event_ulid, device_id, event_type,
-                       payload, vector_clock, created_at, deleted_at, seen_vc, siblings, updated_at)
-                     SELECT k, et, u, d, t, p::jsonb, vc::jsonb, c, del, svc::jsonb, sib::jsonb, now()
-                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
-                          AS x(k, et, u, d, t, p, vc, c, svc, del, sib)
-                     ON CONFLICT (entity_key) DO UPDATE SET entity_type = excluded.entity_type,
-                       event_ulid = excluded.event_ulid, device_id = excluded.device_id,
-                       event_type = excluded.event_type, payload = excluded.payload,
-                       vector_clock = excluded.vector_clock, created_at = excluded.created_at,
-                       deleted_at = excluded.deleted_at, seen_vc = excluded.seen_vc,
-                       siblings = excluded.siblings, updated_at = excluded.updated_at",
-                ),
-                &[
-                    &winners[0],
-                    &winners[1],
-                    &winners[2],
-                    &winners[3],
-                    &winners[4],
-                    &winners[5],
-                    &winners[6],
-                    &winners[7],
-                    &winners[8],
-                    &winner_deleted,
-                    &winner_siblings,
-                ],
-            )
-            .await
-            .map_err(|e| self.inner.pool.err("writing entities", e))?;
-        }
-        if !merge_keys.is_empty() {
-            tx.execute(
-                &*self.sql(
-                    "UPDATE lib_shared.entities AS e SET seen_vc = x.svc::jsonb, siblings = x.sib::jsonb,
-                       updated_at = now()
-                     FROM unnest($1::text[], $2::text[], $3::text[]) AS x(k, svc, sib)
-                     WHERE e.entity_key = x.k",
-                ),
-                &[&merge_keys, &merge_vcs, &other_siblings],
-            )
-            .await
-            .map_err(|e| self.inner.pool.err("updating merge state", e))?;
-        }
-        if !refreshed.is_empty() {
-            tx.execute(
-                &*self.sql("DELETE FROM lib_shared.conflicts WHERE entity_key = ANY($1)"),
-                &[&refreshed],
-            )
-            .await
-            .map_err(|e| self.inner.pool.err("clearing conflicts", e))?;
-            if !c_key.is_empty() {
-                tx.execute(
-                    &*self.sql(
-                        "INSERT INTO lib_shared.conflicts (entity_key, event_ulid, device_id, vector_clock, deleted,
-                           sha256, bytes, mtime_unix, created_at)
-                         SELECT k, u, d, vc::jsonb, del, sha, b, m, c
-                         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[],
-                                     $7::int8[], $8::int8[], $9::text[]) AS x(k, u, d, vc, del, sha, b, m, c)",
-                    ),
-                    &[&c_key, &c_ulid, &c_device, &c_clock, &c_deleted, &c_sha, &c_bytes, &c_mtime, &c_created],
-                )
-                .await
-                .map_err(|e| self.inner.pool.err("recording conflicts", e))?;
-            }
-        }
+        let writes = apply_to_entities(&tx, &self.inner.schema, &new_events, &|context, e| {
+            self.inner.pool.err(context, e)
+        })
+        .await?;
         tx.execute(
             "SELECT pg_notify($1, $2)",
             &[&self.inner.channel, &last.to_string()],
@@ -723,7 +810,7 @@ impl BrainStore for PgStore {
         Ok(Ingested {
             result: IngestResult {
                 inserted_events: new_events.len() as u64,
-                upserted_entities: writes.len() as u64,
+                upserted_entities: writes as u64,
             },
             new_ids: Some((first - 1, last)),
         })
