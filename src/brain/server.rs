@@ -265,6 +265,14 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BrainError> {
     })?;
     de.end()
         .map_err(|e| BrainError::Invalid(format!("malformed JSON: {e}")))?;
+    // JSON text is UTF-8 (RFC 8259), but serde_json skips the strings of unknown fields without
+    // checking them. Checked after the parse, so a bad byte in a known field keeps its named error.
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(BrainError::Invalid(format!(
+            "malformed JSON: invalid UTF-8 at byte {}",
+            e.valid_up_to()
+        )));
+    }
     Ok(value)
 }
 
@@ -441,4 +449,32 @@ async fn deactivate_webhook<S: BrainStore>(
     check_device_id(&device_id)?;
     state.store.deactivate_webhook(&device_id).await?;
     Ok(Json(OkResponse { ok: true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (fuzz target `ingest`): a body whose only bad UTF-8 sat in a field the brain
+    /// does not know was accepted, though it is not JSON.
+    #[test]
+    fn a_body_that_is_not_utf8_is_refused_even_in_an_unknown_field() {
+        let body = |note: &[u8]| {
+            let text = serde_json::json!({"batch": [{
+                "event_ulid": "01J9ZQ8X4T6B2N3M5K7P9R1S2V", "device_id": "dev-a",
+                "event_type": "delete_file", "entity_type": "file", "entity_key": "notes/a.md",
+                "payload": {}, "vector_clock": {"dev-a": 1}, "created_at": "2026-11-25T10:00:00Z",
+                "note": "NOTE",
+            }]})
+            .to_string();
+            let (head, tail) = text.split_once("NOTE").expect("the placeholder");
+            [head.as_bytes(), note, tail.as_bytes()].concat()
+        };
+        assert_eq!(parse_ingest(&body(b"ok"), 10).map(|b| b.len()), Ok(1));
+        let err = parse_ingest(&body(b"\xff"), 10).unwrap_err();
+        assert!(
+            matches!(&err, BrainError::Invalid(m) if m.starts_with("malformed JSON: invalid UTF-8")),
+            "{err}"
+        );
+    }
 }
