@@ -30,8 +30,10 @@ pub enum BrainCommand {
 #[derive(Debug, clap::Args)]
 pub struct StoreArgs {
     /// PostgreSQL URL (postgres:// or postgresql://); the brain uses its `lib_shared` schema,
-    /// creating it if needed. Without it the brain uses the SQLite file of `--db`
-    /// [default: the platform data dir's lib-agent/brain.db]
+    /// creating it if needed, or adopting LIB v1.1's in place. TLS as libpq's `sslmode`:
+    /// disable, prefer (default), require, verify-ca, verify-full, with `sslrootcert=PATH` for
+    /// the CA (Supabase: `?sslmode=verify-full&sslrootcert=prod-ca-2021.crt`). Without it the
+    /// brain uses the SQLite file of `--db` [default: the platform data dir's lib-agent/brain.db]
     #[arg(
         long,
         value_name = "URL",

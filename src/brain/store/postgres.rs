@@ -6,10 +6,13 @@
 //! has seen id N will never later find a smaller id committing behind it.
 //! Wake-ups: ingests `pg_notify` the newest id; each instance LISTENs on its own connection, so a
 //! long-poll on one instance wakes when another instance commits.
-//! A schema left by LIB v1.1's Supabase brain is adopted in place at the first start ([`v11`]).
+//! Connections speak TLS as the URL's `sslmode` says ([`tls`]); a schema left by LIB v1.1's
+//! Supabase brain is adopted in place at the first start ([`v11`]).
 
+mod tls;
 mod v11;
 
+pub use tls::{RootCert, SslMode, TlsSettings};
 pub use v11::{AdoptReport, Rejected};
 
 use std::borrow::Cow;
@@ -21,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::poll_fn;
 use tokio::sync::{watch, Semaphore, SemaphorePermit};
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Config};
 
 use super::{
     corrupt, parse_event_type, parse_state, plan_entities, reused_ulid, to_json, BrainStore,
@@ -155,6 +158,7 @@ fn valid_schema(schema: &str) -> bool {
 /// A few connections, reused; a closed one is dropped and replaced on the next checkout.
 struct Pool {
     config: Config,
+    tls: Tls,
     idle: Mutex<Vec<Client>>,
     permits: Semaphore,
     /// Bumped when the database was found unreachable: connections checked out before then are
@@ -203,12 +207,65 @@ impl Drop for Conn<'_> {
     }
 }
 
+/// The URL's TLS settings and the connector built from them.
+#[derive(Clone)]
+struct Tls {
+    settings: TlsSettings,
+    connector: tls::MakeRustls,
+    /// Whether a `prefer` connection went on without TLS (said once).
+    fell_back: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Tls {
+    /// Opens one connection. With `sslmode=prefer`, a TLS handshake that fails is retried without
+    /// TLS, as libpq does (prefer never promised encryption; require and verify-* never fall back).
+    async fn open(
+        &self,
+        config: &Config,
+    ) -> std::result::Result<
+        (
+            Client,
+            tokio_postgres::Connection<
+                tokio_postgres::Socket,
+                tls::RustlsStream<tokio_postgres::Socket>,
+            >,
+        ),
+        tokio_postgres::Error,
+    > {
+        match config.connect(self.connector.clone()).await {
+            Err(e)
+                if self.settings.mode == SslMode::Prefer
+                    && crate::tls::one_line(&e).contains("error performing TLS handshake") =>
+            {
+                if !self.fell_back.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %describe(&e),
+                        "TLS with PostgreSQL failed; sslmode=prefer: going on without TLS"
+                    );
+                }
+                let mut plain = config.clone();
+                plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                plain.connect(self.connector.clone()).await
+            }
+            other => other,
+        }
+    }
+
+    /// A failed connection, with what to do about TLS when TLS is why it failed.
+    fn connect_error(&self, e: tokio_postgres::Error) -> BrainError {
+        match self.settings.hint(&e) {
+            Some(hint) => {
+                let context = format!("connecting to PostgreSQL: {hint}");
+                pg_err(&context, e)
+            }
+            None => pg_err("connecting to PostgreSQL", e),
+        }
+    }
+}
+
 impl Pool {
-    async fn connect(config: &Config) -> Result<Client> {
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| pg_err("connecting to PostgreSQL", e))?;
+    async fn connect(config: &Config, tls: &Tls) -> Result<Client> {
+        let (client, connection) = tls.open(config).await.map_err(|e| tls.connect_error(e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection closed");
@@ -246,7 +303,7 @@ impl Pool {
         };
         let client = match reused {
             Some(c) => c,
-            None => Self::connect(&self.config).await?,
+            None => Self::connect(&self.config, &self.tls).await?,
         };
         Ok(Conn {
             client: Some(client),
@@ -272,7 +329,17 @@ impl PgStore {
                 options.schema
             )));
         }
-        let mut config = Config::from_str(url)
+        let (parsed_url, tls_settings) = TlsSettings::split_url(url)
+            .map_err(|e| BrainError::Invalid(format!("database URL {}: {e}", redact(url))))?;
+        let connector = tls_settings
+            .connector()
+            .map_err(|e| BrainError::Invalid(format!("database URL {}: {e}", redact(url))))?;
+        let tls = Tls {
+            settings: tls_settings,
+            connector,
+            fell_back: Arc::default(),
+        };
+        let mut config = Config::from_str(&parsed_url)
             .map_err(|e| BrainError::Invalid(format!("database URL {}: {e}", redact(url))))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
@@ -280,10 +347,15 @@ impl PgStore {
         let schema = options.schema.clone();
         // Names this brain's sessions in pg_stat_activity (and lets a test find them).
         config.application_name(format!("lib brain {schema}"));
-        let mut client = Pool::connect(&config).await?;
+        tracing::debug!(
+            sslmode = tls.settings.mode.as_str(),
+            "connecting to PostgreSQL"
+        );
+        let mut client = Pool::connect(&config, &tls).await?;
         let adopted = migrate(&mut client, &schema).await?;
         let pool = Pool {
             config,
+            tls,
             idle: Mutex::new(vec![client]),
             permits: Semaphore::new(options.pool_size.max(1)),
             generation: AtomicU64::new(0),
@@ -500,9 +572,10 @@ async fn listen(inner: std::sync::Weak<Inner>) {
             return;
         };
         let config = strong.pool.config.clone();
+        let tls = strong.pool.tls.clone();
         let channel = strong.channel.clone();
         let store = PgStore { inner: strong };
-        let connected = config.connect(NoTls).await;
+        let connected = tls.open(&config).await;
         let (client, mut connection) = match connected {
             Ok(pair) => pair,
             Err(e) => {
