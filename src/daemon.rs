@@ -44,6 +44,8 @@ const MAX_PATHS_PER_BATCH: usize = 2_000;
 /// The run state in `lib_kv` is rewritten at most this often while busy.
 const STATE_INTERVAL: Duration = Duration::from_secs(1);
 pub const STATE_KEY: &str = "agent_run_state";
+/// How long `agent run` waits before indexing again when the disk under its database is full.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -167,8 +169,9 @@ pub fn read_state(store: &Store) -> Result<Option<RunState>, StoreError> {
 
 /// Runs until `shutdown` receives (or is dropped), then indexes what is pending and returns.
 ///
-/// A store error (a full disk among them) ends the run: nothing half-written stays, the observed
-/// state rolls back with the change, and the start-up scan of the next run catches up.
+/// A full disk under the database pauses indexing: the changes stay queued (nothing half-written
+/// stays: the observed state rolls back with a failed change) and are indexed once space is
+/// back. Any other store error ends the run, and the start-up scan of the next run catches up.
 pub fn run(
     config: &Config,
     store: &mut Store,
@@ -229,11 +232,18 @@ fn watch_and_index(
     let mut next_poll = Instant::now() + poll;
     let mut last_saved = Instant::now();
     let mut dirty = false;
+    let mut full = DiskFull::default();
+    let db = store.path().to_owned();
+    // A rescan the full disk held back.
+    let mut rescan_due: Option<Instant> = None;
     loop {
         let now = Instant::now();
         let mut wake = debouncer.next_due().unwrap_or(now + poll).min(next_poll);
         if dirty {
             wake = wake.min(last_saved + STATE_INTERVAL);
+        }
+        if let Some(due) = rescan_due {
+            wake = wake.min(due);
         }
         let timeout = wake.saturating_duration_since(now);
         let mut rescan_all = false;
@@ -262,6 +272,10 @@ fn watch_and_index(
         if watcher.take_overflow() {
             rescan_all = true;
         }
+        if rescan_due.is_some_and(|due| Instant::now() >= due) {
+            rescan_due = None;
+            rescan_all = true;
+        }
         for path in limit_hit {
             for library in &config.libraries {
                 if path.starts_with(&library.path) {
@@ -272,26 +286,46 @@ fn watch_and_index(
             }
         }
         if rescan_all {
-            tracing::warn!(
-                "the kernel dropped file events (queue overflow); rescanning every library"
-            );
-            let unavailable = reconcile(store, config, None)?;
-            dirty |= poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
-            changed();
+            if !full.is_full() {
+                tracing::warn!(
+                    "the kernel dropped file events (queue overflow); rescanning every library"
+                );
+            }
+            let rescanned = reconcile(store, config, None);
+            match full.check(&db, rescanned)? {
+                Some(unavailable) => {
+                    dirty |= poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
+                    changed();
+                }
+                None => rescan_due = Some(Instant::now() + DISK_FULL_RETRY),
+            }
         }
 
         let now = Instant::now();
         let mut due = debouncer.take_due(now);
         while !due.is_empty() {
             let rest = due.split_off(due.len().min(MAX_PATHS_PER_BATCH));
-            let outcome = index::index_paths(store, &libs, &due)?;
+            let indexed = index::index_paths(store, &libs, &due).map_err(DaemonError::from);
+            let Some(outcome) = full.check(&db, indexed)? else {
+                // Queued again as they are: indexing them later is idempotent.
+                let retry = Instant::now() + DISK_FULL_RETRY;
+                for path in due.into_iter().chain(rest) {
+                    debouncer.add(path, retry);
+                }
+                break;
+            };
             note(&outcome, &mut state);
             if outcome.upserted + outcome.deleted > 0 {
                 changed();
             }
             for name in &outcome.rescan {
-                let unavailable = reconcile(store, config, Some(name))?;
-                poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
+                let rescanned = reconcile(store, config, Some(name));
+                match full.check(&db, rescanned)? {
+                    Some(unavailable) => {
+                        poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
+                    }
+                    None => rescan_due = Some(Instant::now() + DISK_FULL_RETRY),
+                }
             }
             due = rest;
             dirty = true;
@@ -306,19 +340,26 @@ fn watch_and_index(
                 // A root that came back (remounted) is watched again.
                 let mode = start_watching(&mut watcher, &library.path, &library.name, poll);
                 dirty |= set_mode(&mut state, &library.name, mode);
-                let unavailable = reconcile(store, config, Some(&library.name))?;
-                poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
-                changed();
+                let rescanned = reconcile(store, config, Some(&library.name));
+                match full.check(&db, rescanned)? {
+                    Some(unavailable) => {
+                        poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
+                        changed();
+                    }
+                    None => rescan_due = Some(Instant::now() + DISK_FULL_RETRY),
+                }
             }
         }
         if state.backlog != debouncer.len() {
             state.backlog = debouncer.len();
             dirty = true;
         }
-        if dirty && last_saved.elapsed() >= STATE_INTERVAL {
-            save_state(store, &mut state)?;
+        if dirty && last_saved.elapsed() >= STATE_INTERVAL && !full.is_full() {
+            let saved = save_state(store, &mut state).map_err(DaemonError::from);
+            if full.check(&db, saved)?.is_some() {
+                dirty = false;
+            }
             last_saved = Instant::now();
-            dirty = false;
         }
     }
 
@@ -493,6 +534,71 @@ fn reconcile(
         }
     }
     Ok(unavailable)
+}
+
+/// Whether the disk under the database is full, said once when it fills and once when space is
+/// back.
+#[derive(Default)]
+struct DiskFull {
+    since: Option<Instant>,
+}
+
+impl DiskFull {
+    fn is_full(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// `Some` result on success, `None` on a full disk (the caller retries later); any other
+    /// error is returned.
+    fn check<T>(
+        &mut self,
+        db: &Path,
+        result: Result<T, DaemonError>,
+    ) -> Result<Option<T>, DaemonError> {
+        match result {
+            Ok(value) => {
+                if let Some(since) = self.since.take() {
+                    // A warning, so that it shows by default like the error it ends.
+                    tracing::warn!(
+                        "space is back on the disk holding the database after {}; indexing resumed",
+                        humantime::format_duration(Duration::from_secs(since.elapsed().as_secs()))
+                    );
+                }
+                Ok(Some(value))
+            }
+            Err(e) if is_disk_full(&e) => {
+                if self.since.is_none() {
+                    self.since = Some(Instant::now());
+                    let what = match e {
+                        DaemonError::Store(e) | DaemonError::Scan(scan::ScanError::Store(e)) => {
+                            match e.on_disk_of(db) {
+                                StoreError::DiskFull { path, context, .. } => format!(
+                                    "the disk holding database {} is full ({context})",
+                                    path.display()
+                                ),
+                                other => other.to_string(),
+                            }
+                        }
+                        other => other.to_string(),
+                    };
+                    tracing::error!(
+                        "{what}; nothing was half-written or lost: free some space; changes stay \
+                         queued and are indexed once there is room (trying again every {} s)",
+                        DISK_FULL_RETRY.as_secs()
+                    );
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn is_disk_full(e: &DaemonError) -> bool {
+    match e {
+        DaemonError::Store(e) | DaemonError::Scan(scan::ScanError::Store(e)) => e.is_disk_full(),
+        _ => false,
+    }
 }
 
 fn save_state(store: &mut Store, state: &mut RunState) -> Result<(), StoreError> {

@@ -431,11 +431,11 @@ fn scan_on_a_full_disk_fails_with_one_line_keeps_the_index_whole_and_catches_up(
     assert!(started.elapsed() < LIMIT, "took {:?}", started.elapsed());
 }
 
-/// `agent run` with its database on a disk that fills up while it indexes: it exits with status 1
-/// and one line naming the disk-full database (no silent crash, no half-written change), and a
-/// restart once space is freed catches up with every file, one event each.
+/// `agent run` with its database on a disk that fills up while it indexes: it keeps watching, says
+/// once (naming the database) that the disk is full, leaves nothing half-written, keeps the changes
+/// queued, and indexes every file, one event each, once space is freed, without a restart.
 #[test]
-fn agent_run_on_a_full_disk_exits_with_one_line_and_a_restart_catches_up() {
+fn agent_run_on_a_full_disk_keeps_its_changes_queued_and_catches_up_when_space_is_back() {
     let Some(disk) = Tmpfs::mount("agent_run_on_a_full_disk", 16 * 1024) else {
         return;
     };
@@ -450,7 +450,8 @@ fn agent_run_on_a_full_disk_exits_with_one_line_and_a_restart_catches_up() {
     assert_eq!(run.code, Some(1), "{run:#?}");
     assert_disk_full_error(&run, &lab.db);
 
-    // Room to start; then files arrive until the disk is full.
+    // Room to start; then files arrive until the disk is full. It keeps watching, and says so
+    // once, naming the database.
     filler.shrink(2 * 1024);
     let mut agent = spawn_run(&lab);
     wait_until("agent run is running", || {
@@ -459,29 +460,54 @@ fn agent_run_on_a_full_disk_exits_with_one_line_and_a_restart_catches_up() {
                 .kv(lib_agent::daemon::STATE_KEY)
                 .is_some_and(|s| s.contains("\"state\":\"running\""))
     });
+    let full_lines = |agent: &RunningAgent| {
+        std::fs::read_to_string(&agent.stderr)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("the disk holding database") && l.contains("is full"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
     let mut written = 0;
-    let run = loop {
+    while full_lines(&agent).is_empty() {
         assert!(written < 20_000, "the disk never filled up");
         write_files(&lab, written, written + 500);
         written += 500;
-        if let Some(run) = agent.try_exit(Duration::from_millis(500)) {
-            break run;
-        }
-    };
-    assert_eq!(run.code, Some(1), "{run:#?}");
-    assert_disk_full_error(&run, &lab.db);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A few more changes while the disk is full: queued, not lost.
+    write_files(&lab, written, written + 50);
+    written += 50;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        agent.try_exit(Duration::ZERO).is_none(),
+        "agent run keeps running"
+    );
+    let lines = full_lines(&agent);
+    assert_eq!(lines.len(), 1, "said once: {lines:#?}");
+    assert!(
+        lines[0].contains(lab.db.to_str().expect("utf-8")),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        !lines[0].contains("Error code"),
+        "no SQLite noise: {}",
+        lines[0]
+    );
     let indexed = assert_whole(&lab.db);
     assert!(indexed.len() < written, "the disk filled up before the end");
 
+    // Space is back: everything queued is indexed, without a restart.
     filler.free();
-    let mut agent = spawn_run(&lab);
-    wait_until("the restart caught up", || {
+    wait_until("agent run caught up", || {
         common::Db::open(&lab.db).live_paths().len() == written
     });
     // SAFETY: kill(2) on our own child, not yet reaped.
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
     let run = agent.wait_exit(Duration::from_secs(10));
     assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(run.stderr.contains("space is back"), "{}", run.stderr);
     let indexed = assert_whole(&lab.db);
     assert_eq!(indexed.len(), written, "every file indexed, once");
     assert!(started.elapsed() < LIMIT, "took {:?}", started.elapsed());
