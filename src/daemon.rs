@@ -272,7 +272,9 @@ fn watch_and_index(
         if watcher.take_overflow() {
             rescan_all = true;
         }
-        if rescan_due.is_some_and(|due| Instant::now() >= due) {
+        // A rescan the full disk held back, not news from the kernel.
+        let retrying = !rescan_all && rescan_due.is_some_and(|due| Instant::now() >= due);
+        if retrying {
             rescan_due = None;
             rescan_all = true;
         }
@@ -286,7 +288,7 @@ fn watch_and_index(
             }
         }
         if rescan_all {
-            if !full.is_full() {
+            if !retrying {
                 tracing::warn!(
                     "the kernel dropped file events (queue overflow); rescanning every library"
                 );
