@@ -20,7 +20,7 @@ mod brain_common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -387,15 +387,14 @@ fn the_binary_reports_a_certificate_problem_in_one_line_without_the_password() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("agent.toml"), "").unwrap();
     let run = |url: &str| {
-        Command::new(env!("CARGO_BIN_EXE_agent"))
-            .arg("--config")
-            .arg(dir.path().join("agent.toml"))
-            .args(["brain", "prune", "--older-than", "1", "--database-url", url])
-            .args(["--schema", &test_schema()])
-            .env("LIB_LOG", "debug")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        run_bounded(
+            Command::new(env!("CARGO_BIN_EXE_agent"))
+                .arg("--config")
+                .arg(dir.path().join("agent.toml"))
+                .args(["brain", "prune", "--older-than", "1", "--database-url", url])
+                .args(["--schema", &test_schema()])
+                .env("LIB_LOG", "debug"),
+        )
     };
     let out = run(&proxy.url("127.0.0.1", "sslmode=verify-full"));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -409,26 +408,25 @@ fn the_binary_reports_a_certificate_problem_in_one_line_without_the_password() {
 
     // With the CA it runs (and the schema it made is dropped).
     let schema = TestSchema::new();
-    let out = Command::new(env!("CARGO_BIN_EXE_agent"))
-        .arg("--config")
-        .arg(dir.path().join("agent.toml"))
-        .args([
-            "brain",
-            "prune",
-            "--older-than",
-            "1",
-            "--schema",
-            &schema.name,
-        ])
-        .arg("--database-url")
-        .arg(proxy.url(
-            "127.0.0.1",
-            &format!("sslmode=verify-full&sslrootcert={}", root_cert()),
-        ))
-        .env("LIB_LOG", "debug")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--config")
+            .arg(dir.path().join("agent.toml"))
+            .args([
+                "brain",
+                "prune",
+                "--older-than",
+                "1",
+                "--schema",
+                &schema.name,
+            ])
+            .arg("--database-url")
+            .arg(proxy.url(
+                "127.0.0.1",
+                &format!("sslmode=verify-full&sslrootcert={}", root_cert()),
+            ))
+            .env("LIB_LOG", "debug"),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains(PASSWORD), "{stderr}");

@@ -13,7 +13,7 @@
 mod brain_common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Value};
 
@@ -446,23 +446,22 @@ fn the_binary_says_in_one_line_what_it_moved() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("agent.toml"), "").unwrap();
     let run = || {
-        Command::new(env!("CARGO_BIN_EXE_agent"))
-            .arg("--config")
-            .arg(dir.path().join("agent.toml"))
-            .args([
-                "brain",
-                "prune",
-                "--older-than",
-                "36500",
-                "--schema",
-                &schema.name,
-            ])
-            .args(["--database-url", &pg_url()])
-            .env_remove("LIB_LOG")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        run_bounded(
+            Command::new(env!("CARGO_BIN_EXE_agent"))
+                .arg("--config")
+                .arg(dir.path().join("agent.toml"))
+                .args([
+                    "brain",
+                    "prune",
+                    "--older-than",
+                    "36500",
+                    "--schema",
+                    &schema.name,
+                ])
+                .args(["--database-url", &pg_url()])
+                .env_remove("LIB_LOG")
+                .env_remove("RUST_LOG"),
+        )
     };
     let out = run();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -492,21 +491,20 @@ fn the_binary_says_in_one_line_what_it_moved() {
             .await;
         s
     });
-    let out = Command::new(env!("CARGO_BIN_EXE_agent"))
-        .arg("--config")
-        .arg(dir.path().join("agent.toml"))
-        .args([
-            "brain",
-            "prune",
-            "--older-than",
-            "36500",
-            "--schema",
-            &broken.name,
-        ])
-        .args(["--database-url", &pg_url()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--config")
+            .arg(dir.path().join("agent.toml"))
+            .args([
+                "brain",
+                "prune",
+                "--older-than",
+                "36500",
+                "--schema",
+                &broken.name,
+            ])
+            .args(["--database-url", &pg_url()]),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");

@@ -500,3 +500,32 @@ pub fn ids(events: &[Value]) -> Vec<i64> {
 
 /// Every test is bounded: a hang fails it instead of the whole suite.
 pub const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs the agent binary to its end, killed (and the test failed) if it takes over [`TEST_LIMIT`].
+pub fn run_bounded(command: &mut std::process::Command) -> std::process::Output {
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent binary");
+    let pid = child.id() as libc::pid_t;
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(TEST_LIMIT) {
+            // SAFETY: kill(2) on our own child, not reaped yet: wait_with_output still waits.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+    let output = child.wait_with_output().expect("wait for the agent");
+    let _ = done.send(());
+    assert!(
+        !watchdog.join().unwrap_or(false),
+        "the agent did not finish within {TEST_LIMIT:?}: killed"
+    );
+    output
+}
