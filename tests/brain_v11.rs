@@ -433,6 +433,43 @@ async fn a_schema_missing_a_required_column_is_refused_in_one_line_and_left_as_i
     .expect("test timed out");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_file_applied_by_hand_to_a_v11_schema_points_to_the_adoption() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        // As `supabase db push` would run migrations/postgres/0001_lib_shared.sql.
+        let schema = v11_schema().await;
+        let before = inventory(&schema).await;
+        let sql = include_str!("../migrations/postgres/0001_lib_shared.sql")
+            .replace("lib_shared", &schema.name);
+        let err = schema
+            .admin()
+            .await
+            .batch_execute(&sql)
+            .await
+            .expect_err("refused");
+        let message = err
+            .as_db_error()
+            .map(|e| e.message().to_owned())
+            .unwrap_or_default();
+        assert!(
+            message.contains("is LIB v1.1's: start `agent brain serve"),
+            "{err:?}"
+        );
+        assert_eq!(inventory(&schema).await, before, "nothing changed");
+        // Once adopted, the file applies harmlessly again.
+        let store = schema.open().await.expect("adopted");
+        assert!(store.adopted().is_some());
+        schema
+            .admin()
+            .await
+            .batch_execute(&sql)
+            .await
+            .expect("idempotent");
+    })
+    .await
+    .expect("test timed out");
+}
+
 /// `agent brain prune` (any command that opens the store) adopts the schema and says so in one
 /// line on stderr; a broken schema stops it with one line and exit status 1.
 #[test]

@@ -4,6 +4,20 @@
 
 CREATE SCHEMA IF NOT EXISTS lib_shared;
 
+-- LIB v1.1's tables (its events have no digest column) are not migrated by this file: CREATE TABLE
+-- IF NOT EXISTS would keep them, and the brain's queries would fail later. The brain adopts them in
+-- place at its first start instead, before it applies this file.
+DO $$
+BEGIN
+    IF to_regclass('lib_shared.events') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM information_schema.columns
+        WHERE table_schema = 'lib_shared' AND table_name = 'events' AND column_name = 'digest'
+    ) THEN
+        RAISE EXCEPTION 'lib_shared.events is LIB v1.1''s: start `agent brain serve --database-url ...` on this database to adopt it in place (README: "Moving from LIB v1.1''s Supabase brain")';
+    END IF;
+END
+$$;
+
 -- The append-only log. Ids are assigned under a transaction-level advisory lock, so they become
 -- visible in id order: a puller never passes an id that commits later.
 CREATE TABLE IF NOT EXISTS lib_shared.events (
