@@ -185,10 +185,11 @@ pub(super) async fn adopt(client: &mut Client, schema: &str) -> Result<Option<Ad
         .await
         .map_err(|e| pg_err("starting the adoption", e))?;
     // LIB v1.1's edge function may still be writing: it waits here, and fails once its tables
-    // have moved, rather than writing into a log half copied.
+    // have moved, rather than writing into a log half copied. A transaction of its that never
+    // ends stops the start with an error rather than a silent wait.
     let list: Vec<String> = present.iter().map(|t| format!("{schema}.{t}")).collect();
     tx.batch_execute(&format!(
-        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        "SET LOCAL lock_timeout = '30s'; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
         list.join(", ")
     ))
     .await
