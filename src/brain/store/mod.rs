@@ -2,9 +2,10 @@
 //! (shared, multi-instance deployments), chosen by the `--database-url` scheme.
 //!
 //! What an ingest does to the data is decided here, once, by pure functions both stores call:
-//! [`check_batch`] (duplicates inside a request) and [`plan_entities`] (the merge rule over a
-//! batch). The stores only read the current state, and write what the plan says, in one
-//! transaction.
+//! [`check_batch`] (duplicates inside a request), [`is_new`] (an event against the digest stored
+//! under its ULID, in the log or among the ULIDs pruning removed from it) and [`plan_entities`]
+//! (the merge rule over a batch). The stores only read the current state, and write what the plan
+//! says, in one transaction.
 
 pub mod postgres;
 pub mod sqlite;
@@ -79,8 +80,9 @@ pub struct Ingested {
 /// The brain's storage. Every method is all-or-nothing: an error leaves the store as it was.
 pub trait BrainStore: Send + Sync + 'static {
     /// Appends the events new to the log and applies them to `entities` with the merge rule, in
-    /// one transaction. The batch has passed [`check_batch`]. An event whose ULID is stored with
-    /// other content refuses the whole batch ([`BrainError::Conflict`]).
+    /// one transaction. The batch has passed [`check_batch`]. An event is new when its ULID is
+    /// neither in the log nor among the pruned ULIDs ([`is_new`]); one whose ULID is stored (or
+    /// was pruned) with other content refuses the whole batch ([`BrainError::Conflict`]).
     fn ingest(&self, batch: Vec<CheckedEvent>) -> impl Future<Output = Result<Ingested>> + Send;
 
     /// Events with `id > after_id`, in id order, at most `limit`. A cursor below the pruned part
@@ -95,7 +97,10 @@ pub trait BrainStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<SnapshotPage>> + Send;
 
-    /// Deletes the events received before `cutoff` (entities stay).
+    /// Deletes the events received before `cutoff` (entities stay), keeping the ULID and digest
+    /// of each in `pruned_events`, in the same transaction: a device that re-pushes an event after
+    /// the retention window (its first push succeeded, the answer was lost) is recognised, not
+    /// given a new id that every device would pull again.
     fn prune(&self, cutoff: SystemTime) -> impl Future<Output = Result<PruneReport>> + Send;
 
     /// Registers (or replaces, and reactivates) the device's webhook; returns its id.
@@ -161,11 +166,18 @@ pub fn check_batch(batch: Vec<Event>, max_content_bytes: usize) -> Result<Vec<Ch
     Ok(out)
 }
 
-/// The 409 message for a ULID stored with other content.
-pub(crate) fn reused_ulid(ulid: &str) -> BrainError {
-    BrainError::Conflict(format!(
-        "event_ulid {ulid} is stored already with other content: a ULID names one event forever"
-    ))
+/// Whether an event is new to the store, given the digest stored under its ULID: in the log, or
+/// kept by a prune after the event left the log (a ULID names one event forever, pruned or not).
+/// `Ok(false)` is a repeat (a retry), to skip; the same ULID with other content is 409.
+pub(crate) fn is_new(checked: &CheckedEvent, stored_digest: Option<&str>) -> Result<bool> {
+    match stored_digest {
+        None => Ok(true),
+        Some(digest) if digest == checked.digest => Ok(false),
+        Some(_) => Err(BrainError::Conflict(format!(
+            "event_ulid {} is stored already with other content: a ULID names one event forever",
+            checked.event.event_ulid
+        ))),
+    }
 }
 
 /// What to write for one entity after a batch.
@@ -310,6 +322,18 @@ mod tests {
         let err = check_batch(vec![a, other], 10).unwrap_err();
         assert!(
             matches!(err, BrainError::Conflict(ref m) if m.contains("batch[1]")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_stored_or_pruned_digest_makes_a_repeat_or_a_409() {
+        let checked = CheckedEvent::new(event("a", "n/x", VectorClock::from([("a", 1)]), 'a'));
+        assert_eq!(is_new(&checked, None), Ok(true));
+        assert_eq!(is_new(&checked, Some(&checked.digest)), Ok(false));
+        let err = is_new(&checked, Some(&"0".repeat(64))).unwrap_err();
+        assert!(
+            matches!(err, BrainError::Conflict(ref m) if m.contains(&checked.event.event_ulid)),
             "{err}"
         );
     }

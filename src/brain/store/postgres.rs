@@ -27,7 +27,7 @@ use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tokio_postgres::{AsyncMessage, Client, Config};
 
 use super::{
-    corrupt, parse_event_type, parse_state, plan_entities, reused_ulid, to_json, BrainStore,
+    corrupt, is_new, parse_event_type, parse_state, plan_entities, to_json, BrainStore,
     CheckedEvent, Ingested, PruneReport, PullPage, SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
@@ -35,11 +35,18 @@ use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
 use crate::model::{Event, FilePayload};
 
 /// The migrations, in order: (version, name, SQL written for the `lib_shared` schema).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_lib_shared",
-    include_str!("../../../migrations/postgres/0001_lib_shared.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_lib_shared",
+        include_str!("../../../migrations/postgres/0001_lib_shared.sql"),
+    ),
+    (
+        2,
+        "0002_pruned_events",
+        include_str!("../../../migrations/postgres/0002_pruned_events.sql"),
+    ),
+];
 
 pub const DEFAULT_SCHEMA: &str = "lib_shared";
 
@@ -804,10 +811,14 @@ impl BrainStore for PgStore {
             .map_err(|e| self.inner.pool.err("taking the ingest lock", e))?;
 
         let ulids: Vec<&str> = batch.iter().map(|c| c.event.event_ulid.as_str()).collect();
+        // One statement, so one snapshot: a prune committing meanwhile moves a ULID from the log
+        // to pruned_events atomically, and this sees it in exactly one of the two.
         let stored: HashMap<String, String> = tx
             .query(
                 &*self.sql(
-                    "SELECT event_ulid, digest FROM lib_shared.events WHERE event_ulid = ANY($1)",
+                    "SELECT event_ulid, digest FROM lib_shared.events WHERE event_ulid = ANY($1)
+                     UNION ALL
+                     SELECT event_ulid, digest FROM lib_shared.pruned_events WHERE event_ulid = ANY($1)",
                 ),
                 &[&ulids],
             )
@@ -819,13 +830,12 @@ impl BrainStore for PgStore {
         let mut new_events: Vec<&Event> = Vec::with_capacity(batch.len());
         let mut digests: Vec<&str> = Vec::with_capacity(batch.len());
         for checked in &batch {
-            match stored.get(&checked.event.event_ulid) {
-                Some(digest) if *digest == checked.digest => {}
-                Some(_) => return Err(reused_ulid(&checked.event.event_ulid)),
-                None => {
-                    new_events.push(&checked.event);
-                    digests.push(&checked.digest);
-                }
+            if is_new(
+                checked,
+                stored.get(&checked.event.event_ulid).map(String::as_str),
+            )? {
+                new_events.push(&checked.event);
+                digests.push(&checked.digest);
             }
         }
         if new_events.is_empty() {
@@ -1043,13 +1053,25 @@ impl BrainStore for PgStore {
                 pruned_through: old,
             });
         };
+        // One statement moves exactly the rows it deletes: a concurrent prune that deleted some
+        // first leaves them out here (no duplicate ULID), and the ULIDs and digests stay, so a
+        // late re-push of a pruned event is still recognised.
         let deleted = tx
             .execute(
-                &*self.sql("DELETE FROM lib_shared.events WHERE id <= $1"),
+                &*self.sql(
+                    "WITH gone AS (DELETE FROM lib_shared.events WHERE id <= $1
+                                   RETURNING event_ulid, digest)
+                     INSERT INTO lib_shared.pruned_events (event_ulid, digest)
+                     SELECT event_ulid, digest FROM gone",
+                ),
                 &[&through],
             )
             .await
-            .map_err(|e| self.inner.pool.err("pruning events", e))?;
+            .map_err(|e| {
+                self.inner
+                    .pool
+                    .err("pruning events (keeping their ULIDs)", e)
+            })?;
         let pruned = old.max(through);
         tx.execute(
             &*self.sql("UPDATE lib_shared.brain_meta SET v = $1 WHERE k = 'pruned_through'"),

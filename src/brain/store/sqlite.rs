@@ -13,16 +13,17 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::watch;
 
 use super::{
-    blocking, corrupt, parse_event_type, parse_state, plan_entities, reused_ulid, to_json,
-    unix_seconds, BrainStore, CheckedEvent, Ingested, PruneReport, PullPage, SnapshotPage, Webhook,
+    blocking, corrupt, is_new, parse_event_type, parse_state, plan_entities, to_json, unix_seconds,
+    BrainStore, CheckedEvent, Ingested, PruneReport, PullPage, SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
 use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
 use crate::model::{Event, FilePayload};
 
-const MIGRATIONS: &[&str] = &[include_str!(
-    "../../../migrations/brain/sqlite/0001_init.sql"
-)];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/brain/sqlite/0001_init.sql"),
+    include_str!("../../../migrations/brain/sqlite/0002_pruned_events.sql"),
+];
 
 /// Readers kept open between requests; more are opened (and closed after) under load.
 const IDLE_READERS: usize = 8;
@@ -220,8 +221,13 @@ fn ingest(conn: &mut Connection, batch: &[CheckedEvent]) -> Result<Ingested> {
     let mut new_events: Vec<&Event> = Vec::with_capacity(batch.len());
     let mut last_id = before;
     {
+        // A ULID is in one of the two at most: a prune moves it, and ingest appends only ULIDs
+        // found in neither.
         let mut find = tx
-            .prepare_cached("SELECT digest FROM events WHERE event_ulid = ?1")
+            .prepare_cached(
+                "SELECT digest FROM events WHERE event_ulid = ?1
+                 UNION ALL SELECT digest FROM pruned_events WHERE event_ulid = ?1",
+            )
             .map_err(|e| sql_err("preparing the ULID lookup", e))?;
         let mut insert = tx
             .prepare_cached(
@@ -236,10 +242,8 @@ fn ingest(conn: &mut Connection, batch: &[CheckedEvent]) -> Result<Ingested> {
                 .query_row([&e.event_ulid], |r| r.get(0))
                 .optional()
                 .map_err(|err| sql_err("looking up an event ULID", err))?;
-            match stored {
-                Some(digest) if digest == checked.digest => continue,
-                Some(_) => return Err(reused_ulid(&e.event_ulid)),
-                None => {}
+            if !is_new(checked, stored.as_deref())? {
+                continue;
             }
             insert
                 .execute(rusqlite::params![
@@ -540,6 +544,13 @@ fn prune(conn: &mut Connection, cutoff: i64) -> Result<PruneReport> {
             pruned_through: old,
         });
     };
+    // The ULIDs and digests stay, so a late re-push of a pruned event is still recognised.
+    tx.execute(
+        "INSERT INTO pruned_events (event_ulid, digest)
+         SELECT event_ulid, digest FROM events WHERE id <= ?1",
+        [through],
+    )
+    .map_err(|e| sql_err("keeping the pruned events' ULIDs", e))?;
     let deleted = tx
         .execute("DELETE FROM events WHERE id <= ?1", [through])
         .map_err(|e| sql_err("pruning events", e))?;

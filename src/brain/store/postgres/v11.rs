@@ -32,6 +32,8 @@ use crate::brain::{BrainError, Result};
 use crate::model::{Event, EventType, FilePayload, VectorClock};
 
 /// This brain's table names; any of them found with no migration record is LIB v1.1's.
+/// `pruned_events` is not one: LIB v1.1 had none, and one found here was made by this brain's
+/// migration applied by hand; moving it aside would forget the pruned ULIDs it keeps.
 const OURS: &[&str] = &[
     "events",
     "entities",
