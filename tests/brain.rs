@@ -53,6 +53,9 @@ suite!(
     bad_pull_parameters_are_400,
     snapshot_pages_through_entities_by_key_with_the_watermark,
     a_cursor_older_than_the_pruned_log_is_410_and_a_snapshot_reseeds,
+    a_pruned_event_pushed_again_with_the_same_content_is_not_inserted_again,
+    a_pruned_ulid_pushed_again_with_other_content_is_409_and_nothing_of_the_batch_is_stored,
+    a_retry_mixing_pruned_and_new_events_inserts_only_the_new_ones,
     webhooks_are_notified_signed_after_an_ingest_and_can_be_deactivated,
     a_webhook_that_never_answers_does_not_delay_ingest,
     only_http_webhook_urls_are_accepted,
@@ -555,6 +558,112 @@ async fn a_cursor_older_than_the_pruned_log_is_410_and_a_snapshot_reseeds(f: Fix
     );
 }
 
+/// Prunes the whole log; returns the prune mark (pull from it to see what came after).
+async fn prune_everything(brain: &Brain) -> i64 {
+    let report = brain
+        .store
+        .prune(SystemTime::now() + Duration::from_secs(5))
+        .await;
+    assert!(report.deleted_events > 0, "there was something to prune");
+    assert_eq!(
+        brain.pull(report.pruned_through, 10).await.body["events"],
+        json!([])
+    );
+    report.pruned_through
+}
+
+/// A device whose push was stored but whose answer was lost comes back after the retention
+/// window and pushes the same events again: the brain still knows them, so no device pulls them
+/// twice.
+async fn a_pruned_event_pushed_again_with_the_same_content_is_not_inserted_again(f: Fixture) {
+    let brain = f.serve().await;
+    let batch = vec![
+        upsert("dev-a", "notes/x.md", &[("dev-a", 1)], 'a'),
+        // Concurrent with the first: an open conflict, which a re-applied event could disturb.
+        upsert("dev-b", "notes/x.md", &[("dev-b", 1)], 'b'),
+        upsert("dev-a", "notes/y.md", &[("dev-a", 2)], 'c'),
+        delete("dev-a", "notes/y.md", &[("dev-a", 3)]),
+    ];
+    assert_eq!(brain.ingest_ok(&batch).await, (4, 2));
+    let pruned = prune_everything(&brain).await;
+    let entities = brain.snapshot_all().await;
+    let watermark = brain.get("/snapshot").await.body["watermark"].clone();
+
+    assert_eq!(brain.ingest_ok(&batch).await, (0, 0));
+    // One at a time, as a device retrying event by event would.
+    for event in &batch {
+        assert_eq!(brain.ingest_ok(std::slice::from_ref(event)).await, (0, 0));
+    }
+    assert_eq!(
+        brain.pull_all_after(pruned).await,
+        Vec::<Value>::new(),
+        "nothing appended to the log"
+    );
+    assert_eq!(brain.snapshot_all().await, entities, "entities unchanged");
+    assert_eq!(brain.get("/snapshot").await.body["watermark"], watermark);
+}
+
+async fn a_pruned_ulid_pushed_again_with_other_content_is_409_and_nothing_of_the_batch_is_stored(
+    f: Fixture,
+) {
+    let brain = f.serve().await;
+    let original = upsert("dev-a", "notes/a.md", &[("dev-a", 1)], 'a');
+    brain.ingest_ok(std::slice::from_ref(&original)).await;
+    let pruned = prune_everything(&brain).await;
+    let entities = brain.snapshot_all().await;
+
+    let mut forged = original.clone();
+    forged.payload.sha256 = Some(sha('b'));
+    let fresh = upsert("dev-a", "notes/b.md", &[("dev-a", 2)], 'c');
+    let r = brain.ingest(&[fresh.clone(), forged]).await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(r.body["ok"], false);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&original.event_ulid),
+        "the error names the ULID: {}",
+        r.text
+    );
+    assert_eq!(
+        brain.pull_all_after(pruned).await,
+        Vec::<Value>::new(),
+        "the fresh event of the refused batch is not stored"
+    );
+    assert_eq!(brain.snapshot_all().await, entities, "entities unchanged");
+    // The refusal lasts: a ULID names one event forever.
+    let mut other_key = original.clone();
+    other_key.entity_key = "notes/elsewhere.md".into();
+    assert_eq!(brain.ingest(&[other_key]).await.status, 409);
+}
+
+async fn a_retry_mixing_pruned_and_new_events_inserts_only_the_new_ones(f: Fixture) {
+    let brain = f.serve().await;
+    let old = many("dev-a", 3, 1);
+    brain.ingest_ok(&old).await;
+    let pruned = prune_everything(&brain).await;
+    let before = brain.snapshot_all().await;
+
+    let new = many("dev-a", 2, 10);
+    let mut retry = vec![old[0].clone(), new[0].clone(), old[1].clone()];
+    retry.extend([new[1].clone(), old[2].clone()]);
+    assert_eq!(brain.ingest_ok(&retry).await, (2, 2));
+    let pulled = brain.pull_all_after(pruned).await;
+    assert_eq!(
+        ulids(&pulled),
+        [new[0].event_ulid.clone(), new[1].event_ulid.clone()],
+        "only the new events are appended, in batch order"
+    );
+    let after = brain.snapshot_all().await;
+    assert_eq!(after.len(), 5);
+    assert_eq!(
+        after[..3],
+        before[..],
+        "the pruned events' entities are unchanged"
+    );
+}
+
 async fn webhooks_are_notified_signed_after_an_ingest_and_can_be_deactivated(f: Fixture) {
     use axum::http::HeaderMap;
     let brain = f.serve().await;
@@ -945,6 +1054,184 @@ async fn sqlite_every_arrival_order_converges_to_the_same_entities() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_every_arrival_order_converges_to_the_same_entities() {
     let run = every_arrival_order_converges_to_the_same_entities(|| Box::pin(Fixture::postgres()));
+    tokio::time::timeout(TEST_LIMIT, run)
+        .await
+        .expect("test timed out");
+}
+
+/// The columns a brain of schema 1 (before it kept pruned ULIDs) wrote for an event alone on its
+/// key: `event_ulid, device_id, event_type, entity_type, entity_key, payload, vector_clock,
+/// created_at, digest` for the log, then the entity's `seen_vc, siblings`.
+fn schema_1_columns(e: &lib_agent::model::Event) -> [String; 11] {
+    use lib_agent::brain::store::CheckedEvent;
+    [
+        e.event_ulid.clone(),
+        e.device_id.clone(),
+        e.event_type.as_str().to_owned(),
+        e.entity_type.clone(),
+        e.entity_key.clone(),
+        serde_json::to_string(&e.payload).unwrap(),
+        e.vector_clock.to_json(),
+        e.created_at.clone(),
+        CheckedEvent::new(e.clone()).digest,
+        e.vector_clock.to_json(),
+        serde_json::to_string(&[e.version()]).unwrap(),
+    ]
+}
+
+/// How many migrations a store's folder holds: what a migrated database records.
+fn migrations_in(folder: &str) -> i64 {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
+    std::fs::read_dir(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .filter(|f| {
+            f.as_ref()
+                .is_ok_and(|f| f.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count() as i64
+}
+
+/// A brain database written by schema 1, opened by this brain: migrated in place, its log (with
+/// its ids) and entities kept, its events still known, and the ones it prunes from now on
+/// recognised when pushed again.
+async fn a_schema_1_database_keeps_its_data_and_recognises_what_it_prunes(
+    brain: Brain,
+    old: &[lib_agent::model::Event],
+) {
+    let pulled = brain.pull_all().await;
+    assert_eq!(
+        ulids(&pulled),
+        old.iter().map(|e| e.event_ulid.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(ids(&pulled), (1..=old.len() as i64).collect::<Vec<_>>());
+    let entities = brain.snapshot_all().await;
+    assert_eq!(entities.len(), old.len());
+    assert_eq!(entities[0]["event_ulid"], old[0].event_ulid);
+    assert_eq!(
+        brain.ingest_ok(old).await,
+        (0, 0),
+        "the old events are known"
+    );
+
+    let new = many("dev-b", 1, 1);
+    assert_eq!(brain.ingest_ok(&new).await, (1, 1));
+    let pruned = prune_everything(&brain).await;
+    let mut again = old.to_vec();
+    again.extend(new);
+    assert_eq!(brain.ingest_ok(&again).await, (0, 0));
+    assert_eq!(brain.pull_all_after(pruned).await, Vec::<Value>::new());
+    assert_eq!(brain.snapshot_all().await[..old.len()], entities[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_brain_database_of_schema_1_migrates_in_place_with_its_data() {
+    use lib_agent::brain::store::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("brain.db");
+    let old = many("dev-a", 2, 1);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../migrations/brain/sqlite/0001_init.sql"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        for e in &old {
+            let c = schema_1_columns(e);
+            conn.execute(
+                "INSERT INTO events (event_ulid, device_id, event_type, entity_type, entity_key,
+                   payload, vector_clock, created_at, digest, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CAST(strftime('%s', 'now') AS INTEGER))",
+                rusqlite::params_from_iter(&c[..9]),
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO entities (entity_key, entity_type, event_ulid, device_id, event_type,
+                   payload, vector_clock, created_at, seen_vc, siblings, updated_at)
+                 VALUES (?5, ?4, ?1, ?2, ?3, ?6, ?7, ?8, ?10, ?11, CAST(strftime('%s', 'now') AS INTEGER))",
+                rusqlite::params_from_iter(&c),
+            )
+            .unwrap();
+        }
+    }
+    let store = SqliteStore::open(&path).expect("a schema 1 database opens");
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, migrations_in("migrations/brain/sqlite"));
+    let brain = Brain::start(AnyStore::Sqlite(store), config()).await;
+    tokio::time::timeout(
+        TEST_LIMIT,
+        a_schema_1_database_keeps_its_data_and_recognises_what_it_prunes(brain, &old),
+    )
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_brain_database_of_schema_1_migrates_in_place_with_its_data() {
+    let run = async {
+        let schema = TestSchema::new();
+        schema
+            .execute(include_str!("../migrations/postgres/0001_lib_shared.sql"))
+            .await;
+        schema
+            .execute(
+                "CREATE TABLE lib_shared.schema_migrations (version integer PRIMARY KEY,
+                   name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
+                 INSERT INTO lib_shared.schema_migrations (version, name) VALUES (1, '0001_lib_shared');",
+            )
+            .await;
+        let old = many("dev-a", 2, 1);
+        let admin = schema.admin().await;
+        for e in &old {
+            let c = schema_1_columns(e);
+            let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                c.iter().map(|v| v as _).collect();
+            admin
+                .execute(
+                    &format!(
+                        "INSERT INTO {}.events (event_ulid, device_id, event_type, entity_type,
+                           entity_key, payload, vector_clock, created_at, digest)
+                         VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7::text::jsonb, $8, $9)",
+                        schema.name
+                    ),
+                    &p[..9],
+                )
+                .await
+                .unwrap();
+            admin
+                .execute(
+                    &format!(
+                        "INSERT INTO {}.entities (entity_key, entity_type, event_ulid, device_id,
+                           event_type, payload, vector_clock, created_at, seen_vc, siblings)
+                         VALUES ($5, $4, $1, $2, $3, $6::text::jsonb, $7::text::jsonb, $8,
+                                 $9::text::jsonb, $10::text::jsonb)",
+                        schema.name
+                    ),
+                    &[p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[9], p[10]],
+                )
+                .await
+                .unwrap();
+        }
+        let store = schema.open().await.expect("a schema 1 database opens");
+        assert_eq!(
+            store.adopted(),
+            None,
+            "schema 1 is this brain's, not LIB v1.1's"
+        );
+        let recorded: i64 = admin
+            .query_one(
+                &format!("SELECT count(*) FROM {}.schema_migrations", schema.name),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(recorded, migrations_in("migrations/postgres"));
+        let f = Fixture::postgres_on(schema, store);
+        let brain = f.serve().await;
+        a_schema_1_database_keeps_its_data_and_recognises_what_it_prunes(brain, &old).await;
+    };
     tokio::time::timeout(TEST_LIMIT, run)
         .await
         .expect("test timed out");
