@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use lib_agent::model::merge::EntityState;
+use lib_agent::model::{VectorClock, Version};
+use lib_agent::store::read;
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
@@ -96,6 +99,16 @@ impl Device {
     }
 }
 
+/// An entity's winner and merge state, as text every replica must hold identically.
+fn merge_row(key: &str, state: &EntityState) -> Vec<String> {
+    vec![
+        key.to_owned(),
+        state.winner().event_ulid.clone(),
+        state.seen_vc.to_json(),
+        serde_json::to_string(&state.siblings).unwrap_or_default(),
+    ]
+}
+
 fn read_only(path: &Path) -> Connection {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("open read-only");
@@ -140,10 +153,22 @@ fn disk(folder: &Path) -> BTreeSet<Vec<String>> {
 /// `Ok` when every device agrees with the brain; else what differs first.
 fn agreement(brain: &BrainProcess, devices: &[Device]) -> Result<(), String> {
     let b = read_only(&brain.db);
-    let entities: BTreeSet<Vec<String>> = rows(
-        &b,
-        "SELECT entity_key, event_ulid, seen_vc, siblings FROM entities",
-    )?;
+    let entities: BTreeSet<Vec<String>> =
+        rows::<String>(&b, "SELECT entity_key, seen_vc, siblings FROM entities")?
+            .into_iter()
+            .map(|row| match row.as_slice() {
+                [key, seen_vc, siblings] => {
+                    let seen_vc: VectorClock =
+                        serde_json::from_str(seen_vc).map_err(|e| e.to_string())?;
+                    let siblings: Vec<Version> =
+                        serde_json::from_str(siblings).map_err(|e| e.to_string())?;
+                    let state = EntityState::from_parts(seen_vc, siblings)
+                        .ok_or_else(|| format!("the brain's {key} has no siblings"))?;
+                    Ok(merge_row(key, &state))
+                }
+                _ => Err("three columns".to_owned()),
+            })
+            .collect::<Result<_, String>>()?;
     let conflicts: BTreeSet<Vec<String>> =
         rows(&b, "SELECT entity_key, event_ulid FROM conflicts")?;
     let logged: BTreeSet<Vec<String>> = rows(&b, "SELECT event_ulid FROM events")?;
@@ -166,10 +191,13 @@ fn agreement(brain: &BrainProcess, devices: &[Device]) -> Result<(), String> {
                 "{name} observed {observed:?} but its disk holds {on_disk:?}"
             ));
         }
-        let shared: BTreeSet<Vec<String>> = rows(
-            &d,
-            "SELECT path, event_ulid, seen_vc, siblings FROM lib_files",
-        )?;
+        // Through the store: it derives the merge state of an entity whose winner is its only
+        // sibling from the winner's columns.
+        let shared: BTreeSet<Vec<String>> = read::merge_states(&d)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|(key, state)| merge_row(key, state))
+            .collect();
         if shared != entities {
             let diff: Vec<_> = shared.symmetric_difference(&entities).take(2).collect();
             return Err(format!(

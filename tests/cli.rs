@@ -85,14 +85,14 @@ fn init_json_has_the_device_the_database_and_the_schema_version() {
     );
     assert_eq!(out["ok"], true);
     assert_eq!(out["database"], lab.db.to_str().expect("utf-8"));
-    assert_eq!(out["schema_version"], 1);
+    assert_eq!(out["schema_version"], 2);
     assert!(uuid_like(out["device_id"].as_str().expect("a string")));
     let version: i64 = lab
         .db()
         .conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("user_version");
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
 }
 
 #[test]
@@ -759,7 +759,7 @@ fn a_lib_v1_database_is_adopted_and_its_rows_backfilled_once_as_initial_sync() {
         .conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("user_version");
-    assert_eq!(version, 1);
+    assert_eq!(version, lib_agent::store::SCHEMA_VERSION);
 
     // LIB's run history stays.
     let runs = db.runs();

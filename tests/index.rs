@@ -417,3 +417,141 @@ fn only_a_stat_taken_well_after_the_write_vouches_for_the_file() {
     );
     assert!(!index::is_racy(whole, at(whole as u64 + 3 * second as u64)));
 }
+
+/// The merge-state columns of a row: (seen_vc, siblings) as stored.
+fn stored_merge_columns(store: &Store, key: &str) -> (Option<String>, Option<String>) {
+    store
+        .conn()
+        .query_row(
+            "SELECT seen_vc, siblings FROM lib_files WHERE path = ?1",
+            [key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("row")
+}
+
+fn merge_state(store: &Store, key: &str) -> lib_agent::model::merge::EntityState {
+    read::merge_states(store.conn())
+        .expect("merge states")
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, state)| state)
+        .expect("a merge state")
+}
+
+#[test]
+fn a_lone_winner_keeps_no_copy_of_itself_and_reads_back_whole() {
+    let mut f = Fixture::new();
+    f.write("a.md", "mine");
+    f.scan();
+    assert_eq!(stored_merge_columns(&f.store, "notes/a.md"), (None, None));
+    let (created_at, clock): (String, String) = f
+        .store
+        .conn()
+        .query_row(
+            "SELECT created_at, vector_clock FROM lib_outbox WHERE entity_key = 'notes/a.md'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the event");
+    let clock: VectorClock = serde_json::from_str(&clock).expect("clock");
+    let state = merge_state(&f.store, "notes/a.md");
+    assert_eq!(state.seen_vc, clock);
+    assert_eq!(state.siblings.len(), 1);
+    let winner = state.winner();
+    assert_eq!(winner.device_id, f.store.device_id());
+    assert_eq!(winner.clock, clock);
+    assert_eq!(winner.created_at, created_at);
+    assert!(!winner.deleted);
+    assert_eq!(winner.sha256, f.shared_sha("notes/a.md"));
+    assert_eq!(winner.bytes, Some(4));
+}
+
+#[test]
+fn a_conflict_stores_every_sibling_until_an_edit_resolves_it() {
+    let mut f = Fixture::new();
+    f.write("a.md", "mine");
+    f.scan();
+    f.apply_remote(
+        "0-dev",
+        "notes/a.md",
+        VectorClock::from([("0-dev", 1)]),
+        Some("theirs"),
+    );
+    let (seen_vc, siblings) = stored_merge_columns(&f.store, "notes/a.md");
+    assert!(
+        seen_vc.is_some() && siblings.is_some(),
+        "two siblings are kept"
+    );
+    let state = merge_state(&f.store, "notes/a.md");
+    assert_eq!(state.siblings.len(), 2);
+    assert_eq!(state.seen_vc.get("0-dev"), 1);
+    let ours_before = state.seen_vc.get(f.store.device_id());
+
+    f.write("a.md", "merged by hand");
+    f.scan();
+    assert_eq!(stored_merge_columns(&f.store, "notes/a.md"), (None, None));
+    let state = merge_state(&f.store, "notes/a.md");
+    assert_eq!(state.siblings.len(), 1);
+    assert_eq!(state.seen_vc.get("0-dev"), 1, "what was seen stays seen");
+    assert!(state.seen_vc.get(f.store.device_id()) > ours_before);
+}
+
+#[test]
+fn rows_whose_merge_state_is_stored_as_json_keep_merging_the_same() {
+    // Schema 1 stored every row's seen_vc and siblings as JSON, with no event_created_at.
+    let mut f = Fixture::new();
+    f.write("a.md", "mine");
+    f.scan();
+    let before = merge_state(&f.store, "notes/a.md");
+    f.store
+        .conn()
+        .execute(
+            "UPDATE lib_files SET seen_vc = ?1, siblings = ?2, event_created_at = NULL
+             WHERE path = 'notes/a.md'",
+            (
+                before.seen_vc.to_json(),
+                serde_json::to_string(&before.siblings).expect("json"),
+            ),
+        )
+        .expect("write the schema 1 form");
+    assert_eq!(merge_state(&f.store, "notes/a.md"), before);
+
+    // A remote edit made after seeing ours wins, and the row goes back to the compact form.
+    let mut clock = before.seen_vc.clone();
+    clock.set("0-dev", 1);
+    f.apply_remote("0-dev", "notes/a.md", clock.clone(), Some("theirs, later"));
+    assert_eq!(stored_merge_columns(&f.store, "notes/a.md"), (None, None));
+    let after = merge_state(&f.store, "notes/a.md");
+    assert_eq!(after.winner().device_id, "0-dev");
+    assert_eq!(after.seen_vc, clock);
+    assert_eq!(after.winner().created_at, "2026-11-25T00:00:00Z");
+}
+
+#[test]
+fn a_schema_1_database_migrates_in_place_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("create");
+        conn.execute_batch(include_str!("../migrations/agent/0001_init.sql"))
+            .expect("schema 1");
+        conn.execute_batch(
+            "INSERT INTO lib_files (path, sha256, bytes, event_ulid, device_id, vector_clock, seen_vc, siblings)
+             VALUES ('notes/a.md', 'aa', 2, '01JD0000000000000000000000', 'dev-a', '{\"dev-a\":1}',
+                     '{\"dev-a\":1}',
+                     '[{\"event_ulid\":\"01JD0000000000000000000000\",\"device_id\":\"dev-a\",\"clock\":{\"dev-a\":1},\"deleted\":false,\"sha256\":\"aa\",\"bytes\":2,\"created_at\":\"2026-01-01T00:00:00Z\"}]');
+             PRAGMA user_version = 1;",
+        )
+        .expect("a schema 1 row");
+    }
+    let store = Store::open(&path).expect("open migrates");
+    let version: i64 = store
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(version, lib_agent::store::SCHEMA_VERSION);
+    let state = merge_state(&store, "notes/a.md");
+    assert_eq!(state.winner().created_at, "2026-01-01T00:00:00Z");
+    assert_eq!(state.seen_vc, VectorClock::from([("dev-a", 1)]));
+}

@@ -174,7 +174,12 @@ impl Event {
 
 /// `created_at` timestamps: RFC 3339, UTC, whole seconds, as LIB v1.1 wrote them.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    format_rfc3339(std::time::SystemTime::now())
+}
+
+/// A time as RFC 3339 text to the second, the form of every timestamp events and stores keep.
+pub fn format_rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 #[cfg(test)]

@@ -2,15 +2,17 @@
 //! conflicts, the device sequence and the outbox. Nothing here decides *whether* a change happened
 //! (that is `index.rs`) or *who wins* (that is `model::merge`): it stores what they decide.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell, RefMut};
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{OptionalExtension, Transaction};
+use rusqlite::{CachedStatement, Connection, OptionalExtension, Transaction};
 
 use super::{Context, Result, StoreError};
-use crate::model::event::{now_rfc3339, ENTITY_TYPE_FILE};
-use crate::model::merge::{self, EntityState, Outcome, Version};
-use crate::model::{Event, EventType, FilePayload, VectorClock};
+use crate::model::event::{format_rfc3339, ENTITY_TYPE_FILE};
+use crate::model::merge::{self, EntityState, Outcome};
+use crate::model::{Event, EventType, FilePayload};
 
 /// What this device last saw of a path on its own disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,14 +33,24 @@ pub enum Applied {
 }
 
 pub struct Batch<'a> {
+    conn: &'a Connection,
     tx: Transaction<'a>,
     device_id: &'a str,
     /// The database file, named in the error when a commit finds the disk full.
     path: &'a Path,
-    /// Search index changes are staged in `temp.fts_pending` and written to FTS5 in one statement
-    /// at commit: FTS5 flushes its pending terms to disk at every statement that writes it, so
-    /// one write per file made full-text indexing three times slower (measured).
-    fts_staged: Cell<bool>,
+    /// Search index changes are written to FTS5 at commit, in one statement each for removals
+    /// and for insertions: FTS5 flushes its pending terms to disk at every statement that writes
+    /// it, so one write per file made full-text indexing three times slower (measured).
+    /// Removals need the exact old values, staged in `temp.fts_pending`.
+    fts_removals: Cell<bool>,
+    /// Rows of `lib_files` to (re)index at commit, from their final values. A row in here is
+    /// not in the search index yet, so rewriting it again stages no removal.
+    fts_inserts: RefCell<BTreeSet<i64>>,
+    /// The statements of the per-file path, prepared once per batch: looking one up in the
+    /// connection's cache hashes its SQL, a few percent of the writer's work per file.
+    stmts: Statements<'a>,
+    /// The timestamp text of the current second, formatted once per second.
+    now: RefCell<(u64, String)>,
     /// This device's sequence number, read at the first event of the batch and written back at
     /// commit, in the same transaction as the events that carry it.
     sequence: Cell<Option<(u64, bool)>>,
@@ -56,21 +68,116 @@ pub struct SharedRow {
     live_content: Option<Option<String>>,
 }
 
+/// A statement of the per-file path: prepared at its first use in a batch, then reused.
+struct Prepared<'a> {
+    sql: &'static str,
+    stmt: RefCell<Option<CachedStatement<'a>>>,
+}
+
+impl<'a> Prepared<'a> {
+    const fn new(sql: &'static str) -> Self {
+        Prepared {
+            sql,
+            stmt: RefCell::new(None),
+        }
+    }
+
+    fn get(&self, conn: &'a Connection) -> rusqlite::Result<RefMut<'_, CachedStatement<'a>>> {
+        let mut slot = self.stmt.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(conn.prepare_cached(self.sql)?);
+        }
+        Ok(RefMut::map(slot, |s| match s {
+            Some(stmt) => stmt,
+            None => unreachable!("filled above"),
+        }))
+    }
+}
+
+struct Statements<'a> {
+    observed_get: Prepared<'a>,
+    observed_put: Prepared<'a>,
+    observed_forget: Prepared<'a>,
+    shared_get: Prepared<'a>,
+    files_insert: Prepared<'a>,
+    files_update: Prepared<'a>,
+    merge_update: Prepared<'a>,
+    fts_remove: Prepared<'a>,
+    outbox_insert: Prepared<'a>,
+}
+
+impl Statements<'_> {
+    fn new() -> Self {
+        Statements {
+            observed_get: Prepared::new(super::read::OBSERVED_GET),
+            observed_put: Prepared::new(
+                "INSERT INTO lib_observed (path, bytes, mtime_ns, inode, sha256, observed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(path) DO UPDATE SET bytes = excluded.bytes, mtime_ns = excluded.mtime_ns,
+                   inode = excluded.inode, sha256 = excluded.sha256, observed_at = excluded.observed_at",
+            ),
+            observed_forget: Prepared::new("DELETE FROM lib_observed WHERE path = ?1"),
+            shared_get: Prepared::new(super::read::SHARED_GET),
+            files_insert: Prepared::new(
+                "INSERT INTO lib_files (path, sha256, bytes, mtime_unix, ext, mime, content,
+                   deleted_at, indexed_at, event_ulid, device_id, vector_clock, seen_vc, siblings,
+                   event_created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            ),
+            files_update: Prepared::new(
+                // ?1 (the path) is unchanged and left out: rewriting it would rewrite its unique
+                // index entry too.
+                "UPDATE lib_files SET sha256 = ?2, bytes = ?3, mtime_unix = ?4, ext = ?5,
+                   mime = ?6, content = ?7, deleted_at = ?8, indexed_at = ?9, event_ulid = ?10,
+                   device_id = ?11, vector_clock = ?12, seen_vc = ?13, siblings = ?14,
+                   event_created_at = ?15
+                 WHERE id = ?16",
+            ),
+            merge_update: Prepared::new(
+                "UPDATE lib_files SET seen_vc = ?2, siblings = ?3, event_created_at = ?4 WHERE path = ?1",
+            ),
+            fts_remove: Prepared::new(
+                "INSERT INTO temp.fts_pending (op, id, path, content) VALUES ('delete', ?1, ?2, ?3)",
+            ),
+            outbox_insert: Prepared::new(
+                "INSERT INTO lib_outbox (device_id, event_ulid, event_type, entity_type, entity_key,
+                   payload_json, vector_clock, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            ),
+        }
+    }
+}
+
 impl<'a> Batch<'a> {
     pub(super) fn new(
+        conn: &'a Connection,
         tx: Transaction<'a>,
         device_id: &'a str,
         path: &'a Path,
         ulids: Option<&'a super::UlidSource>,
     ) -> Self {
         Batch {
+            conn,
             tx,
             device_id,
             path,
-            fts_staged: Cell::new(false),
+            fts_removals: Cell::new(false),
+            fts_inserts: RefCell::new(BTreeSet::new()),
+            stmts: Statements::new(),
+            now: RefCell::new((u64::MAX, String::new())),
             sequence: Cell::new(None),
             ulids,
         }
+    }
+
+    /// Now, as RFC 3339 text to the second (the precision of every timestamp the store keeps).
+    fn now(&self) -> String {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut cached = self.now.borrow_mut();
+        if cached.0 != second {
+            *cached = (second, format_rfc3339(now));
+        }
+        cached.1.clone()
     }
 
     pub fn device_id(&self) -> &str {
@@ -85,6 +192,8 @@ impl<'a> Batch<'a> {
     }
 
     fn commit_all(self) -> Result<()> {
+        // Statements hold no rows between uses; dropping them returns them to the cache.
+        drop(self.stmts);
         if let Some((sequence, true)) = self.sequence.get() {
             self.tx
                 .execute(
@@ -93,54 +202,67 @@ impl<'a> Batch<'a> {
                 )
                 .ctx(|| "saving the device sequence number".into())?;
         }
-        if self.fts_staged.get() {
+        if self.fts_removals.get() {
             self.tx
                 .execute_batch(
                     "INSERT INTO lib_files_fts (lib_files_fts, rowid, path, content)
                        SELECT op, id, path, content FROM temp.fts_pending ORDER BY seq;
                      DELETE FROM temp.fts_pending;",
                 )
-                .ctx(|| "updating the search index".into())?;
+                .ctx(|| "removing old text from the search index".into())?;
+        }
+        let inserts = self.fts_inserts.into_inner();
+        if !inserts.is_empty() {
+            let ids = serde_json::to_string(&inserts).map_err(|e| StoreError::Corrupt {
+                context: "listing rows for the search index".into(),
+                detail: e.to_string(),
+            })?;
+            self.tx
+                .execute(
+                    "INSERT INTO lib_files_fts (rowid, path, content)
+                       SELECT f.id, f.path, f.content FROM json_each(?1) AS j
+                       JOIN lib_files AS f ON f.id = j.value
+                       WHERE f.deleted_at IS NULL ORDER BY f.id",
+                    [ids],
+                )
+                .ctx(|| "adding text to the search index".into())?;
         }
         self.tx
             .commit()
             .ctx(|| "committing a batch of changes".into())
     }
 
-    /// Stages one search index change: `op` is NULL for an insert, 'delete' for a removal (which
-    /// needs the exact old values).
-    fn stage_fts(
-        &self,
-        op: Option<&str>,
-        id: i64,
-        path: &str,
-        content: Option<&str>,
-    ) -> Result<()> {
+    /// Takes a row's current text out of the search index (at commit). A row indexed earlier in
+    /// this batch is not in the index yet: it only leaves the list of rows to index.
+    fn remove_from_search(&self, id: i64, path: &str, content: Option<&str>) -> Result<()> {
+        if self.fts_inserts.borrow_mut().remove(&id) {
+            return Ok(());
+        }
         let mut stmt = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO temp.fts_pending (op, id, path, content) VALUES (?1, ?2, ?3, ?4)",
-            )
+            .stmts
+            .fts_remove
+            .get(self.conn)
             .ctx(|| "preparing search index staging".into())?;
-        stmt.execute((op, id, path, content))
-            .ctx(|| format!("staging {path} for the search index"))?;
-        self.fts_staged.set(true);
+        stmt.execute((id, path, content))
+            .ctx(|| format!("staging {path} for removal from the search index"))?;
+        self.fts_removals.set(true);
         Ok(())
     }
 
     pub fn observed(&self, key: &str) -> Result<Option<Observed>> {
-        super::read::observed(&self.tx, key)
+        let mut stmt = self
+            .stmts
+            .observed_get
+            .get(self.conn)
+            .ctx(|| "preparing observed lookup".into())?;
+        super::read::observed_with(&mut stmt, key)
     }
 
     pub fn put_observed(&self, key: &str, observed: &Observed) -> Result<()> {
         let mut stmt = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO lib_observed (path, bytes, mtime_ns, inode, sha256, observed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(path) DO UPDATE SET bytes = excluded.bytes, mtime_ns = excluded.mtime_ns,
-                   inode = excluded.inode, sha256 = excluded.sha256, observed_at = excluded.observed_at",
-            )
+            .stmts
+            .observed_put
+            .get(self.conn)
             .ctx(|| "preparing observed upsert".into())?;
         stmt.execute((
             key,
@@ -148,7 +270,7 @@ impl<'a> Batch<'a> {
             observed.mtime_ns,
             observed.inode as i64,
             &observed.sha256,
-            now_rfc3339(),
+            self.now(),
         ))
         .ctx(|| format!("recording observed state of {key}"))?;
         Ok(())
@@ -156,8 +278,9 @@ impl<'a> Batch<'a> {
 
     pub fn forget_observed(&self, key: &str) -> Result<()> {
         let mut stmt = self
-            .tx
-            .prepare_cached("DELETE FROM lib_observed WHERE path = ?1")
+            .stmts
+            .observed_forget
+            .get(self.conn)
             .ctx(|| "preparing observed delete".into())?;
         stmt.execute([key])
             .ctx(|| format!("forgetting observed state of {key}"))?;
@@ -167,36 +290,27 @@ impl<'a> Batch<'a> {
     /// The shared view's row for a key, if any.
     pub fn shared(&self, key: &str) -> Result<Option<SharedRow>> {
         let mut stmt = self
-            .tx
-            .prepare_cached(
-                "SELECT id, seen_vc, siblings, deleted_at IS NULL, content FROM lib_files WHERE path = ?1",
-            )
+            .stmts
+            .shared_get
+            .get(self.conn)
             .ctx(|| "preparing entity lookup".into())?;
-        type Raw = (i64, Option<String>, Option<String>, bool, Option<String>);
-        let row: Option<Raw> = stmt
+        let row = stmt
             .query_row([key], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    super::read::StoredState::from_row(r, 2)?,
+                ))
             })
             .optional()
             .ctx(|| format!("reading the shared state of {key}"))?;
-        let Some((id, seen_vc, siblings, live, content)) = row else {
+        let Some((id, content, stored)) = row else {
             return Ok(None);
         };
-        let state = match (seen_vc, siblings) {
-            (Some(seen_vc), Some(siblings)) => {
-                let corrupt = |e: serde_json::Error| StoreError::Corrupt {
-                    context: format!("lib_files row {key}"),
-                    detail: e.to_string(),
-                };
-                let seen_vc: VectorClock = serde_json::from_str(&seen_vc).map_err(corrupt)?;
-                let siblings: Vec<Version> = serde_json::from_str(&siblings).map_err(corrupt)?;
-                EntityState::from_parts(seen_vc, siblings)
-            }
-            _ => None,
-        };
+        let live = !stored.deleted;
         Ok(Some(SharedRow {
             id,
-            state,
+            state: stored.into_state(key)?,
             live_content: live.then_some(content),
         }))
     }
@@ -249,7 +363,7 @@ impl<'a> Batch<'a> {
             entity_key: key.to_owned(),
             payload,
             vector_clock: clock,
-            created_at: now_rfc3339(),
+            created_at: self.now(),
         })
     }
 
@@ -257,10 +371,11 @@ impl<'a> Batch<'a> {
     /// conflicts.
     pub fn apply(&self, event: &Event) -> Result<Applied> {
         let row = self.shared(&event.entity_key)?;
-        self.apply_to(event, row.as_ref())
+        self.apply_to(event, row.as_ref(), &event.vector_clock.to_json())
     }
 
-    fn apply_to(&self, event: &Event, row: Option<&SharedRow>) -> Result<Applied> {
+    /// `clock` is the event's vector clock as JSON, serialised once for every table it goes to.
+    fn apply_to(&self, event: &Event, row: Option<&SharedRow>, clock: &str) -> Result<Applied> {
         let key = event.entity_key.as_str();
         let current = row.and_then(|r| r.state.as_ref());
         let Outcome::Applied {
@@ -270,19 +385,27 @@ impl<'a> Batch<'a> {
         else {
             return Ok(Applied::Duplicate);
         };
-        let seen_vc = state.seen_vc.to_json();
-        let siblings = serde_json::to_string(&state.siblings).map_err(|e| StoreError::Corrupt {
-            context: format!("serialising siblings of {key}"),
-            detail: e.to_string(),
-        })?;
+        // A lone sibling is the winner, whose columns describe it: nothing else to store.
+        let alone = state.siblings.len() == 1 && state.seen_vc == state.winner().clock;
+        let (seen_vc, siblings) = if alone {
+            (None, None)
+        } else {
+            let siblings =
+                serde_json::to_string(&state.siblings).map_err(|e| StoreError::Corrupt {
+                    context: format!("serialising siblings of {key}"),
+                    detail: e.to_string(),
+                })?;
+            (Some(state.seen_vc.to_json()), Some(siblings))
+        };
         if winner_changed {
-            self.write_winner(event, row, &seen_vc, &siblings)?;
+            self.write_winner(event, row, clock, seen_vc.as_deref(), siblings.as_deref())?;
         } else {
             let mut stmt = self
-                .tx
-                .prepare_cached("UPDATE lib_files SET seen_vc = ?2, siblings = ?3 WHERE path = ?1")
+                .stmts
+                .merge_update
+                .get(self.conn)
                 .ctx(|| "preparing merge-state update".into())?;
-            stmt.execute((key, &seen_vc, &siblings))
+            stmt.execute((key, &seen_vc, &siblings, &state.winner().created_at))
                 .ctx(|| format!("updating merge state of {key}"))?;
         }
         let had_siblings = current.is_some_and(|s| s.siblings.len() > 1);
@@ -296,8 +419,9 @@ impl<'a> Batch<'a> {
         &self,
         event: &Event,
         row: Option<&SharedRow>,
-        seen_vc: &str,
-        siblings: &str,
+        clock: &str,
+        seen_vc: Option<&str>,
+        siblings: Option<&str>,
     ) -> Result<()> {
         let key = event.entity_key.as_str();
         let p = &event.payload;
@@ -317,28 +441,23 @@ impl<'a> Batch<'a> {
             live(p.mime.as_deref()),
             content,
             deleted.then_some(event.created_at.as_str()),
-            now_rfc3339(),
+            self.now(),
             event.event_ulid,
             event.device_id,
-            event.vector_clock.to_json(),
+            clock,
             seen_vc,
             siblings,
+            event.created_at,
         ];
         let id = match row {
             Some(row) => {
                 if let Some(old_content) = &row.live_content {
-                    self.stage_fts(Some("delete"), row.id, key, old_content.as_deref())?;
+                    self.remove_from_search(row.id, key, old_content.as_deref())?;
                 }
                 let mut stmt = self
-                    .tx
-                    .prepare_cached(
-                        // ?1 (the path) is unchanged and left out: rewriting it would rewrite its
-                        // unique index entry too.
-                        "UPDATE lib_files SET sha256 = ?2, bytes = ?3, mtime_unix = ?4, ext = ?5,
-                           mime = ?6, content = ?7, deleted_at = ?8, indexed_at = ?9, event_ulid = ?10,
-                           device_id = ?11, vector_clock = ?12, seen_vc = ?13, siblings = ?14
-                         WHERE id = ?15",
-                    )
+                    .stmts
+                    .files_update
+                    .get(self.conn)
                     .ctx(|| "preparing lib_files update".into())?;
                 let mut all: Vec<&dyn rusqlite::ToSql> = params.to_vec();
                 all.push(&row.id);
@@ -348,20 +467,17 @@ impl<'a> Batch<'a> {
             }
             None => {
                 let mut stmt = self
-                    .tx
-                    .prepare_cached(
-                        "INSERT INTO lib_files (path, sha256, bytes, mtime_unix, ext, mime, content,
-                           deleted_at, indexed_at, event_ulid, device_id, vector_clock, seen_vc, siblings)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                    )
+                    .stmts
+                    .files_insert
+                    .get(self.conn)
                     .ctx(|| "preparing lib_files insert".into())?;
                 stmt.execute(params)
                     .ctx(|| format!("writing the shared row of {key}"))?;
-                self.tx.last_insert_rowid()
+                self.conn.last_insert_rowid()
             }
         };
         if !deleted {
-            self.stage_fts(None, id, key, content)?;
+            self.fts_inserts.borrow_mut().insert(id);
         }
         Ok(())
     }
@@ -397,16 +513,18 @@ impl<'a> Batch<'a> {
     }
 
     pub fn append_outbox(&self, event: &Event) -> Result<i64> {
+        self.append_outbox_with(event, &event.vector_clock.to_json())
+    }
+
+    fn append_outbox_with(&self, event: &Event, clock: &str) -> Result<i64> {
         let payload = serde_json::to_string(&event.payload).map_err(|e| StoreError::Corrupt {
             context: format!("serialising the payload of {}", event.event_ulid),
             detail: e.to_string(),
         })?;
         let mut stmt = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO lib_outbox (device_id, event_ulid, event_type, entity_type, entity_key,
-                   payload_json, vector_clock, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
+            .stmts
+            .outbox_insert
+            .get(self.conn)
             .ctx(|| "preparing outbox insert".into())?;
         stmt.execute((
             &event.device_id,
@@ -415,7 +533,7 @@ impl<'a> Batch<'a> {
             &event.entity_type,
             &event.entity_key,
             payload,
-            event.vector_clock.to_json(),
+            clock,
             &event.created_at,
         ))
         .ctx(|| {
@@ -424,7 +542,7 @@ impl<'a> Batch<'a> {
                 event.event_ulid, event.entity_key
             )
         })?;
-        Ok(self.tx.last_insert_rowid())
+        Ok(self.conn.last_insert_rowid())
     }
 
     /// Records a change made on this device: a new event, applied to the shared view and queued.
@@ -448,14 +566,15 @@ impl<'a> Batch<'a> {
     ) -> Result<Event> {
         let current = row.and_then(|r| r.state.as_ref());
         let event = self.local_event(key, current, event_type, payload)?;
-        self.apply_to(&event, row)?;
-        self.append_outbox(&event)?;
+        let clock = event.vector_clock.to_json();
+        self.apply_to(&event, row, &clock)?;
+        self.append_outbox_with(&event, &clock)?;
         Ok(event)
     }
 
     /// Marks outbox rows pushed: the brain acknowledged them.
     pub fn mark_pushed(&self, ids: &[i64]) -> Result<()> {
-        let now = now_rfc3339();
+        let now = self.now();
         let mut stmt = self
             .tx
             .prepare_cached(
@@ -475,7 +594,7 @@ impl<'a> Batch<'a> {
         self.tx
             .execute(
                 "UPDATE lib_outbox SET parked_at = ?2, parked_error = ?3 WHERE id = ?1",
-                (id, now_rfc3339(), error),
+                (id, self.now(), error),
             )
             .ctx(|| format!("parking outbox row {id}"))?;
         Ok(())
@@ -514,7 +633,7 @@ impl<'a> Batch<'a> {
                 payload,
                 event.vector_clock.to_json(),
                 event.created_at,
-                now_rfc3339(),
+                self.now(),
             ])
             .ctx(|| format!("recording pulled event {} in the inbox", event.event_ulid))?;
         Ok(inserted == 1)

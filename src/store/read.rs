@@ -7,7 +7,106 @@ use std::sync::atomic::AtomicBool;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::{Context, Result};
+use super::{Context, Result, StoreError};
+use crate::model::merge::{EntityState, Version};
+use crate::model::VectorClock;
+
+/// The merge state columns of a `lib_files` row, as stored. `seen_vc` and `siblings` are NULL
+/// when the winner is the only sibling (schema 2): the winner's own columns then describe the
+/// whole state. A row adopted from LIB v1.0 that no event has touched has no state at all.
+#[derive(Debug)]
+pub struct StoredState {
+    pub deleted: bool,
+    seen_vc: Option<String>,
+    siblings: Option<String>,
+    event_ulid: Option<String>,
+    device_id: Option<String>,
+    vector_clock: Option<String>,
+    sha256: Option<String>,
+    bytes: Option<i64>,
+    mtime_unix: Option<i64>,
+    event_created_at: Option<String>,
+}
+
+/// The columns [`StoredState::from_row`] reads, in its order.
+const STATE_COLUMNS: &str = "deleted_at IS NOT NULL, seen_vc, siblings, event_ulid, device_id, \
+    vector_clock, sha256, bytes, mtime_unix, event_created_at";
+
+pub(super) const SHARED_GET: &str = concat!(
+    "SELECT id, content, deleted_at IS NOT NULL, seen_vc, siblings, event_ulid, device_id, ",
+    "vector_clock, sha256, bytes, mtime_unix, event_created_at FROM lib_files WHERE path = ?1"
+);
+
+impl StoredState {
+    /// Reads the [`STATE_COLUMNS`] starting at column `first`.
+    pub fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<StoredState> {
+        Ok(StoredState {
+            deleted: r.get(first)?,
+            seen_vc: r.get(first + 1)?,
+            siblings: r.get(first + 2)?,
+            event_ulid: r.get(first + 3)?,
+            device_id: r.get(first + 4)?,
+            vector_clock: r.get(first + 5)?,
+            sha256: r.get(first + 6)?,
+            bytes: r.get(first + 7)?,
+            mtime_unix: r.get(first + 8)?,
+            event_created_at: r.get(first + 9)?,
+        })
+    }
+
+    pub fn into_state(self, key: &str) -> Result<Option<EntityState>> {
+        let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt {
+            context: format!("{what} of lib_files row {key}"),
+            detail: e.to_string(),
+        };
+        if let (Some(seen_vc), Some(siblings)) = (&self.seen_vc, &self.siblings) {
+            let seen_vc: VectorClock =
+                serde_json::from_str(seen_vc).map_err(|e| corrupt("seen_vc", e))?;
+            let siblings: Vec<Version> =
+                serde_json::from_str(siblings).map_err(|e| corrupt("siblings", e))?;
+            return Ok(EntityState::from_parts(seen_vc, siblings));
+        }
+        let (Some(event_ulid), Some(device_id), Some(clock)) =
+            (self.event_ulid, self.device_id, self.vector_clock)
+        else {
+            return Ok(None);
+        };
+        let clock: VectorClock =
+            serde_json::from_str(&clock).map_err(|e| corrupt("vector_clock", e))?;
+        let winner = Version {
+            event_ulid,
+            device_id,
+            clock: clock.clone(),
+            deleted: self.deleted,
+            sha256: self.sha256,
+            bytes: self.bytes.map(|b| b as u64),
+            mtime_unix: self.mtime_unix,
+            created_at: self.event_created_at.unwrap_or_default(),
+        };
+        Ok(EntityState::from_parts(clock, vec![winner]))
+    }
+}
+
+/// The merge state of every entity in the shared view, by key: what every replica must agree on.
+pub fn merge_states(conn: &Connection) -> Result<Vec<(String, EntityState)>> {
+    let sql = format!("SELECT path, {STATE_COLUMNS} FROM lib_files ORDER BY path");
+    let mut stmt = conn
+        .prepare(&sql)
+        .ctx(|| "reading the merge state of lib_files".into())?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, StoredState::from_row(r, 1)?))
+        })
+        .ctx(|| "reading the merge state of lib_files".into())?;
+    let mut states = Vec::new();
+    for row in rows {
+        let (key, stored) = row.ctx(|| "reading the merge state of lib_files".into())?;
+        if let Some(state) = stored.into_state(&key)? {
+            states.push((key, state));
+        }
+    }
+    Ok(states)
+}
 
 /// The observed stat of one path, as a scan needs it to skip unchanged files without a query.
 #[derive(Debug)]
@@ -53,21 +152,32 @@ pub fn observed_of_library(
     Ok(map)
 }
 
+pub(super) const OBSERVED_GET: &str =
+    "SELECT bytes, mtime_ns, inode, sha256 FROM lib_observed WHERE path = ?1";
+
 /// One path's observed row, read outside a write batch.
 pub fn observed(conn: &Connection, key: &str) -> Result<Option<super::Observed>> {
-    conn.prepare_cached("SELECT bytes, mtime_ns, inode, sha256 FROM lib_observed WHERE path = ?1")
-        .and_then(|mut stmt| {
-            stmt.query_row([key], |r| {
-                Ok(super::Observed {
-                    bytes: r.get::<_, i64>(0)? as u64,
-                    mtime_ns: r.get(1)?,
-                    inode: r.get::<_, i64>(2)? as u64,
-                    sha256: r.get(3)?,
-                })
-            })
-            .optional()
+    let mut stmt = conn
+        .prepare_cached(OBSERVED_GET)
+        .ctx(|| "preparing observed lookup".into())?;
+    observed_with(&mut stmt, key)
+}
+
+/// [`observed`] through a statement of [`OBSERVED_GET`] the caller prepared.
+pub(super) fn observed_with(
+    stmt: &mut rusqlite::Statement<'_>,
+    key: &str,
+) -> Result<Option<super::Observed>> {
+    stmt.query_row([key], |r| {
+        Ok(super::Observed {
+            bytes: r.get::<_, i64>(0)? as u64,
+            mtime_ns: r.get(1)?,
+            inode: r.get::<_, i64>(2)? as u64,
+            sha256: r.get(3)?,
         })
-        .ctx(|| format!("reading observed state of {key}"))
+    })
+    .optional()
+    .ctx(|| format!("reading observed state of {key}"))
 }
 
 /// Observed rows of every key under a folder key (`prefix` ends with '/').

@@ -52,30 +52,55 @@ fn brain_rows(entities: Vec<SnapshotEntity>) -> Vec<Row> {
 }
 
 fn device_rows(conn: &Connection) -> Vec<Row> {
+    // The merge state is read through the store, which derives `seen_vc` and `siblings` when the
+    // winner is the only sibling (it keeps no JSON copy of it then).
+    let states: BTreeMap<String, EntityState> = read::merge_states(conn)
+        .expect("read merge states")
+        .into_iter()
+        .collect();
     let mut stmt = conn
         .prepare(
             "SELECT path, event_ulid, device_id, deleted_at IS NOT NULL, sha256, bytes, mtime_unix,
-                    content, vector_clock, seen_vc, siblings FROM lib_files ORDER BY path",
+                    content, vector_clock FROM lib_files ORDER BY path",
         )
         .expect("query lib_files");
     let rows = stmt
         .query_map([], |r| {
-            Ok(Row {
-                key: r.get(0)?,
-                winner: r.get(1)?,
-                device: r.get(2)?,
-                deleted: r.get(3)?,
-                sha256: r.get(4)?,
-                bytes: r.get(5)?,
-                mtime_unix: r.get(6)?,
-                content: r.get(7)?,
-                clock: json(&r.get::<_, String>(8)?, "vector_clock"),
-                seen_vc: json(&r.get::<_, String>(9)?, "seen_vc"),
-                siblings: json(&r.get::<_, String>(10)?, "siblings"),
-            })
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get::<_, String>(8)?,
+            ))
         })
         .expect("read lib_files");
-    rows.map(|r| r.expect("lib_files row")).collect()
+    rows.map(|r| {
+        let (key, winner, device, deleted, sha256, bytes, mtime_unix, content, clock) =
+            r.expect("lib_files row");
+        let state = states
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key} has no merge state"))
+            .clone();
+        Row {
+            key,
+            winner,
+            device,
+            deleted,
+            sha256,
+            bytes,
+            mtime_unix,
+            content,
+            clock: json(&clock, "vector_clock"),
+            seen_vc: state.seen_vc,
+            siblings: state.siblings,
+        }
+    })
+    .collect()
 }
 
 fn pairs(conn: &Connection, sql: &str) -> BTreeSet<(String, String)> {
