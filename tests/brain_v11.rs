@@ -542,8 +542,66 @@ fn moved_aside(inventory: &BTreeMap<String, i64>) -> Vec<&String> {
     inventory.keys().filter(|k| k.contains("_v11")).collect()
 }
 
-/// The brain creates the schema, then the migration files are applied by hand (a Supabase project's
-/// migration history catching up): nothing changes, and the next start adopts nothing.
+/// Regression: on a fresh database, the migration files applied by hand (as `supabase db push`
+/// does) before the brain's first start made it take the schema for LIB v1.1's and adopt it
+/// (tables moved aside as `*_v11`, data copied). A schema made by our own files is ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_files_applied_by_hand_before_the_first_start_are_not_taken_for_v11() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let schema = TestSchema::new();
+        apply_by_hand(&schema).await;
+        let by_hand = inventory(&schema).await;
+
+        let store = schema.open().await.expect("opens the schema made by hand");
+        assert_eq!(store.adopted(), None, "nothing of LIB v1.1's to adopt");
+        let started = inventory(&schema).await;
+        assert_eq!(
+            moved_aside(&started),
+            Vec::<&String>::new(),
+            "nothing moved aside"
+        );
+        let mut without_records = started.clone();
+        without_records.retain(|k, _| !k.contains("schema_migrations"));
+        assert_eq!(
+            without_records, by_hand,
+            "the brain only recorded the migrations: no table, row or function changed"
+        );
+        let records = migration_records(&schema).await;
+        assert_eq!(recorded_migrations(&records), every_migration());
+
+        let brain = Brain::start(AnyStore::Postgres(store), config()).await;
+        let events = many(A, 3, 1);
+        assert_eq!(brain.ingest_ok(&events).await, (3, 3));
+        assert_eq!(brain.ingest_ok(&events).await, (0, 0), "idempotent");
+        let pulled = brain.pull_all().await;
+        assert_eq!(ids(&pulled), [1, 2, 3]);
+        assert_eq!(
+            ulids(&pulled),
+            events
+                .iter()
+                .map(|e| e.event_ulid.clone())
+                .collect::<Vec<_>>()
+        );
+        drop(brain);
+
+        // The files applied by hand again, and the brain started again: nothing changes.
+        let serving = inventory(&schema).await;
+        apply_by_hand(&schema).await;
+        assert_eq!(inventory(&schema).await, serving, "re-applied by hand");
+        assert_eq!(migration_records(&schema).await, records);
+        let again = schema.open().await.expect("opens again");
+        assert_eq!(again.adopted(), None);
+        assert_eq!(inventory(&schema).await, serving, "started again");
+        assert_eq!(migration_records(&schema).await, records);
+        let brain = Brain::start(AnyStore::Postgres(again), config()).await;
+        assert_eq!(ids(&brain.pull_all().await), [1, 2, 3]);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// The other order: the brain creates the schema, then the files are applied by hand (a Supabase
+/// project's migration history catching up): nothing changes, and the next start adopts nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_files_applied_by_hand_after_the_brain_change_nothing() {
     tokio::time::timeout(TEST_LIMIT, async {
