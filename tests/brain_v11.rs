@@ -476,6 +476,160 @@ async fn the_migration_file_applied_by_hand_to_a_v11_schema_points_to_the_adopti
     .expect("test timed out");
 }
 
+/// The files of `migrations/postgres/`, in order: (version, name, SQL written for `lib_shared`).
+fn migration_files() -> Vec<(i32, String, String)> {
+    let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+    let mut files: Vec<_> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|path| {
+            let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
+            let version = name.split('_').next().unwrap().parse().unwrap();
+            (version, name, std::fs::read_to_string(path).unwrap())
+        })
+        .collect()
+}
+
+/// Applies every migration file to the schema, in order, as a human (`supabase db push`, psql)
+/// would: each file as one script, through a plain SQL client, with no brain involved.
+async fn apply_by_hand(schema: &TestSchema) {
+    let admin = schema.admin().await;
+    for (_, name, sql) in migration_files() {
+        admin
+            .batch_execute(&sql.replace("lib_shared", &schema.name))
+            .await
+            .unwrap_or_else(|e| panic!("{name} applied by hand: {e:?}"));
+    }
+}
+
+/// The schema's migration records: (version, name, applied_at).
+async fn migration_records(schema: &TestSchema) -> Vec<(i32, String, String)> {
+    schema
+        .admin()
+        .await
+        .query(
+            &format!(
+                "SELECT version, name, applied_at::text FROM {}.schema_migrations ORDER BY version",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+fn recorded_migrations(records: &[(i32, String, String)]) -> Vec<(i32, String)> {
+    records.iter().map(|(v, n, _)| (*v, n.clone())).collect()
+}
+
+fn every_migration() -> Vec<(i32, String)> {
+    migration_files()
+        .into_iter()
+        .map(|(v, n, _)| (v, n))
+        .collect()
+}
+
+/// The relations and functions an adoption moved aside (`events_v11`, `ingest_events_v11`, ...).
+fn moved_aside(inventory: &BTreeMap<String, i64>) -> Vec<&String> {
+    inventory.keys().filter(|k| k.contains("_v11")).collect()
+}
+
+/// Regression: on a fresh database, the migration files applied by hand (as `supabase db push`
+/// does) before the brain's first start made it take the schema for LIB v1.1's and adopt it
+/// (tables moved aside as `*_v11`, data copied). A schema made by our own files is ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_files_applied_by_hand_before_the_first_start_are_not_taken_for_v11() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let schema = TestSchema::new();
+        apply_by_hand(&schema).await;
+        let by_hand = inventory(&schema).await;
+
+        let store = schema.open().await.expect("opens the schema made by hand");
+        assert_eq!(store.adopted(), None, "nothing of LIB v1.1's to adopt");
+        let started = inventory(&schema).await;
+        assert_eq!(
+            moved_aside(&started),
+            Vec::<&String>::new(),
+            "nothing moved aside"
+        );
+        let mut without_records = started.clone();
+        without_records.retain(|k, _| !k.contains("schema_migrations"));
+        assert_eq!(
+            without_records, by_hand,
+            "the brain only recorded the migrations: no table, row or function changed"
+        );
+        let records = migration_records(&schema).await;
+        assert_eq!(recorded_migrations(&records), every_migration());
+
+        let brain = Brain::start(AnyStore::Postgres(store), config()).await;
+        let events = many(A, 3, 1);
+        assert_eq!(brain.ingest_ok(&events).await, (3, 3));
+        assert_eq!(brain.ingest_ok(&events).await, (0, 0), "idempotent");
+        let pulled = brain.pull_all().await;
+        assert_eq!(ids(&pulled), [1, 2, 3]);
+        assert_eq!(
+            ulids(&pulled),
+            events
+                .iter()
+                .map(|e| e.event_ulid.clone())
+                .collect::<Vec<_>>()
+        );
+        drop(brain);
+
+        // The files applied by hand again, and the brain started again: nothing changes.
+        let serving = inventory(&schema).await;
+        apply_by_hand(&schema).await;
+        assert_eq!(inventory(&schema).await, serving, "re-applied by hand");
+        assert_eq!(migration_records(&schema).await, records);
+        let again = schema.open().await.expect("opens again");
+        assert_eq!(again.adopted(), None);
+        assert_eq!(inventory(&schema).await, serving, "started again");
+        assert_eq!(migration_records(&schema).await, records);
+        let brain = Brain::start(AnyStore::Postgres(again), config()).await;
+        assert_eq!(ids(&brain.pull_all().await), [1, 2, 3]);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// The other order: the brain creates the schema, then the files are applied by hand (a Supabase
+/// project's migration history catching up): nothing changes, and the next start adopts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_files_applied_by_hand_after_the_brain_change_nothing() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let schema = TestSchema::new();
+        let store = schema.open().await.expect("creates the schema");
+        let brain = Brain::start(AnyStore::Postgres(store), config()).await;
+        let events = many(A, 2, 1);
+        assert_eq!(brain.ingest_ok(&events).await, (2, 2));
+        drop(brain);
+        let serving = inventory(&schema).await;
+        let records = migration_records(&schema).await;
+        assert_eq!(recorded_migrations(&records), every_migration());
+
+        apply_by_hand(&schema).await;
+        assert_eq!(inventory(&schema).await, serving);
+        assert_eq!(migration_records(&schema).await, records);
+        let again = schema.open().await.expect("opens again");
+        assert_eq!(again.adopted(), None);
+        assert_eq!(inventory(&schema).await, serving);
+        assert_eq!(moved_aside(&serving), Vec::<&String>::new());
+        let brain = Brain::start(AnyStore::Postgres(again), config()).await;
+        assert_eq!(ids(&brain.pull_all().await), [1, 2]);
+        assert_eq!(brain.ingest_ok(&events).await, (0, 0));
+    })
+    .await
+    .expect("test timed out");
+}
+
 /// `agent brain prune` (any command that opens the store) adopts the schema and says so in one
 /// line on stderr; a broken schema stops it with one line and exit status 1.
 #[test]

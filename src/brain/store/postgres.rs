@@ -466,7 +466,9 @@ async fn migrate(client: &mut Client, schema: &str) -> Result<Option<AdoptReport
         .map_err(|e| pg_err("locking for migrations", e))?;
     let result = async {
         // Tables of ours with no migration recorded are LIB v1.1's (CREATE TABLE IF NOT EXISTS
-        // would keep them, and every query would fail later): adopt them first, in place.
+        // would keep them, and every query would fail later): adopt them first, in place. Unless
+        // their columns are ours: our files applied by hand (`supabase db push`) made them, and
+        // applying the files again below only records them.
         let adopted = if tracked(client, schema).await? {
             None
         } else {

@@ -2,7 +2,9 @@
 //! brain pointed at it.
 //!
 //! LIB v1.1 left `events`, `entities` and `device_webhooks` (and plpgsql functions) but none of
-//! this brain's columns, and no `schema_migrations` record. In one transaction, this:
+//! this brain's columns, and no `schema_migrations` record. (Tables with this brain's columns and
+//! no record were made by its migration files applied by hand, and are not adopted.) In one
+//! transaction, this:
 //!
 //! 1. checks the old columns (read through `information_schema`, never assumed) and refuses, with
 //!    one line naming the table and column, a schema it cannot read: nothing changes then;
@@ -31,7 +33,8 @@ use crate::brain::store::{to_json, CheckedEvent};
 use crate::brain::{BrainError, Result};
 use crate::model::{Event, EventType, FilePayload, VectorClock};
 
-/// This brain's table names; any of them found with no migration record is LIB v1.1's.
+/// This brain's table names; any of them found with no migration record is LIB v1.1's, unless
+/// its columns say this brain's own migration files made it ([`made_by_our_files`]).
 /// `pruned_events` is not one: LIB v1.1 had none, and one found here was made by this brain's
 /// migration applied by hand; moving it aside would forget the pruned ULIDs it keeps.
 const OURS: &[&str] = &[
@@ -182,6 +185,16 @@ pub(super) async fn adopt(client: &mut Client, schema: &str) -> Result<Option<Ad
     if !present.iter().any(|t| LIB_V11.contains(&t.as_str())) {
         return Ok(None);
     }
+    if made_by_our_files(&read_columns(&*client, schema, &present).await?) {
+        // Recording them is the caller's: it applies every unrecorded migration, and the files
+        // are idempotent, so applying them again over the hand-made tables changes nothing.
+        tracing::info!(
+            schema,
+            "found this brain's tables with no migration record (migration files applied by \
+             hand): nothing of LIB v1.1's to adopt"
+        );
+        return Ok(None);
+    }
     let tx = client
         .transaction()
         .await
@@ -293,13 +306,29 @@ pub(super) async fn adopt(client: &mut Client, schema: &str) -> Result<Option<Ad
     Ok(Some(report))
 }
 
+/// Whether the tables found, with no migration record, were made by this brain's own migration
+/// files applied by hand (`supabase db push`, psql) before its first start, rather than left by
+/// LIB v1.1. Told by what LIB v1.1 never had: `events.digest` (the test the first migration file
+/// itself makes before it creates anything), `entities.seen_vc`, and an integer webhook id (LIB
+/// v1.1's were uuids). `events` must be there: the files create it first. A mix (LIB v1.1's
+/// tables kept next to ours by CREATE TABLE IF NOT EXISTS) is not ours: it goes to the adoption.
+fn made_by_our_files(columns: &HashMap<String, Columns>) -> bool {
+    let events = columns.get("events").is_some_and(|c| c.has("digest"));
+    let entities = columns.get("entities").is_none_or(|c| c.has("seen_vc"));
+    let webhooks = columns.get("device_webhooks").is_none_or(|c| {
+        c.data_type("id")
+            .is_some_and(|t| INTEGER_TYPES.contains(&t))
+    });
+    events && entities && webhooks
+}
+
 async fn read_columns(
-    tx: &Transaction<'_>,
+    client: &impl tokio_postgres::GenericClient,
     schema: &str,
     tables: &[String],
 ) -> Result<HashMap<String, Columns>> {
     let mut out: HashMap<String, Columns> = HashMap::new();
-    for row in tx
+    for row in client
         .query(
             "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns
              WHERE table_schema = $1 AND table_name = ANY($2)",
@@ -907,5 +936,54 @@ async fn warn_about_cron(client: &Client, schema: &str) {
             "pg_cron job {id} ({schedule}) runs `{command}` against LIB v1.1's renamed functions: \
              remove it with SELECT cron.unschedule({id}) (use `agent brain prune` instead)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns(tables: &[(&str, &[(&str, &str)])]) -> HashMap<String, Columns> {
+        tables
+            .iter()
+            .map(|(table, cols)| {
+                let cols = cols
+                    .iter()
+                    .map(|(c, t)| ((*c).to_owned(), (*t).to_owned()))
+                    .collect();
+                ((*table).to_owned(), Columns(cols))
+            })
+            .collect()
+    }
+
+    const OUR_EVENTS: (&str, &[(&str, &str)]) = ("events", &[("id", "bigint"), ("digest", "text")]);
+    const OUR_ENTITIES: (&str, &[(&str, &str)]) = ("entities", &[("seen_vc", "jsonb")]);
+    const OUR_WEBHOOKS: (&str, &[(&str, &str)]) = ("device_webhooks", &[("id", "bigint")]);
+    const V11_EVENTS: (&str, &[(&str, &str)]) = ("events", &[("id", "bigint")]);
+    const V11_ENTITIES: (&str, &[(&str, &str)]) = ("entities", &[("id", "bigint")]);
+    const V11_WEBHOOKS: (&str, &[(&str, &str)]) = ("device_webhooks", &[("id", "uuid")]);
+
+    #[test]
+    fn tables_made_by_our_files_are_told_from_lib_v11s() {
+        assert!(made_by_our_files(&columns(&[
+            OUR_EVENTS,
+            OUR_ENTITIES,
+            OUR_WEBHOOKS
+        ])));
+        assert!(made_by_our_files(&columns(&[OUR_EVENTS])));
+        assert!(!made_by_our_files(&columns(&[
+            V11_EVENTS,
+            V11_ENTITIES,
+            V11_WEBHOOKS
+        ])));
+        // Mixes: our first file applied by hand next to LIB v1.1 tables it kept (CREATE TABLE IF
+        // NOT EXISTS) are not ours.
+        assert!(!made_by_our_files(&columns(&[OUR_EVENTS, V11_ENTITIES])));
+        assert!(!made_by_our_files(&columns(&[
+            OUR_EVENTS,
+            OUR_ENTITIES,
+            V11_WEBHOOKS
+        ])));
+        assert!(!made_by_our_files(&columns(&[OUR_ENTITIES, OUR_WEBHOOKS])));
     }
 }
