@@ -21,6 +21,10 @@ use crate::store::Store;
 const LONG_POLL: Duration = Duration::from_secs(20);
 /// A burst of changes is pushed at most this long after its first change, however long it lasts.
 const MAX_PUSH_DELAY: Duration = Duration::from_secs(2);
+/// The first retry after a failure comes this long after it; each further failure doubles it.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// Retries never wait longer than this (jitter included).
+const BACKOFF_CAP: Duration = Duration::from_secs(300);
 pub const STATE_KEY: &str = "sync_state";
 
 /// What `agent status` shows of sync.
@@ -35,22 +39,31 @@ pub struct SyncState {
 }
 
 /// Capped exponential backoff with jitter, so many devices do not retry in step.
+#[derive(Debug, Default)]
 struct Backoff {
     failures: u32,
 }
 
 impl Backoff {
+    /// The wait after one more failure.
     fn next(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
-        let base = Duration::from_secs(1)
-            .saturating_mul(1 << self.failures.min(8))
-            .min(Duration::from_secs(300));
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        // ±20 %, from the clock's nanoseconds: enough to spread retries out.
-        let jitter = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
-        base.mul_f64(jitter)
+        // The clock's nanoseconds are enough to spread retries out.
+        Backoff::delay(self.failures, f64::from(nanos % 1000) / 1000.0)
+    }
+
+    /// The wait after `failures` failures in a row (≥ 1): BACKOFF_FIRST doubled per failure up to
+    /// BACKOFF_CAP, times a jitter of ±20 % (`spread` in [0, 1) picks it), never over the cap.
+    fn delay(failures: u32, spread: f64) -> Duration {
+        let doublings = failures.saturating_sub(1).min(16);
+        let base = BACKOFF_FIRST
+            .saturating_mul(1 << doublings)
+            .min(BACKOFF_CAP);
+        base.mul_f64(0.8 + 0.4 * spread.clamp(0.0, 1.0))
+            .min(BACKOFF_CAP)
     }
 
     fn reset(&mut self) {
@@ -213,7 +226,7 @@ fn pusher(
     let mut due = Some(Instant::now());
     let mut first_change: Option<Instant> = None;
     let mut next_full = Instant::now() + s.interval;
-    let mut backoff = Backoff { failures: 0 };
+    let mut backoff = Backoff::default();
     let mut failing = false;
     loop {
         let now = Instant::now();
@@ -285,7 +298,7 @@ fn puller(
     stop: &Receiver<()>,
     stopping: &AtomicBool,
 ) {
-    let mut backoff = Backoff { failures: 0 };
+    let mut backoff = Backoff::default();
     let mut failing = false;
     loop {
         if stopping.load(Ordering::Relaxed) {
@@ -338,5 +351,58 @@ fn puller(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_at_one_second_and_doubles_per_failure_up_to_the_cap() {
+        let middle = |failures| Backoff::delay(failures, 0.5);
+        let expected = [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300];
+        for (i, secs) in expected.iter().enumerate() {
+            assert_eq!(
+                middle(i as u32 + 1),
+                Duration::from_secs(*secs),
+                "failure {}",
+                i + 1
+            );
+        }
+        assert_eq!(
+            middle(u32::MAX),
+            BACKOFF_CAP,
+            "no overflow after a long outage"
+        );
+    }
+
+    #[test]
+    fn backoff_jitter_stays_within_20_percent_and_never_passes_the_cap() {
+        for failures in 1..=12 {
+            let base = Backoff::delay(failures, 0.5);
+            let (low, high) = (Backoff::delay(failures, 0.0), Backoff::delay(failures, 1.0));
+            assert_eq!(low, base.mul_f64(0.8), "failure {failures}");
+            assert_eq!(
+                high,
+                base.mul_f64(1.2).min(BACKOFF_CAP),
+                "failure {failures}"
+            );
+            assert!(high <= BACKOFF_CAP);
+        }
+        // The running backoff draws its jitter inside those bounds.
+        let mut backoff = Backoff::default();
+        for failures in 1..=12 {
+            let d = backoff.next();
+            assert!(
+                d >= Backoff::delay(failures, 0.0) && d <= Backoff::delay(failures, 1.0),
+                "failure {failures}: {d:?}"
+            );
+        }
+        backoff.reset();
+        assert!(
+            backoff.next() <= Duration::from_millis(1200),
+            "reset starts over"
+        );
     }
 }

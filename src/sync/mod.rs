@@ -21,7 +21,7 @@ use crate::store::{read, Store, StoreError};
 
 /// `lib_kv` key of the pull cursor: the brain id of the last event applied.
 pub const CURSOR_KEY: &str = "sync_after_id";
-/// Byte cap of one push request (the brain's own cap is larger).
+/// Byte cap of one push request body (the brain's own cap is larger).
 pub const MAX_PUSH_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,9 @@ pub struct PushSummary {
     pub result: IngestResult,
     /// Events the brain refused, set aside with its reason.
     pub parked: u64,
+    /// Of `pushed`, the `initial_sync` events: the backfill of rows adopted from LIB v1.0/v1.1.
+    #[serde(skip)]
+    pub initial_sync: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -125,19 +128,24 @@ pub fn push(
     }
 }
 
-/// Cuts a page of outbox rows into requests under the byte cap (one oversized event alone).
+/// The bytes of `{"batch":[` and `]}` around the events of a request.
+const ENVELOPE_BYTES: usize = r#"{"batch":[]}"#.len();
+
+/// Cuts a page of outbox rows into requests whose body stays under the byte cap (an event that
+/// is larger on its own goes alone: the brain, whose cap is larger, decides).
 fn split_by_bytes(rows: &[(i64, Event)]) -> Vec<&[(i64, Event)]> {
     let mut out = Vec::new();
     let mut start = 0;
-    let mut bytes = 0;
+    let mut bytes = ENVELOPE_BYTES;
     for (i, (_, event)) in rows.iter().enumerate() {
         let size = serde_json::to_vec(event).map_or(0, |v| v.len());
-        if i > start && bytes + size > MAX_PUSH_BYTES {
+        // Each event after the first of a request adds its comma.
+        if i > start && bytes + 1 + size > MAX_PUSH_BYTES {
             out.push(&rows[start..i]);
             start = i;
-            bytes = 0;
+            bytes = ENVELOPE_BYTES;
         }
-        bytes += size;
+        bytes += size + usize::from(i > start);
     }
     if start < rows.len() {
         out.push(&rows[start..]);
@@ -159,6 +167,10 @@ fn push_rows(
             batch.mark_pushed(&ids)?;
             batch.commit()?;
             summary.pushed += ids.len() as u64;
+            summary.initial_sync += rows
+                .iter()
+                .filter(|(_, e)| e.event_type == EventType::InitialSync)
+                .count() as u64;
             summary.result.inserted_events += result.inserted_events;
             summary.result.upserted_entities += result.upserted_entities;
             Ok(())
@@ -300,4 +312,310 @@ fn reseed(
     batch.kv_set(CURSOR_KEY, &watermark.to_string())?;
     batch.commit()?;
     Ok(watermark)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Push batching and the pull cursor, against a fake brain that records every request: the
+    //! rules are about what is sent and in what shape, which the real brain does not report.
+
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::model::wire::IngestRequest;
+    use crate::model::{FilePayload, VectorClock};
+
+    /// Records each `/ingest` batch; `fail(n, batch)` may turn request `n` (from 0) into an error.
+    struct Recorder<F: Fn(usize, &[Event]) -> Option<ClientError>> {
+        requests: RefCell<Vec<Vec<Event>>>,
+        fail: F,
+    }
+
+    fn recorder() -> Recorder<impl Fn(usize, &[Event]) -> Option<ClientError>> {
+        failing_with(|_, _| None)
+    }
+
+    fn failing_with<F: Fn(usize, &[Event]) -> Option<ClientError>>(fail: F) -> Recorder<F> {
+        Recorder {
+            requests: RefCell::new(Vec::new()),
+            fail,
+        }
+    }
+
+    impl<F: Fn(usize, &[Event]) -> Option<ClientError>> Recorder<F> {
+        fn sizes(&self) -> Vec<usize> {
+            self.requests.borrow().iter().map(Vec::len).collect()
+        }
+
+        fn ulids(&self) -> Vec<String> {
+            self.requests
+                .borrow()
+                .iter()
+                .flatten()
+                .map(|e| e.event_ulid.clone())
+                .collect()
+        }
+    }
+
+    impl<F: Fn(usize, &[Event]) -> Option<ClientError>> Brain for Recorder<F> {
+        fn ingest(&self, batch: &[Event]) -> Result<IngestResult, ClientError> {
+            let n = self.requests.borrow().len();
+            self.requests.borrow_mut().push(batch.to_vec());
+            if let Some(e) = (self.fail)(n, batch) {
+                return Err(e);
+            }
+            Ok(IngestResult {
+                inserted_events: batch.len() as u64,
+                upserted_entities: batch.len() as u64,
+            })
+        }
+
+        fn pull(
+            &self,
+            after_id: i64,
+            _limit: usize,
+            _wait: Option<Duration>,
+        ) -> Result<PullResponse, ClientError> {
+            Ok(PullResponse {
+                ok: true,
+                events: Vec::new(),
+                next_after_id: after_id,
+                has_more: false,
+            })
+        }
+
+        fn snapshot(&self, _: &str, _: usize) -> Result<SnapshotResponse, ClientError> {
+            Err(protocol("no snapshot in this test"))
+        }
+    }
+
+    fn protocol(reason: &str) -> ClientError {
+        ClientError::Protocol {
+            route: "/test",
+            reason: reason.into(),
+        }
+    }
+
+    fn status(status: u16) -> ClientError {
+        ClientError::Status {
+            route: "/ingest",
+            status,
+            message: "as the test says".into(),
+        }
+    }
+
+    /// A store whose outbox holds `n` upserts, each with `content` bytes of text.
+    fn store_with_outbox(n: usize, content: usize) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("agent.db")).expect("store");
+        let batch = store.batch().expect("batch");
+        for i in 0..n {
+            batch
+                .record_local(
+                    &format!("notes/f{i:04}.md"),
+                    EventType::UpsertFile,
+                    FilePayload {
+                        sha256: Some(format!("{i:064x}")),
+                        bytes: Some(content as u64),
+                        content: Some("x".repeat(content)),
+                        ..FilePayload::default()
+                    },
+                )
+                .expect("record");
+        }
+        batch.commit().expect("commit");
+        (dir, store)
+    }
+
+    fn outbox_ulids(store: &Store) -> Vec<String> {
+        let mut stmt = store
+            .conn()
+            .prepare("SELECT event_ulid FROM lib_outbox ORDER BY id")
+            .expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .expect("outbox")
+    }
+
+    fn pending(store: &Store) -> i64 {
+        read::counts(store.conn()).expect("counts").outbox_pending
+    }
+
+    fn body_bytes(batch: &[Event]) -> usize {
+        serde_json::to_vec(&IngestRequest {
+            batch: batch.to_vec(),
+        })
+        .expect("serialise")
+        .len()
+    }
+
+    #[test]
+    fn a_push_of_450_events_with_batch_size_200_sends_200_200_then_50_in_outbox_order() {
+        let (_dir, mut store) = store_with_outbox(450, 10);
+        let brain = recorder();
+        let summary = push(&mut store, &brain, 200).expect("push");
+        assert_eq!(brain.sizes(), [200, 200, 50]);
+        assert_eq!(
+            brain.ulids(),
+            outbox_ulids(&store),
+            "every event once, in id order"
+        );
+        assert_eq!(
+            (
+                summary.pushed,
+                summary.result.inserted_events,
+                summary.parked
+            ),
+            (450, 450, 0)
+        );
+        assert_eq!(pending(&store), 0);
+    }
+
+    #[test]
+    fn a_batch_size_over_the_protocol_limit_is_held_to_500() {
+        let (_dir, mut store) = store_with_outbox(501, 10);
+        let brain = recorder();
+        push(&mut store, &brain, 10_000).expect("push");
+        assert_eq!(brain.sizes(), [500, 1]);
+    }
+
+    #[test]
+    fn events_larger_together_than_the_byte_cap_are_split_by_bytes() {
+        // 1.5 MiB of text each: two fit under 4 MiB, three do not.
+        let (_dir, mut store) = store_with_outbox(5, 3 << 19);
+        let brain = recorder();
+        let summary = push(&mut store, &brain, 200).expect("push");
+        assert_eq!(brain.sizes(), [2, 2, 1]);
+        for batch in brain.requests.borrow().iter() {
+            assert!(body_bytes(batch) <= MAX_PUSH_BYTES, "{}", body_bytes(batch));
+        }
+        assert_eq!(brain.ulids(), outbox_ulids(&store));
+        assert_eq!(summary.pushed, 5);
+    }
+
+    /// An outbox row whose event serialises to exactly `bytes` (at least 1000).
+    fn event_of_size(i: usize, bytes: usize) -> (i64, Event) {
+        let mut clock = VectorClock::new();
+        clock.set("device", 1);
+        let mut event = Event {
+            event_ulid: format!("01J{i:023}"),
+            device_id: "device".into(),
+            event_type: EventType::UpsertFile,
+            entity_type: "file".into(),
+            entity_key: format!("notes/{i}.md"),
+            payload: FilePayload {
+                sha256: Some("0".repeat(64)),
+                bytes: Some(1),
+                content: Some(String::new()),
+                ..FilePayload::default()
+            },
+            vector_clock: clock,
+            created_at: "2026-11-25T10:00:00Z".into(),
+        };
+        let empty = serde_json::to_vec(&event).expect("serialise").len();
+        event.payload.content = Some("x".repeat(bytes - empty));
+        (i as i64, event)
+    }
+
+    #[test]
+    fn a_request_body_of_exactly_the_byte_cap_is_one_request_and_one_byte_more_is_two() {
+        // Two events, then the envelope and the comma between them.
+        let first = 1 << 20;
+        let exact = MAX_PUSH_BYTES - ENVELOPE_BYTES - 1 - first;
+        let rows = [event_of_size(0, first), event_of_size(1, exact)];
+        let events: Vec<Event> = rows.iter().map(|(_, e)| e.clone()).collect();
+        assert_eq!(body_bytes(&events), MAX_PUSH_BYTES);
+        assert_eq!(
+            split_by_bytes(&rows)
+                .iter()
+                .map(|r| r.len())
+                .collect::<Vec<_>>(),
+            [2]
+        );
+
+        let rows = [event_of_size(0, first), event_of_size(1, exact + 1)];
+        assert_eq!(
+            split_by_bytes(&rows)
+                .iter()
+                .map(|r| r.len())
+                .collect::<Vec<_>>(),
+            [1, 1]
+        );
+    }
+
+    #[test]
+    fn an_event_over_the_byte_cap_on_its_own_is_sent_alone() {
+        let rows = [
+            event_of_size(0, 1000),
+            event_of_size(1, MAX_PUSH_BYTES + 1),
+            event_of_size(2, 1000),
+        ];
+        assert_eq!(
+            split_by_bytes(&rows)
+                .iter()
+                .map(|r| r.len())
+                .collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
+    }
+
+    #[test]
+    fn a_retryable_failure_stops_the_push_and_keeps_the_rest_for_the_retry() {
+        let (_dir, mut store) = store_with_outbox(450, 10);
+        let brain = failing_with(|n, _| (n == 1).then(|| status(503)));
+        let err = push(&mut store, &brain, 200).expect_err("the second request fails");
+        assert!(err.is_retryable(), "{err}");
+        assert_eq!(brain.sizes(), [200, 200]);
+        assert_eq!(pending(&store), 250, "the first request's rows are pushed");
+
+        let brain = recorder();
+        push(&mut store, &brain, 200).expect("the retry");
+        assert_eq!(brain.sizes(), [200, 50]);
+        assert_eq!(
+            brain.ulids(),
+            outbox_ulids(&store)[200..],
+            "the retry resends what was not acknowledged, and nothing else"
+        );
+        assert_eq!(pending(&store), 0);
+    }
+
+    #[test]
+    fn a_refused_event_is_found_by_splitting_and_parked_while_the_rest_are_pushed() {
+        let (_dir, mut store) = store_with_outbox(10, 10);
+        let bad = outbox_ulids(&store)[6].clone();
+        let brain = failing_with(|_, batch: &[Event]| {
+            batch
+                .iter()
+                .any(|e| e.event_ulid == bad)
+                .then(|| status(400))
+        });
+        let summary = push(&mut store, &brain, 200).expect("push");
+        assert_eq!((summary.pushed, summary.parked), (9, 1));
+        let parked = read::parked_outbox(store.conn()).expect("parked");
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].0, bad);
+        assert_eq!(pending(&store), 0);
+    }
+
+    #[test]
+    fn initial_sync_events_pushed_are_counted_apart() {
+        let (_dir, mut store) = store_with_outbox(3, 10);
+        let batch = store.batch().expect("batch");
+        for key in ["notes/old-1.md", "notes/old-2.md"] {
+            batch
+                .record_local(
+                    key,
+                    EventType::InitialSync,
+                    FilePayload {
+                        sha256: Some("a".repeat(64)),
+                        bytes: Some(1),
+                        ..FilePayload::default()
+                    },
+                )
+                .expect("record");
+        }
+        batch.commit().expect("commit");
+        let summary = push(&mut store, &recorder(), 200).expect("push");
+        assert_eq!((summary.pushed, summary.initial_sync), (5, 2));
+    }
 }
