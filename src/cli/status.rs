@@ -51,6 +51,7 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let parked = read::parked_outbox(conn)?;
+    let refused = crate::sync::refused_pulls(&store)?;
     let run_state = crate::daemon::read_state(&store)?;
     if global.json {
         return super::print_json(&json!({
@@ -67,6 +68,7 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
                 "realtime": config.sync.realtime.as_str(),
                 "cursor": cursor,
                 "parked": parked.iter().map(|(ulid, key, error)| json!({"event_ulid": ulid, "entity_key": key, "error": error})).collect::<Vec<_>>(),
+                "refused": refused,
                 "state": sync_state,
             },
             "agent": {
@@ -122,6 +124,25 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         );
         for (ulid, key, error) in &parked {
             println!("           {key} ({ulid}): {error}");
+        }
+    }
+    if !refused.is_empty() {
+        println!(
+            "refused    {} pulled events that are invalid (skipped, never applied):",
+            refused.len()
+        );
+        const SHOWN: usize = 10;
+        for r in refused.iter().take(SHOWN) {
+            println!(
+                "           brain id {} {:?} ({:?}): {}",
+                r.id, r.entity_key, r.event_ulid, r.reason
+            );
+        }
+        if refused.len() > SHOWN {
+            println!(
+                "           and {} more (`agent status --json` lists them all)",
+                refused.len() - SHOWN
+            );
         }
     }
     if libraries.is_empty() {

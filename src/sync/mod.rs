@@ -11,18 +11,23 @@ pub mod listener;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use rusqlite::OptionalExtension;
+use serde::{Deserialize, Serialize};
 
 pub use client::{BrainClient, ClientError};
 
+use crate::model::event::now_rfc3339;
 use crate::model::wire::{IngestResult, PullResponse, SnapshotResponse, MAX_BATCH};
 use crate::model::{Event, EventType};
-use crate::store::{read, Store, StoreError};
+use crate::store::{read, Batch, Context, Store, StoreError};
 
 /// `lib_kv` key of the pull cursor: the brain id of the last event applied.
 pub const CURSOR_KEY: &str = "sync_after_id";
 /// Byte cap of one push request body (the brain's own cap is larger).
 pub const MAX_PUSH_BYTES: usize = 4 << 20;
+/// `lib_kv` keys of pulled events that were refused as invalid: this prefix, then the brain id
+/// (zero-padded, so the keys sort in log order); the value is a [`RefusedPull`] (JSON).
+pub const REFUSED_PULL_PREFIX: &str = "sync_refused_pull/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -30,12 +35,6 @@ pub enum SyncError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("pulled event {index} (brain id {id}) is invalid: {reason}")]
-    BadEvent {
-        index: usize,
-        id: i64,
-        reason: String,
-    },
 }
 
 impl SyncError {
@@ -63,6 +62,26 @@ pub struct PullSummary {
     /// The cursor was older than the brain's pruned log: re-seeded from a snapshot.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reseeded: bool,
+    /// Of `pulled`, the events that failed validation: recorded (see [`refused_pulls`]) and
+    /// skipped, never applied.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A pulled event that failed validation, kept in `lib_kv` for `agent status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedPull {
+    /// The brain's id of the event.
+    pub id: i64,
+    pub event_ulid: String,
+    pub device_id: String,
+    pub entity_key: String,
+    pub reason: String,
+    pub refused_at: String,
 }
 
 /// The three routes push and pull use. [`BrainClient`] speaks them over HTTP; the deterministic
@@ -194,6 +213,12 @@ fn push_rows(
 }
 
 /// Pulls and applies everything after the cursor. With `wait`, the first request long-polls.
+///
+/// An event that fails validation (the brain validates what it ingests, so it would come from a
+/// damaged log or from a writer that bypassed the brain) is recorded under
+/// [`REFUSED_PULL_PREFIX`], logged with its id and ULID, and skipped: the cursor moves past it
+/// and the valid events around it are applied. Stopping there instead would stop this device's
+/// pulls for good, behind one event that no retry can repair.
 pub fn pull(
     store: &mut Store,
     client: &(impl Brain + ?Sized),
@@ -202,10 +227,7 @@ pub fn pull(
 ) -> Result<PullSummary, SyncError> {
     let batch_size = batch_size.clamp(1, MAX_BATCH);
     let mut summary = PullSummary::default();
-    let mut cursor: i64 = store
-        .kv_get(CURSOR_KEY)?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let mut cursor = parse_cursor(store.kv_get(CURSOR_KEY)?);
     let mut wait = wait;
     loop {
         let page = match client.pull(cursor, batch_size, wait.take()) {
@@ -220,16 +242,14 @@ pub fn pull(
         };
         let max_content = usize::MAX;
         let batch = store.batch()?;
-        for (index, pulled) in page.events.iter().enumerate() {
+        for pulled in &page.events {
             let event = &pulled.event;
-            event
-                .validate(max_content)
-                .map_err(|e| SyncError::BadEvent {
-                    index,
-                    id: pulled.id,
-                    reason: e.to_string(),
-                })?;
             summary.pulled += 1;
+            if let Err(e) = event.validate(max_content) {
+                refuse(&batch, pulled.id, event, &e.to_string())?;
+                summary.refused += 1;
+                continue;
+            }
             if event.device_id == batch.device_id() && batch.in_outbox(&event.event_ulid)? {
                 continue; // ours, applied when it was made
             }
@@ -238,14 +258,86 @@ pub fn pull(
                 summary.applied += 1;
             }
         }
-        cursor = cursor.max(page.next_after_id);
-        batch.kv_set(CURSOR_KEY, &cursor.to_string())?;
+        cursor = advance_cursor(&batch, page.next_after_id)?;
         batch.commit()?;
         if !page.has_more {
             summary.new_after_id = cursor;
             return Ok(summary);
         }
     }
+}
+
+/// The stored cursor; a value that is not a number (a damaged row) counts as 0, which re-pulls
+/// the log: the inbox makes that apply nothing twice.
+fn parse_cursor(stored: Option<String>) -> i64 {
+    match stored.as_deref().map(str::parse::<i64>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            tracing::warn!(value = ?stored, "the pull cursor in lib_kv is not a number ({e}); pulling from the start");
+            0
+        }
+    }
+}
+
+/// Stores `max(stored cursor, to)` in the batch's transaction and returns it. Pulls run
+/// concurrently (the puller, the periodic full sync, an `agent sync`), each from the cursor it
+/// read when it started: the later commit must not move the cursor back over events the other
+/// one applied. What the stored cursor covers was applied in the transaction that stored it.
+fn advance_cursor(batch: &Batch<'_>, to: i64) -> Result<i64, StoreError> {
+    let stored: Option<String> = batch
+        .tx()
+        .query_row("SELECT v FROM lib_kv WHERE k = ?1", [CURSOR_KEY], |r| {
+            r.get(0)
+        })
+        .optional()
+        .ctx(|| format!("reading lib_kv {CURSOR_KEY}"))?;
+    let cursor = parse_cursor(stored).max(to);
+    batch.kv_set(CURSOR_KEY, &cursor.to_string())?;
+    Ok(cursor)
+}
+
+fn refuse(batch: &Batch<'_>, id: i64, event: &Event, reason: &str) -> Result<(), StoreError> {
+    // Debug formatting: the strings came from the network and may hold control characters.
+    tracing::error!(id, event = ?event.event_ulid, key = ?event.entity_key, device = ?event.device_id,
+        "skipped a pulled event that is invalid: {reason}");
+    let refused = RefusedPull {
+        id,
+        event_ulid: event.event_ulid.clone(),
+        device_id: event.device_id.clone(),
+        entity_key: event.entity_key.clone(),
+        reason: reason.to_owned(),
+        refused_at: now_rfc3339(),
+    };
+    let json = serde_json::to_string(&refused).map_err(|e| StoreError::Corrupt {
+        context: format!("serialising the record of refused event {id}"),
+        detail: e.to_string(),
+    })?;
+    batch.kv_set(&format!("{REFUSED_PULL_PREFIX}{id:020}"), &json)
+}
+
+/// The pulled events refused as invalid, in log order.
+pub fn refused_pulls(store: &Store) -> Result<Vec<RefusedPull>, StoreError> {
+    let context = || "reading the refused pulled events from lib_kv".to_owned();
+    let mut stmt = store
+        .conn()
+        .prepare("SELECT k, v FROM lib_kv WHERE substr(k, 1, ?1) = ?2 ORDER BY k")
+        .ctx(context)?;
+    let rows = stmt
+        .query_map(
+            (REFUSED_PULL_PREFIX.len() as i64, REFUSED_PULL_PREFIX),
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .ctx(context)?;
+    rows.into_iter()
+        .map(|(k, v)| {
+            serde_json::from_str(&v).map_err(|e| StoreError::Corrupt {
+                context: format!("lib_kv {k}"),
+                detail: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Rebuilds the shared view from the brain's entities and returns the log position to pull from.
@@ -307,11 +399,10 @@ fn reseed(
             _ => break,
         }
     }
-    let watermark = watermark.unwrap_or(0);
     let batch = store.batch()?;
-    batch.kv_set(CURSOR_KEY, &watermark.to_string())?;
+    let cursor = advance_cursor(&batch, watermark.unwrap_or(0))?;
     batch.commit()?;
-    Ok(watermark)
+    Ok(cursor)
 }
 
 #[cfg(test)]
@@ -319,7 +410,7 @@ mod tests {
     //! Push batching and the pull cursor, against a fake brain that records every request: the
     //! rules are about what is sent and in what shape, which the real brain does not report.
 
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
 
     use super::*;
     use crate::model::wire::IngestRequest;
@@ -617,5 +708,89 @@ mod tests {
         batch.commit().expect("commit");
         let summary = push(&mut store, &recorder(), 200).expect("push");
         assert_eq!((summary.pushed, summary.initial_sync), (5, 2));
+    }
+
+    /// Serves one empty page that ends at `next`, after running `meanwhile` (another pull, say).
+    struct OnePage<M: Fn()> {
+        next: i64,
+        meanwhile: M,
+        calls: Cell<usize>,
+    }
+
+    impl<M: Fn()> Brain for OnePage<M> {
+        fn ingest(&self, _: &[Event]) -> Result<IngestResult, ClientError> {
+            Err(protocol("no ingest in this test"))
+        }
+
+        fn pull(
+            &self,
+            _after_id: i64,
+            _limit: usize,
+            _wait: Option<Duration>,
+        ) -> Result<PullResponse, ClientError> {
+            self.calls.set(self.calls.get() + 1);
+            (self.meanwhile)();
+            Ok(PullResponse {
+                ok: true,
+                events: Vec::new(),
+                next_after_id: self.next,
+                has_more: false,
+            })
+        }
+
+        fn snapshot(&self, _: &str, _: usize) -> Result<SnapshotResponse, ClientError> {
+            Err(protocol("no snapshot in this test"))
+        }
+    }
+
+    fn cursor(store: &Store) -> Option<String> {
+        store.kv_get(CURSOR_KEY).expect("cursor")
+    }
+
+    #[test]
+    fn the_cursor_never_moves_back_when_an_overlapping_pull_stored_a_later_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("agent.db");
+        let mut store = Store::open(&db).expect("store");
+        // While this pull waits for its page (up to 5), another one applies up to 10.
+        let brain = OnePage {
+            next: 5,
+            meanwhile: || {
+                let mut other = Store::open(&db).expect("other connection");
+                let batch = other.batch().expect("batch");
+                batch.kv_set(CURSOR_KEY, "10").expect("cursor");
+                batch.commit().expect("commit");
+            },
+            calls: Cell::new(0),
+        };
+        let summary = pull(&mut store, &brain, 200, None).expect("pull");
+        assert_eq!(cursor(&store).as_deref(), Some("10"));
+        assert_eq!(summary.new_after_id, 10);
+
+        // And a pull that gets further moves it on.
+        let brain = OnePage {
+            next: 12,
+            meanwhile: || {},
+            calls: Cell::new(0),
+        };
+        pull(&mut store, &brain, 200, None).expect("pull");
+        assert_eq!(cursor(&store).as_deref(), Some("12"));
+    }
+
+    #[test]
+    fn a_cursor_that_is_not_a_number_pulls_from_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("agent.db")).expect("store");
+        let batch = store.batch().expect("batch");
+        batch.kv_set(CURSOR_KEY, "garbage").expect("cursor");
+        batch.commit().expect("commit");
+        let brain = OnePage {
+            next: 3,
+            meanwhile: || {},
+            calls: Cell::new(0),
+        };
+        let summary = pull(&mut store, &brain, 200, None).expect("pull");
+        assert_eq!(summary.new_after_id, 3);
+        assert_eq!(cursor(&store).as_deref(), Some("3"));
     }
 }
