@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod client;
 pub mod listener;
+pub mod state;
 
 use std::time::Duration;
 
@@ -52,6 +53,9 @@ pub struct PushSummary {
     /// Of `pushed`, the `initial_sync` events: the backfill of rows adopted from LIB v1.0/v1.1.
     #[serde(skip)]
     pub initial_sync: u64,
+    /// `/ingest` requests the brain answered (0: the outbox was empty, the brain was not asked).
+    #[serde(skip)]
+    pub requests: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -179,7 +183,11 @@ fn push_rows(
     summary: &mut PushSummary,
 ) -> Result<(), SyncError> {
     let events: Vec<Event> = rows.iter().map(|(_, e)| e.clone()).collect();
-    match client.ingest(&events) {
+    let answer = client.ingest(&events);
+    if answer.is_ok() || answer.as_ref().is_err_and(ClientError::is_refusal) {
+        summary.requests += 1;
+    }
+    match answer {
         Ok(result) => {
             let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
             let batch = store.batch()?;
