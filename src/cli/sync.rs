@@ -6,6 +6,7 @@ use serde_json::json;
 use super::GlobalArgs;
 use crate::config::Config;
 use crate::store::Store;
+use crate::sync::state::{self, Outcome, Step};
 use crate::sync::{self, BrainClient};
 
 /// Push the outbox to the brain and/or pull and apply what other devices changed, once, now
@@ -32,12 +33,21 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     };
     let batch = config.sync.batch_size;
     let pushed = if do_push {
-        Some(sync::push(&mut store, &client, batch)?)
+        let result = sync::push(&mut store, &client, batch);
+        save(
+            &mut store,
+            url,
+            Step::Push,
+            Outcome::of(&result, |p| p.requests > 0),
+        );
+        Some(result?)
     } else {
         None
     };
     let pulled = if do_pull {
-        Some(sync::pull(&mut store, &client, batch, None)?)
+        let result = sync::pull(&mut store, &client, batch, None);
+        save(&mut store, url, Step::Pull, Outcome::of(&result, |_| true));
+        Some(result?)
     } else {
         None
     };
@@ -69,4 +79,12 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
         );
     }
     Ok(())
+}
+
+/// Records the outcome for `agent status`. Sync itself went as `outcome` says: failing to save
+/// the record only warns.
+fn save(store: &mut Store, url: &str, step: Step, outcome: Outcome<'_>) {
+    if let Err(e) = state::record(store, url, None, step, outcome) {
+        tracing::warn!("cannot save the sync state for `agent status`: {e}");
+    }
 }
