@@ -950,10 +950,97 @@ fn synced_lab(brain: &Brain) -> Lab {
     ))
 }
 
+fn sync_json(lab: &Lab, args: &[&str]) -> Value {
+    let mut full = vec!["--json", "sync"];
+    full.extend_from_slice(args);
+    lab.agent_env(&full, &[("LIB_SYNC_SECRET", BRAIN_SECRET)])
+        .success()
+        .json()
+}
+
 fn line<'a>(text: &'a str, start: &str) -> &'a str {
     text.lines()
         .find(|l| l.starts_with(start))
         .unwrap_or_else(|| panic!("no line starting with {start:?} in:\n{text}"))
+}
+
+#[test]
+fn sync_json_prints_the_lib_v1_1_summary_with_true_figures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(dir.path());
+    let other = synced_lab(&brain);
+    other.write("notes/theirs.md", "from another device\n");
+    other.scan(&[]);
+    sync_json(&other, &["--push"]);
+
+    let lab = synced_lab(&brain);
+    lab.write("notes/a.md", "alpha\n");
+    lab.write("notes/b.md", "bravo\n");
+    lab.scan(&[]);
+    let summary = sync_json(&lab, &[]);
+    // LIB v1.1's keys, with one addition: push.parked (events the brain refused).
+    assert_eq!(
+        summary,
+        serde_json::json!({
+            "ok": true,
+            "push": {
+                "pushed": 2,
+                "result": {"inserted_events": 2, "upserted_entities": 2},
+                "parked": 0,
+            },
+            "pull": {"pulled": 3, "applied": 1, "new_after_id": 3},
+            "backfill": {"backfilled": 0, "already_done": true},
+        })
+    );
+    assert_eq!(brain.last_id(), 3);
+
+    // Nothing new: the same keys, zeros, the cursor where it was.
+    let again = sync_json(&lab, &[]);
+    assert_eq!(again["push"]["pushed"], 0);
+    assert_eq!(
+        again["pull"],
+        serde_json::json!({"pulled": 0, "applied": 0, "new_after_id": 3})
+    );
+    // Only one half: the other is null.
+    let pull_only = sync_json(&lab, &["--pull"]);
+    assert_eq!(keys(&pull_only), ["backfill", "ok", "pull", "push"]);
+    assert_eq!(pull_only["push"], Value::Null);
+    assert_eq!(sync_json(&lab, &["--push"])["pull"], Value::Null);
+}
+
+#[test]
+fn sync_json_counts_the_lib_backfill_it_delivers_and_says_whether_one_still_waits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(dir.path());
+    let lab = synced_lab(&brain);
+    lib_v1_database(&lab, &[A, B], &[A, B]);
+
+    // Adopted, not scanned yet: the rows wait for their backfill, and sync says so.
+    let waiting = sync_json(&lab, &[]);
+    assert_eq!(waiting["push"]["pushed"], 0);
+    assert_eq!(
+        waiting["backfill"],
+        serde_json::json!({"backfilled": 0, "already_done": false})
+    );
+    let text = lab
+        .agent_env(&["sync"], &[("LIB_SYNC_SECRET", BRAIN_SECRET)])
+        .success()
+        .stdout;
+    assert!(text.contains("run `agent scan`"), "{text}");
+
+    // The first scan makes the initial_sync events; the next sync delivers them.
+    assert_eq!(lab.scan(&[])["backfilled"], 2);
+    let delivered = sync_json(&lab, &[]);
+    assert_eq!(delivered["push"]["pushed"], 2);
+    assert_eq!(
+        delivered["backfill"],
+        serde_json::json!({"backfilled": 2, "already_done": true})
+    );
+    let again = sync_json(&lab, &[]);
+    assert_eq!(
+        again["backfill"],
+        serde_json::json!({"backfilled": 0, "already_done": true})
+    );
 }
 
 #[test]

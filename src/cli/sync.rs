@@ -9,6 +9,10 @@ use crate::store::Store;
 use crate::sync::state::{self, Outcome, Step};
 use crate::sync::{self, BrainClient};
 
+/// `lib_kv` flag of an adopted LIB v1.0/v1.1 database whose rows wait for their backfill (the
+/// first scan turns them into `initial_sync` events).
+const BACKFILL_PENDING: &str = "backfill_pending";
+
 /// Push the outbox to the brain and/or pull and apply what other devices changed, once, now
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -51,13 +55,21 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     } else {
         None
     };
-    let backfill_pending = store.kv_get("backfill_pending")?.is_some();
+    // LIB v1.1's sync made the backfill itself; here the first scan makes it (`agent scan`, or
+    // `agent run` at start), and sync delivers it. So `backfilled` counts the initial_sync events
+    // this push delivered to the brain, and `already_done` says that no adopted row still waits
+    // for its backfill.
+    let backfilled = pushed.as_ref().map_or(0, |p| p.initial_sync);
+    let backfill_waiting = store.kv_get(BACKFILL_PENDING)?.is_some();
     if global.json {
         return super::print_json(&json!({
             "ok": true,
             "push": pushed,
             "pull": pulled,
-            "backfill": { "pending": backfill_pending },
+            "backfill": {
+                "backfilled": backfilled,
+                "already_done": !backfill_waiting,
+            },
         }));
     }
     if let Some(p) = &pushed {
@@ -74,8 +86,25 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     }
     if let Some(p) = &pulled {
         println!(
-            "pulled {} events, applied {}; cursor {}",
-            p.pulled, p.applied, p.new_after_id
+            "pulled {} events, applied {}; cursor {}{}",
+            p.pulled,
+            p.applied,
+            p.new_after_id,
+            if p.refused > 0 {
+                format!("; {} invalid, skipped (see `agent status`)", p.refused)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if backfilled > 0 {
+        println!(
+            "delivered the backfill of rows adopted from LIB: {backfilled} initial_sync events"
+        );
+    }
+    if backfill_waiting {
+        println!(
+            "rows adopted from LIB wait for their backfill: run `agent scan` (or `agent run`)"
         );
     }
     Ok(())
