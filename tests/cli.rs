@@ -875,3 +875,278 @@ fn a_lib_v1_database_is_searchable_before_the_first_scan() {
     assert!(lab.db().outbox().is_empty());
     assert_eq!(lab.scan(&["notes"])["backfilled"], 2);
 }
+
+// ---- agent sync, and what agent status says of it ------------------------------------------------
+
+const BRAIN_SECRET: &str = "cli-secret";
+
+/// A real brain (SQLite, HTTP on loopback) in this process, stopped on drop.
+struct Brain {
+    url: String,
+    runtime: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Brain {
+    fn start(dir: &Path) -> Brain {
+        use lib_agent::brain::server::{serve, ServerConfig};
+        use lib_agent::brain::store::sqlite::SqliteStore;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store = std::sync::Arc::new(SqliteStore::open(&dir.join("brain.db")).expect("brain"));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let config = ServerConfig {
+            secret: Some(BRAIN_SECRET.into()),
+            ..ServerConfig::default()
+        };
+        runtime.spawn(serve(listener, store, config, async move {
+            let _ = rx.await;
+        }));
+        Brain {
+            url,
+            runtime: Some(runtime),
+            stop: Some(tx),
+        }
+    }
+
+    /// Stops serving; the address then refuses connections.
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        }
+    }
+
+    /// The id of the newest event in the brain's log.
+    fn last_id(&self) -> i64 {
+        lib_agent::sync::BrainClient::new(&self.url, Some(BRAIN_SECRET.into()))
+            .expect("client")
+            .pull(0, 500, None)
+            .expect("pull")
+            .next_after_id
+    }
+}
+
+impl Drop for Brain {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The notes library and a brain to sync it with.
+fn synced_lab(brain: &Brain) -> Lab {
+    Lab::with_config(&format!(
+        "{NOTES_LIBRARY}[sync]\nbrain_url = \"{}\"\n",
+        brain.url
+    ))
+}
+
+fn sync_json(lab: &Lab, args: &[&str]) -> Value {
+    let mut full = vec!["--json", "sync"];
+    full.extend_from_slice(args);
+    lab.agent_env(&full, &[("LIB_SYNC_SECRET", BRAIN_SECRET)])
+        .success()
+        .json()
+}
+
+fn line<'a>(text: &'a str, start: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line starting with {start:?} in:\n{text}"))
+}
+
+#[test]
+fn sync_json_prints_the_lib_v1_1_summary_with_true_figures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(dir.path());
+    let other = synced_lab(&brain);
+    other.write("notes/theirs.md", "from another device\n");
+    other.scan(&[]);
+    sync_json(&other, &["--push"]);
+
+    let lab = synced_lab(&brain);
+    lab.write("notes/a.md", "alpha\n");
+    lab.write("notes/b.md", "bravo\n");
+    lab.scan(&[]);
+    let summary = sync_json(&lab, &[]);
+    // LIB v1.1's keys, with one addition: push.parked (events the brain refused).
+    assert_eq!(
+        summary,
+        serde_json::json!({
+            "ok": true,
+            "push": {
+                "pushed": 2,
+                "result": {"inserted_events": 2, "upserted_entities": 2},
+                "parked": 0,
+            },
+            "pull": {"pulled": 3, "applied": 1, "new_after_id": 3},
+            "backfill": {"backfilled": 0, "already_done": true},
+        })
+    );
+    assert_eq!(brain.last_id(), 3);
+
+    // Nothing new: the same keys, zeros, the cursor where it was.
+    let again = sync_json(&lab, &[]);
+    assert_eq!(again["push"]["pushed"], 0);
+    assert_eq!(
+        again["pull"],
+        serde_json::json!({"pulled": 0, "applied": 0, "new_after_id": 3})
+    );
+    // Only one half: the other is null.
+    let pull_only = sync_json(&lab, &["--pull"]);
+    assert_eq!(keys(&pull_only), ["backfill", "ok", "pull", "push"]);
+    assert_eq!(pull_only["push"], Value::Null);
+    assert_eq!(sync_json(&lab, &["--push"])["pull"], Value::Null);
+}
+
+#[test]
+fn sync_json_counts_the_lib_backfill_it_delivers_and_says_whether_one_still_waits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(dir.path());
+    let lab = synced_lab(&brain);
+    lib_v1_database(&lab, &[A, B], &[A, B]);
+
+    // Adopted, not scanned yet: the rows wait for their backfill, and sync says so.
+    let waiting = sync_json(&lab, &[]);
+    assert_eq!(waiting["push"]["pushed"], 0);
+    assert_eq!(
+        waiting["backfill"],
+        serde_json::json!({"backfilled": 0, "already_done": false})
+    );
+    let text = lab
+        .agent_env(&["sync"], &[("LIB_SYNC_SECRET", BRAIN_SECRET)])
+        .success()
+        .stdout;
+    assert!(text.contains("run `agent scan`"), "{text}");
+
+    // The first scan makes the initial_sync events; the next sync delivers them.
+    assert_eq!(lab.scan(&[])["backfilled"], 2);
+    let delivered = sync_json(&lab, &[]);
+    assert_eq!(delivered["push"]["pushed"], 2);
+    assert_eq!(
+        delivered["backfill"],
+        serde_json::json!({"backfilled": 2, "already_done": true})
+    );
+    let again = sync_json(&lab, &[]);
+    assert_eq!(
+        again["backfill"],
+        serde_json::json!({"backfilled": 0, "already_done": true})
+    );
+}
+
+#[test]
+fn status_shows_the_brain_reachability_backlog_parked_event_cursor_and_last_push_and_pull() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut brain = Brain::start(dir.path());
+    let lab = synced_lab(&brain);
+    lab.write("notes/good.md", "fine\n");
+    lab.scan(&[]);
+
+    let before = lab.json(&["status"]);
+    assert_eq!(before["brain_url"], brain.url.as_str());
+    assert_eq!(before["sync"]["state"], Value::Null);
+    let text = lab.agent(&["status"]).success().stdout;
+    assert!(line(&text, "brain").contains("not contacted yet"), "{text}");
+    assert!(
+        line(&text, "sync").contains("last push never, last pull never"),
+        "{text}"
+    );
+
+    // A corrupt row (as a buggy older version might have written): the brain refuses it.
+    Connection::open(&lab.db)
+        .expect("db")
+        .execute(
+            "UPDATE lib_outbox SET payload_json = '{\"sha256\":\"not-a-hash\",\"bytes\":1}' WHERE entity_key = 'notes/good.md'",
+            [],
+        )
+        .expect("corrupt");
+    lab.write("notes/later.md", "also fine\n");
+    lab.scan(&[]);
+    lab.agent_env(&["sync"], &[("LIB_SYNC_SECRET", BRAIN_SECRET)])
+        .success();
+    lab.write("notes/pending.md", "not pushed yet\n");
+    lab.scan(&[]);
+    let cursor = brain.last_id();
+    assert_eq!(cursor, 1, "later.md alone reached the brain");
+
+    let out = lab.json(&["status"]);
+    let sync = &out["sync"];
+    assert_eq!(out["brain_url"], brain.url.as_str());
+    assert_eq!(sync["state"]["brain_url"], brain.url.as_str());
+    assert_eq!(sync["state"]["reachable"], true);
+    assert_eq!(sync["state"]["last_error"], Value::Null);
+    assert_eq!(out["counts"]["outbox_pending"], 1);
+    assert_eq!(sync["cursor"], cursor);
+    let parked = sync["parked"].as_array().expect("parked");
+    assert_eq!(parked.len(), 1, "{sync:#}");
+    assert_eq!(parked[0]["entity_key"], "notes/good.md");
+    assert!(
+        parked[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("sha256")),
+        "{parked:?}"
+    );
+    for at in ["last_push_at", "last_pull_at"] {
+        let stamp = sync["state"][at].as_str().unwrap_or_default();
+        assert!(stamp.len() == 20 && stamp.ends_with('Z'), "{at}: {stamp:?}");
+    }
+    assert_eq!(sync["realtime"], "longpoll");
+    assert_eq!(
+        sync["realtime_in_effect"],
+        Value::Null,
+        "no agent runs: nothing is in effect"
+    );
+
+    let text = lab.agent(&["status"]).success().stdout;
+    let brain_line = line(&text, "brain");
+    assert!(
+        brain_line.contains(&brain.url)
+            && brain_line.contains("(reachable)")
+            && brain_line.contains(&format!("cursor {cursor}")),
+        "{brain_line}"
+    );
+    let sync_line = line(&text, "sync");
+    assert!(
+        sync_line.contains(&format!(
+            "last push {}",
+            sync["state"]["last_push_at"].as_str().unwrap_or("?")
+        )) && sync_line.contains(&format!(
+            "last pull {}",
+            sync["state"]["last_pull_at"].as_str().unwrap_or("?")
+        )),
+        "{sync_line}"
+    );
+    assert!(line(&text, "outbox").contains("1 waiting"), "{text}");
+    assert!(line(&text, "parked").contains("1 events"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("notes/good.md") && l.contains("sha256")),
+        "{text}"
+    );
+
+    // The brain goes away: a sync fails, and status says so; the last successes stay.
+    brain.stop();
+    lab.agent_env(&["sync"], &[("LIB_SYNC_SECRET", BRAIN_SECRET)])
+        .failure();
+    let down = lab.json(&["status"]);
+    assert_eq!(down["sync"]["state"]["reachable"], false);
+    assert_eq!(
+        down["sync"]["state"]["last_push_at"],
+        sync["state"]["last_push_at"]
+    );
+    let text = lab.agent(&["status"]).success().stdout;
+    assert!(line(&text, "brain").contains("UNREACHABLE"), "{text}");
+    assert!(
+        text.contains("last error: push: cannot reach the brain"),
+        "{text}"
+    );
+}

@@ -420,3 +420,80 @@ fn a_device_whose_cursor_was_pruned_reseeds_from_the_snapshot_and_matches() {
     sync::pull(&mut late.store, &brain.client(), 200, None).expect("pull");
     assert_eq!(late.winner("notes/z.md"), a.winner("notes/z.md"));
 }
+
+/// Appends an event to the brain's log behind its back, as a damaged log or a writer that
+/// bypassed the brain's validation would: the brain serves it as stored.
+fn insert_unvalidated_event(brain: &Brain, ulid: &str, key: &str, sha256: &str) {
+    let db = Connection::open(&brain.db).expect("brain db");
+    db.execute(
+        "INSERT INTO events (event_ulid, device_id, event_type, entity_type, entity_key, payload,
+                             vector_clock, created_at, received_at, digest)
+         VALUES (?1, 'rogue-device', 'upsert_file', 'file', ?2, ?3, '{\"rogue-device\":1}',
+                 '2026-11-25T10:00:00Z', strftime('%s','now'), 'none')",
+        rusqlite::params![
+            ulid,
+            key,
+            format!("{{\"sha256\":\"{sha256}\",\"bytes\":3}}")
+        ],
+    )
+    .expect("insert into the brain's log");
+}
+
+#[test]
+fn an_invalid_pulled_event_is_recorded_and_skipped_and_the_valid_ones_around_it_are_applied() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = Brain::start(brain_dir.path());
+    let (mut a, mut b) = (Device::new(), Device::new());
+    a.write("before.md", "before the bad event");
+    a.scan();
+    a.sync(&brain);
+    // A key that climbs out of every library: applying it would be wrong anywhere.
+    let bad_ulid = "01JDZZZZZZZZZZZZZZZZZZZZZZ";
+    insert_unvalidated_event(&brain, bad_ulid, "../outside.md", &"a".repeat(64));
+    a.write("after.md", "after the bad event");
+    a.scan();
+    a.sync(&brain);
+    let last_id = brain
+        .client()
+        .pull(0, 500, None)
+        .expect("pull")
+        .next_after_id;
+
+    let summary = sync::pull(&mut b.store, &brain.client(), 200, None).expect("pull goes on");
+    assert_eq!(
+        (summary.pulled, summary.applied, summary.refused),
+        (4, 3, 1),
+        "{summary:?}"
+    );
+    assert_eq!(summary.new_after_id, last_id, "the cursor moves past it");
+    assert_eq!(b.winner("notes/before.md"), a.winner("notes/before.md"));
+    assert_eq!(b.winner("notes/after.md"), a.winner("notes/after.md"));
+    let keys: Vec<String> = b.shared_rows().into_iter().map(|r| r.0).collect();
+    assert!(!keys.iter().any(|k| k.contains("outside")), "{keys:?}");
+    let in_inbox: i64 = b
+        .db()
+        .query_row(
+            "SELECT count(*) FROM lib_inbox WHERE event_ulid = ?1",
+            [bad_ulid],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(in_inbox, 0, "never recorded as pulled");
+
+    let refused = sync::refused_pulls(&b.store).expect("refused");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].event_ulid, bad_ulid);
+    assert_eq!(refused[0].entity_key, "../outside.md");
+    assert_eq!(refused[0].device_id, "rogue-device");
+    assert!(
+        refused[0].id > 0 && refused[0].id < last_id,
+        "{:?}",
+        refused[0]
+    );
+    assert!(refused[0].reason.contains(".."), "{}", refused[0].reason);
+
+    // Once: the next pull starts after it.
+    let again = sync::pull(&mut b.store, &brain.client(), 200, None).expect("pull");
+    assert_eq!((again.pulled, again.refused), (0, 0));
+    assert_eq!(sync::refused_pulls(&b.store).expect("refused").len(), 1);
+}

@@ -1,9 +1,14 @@
 //! Sync inside `agent run`: two running agents and a real brain on loopback. A change on one
 //! reaches the other by long-poll, or by a signed webhook, with no manual sync; a webhook with a
-//! bad signature or an old timestamp wakes nothing.
+//! bad signature or an old timestamp wakes nothing. A webhook device started while the brain is
+//! down long-polls until it can register; a burst of changes is pushed in a few requests; with
+//! no real-time wake-up the periodic full sync still brings changes; and an unreachable brain is
+//! retried with backoff, never in a loop.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -14,7 +19,8 @@ use lib_agent::brain::webhooks;
 use lib_agent::config::{Config, Overrides};
 use lib_agent::daemon::{self, RunOptions};
 use lib_agent::store::Store;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
+use serde_json::Value;
 
 const SECRET: &str = "run-secret";
 
@@ -24,6 +30,10 @@ struct Brain {
 }
 
 fn brain(dir: &Path) -> Brain {
+    brain_at(dir, "127.0.0.1:0")
+}
+
+fn brain_at(dir: &Path, addr: &str) -> Brain {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -31,7 +41,7 @@ fn brain(dir: &Path) -> Brain {
         .expect("runtime");
     let store = Arc::new(SqliteStore::open(&dir.join("brain.db")).expect("brain"));
     let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .block_on(tokio::net::TcpListener::bind(addr))
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let config = ServerConfig {
@@ -42,6 +52,33 @@ fn brain(dir: &Path) -> Brain {
     Brain {
         addr,
         _runtime: runtime,
+    }
+}
+
+impl Brain {
+    /// A counter of the brain's `GET /metrics`.
+    fn metric(&self, name: &str) -> u64 {
+        let text = reqwest::blocking::Client::new()
+            .get(format!("http://{}/metrics", self.addr))
+            .header("x-lib-sync-secret", SECRET)
+            .send()
+            .and_then(reqwest::blocking::Response::text)
+            .expect("GET /metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no counter {name} in {text}"))
+    }
+
+    /// Waits until the brain's log holds `n` events.
+    fn wait_for_events(&self, n: u64) {
+        let start = Instant::now();
+        while self.metric("lib_brain_events_ingested_total") < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "timed out waiting for {n} events at the brain"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -61,14 +98,20 @@ struct Agent {
 
 impl Agent {
     fn start(brain: &Brain, sync: &str, env: &[(&str, &str)]) -> Agent {
+        Agent::start_at(&brain.addr.to_string(), sync, env)
+    }
+
+    /// An agent whose brain is at `addr`, up or not.
+    fn start_at(addr: &str, sync: &str, env: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("notes")).expect("mkdir");
         let toml = format!(
-            "[store]\npath = {:?}\n[[library]]\nname = \"notes\"\npath = {:?}\n[sync]\nbrain_url = \"http://{}\"\n{sync}\n",
+            "[store]\npath = {:?}\n[[library]]\nname = \"notes\"\npath = {:?}\n[sync]\nbrain_url = \"http://{addr}\"\n{sync}\n",
             dir.path().join("agent.db"),
             dir.path().join("notes"),
-            brain.addr
         );
+        // The same settings for `agent status`, which runs as its own process.
+        std::fs::write(dir.path().join("agent.toml"), &toml).expect("write config");
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -120,6 +163,58 @@ impl Agent {
 
     fn write(&self, rel: &str, text: &str) {
         std::fs::write(self.dir.path().join("notes").join(rel), text).expect("write");
+    }
+
+    /// `agent [--json] status`, run by the real binary beside the running agent.
+    fn status(&self, json: bool) -> String {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
+        for var in [
+            "LIB_AGENT_CONFIG",
+            "LIB_SQLITE_PATH",
+            "LIB_BRAIN_URL",
+            "LIB_SUPABASE_FN_URL",
+            "LIB_SYNC_SECRET",
+            "LIB_WEBHOOK_SECRET",
+            "LIB_LOG",
+            "RUST_LOG",
+        ] {
+            cmd.env_remove(var);
+        }
+        let dir: PathBuf = self.dir.path().to_owned();
+        cmd.arg("--config")
+            .arg(dir.join("agent.toml"))
+            .arg("--db")
+            .arg(dir.join("agent.db"));
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.arg("status").output().expect("run agent status");
+        assert!(
+            out.status.success(),
+            "agent status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The `brain` line of the text status.
+    fn status_brain_line(&self) -> String {
+        let text = self.status(false);
+        text.lines()
+            .find(|l| l.starts_with("brain"))
+            .unwrap_or_else(|| panic!("no brain line in {text}"))
+            .to_owned()
+    }
+
+    /// The sync state the agent saved for `agent status`.
+    fn sync_state(db: &Connection) -> Option<Value> {
+        db.query_row("SELECT v FROM lib_kv WHERE k = 'sync_state'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_str(&v).ok())
     }
 
     fn has(db: &Connection, key: &str) -> bool {
@@ -248,4 +343,128 @@ fn the_listener_rejects_a_bad_signature_or_an_old_timestamp_and_wakes_nothing() 
         wake_rx.try_recv().is_ok(),
         "a valid notification wakes the puller"
     );
+}
+
+#[test]
+fn a_webhook_device_started_while_the_brain_is_down_long_polls_then_registers_once_it_is_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let brain_addr = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let webhook = format!(
+        "realtime = \"webhook\"\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}/webhook\"\ninterval_secs = 3600"
+    );
+    let b = Agent::start_at(
+        &brain_addr,
+        &webhook,
+        &[("LIB_WEBHOOK_SECRET", "hook-secret")],
+    );
+    b.wait_until("B found the brain down", |db| {
+        Agent::sync_state(db).is_some_and(|s| s["reachable"] == false)
+    });
+    let line = b.status_brain_line();
+    assert!(
+        line.contains("UNREACHABLE") && line.contains("realtime longpoll (configured: webhook)"),
+        "until the brain has its webhook, B long-polls, and says so: {line}"
+    );
+
+    let brain = brain_at(dir.path(), &brain_addr);
+    let a = Agent::start(&brain, "realtime = \"off\"", &[]);
+    a.write("early.md", "written as the brain came up");
+    let took = b.wait_until("B has the early file", |db| {
+        Agent::has(db, "notes/early.md")
+    });
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+
+    b.wait_until("B registered its webhook", |db| {
+        Agent::sync_state(db).is_some_and(|s| s["realtime"] == "webhook")
+    });
+    let registered: i64 = Connection::open(dir.path().join("brain.db"))
+        .expect("brain db")
+        .query_row(
+            "SELECT count(*) FROM device_webhooks WHERE webhook_url = ?1 AND active = 1",
+            [format!("http://127.0.0.1:{port}/webhook")],
+            |r| r.get(0),
+        )
+        .expect("webhooks");
+    assert_eq!(registered, 1, "the brain holds B's webhook");
+    let line = b.status_brain_line();
+    assert!(
+        line.contains("(reachable)") && line.contains("realtime webhook,"),
+        "{line}"
+    );
+    let status: Value = serde_json::from_str(&b.status(true)).expect("status --json");
+    assert_eq!(status["sync"]["realtime"], "webhook");
+    assert_eq!(status["sync"]["realtime_in_effect"], "webhook");
+
+    // From now on a webhook wakes B.
+    let delivered = brain.metric("lib_brain_webhook_deliveries_total");
+    a.write("late.md", "after the registration");
+    let took = b.wait_until("B has the late file", |db| Agent::has(db, "notes/late.md"));
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        brain.metric("lib_brain_webhook_deliveries_total") > delivered,
+        "the brain notified B's listener"
+    );
+}
+
+#[test]
+fn a_burst_of_50_files_written_to_a_running_agent_is_pushed_in_a_few_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let brain = brain(dir.path());
+    let a = Agent::start(&brain, "realtime = \"off\"\ninterval_secs = 3600", &[]);
+    assert_eq!(brain.metric("lib_brain_ingest_requests_total"), 0);
+    // One file every 20 ms: each is indexed and committed on its own (the watcher's settle
+    // window is per path), and each commit asks for a push.
+    for i in 0..50 {
+        a.write(&format!("burst-{i:02}.md"), &format!("file {i} of a burst"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    brain.wait_for_events(50);
+    let requests = brain.metric("lib_brain_ingest_requests_total");
+    // The pusher waits until the changes pause for push_debounce_ms (at most 2 s after the
+    // first): one request per commit would be dozens.
+    assert!(
+        (1..=3).contains(&requests),
+        "50 files in {requests} ingest requests"
+    );
+    assert_eq!(brain.metric("lib_brain_events_ingested_total"), 50);
+}
+
+#[test]
+fn with_realtime_off_the_periodic_full_sync_still_brings_the_other_devices_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let brain = brain(dir.path());
+    let b = Agent::start(&brain, "realtime = \"off\"\ninterval_secs = 1", &[]);
+    let a = Agent::start(&brain, "realtime = \"off\"", &[]);
+    a.write("periodic.md", "no wake-up, only the interval");
+    let took = b.wait_until("B has A's file", |db| Agent::has(db, "notes/periodic.md"));
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    b.wait_until("B recorded its periodic pull", |db| {
+        Agent::sync_state(db)
+            .is_some_and(|s| s["last_pull_at"].is_string() && s["realtime"] == "off")
+    });
+}
+
+#[test]
+fn a_long_poll_agent_whose_brain_is_down_retries_with_backoff_not_in_a_loop() {
+    // A "brain" that hangs up on every connection: each attempt of the agent is one connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&attempts);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            counted.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+        }
+    });
+    let a = Agent::start_at(&addr.to_string(), "realtime = \"longpoll\"", &[]);
+    a.wait_until("A found the brain failing", |db| {
+        Agent::sync_state(db).is_some_and(|s| s["reachable"] == false)
+    });
+    // The window is the measurement: backoff (1 s, 2 s, 4 s...) allows a handful of attempts
+    // by the pusher and the puller together; a retry loop would make thousands.
+    std::thread::sleep(Duration::from_secs(3));
+    let n = attempts.load(Ordering::Relaxed);
+    assert!(n <= 10, "{n} connections in about 3 s");
 }

@@ -1,4 +1,5 @@
-//! `agent status`: device, libraries, file counts, outbox backlog, last scan.
+//! `agent status`: device, libraries, file counts, outbox backlog, last scan, and sync: the brain,
+//! the wake-up in effect, cursor, last push and pull, and the events parked or refused.
 
 use serde_json::json;
 
@@ -43,14 +44,19 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
     }
     let brain = config.sync.brain_url.clone();
     let running = crate::daemon::RunLock::is_held(store.path());
-    let sync_state: Option<crate::sync::agent::SyncState> = store
-        .kv_get(crate::sync::agent::STATE_KEY)?
-        .and_then(|s| serde_json::from_str(&s).ok());
+    let sync_state = crate::sync::state::load(&store)?;
     let cursor: i64 = store
         .kv_get(crate::sync::CURSOR_KEY)?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let parked = read::parked_outbox(conn)?;
+    let refused = crate::sync::refused_pulls(&store)?;
+    // What a running agent uses: a webhook device long-polls until the brain has its
+    // registration. With no agent running, nothing is in effect.
+    let realtime_in_effect = sync_state
+        .as_ref()
+        .filter(|s| running && !s.realtime.is_empty())
+        .map(|s| s.realtime.clone());
     let run_state = crate::daemon::read_state(&store)?;
     if global.json {
         return super::print_json(&json!({
@@ -65,8 +71,10 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
             "brain_url": brain,
             "sync": {
                 "realtime": config.sync.realtime.as_str(),
+                "realtime_in_effect": realtime_in_effect,
                 "cursor": cursor,
                 "parked": parked.iter().map(|(ulid, key, error)| json!({"event_ulid": ulid, "entity_key": key, "error": error})).collect::<Vec<_>>(),
+                "refused": refused,
                 "state": sync_state,
             },
             "agent": {
@@ -90,10 +98,13 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
                 Some(false) => "UNREACHABLE",
                 None => "not contacted yet",
             };
-            println!(
-                "brain      {url} ({reach}), realtime {}, cursor {cursor}",
-                config.sync.realtime.as_str()
-            );
+            let configured = config.sync.realtime.as_str();
+            let realtime = match realtime_in_effect.as_deref() {
+                Some(now) if now != configured => format!("{now} (configured: {configured})"),
+                Some(now) => now.to_owned(),
+                None => configured.to_owned(),
+            };
+            println!("brain      {url} ({reach}), realtime {realtime}, cursor {cursor}");
             println!(
                 "sync       last push {}, last pull {}",
                 st.last_push_at.as_deref().unwrap_or("never"),
@@ -122,6 +133,25 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         );
         for (ulid, key, error) in &parked {
             println!("           {key} ({ulid}): {error}");
+        }
+    }
+    if !refused.is_empty() {
+        println!(
+            "refused    {} pulled events that are invalid (skipped, never applied):",
+            refused.len()
+        );
+        const SHOWN: usize = 10;
+        for r in refused.iter().take(SHOWN) {
+            println!(
+                "           brain id {} {:?} ({:?}): {}",
+                r.id, r.entity_key, r.event_ulid, r.reason
+            );
+        }
+        if refused.len() > SHOWN {
+            println!(
+                "           and {} more (`agent status --json` lists them all)",
+                refused.len() - SHOWN
+            );
         }
     }
     if libraries.is_empty() {

@@ -6,7 +6,12 @@ use serde_json::json;
 use super::GlobalArgs;
 use crate::config::Config;
 use crate::store::Store;
+use crate::sync::state::{self, Outcome, Step};
 use crate::sync::{self, BrainClient};
+
+/// `lib_kv` flag of an adopted LIB v1.0/v1.1 database whose rows wait for their backfill (the
+/// first scan turns them into `initial_sync` events).
+const BACKFILL_PENDING: &str = "backfill_pending";
 
 /// Push the outbox to the brain and/or pull and apply what other devices changed, once, now
 #[derive(Debug, clap::Args)]
@@ -32,22 +37,39 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     };
     let batch = config.sync.batch_size;
     let pushed = if do_push {
-        Some(sync::push(&mut store, &client, batch)?)
+        let result = sync::push(&mut store, &client, batch);
+        save(
+            &mut store,
+            url,
+            Step::Push,
+            Outcome::of(&result, |p| p.requests > 0),
+        );
+        Some(result?)
     } else {
         None
     };
     let pulled = if do_pull {
-        Some(sync::pull(&mut store, &client, batch, None)?)
+        let result = sync::pull(&mut store, &client, batch, None);
+        save(&mut store, url, Step::Pull, Outcome::of(&result, |_| true));
+        Some(result?)
     } else {
         None
     };
-    let backfill_pending = store.kv_get("backfill_pending")?.is_some();
+    // LIB v1.1's sync made the backfill itself; here the first scan makes it (`agent scan`, or
+    // `agent run` at start), and sync delivers it. So `backfilled` counts the initial_sync events
+    // this push delivered to the brain, and `already_done` says that no adopted row still waits
+    // for its backfill.
+    let backfilled = pushed.as_ref().map_or(0, |p| p.initial_sync);
+    let backfill_waiting = store.kv_get(BACKFILL_PENDING)?.is_some();
     if global.json {
         return super::print_json(&json!({
             "ok": true,
             "push": pushed,
             "pull": pulled,
-            "backfill": { "pending": backfill_pending },
+            "backfill": {
+                "backfilled": backfilled,
+                "already_done": !backfill_waiting,
+            },
         }));
     }
     if let Some(p) = &pushed {
@@ -64,9 +86,34 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     }
     if let Some(p) = &pulled {
         println!(
-            "pulled {} events, applied {}; cursor {}",
-            p.pulled, p.applied, p.new_after_id
+            "pulled {} events, applied {}; cursor {}{}",
+            p.pulled,
+            p.applied,
+            p.new_after_id,
+            if p.refused > 0 {
+                format!("; {} invalid, skipped (see `agent status`)", p.refused)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if backfilled > 0 {
+        println!(
+            "delivered the backfill of rows adopted from LIB: {backfilled} initial_sync events"
+        );
+    }
+    if backfill_waiting {
+        println!(
+            "rows adopted from LIB wait for their backfill: run `agent scan` (or `agent run`)"
         );
     }
     Ok(())
+}
+
+/// Records the outcome for `agent status`. Sync itself went as `outcome` says: failing to save
+/// the record only warns.
+fn save(store: &mut Store, url: &str, step: Step, outcome: Outcome<'_>) {
+    if let Err(e) = state::record(store, url, None, step, outcome) {
+        tracing::warn!("cannot save the sync state for `agent status`: {e}");
+    }
 }

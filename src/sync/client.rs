@@ -239,3 +239,50 @@ impl BrainClient {
         Ok(response.webhook_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16) -> ClientError {
+        ClientError::Status {
+            route: "/ingest",
+            status,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn timeouts_throttling_server_errors_and_network_errors_are_retried() {
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(status(code).is_retryable(), "{code}");
+            assert!(!status(code).is_refusal(), "{code}");
+        }
+        let network = ClientError::Network {
+            url: "http://127.0.0.1:1".into(),
+            reason: "connection refused".into(),
+        };
+        assert!(network.is_retryable());
+        let certificate = ClientError::Certificate {
+            url: "https://brain".into(),
+            reason: "UnknownIssuer".into(),
+        };
+        assert!(certificate.is_retryable());
+    }
+
+    #[test]
+    fn a_request_the_brain_refuses_is_not_retried() {
+        for code in [400, 409, 413] {
+            assert!(!status(code).is_retryable(), "{code}");
+            assert!(status(code).is_refusal(), "{code}: split and park");
+        }
+        // A wrong secret is neither: the whole push stops until the secret is fixed.
+        assert!(!status(401).is_retryable() && !status(401).is_refusal());
+        let garbled = ClientError::Protocol {
+            route: "/ingest",
+            reason: "expected value".into(),
+        };
+        assert!(!garbled.is_retryable());
+        assert!(status(410).is_cursor_pruned() && !status(410).is_retryable());
+    }
+}

@@ -8,21 +8,27 @@
 pub mod agent;
 pub mod client;
 pub mod listener;
+pub mod state;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use rusqlite::OptionalExtension;
+use serde::{Deserialize, Serialize};
 
 pub use client::{BrainClient, ClientError};
 
+use crate::model::event::now_rfc3339;
 use crate::model::wire::{IngestResult, PullResponse, SnapshotResponse, MAX_BATCH};
 use crate::model::{Event, EventType};
-use crate::store::{read, Store, StoreError};
+use crate::store::{read, Batch, Context, Store, StoreError};
 
 /// `lib_kv` key of the pull cursor: the brain id of the last event applied.
 pub const CURSOR_KEY: &str = "sync_after_id";
-/// Byte cap of one push request (the brain's own cap is larger).
+/// Byte cap of one push request body (the brain's own cap is larger).
 pub const MAX_PUSH_BYTES: usize = 4 << 20;
+/// `lib_kv` keys of pulled events that were refused as invalid: this prefix, then the brain id
+/// (zero-padded, so the keys sort in log order); the value is a [`RefusedPull`] (JSON).
+pub const REFUSED_PULL_PREFIX: &str = "sync_refused_pull/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -30,12 +36,6 @@ pub enum SyncError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("pulled event {index} (brain id {id}) is invalid: {reason}")]
-    BadEvent {
-        index: usize,
-        id: i64,
-        reason: String,
-    },
 }
 
 impl SyncError {
@@ -50,6 +50,12 @@ pub struct PushSummary {
     pub result: IngestResult,
     /// Events the brain refused, set aside with its reason.
     pub parked: u64,
+    /// Of `pushed`, the `initial_sync` events: the backfill of rows adopted from LIB v1.0/v1.1.
+    #[serde(skip)]
+    pub initial_sync: u64,
+    /// `/ingest` requests the brain answered (0: the outbox was empty, the brain was not asked).
+    #[serde(skip)]
+    pub requests: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -60,6 +66,26 @@ pub struct PullSummary {
     /// The cursor was older than the brain's pruned log: re-seeded from a snapshot.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reseeded: bool,
+    /// Of `pulled`, the events that failed validation: recorded (see [`refused_pulls`]) and
+    /// skipped, never applied.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A pulled event that failed validation, kept in `lib_kv` for `agent status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedPull {
+    /// The brain's id of the event.
+    pub id: i64,
+    pub event_ulid: String,
+    pub device_id: String,
+    pub entity_key: String,
+    pub reason: String,
+    pub refused_at: String,
 }
 
 /// The three routes push and pull use. [`BrainClient`] speaks them over HTTP; the deterministic
@@ -125,19 +151,24 @@ pub fn push(
     }
 }
 
-/// Cuts a page of outbox rows into requests under the byte cap (one oversized event alone).
+/// The bytes of `{"batch":[` and `]}` around the events of a request.
+const ENVELOPE_BYTES: usize = r#"{"batch":[]}"#.len();
+
+/// Cuts a page of outbox rows into requests whose body stays under the byte cap (an event that
+/// is larger on its own goes alone: the brain, whose cap is larger, decides).
 fn split_by_bytes(rows: &[(i64, Event)]) -> Vec<&[(i64, Event)]> {
     let mut out = Vec::new();
     let mut start = 0;
-    let mut bytes = 0;
+    let mut bytes = ENVELOPE_BYTES;
     for (i, (_, event)) in rows.iter().enumerate() {
         let size = serde_json::to_vec(event).map_or(0, |v| v.len());
-        if i > start && bytes + size > MAX_PUSH_BYTES {
+        // Each event after the first of a request adds its comma.
+        if i > start && bytes + 1 + size > MAX_PUSH_BYTES {
             out.push(&rows[start..i]);
             start = i;
-            bytes = 0;
+            bytes = ENVELOPE_BYTES;
         }
-        bytes += size;
+        bytes += size + usize::from(i > start);
     }
     if start < rows.len() {
         out.push(&rows[start..]);
@@ -152,13 +183,21 @@ fn push_rows(
     summary: &mut PushSummary,
 ) -> Result<(), SyncError> {
     let events: Vec<Event> = rows.iter().map(|(_, e)| e.clone()).collect();
-    match client.ingest(&events) {
+    let answer = client.ingest(&events);
+    if answer.is_ok() || answer.as_ref().is_err_and(ClientError::is_refusal) {
+        summary.requests += 1;
+    }
+    match answer {
         Ok(result) => {
             let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
             let batch = store.batch()?;
             batch.mark_pushed(&ids)?;
             batch.commit()?;
             summary.pushed += ids.len() as u64;
+            summary.initial_sync += rows
+                .iter()
+                .filter(|(_, e)| e.event_type == EventType::InitialSync)
+                .count() as u64;
             summary.result.inserted_events += result.inserted_events;
             summary.result.upserted_entities += result.upserted_entities;
             Ok(())
@@ -182,6 +221,12 @@ fn push_rows(
 }
 
 /// Pulls and applies everything after the cursor. With `wait`, the first request long-polls.
+///
+/// An event that fails validation (the brain validates what it ingests, so it would come from a
+/// damaged log or from a writer that bypassed the brain) is recorded under
+/// [`REFUSED_PULL_PREFIX`], logged with its id and ULID, and skipped: the cursor moves past it
+/// and the valid events around it are applied. Stopping there instead would stop this device's
+/// pulls for good, behind one event that no retry can repair.
 pub fn pull(
     store: &mut Store,
     client: &(impl Brain + ?Sized),
@@ -190,10 +235,7 @@ pub fn pull(
 ) -> Result<PullSummary, SyncError> {
     let batch_size = batch_size.clamp(1, MAX_BATCH);
     let mut summary = PullSummary::default();
-    let mut cursor: i64 = store
-        .kv_get(CURSOR_KEY)?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let mut cursor = parse_cursor(store.kv_get(CURSOR_KEY)?);
     let mut wait = wait;
     loop {
         let page = match client.pull(cursor, batch_size, wait.take()) {
@@ -208,16 +250,14 @@ pub fn pull(
         };
         let max_content = usize::MAX;
         let batch = store.batch()?;
-        for (index, pulled) in page.events.iter().enumerate() {
+        for pulled in &page.events {
             let event = &pulled.event;
-            event
-                .validate(max_content)
-                .map_err(|e| SyncError::BadEvent {
-                    index,
-                    id: pulled.id,
-                    reason: e.to_string(),
-                })?;
             summary.pulled += 1;
+            if let Err(e) = event.validate(max_content) {
+                refuse(&batch, pulled.id, event, &e.to_string())?;
+                summary.refused += 1;
+                continue;
+            }
             if event.device_id == batch.device_id() && batch.in_outbox(&event.event_ulid)? {
                 continue; // ours, applied when it was made
             }
@@ -226,14 +266,86 @@ pub fn pull(
                 summary.applied += 1;
             }
         }
-        cursor = cursor.max(page.next_after_id);
-        batch.kv_set(CURSOR_KEY, &cursor.to_string())?;
+        cursor = advance_cursor(&batch, page.next_after_id)?;
         batch.commit()?;
         if !page.has_more {
             summary.new_after_id = cursor;
             return Ok(summary);
         }
     }
+}
+
+/// The stored cursor; a value that is not a number (a damaged row) counts as 0, which re-pulls
+/// the log: the inbox makes that apply nothing twice.
+fn parse_cursor(stored: Option<String>) -> i64 {
+    match stored.as_deref().map(str::parse::<i64>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            tracing::warn!(value = ?stored, "the pull cursor in lib_kv is not a number ({e}); pulling from the start");
+            0
+        }
+    }
+}
+
+/// Stores `max(stored cursor, to)` in the batch's transaction and returns it. Pulls run
+/// concurrently (the puller, the periodic full sync, an `agent sync`), each from the cursor it
+/// read when it started: the later commit must not move the cursor back over events the other
+/// one applied. What the stored cursor covers was applied in the transaction that stored it.
+fn advance_cursor(batch: &Batch<'_>, to: i64) -> Result<i64, StoreError> {
+    let stored: Option<String> = batch
+        .tx()
+        .query_row("SELECT v FROM lib_kv WHERE k = ?1", [CURSOR_KEY], |r| {
+            r.get(0)
+        })
+        .optional()
+        .ctx(|| format!("reading lib_kv {CURSOR_KEY}"))?;
+    let cursor = parse_cursor(stored).max(to);
+    batch.kv_set(CURSOR_KEY, &cursor.to_string())?;
+    Ok(cursor)
+}
+
+fn refuse(batch: &Batch<'_>, id: i64, event: &Event, reason: &str) -> Result<(), StoreError> {
+    // Debug formatting: the strings came from the network and may hold control characters.
+    tracing::error!(id, event = ?event.event_ulid, key = ?event.entity_key, device = ?event.device_id,
+        "skipped a pulled event that is invalid: {reason}");
+    let refused = RefusedPull {
+        id,
+        event_ulid: event.event_ulid.clone(),
+        device_id: event.device_id.clone(),
+        entity_key: event.entity_key.clone(),
+        reason: reason.to_owned(),
+        refused_at: now_rfc3339(),
+    };
+    let json = serde_json::to_string(&refused).map_err(|e| StoreError::Corrupt {
+        context: format!("serialising the record of refused event {id}"),
+        detail: e.to_string(),
+    })?;
+    batch.kv_set(&format!("{REFUSED_PULL_PREFIX}{id:020}"), &json)
+}
+
+/// The pulled events refused as invalid, in log order.
+pub fn refused_pulls(store: &Store) -> Result<Vec<RefusedPull>, StoreError> {
+    let context = || "reading the refused pulled events from lib_kv".to_owned();
+    let mut stmt = store
+        .conn()
+        .prepare("SELECT k, v FROM lib_kv WHERE substr(k, 1, ?1) = ?2 ORDER BY k")
+        .ctx(context)?;
+    let rows = stmt
+        .query_map(
+            (REFUSED_PULL_PREFIX.len() as i64, REFUSED_PULL_PREFIX),
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .ctx(context)?;
+    rows.into_iter()
+        .map(|(k, v)| {
+            serde_json::from_str(&v).map_err(|e| StoreError::Corrupt {
+                context: format!("lib_kv {k}"),
+                detail: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Rebuilds the shared view from the brain's entities and returns the log position to pull from.
@@ -295,9 +407,398 @@ fn reseed(
             _ => break,
         }
     }
-    let watermark = watermark.unwrap_or(0);
     let batch = store.batch()?;
-    batch.kv_set(CURSOR_KEY, &watermark.to_string())?;
+    let cursor = advance_cursor(&batch, watermark.unwrap_or(0))?;
     batch.commit()?;
-    Ok(watermark)
+    Ok(cursor)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Push batching and the pull cursor, against a fake brain that records every request: the
+    //! rules are about what is sent and in what shape, which the real brain does not report.
+
+    use std::cell::{Cell, RefCell};
+
+    use super::*;
+    use crate::model::wire::IngestRequest;
+    use crate::model::{FilePayload, VectorClock};
+
+    /// Records each `/ingest` batch; `fail(n, batch)` may turn request `n` (from 0) into an error.
+    struct Recorder<F: Fn(usize, &[Event]) -> Option<ClientError>> {
+        requests: RefCell<Vec<Vec<Event>>>,
+        fail: F,
+    }
+
+    fn recorder() -> Recorder<impl Fn(usize, &[Event]) -> Option<ClientError>> {
+        failing_with(|_, _| None)
+    }
+
+    fn failing_with<F: Fn(usize, &[Event]) -> Option<ClientError>>(fail: F) -> Recorder<F> {
+        Recorder {
+            requests: RefCell::new(Vec::new()),
+            fail,
+        }
+    }
+
+    impl<F: Fn(usize, &[Event]) -> Option<ClientError>> Recorder<F> {
+        fn sizes(&self) -> Vec<usize> {
+            self.requests.borrow().iter().map(Vec::len).collect()
+        }
+
+        fn ulids(&self) -> Vec<String> {
+            self.requests
+                .borrow()
+                .iter()
+                .flatten()
+                .map(|e| e.event_ulid.clone())
+                .collect()
+        }
+    }
+
+    impl<F: Fn(usize, &[Event]) -> Option<ClientError>> Brain for Recorder<F> {
+        fn ingest(&self, batch: &[Event]) -> Result<IngestResult, ClientError> {
+            let n = self.requests.borrow().len();
+            self.requests.borrow_mut().push(batch.to_vec());
+            if let Some(e) = (self.fail)(n, batch) {
+                return Err(e);
+            }
+            Ok(IngestResult {
+                inserted_events: batch.len() as u64,
+                upserted_entities: batch.len() as u64,
+            })
+        }
+
+        fn pull(
+            &self,
+            after_id: i64,
+            _limit: usize,
+            _wait: Option<Duration>,
+        ) -> Result<PullResponse, ClientError> {
+            Ok(PullResponse {
+                ok: true,
+                events: Vec::new(),
+                next_after_id: after_id,
+                has_more: false,
+            })
+        }
+
+        fn snapshot(&self, _: &str, _: usize) -> Result<SnapshotResponse, ClientError> {
+            Err(protocol("no snapshot in this test"))
+        }
+    }
+
+    fn protocol(reason: &str) -> ClientError {
+        ClientError::Protocol {
+            route: "/test",
+            reason: reason.into(),
+        }
+    }
+
+    fn status(status: u16) -> ClientError {
+        ClientError::Status {
+            route: "/ingest",
+            status,
+            message: "as the test says".into(),
+        }
+    }
+
+    /// A store whose outbox holds `n` upserts, each with `content` bytes of text.
+    fn store_with_outbox(n: usize, content: usize) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("agent.db")).expect("store");
+        let batch = store.batch().expect("batch");
+        for i in 0..n {
+            batch
+                .record_local(
+                    &format!("notes/f{i:04}.md"),
+                    EventType::UpsertFile,
+                    FilePayload {
+                        sha256: Some(format!("{i:064x}")),
+                        bytes: Some(content as u64),
+                        content: Some("x".repeat(content)),
+                        ..FilePayload::default()
+                    },
+                )
+                .expect("record");
+        }
+        batch.commit().expect("commit");
+        (dir, store)
+    }
+
+    fn outbox_ulids(store: &Store) -> Vec<String> {
+        let mut stmt = store
+            .conn()
+            .prepare("SELECT event_ulid FROM lib_outbox ORDER BY id")
+            .expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .expect("outbox")
+    }
+
+    fn pending(store: &Store) -> i64 {
+        read::counts(store.conn()).expect("counts").outbox_pending
+    }
+
+    fn body_bytes(batch: &[Event]) -> usize {
+        serde_json::to_vec(&IngestRequest {
+            batch: batch.to_vec(),
+        })
+        .expect("serialise")
+        .len()
+    }
+
+    #[test]
+    fn a_push_of_450_events_with_batch_size_200_sends_200_200_then_50_in_outbox_order() {
+        let (_dir, mut store) = store_with_outbox(450, 10);
+        let brain = recorder();
+        let summary = push(&mut store, &brain, 200).expect("push");
+        assert_eq!(brain.sizes(), [200, 200, 50]);
+        assert_eq!(
+            brain.ulids(),
+            outbox_ulids(&store),
+            "every event once, in id order"
+        );
+        assert_eq!(
+            (
+                summary.pushed,
+                summary.result.inserted_events,
+                summary.parked
+            ),
+            (450, 450, 0)
+        );
+        assert_eq!(pending(&store), 0);
+    }
+
+    #[test]
+    fn a_batch_size_over_the_protocol_limit_is_held_to_500() {
+        let (_dir, mut store) = store_with_outbox(501, 10);
+        let brain = recorder();
+        push(&mut store, &brain, 10_000).expect("push");
+        assert_eq!(brain.sizes(), [500, 1]);
+    }
+
+    #[test]
+    fn events_larger_together_than_the_byte_cap_are_split_by_bytes() {
+        // 1.5 MiB of text each: two fit under 4 MiB, three do not.
+        let (_dir, mut store) = store_with_outbox(5, 3 << 19);
+        let brain = recorder();
+        let summary = push(&mut store, &brain, 200).expect("push");
+        assert_eq!(brain.sizes(), [2, 2, 1]);
+        for batch in brain.requests.borrow().iter() {
+            assert!(body_bytes(batch) <= MAX_PUSH_BYTES, "{}", body_bytes(batch));
+        }
+        assert_eq!(brain.ulids(), outbox_ulids(&store));
+        assert_eq!(summary.pushed, 5);
+    }
+
+    /// An outbox row whose event serialises to exactly `bytes` (at least 1000).
+    fn event_of_size(i: usize, bytes: usize) -> (i64, Event) {
+        let mut clock = VectorClock::new();
+        clock.set("device", 1);
+        let mut event = Event {
+            event_ulid: format!("01J{i:023}"),
+            device_id: "device".into(),
+            event_type: EventType::UpsertFile,
+            entity_type: "file".into(),
+            entity_key: format!("notes/{i}.md"),
+            payload: FilePayload {
+                sha256: Some("0".repeat(64)),
+                bytes: Some(1),
+                content: Some(String::new()),
+                ..FilePayload::default()
+            },
+            vector_clock: clock,
+            created_at: "2026-11-25T10:00:00Z".into(),
+        };
+        let empty = serde_json::to_vec(&event).expect("serialise").len();
+        event.payload.content = Some("x".repeat(bytes - empty));
+        (i as i64, event)
+    }
+
+    #[test]
+    fn a_request_body_of_exactly_the_byte_cap_is_one_request_and_one_byte_more_is_two() {
+        // Two events, then the envelope and the comma between them.
+        let first = 1 << 20;
+        let exact = MAX_PUSH_BYTES - ENVELOPE_BYTES - 1 - first;
+        let rows = [event_of_size(0, first), event_of_size(1, exact)];
+        let events: Vec<Event> = rows.iter().map(|(_, e)| e.clone()).collect();
+        assert_eq!(body_bytes(&events), MAX_PUSH_BYTES);
+        assert_eq!(
+            split_by_bytes(&rows)
+                .iter()
+                .map(|r| r.len())
+                .collect::<Vec<_>>(),
+            [2]
+        );
+
+        let rows = [event_of_size(0, first), event_of_size(1, exact + 1)];
+        assert_eq!(
+            split_by_bytes(&rows)
+                .iter()
+                .map(|r| r.len())
+                .collect::<Vec<_>>(),
+            [1, 1]
+        );
+    }
+
+    #[test]
+    fn an_event_over_the_byte_cap_on_its_own_is_sent_alone() {
+        let rows = [
+            event_of_size(0, 1000),
+            event_of_size(1, MAX_PUSH_BYTES + 1),
+            event_of_size(2, 1000),
+        ];
+        assert_eq!(
+            split_by_bytes(&rows)
+                .iter()
+                .map(|r| r.len())
+                .collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
+    }
+
+    #[test]
+    fn a_retryable_failure_stops_the_push_and_keeps_the_rest_for_the_retry() {
+        let (_dir, mut store) = store_with_outbox(450, 10);
+        let brain = failing_with(|n, _| (n == 1).then(|| status(503)));
+        let err = push(&mut store, &brain, 200).expect_err("the second request fails");
+        assert!(err.is_retryable(), "{err}");
+        assert_eq!(brain.sizes(), [200, 200]);
+        assert_eq!(pending(&store), 250, "the first request's rows are pushed");
+
+        let brain = recorder();
+        push(&mut store, &brain, 200).expect("the retry");
+        assert_eq!(brain.sizes(), [200, 50]);
+        assert_eq!(
+            brain.ulids(),
+            outbox_ulids(&store)[200..],
+            "the retry resends what was not acknowledged, and nothing else"
+        );
+        assert_eq!(pending(&store), 0);
+    }
+
+    #[test]
+    fn a_refused_event_is_found_by_splitting_and_parked_while_the_rest_are_pushed() {
+        let (_dir, mut store) = store_with_outbox(10, 10);
+        let bad = outbox_ulids(&store)[6].clone();
+        let brain = failing_with(|_, batch: &[Event]| {
+            batch
+                .iter()
+                .any(|e| e.event_ulid == bad)
+                .then(|| status(400))
+        });
+        let summary = push(&mut store, &brain, 200).expect("push");
+        assert_eq!((summary.pushed, summary.parked), (9, 1));
+        let parked = read::parked_outbox(store.conn()).expect("parked");
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].0, bad);
+        assert_eq!(pending(&store), 0);
+    }
+
+    #[test]
+    fn initial_sync_events_pushed_are_counted_apart() {
+        let (_dir, mut store) = store_with_outbox(3, 10);
+        let batch = store.batch().expect("batch");
+        for key in ["notes/old-1.md", "notes/old-2.md"] {
+            batch
+                .record_local(
+                    key,
+                    EventType::InitialSync,
+                    FilePayload {
+                        sha256: Some("a".repeat(64)),
+                        bytes: Some(1),
+                        ..FilePayload::default()
+                    },
+                )
+                .expect("record");
+        }
+        batch.commit().expect("commit");
+        let summary = push(&mut store, &recorder(), 200).expect("push");
+        assert_eq!((summary.pushed, summary.initial_sync), (5, 2));
+    }
+
+    /// Serves one empty page that ends at `next`, after running `meanwhile` (another pull, say).
+    struct OnePage<M: Fn()> {
+        next: i64,
+        meanwhile: M,
+        calls: Cell<usize>,
+    }
+
+    impl<M: Fn()> Brain for OnePage<M> {
+        fn ingest(&self, _: &[Event]) -> Result<IngestResult, ClientError> {
+            Err(protocol("no ingest in this test"))
+        }
+
+        fn pull(
+            &self,
+            _after_id: i64,
+            _limit: usize,
+            _wait: Option<Duration>,
+        ) -> Result<PullResponse, ClientError> {
+            self.calls.set(self.calls.get() + 1);
+            (self.meanwhile)();
+            Ok(PullResponse {
+                ok: true,
+                events: Vec::new(),
+                next_after_id: self.next,
+                has_more: false,
+            })
+        }
+
+        fn snapshot(&self, _: &str, _: usize) -> Result<SnapshotResponse, ClientError> {
+            Err(protocol("no snapshot in this test"))
+        }
+    }
+
+    fn cursor(store: &Store) -> Option<String> {
+        store.kv_get(CURSOR_KEY).expect("cursor")
+    }
+
+    #[test]
+    fn the_cursor_never_moves_back_when_an_overlapping_pull_stored_a_later_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("agent.db");
+        let mut store = Store::open(&db).expect("store");
+        // While this pull waits for its page (up to 5), another one applies up to 10.
+        let brain = OnePage {
+            next: 5,
+            meanwhile: || {
+                let mut other = Store::open(&db).expect("other connection");
+                let batch = other.batch().expect("batch");
+                batch.kv_set(CURSOR_KEY, "10").expect("cursor");
+                batch.commit().expect("commit");
+            },
+            calls: Cell::new(0),
+        };
+        let summary = pull(&mut store, &brain, 200, None).expect("pull");
+        assert_eq!(cursor(&store).as_deref(), Some("10"));
+        assert_eq!(summary.new_after_id, 10);
+
+        // And a pull that gets further moves it on.
+        let brain = OnePage {
+            next: 12,
+            meanwhile: || {},
+            calls: Cell::new(0),
+        };
+        pull(&mut store, &brain, 200, None).expect("pull");
+        assert_eq!(cursor(&store).as_deref(), Some("12"));
+    }
+
+    #[test]
+    fn a_cursor_that_is_not_a_number_pulls_from_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("agent.db")).expect("store");
+        let batch = store.batch().expect("batch");
+        batch.kv_set(CURSOR_KEY, "garbage").expect("cursor");
+        batch.commit().expect("commit");
+        let brain = OnePage {
+            next: 3,
+            meanwhile: || {},
+            calls: Cell::new(0),
+        };
+        let summary = pull(&mut store, &brain, 200, None).expect("pull");
+        assert_eq!(summary.new_after_id, 3);
+        assert_eq!(cursor(&store).as_deref(), Some("3"));
+    }
 }
