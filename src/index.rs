@@ -72,6 +72,28 @@ pub struct ReadFile {
     pub ext: Option<String>,
     pub mime: String,
     pub content: Option<String>,
+    /// [`ReadFile::payload`] as JSON, made where the file was read (a reader thread), so the
+    /// single writer does not serialise, and escape, every file's text itself.
+    pub payload_json: Option<String>,
+}
+
+impl ReadFile {
+    /// The payload of the upsert event this read makes.
+    pub fn payload(&self) -> FilePayload {
+        FilePayload {
+            sha256: Some(self.sha256.clone()),
+            bytes: Some(self.stat.bytes),
+            mtime_unix: Some(self.stat.mtime_unix()),
+            ext: self.ext.clone(),
+            mime: Some(self.mime.clone()),
+            content: self.content.clone(),
+        }
+    }
+
+    fn with_payload_json(mut self) -> ReadFile {
+        self.payload_json = serde_json::to_string(&self.payload()).ok();
+        self
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +215,9 @@ pub fn read_file_with(
         ext,
         mime,
         content,
-    })
+        payload_json: None,
+    }
+    .with_payload_json())
 }
 
 fn is_text_mime(m: &mime_guess::Mime) -> bool {
@@ -324,15 +348,13 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
                     return Ok(Change::AlreadyShared);
                 }
             }
-            let payload = FilePayload {
-                sha256: Some(file.sha256.clone()),
-                bytes: Some(file.stat.bytes),
-                mtime_unix: Some(file.stat.mtime_unix()),
-                ext: file.ext.clone(),
-                mime: Some(file.mime.clone()),
-                content: file.content.clone(),
-            };
-            batch.record_local_over(key, shared.as_ref(), EventType::UpsertFile, payload)?;
+            batch.record_local_prepared(
+                key,
+                shared.as_ref(),
+                EventType::UpsertFile,
+                file.payload(),
+                file.payload_json.as_deref(),
+            )?;
             Ok(Change::Upserted)
         }
         Observation::Gone { key } => {
@@ -664,17 +686,21 @@ fn reuse_renamed(
     if sha != row.sha256 || new_mime.is_none() || new_mime != old_mime {
         return Ok(None);
     }
-    Ok(Some(ReadFile {
-        stat: *stat,
-        racy: is_racy(stat.mtime_ns, std::time::SystemTime::now()),
-        sha256: sha,
-        ext: path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase),
-        mime: new_mime.unwrap_or_default(),
-        content,
-    }))
+    Ok(Some(
+        ReadFile {
+            stat: *stat,
+            racy: is_racy(stat.mtime_ns, std::time::SystemTime::now()),
+            sha256: sha,
+            ext: path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase),
+            mime: new_mime.unwrap_or_default(),
+            content,
+            payload_json: None,
+        }
+        .with_payload_json(),
+    ))
 }
 
 /// Reads files on a few threads (reads of small files wait on the disk, not the CPU).

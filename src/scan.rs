@@ -606,7 +606,9 @@ fn read_worker(
     budget: &TextBudget,
     max_content: usize,
 ) {
-    yield_to_the_writer();
+    // The writer is the critical path and the readers run thousands of files ahead of it: at
+    // equal priority, eight runnable readers kept it waiting for a core a third of the time.
+    store::run_behind_the_writer();
     let mut buf = Vec::new();
     for job in jobs {
         let known = observed.get(job.key.as_str());
@@ -672,24 +674,6 @@ fn read_worker(
         }
     }
 }
-
-/// Lowers this reader thread's scheduling priority. The single writer is the scan's critical
-/// path and the readers run thousands of files ahead of it: at equal priority, eight runnable
-/// readers took the CPU from the writer while it had work, and it spent a third of the scan
-/// waiting for a core (measured). The readers still have every cycle the writer leaves.
-fn yield_to_the_writer() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: gettid has no preconditions; setpriority on our own thread only lowers its
-    // priority, which needs no privilege, and a failure changes nothing.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, READER_NICENESS);
-    }
-}
-
-/// How much lower than the writer the readers run (nice values, 0 to 19).
-#[cfg(target_os = "linux")]
-const READER_NICENESS: libc::c_int = 10;
 
 fn mark_seen(known: Option<&ObservedStat>) {
     if let Some(k) = known {

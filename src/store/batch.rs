@@ -513,14 +513,28 @@ impl<'a> Batch<'a> {
     }
 
     pub fn append_outbox(&self, event: &Event) -> Result<i64> {
-        self.append_outbox_with(event, &event.vector_clock.to_json())
+        self.append_outbox_with(event, &event.vector_clock.to_json(), None)
     }
 
-    fn append_outbox_with(&self, event: &Event, clock: &str) -> Result<i64> {
-        let payload = serde_json::to_string(&event.payload).map_err(|e| StoreError::Corrupt {
-            context: format!("serialising the payload of {}", event.event_ulid),
-            detail: e.to_string(),
-        })?;
+    /// `payload_json`: the event's payload serialised already, if the caller has it.
+    fn append_outbox_with(
+        &self,
+        event: &Event,
+        clock: &str,
+        payload_json: Option<&str>,
+    ) -> Result<i64> {
+        let serialised;
+        let payload = match payload_json {
+            Some(json) => json,
+            None => {
+                serialised =
+                    serde_json::to_string(&event.payload).map_err(|e| StoreError::Corrupt {
+                        context: format!("serialising the payload of {}", event.event_ulid),
+                        detail: e.to_string(),
+                    })?;
+                &serialised
+            }
+        };
         let mut stmt = self
             .stmts
             .outbox_insert
@@ -564,11 +578,24 @@ impl<'a> Batch<'a> {
         event_type: EventType,
         payload: FilePayload,
     ) -> Result<Event> {
+        self.record_local_prepared(key, row, event_type, payload, None)
+    }
+
+    /// [`Batch::record_local_over`] with the payload serialised already (`payload_json` must
+    /// be `payload` as JSON).
+    pub fn record_local_prepared(
+        &self,
+        key: &str,
+        row: Option<&SharedRow>,
+        event_type: EventType,
+        payload: FilePayload,
+        payload_json: Option<&str>,
+    ) -> Result<Event> {
         let current = row.and_then(|r| r.state.as_ref());
         let event = self.local_event(key, current, event_type, payload)?;
         let clock = event.vector_clock.to_json();
         self.apply_to(&event, row, &clock)?;
-        self.append_outbox_with(&event, &clock)?;
+        self.append_outbox_with(&event, &clock, payload_json)?;
         Ok(event)
     }
 

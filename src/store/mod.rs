@@ -206,6 +206,7 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
+                run_behind_the_writer();
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(Self::INTERVAL)
                 {
@@ -475,6 +476,23 @@ impl Store {
             .query_row("SELECT v FROM lib_kv WHERE k = ?1", [key], |r| r.get(0))
             .optional()
             .ctx(|| format!("reading lib_kv {key}"))
+    }
+}
+
+/// Lowers the calling thread's scheduling priority below the single writer's, for threads that
+/// feed or follow it (scan readers, the checkpointer): at equal priority they took the CPU from
+/// the writer while it had work (measured: 1.36 s against 1.15 s for a cold scan of 100,000
+/// files). They still get every cycle the writer leaves.
+pub(crate) fn run_behind_the_writer() {
+    /// Nice value of such threads (the writer stays at the process's own).
+    #[cfg(target_os = "linux")]
+    const NICENESS: libc::c_int = 10;
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid has no preconditions; setpriority on our own thread only lowers its
+    // priority, which needs no privilege, and a failure changes nothing.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICENESS);
     }
 }
 
