@@ -238,7 +238,10 @@ fn watch_and_index(
     let mut rescan_due: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        let mut wake = debouncer.next_due().unwrap_or(now + poll).min(next_poll);
+        let mut wake = debouncer
+            .next_wake(now)
+            .unwrap_or(now + poll)
+            .min(next_poll);
         if dirty {
             wake = wake.min(last_saved + STATE_INTERVAL);
         }
@@ -304,7 +307,7 @@ fn watch_and_index(
         }
 
         let now = Instant::now();
-        let mut due = debouncer.take_due(now);
+        let mut due = debouncer.take_ready(now);
         while !due.is_empty() {
             let rest = due.split_off(due.len().min(MAX_PATHS_PER_BATCH));
             let indexed = index::index_paths(store, &libs, &due).map_err(DaemonError::from);

@@ -499,7 +499,8 @@ pub fn index_paths(
 
     let mut outcome = PathsOutcome::default();
     let errors = AtomicU64::new(0);
-    let mut files: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
+    // Each file to look at, with its stat when the event's own stat took it already.
+    let mut files: BTreeMap<String, (std::path::PathBuf, Option<FileStat>)> = BTreeMap::new();
     let mut gone: BTreeSet<String> = BTreeSet::new();
     let mut gone_prefixes: Vec<String> = Vec::new();
     let mut failed_dirs: Vec<String> = Vec::new();
@@ -531,7 +532,7 @@ pub fn index_paths(
                 if filter.includes_file(&rel)
                     && !libs.skip_files.contains(&(meta.dev(), meta.ino()))
                 {
-                    files.insert(key, path.clone());
+                    files.insert(key, (path.clone(), Some(FileStat::of(&meta))));
                 }
             }
             Ok(meta) if meta.is_dir() => {
@@ -547,7 +548,7 @@ pub fn index_paths(
                     &errors,
                     |p, k| {
                         walked.insert(k.clone());
-                        files.insert(k, p);
+                        files.insert(k, (p, None));
                         true
                     },
                 );
@@ -607,12 +608,14 @@ pub fn index_paths(
             context: "starting a read transaction".into(),
             source,
         })?;
-    for (key, path) in files {
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_file() => meta,
-            _ => continue, // gone again already; its own event follows
+    for (key, (path, stat)) in files {
+        let stat = match stat {
+            Some(stat) => stat,
+            None => match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_file() => FileStat::of(&meta),
+                _ => continue, // gone again already; its own event follows
+            },
         };
-        let stat = FileStat::of(&meta);
         let observed = read::observed(store.conn(), &key)?;
         if observed.as_ref().is_some_and(|o| {
             o.bytes == stat.bytes && o.mtime_ns == stat.mtime_ns && o.inode == stat.inode

@@ -89,12 +89,21 @@ fn forward(tx: &Sender<FsSignal>, overflowed: &AtomicBool, event: notify::Result
 /// (deadline, path) keeps them in order; an entry superseded by a later event for the same path
 /// is skipped when it reaches the front. Every operation is O(1) amortised: a burst of 10,000 new
 /// files must not cost 10,000 scans of 10,000 pending paths.
+///
+/// While a burst goes on (paths still settling behind the due ones), due paths are held back
+/// until [`BURST_BATCH`] of them are due or the first has waited one more window: every
+/// transaction rewrites the pages it touches, so a burst indexed as it trickles in, a few dozen
+/// files per commit, cost far more than the same files in a few large commits. A lone change is
+/// never held.
 #[derive(Debug)]
 pub struct Debouncer {
     window: Duration,
     queue: VecDeque<(Instant, PathBuf)>,
     latest: HashMap<PathBuf, Instant>,
 }
+
+/// Due paths enough to index at once, even while a burst goes on.
+pub const BURST_BATCH: usize = 500;
 
 impl Debouncer {
     pub fn new(window: Duration) -> Debouncer {
@@ -103,6 +112,46 @@ impl Debouncer {
             queue: VecDeque::new(),
             latest: HashMap::new(),
         }
+    }
+
+    /// How many paths are due at `now`, counting at most `limit`.
+    fn due_count(&self, now: Instant, limit: usize) -> usize {
+        self.queue
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .filter(|(at, path)| self.latest.get(path) == Some(at))
+            .take(limit)
+            .count()
+    }
+
+    /// Whether the due paths are held back at `now` (see the type's docs).
+    fn holding(&mut self, now: Instant) -> bool {
+        let Some(first) = self.next_due() else {
+            return false;
+        };
+        if first > now || now >= first + self.window {
+            return false;
+        }
+        let due = self.due_count(now, BURST_BATCH);
+        due < BURST_BATCH && self.latest.len() > due
+    }
+
+    /// When the daemon should look next: the earliest deadline, or the end of a burst's hold.
+    pub fn next_wake(&mut self, now: Instant) -> Option<Instant> {
+        let first = self.next_due()?;
+        Some(if self.holding(now) {
+            first + self.window
+        } else {
+            first
+        })
+    }
+
+    /// The paths to index now: [`Debouncer::take_due`], unless a burst holds them back.
+    pub fn take_ready(&mut self, now: Instant) -> Vec<PathBuf> {
+        if self.holding(now) {
+            return Vec::new();
+        }
+        self.take_due(now)
     }
 
     pub fn add(&mut self, path: PathBuf, now: Instant) {
@@ -201,6 +250,54 @@ mod tests {
             [PathBuf::from("a")]
         );
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_lone_change_is_ready_as_soon_as_it_settles() {
+        let t0 = Instant::now();
+        let w = Duration::from_millis(100);
+        let mut d = Debouncer::new(w);
+        d.add("a".into(), t0);
+        assert_eq!(d.next_wake(t0), Some(t0 + w));
+        assert_eq!(d.take_ready(t0 + w), [PathBuf::from("a")]);
+    }
+
+    #[test]
+    fn during_a_burst_settled_paths_wait_to_be_indexed_together() {
+        let t0 = Instant::now();
+        let w = Duration::from_millis(100);
+        let ms = Duration::from_millis;
+        let mut d = Debouncer::new(w);
+        // One file a millisecond: when the first has settled, a hundred are still settling.
+        for i in 0..200u64 {
+            d.add(format!("f{i:03}").into(), t0 + ms(i));
+        }
+        let now = t0 + ms(150);
+        assert!(d.take_ready(now).is_empty(), "held while the burst goes on");
+        assert_eq!(d.next_wake(now), Some(t0 + w + w), "until one more window");
+        let ready = d.take_ready(t0 + w + w);
+        assert_eq!(ready.len(), 101, "everything due by then, in one batch");
+        // The tail of the burst, once nothing is settling behind it, goes at once.
+        assert_eq!(d.take_ready(t0 + ms(299)).len(), 99);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_burst_is_indexed_in_batches_of_at_least_burst_batch() {
+        let t0 = Instant::now();
+        let w = Duration::from_millis(100);
+        let mut d = Debouncer::new(w);
+        for i in 0..(2 * BURST_BATCH) {
+            d.add(
+                format!("f{i:05}").into(),
+                t0 + Duration::from_micros(i as u64 * 20),
+            );
+        }
+        d.add("late".into(), t0 + Duration::from_millis(50));
+        // All but "late" are due at t0 + w + 20 ms: enough to go without waiting.
+        let ready = d.take_ready(t0 + w + Duration::from_millis(20));
+        assert_eq!(ready.len(), 2 * BURST_BATCH);
+        assert_eq!(d.len(), 1);
     }
 
     #[test]

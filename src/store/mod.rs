@@ -301,6 +301,9 @@ impl Store {
              );",
         )
         .map_err(open_err)?;
+        // Room for every statement the indexer, the watcher and sync use: with rusqlite's
+        // default of 16 they evicted each other, and each batch parsed its SQL again.
+        conn.set_prepared_statement_cache_capacity(64);
         let mut store = Store {
             conn,
             path: path.to_owned(),
