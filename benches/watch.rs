@@ -4,8 +4,9 @@
 //! 1. latency from a file write to its outbox row, over `BENCH_WRITES` (default 200) single-file
 //!    writes, with the default settle window (100 ms): p50 and p99; target p99 < window + 50 ms;
 //! 2. a burst of `BENCH_BURST` (default 10,000) new 4 KiB files written into a watched library:
-//!    time from the first write to the last event, against a cold `agent scan` of the same files
-//!    (medians of `BENCH_RUNS`, default 3, alternating); target ratio <= 1.5;
+//!    the time watching adds (first write to last event, less the time the same writes take
+//!    into a folder nobody watches) against a cold `agent scan` of the same files (medians of
+//!    `BENCH_RUNS`, default 3); target ratio <= 1.5; the same as CPU work is reported beside it;
 //! 3. resident memory of `agent run` idle, watching `BENCH_FILES` (default 100,000) files in
 //!    `BENCH_FILES / 50` folders, after its start-up scan; target < 64 MB.
 //!
@@ -206,16 +207,27 @@ fn run() -> Result<()> {
         if p99 < 150.0 { "pass" } else { "FAIL" }
     ));
 
-    // 2. Burst of new files vs a cold scan of the same files. Compared as work (CPU seconds): on
-    //    these VMs inotify itself slows the writing process several-fold (the same burst under a
-    //    bare `inotifywait -m -r` took 6.3 s instead of 0.64 s), so wall time from the first write
-    //    measures the writer, not the agent. The lag after the last write is reported too.
+    // 2. Burst of new files vs a cold scan of the same files, in the terms (time) and as
+    //    work (CPU). Time: the burst is written into a watched library, and the time from its
+    //    first write to its last event, less the time the same writes take into a folder nobody
+    //    watches, is what watching adds; that is compared with a cold `agent scan` of the files.
+    //    (On some VMs inotify itself slows the writing process several-fold, which the
+    //    subtraction does not hide: it counts against the watcher.)
     let mut watched = Vec::new();
     let mut scanned = Vec::new();
     let mut walls = Vec::new();
     let mut lags = Vec::new();
+    let mut added = Vec::new();
+    let mut unwatched_writes = Vec::new();
+    let mut scan_walls = Vec::new();
     for _ in 0..runs {
         let dir = tempfile::tempdir()?;
+        let plain = Instant::now();
+        write_burst(&dir.path().join("unwatched"), burst)?;
+        let unwatched = plain.elapsed().as_secs_f64();
+        unwatched_writes.push(unwatched);
+        std::fs::remove_dir_all(dir.path().join("unwatched"))?;
+
         let library = dir.path().join("lib");
         std::fs::create_dir(&library)?;
         let agent = Running::start(dir.path(), &library)?;
@@ -228,8 +240,10 @@ fn run() -> Result<()> {
         })?;
         let cpu_after = agent.cpu_secs().ok_or("cannot read the agent's CPU time")?;
         watched.push(cpu_after - cpu_before);
-        walls.push(done.duration_since(start).as_secs_f64());
+        let wall = done.duration_since(start).as_secs_f64();
+        walls.push(wall);
         lags.push(done.duration_since(written).as_secs_f64());
+        added.push((wall - unwatched).max(0.0));
         agent.stop()?;
 
         let db = dir.path().join("scan.db");
@@ -242,6 +256,7 @@ fn run() -> Result<()> {
             secs(usage.ru_utime) + secs(usage.ru_stime)
         };
         let cpu_before = children_cpu();
+        let scan_start = Instant::now();
         let status = Command::new(AGENT)
             .arg("--db")
             .arg(&db)
@@ -255,18 +270,25 @@ fn run() -> Result<()> {
         if !status.success() {
             return Err("agent scan failed".into());
         }
+        scan_walls.push(scan_start.elapsed().as_secs_f64());
         scanned.push(children_cpu() - cpu_before);
     }
+    let (a, sw) = (median(&mut added), median(&mut scan_walls));
+    report.push_str(&format!(
+        "| burst of {burst} new 4 KiB files, all indexed: time watching adds (s) | {a:.3} | cold scan {sw:.3} | {:.2} | <= 1.5 | {} |\n",
+        a / sw,
+        if a / sw <= 1.5 { "pass" } else { "FAIL" }
+    ));
     let (w, s) = (median(&mut watched), median(&mut scanned));
     report.push_str(&format!(
-        "| burst of {burst} new files, all indexed: agent CPU (s) | {w:.3} | cold scan {s:.3} | {:.2} | <= 1.5 | {} |\n",
+        "| same burst as work: agent CPU (s) | {w:.3} | cold scan {s:.3} | {:.2} | | |\n",
         w / s,
-        if w / s <= 1.5 { "pass" } else { "FAIL" }
     ));
     report.push_str(&format!(
-        "| same burst: first write to last event / last write to last event (s) | {:.2} / {:.2} | | | | |\n",
+        "| same burst: first write to last event / last write to last event / the writes alone, unwatched (s) | {:.2} / {:.2} / {:.2} | | | | |\n",
         median(&mut walls),
-        median(&mut lags)
+        median(&mut lags),
+        median(&mut unwatched_writes)
     ));
 
     // 3. Idle memory watching a large tree.

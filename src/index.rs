@@ -297,8 +297,17 @@ fn hex(bytes: &[u8]) -> String {
 /// What the disk says about one key.
 #[derive(Debug, Clone)]
 pub enum Observation {
-    Present { key: String, file: ReadFile },
-    Gone { key: String },
+    Present {
+        key: String,
+        file: ReadFile,
+        /// This device had not observed the path when it was probed (a new file, most of a
+        /// first scan): committing inserts its observed row outright, and looks for a previous
+        /// one only if that insert finds one after all.
+        unobserved: bool,
+    },
+    Gone {
+        key: String,
+    },
 }
 
 /// What committing an observation did.
@@ -320,8 +329,11 @@ pub enum Change {
 /// whether this device changed the file; the event's clock and the winner come from the store.
 pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Change> {
     match observation {
-        Observation::Present { key, file } => {
-            let previous = batch.observed(key)?;
+        Observation::Present {
+            key,
+            file,
+            unobserved,
+        } => {
             let observed = Observed {
                 bytes: file.stat.bytes,
                 mtime_ns: if file.racy {
@@ -332,7 +344,13 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
                 inode: file.stat.inode,
                 sha256: file.sha256.clone(),
             };
-            batch.put_observed(key, &observed)?;
+            let previous = if *unobserved && batch.insert_observed(key, &observed)? {
+                None
+            } else {
+                let previous = batch.observed(key)?;
+                batch.put_observed(key, &observed)?;
+                previous
+            };
             if previous.as_ref().is_some_and(|p| p.sha256 == file.sha256) {
                 return Ok(Change::Unchanged);
             }
@@ -483,6 +501,7 @@ pub struct PathsOutcome {
 struct Candidate {
     path: std::path::PathBuf,
     key: String,
+    unobserved: bool,
 }
 
 /// Indexes paths the watcher saw change, in one transaction per 1,000 changes. A path may be a
@@ -625,10 +644,18 @@ pub fn index_paths(
         }
         if let Some(file) = reuse_renamed(store, &gone_rows, &path, &stat)? {
             outcome.reused += 1;
-            present.push(Observation::Present { key, file });
+            present.push(Observation::Present {
+                key,
+                file,
+                unobserved: observed.is_none(),
+            });
             continue;
         }
-        to_read.push(Candidate { path, key });
+        to_read.push(Candidate {
+            path,
+            key,
+            unobserved: observed.is_none(),
+        });
     }
     drop(probe); // read-only: rolling back ends it
                  // Committed as they are read, a chunk at a time: a tree of thousands of files moved in must
@@ -737,6 +764,7 @@ fn read_parallel(
                         Ok(file) => mine.push(Observation::Present {
                             key: c.key.clone(),
                             file,
+                            unobserved: c.unobserved,
                         }),
                         // Gone or still being written: its next event brings it back.
                         Err(ReadError::Vanished | ReadError::NotAFile | ReadError::Changed) => {}

@@ -653,7 +653,11 @@ fn read_worker(
                     .fetch_add(file.stat.bytes, Ordering::Relaxed);
                 budget.take(file.content.as_ref().map_or(0, String::len));
                 if out
-                    .send(Observation::Present { key: job.key, file })
+                    .send(Observation::Present {
+                        key: job.key,
+                        file,
+                        unobserved: known.is_none(),
+                    })
                     .is_err()
                 {
                     break;

@@ -555,3 +555,32 @@ fn a_schema_1_database_migrates_in_place_and_keeps_its_rows() {
     assert_eq!(state.winner().created_at, "2026-01-01T00:00:00Z");
     assert_eq!(state.seen_vc, VectorClock::from([("dev-a", 1)]));
 }
+
+#[test]
+fn a_file_taken_for_new_that_was_observed_meanwhile_is_not_evented_twice() {
+    // A scan decides "new" from the observed state at its start; another writer (agent run
+    // beside agent scan) may record the file before the scan commits it.
+    let mut f = Fixture::new();
+    f.write("a.md", "same bytes");
+    f.scan();
+    let events = f.outbox().len();
+    let path = f.dir.path().join("notes/a.md");
+    let file = index::read_file(&path, 1024).expect("read");
+    let batch = f.store.batch().expect("batch");
+    let change = index::commit(
+        &batch,
+        &index::Observation::Present {
+            key: "notes/a.md".into(),
+            file,
+            unobserved: true,
+        },
+    )
+    .expect("commit");
+    batch.commit().expect("commit");
+    assert_eq!(change, index::Change::Unchanged);
+    assert_eq!(
+        f.outbox().len(),
+        events,
+        "no second event for the same bytes"
+    );
+}

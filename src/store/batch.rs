@@ -97,6 +97,7 @@ impl<'a> Prepared<'a> {
 struct Statements<'a> {
     observed_get: Prepared<'a>,
     observed_put: Prepared<'a>,
+    observed_insert: Prepared<'a>,
     observed_forget: Prepared<'a>,
     shared_get: Prepared<'a>,
     files_insert: Prepared<'a>,
@@ -115,6 +116,10 @@ impl Statements<'_> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(path) DO UPDATE SET bytes = excluded.bytes, mtime_ns = excluded.mtime_ns,
                    inode = excluded.inode, sha256 = excluded.sha256, observed_at = excluded.observed_at",
+            ),
+            observed_insert: Prepared::new(
+                "INSERT INTO lib_observed (path, bytes, mtime_ns, inode, sha256, observed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(path) DO NOTHING",
             ),
             observed_forget: Prepared::new("DELETE FROM lib_observed WHERE path = ?1"),
             shared_get: Prepared::new(super::read::SHARED_GET),
@@ -274,6 +279,27 @@ impl<'a> Batch<'a> {
         ))
         .ctx(|| format!("recording observed state of {key}"))?;
         Ok(())
+    }
+
+    /// Records the observed state of a path this device has no row for. False, and nothing
+    /// written, when it has one after all.
+    pub fn insert_observed(&self, key: &str, observed: &Observed) -> Result<bool> {
+        let mut stmt = self
+            .stmts
+            .observed_insert
+            .get(self.conn)
+            .ctx(|| "preparing observed insert".into())?;
+        let inserted = stmt
+            .execute((
+                key,
+                observed.bytes as i64,
+                observed.mtime_ns,
+                observed.inode as i64,
+                &observed.sha256,
+                self.now(),
+            ))
+            .ctx(|| format!("recording observed state of {key}"))?;
+        Ok(inserted == 1)
     }
 
     pub fn forget_observed(&self, key: &str) -> Result<()> {
