@@ -264,11 +264,21 @@ impl<'a> Batch<'a> {
     }
 
     pub fn put_observed(&self, key: &str, observed: &Observed) -> Result<()> {
-        let mut stmt = self
-            .stmts
-            .observed_put
+        self.write_observed(&self.stmts.observed_put, key, observed)?;
+        Ok(())
+    }
+
+    /// Records the observed state of a path this device has no row for. False, and nothing
+    /// written, when it has one after all.
+    pub fn insert_observed(&self, key: &str, observed: &Observed) -> Result<bool> {
+        Ok(self.write_observed(&self.stmts.observed_insert, key, observed)? == 1)
+    }
+
+    /// Runs an insert of an observed row; the rows it changed.
+    fn write_observed(&self, stmt: &Prepared<'a>, key: &str, observed: &Observed) -> Result<usize> {
+        let mut stmt = stmt
             .get(self.conn)
-            .ctx(|| "preparing observed upsert".into())?;
+            .ctx(|| "preparing an observed row write".into())?;
         stmt.execute((
             key,
             observed.bytes as i64,
@@ -277,29 +287,7 @@ impl<'a> Batch<'a> {
             &observed.sha256,
             self.now(),
         ))
-        .ctx(|| format!("recording observed state of {key}"))?;
-        Ok(())
-    }
-
-    /// Records the observed state of a path this device has no row for. False, and nothing
-    /// written, when it has one after all.
-    pub fn insert_observed(&self, key: &str, observed: &Observed) -> Result<bool> {
-        let mut stmt = self
-            .stmts
-            .observed_insert
-            .get(self.conn)
-            .ctx(|| "preparing observed insert".into())?;
-        let inserted = stmt
-            .execute((
-                key,
-                observed.bytes as i64,
-                observed.mtime_ns,
-                observed.inode as i64,
-                &observed.sha256,
-                self.now(),
-            ))
-            .ctx(|| format!("recording observed state of {key}"))?;
-        Ok(inserted == 1)
+        .ctx(|| format!("recording observed state of {key}"))
     }
 
     pub fn forget_observed(&self, key: &str) -> Result<()> {
