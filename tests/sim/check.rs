@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use lib_agent::model::merge::{self, EntityState, Outcome};
 use lib_agent::model::wire::SnapshotEntity;
@@ -153,6 +154,88 @@ fn disk(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// Timestamp columns of a device's store: all of them come from the store's clock.
+const TIMESTAMPS: &[(&str, &str)] = &[
+    ("lib_files", "indexed_at"),
+    ("lib_files", "deleted_at"),
+    ("lib_files", "event_created_at"),
+    ("lib_observed", "observed_at"),
+    ("lib_conflicts", "created_at"),
+    ("lib_outbox", "created_at"),
+    ("lib_outbox", "pushed_at"),
+    ("lib_outbox", "parked_at"),
+    ("lib_inbox", "created_at"),
+    ("lib_inbox", "applied_at"),
+];
+
+/// Every timestamp a device's store keeps is a time of the simulated run: none came from the
+/// real clock. (The device row, made with the database before a clock can be set, is the one
+/// the system clock stamps.)
+fn check_timestamps(id: &str, conn: &Connection, (start, end): (SystemTime, SystemTime)) {
+    let seconds = |t: SystemTime| t.duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
+    let range = seconds(start)..=seconds(end);
+    let durable = "SELECT v FROM lib_kv WHERE k = 'durable_at'".to_owned();
+    let queries = TIMESTAMPS
+        .iter()
+        .map(|(table, column)| format!("SELECT {column} FROM {table} WHERE {column} IS NOT NULL"))
+        .chain([durable]);
+    for sql in queries {
+        let mut stmt = conn.prepare(&sql).expect("prepare");
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .expect("query");
+        for text in rows {
+            let text = text.expect("row");
+            let at = humantime::parse_rfc3339(&text)
+                .unwrap_or_else(|e| panic!("{id}: {sql}: {text:?} is not RFC 3339: {e}"));
+            assert!(
+                range.contains(&seconds(at)),
+                "{id}: {sql}: {text} is not a time of the simulated run ({range:?})"
+            );
+        }
+    }
+}
+
+/// What a run leaves behind, as lines to compare: the run's log, every row of every device's
+/// store (inode numbers aside: the file system picks them) and every event the brain committed.
+pub fn fingerprint(world: &mut World) -> Vec<String> {
+    let mut lines = world.net.borrow().log.clone();
+    for device in &mut world.devices {
+        let id = device.id.clone();
+        let conn = device.store().conn();
+        for sql in [
+            "SELECT device_id, sequence FROM lib_device",
+            "SELECT * FROM lib_files ORDER BY path",
+            "SELECT path, bytes, mtime_ns, sha256, observed_at FROM lib_observed ORDER BY path",
+            "SELECT * FROM lib_conflicts ORDER BY path, event_ulid",
+            "SELECT * FROM lib_outbox ORDER BY id",
+            "SELECT * FROM lib_inbox ORDER BY event_ulid",
+            "SELECT * FROM lib_kv ORDER BY k",
+        ] {
+            let mut stmt = conn.prepare(sql).expect("prepare");
+            let columns = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    (0..columns)
+                        .map(|i| r.get_ref(i).map(|v| format!("{v:?}")))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .expect("query");
+            for row in rows {
+                lines.push(format!("{id}: {sql}: {}", row.expect("row").join(", ")));
+            }
+        }
+    }
+    let net = world.net.borrow();
+    lines.extend(
+        net.brain
+            .committed
+            .values()
+            .map(|e| format!("brain: {e:?}")),
+    );
+    lines
+}
+
 /// Panics with the first invariant the world breaks. Returns how many events and open conflicts
 /// the run ended with.
 pub fn check(world: &mut World) -> (u64, u64) {
@@ -228,10 +311,12 @@ pub fn check(world: &mut World) -> (u64, u64) {
     assert_eq!(stored_conflicts, expected_conflicts, "brain conflicts");
 
     // Every replica's shared view is the brain's entities, row for row, with the same conflicts.
+    let span = world.span();
     for device in &mut world.devices {
         let id = device.id.clone();
         let root = device.root.clone();
         let conn = device.store().conn();
+        check_timestamps(&id, conn, span);
         let rows = device_rows(conn);
         for (mine, theirs) in rows.iter().zip(&brain_rows) {
             assert_eq!(mine, theirs, "{id}: shared view differs from the brain");
@@ -289,20 +374,38 @@ pub fn check(world: &mut World) -> (u64, u64) {
         );
     }
 
-    // Every acknowledged event is in the brain's log, unless a prune removed it.
+    // Every acknowledged event is in the brain's log as it was sent, unless a prune removed it;
+    // a pruned one is gone from it.
     let net = world.net.borrow();
-    for ulid in &net.brain.committed {
-        assert!(
-            logged.contains(ulid) || net.brain.pruned.contains(ulid),
-            "acknowledged event {ulid} is missing from the brain's log"
-        );
+    let committed = &net.brain.committed;
+    for (ulid, event) in committed {
+        match logged.get(ulid) {
+            Some(logged) => {
+                assert_eq!(logged, event, "event {ulid} as the brain's log holds it");
+                assert!(
+                    !net.brain.pruned.contains(ulid),
+                    "pruned event {ulid} is still in the brain's log"
+                );
+            }
+            None => assert!(
+                net.brain.pruned.contains(ulid),
+                "acknowledged event {ulid} is missing from the brain's log"
+            ),
+        }
     }
     for event in &events {
-        assert!(
-            net.brain.committed.contains(&event.event_ulid),
-            "event {} never reached the brain",
+        assert_eq!(
+            committed.get(&event.event_ulid),
+            Some(event),
+            "event {} as it reached the brain",
             event.event_ulid
         );
     }
+    assert_eq!(
+        committed.len(),
+        events.len(),
+        "the brain committed events no device made"
+    );
+
     (events.len() as u64, expected_conflicts.len() as u64)
 }
