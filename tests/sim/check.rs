@@ -407,5 +407,119 @@ pub fn check(world: &mut World) -> (u64, u64) {
         "the brain committed events no device made"
     );
 
+    // The same outcome again, from the events the brain committed and the rule as DESIGN.md
+    // states it, without the merge code the stores share.
+    let by_rule = by_the_rule(committed.values());
+    assert_eq!(
+        brain_rows
+            .iter()
+            .map(|r| r.key.as_str())
+            .collect::<Vec<_>>(),
+        by_rule.keys().copied().collect::<Vec<_>>(),
+        "brain entities vs the entities of the logged events"
+    );
+    for row in &brain_rows {
+        let want = &by_rule[row.key.as_str()];
+        let siblings: BTreeSet<&str> = row.siblings.iter().map(|v| v.event_ulid.as_str()).collect();
+        assert_eq!(
+            siblings, want.siblings,
+            "{}: the siblings are the applied versions no other one dominates",
+            row.key
+        );
+        assert_eq!(
+            row.winner, want.winner,
+            "{}: the winner is the sibling with the greatest (clock sum, device, ULID)",
+            row.key
+        );
+        let seen: BTreeMap<&str, u64> = row.seen_vc.entries().collect();
+        assert_eq!(
+            seen, want.seen_vc,
+            "{}: seen_vc is the pointwise maximum",
+            row.key
+        );
+    }
+    let conflicts_by_rule: BTreeSet<(String, String)> = by_rule
+        .iter()
+        .flat_map(|(key, e)| {
+            e.conflicts
+                .iter()
+                .map(move |u| (key.to_string(), u.to_string()))
+        })
+        .collect();
+    assert_eq!(stored_conflicts, conflicts_by_rule, "conflicts by the rule");
     (events.len() as u64, expected_conflicts.len() as u64)
+}
+
+/// One entity as DESIGN.md's merge rule defines it over the set of applied events.
+struct ByRule<'a> {
+    winner: &'a str,
+    siblings: BTreeSet<&'a str>,
+    seen_vc: BTreeMap<&'a str, u64>,
+    conflicts: BTreeSet<&'a str>,
+}
+
+/// `a` dominates `b`: no entry smaller, one greater (a missing entry is 0).
+fn dominates(a: &BTreeMap<&str, u64>, b: &BTreeMap<&str, u64>) -> bool {
+    let at = |c: &BTreeMap<&str, u64>, k: &str| c.get(k).copied().unwrap_or(0);
+    let keys: BTreeSet<&str> = a.keys().chain(b.keys()).copied().collect();
+    keys.iter().all(|k| at(a, k) >= at(b, k)) && keys.iter().any(|k| at(a, k) > at(b, k))
+}
+
+/// Every entity's winner, siblings, `seen_vc` and open conflicts, straight from the rule's
+/// definitions: siblings are the applied versions no other applied version dominates; the winner
+/// is the sibling with the greatest (clock sum, device id, ULID); the conflicts are the other
+/// siblings whose bytes (or tombstone) differ from the winner's.
+fn by_the_rule<'a>(events: impl Iterator<Item = &'a Event>) -> BTreeMap<&'a str, ByRule<'a>> {
+    let mut by_key: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    for event in events {
+        by_key.entry(&event.entity_key).or_default().push(event);
+    }
+    by_key
+        .into_iter()
+        .map(|(key, versions)| {
+            let clocks: Vec<BTreeMap<&str, u64>> = versions
+                .iter()
+                .map(|e| e.vector_clock.entries().collect())
+                .collect();
+            let siblings: Vec<usize> = (0..versions.len())
+                .filter(|&i| !clocks.iter().any(|other| dominates(other, &clocks[i])))
+                .collect();
+            let rank = |i: &usize| {
+                let e = versions[*i];
+                let sum: u128 = clocks[*i].values().map(|&n| u128::from(n)).sum();
+                (sum, e.device_id.as_str(), e.event_ulid.as_str())
+            };
+            let winner = *siblings.iter().max_by_key(|i| rank(i)).expect("a sibling");
+            assert_eq!(
+                Some(winner),
+                (0..versions.len()).max_by_key(rank),
+                "{key}: the greatest rank of all applied versions is a sibling's"
+            );
+            let bytes = |i: usize| {
+                let e = versions[i];
+                (e.event_type.is_delete(), e.payload.sha256.as_deref())
+            };
+            let mut seen_vc: BTreeMap<&str, u64> = BTreeMap::new();
+            for clock in &clocks {
+                for (&device, &n) in clock {
+                    let entry = seen_vc.entry(device).or_default();
+                    *entry = (*entry).max(n);
+                }
+            }
+            let rule = ByRule {
+                winner: &versions[winner].event_ulid,
+                siblings: siblings
+                    .iter()
+                    .map(|&i| versions[i].event_ulid.as_str())
+                    .collect(),
+                seen_vc,
+                conflicts: siblings
+                    .iter()
+                    .filter(|&&i| i != winner && bytes(i) != bytes(winner))
+                    .map(|&i| versions[i].event_ulid.as_str())
+                    .collect(),
+            };
+            (key, rule)
+        })
+        .collect()
 }
