@@ -26,8 +26,8 @@ use net::StoreKind;
 /// The simulation has not found a bug yet, so no seed is kept for one. These seeds are kept
 /// because their runs go through the hardest paths, each named with the counter that shows it
 /// (see [`Path`]); the test fails when one no longer does. Seed 32 is also the first default
-/// seed that fails when a racy read is trusted (a rewrite of `a.txt` keeps its size and mtime:
-/// checked by making `index::is_racy` return false). Any change to what a run draws from its
+/// seed that fails when a racy read is trusted (a rewrite of `c.md` keeps its size and mtime:
+/// checked by making `read_file_at` mark no read racy). Any change to what a run draws from its
 /// generator reshuffles what every seed does; `SIM_STATS=1 cargo test --test sim
 /// seeds_converge -- --nocapture` lists what each default seed goes through, to pick new ones.
 const REGRESSIONS: &[(u64, &[Path])] = &[
