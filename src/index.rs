@@ -136,10 +136,21 @@ pub fn read_file_with(
     max_content_bytes: usize,
     buf: &mut Vec<u8>,
 ) -> Result<ReadFile, ReadError> {
+    read_file_at(path, max_content_bytes, buf, std::time::SystemTime::now())
+}
+
+/// [`read_file_with`], with the time of the read from the caller's clock (the store's
+/// [`Clock`](crate::store::Clock)): `read_at` is now, taken before the read; it decides whether
+/// the file was written too recently for its stat to vouch for it ([`is_racy`]).
+pub fn read_file_at(
+    path: &Path,
+    max_content_bytes: usize,
+    buf: &mut Vec<u8>,
+    read_at: std::time::SystemTime,
+) -> Result<ReadFile, ReadError> {
     if buf.len() < CHUNK {
         buf.resize(CHUNK, 0);
     }
-    let read_at = std::time::SystemTime::now();
     let mut file = File::open(path).map_err(ReadError::from_io)?;
     let before = file.metadata().map_err(ReadError::from_io)?;
     if !before.file_type().is_file() {
@@ -493,6 +504,9 @@ pub struct PathsOutcome {
     /// Files recognised as renamed (same inode, size and mtime as a path gone in the same batch):
     /// their hash and text were reused instead of read again.
     pub reused: u64,
+    /// Files read (or reused) so soon after they were written that their stat cannot vouch for
+    /// them ([`is_racy`]): the next look at them reads them again.
+    pub racy: u64,
     pub errors: u64,
     /// Libraries whose root itself changed: the caller rescans them (behind the mass-delete guard).
     pub rescan: Vec<String>,
@@ -662,7 +676,7 @@ pub fn index_paths(
                  // not be held in memory whole (each file may carry up to max_content_bytes of text).
     commit_all(store, present, &mut outcome)?;
     for chunk in to_read.chunks(512) {
-        let read = read_parallel(chunk, libs, &errors);
+        let read = read_parallel(chunk, libs, &errors, store.clock());
         commit_all(store, read, &mut outcome)?;
     }
     commit_all(
@@ -684,6 +698,9 @@ fn commit_all(
     for chunk in all.chunks(1000) {
         let batch = store.batch()?;
         for observation in chunk {
+            if let Observation::Present { file, .. } = observation {
+                outcome.racy += u64::from(file.racy);
+            }
             match commit(&batch, observation)? {
                 Change::Upserted => outcome.upserted += 1,
                 Change::Deleted => outcome.deleted += 1,
@@ -719,7 +736,7 @@ fn reuse_renamed(
     Ok(Some(
         ReadFile {
             stat: *stat,
-            racy: is_racy(stat.mtime_ns, std::time::SystemTime::now()),
+            racy: is_racy(stat.mtime_ns, store.clock().now()),
             sha256: sha,
             ext: path
                 .extension()
@@ -738,6 +755,7 @@ fn read_parallel(
     candidates: &[Candidate],
     libs: &Libraries,
     errors: &std::sync::atomic::AtomicU64,
+    clock: &store::Clock,
 ) -> Vec<Observation> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
@@ -755,7 +773,7 @@ fn read_parallel(
                     let mut attempt = 0;
                     let result = loop {
                         attempt += 1;
-                        match read_file_with(&c.path, libs.max_content_bytes, &mut buf) {
+                        match read_file_at(&c.path, libs.max_content_bytes, &mut buf, clock.now()) {
                             Err(ReadError::Changed) if attempt < 3 => continue,
                             other => break other,
                         }

@@ -310,6 +310,7 @@ fn scan_library(
     progress.library(&library.name);
 
     let budget = TextBudget::new(READ_AHEAD_TEXT_BYTES);
+    let clock = store.clock().clone();
     std::thread::scope(|scope| {
         let (job_tx, job_rx) = bounded::<Job>(4096);
         // Each observation may carry up to max_content_bytes of text: the budget bounds the queue.
@@ -331,8 +332,10 @@ fn scan_library(
         for _ in 0..threads {
             let job_rx = job_rx.clone();
             let obs_tx = obs_tx.clone();
-            let (observed, shared) = (&observed, &shared);
-            scope.spawn(move || read_worker(job_rx, obs_tx, observed, shared, budget, max_content));
+            let (observed, shared, clock) = (&observed, &shared, &clock);
+            scope.spawn(move || {
+                read_worker(job_rx, obs_tx, observed, shared, budget, max_content, clock)
+            });
         }
         drop(obs_tx);
         drop(job_rx);
@@ -605,6 +608,7 @@ fn read_worker(
     shared: &Shared,
     budget: &TextBudget,
     max_content: usize,
+    clock: &store::Clock,
 ) {
     // The writer is the critical path and the readers run thousands of files ahead of it: at
     // equal priority, eight runnable readers kept it waiting for a core a third of the time.
@@ -640,7 +644,7 @@ fn read_worker(
         let mut attempt = 0;
         let file = loop {
             attempt += 1;
-            match index::read_file_with(&job.path, max_content, &mut buf) {
+            match index::read_file_at(&job.path, max_content, &mut buf, clock.now()) {
                 Err(ReadError::Changed) if attempt < READ_ATTEMPTS => continue,
                 other => break other,
             }
@@ -829,7 +833,7 @@ fn start_run(store: &mut Store, library: Option<&str>) -> Result<i64, ScanError>
         .tx()
         .execute(
             "INSERT INTO lib_runs (started_at, library, status) VALUES (?1, ?2, 'running')",
-            (crate::model::event::now_rfc3339(), library),
+            (batch.now(), library),
         )
         .map_err(|source| store::StoreError::Sql {
             context: "recording the scan in lib_runs".into(),
@@ -856,7 +860,7 @@ fn finish_run(
                errors = ?10, message = ?11 WHERE id = ?1",
             rusqlite::params![
                 id,
-                crate::model::event::now_rfc3339(),
+                batch.now(),
                 if ok { "ok" } else { "partial" },
                 c.seen as i64,
                 c.hashed as i64,

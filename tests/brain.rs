@@ -53,6 +53,7 @@ suite!(
     bad_pull_parameters_are_400,
     snapshot_pages_through_entities_by_key_with_the_watermark,
     a_cursor_older_than_the_pruned_log_is_410_and_a_snapshot_reseeds,
+    a_prune_through_an_id_removes_the_events_up_to_it_and_no_further,
     a_pruned_event_pushed_again_with_the_same_content_is_not_inserted_again,
     a_pruned_ulid_pushed_again_with_other_content_is_409_and_nothing_of_the_batch_is_stored,
     a_retry_mixing_pruned_and_new_events_inserts_only_the_new_ones,
@@ -556,6 +557,31 @@ async fn a_cursor_older_than_the_pruned_log_is_410_and_a_snapshot_reseeds(f: Fix
             .deleted_events,
         0
     );
+}
+
+/// The clock-free prune (tests and the deterministic simulation prune this way): by id, with the
+/// same prune mark and 410 as a prune by age, never past the newest event.
+async fn a_prune_through_an_id_removes_the_events_up_to_it_and_no_further(f: Fixture) {
+    let brain = f.serve().await;
+    brain.ingest_ok(&many("dev-a", 5, 1)).await;
+    let all = ids(&brain.pull_all().await);
+    let report = brain.store.prune_through(all[1]).await;
+    assert_eq!(report.deleted_events, 2);
+    assert_eq!(report.pruned_through, all[1]);
+    assert_eq!(brain.pull(0, 100).await.status, 410);
+    let r = brain.pull(all[1], 100).await;
+    assert_eq!(ids(r.body["events"].as_array().unwrap()), all[2..]);
+    // Below the mark: nothing left to prune, and the mark stays.
+    let report = brain.store.prune_through(all[0]).await;
+    assert_eq!((report.deleted_events, report.pruned_through), (0, all[1]));
+    // Past the newest event: the mark is the newest event, so a device at it is not sent to
+    // re-seed, and the next event is pulled from it.
+    let report = brain.store.prune_through(all[4] + 100).await;
+    assert_eq!((report.deleted_events, report.pruned_through), (3, all[4]));
+    brain.ingest_ok(&many("dev-b", 1, 1)).await;
+    let r = brain.pull(all[4], 100).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["events"].as_array().unwrap().len(), 1);
 }
 
 /// Prunes the whole log; returns the prune mark (pull from it to see what came after).

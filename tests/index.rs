@@ -7,7 +7,7 @@ use lib_agent::config::{Config, Overrides};
 use lib_agent::index::{self, ReadError};
 use lib_agent::model::{Event, EventType, FilePayload, VectorClock};
 use lib_agent::scan::{self, ScanOptions, ScanSummary};
-use lib_agent::store::{read, Store};
+use lib_agent::store::{read, Clock, Store};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -416,6 +416,90 @@ fn only_a_stat_taken_well_after_the_write_vouches_for_the_file() {
         "whole-second stamps: 1 s later"
     );
     assert!(!index::is_racy(whole, at(whole as u64 + 3 * second as u64)));
+}
+
+/// The store's clock, not the system's, stamps what the store keeps and tells a read that came
+/// too soon after a write: the deterministic simulation runs the indexer on a clock of its own.
+#[test]
+fn the_stores_clock_stamps_what_it_keeps_and_decides_which_reads_are_racy() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    let mut fx = Fixture::new();
+    let start = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+    let elapsed_ms = Arc::new(AtomicU64::new(0));
+    let clock = elapsed_ms.clone();
+    fx.store.set_clock(Clock::from_fn(move || {
+        start + Duration::from_millis(clock.load(Ordering::Relaxed))
+    }));
+    let notes = fx.dir.path().join("notes");
+    let set_mtime = |rel: &str, at: std::time::SystemTime| {
+        std::fs::File::options()
+            .write(true)
+            .open(notes.join(rel))
+            .and_then(|f| f.set_modified(at))
+            .expect("set mtime");
+    };
+    let observed_mtime = |store: &Store, key: &str| {
+        read::observed(store.conn(), key)
+            .expect("observed")
+            .expect("observed row")
+            .mtime_ns
+    };
+
+    // Written 10 ms before the scan's clock says it reads: racy. An hour before: trusted.
+    fx.write("draft.md", "first\n");
+    set_mtime("draft.md", start - Duration::from_millis(10));
+    set_mtime("keep.bin", start - Duration::from_secs(3600));
+    assert_eq!(fx.scan().totals.upserted, 2);
+    assert_eq!(
+        observed_mtime(&fx.store, "notes/draft.md"),
+        index::UNTRUSTED_MTIME
+    );
+    assert_ne!(
+        observed_mtime(&fx.store, "notes/keep.bin"),
+        index::UNTRUSTED_MTIME
+    );
+    let stamp = lib_agent::model::event::format_rfc3339(start);
+    for sql in [
+        "SELECT created_at FROM lib_outbox",
+        "SELECT event_created_at FROM lib_files",
+        "SELECT indexed_at FROM lib_files",
+        "SELECT observed_at FROM lib_observed",
+    ] {
+        let mut stmt = fx.store.conn().prepare(sql).expect("prepare");
+        let stamps: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(stamps, [stamp.as_str(), stamp.as_str()], "{sql}");
+    }
+
+    // A minute later the watcher's path reads it again (its stat could not vouch for it), finds
+    // the same bytes, and now trusts the stat.
+    elapsed_ms.store(60_000, Ordering::Relaxed);
+    let libs = index::Libraries::new(&fx.config, &fx.config.store.path).expect("libraries");
+    let draft = notes.join("draft.md");
+    let outcome =
+        index::index_paths(&mut fx.store, &libs, std::slice::from_ref(&draft)).expect("index");
+    assert_eq!((outcome.unchanged, outcome.racy), (1, 0), "{outcome:?}");
+    assert_ne!(
+        observed_mtime(&fx.store, "notes/draft.md"),
+        index::UNTRUSTED_MTIME
+    );
+
+    // Rewritten 5 ms before the clock's now: racy again.
+    fx.write("draft.md", "second\n");
+    set_mtime("draft.md", start + Duration::from_millis(60_000 - 5));
+    let outcome =
+        index::index_paths(&mut fx.store, &libs, std::slice::from_ref(&draft)).expect("index");
+    assert_eq!((outcome.upserted, outcome.racy), (1, 1), "{outcome:?}");
+    assert_eq!(
+        observed_mtime(&fx.store, "notes/draft.md"),
+        index::UNTRUSTED_MTIME
+    );
 }
 
 /// The merge-state columns of a row: (seen_vc, siblings) as stored.

@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell, RefMut};
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use rusqlite::{CachedStatement, Connection, OptionalExtension, Transaction};
 
@@ -55,6 +55,7 @@ pub struct Batch<'a> {
     /// commit, in the same transaction as the events that carry it.
     sequence: Cell<Option<(u64, bool)>>,
     ulids: Option<&'a super::UlidSource>,
+    clock: &'a super::Clock,
 }
 
 /// What the shared view holds for a key, read once per change.
@@ -159,6 +160,7 @@ impl<'a> Batch<'a> {
         device_id: &'a str,
         path: &'a Path,
         ulids: Option<&'a super::UlidSource>,
+        clock: &'a super::Clock,
     ) -> Self {
         Batch {
             conn,
@@ -171,12 +173,14 @@ impl<'a> Batch<'a> {
             now: RefCell::new((u64::MAX, String::new())),
             sequence: Cell::new(None),
             ulids,
+            clock,
         }
     }
 
-    /// Now, as RFC 3339 text to the second (the precision of every timestamp the store keeps).
-    fn now(&self) -> String {
-        let now = SystemTime::now();
+    /// Now by the store's [`Clock`](super::Clock), as RFC 3339 text to the second (the
+    /// precision of every timestamp the store keeps).
+    pub(crate) fn now(&self) -> String {
+        let now = self.clock.now();
         let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut cached = self.now.borrow_mut();
         if cached.0 != second {

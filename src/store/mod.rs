@@ -8,7 +8,8 @@ mod legacy;
 pub mod read;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
@@ -172,6 +173,7 @@ pub struct Store {
     /// Commits are not fsynced one by one (see [`Store::defer_sync`]).
     deferred: bool,
     ulids: Option<UlidSource>,
+    clock: Clock,
     /// Copies the WAL into the database while a scan writes (bulk mode).
     checkpointer: Option<Checkpointer>,
 }
@@ -232,6 +234,44 @@ impl Checkpointer {
 /// Where the ULIDs of new local events come from, instead of the clock and the OS's randomness:
 /// the deterministic simulation (`tests/sim/`) replays a run exactly from its seed.
 pub type UlidSource = Box<dyn Fn() -> ulid::Ulid + Send>;
+
+/// Where "now" comes from for the store's timestamps (event `created_at`, `indexed_at`,
+/// `observed_at`, `applied_at`, ...) and for the indexer's "read at" time that decides whether
+/// a file's stat can be trusted ([`crate::index::is_racy`]): the system clock, or a simulated
+/// one, so that the deterministic simulation (`tests/sim/`) never reads the real clock and
+/// replays a run exactly from its seed. Cheap to clone: each reader thread holds one.
+#[derive(Clone, Default)]
+pub struct Clock(Option<Arc<dyn Fn() -> SystemTime + Send + Sync>>);
+
+impl Clock {
+    /// The system clock (the default).
+    pub fn system() -> Clock {
+        Clock(None)
+    }
+
+    /// A clock that reads `now` instead of the system's.
+    pub fn from_fn(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Clock {
+        Clock(Some(Arc::new(now)))
+    }
+
+    #[inline]
+    pub fn now(&self) -> SystemTime {
+        match &self.0 {
+            None => SystemTime::now(),
+            Some(now) => now(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_none() {
+            "Clock(system)"
+        } else {
+            "Clock(injected)"
+        })
+    }
+}
 
 impl Store {
     /// Opens the database, creating it (and its folder) if needed, and migrates it.
@@ -310,6 +350,7 @@ impl Store {
             device_id: String::new(),
             deferred: false,
             ulids: None,
+            clock: Clock::system(),
             checkpointer: None,
         };
         store.migrate(found)?;
@@ -398,12 +439,24 @@ impl Store {
             &self.device_id,
             &self.path,
             self.ulids.as_ref(),
+            &self.clock,
         ))
     }
 
     /// New local events take their ULIDs from `source` (see [`UlidSource`]).
     pub fn set_ulid_source(&mut self, source: UlidSource) {
         self.ulids = Some(source);
+    }
+
+    /// The store's timestamps, and the indexer's "read at" times, come from `clock` (see
+    /// [`Clock`]). The device row made when a database is created is stamped before this can
+    /// be called, by the system clock.
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Bulk mode, for a scan: the writer never checkpoints (a [`Checkpointer`] beside it does),
@@ -470,7 +523,7 @@ impl Store {
             .execute_batch("PRAGMA synchronous = FULL")
             .ctx(|| "syncing the database to disk".into())?;
         let batch = self.batch()?;
-        batch.kv_set("durable_at", &crate::model::event::now_rfc3339())?;
+        batch.kv_set("durable_at", &batch.now())?;
         batch.commit()
     }
 

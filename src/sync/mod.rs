@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{BrainClient, ClientError};
 
-use crate::model::event::now_rfc3339;
 use crate::model::wire::{IngestResult, PullResponse, SnapshotResponse, MAX_BATCH};
 use crate::model::{Event, EventType};
 use crate::store::{read, Batch, Context, Store, StoreError};
@@ -315,7 +314,7 @@ fn refuse(batch: &Batch<'_>, id: i64, event: &Event, reason: &str) -> Result<(),
         device_id: event.device_id.clone(),
         entity_key: event.entity_key.clone(),
         reason: reason.to_owned(),
-        refused_at: now_rfc3339(),
+        refused_at: batch.now(),
     };
     let json = serde_json::to_string(&refused).map_err(|e| StoreError::Corrupt {
         context: format!("serialising the record of refused event {id}"),

@@ -6,7 +6,6 @@ use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
 use super::SyncError;
-use crate::model::event::now_rfc3339;
 use crate::store::{Context, Store, StoreError};
 
 /// `lib_kv` key of the saved [`SyncState`] (JSON).
@@ -104,7 +103,7 @@ pub fn record(
                 state.reachable = Some(true);
                 state.last_error = None;
             }
-            let at = Some(now_rfc3339());
+            let at = Some(batch.now());
             match step {
                 Step::Push => state.last_push_at = at,
                 Step::Pull => state.last_pull_at = at,

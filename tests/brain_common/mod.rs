@@ -39,6 +39,13 @@ impl AnyStore {
         }
     }
 
+    pub async fn prune_through(&self, through: i64) -> PruneReport {
+        match self {
+            AnyStore::Sqlite(s) => s.prune_through(through).await.unwrap(),
+            AnyStore::Postgres(s) => s.prune_through(through).await.unwrap(),
+        }
+    }
+
     pub async fn active_webhooks(&self) -> Vec<Webhook> {
         match self {
             AnyStore::Sqlite(s) => s.active_webhooks().await.unwrap(),

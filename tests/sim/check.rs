@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use lib_agent::model::merge::{self, EntityState, Outcome};
 use lib_agent::model::wire::SnapshotEntity;
@@ -153,6 +154,88 @@ fn disk(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// Timestamp columns of a device's store: all of them come from the store's clock.
+const TIMESTAMPS: &[(&str, &str)] = &[
+    ("lib_files", "indexed_at"),
+    ("lib_files", "deleted_at"),
+    ("lib_files", "event_created_at"),
+    ("lib_observed", "observed_at"),
+    ("lib_conflicts", "created_at"),
+    ("lib_outbox", "created_at"),
+    ("lib_outbox", "pushed_at"),
+    ("lib_outbox", "parked_at"),
+    ("lib_inbox", "created_at"),
+    ("lib_inbox", "applied_at"),
+];
+
+/// Every timestamp a device's store keeps is a time of the simulated run: none came from the
+/// real clock. (The device row, made with the database before a clock can be set, is the one
+/// the system clock stamps.)
+fn check_timestamps(id: &str, conn: &Connection, (start, end): (SystemTime, SystemTime)) {
+    let seconds = |t: SystemTime| t.duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
+    let range = seconds(start)..=seconds(end);
+    let durable = "SELECT v FROM lib_kv WHERE k = 'durable_at'".to_owned();
+    let queries = TIMESTAMPS
+        .iter()
+        .map(|(table, column)| format!("SELECT {column} FROM {table} WHERE {column} IS NOT NULL"))
+        .chain([durable]);
+    for sql in queries {
+        let mut stmt = conn.prepare(&sql).expect("prepare");
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .expect("query");
+        for text in rows {
+            let text = text.expect("row");
+            let at = humantime::parse_rfc3339(&text)
+                .unwrap_or_else(|e| panic!("{id}: {sql}: {text:?} is not RFC 3339: {e}"));
+            assert!(
+                range.contains(&seconds(at)),
+                "{id}: {sql}: {text} is not a time of the simulated run ({range:?})"
+            );
+        }
+    }
+}
+
+/// What a run leaves behind, as lines to compare: the run's log, every row of every device's
+/// store (inode numbers aside: the file system picks them) and every event the brain committed.
+pub fn fingerprint(world: &mut World) -> Vec<String> {
+    let mut lines = world.net.borrow().log.clone();
+    for device in &mut world.devices {
+        let id = device.id.clone();
+        let conn = device.store().conn();
+        for sql in [
+            "SELECT device_id, sequence FROM lib_device",
+            "SELECT * FROM lib_files ORDER BY path",
+            "SELECT path, bytes, mtime_ns, sha256, observed_at FROM lib_observed ORDER BY path",
+            "SELECT * FROM lib_conflicts ORDER BY path, event_ulid",
+            "SELECT * FROM lib_outbox ORDER BY id",
+            "SELECT * FROM lib_inbox ORDER BY event_ulid",
+            "SELECT * FROM lib_kv ORDER BY k",
+        ] {
+            let mut stmt = conn.prepare(sql).expect("prepare");
+            let columns = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    (0..columns)
+                        .map(|i| r.get_ref(i).map(|v| format!("{v:?}")))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .expect("query");
+            for row in rows {
+                lines.push(format!("{id}: {sql}: {}", row.expect("row").join(", ")));
+            }
+        }
+    }
+    let net = world.net.borrow();
+    lines.extend(
+        net.brain
+            .committed
+            .values()
+            .map(|e| format!("brain: {e:?}")),
+    );
+    lines
+}
+
 /// Panics with the first invariant the world breaks. Returns how many events and open conflicts
 /// the run ended with.
 pub fn check(world: &mut World) -> (u64, u64) {
@@ -228,10 +311,12 @@ pub fn check(world: &mut World) -> (u64, u64) {
     assert_eq!(stored_conflicts, expected_conflicts, "brain conflicts");
 
     // Every replica's shared view is the brain's entities, row for row, with the same conflicts.
+    let span = world.span();
     for device in &mut world.devices {
         let id = device.id.clone();
         let root = device.root.clone();
         let conn = device.store().conn();
+        check_timestamps(&id, conn, span);
         let rows = device_rows(conn);
         for (mine, theirs) in rows.iter().zip(&brain_rows) {
             assert_eq!(mine, theirs, "{id}: shared view differs from the brain");
@@ -289,20 +374,152 @@ pub fn check(world: &mut World) -> (u64, u64) {
         );
     }
 
-    // Every acknowledged event is in the brain's log, unless a prune removed it.
+    // Every acknowledged event is in the brain's log as it was sent, unless a prune removed it;
+    // a pruned one is gone from it.
     let net = world.net.borrow();
-    for ulid in &net.brain.committed {
-        assert!(
-            logged.contains(ulid) || net.brain.pruned.contains(ulid),
-            "acknowledged event {ulid} is missing from the brain's log"
-        );
+    let committed = &net.brain.committed;
+    for (ulid, event) in committed {
+        match logged.get(ulid) {
+            Some(logged) => {
+                assert_eq!(logged, event, "event {ulid} as the brain's log holds it");
+                assert!(
+                    !net.brain.pruned.contains(ulid),
+                    "pruned event {ulid} is still in the brain's log"
+                );
+            }
+            None => assert!(
+                net.brain.pruned.contains(ulid),
+                "acknowledged event {ulid} is missing from the brain's log"
+            ),
+        }
     }
     for event in &events {
-        assert!(
-            net.brain.committed.contains(&event.event_ulid),
-            "event {} never reached the brain",
+        assert_eq!(
+            committed.get(&event.event_ulid),
+            Some(event),
+            "event {} as it reached the brain",
             event.event_ulid
         );
     }
+    assert_eq!(
+        committed.len(),
+        events.len(),
+        "the brain committed events no device made"
+    );
+
+    // The same outcome again, from the events the brain committed and the rule as DESIGN.md
+    // states it, without the merge code the stores share.
+    let by_rule = by_the_rule(committed.values());
+    assert_eq!(
+        brain_rows
+            .iter()
+            .map(|r| r.key.as_str())
+            .collect::<Vec<_>>(),
+        by_rule.keys().copied().collect::<Vec<_>>(),
+        "brain entities vs the entities of the logged events"
+    );
+    for row in &brain_rows {
+        let want = &by_rule[row.key.as_str()];
+        let siblings: BTreeSet<&str> = row.siblings.iter().map(|v| v.event_ulid.as_str()).collect();
+        assert_eq!(
+            siblings, want.siblings,
+            "{}: the siblings are the applied versions no other one dominates",
+            row.key
+        );
+        assert_eq!(
+            row.winner, want.winner,
+            "{}: the winner is the sibling with the greatest (clock sum, device, ULID)",
+            row.key
+        );
+        let seen: BTreeMap<&str, u64> = row.seen_vc.entries().collect();
+        assert_eq!(
+            seen, want.seen_vc,
+            "{}: seen_vc is the pointwise maximum",
+            row.key
+        );
+    }
+    let conflicts_by_rule: BTreeSet<(String, String)> = by_rule
+        .iter()
+        .flat_map(|(key, e)| {
+            e.conflicts
+                .iter()
+                .map(move |u| (key.to_string(), u.to_string()))
+        })
+        .collect();
+    assert_eq!(stored_conflicts, conflicts_by_rule, "conflicts by the rule");
     (events.len() as u64, expected_conflicts.len() as u64)
+}
+
+/// One entity as DESIGN.md's merge rule defines it over the set of applied events.
+struct ByRule<'a> {
+    winner: &'a str,
+    siblings: BTreeSet<&'a str>,
+    seen_vc: BTreeMap<&'a str, u64>,
+    conflicts: BTreeSet<&'a str>,
+}
+
+/// `a` dominates `b`: no entry smaller, one greater (a missing entry is 0).
+fn dominates(a: &BTreeMap<&str, u64>, b: &BTreeMap<&str, u64>) -> bool {
+    let at = |c: &BTreeMap<&str, u64>, k: &str| c.get(k).copied().unwrap_or(0);
+    let keys: BTreeSet<&str> = a.keys().chain(b.keys()).copied().collect();
+    keys.iter().all(|k| at(a, k) >= at(b, k)) && keys.iter().any(|k| at(a, k) > at(b, k))
+}
+
+/// Every entity's winner, siblings, `seen_vc` and open conflicts, straight from the rule's
+/// definitions: siblings are the applied versions no other applied version dominates; the winner
+/// is the sibling with the greatest (clock sum, device id, ULID); the conflicts are the other
+/// siblings whose bytes (or tombstone) differ from the winner's.
+fn by_the_rule<'a>(events: impl Iterator<Item = &'a Event>) -> BTreeMap<&'a str, ByRule<'a>> {
+    let mut by_key: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    for event in events {
+        by_key.entry(&event.entity_key).or_default().push(event);
+    }
+    by_key
+        .into_iter()
+        .map(|(key, versions)| {
+            let clocks: Vec<BTreeMap<&str, u64>> = versions
+                .iter()
+                .map(|e| e.vector_clock.entries().collect())
+                .collect();
+            let siblings: Vec<usize> = (0..versions.len())
+                .filter(|&i| !clocks.iter().any(|other| dominates(other, &clocks[i])))
+                .collect();
+            let rank = |i: &usize| {
+                let e = versions[*i];
+                let sum: u128 = clocks[*i].values().map(|&n| u128::from(n)).sum();
+                (sum, e.device_id.as_str(), e.event_ulid.as_str())
+            };
+            let winner = *siblings.iter().max_by_key(|i| rank(i)).expect("a sibling");
+            assert_eq!(
+                Some(winner),
+                (0..versions.len()).max_by_key(rank),
+                "{key}: the greatest rank of all applied versions is a sibling's"
+            );
+            let bytes = |i: usize| {
+                let e = versions[i];
+                (e.event_type.is_delete(), e.payload.sha256.as_deref())
+            };
+            let mut seen_vc: BTreeMap<&str, u64> = BTreeMap::new();
+            for clock in &clocks {
+                for (&device, &n) in clock {
+                    let entry = seen_vc.entry(device).or_default();
+                    *entry = (*entry).max(n);
+                }
+            }
+            let rule = ByRule {
+                winner: &versions[winner].event_ulid,
+                siblings: siblings
+                    .iter()
+                    .map(|&i| versions[i].event_ulid.as_str())
+                    .collect(),
+                seen_vc,
+                conflicts: siblings
+                    .iter()
+                    .filter(|&&i| i != winner && bytes(i) != bytes(winner))
+                    .map(|&i| versions[i].event_ulid.as_str())
+                    .collect(),
+            };
+            (key, rule)
+        })
+        .collect()
 }

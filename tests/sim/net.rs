@@ -7,9 +7,9 @@
 //! requests cross the wire as the same JSON the HTTP server parses.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use lib_agent::brain::server::parse_ingest;
 use lib_agent::brain::store::{BrainStore, PgStore, SqliteStore};
@@ -69,9 +69,19 @@ pub struct Stats {
     pub duplicated: u64,
     pub delayed: u64,
     pub device_crashes: u64,
+    /// Of `device_crashes`, those with a push, or a pull or snapshot, in flight.
+    pub crashes_mid_push: u64,
+    pub crashes_mid_pull: u64,
     pub brain_restarts: u64,
+    /// Prunes that removed events: of the whole log, or of its older part only.
     pub prunes: u64,
+    pub partial_prunes: u64,
     pub reseeds: u64,
+    /// Files read so soon after a write that their stat could not vouch for them.
+    pub racy_reads: u64,
+    /// Writes, after a racy read of the file, that left its size, mtime and inode as they were,
+    /// with other bytes: only the second look a racy read asks for finds them.
+    pub stat_blind_rewrites: u64,
     pub events: u64,
     pub conflicts: u64,
 }
@@ -84,9 +94,14 @@ impl Stats {
         self.duplicated += o.duplicated;
         self.delayed += o.delayed;
         self.device_crashes += o.device_crashes;
+        self.crashes_mid_push += o.crashes_mid_push;
+        self.crashes_mid_pull += o.crashes_mid_pull;
         self.brain_restarts += o.brain_restarts;
         self.prunes += o.prunes;
+        self.partial_prunes += o.partial_prunes;
         self.reseeds += o.reseeds;
+        self.racy_reads += o.racy_reads;
+        self.stat_blind_rewrites += o.stat_blind_rewrites;
         self.events += o.events;
         self.conflicts += o.conflicts;
     }
@@ -122,9 +137,9 @@ pub struct SimBrain {
     schema: Option<TestSchema>,
     store: Option<Store>,
     rt: tokio::runtime::Runtime,
-    /// Every ULID the brain committed (the device may never have heard).
-    pub committed: BTreeSet<String>,
-    /// ULIDs committed before the last prune: they may be gone from the log, by design.
+    /// Every event the brain committed (the device may never have heard), by ULID.
+    pub committed: BTreeMap<String, Event>,
+    /// ULIDs a prune removed from the log, by design.
     pub pruned: BTreeSet<String>,
 }
 
@@ -140,7 +155,7 @@ impl SimBrain {
             schema: (kind == StoreKind::Postgres).then(TestSchema::new),
             store: None,
             rt,
-            committed: BTreeSet::new(),
+            committed: BTreeMap::new(),
             pruned: BTreeSet::new(),
         };
         brain.restart();
@@ -160,11 +175,48 @@ impl SimBrain {
         });
     }
 
-    /// `agent brain prune` of the whole log: devices behind it must re-seed.
-    pub fn prune_all(&mut self) {
-        let cutoff = SystemTime::now() + Duration::from_secs(86_400);
-        on_store!(self, s => s.prune(cutoff)).expect("prune the brain log");
-        self.pruned.extend(self.committed.iter().cloned());
+    /// `agent brain prune`: of the whole log, or of its older part. Devices whose cursor is
+    /// behind the prune mark must re-seed. The bound is an id, not a time: the brain stamps
+    /// `received_at` from the real clock (PostgreSQL's own, even), which a replay must not
+    /// depend on. Returns whether events were removed, and whether some were left.
+    pub fn prune(&mut self, rng: &mut Rng) -> (bool, bool) {
+        let log = self.log_ids();
+        let Some(&(newest, _)) = log.last() else {
+            return (false, false);
+        };
+        let through = if rng.chance(0.5) {
+            newest
+        } else {
+            log[rng.below(log.len())].0
+        };
+        let report = on_store!(self, s => s.prune_through(through)).expect("prune the brain log");
+        assert_eq!(report.pruned_through, through, "the prune mark");
+        let gone: Vec<&String> = log
+            .iter()
+            .filter(|(id, _)| *id <= through)
+            .map(|(_, ulid)| ulid)
+            .collect();
+        assert_eq!(report.deleted_events, gone.len() as u64, "events pruned");
+        self.pruned.extend(gone.into_iter().cloned());
+        (true, through < newest)
+    }
+
+    /// The ids and ULIDs of the log that pruning left, in id order.
+    fn log_ids(&self) -> Vec<(i64, String)> {
+        let (mut out, mut cursor) = (Vec::new(), 0);
+        loop {
+            match self.pull(cursor, MAX_BATCH) {
+                Ok(page) => {
+                    out.extend(page.events.into_iter().map(|e| (e.id, e.event.event_ulid)));
+                    cursor = page.next_after_id.max(cursor);
+                    if !page.has_more {
+                        return out;
+                    }
+                }
+                Err(BrainError::CursorPruned { pruned_through, .. }) => cursor = pruned_through,
+                Err(e) => panic!("reading the brain's log: {e}"),
+            }
+        }
     }
 
     /// What `POST /ingest` does with a body: the handler's own parsing and validation, then the
@@ -175,9 +227,10 @@ impl SimBrain {
         })
         .expect("serialise a batch");
         let checked = parse_ingest(&body, MAX_CONTENT)?;
-        let ulids: Vec<String> = checked.iter().map(|c| c.event.event_ulid.clone()).collect();
+        let events: Vec<Event> = checked.iter().map(|c| c.event.clone()).collect();
         let ingested = on_store!(self, s => s.ingest(checked))?;
-        self.committed.extend(ulids);
+        self.committed
+            .extend(events.into_iter().map(|e| (e.event_ulid.clone(), e)));
         Ok((ingested.result, ingested.new_ids.is_some()))
     }
 
@@ -216,16 +269,20 @@ impl SimBrain {
         }
     }
 
-    /// The ULIDs in the log (what pruning left of it), and the newest id.
-    pub fn log(&self) -> (BTreeSet<String>, i64) {
-        let (mut ulids, mut cursor) = (BTreeSet::new(), 0);
+    /// The events in the log (what pruning left of it) by ULID, and the newest id.
+    pub fn log(&self) -> (BTreeMap<String, Event>, i64) {
+        let (mut events, mut cursor) = (BTreeMap::new(), 0);
         loop {
             match self.pull(cursor, MAX_BATCH) {
                 Ok(page) => {
-                    ulids.extend(page.events.into_iter().map(|e| e.event.event_ulid));
+                    events.extend(
+                        page.events
+                            .into_iter()
+                            .map(|e| (e.event.event_ulid.clone(), e.event)),
+                    );
                     cursor = page.next_after_id.max(cursor);
                     if !page.has_more {
-                        return (ulids, cursor);
+                        return (events, cursor);
                     }
                 }
                 Err(BrainError::CursorPruned { pruned_through, .. }) => cursor = pruned_through,
@@ -353,14 +410,23 @@ impl Net {
         true
     }
 
+    /// The device dies with a request on `route` in flight.
+    fn crash(&mut self, device: usize, route: &str) {
+        self.crashed.insert(device);
+        match route {
+            "/ingest" => self.stats.crashes_mid_push += 1,
+            _ => self.stats.crashes_mid_pull += 1,
+        }
+    }
+
     /// Decides the fate of a request before the brain sees it.
-    fn before(&mut self, device: usize) -> Result<(), ClientError> {
+    fn before(&mut self, device: usize, route: &str) -> Result<(), ClientError> {
         self.stats.requests += 1;
         if self.down {
             return Err(lost("brain down"));
         }
         if self.rng.chance(self.faults.crash / 2.0) {
-            self.crashed.insert(device);
+            self.crash(device, route);
             return Err(lost("device crashed before sending"));
         }
         if self.rng.chance(self.faults.drop_request) {
@@ -371,9 +437,9 @@ impl Net {
     }
 
     /// Decides the fate of an answer the brain gave.
-    fn after(&mut self, device: usize) -> Result<(), ClientError> {
+    fn after(&mut self, device: usize, route: &str) -> Result<(), ClientError> {
         if self.rng.chance(self.faults.crash / 2.0) {
-            self.crashed.insert(device);
+            self.crash(device, route);
             return Err(lost("device crashed before the answer"));
         }
         if self.rng.chance(self.faults.drop_answer) {
@@ -394,7 +460,7 @@ impl sync::Brain for Endpoint<'_> {
     fn ingest(&self, batch: &[Event]) -> Result<IngestResult, ClientError> {
         let mut net = self.net.borrow_mut();
         let faults = net.faults;
-        net.before(self.device)?;
+        net.before(self.device, "/ingest")?;
         if net.rng.chance(faults.delay) {
             net.in_flight.push(batch.to_vec());
             net.stats.delayed += 1;
@@ -410,7 +476,7 @@ impl sync::Brain for Endpoint<'_> {
                 "a repeated ingest inserted events: {again:?}"
             );
         }
-        net.after(self.device)?;
+        net.after(self.device, "/ingest")?;
         Ok(result)
     }
 
@@ -421,23 +487,23 @@ impl sync::Brain for Endpoint<'_> {
         _wait: Option<Duration>,
     ) -> Result<PullResponse, ClientError> {
         let mut net = self.net.borrow_mut();
-        net.before(self.device)?;
+        net.before(self.device, "/pull")?;
         let page = net
             .brain
             .pull(after_id, limit)
             .map_err(|e| status(e, "/pull"))?;
-        net.after(self.device)?;
+        net.after(self.device, "/pull")?;
         Ok(page)
     }
 
     fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotResponse, ClientError> {
         let mut net = self.net.borrow_mut();
-        net.before(self.device)?;
+        net.before(self.device, "/snapshot")?;
         let page = net
             .brain
             .snapshot(after_key, limit)
             .map_err(|e| status(e, "/snapshot"))?;
-        net.after(self.device)?;
+        net.after(self.device, "/snapshot")?;
         Ok(page)
     }
 }

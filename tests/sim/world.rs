@@ -1,5 +1,9 @@
 //! The simulated world: devices with real stores and real library folders, one brain, one
 //! network, a clock that is a counter, and the random operations and faults of one run.
+//!
+//! Nothing reads the real clock: the devices' stores take their timestamps, ULID times and the
+//! indexer's "read at" times from the simulated clock, and files get their mtimes from it,
+//! rounded to the run's file-system tick, as a kernel stamps them.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -10,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use lib_agent::config::{Config, Overrides};
 use lib_agent::index::{self, Libraries};
-use lib_agent::store::{read, Store};
+use lib_agent::store::{read, Clock, Store};
 use lib_agent::sync;
 
 use super::net::{Endpoint, Faults, Net, SimBrain, StoreKind};
@@ -21,8 +25,14 @@ const NAMES: &[&str] = &["a.txt", "b.txt", "c.md", "d/e.txt", "d/f.txt", "g/h.tx
 const FOLDERS: &[&str] = &["d", "g"];
 /// Shared contents make two devices write the same bytes now and then.
 const CONTENTS: &[&str] = &["alpha\n", "beta\n", "gamma gamma\n", "delta\n"];
-/// The simulated clock starts here (ms since the epoch): file mtimes and ULID times come from it.
+/// The simulated clock starts here (ms since the epoch, a whole second): file mtimes, ULID
+/// times and every timestamp a store keeps come from it.
 const EPOCH_MS: u64 = 1_780_000_000_000;
+/// How coarse a run's file-system timestamps are, in ms: exact, a kernel tick at 250 or 100 Hz,
+/// or whole seconds (FAT, HFS+, some network file systems). Two writes of the same size within
+/// one tick leave the stat as it was: only reading again a file that was read within a tick of
+/// its last write (`index::is_racy`) finds the second.
+const MTIME_TICKS_MS: &[u64] = &[1, 4, 10, 1000];
 
 pub struct Device {
     pub index: usize,
@@ -48,6 +58,8 @@ pub struct World {
     rng: Rng,
     /// The simulated clock, ms since EPOCH_MS.
     now: Arc<AtomicU64>,
+    /// The file system's timestamp granularity in this run, ms (one of MTIME_TICKS_MS).
+    mtime_tick: u64,
     ulid_counter: Arc<AtomicU64>,
     _dir: tempfile::TempDir,
     pub trace: bool,
@@ -70,6 +82,7 @@ impl World {
         let dir = tempdir();
         let count = rng.between(2, 6) as usize;
         let faults = Faults::random(&mut rng);
+        let mtime_tick = *rng.pick(MTIME_TICKS_MS);
         let brain = SimBrain::open(store, dir.path().join("brain.db"));
         let net = Net::new(brain, rng.fork(), faults, count);
         let mut world = World {
@@ -77,6 +90,7 @@ impl World {
             net: RefCell::new(net),
             rng,
             now: Arc::new(AtomicU64::new(0)),
+            mtime_tick,
             ulid_counter: Arc::new(AtomicU64::new(0)),
             _dir: dir,
             trace,
@@ -104,7 +118,9 @@ impl World {
             open_store(&mut device, &world.now, &world.ulid_counter);
             world.devices.push(device);
         }
-        world.say(format!("{count} devices, faults {faults:?}"));
+        world.say(format!(
+            "{count} devices, mtimes to {mtime_tick} ms, faults {faults:?}"
+        ));
         world
     }
 
@@ -122,13 +138,24 @@ impl World {
         log[log.len().saturating_sub(40)..].join("\n")
     }
 
+    /// The simulated time the run started at, and its time now.
+    pub fn span(&self) -> (SystemTime, SystemTime) {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_millis(EPOCH_MS);
+        (
+            start,
+            start + Duration::from_millis(self.now.load(Ordering::Relaxed)),
+        )
+    }
+
     fn tick(&mut self) {
         let step = self.rng.between(1, 50);
         self.now.fetch_add(step, Ordering::Relaxed);
     }
 
+    /// An mtime stamped now: the simulated clock, rounded down to the file system's tick.
     fn mtime(&self) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_millis(EPOCH_MS + self.now.load(Ordering::Relaxed))
+        let now = EPOCH_MS + self.now.load(Ordering::Relaxed);
+        SystemTime::UNIX_EPOCH + Duration::from_millis(now - now % self.mtime_tick)
     }
 
     /// One random step: a change on a disk, the watcher firing, a push, a pull, a message the
@@ -159,10 +186,19 @@ impl World {
                 net.stats.brain_restarts += 1;
             }
             96 => {
-                self.say("brain: prune everything".into());
                 let mut net = self.net.borrow_mut();
-                net.brain.prune_all();
-                net.stats.prunes += 1;
+                let (pruned, partly) = net.brain.prune(&mut self.rng);
+                net.stats.prunes += u64::from(pruned);
+                net.stats.partial_prunes += u64::from(partly);
+                drop(net);
+                self.say(format!(
+                    "brain: prune {}",
+                    match (pruned, partly) {
+                        (false, _) => "(nothing to prune)",
+                        (true, false) => "the whole log",
+                        (true, true) => "the older part of the log",
+                    }
+                ));
             }
             _ => {
                 let mut net = self.net.borrow_mut();
@@ -195,9 +231,22 @@ impl World {
                 } else {
                     unique
                 };
+                let before = stat_and_bytes(&path);
+                // A rewrite that keeps the stat is found only if the last read was racy.
+                let racily_read = self.racily_read(d, &path, name);
                 write_file(&path, content.as_bytes(), mtime, false);
+                let blind = racily_read
+                    && before.is_some_and(|(stat, bytes)| {
+                        Some(stat) == stat_and_bytes(&path).map(|(s, _)| s)
+                            && bytes != content.as_bytes()
+                    });
                 touched.push(path);
-                format!("write {name}")
+                if blind {
+                    self.net.borrow_mut().stats.stat_blind_rewrites += 1;
+                    format!("write {name} (size and mtime unchanged since its racy read)")
+                } else {
+                    format!("write {name}")
+                }
             }
             5 if path.is_file() => {
                 write_file(&path, unique.as_bytes(), mtime, true);
@@ -246,6 +295,18 @@ impl World {
         self.devices[d].dirty.extend(touched);
     }
 
+    /// Whether the device last indexed this file read too soon after a write to trust its stat,
+    /// and saw its latest write (no change of it is queued since).
+    fn racily_read(&mut self, d: usize, path: &Path, name: &str) -> bool {
+        let device = &mut self.devices[d];
+        if device.dirty.contains(path) {
+            return false;
+        }
+        let observed =
+            read::observed(device.store().conn(), &format!("lib/{name}")).expect("observed state");
+        observed.is_some_and(|o| o.mtime_ns == index::UNTRUSTED_MTIME)
+    }
+
     /// The watcher's debounce fires: everything queued is indexed.
     pub fn index(&mut self, d: usize) {
         let device = &mut self.devices[d];
@@ -254,6 +315,7 @@ impl World {
             return;
         }
         let outcome = index_paths(device, &paths);
+        self.net.borrow_mut().stats.racy_reads += outcome.racy;
         self.say(format!(
             "{}: index {} paths: {outcome:?}",
             self.devices[d].id,
@@ -329,6 +391,7 @@ impl World {
         self.net.borrow_mut().stats.device_crashes += 1;
         open_store(device, &self.now, &self.ulid_counter);
         let outcome = reconcile(device);
+        self.net.borrow_mut().stats.racy_reads += outcome.racy;
         self.say(format!(
             "{}: start-up reconcile: {outcome:?}",
             self.devices[d].id
@@ -385,12 +448,16 @@ fn open_store(device: &mut Device, now: &Arc<AtomicU64>, counter: &Arc<AtomicU64
         store = Store::open(&device.db).expect("reopen device store");
     }
     let (now, counter, index) = (now.clone(), counter.clone(), device.index);
+    let clock = now.clone();
     store.set_ulid_source(Box::new(move || {
         let n = counter.fetch_add(1, Ordering::Relaxed);
         ulid::Ulid::from_parts(
             EPOCH_MS + now.load(Ordering::Relaxed),
             ((index as u128) << 64) | u128::from(n),
         )
+    }));
+    store.set_clock(Clock::from_fn(move || {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(EPOCH_MS + clock.load(Ordering::Relaxed))
     }));
     device.store = Some(store);
 }
@@ -429,8 +496,18 @@ fn make_parent(path: &Path) {
     }
 }
 
-/// Writes (or appends) and stamps the mtime from the simulated clock, so that two writes of the
-/// same size never share an mtime.
+/// Size, mtime and inode (what tells the indexer "unchanged"), and the bytes, of a file.
+fn stat_and_bytes(path: &Path) -> Option<((u64, SystemTime, u64), Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.is_file())?;
+    let stat = (meta.len(), meta.modified().expect("mtime"), meta.ino());
+    Some((stat, std::fs::read(path).expect("read")))
+}
+
+/// Writes (or appends) and stamps the mtime from the simulated clock (at the file system's
+/// granularity: two writes within one tick share an mtime).
 fn write_file(path: &Path, bytes: &[u8], mtime: SystemTime, append: bool) {
     use std::io::Write;
     make_parent(path);

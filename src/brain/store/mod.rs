@@ -68,6 +68,15 @@ pub struct PruneReport {
     pub pruned_through: i64,
 }
 
+/// Which events a prune deletes: the oldest ones, up to a bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PruneBound {
+    /// Received before this Unix second.
+    ReceivedBefore(i64),
+    /// With an id up to this one.
+    Id(i64),
+}
+
 /// What an ingest did: the counts for the response, and the ids it appended (for the webhooks).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ingested {
@@ -102,6 +111,11 @@ pub trait BrainStore: Send + Sync + 'static {
     /// the retention window (its first push succeeded, the answer was lost) is recognised, not
     /// given a new id that every device would pull again.
     fn prune(&self, cutoff: SystemTime) -> impl Future<Output = Result<PruneReport>> + Send;
+
+    /// [`BrainStore::prune`] of the events with an id up to `through` instead of those received
+    /// before a time: what is pruned does not depend on a clock (the deterministic simulation,
+    /// `tests/sim/`, and tests prune this way). Ids above the newest event prune up to it.
+    fn prune_through(&self, through: i64) -> impl Future<Output = Result<PruneReport>> + Send;
 
     /// Registers (or replaces, and reactivates) the device's webhook; returns its id.
     fn register_webhook(

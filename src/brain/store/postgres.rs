@@ -28,7 +28,7 @@ use tokio_postgres::{AsyncMessage, Client, Config};
 
 use super::{
     corrupt, is_new, parse_event_type, parse_state, plan_entities, to_json, BrainStore,
-    CheckedEvent, Ingested, PruneReport, PullPage, SnapshotPage, Webhook,
+    CheckedEvent, Ingested, PruneBound, PruneReport, PullPage, SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
 use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
@@ -438,6 +438,84 @@ impl PgStore {
 
     fn bump(&self, id: i64) {
         bump(&self.inner.newest, id);
+    }
+
+    /// Deletes the events up to `bound`, keeping their ULIDs and digests (see
+    /// [`BrainStore::prune`]).
+    async fn prune_up_to(&self, bound: PruneBound) -> Result<PruneReport> {
+        let mut conn = self.inner.pool.get().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(|e| self.inner.pool.err("starting a prune", e))?;
+        let (cutoff, id);
+        let (sql, param): (&str, &(dyn tokio_postgres::types::ToSql + Sync)) = match bound {
+            PruneBound::ReceivedBefore(seconds) => {
+                cutoff = seconds as f64;
+                (
+                    "SELECT max(id) FROM lib_shared.events WHERE received_at < to_timestamp($1)",
+                    &cutoff,
+                )
+            }
+            PruneBound::Id(through) => {
+                id = through;
+                ("SELECT max(id) FROM lib_shared.events WHERE id <= $1", &id)
+            }
+        };
+        let through: Option<i64> = tx
+            .query_one(&*self.sql(sql), &[param])
+            .await
+            .map_err(|e| self.inner.pool.err("finding old events", e))?
+            .get(0);
+        let old: i64 = tx
+            .query_one(
+                &*self.sql(
+                    "SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through' FOR UPDATE",
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| self.inner.pool.err("reading the prune mark", e))?
+            .get(0);
+        let Some(through) = through else {
+            return Ok(PruneReport {
+                deleted_events: 0,
+                pruned_through: old,
+            });
+        };
+        // One statement moves exactly the rows it deletes: a concurrent prune that deleted some
+        // first leaves them out here (no duplicate ULID), and the ULIDs and digests stay, so a
+        // late re-push of a pruned event is still recognised.
+        let deleted = tx
+            .execute(
+                &*self.sql(
+                    "WITH gone AS (DELETE FROM lib_shared.events WHERE id <= $1
+                                   RETURNING event_ulid, digest)
+                     INSERT INTO lib_shared.pruned_events (event_ulid, digest)
+                     SELECT event_ulid, digest FROM gone",
+                ),
+                &[&through],
+            )
+            .await
+            .map_err(|e| {
+                self.inner
+                    .pool
+                    .err("pruning events (keeping their ULIDs)", e)
+            })?;
+        let pruned = old.max(through);
+        tx.execute(
+            &*self.sql("UPDATE lib_shared.brain_meta SET v = $1 WHERE k = 'pruned_through'"),
+            &[&pruned],
+        )
+        .await
+        .map_err(|e| self.inner.pool.err("recording the prune mark", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| self.inner.pool.err("committing a prune", e))?;
+        Ok(PruneReport {
+            deleted_events: deleted,
+            pruned_through: pruned,
+        })
     }
 }
 
@@ -1023,71 +1101,12 @@ impl BrainStore for PgStore {
     }
 
     async fn prune(&self, cutoff: SystemTime) -> Result<PruneReport> {
-        let mut conn = self.inner.pool.get().await?;
-        let tx = conn
-            .transaction()
+        self.prune_up_to(PruneBound::ReceivedBefore(super::unix_seconds(cutoff)))
             .await
-            .map_err(|e| self.inner.pool.err("starting a prune", e))?;
-        let cutoff = super::unix_seconds(cutoff) as f64;
-        let through: Option<i64> = tx
-            .query_one(
-                &*self.sql(
-                    "SELECT max(id) FROM lib_shared.events WHERE received_at < to_timestamp($1)",
-                ),
-                &[&cutoff],
-            )
-            .await
-            .map_err(|e| self.inner.pool.err("finding old events", e))?
-            .get(0);
-        let old: i64 = tx
-            .query_one(
-                &*self.sql(
-                    "SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through' FOR UPDATE",
-                ),
-                &[],
-            )
-            .await
-            .map_err(|e| self.inner.pool.err("reading the prune mark", e))?
-            .get(0);
-        let Some(through) = through else {
-            return Ok(PruneReport {
-                deleted_events: 0,
-                pruned_through: old,
-            });
-        };
-        // One statement moves exactly the rows it deletes: a concurrent prune that deleted some
-        // first leaves them out here (no duplicate ULID), and the ULIDs and digests stay, so a
-        // late re-push of a pruned event is still recognised.
-        let deleted = tx
-            .execute(
-                &*self.sql(
-                    "WITH gone AS (DELETE FROM lib_shared.events WHERE id <= $1
-                                   RETURNING event_ulid, digest)
-                     INSERT INTO lib_shared.pruned_events (event_ulid, digest)
-                     SELECT event_ulid, digest FROM gone",
-                ),
-                &[&through],
-            )
-            .await
-            .map_err(|e| {
-                self.inner
-                    .pool
-                    .err("pruning events (keeping their ULIDs)", e)
-            })?;
-        let pruned = old.max(through);
-        tx.execute(
-            &*self.sql("UPDATE lib_shared.brain_meta SET v = $1 WHERE k = 'pruned_through'"),
-            &[&pruned],
-        )
-        .await
-        .map_err(|e| self.inner.pool.err("recording the prune mark", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| self.inner.pool.err("committing a prune", e))?;
-        Ok(PruneReport {
-            deleted_events: deleted,
-            pruned_through: pruned,
-        })
+    }
+
+    async fn prune_through(&self, through: i64) -> Result<PruneReport> {
+        self.prune_up_to(PruneBound::Id(through)).await
     }
 
     async fn register_webhook(&self, device_id: &str, url: &str, secret: &str) -> Result<i64> {

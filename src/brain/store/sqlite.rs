@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::{
     blocking, corrupt, is_new, parse_event_type, parse_state, plan_entities, to_json, unix_seconds,
-    BrainStore, CheckedEvent, Ingested, PruneReport, PullPage, SnapshotPage, Webhook,
+    BrainStore, CheckedEvent, Ingested, PruneBound, PruneReport, PullPage, SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
 use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
@@ -526,17 +526,19 @@ fn snapshot(conn: &mut Connection, after_key: &str, limit: usize) -> Result<Snap
     })
 }
 
-fn prune(conn: &mut Connection, cutoff: i64) -> Result<PruneReport> {
+fn prune(conn: &mut Connection, bound: PruneBound) -> Result<PruneReport> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_err("starting a prune", e))?;
     let old = pruned_through(&tx)?;
+    let (sql, value) = match bound {
+        PruneBound::ReceivedBefore(cutoff) => {
+            ("SELECT MAX(id) FROM events WHERE received_at < ?1", cutoff)
+        }
+        PruneBound::Id(id) => ("SELECT MAX(id) FROM events WHERE id <= ?1", id),
+    };
     let through: Option<i64> = tx
-        .query_row(
-            "SELECT MAX(id) FROM events WHERE received_at < ?1",
-            [cutoff],
-            |r| r.get(0),
-        )
+        .query_row(sql, [value], |r| r.get(0))
         .map_err(|e| sql_err("finding old events", e))?;
     let Some(through) = through else {
         return Ok(PruneReport {
@@ -592,8 +594,13 @@ impl BrainStore for SqliteStore {
     }
 
     async fn prune(&self, cutoff: SystemTime) -> Result<PruneReport> {
-        let cutoff = unix_seconds(cutoff);
-        self.write(move |conn| prune(conn, cutoff)).await
+        let bound = PruneBound::ReceivedBefore(unix_seconds(cutoff));
+        self.write(move |conn| prune(conn, bound)).await
+    }
+
+    async fn prune_through(&self, through: i64) -> Result<PruneReport> {
+        self.write(move |conn| prune(conn, PruneBound::Id(through)))
+            .await
     }
 
     async fn register_webhook(&self, device_id: &str, url: &str, secret: &str) -> Result<i64> {
