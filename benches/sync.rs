@@ -227,7 +227,20 @@ fn catch_up(events: usize) -> Result<f64> {
     if !status.success() {
         return Err("agent sync --pull failed".into());
     }
-    Ok(start.elapsed().as_secs_f64())
+    let took = start.elapsed().as_secs_f64();
+    // A catch-up that did not catch up is not a figure.
+    let conn = rusqlite::Connection::open(away.join("agent.db"))?;
+    let rows: i64 = conn.query_row(
+        "SELECT count(*) FROM lib_files WHERE deleted_at IS NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    if rows != events as i64 {
+        return Err(
+            format!("the device holds {rows} files after catching up, not {events}").into(),
+        );
+    }
+    Ok(took)
 }
 
 fn run() -> Result<()> {
