@@ -684,6 +684,14 @@ impl<'a> Batch<'a> {
         Ok(inserted == 1)
     }
 
+    /// A `lib_kv` value as this transaction sees it.
+    pub fn kv_get(&self, key: &str) -> Result<Option<String>> {
+        self.tx
+            .query_row("SELECT v FROM lib_kv WHERE k = ?1", [key], |r| r.get(0))
+            .optional()
+            .ctx(|| format!("reading lib_kv {key}"))
+    }
+
     pub fn kv_set(&self, key: &str, value: &str) -> Result<()> {
         self.tx
             .execute(

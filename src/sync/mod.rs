@@ -12,7 +12,6 @@ pub mod state;
 
 use std::time::Duration;
 
-use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
 pub use client::{BrainClient, ClientError};
@@ -292,14 +291,7 @@ fn parse_cursor(stored: Option<String>) -> i64 {
 /// read when it started: the later commit must not move the cursor back over events the other
 /// one applied. What the stored cursor covers was applied in the transaction that stored it.
 fn advance_cursor(batch: &Batch<'_>, to: i64) -> Result<i64, StoreError> {
-    let stored: Option<String> = batch
-        .tx()
-        .query_row("SELECT v FROM lib_kv WHERE k = ?1", [CURSOR_KEY], |r| {
-            r.get(0)
-        })
-        .optional()
-        .ctx(|| format!("reading lib_kv {CURSOR_KEY}"))?;
-    let cursor = parse_cursor(stored).max(to);
+    let cursor = parse_cursor(batch.kv_get(CURSOR_KEY)?).max(to);
     batch.kv_set(CURSOR_KEY, &cursor.to_string())?;
     Ok(cursor)
 }

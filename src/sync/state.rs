@@ -2,11 +2,10 @@
 //! when a push and a pull last succeeded. `agent run`'s threads and `agent sync` both record their
 //! outcome here, so the status is the same whichever of them talked to the brain last.
 
-use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
 use super::SyncError;
-use crate::store::{Context, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// `lib_kv` key of the saved [`SyncState`] (JSON).
 pub const STATE_KEY: &str = "sync_state";
@@ -83,14 +82,8 @@ pub fn record(
     outcome: Outcome<'_>,
 ) -> Result<(), StoreError> {
     let batch = store.batch()?;
-    let saved: Option<String> = batch
-        .tx()
-        .query_row("SELECT v FROM lib_kv WHERE k = ?1", [STATE_KEY], |r| {
-            r.get(0)
-        })
-        .optional()
-        .ctx(|| format!("reading lib_kv {STATE_KEY}"))?;
-    let mut state: SyncState = saved
+    let mut state: SyncState = batch
+        .kv_get(STATE_KEY)?
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default();
     brain_url.clone_into(&mut state.brain_url);
