@@ -516,9 +516,17 @@ struct Candidate {
     path: std::path::PathBuf,
     key: String,
     unobserved: bool,
+    /// Its size at the probe: its text, once read, is no longer.
+    bytes: u64,
 }
 
-/// Indexes paths the watcher saw change, in one transaction per 1,000 changes. A path may be a
+/// Files read per round of the reader threads ...
+const READ_CHUNK_FILES: usize = 512;
+/// ... and the text they may bring at most (content and its copy in the payload JSON), which
+/// bounds what a tree of text files moved in holds in memory.
+const READ_CHUNK_TEXT: u64 = 4 << 20;
+
+/// Indexes paths the watcher saw change, in transactions as large as the scan's. A path may be a
 /// file (created, modified, renamed in), a folder (created or moved in: indexed whole), or gone
 /// (deleted or moved out: it and everything observed beneath it become deletions). Files that
 /// are new under a name but were observed under a name gone in the same batch are renames.
@@ -669,48 +677,90 @@ pub fn index_paths(
             path,
             key,
             unobserved: observed.is_none(),
+            bytes: stat.bytes,
         });
     }
     drop(probe); // read-only: rolling back ends it
-                 // Committed as they are read, a chunk at a time: a tree of thousands of files moved in must
-                 // not be held in memory whole (each file may carry up to max_content_bytes of text).
-    commit_all(store, present, &mut outcome)?;
-    for chunk in to_read.chunks(512) {
-        let read = read_parallel(chunk, libs, &errors, store.clock());
-        commit_all(store, read, &mut outcome)?;
-    }
-    commit_all(
-        store,
-        gone.into_iter()
-            .map(|key| Observation::Gone { key })
-            .collect(),
-        &mut outcome,
-    )?;
+    let gone = gone
+        .into_iter()
+        .map(|key| Observation::Gone { key })
+        .collect();
+    read_and_commit(store, libs, present, &to_read, gone, &errors, &mut outcome)?;
     outcome.errors = errors.load(Ordering::Relaxed);
     Ok(outcome)
 }
 
-fn commit_all(
+/// Reads the candidates a chunk ahead of the single writer, which commits everything (renames
+/// reused, then what was read, in candidate order, then deletions) in transactions as large as
+/// the scan's: a transaction per chunk read made a burst of new files rewrite the same b-tree
+/// pages a dozen times.
+fn read_and_commit(
     store: &mut store::Store,
-    all: Vec<Observation>,
+    libs: &Libraries,
+    present: Vec<Observation>,
+    to_read: &[Candidate],
+    gone: Vec<Observation>,
+    errors: &std::sync::atomic::AtomicU64,
     outcome: &mut PathsOutcome,
 ) -> store::Result<()> {
-    for chunk in all.chunks(1000) {
-        let batch = store.batch()?;
-        for observation in chunk {
-            if let Observation::Present { file, .. } = observation {
-                outcome.racy += u64::from(file.racy);
+    let clock = store.clock().clone();
+    let chunks = read_chunks(to_read, libs.max_content_bytes);
+    std::thread::scope(|scope| {
+        // One chunk read ahead: its text is bounded, and so is the memory of two of them.
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<Observation>>(1);
+        let clock = &clock;
+        scope.spawn(move || {
+            for chunk in chunks {
+                if tx.send(read_parallel(chunk, libs, errors, clock)).is_err() {
+                    break; // the writer failed
+                }
             }
-            match commit(&batch, observation)? {
-                Change::Upserted => outcome.upserted += 1,
-                Change::Deleted => outcome.deleted += 1,
-                Change::Unchanged | Change::AlreadyShared => outcome.unchanged += 1,
-                Change::Nothing => {}
+        });
+        let mut all = present
+            .into_iter()
+            .chain(rx.iter().flatten())
+            .chain(gone)
+            .peekable();
+        while all.peek().is_some() {
+            let batch = store.batch()?;
+            let (mut changes, mut text) = (0, 0);
+            while changes < crate::scan::BATCH && text < crate::scan::BATCH_TEXT_BYTES {
+                let Some(observation) = all.next() else { break };
+                if let Observation::Present { file, .. } = &observation {
+                    outcome.racy += u64::from(file.racy);
+                }
+                match commit(&batch, &observation)? {
+                    Change::Upserted => outcome.upserted += 1,
+                    Change::Deleted => outcome.deleted += 1,
+                    Change::Unchanged | Change::AlreadyShared => outcome.unchanged += 1,
+                    Change::Nothing => {}
+                }
+                changes += 1;
+                text += crate::scan::text_len(&observation);
             }
+            batch.commit()?;
         }
-        batch.commit()?;
+        Ok(())
+    })
+}
+
+/// Splits the candidates into rounds of reading of at most [`READ_CHUNK_FILES`] files and
+/// [`READ_CHUNK_TEXT`] of text (a file's text is at most its size and at most the cap).
+fn read_chunks(candidates: &[Candidate], max_content: usize) -> Vec<&[Candidate]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut text) = (0, 0u64);
+    for (i, c) in candidates.iter().enumerate() {
+        let t = 2 * c.bytes.min(max_content as u64);
+        if i > start && (i - start == READ_CHUNK_FILES || text + t > READ_CHUNK_TEXT) {
+            chunks.push(&candidates[start..i]);
+            (start, text) = (i, 0);
+        }
+        text += t;
     }
-    Ok(())
+    if start < candidates.len() {
+        chunks.push(&candidates[start..]);
+    }
+    chunks
 }
 
 /// A file with the inode, size and mtime of a path gone in the same batch is that file renamed:
@@ -765,6 +815,9 @@ fn read_parallel(
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
+                // Behind the writer, and behind the watcher's thread: at equal priority they
+                // took the core the watcher needed, and its events reached the daemon late.
+                store::run_behind_the_writer();
                 let mut buf = Vec::new();
                 let mut mine = Vec::new();
                 loop {

@@ -26,12 +26,12 @@ use crate::store::{self, Store};
 /// Changes committed per transaction: every commit rewrites the b-tree pages it touched, so large
 /// batches write less (100,000 files: 15,100 page writes with 1,000 per batch, 10,900 with 4,000);
 /// small enough that events become pushable progressively during a long scan.
-const BATCH: usize = 4000;
+pub(crate) const BATCH: usize = 4000;
 /// ... and at most this much text per transaction (content and payloads, see [`text_len`]): the
 /// batch's text is held in memory several times over (the observations, the rows, SQLite's
 /// pending full-text terms), so it is what bounds peak memory (100,000 text files: 102 MB with
 /// 4 MiB of content and its payloads uncounted, 89 MB counting both).
-const BATCH_TEXT_BYTES: usize = 4 << 20;
+pub(crate) const BATCH_TEXT_BYTES: usize = 4 << 20;
 /// A file still being written after this many reads is left for the next scan or the watcher.
 const READ_ATTEMPTS: usize = 3;
 /// Files read ahead of the writer. Long enough that the readers go on while the writer commits
@@ -95,7 +95,7 @@ impl TextBudget {
 
 /// The text an observation holds: its content, and its payload, which carries the content again
 /// (escaped as JSON).
-fn text_len(o: &Observation) -> usize {
+pub(crate) fn text_len(o: &Observation) -> usize {
     match o {
         Observation::Present { file, .. } => text_of(file),
         Observation::Gone { .. } => 0,
