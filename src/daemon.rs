@@ -37,7 +37,7 @@ impl Default for RunOptions {
         }
     }
 }
-/// How long events are gathered after a wake-up before they are handled.
+/// How long events are let gather after a wake-up before they are handled.
 const GATHER: Duration = Duration::from_millis(5);
 /// Paths indexed per call, so a huge burst is committed progressively.
 const MAX_PATHS_PER_BATCH: usize = 2_000;
@@ -251,26 +251,26 @@ fn watch_and_index(
         let timeout = wake.saturating_duration_since(now);
         let mut rescan_all = false;
         let mut limit_hit: Vec<PathBuf> = Vec::new();
+        let mut changes_seen = false;
         select! {
             recv(shutdown) -> _ => break,
             recv(fs_rx) -> signal => match signal {
-                Ok(signal) => handle(signal, &mut debouncer, &mut rescan_all, &mut limit_hit, &mut state),
+                Ok(signal) => changes_seen |= handle(signal, &mut debouncer, &mut rescan_all, &mut limit_hit),
                 Err(_) => break, // the watcher is gone: nothing more will come
             },
             default(timeout) => {}
         }
-        // Take everything already queued, and what follows within a few milliseconds, so a burst
-        // costs one wake-up per slice instead of one per event (wake-ups are what a burst of
-        // inotify events costs most on a small machine).
-        let gather_until = Instant::now() + GATHER;
-        while let Ok(signal) = fs_rx.recv_deadline(gather_until) {
-            handle(
-                signal,
-                &mut debouncer,
-                &mut rescan_all,
-                &mut limit_hit,
-                &mut state,
-            );
+        if changes_seen {
+            // Let what follows the first event arrive, then take it all in one go: a burst then
+            // costs one wake-up per slice, not one per event (on a small machine the wake-ups
+            // cost more than the events).
+            std::thread::sleep(GATHER);
+        }
+        for signal in fs_rx.try_iter() {
+            changes_seen |= handle(signal, &mut debouncer, &mut rescan_all, &mut limit_hit);
+        }
+        if changes_seen {
+            state.last_change_at = Some(now_rfc3339());
         }
         if watcher.take_overflow() {
             rescan_all = true;
@@ -310,6 +310,7 @@ fn watch_and_index(
         let mut due = debouncer.take_ready(now);
         while !due.is_empty() {
             let rest = due.split_off(due.len().min(MAX_PATHS_PER_BATCH));
+            let started = Instant::now();
             let indexed = index::index_paths(store, &libs, &due).map_err(DaemonError::from);
             let Some(outcome) = full.check(&db, indexed)? else {
                 // Queued again as they are: indexing them later is idempotent.
@@ -319,7 +320,7 @@ fn watch_and_index(
                 }
                 break;
             };
-            note(&outcome, &mut state);
+            note(&outcome, &mut state, started);
             if outcome.upserted + outcome.deleted > 0 {
                 changed();
             }
@@ -371,8 +372,9 @@ fn watch_and_index(
     // Shutdown: index what is pending, then record that we stopped.
     let pending = debouncer.take_all();
     for chunk in pending.chunks(MAX_PATHS_PER_BATCH) {
+        let started = Instant::now();
         let outcome = index::index_paths(store, &libs, chunk)?;
-        note(&outcome, &mut state);
+        note(&outcome, &mut state, started);
     }
     if let Some(sync) = sync {
         sync.stop();
@@ -421,20 +423,19 @@ fn set_mode(state: &mut RunState, name: &str, mode: LibraryMode) -> bool {
     true
 }
 
+/// Takes one signal from the watcher; true when it was a change.
 fn handle(
     signal: FsSignal,
     debouncer: &mut Debouncer,
     rescan_all: &mut bool,
     limit_hit: &mut Vec<PathBuf>,
-    state: &mut RunState,
-) {
+) -> bool {
     match signal {
-        FsSignal::Changed(paths) => {
-            let now = Instant::now();
+        FsSignal::Changed(paths, at) => {
             for path in paths {
-                debouncer.add(path, now);
+                debouncer.add(path, at);
             }
-            state.last_change_at = Some(now_rfc3339());
+            return true;
         }
         FsSignal::Rescan => *rescan_all = true,
         FsSignal::Error(e) if watch::is_watch_limit(&e) => limit_hit.extend(e.paths.clone()),
@@ -443,9 +444,10 @@ fn handle(
             *rescan_all = true;
         }
     }
+    false
 }
 
-fn note(outcome: &PathsOutcome, state: &mut RunState) {
+fn note(outcome: &PathsOutcome, state: &mut RunState, started: Instant) {
     state.changes_indexed += outcome.upserted + outcome.deleted;
     state.renames_reused += outcome.reused;
     if outcome.upserted + outcome.deleted > 0 {
@@ -454,6 +456,7 @@ fn note(outcome: &PathsOutcome, state: &mut RunState) {
             deleted = outcome.deleted,
             renamed = outcome.reused,
             errors = outcome.errors,
+            ms = started.elapsed().as_millis() as u64,
             "indexed changes"
         );
     }
