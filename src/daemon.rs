@@ -311,12 +311,14 @@ fn watch_and_index(
         while !due.is_empty() {
             let rest = due.split_off(due.len().min(MAX_PATHS_PER_BATCH));
             let started = Instant::now();
-            let indexed = index::index_paths(store, &libs, &due).map_err(DaemonError::from);
+            let pending = |path: &Path| debouncer.is_pending(path);
+            let indexed =
+                index::index_paths_leaving(store, &libs, &due, &pending).map_err(DaemonError::from);
             let Some(outcome) = full.check(&db, indexed)? else {
                 // Queued again as they are: indexing them later is idempotent.
                 let retry = Instant::now() + DISK_FULL_RETRY;
                 for path in due.into_iter().chain(rest) {
-                    debouncer.add(path, retry);
+                    debouncer.add(path, retry, watch::Settle::Changed);
                 }
                 break;
             };
@@ -431,9 +433,9 @@ fn handle(
     limit_hit: &mut Vec<PathBuf>,
 ) -> bool {
     match signal {
-        FsSignal::Changed(paths, at) => {
+        FsSignal::Changed { paths, at, settle } => {
             for path in paths {
-                debouncer.add(path, at);
+                debouncer.add(path, at, settle);
             }
             return true;
         }

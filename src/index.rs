@@ -535,6 +535,18 @@ pub fn index_paths(
     libs: &Libraries,
     paths: &[std::path::PathBuf],
 ) -> store::Result<PathsOutcome> {
+    index_paths_leaving(store, libs, paths, &|_| false)
+}
+
+/// [`index_paths`], where the walk of a folder leaves out the files `pending` names: the
+/// watcher's, still settling after events of their own (a folder is walked as soon as it is
+/// created, and a file being written in it would be read half-written, then again when done).
+pub fn index_paths_leaving(
+    store: &mut store::Store,
+    libs: &Libraries,
+    paths: &[std::path::PathBuf],
+    pending: &dyn Fn(&Path) -> bool,
+) -> store::Result<PathsOutcome> {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -589,7 +601,9 @@ pub fn index_paths(
                     &errors,
                     |p, k| {
                         walked.insert(k.clone());
-                        files.insert(k, (p, None));
+                        if !pending(&p) {
+                            files.insert(k, (p, None));
+                        }
                         true
                     },
                 );

@@ -382,6 +382,28 @@ fn an_editor_style_atomic_save_is_one_upsert_of_the_real_file() {
 }
 
 #[test]
+fn a_file_written_in_many_pieces_before_its_close_is_one_upsert() {
+    // A long window, so that the pauses between the pieces stay well inside it on a loaded
+    // machine: the file is complete only when its writer closes it.
+    let mut a = Agent::with_files_and(&[], "", 1_000).start();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(a.path("notes.txt")).expect("create");
+        for i in 0..10 {
+            writeln!(f, "piece {i}").expect("write");
+            f.flush().expect("flush");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    a.wait_for_events(1);
+    a.stop();
+    let db = a.db();
+    assert_eq!(events_after(&db, 0), [ev("upsert_file", "lib/notes.txt")]);
+    let text: String = (0..10).map(|i| format!("piece {i}\n")).collect();
+    assert_eq!(live_files(&db), [("lib/notes.txt".to_owned(), text)]);
+}
+
+#[test]
 fn a_burst_of_a_thousand_files_is_indexed_completely() {
     let mut a = Agent::with_files(&[]).start();
     for i in 0..1000 {
