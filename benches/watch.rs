@@ -287,11 +287,19 @@ fn run() -> Result<()> {
         scan_walls.push(scan_start.elapsed().as_secs_f64());
         scanned.push(children_cpu() - cpu_before);
     }
+    // Each run's burst and scan are measured back to back, so the ratio of each pair is what is
+    // compared: the machine's speed drifts more between runs than within one.
+    let mut ratios: Vec<f64> = added.iter().zip(&scan_walls).map(|(a, s)| a / s).collect();
+    let pairs: Vec<String> = added
+        .iter()
+        .zip(&scan_walls)
+        .map(|(a, s)| format!("{a:.3}/{s:.3}"))
+        .collect();
+    let ratio = median(&mut ratios);
     let (a, sw) = (median(&mut added), median(&mut scan_walls));
     report.push_str(&format!(
-        "| burst of {burst} new 4 KiB files, all indexed: time watching adds (s) | {a:.3} | cold scan {sw:.3} | {:.2} | <= 1.5 | {} |\n",
-        a / sw,
-        if a / sw <= 1.5 { "pass" } else { "FAIL" }
+        "| burst of {burst} new 4 KiB files, all indexed: time watching adds (s), median of each run's ratio | {a:.3} | cold scan {sw:.3} | {ratio:.2} | <= 1.5 | {} |\n",
+        if ratio <= 1.5 { "pass" } else { "FAIL" }
     ));
     let (w, s) = (median(&mut watched), median(&mut scanned));
     report.push_str(&format!(
@@ -327,9 +335,10 @@ fn run() -> Result<()> {
         if rss < 64.0 { "pass" } else { "FAIL" }
     ));
     report.push_str(&format!(
-        "\nLatencies (ms): min {:.1}, max {:.1}. Burst runs, CPU s: watcher {watched:?}, scan {scanned:?}.\n",
+        "\nLatencies (ms): min {:.1}, max {:.1}. Burst runs, time watching adds / cold scan (s): {}; CPU s: watcher {watched:.2?}, scan {scanned:.2?}.\n",
         latencies[0],
-        latencies[latencies.len() - 1]
+        latencies[latencies.len() - 1],
+        pairs.join(", ")
     ));
     println!("{report}");
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-watch.md");

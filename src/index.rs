@@ -526,6 +526,149 @@ const READ_CHUNK_FILES: usize = 512;
 /// bounds what a tree of text files moved in holds in memory.
 const READ_CHUNK_TEXT: u64 = 4 << 20;
 
+/// What one changed path turned out to be, before the database is asked anything.
+enum Seen {
+    /// The library's root itself changed: the caller rescans it, behind the mass-delete guard.
+    Root(String),
+    /// A file to look at, with its stat (`None` when it vanished or changed kind meanwhile: the
+    /// probe takes it again).
+    File {
+        key: String,
+        path: std::path::PathBuf,
+        stat: Option<FileStat>,
+    },
+    /// A folder created or moved in, walked: every file met (the ones still settling after
+    /// events of their own without a path, left to those events), and the folders that could
+    /// not be read.
+    Folder {
+        key: String,
+        walked: Vec<(String, Option<Found>)>,
+        failed: Vec<String>,
+    },
+    /// Deleted, moved out, or replaced by something that is not a file (a symlink).
+    Gone { key: String },
+}
+
+/// A file a walk met and that is to be looked at: its path, and its stat if it could be taken.
+type Found = (std::path::PathBuf, Option<FileStat>);
+
+/// Paths looked at per round of the threads that look at them.
+const LOOK_CHUNK: usize = 64;
+
+/// Looks at every path (stat, and a walk of each folder) on a few threads, in the paths'
+/// order: this is file system work, and done on the single writer's thread it was as long as
+/// the commits of a burst of new files.
+fn look_at_all(
+    libs: &Libraries,
+    paths: &[std::path::PathBuf],
+    pending: &(dyn Fn(&Path) -> bool + Sync),
+    errors: &std::sync::atomic::AtomicU64,
+) -> Vec<Seen> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let rounds = paths.len().div_ceil(LOOK_CHUNK);
+    let threads = libs.threads.min(rounds);
+    if threads <= 1 {
+        return paths
+            .iter()
+            .filter_map(|p| look_at(libs, p, pending, errors))
+            .collect();
+    }
+    let next = AtomicUsize::new(0);
+    let mut parts: Vec<(usize, Vec<Seen>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let round = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(chunk) = paths.chunks(LOOK_CHUNK).nth(round) else {
+                            break;
+                        };
+                        let seen = chunk
+                            .iter()
+                            .filter_map(|p| look_at(libs, p, pending, errors))
+                            .collect();
+                        mine.push((round, seen));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    parts.sort_by_key(|(round, _)| *round);
+    parts.into_iter().flat_map(|(_, seen)| seen).collect()
+}
+
+fn look_at(
+    libs: &Libraries,
+    path: &std::path::PathBuf,
+    pending: &(dyn Fn(&Path) -> bool + Sync),
+    errors: &std::sync::atomic::AtomicU64,
+) -> Option<Seen> {
+    use std::sync::atomic::Ordering;
+    let (library, filter, rel) = libs.locate(path)?;
+    if rel.as_os_str().is_empty() {
+        return Some(Seen::Root(library.name.clone()));
+    }
+    let rel = match crate::model::key::relative_key(rel) {
+        Ok(rel) => rel,
+        Err(e) => {
+            tracing::warn!(library = %library.name, path = ?path, "skipped: {e}");
+            errors.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+    };
+    let key = crate::model::key::entity_key(&library.name, &rel).ok()?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => {
+            let included =
+                filter.includes_file(&rel) && !libs.skip_files.contains(&(meta.dev(), meta.ino()));
+            included.then(|| Seen::File {
+                key,
+                path: path.clone(),
+                stat: Some(FileStat::of(&meta)),
+            })
+        }
+        Ok(meta) if meta.is_dir() => {
+            if filter.prunes_dir(&rel) {
+                return None;
+            }
+            let mut walked = Vec::new();
+            let walk =
+                crate::scan::walk_tree(library, filter, path, &libs.skip_files, errors, |p, k| {
+                    let found = (!pending(&p)).then(|| {
+                        let stat = std::fs::symlink_metadata(&p)
+                            .ok()
+                            .filter(std::fs::Metadata::is_file)
+                            .map(|meta| FileStat::of(&meta));
+                        (p, stat)
+                    });
+                    walked.push((k, found));
+                    true
+                });
+            Some(Seen::Folder {
+                key,
+                walked,
+                failed: walk.failed_dirs,
+            })
+        }
+        Ok(_) => Some(Seen::Gone { key }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(Seen::Gone { key }),
+        Err(e) => {
+            tracing::warn!(path = ?path, "cannot stat: {e}");
+            errors.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 /// Indexes paths the watcher saw change, in transactions as large as the scan's. A path may be a
 /// file (created, modified, renamed in), a folder (created or moved in: indexed whole), or gone
 /// (deleted or moved out: it and everything observed beneath it become deletions). Files that
@@ -545,91 +688,55 @@ pub fn index_paths_leaving(
     store: &mut store::Store,
     libs: &Libraries,
     paths: &[std::path::PathBuf],
-    pending: &dyn Fn(&Path) -> bool,
+    pending: &(dyn Fn(&Path) -> bool + Sync),
 ) -> store::Result<PathsOutcome> {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
     use std::sync::atomic::{AtomicU64, Ordering};
 
     let mut outcome = PathsOutcome::default();
     let errors = AtomicU64::new(0);
-    // Each file to look at, with its stat when the event's own stat took it already.
+    // Each file to look at, with its stat when it was taken already.
     let mut files: BTreeMap<String, (std::path::PathBuf, Option<FileStat>)> = BTreeMap::new();
     let mut gone: BTreeSet<String> = BTreeSet::new();
     let mut gone_prefixes: Vec<String> = Vec::new();
     let mut failed_dirs: Vec<String> = Vec::new();
 
-    for path in paths {
-        let Some((library, filter, rel)) = libs.locate(path) else {
-            continue;
-        };
-        if rel.as_os_str().is_empty() {
-            if !outcome.rescan.contains(&library.name) {
-                outcome.rescan.push(library.name.clone());
-            }
-            continue;
-        }
-        let rel = match crate::model::key::relative_key(rel) {
-            Ok(rel) => rel,
-            Err(e) => {
-                tracing::warn!(library = %library.name, path = ?path, "skipped: {e}");
-                errors.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        };
-        let Ok(key) = crate::model::key::entity_key(&library.name, &rel) else {
-            continue;
-        };
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.is_file() => {
-                use std::os::unix::fs::MetadataExt;
-                if filter.includes_file(&rel)
-                    && !libs.skip_files.contains(&(meta.dev(), meta.ino()))
-                {
-                    files.insert(key, (path.clone(), Some(FileStat::of(&meta))));
+    for seen in look_at_all(libs, paths, pending, &errors) {
+        match seen {
+            Seen::Root(name) => {
+                if !outcome.rescan.contains(&name) {
+                    outcome.rescan.push(name);
                 }
             }
-            Ok(meta) if meta.is_dir() => {
-                if filter.prunes_dir(&rel) {
-                    continue;
+            Seen::File { key, path, stat } => {
+                files.insert(key, (path, stat));
+            }
+            Seen::Folder {
+                key,
+                walked,
+                failed,
+            } => {
+                failed_dirs.extend(failed);
+                let mut met = BTreeSet::new();
+                for (k, found) in walked {
+                    met.insert(k.clone());
+                    if let Some((path, stat)) = found {
+                        files.insert(k, (path, stat));
+                    }
                 }
-                let mut walked = BTreeSet::new();
-                let walk = crate::scan::walk_tree(
-                    library,
-                    filter,
-                    path,
-                    &libs.skip_files,
-                    &errors,
-                    |p, k| {
-                        walked.insert(k.clone());
-                        if !pending(&p) {
-                            files.insert(k, (p, None));
-                        }
-                        true
-                    },
-                );
-                failed_dirs.extend(walk.failed_dirs);
                 // A file this folder replaced is gone; so are observed files under the folder
                 // that the walk did not meet.
-                gone.insert(key.clone());
                 let prefix = format!("{key}/");
+                gone.insert(key);
                 for (k, _) in read::observed_under(store.conn(), &prefix)? {
-                    if !walked.contains(&k) {
+                    if !met.contains(&k) {
                         gone.insert(k);
                     }
                 }
             }
-            // Deleted, moved out, or replaced by something that is not a file (a symlink).
-            Ok(_) => {
-                gone.insert(key.clone());
+            Seen::Gone { key } => {
                 gone_prefixes.push(format!("{key}/"));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                gone.insert(key.clone());
-                gone_prefixes.push(format!("{key}/"));
-            }
-            Err(e) => {
-                tracing::warn!(path = ?path, "cannot stat: {e}");
-                errors.fetch_add(1, Ordering::Relaxed);
+                gone.insert(key);
             }
         }
     }
