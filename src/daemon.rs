@@ -37,7 +37,7 @@ impl Default for RunOptions {
         }
     }
 }
-/// How long events are let gather after a wake-up before they are handled.
+/// How long the daemon lets events gather after a wake-up before it handles them.
 const GATHER: Duration = Duration::from_millis(5);
 /// Paths indexed per call, so a huge burst is committed progressively.
 const MAX_PATHS_PER_BATCH: usize = 2_000;

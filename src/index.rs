@@ -537,8 +537,8 @@ enum Seen {
         path: std::path::PathBuf,
         stat: Option<FileStat>,
     },
-    /// A folder created or moved in, walked: every file met (the ones still settling after
-    /// events of their own without a path, left to those events), and the folders that could
+    /// A folder created or moved in, walked: every file met, with its path and stat unless it
+    /// still settles after events of its own (it is left to those), and the folders that could
     /// not be read.
     Folder {
         key: String,
@@ -556,7 +556,7 @@ type Found = (std::path::PathBuf, Option<FileStat>);
 const LOOK_CHUNK: usize = 64;
 
 /// Looks at every path (stat, and a walk of each folder) on a few threads, in the paths'
-/// order: this is file system work, and done on the single writer's thread it was as long as
+/// order: this is file system work, and on the single writer's thread it took about as long as
 /// the commits of a burst of new files.
 fn look_at_all(
     libs: &Libraries,
