@@ -40,7 +40,7 @@ pub enum Settle {
     /// Created, written, renamed or removed: it may change again, settle for the whole window.
     Changed,
     /// A writer closed it, or it is a folder just created: complete for now, it settles for
-    /// [`Debouncer::after_close`]. (A new folder's files have events of their own, or were
+    /// a quarter of the settle window. (A new folder's files have events of their own, or were
     /// complete before it was watched: the walk of the folder leaves the pending ones to their
     /// events.)
     Complete,
@@ -122,8 +122,8 @@ fn forward(tx: &Sender<FsSignal>, overflowed: &AtomicBool, event: notify::Result
 
 /// Coalesces changes per path: a path is due once no event touched it for the settle window, so
 /// an editor's burst of writes, or a write-to-temp-then-rename save, is indexed once. A file
-/// whose writer closed it is due sooner, [`Debouncer::after_close`] (a quarter of the window)
-/// after the close, unless it changes again: it is complete, and the short wait is still
+/// whose writer closed it is due sooner, a quarter of the window after the close, unless it
+/// changes again: it is complete, and the short wait is still
 /// long enough for a save's rename of its temporary file to follow (the temporary name is then
 /// gone when it is due, and only the real file is indexed). A burst of new files is then indexed
 /// while it is being written, instead of all of it a window after its last file.
@@ -142,6 +142,7 @@ fn forward(tx: &Sender<FsSignal>, overflowed: &AtomicBool, event: notify::Result
 #[derive(Debug)]
 pub struct Debouncer {
     window: Duration,
+    /// How long a file its writer closed waits before it is due: a quarter of the window.
     after_close: Duration,
     open: VecDeque<(Instant, PathBuf)>,
     closed: VecDeque<(Instant, PathBuf)>,
@@ -167,11 +168,6 @@ impl Debouncer {
             closed: VecDeque::new(),
             latest: HashMap::new(),
         }
-    }
-
-    /// How long a file its writer closed waits before it is due.
-    pub fn after_close(&self) -> Duration {
-        self.after_close
     }
 
     /// Whether the due paths are held back at `now` (see the type's docs). O(log n): it is asked
