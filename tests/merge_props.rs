@@ -79,7 +79,7 @@ fn history_strategy() -> impl Strategy<Value = Vec<Version>> {
 fn apply_all<'a>(versions: impl IntoIterator<Item = &'a Version>) -> Option<EntityState> {
     let mut state: Option<EntityState> = None;
     for v in versions {
-        if let Outcome::Applied { state: next, .. } = apply(state.as_ref(), v) {
+        if let Outcome::Applied { state: next, .. } = apply(state.as_ref(), v.clone()) {
             state = Some(next);
         }
     }
@@ -178,7 +178,7 @@ proptest! {
             // The delete first, then every upsert it had seen: still deleted.
             let mut state = apply_all([del]);
             for up in &older {
-                if let Outcome::Applied { state: next, winner_changed } = apply(state.as_ref(), up) {
+                if let Outcome::Applied { state: next, winner_changed } = apply(state.as_ref(), (*up).clone()) {
                     prop_assert!(!winner_changed);
                     state = Some(next);
                 }

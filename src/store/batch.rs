@@ -399,7 +399,7 @@ impl<'a> Batch<'a> {
         let Outcome::Applied {
             state,
             winner_changed,
-        } = merge::apply(current, &event.version())
+        } = merge::apply(current, event.version())
         else {
             return Ok(Applied::Duplicate);
         };

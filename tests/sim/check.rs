@@ -274,7 +274,7 @@ pub fn check(world: &mut World) -> (u64, u64) {
     let mut expected: BTreeMap<String, EntityState> = BTreeMap::new();
     for event in &events {
         let current = expected.get(&event.entity_key);
-        if let Outcome::Applied { state, .. } = merge::apply(current, &event.version()) {
+        if let Outcome::Applied { state, .. } = merge::apply(current, event.version()) {
             expected.insert(event.entity_key.clone(), state);
         }
     }

@@ -220,7 +220,7 @@ pub fn plan_entities(
         let Outcome::Applied {
             state,
             winner_changed,
-        } = merge::apply(before, &event.version())
+        } = merge::apply(before, event.version())
         else {
             continue;
         };
