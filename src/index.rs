@@ -365,6 +365,18 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
             if previous.as_ref().is_some_and(|p| p.sha256 == file.sha256) {
                 return Ok(Change::Unchanged);
             }
+            if previous.is_none()
+                && batch
+                    .record_new(
+                        key,
+                        EventType::UpsertFile,
+                        file.payload(),
+                        file.payload_json.as_deref(),
+                    )?
+                    .is_some()
+            {
+                return Ok(Change::Upserted);
+            }
             let shared = batch.shared(key)?;
             if previous.is_none() {
                 let winner = shared

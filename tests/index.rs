@@ -86,24 +86,36 @@ impl Fixture {
         clock: VectorClock,
         text: Option<&str>,
     ) -> Event {
+        let payload = text.map(|t| FilePayload {
+            sha256: Some(format!("{:064x}", t.len())),
+            bytes: Some(t.len() as u64),
+            mtime_unix: Some(0),
+            ext: Some("md".into()),
+            mime: Some("text/markdown".into()),
+            content: Some(t.into()),
+        });
+        self.apply_remote_payload(device, key, clock, payload)
+    }
+
+    /// [`Fixture::apply_remote`] with the payload given whole; `None` is a delete.
+    fn apply_remote_payload(
+        &mut self,
+        device: &str,
+        key: &str,
+        clock: VectorClock,
+        payload: Option<FilePayload>,
+    ) -> Event {
         let event = Event {
             event_ulid: ulid::Ulid::new().to_string(),
             device_id: device.into(),
-            event_type: if text.is_some() {
+            event_type: if payload.is_some() {
                 EventType::UpsertFile
             } else {
                 EventType::DeleteFile
             },
             entity_type: "file".into(),
             entity_key: key.into(),
-            payload: text.map_or_else(FilePayload::default, |t| FilePayload {
-                sha256: Some(format!("{:064x}", t.len())),
-                bytes: Some(t.len() as u64),
-                mtime_unix: Some(0),
-                ext: Some("md".into()),
-                mime: Some("text/markdown".into()),
-                content: Some(t.into()),
-            }),
+            payload: payload.unwrap_or_default(),
             vector_clock: clock,
             created_at: "2026-11-25T00:00:00Z".into(),
         };
@@ -300,6 +312,49 @@ fn sequence_numbers_survive_reopening_and_stay_above_our_own_entries_seen_elsewh
         "never reuse a number our events carried: {}",
         last.2
     );
+}
+
+#[test]
+fn a_file_first_seen_here_that_another_device_indexed_is_merged_with_its_version() {
+    let mut f = Fixture::new();
+    let me = f.store.device_id().to_owned();
+    f.write("mine.md", "made here");
+    f.scan();
+    let mine = f.outbox().pop().expect("mine.md's event").2.get(&me);
+    // dev-b indexed two files this device has not seen yet: one with the bytes this device will
+    // find, one with other bytes.
+    let same = f.dir.path().join("same.md");
+    std::fs::write(&same, "the same bytes").expect("write");
+    let file = index::read_file(&same, 1 << 20).expect("read");
+    f.apply_remote_payload(
+        "dev-b",
+        "notes/same.md",
+        VectorClock::from([("dev-b", 1)]),
+        Some(file.payload()),
+    );
+    f.apply_remote(
+        "dev-b",
+        "notes/other.md",
+        VectorClock::from([("dev-b", 2)]),
+        Some("theirs"),
+    );
+    let before = f.outbox().len();
+    f.write("same.md", "the same bytes");
+    f.write("other.md", "other bytes here");
+    let summary = f.scan();
+    // The same bytes say nothing new; the other bytes are an edit made after seeing dev-b's.
+    assert_eq!(summary.totals.upserted, 1);
+    let events = f.outbox();
+    assert_eq!(events.len(), before + 1);
+    let (kind, key, clock) = events.last().expect("event");
+    assert_eq!(
+        (kind.as_str(), key.as_str()),
+        ("upsert_file", "notes/other.md")
+    );
+    assert_eq!(clock.get("dev-b"), 2, "it has seen dev-b's version");
+    assert_eq!(clock.get(&me), mine + 1, "no sequence number skipped");
+    assert_eq!(f.search("other"), ["notes/other.md"]);
+    assert_eq!(read::counts(f.store.conn()).expect("counts").conflicts, 0);
 }
 
 #[test]

@@ -73,6 +73,21 @@ pub struct SharedRow {
 struct Prepared<'a> {
     sql: &'static str,
     stmt: RefCell<Option<CachedStatement<'a>>>,
+    /// What each [`Param::Same`] parameter holds now, by position (`None`: NULL, as SQLite
+    /// starts every parameter). Emptied with the statement, whose bindings the cache clears.
+    bound: RefCell<Vec<Option<String>>>,
+}
+
+/// A parameter of [`Prepared::execute`].
+#[derive(Clone, Copy)]
+enum Param<'v> {
+    Int(Option<i64>),
+    Text(Option<&'v str>),
+    /// Text that mostly repeats from one row to the next (the device id, the timestamp of the
+    /// second, the event type, the extension): bound only when it differs from what the
+    /// parameter holds, since bindings outlive the statement's reset and every text bind copies
+    /// its value (binding was a seventh of a scan's writer).
+    Same(Option<&'v str>),
 }
 
 impl<'a> Prepared<'a> {
@@ -80,7 +95,30 @@ impl<'a> Prepared<'a> {
         Prepared {
             sql,
             stmt: RefCell::new(None),
+            bound: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Runs the statement with `params` bound to ?1, ?2, ... in order; the rows it changed.
+    fn execute(&self, conn: &'a Connection, params: &[Param<'_>]) -> rusqlite::Result<usize> {
+        let mut stmt = self.get(conn)?;
+        let mut bound = self.bound.borrow_mut();
+        if bound.len() < params.len() {
+            bound.resize(params.len(), None);
+        }
+        for (i, (param, held)) in params.iter().zip(bound.iter_mut()).enumerate() {
+            match *param {
+                Param::Int(v) => stmt.raw_bind_parameter(i + 1, v)?,
+                Param::Text(v) => stmt.raw_bind_parameter(i + 1, v)?,
+                Param::Same(v) => {
+                    if held.as_deref() != v {
+                        stmt.raw_bind_parameter(i + 1, v)?;
+                        *held = v.map(str::to_owned);
+                    }
+                }
+            }
+        }
+        stmt.raw_execute()
     }
 
     fn get(&self, conn: &'a Connection) -> rusqlite::Result<RefMut<'_, CachedStatement<'a>>> {
@@ -125,10 +163,13 @@ impl Statements<'_> {
             observed_forget: Prepared::new("DELETE FROM lib_observed WHERE path = ?1"),
             shared_get: Prepared::new(super::read::SHARED_GET),
             files_insert: Prepared::new(
+                // DO NOTHING: `record_new` inserts without looking the key up first, and learns
+                // from the count of rows written that it was there after all.
                 "INSERT INTO lib_files (path, sha256, bytes, mtime_unix, ext, mime, content,
                    deleted_at, indexed_at, event_ulid, device_id, vector_clock, seen_vc, siblings,
                    event_created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                 ON CONFLICT(path) DO NOTHING",
             ),
             files_update: Prepared::new(
                 // ?1 (the path) is unchanged and left out: rewriting it would rewrite its unique
@@ -280,17 +321,18 @@ impl<'a> Batch<'a> {
 
     /// Runs an insert of an observed row; the rows it changed.
     fn write_observed(&self, stmt: &Prepared<'a>, key: &str, observed: &Observed) -> Result<usize> {
-        let mut stmt = stmt
-            .get(self.conn)
-            .ctx(|| "preparing an observed row write".into())?;
-        stmt.execute((
-            key,
-            observed.bytes as i64,
-            observed.mtime_ns,
-            observed.inode as i64,
-            &observed.sha256,
-            self.now(),
-        ))
+        let now = self.now();
+        stmt.execute(
+            self.conn,
+            &[
+                Param::Text(Some(key)),
+                Param::Int(Some(observed.bytes as i64)),
+                Param::Int(Some(observed.mtime_ns)),
+                Param::Int(Some(observed.inode as i64)),
+                Param::Text(Some(&observed.sha256)),
+                Param::Same(Some(&now)),
+            ],
+        )
         .ctx(|| format!("recording observed state of {key}"))
     }
 
@@ -394,6 +436,21 @@ impl<'a> Batch<'a> {
 
     /// `clock` is the event's vector clock as JSON, serialised once for every table it goes to.
     fn apply_to(&self, event: &Event, row: Option<&SharedRow>, clock: &str) -> Result<Applied> {
+        self.apply_unless_present(event, row, clock)?
+            .ok_or_else(|| StoreError::Corrupt {
+                context: format!("applying {} to {}", event.event_ulid, event.entity_key),
+                detail: "the shared row read in this transaction was not there, and now is".into(),
+            })
+    }
+
+    /// [`Batch::apply_to`]; `None`, and nothing written, when `row` is `None` but the shared view
+    /// has a row for the key after all.
+    fn apply_unless_present(
+        &self,
+        event: &Event,
+        row: Option<&SharedRow>,
+        clock: &str,
+    ) -> Result<Option<Applied>> {
         let key = event.entity_key.as_str();
         let current = row.and_then(|r| r.state.as_ref());
         let Outcome::Applied {
@@ -401,7 +458,7 @@ impl<'a> Batch<'a> {
             winner_changed,
         } = merge::apply(current, event.version())
         else {
-            return Ok(Applied::Duplicate);
+            return Ok(Some(Applied::Duplicate));
         };
         // A lone sibling is the winner, whose columns describe it: nothing else to store.
         let alone = state.siblings.len() == 1 && state.seen_vc == state.winner().clock;
@@ -416,7 +473,9 @@ impl<'a> Batch<'a> {
             (Some(state.seen_vc.to_json()), Some(siblings))
         };
         if winner_changed {
-            self.write_winner(event, row, clock, seen_vc.as_deref(), siblings.as_deref())?;
+            if !self.write_winner(event, row, clock, seen_vc.as_deref(), siblings.as_deref())? {
+                return Ok(None);
+            }
         } else {
             let mut stmt = self
                 .stmts
@@ -430,8 +489,10 @@ impl<'a> Batch<'a> {
         if had_siblings || state.siblings.len() > 1 {
             self.refresh_conflicts(key, &state)?;
         }
-        Ok(Applied::Merged { winner_changed })
+        Ok(Some(Applied::Merged { winner_changed }))
     }
+
+    /// False, and nothing written, when `row` is `None` but the key has a row after all.
 
     fn write_winner(
         &self,
@@ -440,64 +501,62 @@ impl<'a> Batch<'a> {
         clock: &str,
         seen_vc: Option<&str>,
         siblings: Option<&str>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let key = event.entity_key.as_str();
         let p = &event.payload;
         let deleted = event.event_type.is_delete();
         let live = |v| if deleted { None } else { v };
-        let content = live(p.content.as_deref());
-        let params = rusqlite::params![
-            key,
-            live(p.sha256.as_deref()),
-            if deleted {
+        let now = self.now();
+        let mut params = [
+            Param::Text(Some(key)),
+            Param::Text(live(p.sha256.as_deref())),
+            Param::Int(if deleted {
                 None
             } else {
                 p.bytes.map(|b| b as i64)
-            },
-            if deleted { None } else { p.mtime_unix },
-            live(p.ext.as_deref()),
-            live(p.mime.as_deref()),
-            content,
-            deleted.then_some(event.created_at.as_str()),
-            self.now(),
-            event.event_ulid,
-            event.device_id,
-            clock,
-            seen_vc,
-            siblings,
-            event.created_at,
+            }),
+            Param::Int(if deleted { None } else { p.mtime_unix }),
+            Param::Same(live(p.ext.as_deref())),
+            Param::Same(live(p.mime.as_deref())),
+            Param::Text(live(p.content.as_deref())),
+            Param::Same(deleted.then_some(event.created_at.as_str())),
+            Param::Same(Some(&now)),
+            Param::Text(Some(&event.event_ulid)),
+            Param::Same(Some(&event.device_id)),
+            Param::Text(Some(clock)),
+            Param::Same(seen_vc),
+            Param::Same(siblings),
+            Param::Same(Some(&event.created_at)),
+            Param::Int(None),
         ];
         let id = match row {
             Some(row) => {
                 if let Some(old_content) = &row.live_content {
                     self.remove_from_search(row.id, key, old_content.as_deref())?;
                 }
-                let mut stmt = self
-                    .stmts
+                params[15] = Param::Int(Some(row.id));
+                self.stmts
                     .files_update
-                    .get(self.conn)
-                    .ctx(|| "preparing lib_files update".into())?;
-                let mut all: Vec<&dyn rusqlite::ToSql> = params.to_vec();
-                all.push(&row.id);
-                stmt.execute(all.as_slice())
+                    .execute(self.conn, &params)
                     .ctx(|| format!("writing the shared row of {key}"))?;
                 row.id
             }
             None => {
-                let mut stmt = self
+                let inserted = self
                     .stmts
                     .files_insert
-                    .get(self.conn)
-                    .ctx(|| "preparing lib_files insert".into())?;
-                stmt.execute(params)
+                    .execute(self.conn, &params[..15])
                     .ctx(|| format!("writing the shared row of {key}"))?;
+                if inserted == 0 {
+                    return Ok(false);
+                }
                 self.conn.last_insert_rowid()
             }
         };
         if !deleted {
             self.fts_inserts.borrow_mut().insert(id);
         }
-        Ok(())
+        Ok(true)
     }
 
     fn refresh_conflicts(&self, key: &str, state: &EntityState) -> Result<()> {
@@ -553,27 +612,27 @@ impl<'a> Batch<'a> {
                 &serialised
             }
         };
-        let mut stmt = self
-            .stmts
+        self.stmts
             .outbox_insert
-            .get(self.conn)
-            .ctx(|| "preparing outbox insert".into())?;
-        stmt.execute((
-            &event.device_id,
-            &event.event_ulid,
-            event.event_type.as_str(),
-            &event.entity_type,
-            &event.entity_key,
-            payload,
-            clock,
-            &event.created_at,
-        ))
-        .ctx(|| {
-            format!(
-                "appending event {} for {} to the outbox",
-                event.event_ulid, event.entity_key
+            .execute(
+                self.conn,
+                &[
+                    Param::Same(Some(&event.device_id)),
+                    Param::Text(Some(&event.event_ulid)),
+                    Param::Same(Some(event.event_type.as_str())),
+                    Param::Same(Some(&event.entity_type)),
+                    Param::Text(Some(&event.entity_key)),
+                    Param::Text(Some(payload)),
+                    Param::Text(Some(clock)),
+                    Param::Same(Some(&event.created_at)),
+                ],
             )
-        })?;
+            .ctx(|| {
+                format!(
+                    "appending event {} for {} to the outbox",
+                    event.event_ulid, event.entity_key
+                )
+            })?;
         Ok(self.conn.last_insert_rowid())
     }
 
@@ -615,6 +674,30 @@ impl<'a> Batch<'a> {
         self.apply_to(&event, row, &clock)?;
         self.append_outbox_with(&event, &clock, payload_json)?;
         Ok(event)
+    }
+
+    /// Records a change to a key this device has never observed, without looking it up in the
+    /// shared view first: nearly always no device has indexed it either (a new file, a first
+    /// scan), and the insert's own uniqueness check says so (the lookup was 6% of a first scan's
+    /// writer). `None`, and nothing written, when the shared view has the key after all: the
+    /// caller then reads the row and goes the ordinary way.
+    pub fn record_new(
+        &self,
+        key: &str,
+        event_type: EventType,
+        payload: FilePayload,
+        payload_json: Option<&str>,
+    ) -> Result<Option<Event>> {
+        let sequence = self.sequence.get();
+        let event = self.local_event(key, None, event_type, payload)?;
+        let clock = event.vector_clock.to_json();
+        if self.apply_unless_present(&event, None, &clock)?.is_none() {
+            // The number goes back: no event carries it.
+            self.sequence.set(sequence);
+            return Ok(None);
+        }
+        self.append_outbox_with(&event, &clock, payload_json)?;
+        Ok(Some(event))
     }
 
     /// Marks outbox rows pushed: the brain acknowledged them.
