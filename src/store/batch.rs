@@ -492,8 +492,8 @@ impl<'a> Batch<'a> {
         Ok(Some(Applied::Merged { winner_changed }))
     }
 
-    /// False, and nothing written, when `row` is `None` but the key has a row after all.
-
+    /// Writes the event's version as the key's winner, into `row` or a new row. False, and
+    /// nothing written, when `row` is `None` but the key has a row after all.
     fn write_winner(
         &self,
         event: &Event,
