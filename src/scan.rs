@@ -47,7 +47,8 @@ const GROUP: usize = 64;
 const GROUP_TEXT_BYTES: usize = 256 << 10;
 
 /// The text the readers have handed to the writer and it has not taken yet. A reader waits while
-/// adding its file's text would go over the cap (a file of any size still passes alone).
+/// adding its group's text would go over the cap (a group of any size still passes alone), so
+/// the queue holds at most the cap, and each reader at most one group being filled.
 struct TextBudget {
     used: std::sync::Mutex<usize>,
     freed: std::sync::Condvar,
