@@ -269,10 +269,13 @@ impl<'a> Batch<'a> {
             })?;
             self.tx
                 .execute(
+                    // `id IN (...)`, not a join: the rows then come in rowid order straight
+                    // from lib_files, where the join sorted them, text and all, in a temporary
+                    // b-tree.
                     "INSERT INTO lib_files_fts (rowid, path, content)
-                       SELECT f.id, f.path, f.content FROM json_each(?1) AS j
-                       JOIN lib_files AS f ON f.id = j.value
-                       WHERE f.deleted_at IS NULL ORDER BY f.id",
+                       SELECT id, path, content FROM lib_files
+                       WHERE id IN (SELECT value FROM json_each(?1)) AND deleted_at IS NULL
+                       ORDER BY id",
                     [ids],
                 )
                 .ctx(|| "adding text to the search index".into())?;
