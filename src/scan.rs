@@ -43,12 +43,10 @@ const READ_AHEAD_TEXT_BYTES: usize = 4 << 20;
 /// file woke a sleeping thread (a futex call) three times a file and kept the walker spinning on
 /// a full queue, 3% of a scan's CPU.
 const GROUP: usize = 64;
-/// ... and a reader hands over its group early once it holds this much text.
-const GROUP_TEXT_BYTES: usize = 256 << 10;
 
-/// The text the readers have handed to the writer and it has not taken yet. A reader waits while
-/// adding its group's text would go over the cap (a group of any size still passes alone), so
-/// the queue holds at most the cap, and each reader at most one group being filled.
+/// The text the readers have read and the writer has not taken yet, in the readers' groups and
+/// in the queue. A reader waits while adding a file's text would go over the cap (a file of any
+/// size still passes alone), after handing over what it holds.
 struct TextBudget {
     used: std::sync::Mutex<usize>,
     freed: std::sync::Condvar,
@@ -70,8 +68,22 @@ impl TextBudget {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Waits until `bytes` more fit under the cap (or nothing else is held), then holds them.
-    /// The caller must not hold text it has not handed over yet: the writer could never free it.
+    /// Holds `bytes` more if they fit under the cap (or nothing is held); false, holding nothing
+    /// more, if not.
+    fn try_take(&self, bytes: usize) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        let mut used = self.lock();
+        if *used > 0 && used.saturating_add(bytes) > self.cap {
+            return false;
+        }
+        *used = used.saturating_add(bytes);
+        true
+    }
+
+    /// Waits until `bytes` more fit under the cap (or nothing is held), then holds them. The
+    /// caller must not hold text it has not handed over yet: the writer could never free it.
     fn take(&self, bytes: usize) {
         if bytes == 0 {
             return;
@@ -642,11 +654,8 @@ fn read_worker(
     store::run_behind_the_writer();
     let mut buf = Vec::new();
     let mut group = Vec::with_capacity(GROUP);
-    let mut text = 0;
-    // Hands the group to the writer, holding its text in the budget first; false when the
-    // writer is gone.
-    let hand_over = |group: &mut Vec<Observation>, text: &mut usize| {
-        budget.take(std::mem::take(text));
+    // Hands the group to the writer; false when the writer is gone.
+    let hand_over = |group: &mut Vec<Observation>| {
         group.is_empty()
             || out
                 .send(std::mem::replace(group, Vec::with_capacity(GROUP)))
@@ -658,20 +667,24 @@ fn read_worker(
             else {
                 continue;
             };
-            text += text_len(&observation);
+            let text = text_len(&observation);
+            if !budget.try_take(text) {
+                if !hand_over(&mut group) {
+                    return;
+                }
+                budget.take(text);
+            }
             group.push(observation);
-            if (group.len() >= GROUP || text >= GROUP_TEXT_BYTES)
-                && !hand_over(&mut group, &mut text)
-            {
+            if group.len() >= GROUP && !hand_over(&mut group) {
                 return;
             }
         }
         // Nothing to read next: what was read goes to the writer now, not after the wait.
-        if jobs.is_empty() && !hand_over(&mut group, &mut text) {
+        if jobs.is_empty() && !hand_over(&mut group) {
             return;
         }
     }
-    hand_over(&mut group, &mut text);
+    hand_over(&mut group);
 }
 
 /// Reads one walked file into an observation, unless it is unchanged, gone or unreadable
@@ -983,5 +996,36 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TextBudget;
+    use std::time::Duration;
+
+    #[test]
+    fn the_text_budget_holds_up_to_its_cap_and_a_larger_file_alone() {
+        let budget = TextBudget::new(100);
+        assert!(budget.try_take(60));
+        assert!(budget.try_take(40), "up to the cap");
+        assert!(!budget.try_take(1), "over the cap: refused, nothing held");
+        budget.give(100);
+        assert!(budget.try_take(500), "nothing held: a file over the cap passes alone");
+        assert!(!budget.try_take(1));
+    }
+
+    #[test]
+    fn a_reader_over_the_budget_waits_until_the_writer_gives_text_back() {
+        let budget = TextBudget::new(100);
+        assert!(budget.try_take(80));
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| budget.take(50));
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "80 + 50 is over the cap");
+            budget.give(80);
+            waiter.join().expect("the reader goes on");
+        });
+        assert!(!budget.try_take(51), "the reader now holds its 50");
     }
 }
