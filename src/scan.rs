@@ -43,6 +43,9 @@ const READ_AHEAD_TEXT_BYTES: usize = 4 << 20;
 /// file woke a sleeping thread (a futex call) three times a file and kept the walker spinning on
 /// a full queue, 3% of a scan's CPU.
 const GROUP: usize = 64;
+/// ... or of this much text: what a reader holds counts against the read-ahead budget (below),
+/// and the writer waits for text that sits in the readers' groups.
+const GROUP_TEXT_BYTES: usize = 64 << 10;
 
 /// The text the readers have read and the writer has not taken yet, in the readers' groups and
 /// in the queue. A reader waits while adding a file's text would go over the cap (a file of any
@@ -654,8 +657,10 @@ fn read_worker(
     store::run_behind_the_writer();
     let mut buf = Vec::new();
     let mut group = Vec::with_capacity(GROUP);
+    let mut held = 0;
     // Hands the group to the writer; false when the writer is gone.
-    let hand_over = |group: &mut Vec<Observation>| {
+    let hand_over = |group: &mut Vec<Observation>, held: &mut usize| {
+        *held = 0;
         group.is_empty()
             || out
                 .send(std::mem::replace(group, Vec::with_capacity(GROUP)))
@@ -669,22 +674,25 @@ fn read_worker(
             };
             let text = text_len(&observation);
             if !budget.try_take(text) {
-                if !hand_over(&mut group) {
+                if !hand_over(&mut group, &mut held) {
                     return;
                 }
                 budget.take(text);
             }
+            held += text;
             group.push(observation);
-            if group.len() >= GROUP && !hand_over(&mut group) {
+            if (group.len() >= GROUP || held >= GROUP_TEXT_BYTES)
+                && !hand_over(&mut group, &mut held)
+            {
                 return;
             }
         }
         // Nothing to read next: what was read goes to the writer now, not after the wait.
-        if jobs.is_empty() && !hand_over(&mut group) {
+        if jobs.is_empty() && !hand_over(&mut group, &mut held) {
             return;
         }
     }
-    hand_over(&mut group);
+    hand_over(&mut group, &mut held);
 }
 
 /// Reads one walked file into an observation, unless it is unchanged, gone or unreadable
@@ -1011,7 +1019,10 @@ mod tests {
         assert!(budget.try_take(40), "up to the cap");
         assert!(!budget.try_take(1), "over the cap: refused, nothing held");
         budget.give(100);
-        assert!(budget.try_take(500), "nothing held: a file over the cap passes alone");
+        assert!(
+            budget.try_take(500),
+            "nothing held: a file over the cap passes alone"
+        );
         assert!(!budget.try_take(1));
     }
 
