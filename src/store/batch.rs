@@ -69,6 +69,15 @@ pub struct SharedRow {
     live_content: Option<Option<String>>,
 }
 
+/// A shared row read as absent in this transaction that an insert then found: only a bug can
+/// do that.
+fn row_appeared(key: &str) -> StoreError {
+    StoreError::Corrupt {
+        context: format!("writing the shared row of {key}"),
+        detail: "the shared row read in this transaction was not there, and now is".into(),
+    }
+}
+
 /// A statement of the per-file path: prepared at its first use in a batch, then reused.
 struct Prepared<'a> {
     sql: &'static str,
@@ -440,10 +449,7 @@ impl<'a> Batch<'a> {
     /// `clock` is the event's vector clock as JSON, serialised once for every table it goes to.
     fn apply_to(&self, event: &Event, row: Option<&SharedRow>, clock: &str) -> Result<Applied> {
         self.apply_unless_present(event, row, clock)?
-            .ok_or_else(|| StoreError::Corrupt {
-                context: format!("applying {} to {}", event.event_ulid, event.entity_key),
-                detail: "the shared row read in this transaction was not there, and now is".into(),
-            })
+            .ok_or_else(|| row_appeared(&event.entity_key))
     }
 
     /// [`Batch::apply_to`]; `None`, and nothing written, when `row` is `None` but the shared view
@@ -671,12 +677,8 @@ impl<'a> Batch<'a> {
         payload: FilePayload,
         payload_json: Option<&str>,
     ) -> Result<Event> {
-        let current = row.and_then(|r| r.state.as_ref());
-        let event = self.local_event(key, current, event_type, payload)?;
-        let clock = event.vector_clock.to_json();
-        self.apply_to(&event, row, &clock)?;
-        self.append_outbox_with(&event, &clock, payload_json)?;
-        Ok(event)
+        self.record(key, row, event_type, payload, payload_json)?
+            .ok_or_else(|| row_appeared(key))
     }
 
     /// Records a change to a key this device has never observed, without looking it up in the
@@ -691,10 +693,25 @@ impl<'a> Batch<'a> {
         payload: FilePayload,
         payload_json: Option<&str>,
     ) -> Result<Option<Event>> {
+        self.record(key, None, event_type, payload, payload_json)
+    }
+
+    /// A local change over `row`, the key's shared row as read (or `None`): the event made,
+    /// applied and queued. `None`, and nothing written, when `row` is `None` but the key has a
+    /// row after all.
+    fn record(
+        &self,
+        key: &str,
+        row: Option<&SharedRow>,
+        event_type: EventType,
+        payload: FilePayload,
+        payload_json: Option<&str>,
+    ) -> Result<Option<Event>> {
         let sequence = self.sequence.get();
-        let event = self.local_event(key, None, event_type, payload)?;
+        let current = row.and_then(|r| r.state.as_ref());
+        let event = self.local_event(key, current, event_type, payload)?;
         let clock = event.vector_clock.to_json();
-        if self.apply_unless_present(&event, None, &clock)?.is_none() {
+        if self.apply_unless_present(&event, row, &clock)?.is_none() {
             // The number goes back: no event carries it.
             self.sequence.set(sequence);
             return Ok(None);
