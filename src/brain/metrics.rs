@@ -19,6 +19,12 @@ pub struct Metrics {
     pub events_pulled: AtomicU64,
     pub webhook_deliveries: AtomicU64,
     pub webhook_failures: AtomicU64,
+    /// Requests whose credential was missing, wrong, revoked or acting for another device.
+    pub auth_failures: AtomicU64,
+    /// Requests refused with 429 because their address failed too often.
+    pub auth_throttled: AtomicU64,
+    /// Long-polls refused with 503: the device held too many open.
+    pub polls_refused: AtomicU64,
     latencies: Mutex<Vec<RouteLatency>>,
 }
 
@@ -66,7 +72,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 6] = [
+        let counters: [(&str, &str, &AtomicU64); 9] = [
             (
                 "lib_brain_events_ingested_total",
                 "Events appended to the log",
@@ -96,6 +102,21 @@ impl Metrics {
                 "lib_brain_webhook_failures_total",
                 "Webhook notifications that failed",
                 &self.webhook_failures,
+            ),
+            (
+                "lib_brain_auth_failures_total",
+                "Requests refused for their credential (401, 403)",
+                &self.auth_failures,
+            ),
+            (
+                "lib_brain_auth_throttled_total",
+                "Requests refused with 429 after too many failed authentications from their address",
+                &self.auth_throttled,
+            ),
+            (
+                "lib_brain_polls_refused_total",
+                "Long-polls refused with 503: the device held too many open",
+                &self.polls_refused,
             ),
         ];
         for (name, help, value) in counters {

@@ -5,6 +5,8 @@
 //! with the merge rule of `model::merge`, then `webhooks.rs` tells registered devices in the
 //! background. `metrics.rs` counts what happened for `GET /metrics`.
 
+pub mod auth;
+pub mod http;
 pub mod metrics;
 pub mod server;
 pub mod store;
@@ -18,6 +20,12 @@ pub enum BrainError {
     /// Malformed or invalid input (400). The message names the field and the event index.
     #[error("{0}")]
     Invalid(String),
+    /// No credential, or one the brain does not accept (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid credential acting for another device (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// An event ULID already stored with other content (409).
     #[error("{0}")]
     Conflict(String),
@@ -45,6 +53,8 @@ impl BrainError {
     pub fn status(&self) -> StatusCode {
         match self {
             BrainError::Invalid(_) => StatusCode::BAD_REQUEST,
+            BrainError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            BrainError::Forbidden(_) => StatusCode::FORBIDDEN,
             BrainError::Conflict(_) => StatusCode::CONFLICT,
             BrainError::CursorPruned { .. } => StatusCode::GONE,
             BrainError::NotFound(_) => StatusCode::NOT_FOUND,

@@ -5,17 +5,18 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -23,21 +24,38 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use super::auth::{self, Auth, Caller, Credentials, Refusal};
 use super::metrics::Metrics;
-use super::store::{check_batch, BrainStore, CheckedEvent};
-use super::webhooks::Notifier;
+use super::store::{check_batch, unix_seconds, BrainStore, CheckedEvent, DeviceSeen};
+use super::http::ConnLimits;
+use super::webhooks::{Notifier, WebhookPolicy};
 use super::BrainError;
 use crate::model::wire::{
     ErrorBody, HealthResponse, IngestRequest, IngestResponse, OkResponse, PullResponse,
-    SnapshotResponse, WebhookRequest, WebhookResponse, MAX_BATCH, SECRET_HEADER,
+    SnapshotResponse, WebhookRequest, WebhookResponse, MAX_BATCH,
 };
 use crate::tls::ExtraRoots;
 
 /// How the server behaves; every limit has a default a careful operator would pick.
 #[derive(Clone)]
 pub struct ServerConfig {
-    /// The shared secret every route but `/health` requires; `None` only with `--insecure-no-auth`.
+    /// LIB v1.1's shared secret (`LIB_SYNC_SECRET`), accepted beside device tokens; `None`:
+    /// device tokens only (`--no-shared-secret`), or no credential at all with
+    /// `insecure_no_auth`.
     pub secret: Option<String>,
+    /// The shared secret being rotated out (`LIB_SYNC_SECRET_PREVIOUS`), accepted too.
+    pub previous_secret: Option<String>,
+    /// Serve without any credential (`--insecure-no-auth`).
+    pub insecure_no_auth: bool,
+    /// Connections from these addresses are a reverse proxy's: the client address is the last
+    /// entry of their `X-Forwarded-For` (`--trusted-proxy`).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// `/metrics` answers `Authorization: Bearer <this>` (`LIB_METRICS_TOKEN`); without it the
+    /// route is off here (serve it on a listener of its own with [`metrics_router`]).
+    pub metrics_token: Option<String>,
+    /// Long-polls one device (or, for the shared secret, one address) may hold open at once;
+    /// one more is 503 at once.
+    pub max_polls_per_device: usize,
     /// Requests with a larger body get 413.
     pub max_body_bytes: usize,
     /// `payload.content` of one event, at most.
@@ -46,16 +64,27 @@ pub struct ServerConfig {
     pub max_wait: Duration,
     /// Certificates trusted for https:// webhook URLs besides the web PKI roots.
     pub webhook_roots: ExtraRoots,
+    /// Which webhook URLs the brain delivers to, and how.
+    pub webhooks: WebhookPolicy,
+    /// Timeouts and caps of client connections.
+    pub connections: ConnLimits,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             secret: None,
+            previous_secret: None,
+            insecure_no_auth: false,
+            trusted_proxies: Vec::new(),
+            metrics_token: None,
+            max_polls_per_device: 4,
             max_body_bytes: 32 * 1024 * 1024,
             max_content_bytes: 1024 * 1024,
             max_wait: Duration::from_secs(60),
             webhook_roots: ExtraRoots::none(),
+            webhooks: WebhookPolicy::default(),
+            connections: ConnLimits::default(),
         }
     }
 }
@@ -64,10 +93,20 @@ impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("insecure_no_auth", &self.insecure_no_auth)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<redacted>"))
+            .field("max_polls_per_device", &self.max_polls_per_device)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_content_bytes", &self.max_content_bytes)
             .field("max_wait", &self.max_wait)
             .field("webhook_roots", &self.webhook_roots)
+            .field("webhooks", &self.webhooks)
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -78,8 +117,10 @@ const DEFAULT_LIMIT: usize = 200;
 struct AppState<S> {
     store: Arc<S>,
     config: ServerConfig,
-    /// sha256 of the secret: comparing digests in constant time leaks neither bytes nor length.
-    secret_digest: Option<[u8; 32]>,
+    auth: Arc<Auth>,
+    polls: Arc<PollSlots>,
+    /// sha256 of `LIB_METRICS_TOKEN`, compared in constant time.
+    metrics_token_digest: Option<[u8; 32]>,
     metrics: Arc<Metrics>,
     notifier: Notifier,
     /// Flips to true when the server shuts down: long-polls return at once.
@@ -91,7 +132,9 @@ impl<S> Clone for AppState<S> {
         AppState {
             store: self.store.clone(),
             config: self.config.clone(),
-            secret_digest: self.secret_digest,
+            auth: self.auth.clone(),
+            polls: self.polls.clone(),
+            metrics_token_digest: self.metrics_token_digest,
             metrics: self.metrics.clone(),
             notifier: self.notifier.clone(),
             stopping: self.stopping.clone(),
@@ -123,13 +166,38 @@ pub fn router<S: BrainStore>(
     stopping: watch::Receiver<bool>,
 ) -> Router {
     let metrics = Arc::new(Metrics::default());
-    let secret_digest = config
-        .secret
+    let auth = Arc::new(auth_of(&config, metrics.clone()));
+    app(store, config, stopping, metrics, auth)
+}
+
+fn auth_of(config: &ServerConfig, metrics: Arc<Metrics>) -> Auth {
+    let secrets = [&config.secret, &config.previous_secret]
+        .into_iter()
+        .filter_map(|s| s.as_deref());
+    Auth::new(
+        Credentials::new(secrets, config.insecure_no_auth),
+        config.trusted_proxies.clone(),
+        metrics,
+    )
+}
+
+fn app<S: BrainStore>(
+    store: Arc<S>,
+    config: ServerConfig,
+    stopping: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    auth: Arc<Auth>,
+) -> Router {
+    let metrics_token_digest = config
+        .metrics_token
         .as_ref()
-        .map(|s| Sha256::digest(s.as_bytes()).into());
+        .filter(|t| !t.is_empty())
+        .map(|t| Sha256::digest(t.as_bytes()).into());
     let state = AppState {
         store,
-        secret_digest,
+        auth,
+        polls: Arc::new(PollSlots::new(config.max_polls_per_device)),
+        metrics_token_digest,
         notifier: Notifier::new(metrics.clone(), &config.webhook_roots),
         metrics,
         stopping,
@@ -141,13 +209,13 @@ pub fn router<S: BrainStore>(
         .route("/snapshot", get(snapshot::<S>))
         .route("/webhook", post(register_webhook::<S>))
         .route("/webhook/{device_id}", delete(deactivate_webhook::<S>))
-        .route("/metrics", get(metrics_text::<S>))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            require_secret::<S>,
+            authenticate::<S>,
         ));
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text::<S>))
         .merge(protected)
         .fallback(|| async { BrainError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
@@ -163,14 +231,55 @@ pub async fn serve<S: BrainStore>(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_metrics(listener, None, store, config, shutdown).await
+}
+
+/// [`serve`], and `/metrics` alone, without a credential, on `metrics_listener`
+/// (`--metrics-listen`: a loopback address of its own for a local scraper).
+pub async fn serve_with_metrics<S: BrainStore>(
+    listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    store: Arc<S>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let app = router(store, config, stop_rx);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await
+    let metrics = Arc::new(Metrics::default());
+    let auth = Arc::new(auth_of(&config, metrics.clone()));
+    let seen = tokio::spawn(auth::record_seen_loop(
+        auth.clone(),
+        store.clone(),
+        stop_rx.clone(),
+    ));
+    if let Some(metrics_listener) = metrics_listener {
+        let scrape = Router::new()
+            .route("/metrics", get(open_metrics))
+            .with_state(metrics.clone());
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(metrics_listener, scrape)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
+    let app = app(store, config, stop_rx, metrics, auth);
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    // The last devices' requests are written before the brain stops.
+    let _ = seen.await;
+    served
 }
 
 /// Span and latency per route; the route is the matched pattern, never the raw URL.
@@ -195,30 +304,57 @@ async fn observe<S: BrainStore>(
     response
 }
 
-async fn require_secret<S: BrainStore>(
+/// The client address of a request, as [`Auth::client_address`] found it.
+#[derive(Debug, Clone, Copy)]
+struct ClientAddr(IpAddr);
+
+/// Checks the credential before anything reads the body, and hands the handlers the
+/// [`Caller`].
+async fn authenticate<S: BrainStore>(
     State(state): State<AppState<S>>,
-    headers: HeaderMap,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    if let Some(expected) = &state.secret_digest {
-        let given = headers
-            .get(SECRET_HEADER)
-            .map(|v| Sha256::digest(v.as_bytes()));
-        let ok = given.is_some_and(|g| bool::from(g.as_slice().ct_eq(expected.as_slice())));
-        if !ok {
-            let error = if given.is_none() {
-                format!("missing {SECRET_HEADER} header")
-            } else {
-                format!("wrong {SECRET_HEADER}")
-            };
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let client = state.auth.client_address(peer, request.headers());
+    let caller = match state
+        .auth
+        .check(&*state.store, client, request.headers())
+        .await
+    {
+        Ok(caller) => caller,
+        Err(Refusal::Unauthorized(error)) => return BrainError::Unauthorized(error).into_response(),
+        Err(Refusal::Forbidden(error)) => return BrainError::Forbidden(error).into_response(),
+        Err(Refusal::Throttled { retry_after }) => {
+            let seconds = retry_after.as_secs().max(1);
             return (
-                StatusCode::UNAUTHORIZED,
-                Json(ErrorBody { ok: false, error }),
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", seconds.to_string())],
+                Json(ErrorBody {
+                    ok: false,
+                    error: format!(
+                        "too many failed authentications from {client}: retry in {seconds} s"
+                    ),
+                }),
             )
                 .into_response();
         }
+        Err(Refusal::Store(e)) => return e.into_response(),
+    };
+    if let Caller::Device { name, .. } = &caller {
+        state.auth.note_seen(DeviceSeen {
+            name: name.clone(),
+            at: unix_seconds(SystemTime::now()),
+            cursor: None,
+            digest: None,
+            pending: None,
+        });
     }
+    request.extensions_mut().insert(caller);
+    request.extensions_mut().insert(ClientAddr(client));
     next.run(request).await
 }
 
@@ -229,10 +365,38 @@ async fn health() -> Json<HealthResponse> {
     })
 }
 
-async fn metrics_text<S: BrainStore>(State(state): State<AppState<S>>) -> Response {
+/// `/metrics` on the main listener: its own token, never the read-write credential.
+async fn metrics_text<S: BrainStore>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(expected) = &state.metrics_token_digest else {
+        return BrainError::NotFound(
+            "/metrics is off on this listener: set LIB_METRICS_TOKEN, or serve it with \
+             --metrics-listen on an address of its own"
+                .into(),
+        )
+        .into_response();
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| Sha256::digest(t.trim().as_bytes()));
+    if !given.is_some_and(|g| bool::from(g.as_slice().ct_eq(expected.as_slice()))) {
+        Metrics::add(&state.metrics.auth_failures, 1);
+        return BrainError::Unauthorized(
+            "/metrics needs `Authorization: Bearer <LIB_METRICS_TOKEN>`".into(),
+        )
+        .into_response();
+    }
+    open_metrics(State(state.metrics.clone())).await
+}
+
+async fn open_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
     (
         [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        metrics.render(),
     )
         .into_response()
 }
@@ -280,6 +444,16 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BrainError> {
 /// batch, validate every event and drop exact repeats. Public so the fuzz target (`fuzz/`) drives
 /// this very code.
 pub fn parse_ingest(raw: &[u8], max_content_bytes: usize) -> Result<Vec<CheckedEvent>, BrainError> {
+    parse_ingest_as(raw, max_content_bytes, &Caller::SharedSecret)
+}
+
+/// [`parse_ingest`] for a caller: a device token pushes only events of its own device, and a
+/// batch with one other event is refused whole, naming it.
+pub fn parse_ingest_as(
+    raw: &[u8],
+    max_content_bytes: usize,
+    caller: &Caller,
+) -> Result<Vec<CheckedEvent>, BrainError> {
     let request: IngestRequest = parse_json(raw)?;
     if request.batch.len() > MAX_BATCH {
         return Err(BrainError::TooLarge(format!(
@@ -287,15 +461,33 @@ pub fn parse_ingest(raw: &[u8], max_content_bytes: usize) -> Result<Vec<CheckedE
             request.batch.len()
         )));
     }
+    if let Caller::Device {
+        name, device_id, ..
+    } = caller
+    {
+        if let Some((index, event)) = request
+            .batch
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.device_id != *device_id)
+        {
+            return Err(BrainError::Forbidden(format!(
+                "batch[{index}].device_id {:?} is not the device id of {name:?} ({device_id}): a \
+                 device pushes only its own events",
+                event.device_id
+            )));
+        }
+    }
     check_batch(request.batch, max_content_bytes)
 }
 
 async fn ingest<S: BrainStore>(
     State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IngestResponse>, BrainError> {
     let raw = body(raw, state.config.max_body_bytes)?;
-    let batch = parse_ingest(&raw, state.config.max_content_bytes)?;
+    let batch = parse_ingest_as(&raw, state.config.max_content_bytes, &caller)?;
     let ingested = state.store.ingest(batch).await?;
     Metrics::add(&state.metrics.ingest_requests, 1);
     Metrics::add(
@@ -333,8 +525,30 @@ fn page_size(limit: Option<usize>) -> Result<usize, BrainError> {
     }
 }
 
+/// How often a long-poll of a device token checks that the token still works: a revocation
+/// ends the device's long-polls within this, on every brain instance.
+const RECHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// What a pull's headers say of the device's replica (DESIGN.md "Convergence you can check").
+fn convergence_headers(headers: &HeaderMap) -> (Option<String>, Option<i64>) {
+    let digest = headers
+        .get("x-lib-digest")
+        .and_then(|v| v.to_str().ok())
+        .filter(|d| crate::model::event::is_sha256_hex(d))
+        .map(str::to_owned);
+    let pending = headers
+        .get("x-lib-pending")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .map(i64::from);
+    (digest, pending)
+}
+
 async fn pull<S: BrainStore>(
     State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Extension(ClientAddr(client)): Extension<ClientAddr>,
+    headers: HeaderMap,
     params: Result<Query<PullParams>, QueryRejection>,
 ) -> Result<Json<PullResponse>, BrainError> {
     let params = query(params)?;
@@ -345,21 +559,59 @@ async fn pull<S: BrainStore>(
         )));
     }
     let limit = page_size(params.limit)?;
+    if let Caller::Device { name, .. } = &caller {
+        let (digest, pending) = convergence_headers(&headers);
+        state.auth.note_seen(DeviceSeen {
+            name: name.clone(),
+            at: unix_seconds(SystemTime::now()),
+            cursor: Some(params.after_id),
+            digest,
+            pending,
+        });
+    }
     let wait = Duration::from_millis(params.wait_ms).min(state.config.max_wait);
+    let _slot = if wait.is_zero() {
+        None
+    } else {
+        let key = caller.poll_key(client);
+        match PollSlots::take(&state.polls, &key) {
+            Some(slot) => Some(slot),
+            None => {
+                Metrics::add(&state.metrics.polls_refused, 1);
+                return Err(BrainError::Unavailable(format!(
+                    "{key} holds {} long-polls open already, the most allowed: retry after one ends",
+                    state.polls.max
+                )));
+            }
+        }
+    };
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the first read: a commit after that read wakes the wait below.
     let mut newest = state.store.subscribe();
     let mut stopping = state.stopping.clone();
+    let mut recheck = tokio::time::interval_at(
+        tokio::time::Instant::now() + RECHECK_EVERY,
+        RECHECK_EVERY,
+    );
     let page = loop {
         newest.borrow_and_update();
         let page = state.store.pull(params.after_id, limit).await?;
         if !page.events.is_empty() || wait.is_zero() || *stopping.borrow() {
             break page;
         }
-        let woke = tokio::select! {
-            changed = newest.changed() => changed.is_ok(),
-            _ = stopping.changed() => false,
-            _ = tokio::time::sleep_until(deadline) => false,
+        let woke = loop {
+            tokio::select! {
+                changed = newest.changed() => break changed.is_ok(),
+                _ = stopping.changed() => break false,
+                _ = tokio::time::sleep_until(deadline) => break false,
+                _ = recheck.tick(), if matches!(caller, Caller::Device { .. }) => {
+                    if !state.auth.still_valid(&*state.store, &caller).await {
+                        return Err(BrainError::Unauthorized(
+                            "unknown or revoked device token".into(),
+                        ));
+                    }
+                }
+            }
         };
         if !woke {
             break page;
@@ -380,6 +632,52 @@ struct SnapshotParams {
     #[serde(default)]
     after_key: String,
     limit: Option<usize>,
+}
+
+/// Long-polls held open per device (or per address, for the shared secret), capped.
+struct PollSlots {
+    max: usize,
+    open: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// One open long-poll; dropping it frees the slot.
+struct PollSlot {
+    slots: Arc<PollSlots>,
+    key: String,
+}
+
+impl PollSlots {
+    fn new(max: usize) -> PollSlots {
+        PollSlots {
+            max,
+            open: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn take(slots: &Arc<PollSlots>, key: &str) -> Option<PollSlot> {
+        let mut open = slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(key.to_owned()).or_insert(0);
+        if *count >= slots.max {
+            return None;
+        }
+        *count += 1;
+        Some(PollSlot {
+            slots: slots.clone(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for PollSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
 }
 
 async fn snapshot<S: BrainStore>(
@@ -406,13 +704,29 @@ fn check_device_id(device_id: &str) -> Result<(), BrainError> {
     Ok(())
 }
 
+/// A device registers, replaces or removes only its own webhook.
+fn check_acts_for(caller: &Caller, device_id: &str) -> Result<(), BrainError> {
+    match caller {
+        Caller::Device {
+            name,
+            device_id: own,
+            ..
+        } if own != device_id => Err(BrainError::Forbidden(format!(
+            "device {name:?} ({own}) may change only its own webhook, not the one of {device_id:?}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 async fn register_webhook<S: BrainStore>(
     State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WebhookResponse>, BrainError> {
     let raw = body(raw, state.config.max_body_bytes)?;
     let request: WebhookRequest = parse_json(&raw)?;
     check_device_id(&request.device_id)?;
+    check_acts_for(&caller, &request.device_id)?;
     let uri: axum::http::Uri = request.webhook_url.parse().map_err(|e| {
         BrainError::Invalid(format!(
             "webhook_url {:?} is not a URL: {e}",
@@ -443,10 +757,12 @@ async fn register_webhook<S: BrainStore>(
 
 async fn deactivate_webhook<S: BrainStore>(
     State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Json<OkResponse>, BrainError> {
     let device_id = params.get("device_id").cloned().unwrap_or_default();
     check_device_id(&device_id)?;
+    check_acts_for(&caller, &device_id)?;
     state.store.deactivate_webhook(&device_id).await?;
     Ok(Json(OkResponse { ok: true }))
 }

@@ -90,6 +90,14 @@ pub fn verify(
     }
 }
 
+/// Where and how the brain may deliver notifications (DESIGN.md "Trust", webhooks).
+#[derive(Clone, Debug, Default)]
+pub struct WebhookPolicy {
+    /// Deliver to loopback, private, link-local and other non-public addresses too
+    /// (`--webhook-allow-private`: a brain and its devices on one LAN, and tests).
+    pub allow_private: bool,
+}
+
 /// Sends notifications. One client, so connections to a listener are reused.
 #[derive(Clone)]
 pub struct Notifier {

@@ -96,6 +96,14 @@ pub fn is_sha256_hex(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A device id: 1 to 128 bytes of ASCII letters, digits, `.`, `_` and `-` (LIB v1.1's are UUIDs).
+pub fn is_device_id(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// A ULID in its one canonical spelling: 26 uppercase Crockford base32 digits, at most `7ZZ…Z`.
 /// The `ulid` crate also reads lowercase, and silently drops the bits over 128 that a first digit
 /// above `7` carries; the event ULID is the idempotency key, compared as a string, so either would

@@ -10,6 +10,8 @@ use super::merge::Version;
 
 /// The header that carries the shared secret on every route but `/health`.
 pub const SECRET_HEADER: &str = "x-lib-sync-secret";
+/// The header that names the device a device token (`Authorization: Bearer <token>`) acts for.
+pub const DEVICE_ID_HEADER: &str = "x-lib-device-id";
 /// The header that signs a webhook notification: `t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 pub const SIGNATURE_HEADER: &str = "x-lib-signature";
 /// At most this many events in one `POST /ingest`, and in one page of `/pull` or `/snapshot`.

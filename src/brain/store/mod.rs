@@ -61,6 +61,68 @@ impl std::fmt::Debug for Webhook {
     }
 }
 
+/// An enrolled device, as `agent brain device list` shows it. Times are unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceRecord {
+    pub name: String,
+    /// The device id its token is bound to; `None` until the token's first request.
+    pub device_id: Option<String>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+    pub last_seen_at: Option<i64>,
+    /// The `after_id` of its last pull.
+    pub last_cursor: Option<i64>,
+    /// The replica digest and unacknowledged events its last pull reported.
+    pub digest: Option<String>,
+    pub pending: Option<i64>,
+    /// Until when the token a `rotate --grace` replaced keeps working.
+    pub previous_expires_at: Option<i64>,
+    pub webhook: Option<WebhookStatus>,
+}
+
+/// The webhook of an enrolled device and how its deliveries go.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WebhookStatus {
+    pub url: String,
+    pub active: bool,
+    /// Deliveries failed in a row.
+    pub failures: i64,
+    pub last_error: Option<String>,
+    /// No delivery before this (unix seconds) while it backs off.
+    pub retry_after: Option<i64>,
+}
+
+/// The enrolled device a token belongs to (a token that is current, or a replaced one within
+/// its grace period, of a device that is not revoked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAuth {
+    pub name: String,
+    pub device_id: Option<String>,
+}
+
+/// What binding a token to a device id found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// Bound now, or bound to this id already.
+    Bound,
+    /// The token is bound to another id.
+    OtherId(String),
+    /// Another enrolled device holds this id.
+    Taken { by: String },
+    /// The device was revoked or removed meanwhile.
+    Gone,
+}
+
+/// A device's latest request, recorded at most every few seconds per device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSeen {
+    pub name: String,
+    pub at: i64,
+    pub cursor: Option<i64>,
+    pub digest: Option<String>,
+    pub pending: Option<i64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PruneReport {
     pub deleted_events: u64,
@@ -129,6 +191,49 @@ pub trait BrainStore: Send + Sync + 'static {
     fn deactivate_webhook(&self, device_id: &str) -> impl Future<Output = Result<bool>> + Send;
 
     fn active_webhooks(&self) -> impl Future<Output = Result<Vec<Webhook>>> + Send;
+
+    /// Enrols a device under `name` with the sha256 (hex) of its token; a name enrolled already
+    /// is [`BrainError::Conflict`].
+    fn add_device(
+        &self,
+        name: &str,
+        token_sha256: &str,
+    ) -> impl Future<Output = Result<DeviceRecord>> + Send;
+
+    /// Every enrolled device, revoked ones too, by name.
+    fn list_devices(&self) -> impl Future<Output = Result<Vec<DeviceRecord>>> + Send;
+
+    /// Revokes a device's token (its next request is 401) and deactivates its webhook, in one
+    /// transaction; false when no device has that name.
+    fn revoke_device(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Gives a device a new token and clears its binding (a reinstalled device may come back
+    /// with a new id). The old token keeps working until `grace_until` (unix seconds), or stops
+    /// at once with `None`. False when no device has that name; a revoked one is
+    /// [`BrainError::Invalid`].
+    fn rotate_device(
+        &self,
+        name: &str,
+        token_sha256: &str,
+        grace_until: Option<i64>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The device a token (its sha256, hex) belongs to, at `now` (unix seconds).
+    fn authenticate(
+        &self,
+        token_sha256: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<DeviceAuth>>> + Send;
+
+    /// Binds an unbound device to `device_id`.
+    fn bind_device(
+        &self,
+        name: &str,
+        device_id: &str,
+    ) -> impl Future<Output = Result<Binding>> + Send;
+
+    /// Records the latest request of each device, in one transaction.
+    fn record_seen(&self, seen: Vec<DeviceSeen>) -> impl Future<Output = Result<()>> + Send;
 
     /// The id of the newest committed event, updated after every commit (on PostgreSQL, also
     /// commits by other brain instances): long-polls wait on it.
@@ -252,6 +357,14 @@ pub(crate) fn parse_state(key: &str, seen_vc: &str, siblings: &str) -> Result<En
 
 pub(crate) fn parse_event_type(s: &str) -> Result<EventType> {
     EventType::parse(s).ok_or_else(|| corrupt("event_type", s))
+}
+
+/// A revoked device stays revoked: its token was lost or stolen, and a rotation would hand the
+/// name a working token again.
+pub(crate) fn revoked_rotation(name: &str) -> BrainError {
+    BrainError::Invalid(format!(
+        "device {name:?} is revoked; enrol the machine again under a new name (`device add`)"
+    ))
 }
 
 pub(crate) fn corrupt(context: &str, e: impl std::fmt::Display) -> BrainError {
