@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{json, Value};
 
 use brain_common::*;
+use lib_agent::brain::server::ServerConfig;
 use lib_agent::brain::webhooks;
 
 /// Instantiates every test of the suite for one kind of store.
@@ -61,6 +62,7 @@ suite!(
     a_webhook_that_never_answers_does_not_delay_ingest,
     only_http_webhook_urls_are_accepted,
     health_needs_no_secret_and_metrics_count_requests,
+    metrics_are_off_without_their_own_token,
     concurrent_ingests_lose_nothing,
 );
 
@@ -744,7 +746,7 @@ async fn webhooks_are_notified_signed_after_an_ingest_and_can_be_deactivated(f: 
     // Both outcomes are counted; no event tells when, so poll the metrics (bounded).
     let started = Instant::now();
     loop {
-        let metrics = brain.get("/metrics").await.text;
+        let metrics = brain.metrics().await;
         // The delivery counts once the listener's answer is back, a moment after it got the body.
         if metrics.contains("lib_brain_webhook_failures_total 1")
             && metrics.contains("lib_brain_webhook_deliveries_total 1")
@@ -855,7 +857,11 @@ async fn only_http_webhook_urls_are_accepted(f: Fixture) {
 }
 
 async fn health_needs_no_secret_and_metrics_count_requests(f: Fixture) {
-    let brain = f.serve().await;
+    let config = ServerConfig {
+        metrics_token: Some(METRICS_TOKEN.into()),
+        ..config()
+    };
+    let brain = Brain::start(f.store.clone(), config).await;
     let r = brain.send("GET", "/health", None, Vec::new()).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["status"], "healthy");
@@ -866,6 +872,11 @@ async fn health_needs_no_secret_and_metrics_count_requests(f: Fixture) {
     brain.ingest_ok(&many("dev-a", 4, 1)).await;
     brain.pull(0, 10).await;
     let r = brain.get("/metrics").await;
+    assert_eq!(r.status, 401, "the read-write secret is not the metrics token: {}", r.text);
+    let bearer = format!("Bearer {METRICS_TOKEN}");
+    let r = brain
+        .send_with("GET", "/metrics", &[("authorization", &bearer)], Vec::new())
+        .await;
     assert_eq!(r.status, 200);
     assert!(
         r.text.contains("lib_brain_events_ingested_total 4"),
@@ -880,7 +891,23 @@ async fn health_needs_no_secret_and_metrics_count_requests(f: Fixture) {
         "{}",
         r.text
     );
-    assert!(!r.text.contains(SECRET));
+    assert!(
+        r.text.contains("lib_brain_auth_failures_total 1"),
+        "the metrics request with the wrong credential counts: {}",
+        r.text
+    );
+    assert!(!r.text.contains(SECRET) && !r.text.contains(METRICS_TOKEN));
+}
+
+async fn metrics_are_off_without_their_own_token(f: Fixture) {
+    let config = ServerConfig {
+        metrics_token: None,
+        ..config()
+    };
+    let brain = Brain::start(f.store.clone(), config).await;
+    let r = brain.get("/metrics").await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert!(r.text.contains("LIB_METRICS_TOKEN"), "{}", r.text);
 }
 
 async fn concurrent_ingests_lose_nothing(f: Fixture) {

@@ -23,6 +23,8 @@ use rusqlite::{Connection, OptionalExtension};
 use serde_json::Value;
 
 const SECRET: &str = "run-secret";
+/// The brain's `LIB_METRICS_TOKEN`.
+const METRICS_TOKEN: &str = "metrics-token";
 
 struct Brain {
     addr: SocketAddr,
@@ -46,6 +48,7 @@ fn brain_at(dir: &Path, addr: &str) -> Brain {
     let addr = listener.local_addr().expect("addr");
     let config = ServerConfig {
         secret: Some(SECRET.into()),
+        metrics_token: Some(METRICS_TOKEN.into()),
         ..ServerConfig::default()
     };
     runtime.spawn(serve(listener, store, config, std::future::pending()));
@@ -60,7 +63,7 @@ impl Brain {
     fn metric(&self, name: &str) -> u64 {
         let text = reqwest::blocking::Client::new()
             .get(format!("http://{}/metrics", self.addr))
-            .header("x-lib-sync-secret", SECRET)
+            .bearer_auth(METRICS_TOKEN)
             .send()
             .and_then(reqwest::blocking::Response::text)
             .expect("GET /metrics");

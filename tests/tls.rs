@@ -34,6 +34,8 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use common::Lab;
 
 const SECRET: &str = "tls-test-secret";
+/// The brain's `LIB_METRICS_TOKEN`.
+const METRICS_TOKEN: &str = "metrics-token";
 /// Every wait in these tests ends by then: a hang fails the test instead of the suite.
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -132,6 +134,7 @@ impl Brain {
         let addr = listener.local_addr().expect("brain addr");
         let config = ServerConfig {
             secret: Some(SECRET.into()),
+            metrics_token: Some(METRICS_TOKEN.into()),
             webhook_roots,
             ..ServerConfig::default()
         };
@@ -162,7 +165,7 @@ impl Brain {
     fn metric(&self, name: &str) -> u64 {
         let text = reqwest::blocking::Client::new()
             .get(format!("http://{}/metrics", self.addr))
-            .header("x-lib-sync-secret", SECRET)
+            .bearer_auth(METRICS_TOKEN)
             .send()
             .and_then(|r| r.text())
             .expect("metrics");

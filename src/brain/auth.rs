@@ -382,13 +382,14 @@ fn wrong_device(name: &str, bound: &str, given: &str) -> Refusal {
     ))
 }
 
-/// Writes the devices' latest requests every [`SEEN_EVERY`] until `stop` flips, then once more.
+/// Writes the devices' latest requests every `every` until `stop` flips, then once more.
 pub async fn record_seen_loop<S: BrainStore>(
     auth: Arc<Auth>,
     store: Arc<S>,
+    every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(SEEN_EVERY);
+    let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let stopping = tokio::select! {

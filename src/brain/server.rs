@@ -56,6 +56,8 @@ pub struct ServerConfig {
     /// Long-polls one device (or, for the shared secret, one address) may hold open at once;
     /// one more is 503 at once.
     pub max_polls_per_device: usize,
+    /// A device's last request, cursor and digest are written at most this often.
+    pub seen_every: Duration,
     /// Requests with a larger body get 413.
     pub max_body_bytes: usize,
     /// `payload.content` of one event, at most.
@@ -79,6 +81,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             metrics_token: None,
             max_polls_per_device: 4,
+            seen_every: auth::SEEN_EVERY,
             max_body_bytes: 32 * 1024 * 1024,
             max_content_bytes: 1024 * 1024,
             max_wait: Duration::from_secs(60),
@@ -101,6 +104,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<redacted>"))
             .field("max_polls_per_device", &self.max_polls_per_device)
+            .field("seen_every", &self.seen_every)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_content_bytes", &self.max_content_bytes)
             .field("max_wait", &self.max_wait)
@@ -249,6 +253,7 @@ pub async fn serve_with_metrics<S: BrainStore>(
     let seen = tokio::spawn(auth::record_seen_loop(
         auth.clone(),
         store.clone(),
+        config.seen_every,
         stop_rx.clone(),
     ));
     if let Some(metrics_listener) = metrics_listener {

@@ -24,6 +24,7 @@ pub struct Args {
 pub enum BrainCommand {
     Serve(ServeArgs),
     Prune(PruneArgs),
+    Device(super::device::Args),
 }
 
 /// Where the brain keeps its data: a SQLite file (`--db`, the default) or PostgreSQL.
@@ -52,10 +53,23 @@ pub struct ServeArgs {
     /// Address to listen on
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
     pub listen: String,
-    /// Accept requests without the x-lib-sync-secret header; only when LIB_SYNC_SECRET is unset
+    /// Accept requests without any credential; only when LIB_SYNC_SECRET is unset
     /// (never on a network others can reach)
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Accept device tokens only (`agent brain device add`), not LIB v1.1's shared secret
+    /// (LIB_SYNC_SECRET, LIB_SYNC_SECRET_PREVIOUS); the brain then starts without LIB_SYNC_SECRET
+    #[arg(long)]
+    pub no_shared_secret: bool,
+    /// A reverse proxy in front of the brain: for connections from this address the client
+    /// address (throttling of failed logins, logs) is the last entry of X-Forwarded-For.
+    /// Repeat for several
+    #[arg(long, value_name = "ADDR")]
+    pub trusted_proxy: Vec<std::net::IpAddr>,
+    /// Serve GET /metrics, without a credential, on this loopback address of its own. On the
+    /// main listener /metrics needs `Authorization: Bearer $LIB_METRICS_TOKEN`
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Largest request body accepted, in bytes (bigger: 413)
     #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::default().max_body_bytes)]
     pub max_body_bytes: usize,
@@ -77,13 +91,13 @@ pub struct PruneArgs {
 }
 
 /// The store named on the command line.
-enum Target {
+pub(super) enum Target {
     Sqlite(PathBuf),
     Postgres(String, PgOptions),
 }
 
 impl Target {
-    fn from_args(store: &StoreArgs, global: &GlobalArgs) -> anyhow::Result<Target> {
+    pub(super) fn from_args(store: &StoreArgs, global: &GlobalArgs) -> anyhow::Result<Target> {
         match (&store.database_url, &global.db) {
             (Some(_), Some(_)) => bail!("give either --db PATH or --database-url URL, not both"),
             (Some(url), None) => {
@@ -110,7 +124,7 @@ impl Target {
     }
 
     /// Where, for messages: never the URL's password.
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         match self {
             Target::Sqlite(path) => format!("sqlite {}", path.display()),
             Target::Postgres(url, options) => {
@@ -132,26 +146,67 @@ pub fn run(args: Args, global: &GlobalArgs, _config: &Config) -> anyhow::Result<
     match args.command {
         BrainCommand::Serve(args) => runtime.block_on(serve(args, global)),
         BrainCommand::Prune(args) => runtime.block_on(prune(args, global)),
+        BrainCommand::Device(args) => runtime.block_on(super::device::run(args, global)),
+    }
+}
+
+/// The shared secret being rotated out, accepted beside `LIB_SYNC_SECRET`.
+pub const ENV_SYNC_SECRET_PREVIOUS: &str = "LIB_SYNC_SECRET_PREVIOUS";
+/// The token `/metrics` needs on the main listener.
+pub const ENV_METRICS_TOKEN: &str = "LIB_METRICS_TOKEN";
+
+/// Which credentials `serve` accepts, from its flags and environment.
+fn credentials(args: &ServeArgs) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let env = |name| config::process_env(name).filter(|s: &String| !s.is_empty());
+    let secret = env(config::ENV_SYNC_SECRET);
+    let previous = env(ENV_SYNC_SECRET_PREVIOUS);
+    let shared = config::ENV_SYNC_SECRET;
+    if args.insecure_no_auth {
+        if secret.is_some() || previous.is_some() {
+            bail!("--insecure-no-auth and {shared} are both given: unset one");
+        }
+        if args.no_shared_secret {
+            bail!("--insecure-no-auth and --no-shared-secret are both given: pick one");
+        }
+        return Ok((None, None));
+    }
+    if args.no_shared_secret {
+        if secret.is_some() || previous.is_some() {
+            tracing::warn!(
+                "--no-shared-secret: {shared} and {ENV_SYNC_SECRET_PREVIOUS} are ignored; only \
+                 device tokens are accepted"
+            );
+        }
+        return Ok((None, None));
+    }
+    match secret {
+        Some(secret) => Ok((Some(secret), previous)),
+        None if previous.is_some() => bail!(
+            "{ENV_SYNC_SECRET_PREVIOUS} is set but {shared} is not: set {shared} to the new \
+             secret while the old one is rotated out"
+        ),
+        None => bail!(
+            "{shared} is not set: set it to the secret LIB v1.1 devices send, or pass \
+             --no-shared-secret to accept device tokens only (`agent brain device add`), or \
+             --insecure-no-auth to serve without any credential"
+        ),
     }
 }
 
 async fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let secret = config::process_env(config::ENV_SYNC_SECRET).filter(|s| !s.is_empty());
-    if secret.is_none() && !args.insecure_no_auth {
+    let (secret, previous_secret) = credentials(&args)?;
+    if let Some(addr) = args.metrics_listen.filter(|a| !a.ip().is_loopback()) {
         bail!(
-            "{} is not set: set it to the secret devices send, or pass --insecure-no-auth to serve \
-             without one",
-            config::ENV_SYNC_SECRET
-        );
-    }
-    if secret.is_some() && args.insecure_no_auth {
-        bail!(
-            "--insecure-no-auth and {} are both given: unset one",
-            config::ENV_SYNC_SECRET
+            "--metrics-listen {addr} is not a loopback address: /metrics needs no credential \
+             there; to scrape from another host, set {ENV_METRICS_TOKEN} and use the main listener"
         );
     }
     let server_config = ServerConfig {
         secret,
+        previous_secret,
+        insecure_no_auth: args.insecure_no_auth,
+        trusted_proxies: args.trusted_proxy.clone(),
+        metrics_token: config::process_env(ENV_METRICS_TOKEN).filter(|s| !s.is_empty()),
         max_body_bytes: args.max_body_bytes,
         max_content_bytes: args.max_content_bytes,
         ..ServerConfig::default()
@@ -161,27 +216,13 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         Target::Sqlite(path) => {
             let store = SqliteStore::open(path)
                 .with_context(|| format!("opening {}", target.describe()))?;
-            listen(
-                Arc::new(store),
-                server_config,
-                &args.listen,
-                &target,
-                global,
-            )
-            .await
+            listen(Arc::new(store), server_config, &args, &target, global).await
         }
         Target::Postgres(url, options) => {
             let store = PgStore::connect(url, options.clone())
                 .await
                 .with_context(|| format!("opening {}", target.describe()))?;
-            listen(
-                Arc::new(store),
-                server_config,
-                &args.listen,
-                &target,
-                global,
-            )
-            .await
+            listen(Arc::new(store), server_config, &args, &target, global).await
         }
     }
 }
@@ -189,19 +230,29 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
 async fn listen<S: BrainStore>(
     store: Arc<S>,
     config: ServerConfig,
-    addr: &str,
+    args: &ServeArgs,
     target: &Target,
     global: &GlobalArgs,
 ) -> anyhow::Result<()> {
+    let addr = &args.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener
         .local_addr()
         .context("reading the listening address")?;
-    if config.secret.is_none() {
+    let metrics_listener = match args.metrics_listen {
+        Some(metrics) => Some(
+            tokio::net::TcpListener::bind(metrics)
+                .await
+                .with_context(|| format!("cannot listen on {metrics} (--metrics-listen)"))?,
+        ),
+        None => None,
+    };
+    if config.insecure_no_auth {
         tracing::warn!("serving without authentication (--insecure-no-auth)");
     }
+    say_what_credentials(&*store, &config).await?;
     // On stdout so a supervisor (or a test) that asked for port 0 learns the port.
     if global.json {
         println!(
@@ -211,10 +262,43 @@ async fn listen<S: BrainStore>(
     } else {
         println!("brain listening on http://{local} ({})", target.describe());
     }
-    server::serve(listener, store, config, shutdown_signal())
+    server::serve_with_metrics(listener, metrics_listener, store, config, shutdown_signal())
         .await
         .context("serving")?;
     tracing::info!("brain stopped");
+    Ok(())
+}
+
+/// One line at start on what the brain accepts, and a warning while enrolled devices could still
+/// be impersonated with the shared secret.
+async fn say_what_credentials<S: BrainStore>(store: &S, config: &ServerConfig) -> anyhow::Result<()> {
+    let devices = store
+        .list_devices()
+        .await
+        .context("reading the enrolled devices")?;
+    let active = devices.iter().filter(|d| d.revoked_at.is_none()).count();
+    match (&config.secret, config.insecure_no_auth) {
+        (_, true) => {}
+        (Some(_), false) if active > 0 => tracing::warn!(
+            devices = active,
+            "{active} device(s) are enrolled and the brain still accepts the shared secret \
+             ({}), with which any client may act for any device: once every device has its token, \
+             restart with --no-shared-secret",
+            config::ENV_SYNC_SECRET
+        ),
+        (Some(_), false) => tracing::info!(
+            "accepting the shared secret; enrol devices with `agent brain device add NAME`"
+        ),
+        (None, false) => {
+            tracing::info!(devices = active, "accepting device tokens only (--no-shared-secret)");
+            if active == 0 {
+                tracing::warn!(
+                    "no device is enrolled: every request is refused until one is \
+                     (`agent brain device add NAME`)"
+                );
+            }
+        }
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 pub mod brain;
 mod conflicts;
+mod device;
 mod init;
 mod run;
 mod scan;

@@ -23,6 +23,8 @@ use lib_agent::brain::store::{BrainStore, PgOptions, PgStore, PruneReport, Sqlit
 use lib_agent::model::{Event, EventType, FilePayload, VectorClock};
 
 pub const SECRET: &str = "test-secret-Zq8";
+/// `LIB_METRICS_TOKEN` of brains that serve `/metrics`.
+pub const METRICS_TOKEN: &str = "metrics-token-7Kp";
 
 /// The store under a test server, for the calls that have no route (prune) or that look behind one.
 #[derive(Clone)]
@@ -235,6 +237,7 @@ impl Fixture {
 pub fn config() -> ServerConfig {
     ServerConfig {
         secret: Some(SECRET.into()),
+        metrics_token: Some(METRICS_TOKEN.into()),
         ..ServerConfig::default()
     }
 }
@@ -346,6 +349,42 @@ impl Http {
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Some(Reply { status, body, text })
+    }
+
+    /// A request with exactly these headers (and a JSON content type when it has a body).
+    pub async fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
+        let mut request = axum::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if !body.is_empty() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request.body(Full::new(Bytes::from(body))).unwrap();
+        let response = self.client.request(request).await.expect("the brain answers");
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, body, text }
+    }
+
+    /// `GET /metrics` with the metrics token.
+    pub async fn metrics(&self) -> String {
+        let bearer = format!("Bearer {METRICS_TOKEN}");
+        let r = self
+            .send_with("GET", "/metrics", &[("authorization", &bearer)], Vec::new())
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.text
     }
 
     pub async fn get(&self, path: &str) -> Reply {
