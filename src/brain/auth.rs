@@ -162,7 +162,7 @@ impl Auth {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-            .last()
+            .next_back()
             .unwrap_or(peer)
     }
 
