@@ -11,6 +11,9 @@
 //! - `BENCH_EVENTS` events to ingest per store (default 100000);
 //! - `BENCH_CLIENTS` concurrent ingest connections (default 2);
 //! - `BENCH_PULLS` timed pulls (default 300);
+//! - `BENCH_ROUNDS` rounds (default 2): each runs the store with the shared secret and with device
+//!   tokens (every client device enrolled with `agent brain device add`), in alternating order,
+//!   each on a fresh store; the table gives both, and the token/secret ratio of their medians;
 //! - `BENCH_STRICT=1` exit non-zero when a target is missed.
 //!
 //! Request bodies are serialised before the clock starts: the figure is the brain's, not the
@@ -49,6 +52,29 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How the benchmark's clients authenticate.
+#[derive(Clone)]
+enum Credential {
+    Secret,
+    /// A device token and the device id it acts for.
+    Token { token: String, device: String },
+}
+
+/// Enrols `device` on the store named by `store_args` and returns its token.
+fn enrol(store_args: &[&str], config: &std::path::Path, device: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("--config")
+        .arg(config)
+        .args(["--json", "brain", "device", "add", device])
+        .args(store_args)
+        .env_remove("LIB_BRAIN_DATABASE_URL")
+        .output()
+        .expect("agent runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    answer["token"].as_str().expect("a token").to_owned()
 }
 
 fn start(store_args: &[&str], config: &std::path::Path) -> Server {
@@ -105,14 +131,24 @@ fn event(device: &str, n: u64) -> Event {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-async fn request(client: &HttpClient, method: &str, url: &str, body: Bytes) -> (u16, Bytes) {
+async fn request(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    body: Bytes,
+    credential: &Credential,
+) -> (u16, Bytes) {
     let req = axum::http::Request::builder()
         .method(method)
         .uri(url)
-        .header("x-lib-sync-secret", SECRET)
-        .header("content-type", "application/json")
-        .body(Full::new(body))
-        .unwrap();
+        .header("content-type", "application/json");
+    let req = match credential {
+        Credential::Secret => req.header("x-lib-sync-secret", SECRET),
+        Credential::Token { token, device } => req
+            .header("authorization", format!("Bearer {token}"))
+            .header("x-lib-device-id", device),
+    };
+    let req = req.body(Full::new(body)).unwrap();
     let resp = client.request(req).await.expect("brain answers");
     let status = resp.status().as_u16();
     (status, resp.into_body().collect().await.unwrap().to_bytes())
@@ -125,7 +161,14 @@ struct Figures {
     pull_ms_p95: f64,
 }
 
-async fn measure(addr: SocketAddr, events: usize, clients: usize, pulls: usize) -> Figures {
+/// `credentials[c]` is client `c`'s, acting for device `bench-{c}`.
+async fn measure(
+    addr: SocketAddr,
+    events: usize,
+    credentials: &[Credential],
+    pulls: usize,
+) -> Figures {
+    let clients = credentials.len();
     let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let base = format!("http://{addr}");
     // Bodies first, outside the clock. One device per client, so each has its own clock.
@@ -154,14 +197,14 @@ async fn measure(addr: SocketAddr, events: usize, clients: usize, pulls: usize) 
 
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for mine in bodies {
+    for (mine, credential) in bodies.into_iter().zip(credentials.iter().cloned()) {
         let client = client.clone();
         let url = format!("{base}/ingest");
         tasks.push(tokio::spawn(async move {
             let mut times = Vec::new();
             for body in mine {
                 let t = Instant::now();
-                let (status, reply) = request(&client, "POST", &url, body).await;
+                let (status, reply) = request(&client, "POST", &url, body, &credential).await;
                 assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
                 times.push(t.elapsed().as_secs_f64() * 1000.0);
             }
@@ -184,7 +227,7 @@ async fn measure(addr: SocketAddr, events: usize, clients: usize, pulls: usize) 
         let after = seed % (total as u64 - BATCH as u64).max(1);
         let url = format!("{base}/pull?after_id={after}&limit={BATCH}");
         let t = Instant::now();
-        let (status, reply) = request(&client, "GET", &url, Bytes::new()).await;
+        let (status, reply) = request(&client, "GET", &url, Bytes::new(), &credentials[0]).await;
         pull_times.push(t.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
     }
@@ -199,6 +242,79 @@ async fn measure(addr: SocketAddr, events: usize, clients: usize, pulls: usize) 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    percentile(&mut v, 0.5)
+}
+
+/// The medians over rounds of each figure.
+fn medians(runs: &[Figures]) -> Figures {
+    Figures {
+        events_per_sec: median(runs.iter().map(|f| f.events_per_sec).collect()),
+        batch_ms_median: median(runs.iter().map(|f| f.batch_ms_median).collect()),
+        pull_ms_median: median(runs.iter().map(|f| f.pull_ms_median).collect()),
+        pull_ms_p95: median(runs.iter().map(|f| f.pull_ms_p95).collect()),
+    }
+}
+
+/// Runs both credentials `rounds` times on fresh stores made by `fresh` (which returns the
+/// store's arguments), reports each and the token/secret ratio.
+fn compare(
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    config: &std::path::Path,
+    mut fresh: impl FnMut(usize) -> Vec<String>,
+    (events, clients, pulls, rounds): (usize, usize, usize, usize),
+    ingest_target: f64,
+) -> bool {
+    let mut secret_runs = Vec::new();
+    let mut token_runs = Vec::new();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        for with_token in order {
+            let args = fresh(round * 2 + usize::from(with_token));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let credentials: Vec<Credential> = (0..clients)
+                .map(|c| {
+                    let device = format!("bench-{c}");
+                    if with_token {
+                        Credential::Token {
+                            token: enrol(&args, config, &device),
+                            device,
+                        }
+                    } else {
+                        Credential::Secret
+                    }
+                })
+                .collect();
+            eprintln!(
+                "bench brain: {name}, round {}, {}",
+                round + 1,
+                if with_token { "device tokens" } else { "shared secret" }
+            );
+            let server = start(&args, config);
+            let figures = runtime.block_on(measure(server.addr, events, &credentials, pulls));
+            drop(server);
+            if with_token {
+                token_runs.push(figures);
+            } else {
+                secret_runs.push(figures);
+            }
+        }
+    }
+    let secret = medians(&secret_runs);
+    let token = medians(&token_runs);
+    let ok = report(&format!("{name}, shared secret"), &secret, ingest_target);
+    let ok = report(&format!("{name}, device tokens"), &token, ingest_target) && ok;
+    println!(
+        "| {name}, tokens / secret | {:.3} | {:.3} | {:.3} | {:.3} |",
+        token.events_per_sec / secret.events_per_sec,
+        token.batch_ms_median / secret.batch_ms_median,
+        token.pull_ms_median / secret.pull_ms_median,
+        token.pull_ms_p95 / secret.pull_ms_p95,
+    );
+    ok
 }
 
 fn report(name: &str, f: &Figures, ingest_target: f64) -> bool {
@@ -220,6 +336,8 @@ fn main() -> ExitCode {
     let events = env_usize("BENCH_EVENTS", 100_000);
     let clients = env_usize("BENCH_CLIENTS", 2).max(1);
     let pulls = env_usize("BENCH_PULLS", 300).max(1);
+    let rounds = env_usize("BENCH_ROUNDS", 2).max(1);
+    let shape = (events, clients, pulls, rounds);
     let strict = std::env::var("BENCH_STRICT").is_ok_and(|v| v == "1");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -233,26 +351,28 @@ fn main() -> ExitCode {
     println!("|---|---|---|---|---|");
     let mut all_ok = true;
 
-    eprintln!("bench brain: sqlite");
-    let db = home.path().join("brain.db");
-    let server = start(&["--db", db.to_str().unwrap()], &config);
-    let figures = runtime.block_on(measure(server.addr, events, clients, pulls));
-    drop(server);
-    all_ok &= report("SQLite", &figures, 20_000.0);
+    let sqlite = |run: usize| {
+        let db = home.path().join(format!("brain-{run}.db"));
+        vec!["--db".to_owned(), db.to_string_lossy().into_owned()]
+    };
+    all_ok &= compare(&runtime, "SQLite", &config, sqlite, shape, 20_000.0);
 
     if let Ok(url) = std::env::var("LIB_TEST_DATABASE_URL") {
-        eprintln!("bench brain: postgres");
-        let schema = format!("lib_shared_bench{}", std::process::id());
-        let server = start(&["--database-url", &url, "--schema", &schema], &config);
-        let figures = runtime.block_on(measure(server.addr, events, clients, pulls));
-        drop(server);
-        all_ok &= report("PostgreSQL", &figures, 10_000.0);
+        let mut schemas = Vec::new();
+        let postgres = |run: usize| {
+            let schema = format!("lib_shared_bench{}_{run}", std::process::id());
+            schemas.push(schema.clone());
+            vec!["--database-url".to_owned(), url.clone(), "--schema".to_owned(), schema]
+        };
+        all_ok &= compare(&runtime, "PostgreSQL", &config, postgres, shape, 10_000.0);
         runtime.block_on(async {
             if let Ok((c, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
                 tokio::spawn(conn);
-                let _ = c
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .await;
+                for schema in &schemas {
+                    let _ = c
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                        .await;
+                }
             }
         });
     } else {
