@@ -45,6 +45,7 @@ suite!(
     a_device_id_bound_to_one_token_cannot_be_claimed_by_another,
     an_unknown_token_or_a_token_without_its_device_id_is_401,
     an_ingest_carrying_another_devices_event_is_refused_whole_naming_it,
+    a_device_cannot_claim_another_devices_sequence_beyond_what_it_sent,
     a_device_registers_replaces_and_removes_only_its_own_webhook,
     a_revoked_device_is_refused_at_once_its_long_poll_ends_and_its_webhook_is_off,
     a_rotated_token_works_at_once_and_the_old_one_stops_or_lasts_its_grace,
@@ -210,15 +211,46 @@ async fn an_ingest_carrying_another_devices_event_is_refused_whole_naming_it(f: 
     assert_eq!(r.status, 403, "{}", r.text);
     assert!(r.text.contains("batch[1].device_id"), "{}", r.text);
     assert!(brain.pull_all().await.is_empty(), "nothing of the batch is stored");
-    // Its own events, whose clocks carry other devices' entries, are its to push.
+    // Its own events, whose clocks carry the other devices' entries it pulled, are its to push.
+    brain
+        .ingest_ok(&[upsert("dev-victim", "notes/victim.md", &[("dev-victim", 3)], 'f')])
+        .await;
     let own = upsert(
         "dev-laptop",
         "notes/victim.md",
-        &[("dev-victim", 1), ("dev-laptop", 4)],
+        &[("dev-victim", 3), ("dev-laptop", 4)],
         'e',
     );
     let r = ingest_as(&brain, &token, "dev-laptop", &[own]).await;
     assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// A clock entry for another device above anything that device sent would make its next
+/// sequence number one past the cap: refused before it can reach the victim.
+async fn a_device_cannot_claim_another_devices_sequence_beyond_what_it_sent(f: Fixture) {
+    let token = f.store.enrol("laptop").await;
+    let brain = f.serve().await;
+    let poison = upsert(
+        "dev-laptop",
+        "notes/a.md",
+        &[("dev-victim", 1 << 53), ("dev-laptop", 1)],
+        'a',
+    );
+    let r = ingest_as(&brain, &token, "dev-laptop", &[poison]).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let error = r.body["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("batch[0].vector_clock[\"dev-victim\"]"), "{error}");
+    brain
+        .ingest_ok(&[upsert("dev-victim", "notes/b.md", &[("dev-victim", 7)], 'b')])
+        .await;
+    let seen = upsert("dev-laptop", "notes/b.md", &[("dev-victim", 7), ("dev-laptop", 2)], 'c');
+    assert_eq!(ingest_as(&brain, &token, "dev-laptop", &[seen]).await.status, 200);
+    let ahead = upsert("dev-laptop", "notes/b.md", &[("dev-victim", 8), ("dev-laptop", 3)], 'd');
+    let r = ingest_as(&brain, &token, "dev-laptop", &[ahead]).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    // Its own entry is its own business.
+    let own = upsert("dev-laptop", "notes/c.md", &[("dev-laptop", 1 << 40)], 'e');
+    assert_eq!(ingest_as(&brain, &token, "dev-laptop", &[own]).await.status, 200);
 }
 
 async fn a_device_registers_replaces_and_removes_only_its_own_webhook(f: Fixture) {

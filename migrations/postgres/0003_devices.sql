@@ -25,5 +25,22 @@ ALTER TABLE lib_shared.device_webhooks ADD COLUMN IF NOT EXISTS failures integer
 ALTER TABLE lib_shared.device_webhooks ADD COLUMN IF NOT EXISTS last_error text;
 ALTER TABLE lib_shared.device_webhooks ADD COLUMN IF NOT EXISTS retry_after bigint;
 
+-- The greatest sequence number of each device that any accepted clock carried. A device token may
+-- put another device's entry in its clock only up to this (it learned it from the brain): a made-up
+-- {victim: 2^53} would make the victim's next sequence number one the brain refuses, forever.
+CREATE TABLE IF NOT EXISTS lib_shared.device_sequences (
+    device_id    text PRIMARY KEY,
+    max_sequence bigint NOT NULL
+);
+-- What the existing entities' merged clocks carry (every applied clock is merged into them).
+INSERT INTO lib_shared.device_sequences (device_id, max_sequence)
+    SELECT j.key, LEAST(MAX(j.value::numeric), 9007199254740992)::bigint
+    FROM lib_shared.entities, jsonb_each_text(lib_shared.entities.seen_vc) AS j
+    WHERE j.value ~ '^[0-9]+$'
+    GROUP BY j.key
+ON CONFLICT (device_id) DO UPDATE SET
+    max_sequence = GREATEST(lib_shared.device_sequences.max_sequence, excluded.max_sequence);
+
 -- As every table of the schema: no Supabase API role may read it.
 ALTER TABLE lib_shared.devices ENABLE ROW LEVEL SECURITY;
+ALTER TABLE lib_shared.device_sequences ENABLE ROW LEVEL SECURITY;

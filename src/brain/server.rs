@@ -26,7 +26,10 @@ use tracing::Instrument;
 
 use super::auth::{self, Auth, Caller, Credentials, Refusal};
 use super::metrics::Metrics;
-use super::store::{check_batch, unix_seconds, BrainStore, CheckedEvent, DeviceSeen};
+use super::store::{
+    check_batch, check_foreign_entries, foreign_devices, unix_seconds, BrainStore, CheckedEvent,
+    DeviceSeen,
+};
 use super::http::ConnLimits;
 use super::webhooks::{Notifier, WebhookPolicy};
 use super::BrainError;
@@ -493,6 +496,14 @@ async fn ingest<S: BrainStore>(
 ) -> Result<Json<IngestResponse>, BrainError> {
     let raw = body(raw, state.config.max_body_bytes)?;
     let batch = parse_ingest_as(&raw, state.config.max_content_bytes, &caller)?;
+    if let Caller::Device { device_id, .. } = &caller {
+        // What the brain has seen only grows, so a check passed here stays true at commit.
+        let foreign = foreign_devices(&batch, device_id);
+        if !foreign.is_empty() {
+            let known = state.store.known_sequences(foreign).await?;
+            check_foreign_entries(&batch, device_id, &known)?;
+        }
+    }
     let ingested = state.store.ingest(batch).await?;
     Metrics::add(&state.metrics.ingest_requests, 1);
     Metrics::add(

@@ -22,3 +22,17 @@ CREATE TABLE devices (
 ALTER TABLE device_webhooks ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE device_webhooks ADD COLUMN last_error TEXT;
 ALTER TABLE device_webhooks ADD COLUMN retry_after INTEGER;  -- unix seconds; NULL: no back-off
+
+-- The greatest sequence number of each device that any accepted clock carried. A device token may
+-- put another device's entry in its clock only up to this (it learned it from the brain): a made-up
+-- {victim: 2^53} would make the victim's next sequence number one the brain refuses, forever.
+CREATE TABLE device_sequences (
+    device_id    TEXT PRIMARY KEY,
+    max_sequence INTEGER NOT NULL
+) WITHOUT ROWID;
+-- What the existing entities' merged clocks carry (every applied clock is merged into them).
+INSERT INTO device_sequences (device_id, max_sequence)
+    SELECT j.key, MIN(MAX(CAST(j.value AS INTEGER)), 9007199254740992)
+    FROM entities, json_each(entities.seen_vc) AS j
+    WHERE j.type = 'integer' OR j.type = 'real'
+    GROUP BY j.key;

@@ -232,6 +232,13 @@ pub trait BrainStore: Send + Sync + 'static {
         device_id: &str,
     ) -> impl Future<Output = Result<Binding>> + Send;
 
+    /// The greatest sequence number of each of `devices` that an accepted clock carried (absent:
+    /// none).
+    fn known_sequences(
+        &self,
+        devices: Vec<String>,
+    ) -> impl Future<Output = Result<HashMap<String, i64>>> + Send;
+
     /// Records the latest request of each device, in one transaction.
     fn record_seen(&self, seen: Vec<DeviceSeen>) -> impl Future<Output = Result<()>> + Send;
 
@@ -343,6 +350,60 @@ pub fn plan_entities(
         current.insert(key.clone(), state);
     }
     writes.into_values().collect()
+}
+
+/// The greatest entry of each device over the clocks of `events`, by device id (a deterministic
+/// order, so concurrent writers lock rows alike): what `device_sequences` must hold at least.
+pub(crate) fn clock_maxima(events: &[&Event]) -> BTreeMap<String, i64> {
+    let mut maxima: BTreeMap<String, i64> = BTreeMap::new();
+    for event in events {
+        for (device, value) in event.vector_clock.entries() {
+            // Validated clocks hold at most 2^53; clamp anyway, so no value can wrap an i64.
+            let value = i64::try_from(value).unwrap_or(i64::MAX);
+            let entry = maxima.entry(device.to_owned()).or_insert(value);
+            *entry = (*entry).max(value);
+        }
+    }
+    maxima
+}
+
+/// The first entry of another device that a clock of `batch` carries above what the brain has
+/// seen of that device (`known`): a device token may only pass on what it learned. Returns the
+/// error to answer with.
+pub fn check_foreign_entries(
+    batch: &[CheckedEvent],
+    own: &str,
+    known: &HashMap<String, i64>,
+) -> Result<()> {
+    for (index, checked) in batch.iter().enumerate() {
+        for (device, value) in checked.event.vector_clock.entries() {
+            if device == own {
+                continue;
+            }
+            let seen = known.get(device).copied().unwrap_or(0);
+            if i64::try_from(value).map_or(true, |v| v > seen) {
+                return Err(BrainError::Forbidden(format!(
+                    "batch[{index}].vector_clock[{device:?}] is {value}, but the brain has seen \
+                     at most {seen} from device {device:?}: a device passes on only the sequence \
+                     numbers of others that it pulled"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The devices other than `own` that the clocks of `batch` name.
+pub fn foreign_devices(batch: &[CheckedEvent], own: &str) -> Vec<String> {
+    let mut devices: Vec<String> = batch
+        .iter()
+        .flat_map(|c| c.event.vector_clock.entries().map(|(d, _)| d))
+        .filter(|d| *d != own)
+        .map(str::to_owned)
+        .collect();
+    devices.sort_unstable();
+    devices.dedup();
+    devices
 }
 
 /// Rebuilds an entity's merge state from its stored JSON columns.

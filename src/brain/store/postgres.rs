@@ -28,7 +28,7 @@ use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tokio_postgres::{AsyncMessage, Client, Config};
 
 use super::{
-    corrupt, is_new, parse_event_type, parse_state, plan_entities, to_json, Binding, BrainStore,
+    clock_maxima, corrupt, is_new, parse_event_type, parse_state, plan_entities, to_json, Binding, BrainStore,
     CheckedEvent, DeviceAuth, DeviceRecord, DeviceSeen, Ingested, PruneBound, PruneReport,
     PullPage, SnapshotPage, Webhook,
 };
@@ -883,6 +883,20 @@ async fn apply_to_entities(
             .map_err(|e| err("recording conflicts", e))?;
         }
     }
+    let (devices, maxima): (Vec<String>, Vec<i64>) = clock_maxima(events).into_iter().unzip();
+    if !devices.is_empty() {
+        tx.execute(
+            &*sql(
+                "INSERT INTO lib_shared.device_sequences (device_id, max_sequence)
+                 SELECT d, m FROM unnest($1::text[], $2::int8[]) AS x(d, m)
+                 ON CONFLICT (device_id) DO UPDATE SET max_sequence =
+                   GREATEST(lib_shared.device_sequences.max_sequence, excluded.max_sequence)",
+            ),
+            &[&devices, &maxima],
+        )
+        .await
+        .map_err(|e| err("recording devices' sequences", e))?;
+    }
     Ok(writes.len())
 }
 
@@ -1199,6 +1213,10 @@ impl BrainStore for PgStore {
 
     async fn record_seen(&self, seen: Vec<DeviceSeen>) -> Result<()> {
         self.seen(seen).await
+    }
+
+    async fn known_sequences(&self, devices: Vec<String>) -> Result<HashMap<String, i64>> {
+        self.known(devices).await
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {

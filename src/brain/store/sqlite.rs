@@ -13,7 +13,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::watch;
 
 use super::{
-    blocking, corrupt, is_new, parse_event_type, parse_state, plan_entities, to_json,
+    blocking, clock_maxima, corrupt, is_new, parse_event_type, parse_state, plan_entities, to_json,
     unix_seconds, Binding, BrainStore, CheckedEvent, DeviceAuth, DeviceRecord, DeviceSeen,
     Ingested, PruneBound, PruneReport, PullPage, SnapshotPage, Webhook,
 };
@@ -371,6 +371,20 @@ fn ingest(conn: &mut Connection, batch: &[CheckedEvent]) -> Result<Ingested> {
             }
         }
     }
+    {
+        let mut known = tx
+            .prepare_cached(
+                "INSERT INTO device_sequences (device_id, max_sequence) VALUES (?1, ?2)
+                 ON CONFLICT(device_id) DO UPDATE SET
+                   max_sequence = MAX(max_sequence, excluded.max_sequence)",
+            )
+            .map_err(|e| sql_err("preparing the sequence update", e))?;
+        for (device, max) in clock_maxima(&new_events) {
+            known
+                .execute(rusqlite::params![device, max])
+                .map_err(|e| sql_err("recording a device's sequence", e))?;
+        }
+    }
     tx.commit()
         .map_err(|e| sql_err("committing an ingest", e))?;
     Ok(Ingested {
@@ -687,6 +701,10 @@ impl BrainStore for SqliteStore {
 
     async fn record_seen(&self, seen: Vec<DeviceSeen>) -> Result<()> {
         self.seen(seen).await
+    }
+
+    async fn known_sequences(&self, devices: Vec<String>) -> Result<HashMap<String, i64>> {
+        self.known(devices).await
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {

@@ -1,6 +1,7 @@
 //! Device credentials on PostgreSQL: the `BrainStore` device methods of [`PgStore`], in the
 //! `devices` table of migration 3.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use super::{pg_err, PgStore};
@@ -269,5 +270,23 @@ impl PgStore {
         tx.commit()
             .await
             .map_err(|e| pg_err("committing devices' last requests", e))
+    }
+
+    pub(super) async fn known(&self, devices: Vec<String>) -> Result<HashMap<String, i64>> {
+        if devices.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let conn = self.inner.pool.get().await?;
+        let rows = conn
+            .query(
+                &*self.sql(
+                    "SELECT device_id, max_sequence FROM lib_shared.device_sequences
+                     WHERE device_id = ANY($1)",
+                ),
+                &[&devices],
+            )
+            .await
+            .map_err(|e| self.inner.pool.err("reading devices' sequences", e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

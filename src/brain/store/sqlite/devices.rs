@@ -1,6 +1,7 @@
 //! Device credentials on SQLite: the `BrainStore` device methods of [`SqliteStore`], in the
 //! `devices` table of migration 3.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
@@ -261,6 +262,29 @@ impl SqliteStore {
             }
             tx.commit()
                 .map_err(|e| sql_err("committing devices' last requests", e))
+        })
+        .await
+    }
+
+    pub(super) async fn known(&self, devices: Vec<String>) -> Result<HashMap<String, i64>> {
+        if devices.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT max_sequence FROM device_sequences WHERE device_id = ?1")
+                .map_err(|e| sql_err("preparing the sequence lookup", e))?;
+            let mut known = HashMap::with_capacity(devices.len());
+            for device in devices {
+                let max: Option<i64> = stmt
+                    .query_row([&device], |r| r.get(0))
+                    .optional()
+                    .map_err(|e| sql_err("reading a device's sequence", e))?;
+                if let Some(max) = max {
+                    known.insert(device, max);
+                }
+            }
+            Ok(known)
         })
         .await
     }
