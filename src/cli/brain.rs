@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _};
 use serde_json::json;
 
 use super::GlobalArgs;
+use crate::brain::http::ConnLimits;
 use crate::brain::server::{self, ServerConfig};
 use crate::brain::store::{BrainStore, PgOptions, PgStore, SqliteStore};
 use crate::config::{self, Config};
@@ -52,8 +53,10 @@ pub struct ServeArgs {
     /// Address to listen on
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
     pub listen: String,
-    /// Accept requests without the x-lib-sync-secret header; only when LIB_SYNC_SECRET is unset
-    /// (never on a network others can reach)
+    /// Accept requests without the x-lib-sync-secret header; only when LIB_SYNC_SECRET is unset,
+    /// and only on a loopback --listen address. Then every request must name localhost or the
+    /// listening address in Host (403), and every POST be Content-Type: application/json (415),
+    /// so that web pages the user opens cannot use the brain
     #[arg(long)]
     pub insecure_no_auth: bool,
     /// Largest request body accepted, in bytes (bigger: 413)
@@ -62,6 +65,26 @@ pub struct ServeArgs {
     /// Largest payload.content of one event, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::default().max_content_bytes)]
     pub max_content_bytes: usize,
+    /// Open client connections at most (long-polls included); one more is answered 503 at once
+    /// and closed
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = ConnLimits::default().max_connections,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub max_connections: usize,
+    /// A request's headers must arrive within this (from the first byte of a request on a
+    /// kept-alive connection), else the connection is closed
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this once its credential checked out, else 408
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// A kept-alive connection with no request in flight is closed after this (a long-poll is a
+    /// request in flight)
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -152,8 +175,16 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     }
     let server_config = ServerConfig {
         secret,
+        insecure_no_auth: args.insecure_no_auth,
         max_body_bytes: args.max_body_bytes,
         max_content_bytes: args.max_content_bytes,
+        connections: ConnLimits {
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
+            ..ConnLimits::default()
+        },
         ..ServerConfig::default()
     };
     let target = Target::from_args(&args.store, global)?;
@@ -199,7 +230,12 @@ async fn listen<S: BrainStore>(
     let local = listener
         .local_addr()
         .context("reading the listening address")?;
-    if config.secret.is_none() {
+    if config.insecure_no_auth {
+        if !local.ip().is_loopback() {
+            bail!(
+                "--insecure-no-auth serves without any credential: listen on a loopback address                  (127.0.0.1 or [::1]), not {local}"
+            );
+        }
         tracing::warn!("serving without authentication (--insecure-no-auth)");
     }
     // On stdout so a supervisor (or a test) that asked for port 0 learns the port.
