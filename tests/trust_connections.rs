@@ -92,7 +92,9 @@ impl Raw {
     /// Sends a request and reads its answer.
     async fn exchange(&mut self, request: &str) -> RawReply {
         self.send(request).await;
-        self.reply().await.expect("an answer before the connection closed")
+        self.reply()
+            .await
+            .expect("an answer before the connection closed")
     }
 
     /// The next response; `None` when the connection closes first.
@@ -108,7 +110,8 @@ impl Raw {
                         .map(|(_, v)| v.trim().parse::<usize>().expect("a content-length"))
                         .unwrap_or(0);
                     if self.read.len() >= end + 4 + length {
-                        let body: Vec<u8> = self.read.drain(..end + 4 + length).skip(end + 4).collect();
+                        let body: Vec<u8> =
+                            self.read.drain(..end + 4 + length).skip(end + 4).collect();
                         let status = head
                             .split(' ')
                             .nth(1)
@@ -162,8 +165,12 @@ async fn a_client_that_stops_halfway_through_its_headers_is_disconnected() {
     })
     .await;
     let mut raw = Raw::connect(brain.addr).await;
-    raw.send("GET /health HTTP/1.1\r\nhost: localhost\r\nx-lib-").await;
-    assert!(raw.closed().await, "the half-sent request kept its connection");
+    raw.send("GET /health HTTP/1.1\r\nhost: localhost\r\nx-lib-")
+        .await;
+    assert!(
+        raw.closed().await,
+        "the half-sent request kept its connection"
+    );
     assert!(raw.read.is_empty(), "nothing is answered to half a request");
 }
 
@@ -178,7 +185,10 @@ async fn a_kept_alive_connection_waits_idle_then_gives_the_next_request_the_head
     .await;
     let host = brain.addr.to_string();
     let mut raw = Raw::connect(brain.addr).await;
-    assert_eq!(raw.exchange(&get_request("/health", &host)).await.status, 200);
+    assert_eq!(
+        raw.exchange(&get_request("/health", &host)).await.status,
+        200
+    );
     // A pause of twice the header timeout: the client is slow to ask again.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
@@ -187,17 +197,25 @@ async fn a_kept_alive_connection_waits_idle_then_gives_the_next_request_the_head
         "the pause between requests counted as header time"
     );
     raw.send("GET /health HTTP/1.1\r\nhost: ").await;
-    assert!(raw.closed().await, "a stalled head on a kept-alive connection stayed open");
+    assert!(
+        raw.closed().await,
+        "a stalled head on a kept-alive connection stayed open"
+    );
 }
 
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed() {
     let (brain, _f) = brain(tight()).await;
     let mut raw = Raw::connect(brain.addr).await;
-    let reply = raw.exchange(&get_request("/health", &brain.addr.to_string())).await;
+    let reply = raw
+        .exchange(&get_request("/health", &brain.addr.to_string()))
+        .await;
     assert_eq!(reply.status, 200);
     assert!(
-        !reply.head.to_ascii_lowercase().contains("connection: close"),
+        !reply
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close"),
         "the connection is kept alive after its request: {}",
         reply.head
     );
@@ -226,12 +244,17 @@ async fn a_long_poll_is_woken_by_an_event_after_the_idle_timeout() {
     let addr = brain.addr;
     let poll = tokio::spawn(async move {
         let mut raw = Raw::connect(addr).await;
-        raw.exchange(&get_request("/pull?after_id=0&wait_ms=15000", &addr.to_string()))
-            .await
+        raw.exchange(&get_request(
+            "/pull?after_id=0&wait_ms=15000",
+            &addr.to_string(),
+        ))
+        .await
     });
     // Past the idle timeout before the event exists.
     tokio::time::sleep(Duration::from_millis(900)).await;
-    brain.ingest_ok(&[upsert("dev-a", "docs/a.txt", &[("dev-a", 1)], 'a')]).await;
+    brain
+        .ingest_ok(&[upsert("dev-a", "docs/a.txt", &[("dev-a", 1)], 'a')])
+        .await;
     let reply = tokio::time::timeout(BOUND, poll)
         .await
         .expect("the long-poll answered")
@@ -258,7 +281,10 @@ async fn a_body_that_does_not_arrive_gets_408_and_the_connection_closes() {
     let reply = raw.reply().await.expect("an answer");
     assert_eq!(reply.status, 408, "{}", reply.body);
     assert_eq!(reply.body["ok"], false);
-    assert!(raw.closed().await, "the connection stayed open after the 408");
+    assert!(
+        raw.closed().await,
+        "the connection stayed open after the 408"
+    );
 }
 
 #[tokio::test]
@@ -318,7 +344,10 @@ async fn beyond_max_connections_the_next_gets_503_at_once_until_one_closes() {
     let mut open = Vec::new();
     for _ in 0..3 {
         let mut raw = Raw::connect(brain.addr).await;
-        assert_eq!(raw.exchange(&get_request("/health", &host)).await.status, 200);
+        assert_eq!(
+            raw.exchange(&get_request("/health", &host)).await.status,
+            200
+        );
         open.push(raw);
     }
     // Three idle connections hold every slot.
@@ -329,7 +358,13 @@ async fn beyond_max_connections_the_next_gets_503_at_once_until_one_closes() {
     assert!(reply.body["error"].as_str().is_some_and(|e| !e.is_empty()));
     assert!(over.closed().await, "the refused connection stayed open");
     // The held connections are still served.
-    assert_eq!(open[0].exchange(&get_request("/health", &host)).await.status, 200);
+    assert_eq!(
+        open[0]
+            .exchange(&get_request("/health", &host))
+            .await
+            .status,
+        200
+    );
 
     drop(open.pop());
     // The brain frees the slot when it sees the close; until then a new connection is refused.
@@ -375,7 +410,11 @@ async fn without_authentication_a_post_must_be_json() {
         "batch": [upsert("dev-a", "docs/a.txt", &[("dev-a", 1)], 'a')]
     }))
     .unwrap();
-    for content_type in [Some("text/plain"), None, Some("application/x-www-form-urlencoded")] {
+    for content_type in [
+        Some("text/plain"),
+        None,
+        Some("application/x-www-form-urlencoded"),
+    ] {
         let mut raw = Raw::connect(brain.addr).await;
         let reply = raw
             .exchange(&request("POST", "/ingest", &host, content_type, &batch))
@@ -481,7 +520,14 @@ fn the_cli_refuses_insecure_no_auth_on_a_non_loopback_address() {
     command
         .arg("--config")
         .arg(dir.path().join("agent.toml"))
-        .args(["brain", "serve", "--insecure-no-auth", "--listen", "0.0.0.0:0", "--db"])
+        .args([
+            "brain",
+            "serve",
+            "--insecure-no-auth",
+            "--listen",
+            "0.0.0.0:0",
+            "--db",
+        ])
         .arg(dir.path().join("brain.db"))
         .stdin(Stdio::null());
     for var in [

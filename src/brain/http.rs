@@ -314,7 +314,11 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn stalled<T>(&mut self, cx: &mut Context<'_>, written: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    fn stalled<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
         if written.is_ready() {
             self.write_stall = None;
             return written;
@@ -344,14 +348,20 @@ impl AsyncRead for Tracked {
         let read = Pin::new(&mut this.stream).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            this.activity.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+            this.activity
+                .bytes_read
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
         read
     }
 }
 
 impl AsyncWrite for Tracked {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.stream).poll_write(cx, buf);
         this.stalled(cx, written)
@@ -408,7 +418,10 @@ pub async fn read_body(State(limits): State<BodyLimits>, request: Request, next:
         return too_large();
     }
     match tokio::time::timeout(limits.timeout, collect(body, limits.max_bytes)).await {
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
         Ok(Err(Collect::TooLarge)) => too_large(),
         Ok(Err(Collect::Broken(e))) => closing(
             StatusCode::BAD_REQUEST,
