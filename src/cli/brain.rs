@@ -307,3 +307,26 @@ async fn prune(args: PruneArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn the_connection_flags_default_to_the_servers_defaults() {
+        let args = Serve::parse_from(["serve"]).args;
+        let defaults = ConnLimits::default();
+        assert_eq!(args.header_timeout, defaults.header_timeout);
+        assert_eq!(args.body_timeout, defaults.body_timeout);
+        assert_eq!(args.idle_timeout, defaults.idle_timeout);
+        assert_eq!(args.max_connections, defaults.max_connections);
+        assert!(Serve::try_parse_from(["serve", "--max-connections", "0"]).is_err());
+    }
+}
