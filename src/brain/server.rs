@@ -26,11 +26,11 @@ use tracing::Instrument;
 
 use super::auth::{self, Auth, Caller, Credentials, Refusal};
 use super::metrics::Metrics;
+use super::http::{self, BodyLimits, ConnLimits, LocalOnly};
 use super::store::{
     check_batch, check_foreign_entries, foreign_devices, unix_seconds, BrainStore, CheckedEvent,
     DeviceSeen,
 };
-use super::http::ConnLimits;
 use super::webhooks::{Notifier, WebhookPolicy};
 use super::BrainError;
 use crate::model::wire::{
@@ -216,6 +216,15 @@ fn app<S: BrainStore>(
         .route("/snapshot", get(snapshot::<S>))
         .route("/webhook", post(register_webhook::<S>))
         .route("/webhook/{device_id}", delete(deactivate_webhook::<S>))
+        // Inside `authenticate` (a later route_layer wraps the earlier ones): a body is read only
+        // after its credential checks out.
+        .route_layer(middleware::from_fn_with_state(
+            BodyLimits {
+                timeout: config.connections.body_timeout,
+                max_bytes: config.max_body_bytes,
+            },
+            http::read_body,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate::<S>,
@@ -230,8 +239,11 @@ fn app<S: BrainStore>(
         .with_state(state)
 }
 
+/// Open connections of the `--metrics-listen` listener at most (a scraper or two).
+const METRICS_CONNECTIONS: usize = 16;
+
 /// Serves until `shutdown` resolves, then stops taking requests, ends long-polls and waits for
-/// the requests in flight.
+/// the requests in flight (at most `config.connections.shutdown_timeout`).
 pub async fn serve<S: BrainStore>(
     listener: tokio::net::TcpListener,
     store: Arc<S>,
@@ -264,23 +276,32 @@ pub async fn serve_with_metrics<S: BrainStore>(
             .route("/metrics", get(open_metrics))
             .with_state(metrics.clone());
         let mut stop = stop_rx.clone();
+        let limits = ConnLimits {
+            max_connections: METRICS_CONNECTIONS,
+            ..config.connections.clone()
+        };
         tokio::spawn(async move {
-            let served = axum::serve(metrics_listener, scrape)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
+            let served = http::serve(metrics_listener, scrape, limits, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "the metrics listener stopped");
             }
         });
     }
-    let app = app(store, config, stop_rx, metrics, auth);
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let limits = config.connections.clone();
+    let local_only = match config.insecure_no_auth {
+        true => Some(LocalOnly {
+            listen: listener.local_addr()?,
+        }),
+        false => None,
+    };
+    let mut app = app(store, config, stop_rx, metrics, auth);
+    if let Some(local) = local_only {
+        app = app.layer(middleware::from_fn_with_state(local, http::local_only));
+    }
+    let served = http::serve(listener, app, limits, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     })

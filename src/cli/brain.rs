@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _};
 use serde_json::json;
 
 use super::GlobalArgs;
+use crate::brain::http::ConnLimits;
 use crate::brain::server::{self, ServerConfig};
 use crate::brain::store::{BrainStore, PgOptions, PgStore, SqliteStore};
 use crate::config::{self, Config};
@@ -53,8 +54,10 @@ pub struct ServeArgs {
     /// Address to listen on
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
     pub listen: String,
-    /// Accept requests without any credential; only when LIB_SYNC_SECRET is unset
-    /// (never on a network others can reach)
+    /// Accept requests without any credential; only when LIB_SYNC_SECRET is unset, and only
+    /// on a loopback --listen address. Then every request must name localhost or the listening
+    /// address in Host (403), and every POST be Content-Type: application/json (415), so that
+    /// web pages the user opens cannot use the brain
     #[arg(long)]
     pub insecure_no_auth: bool,
     /// Accept device tokens only (`agent brain device add`), not LIB v1.1's shared secret
@@ -76,6 +79,26 @@ pub struct ServeArgs {
     /// Largest payload.content of one event, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::default().max_content_bytes)]
     pub max_content_bytes: usize,
+    /// Open client connections at most (long-polls included); one more is answered 503 at once
+    /// and closed
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = ConnLimits::default().max_connections,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub max_connections: usize,
+    /// A request's headers must arrive within this (from the first byte of a request on a
+    /// kept-alive connection), else the connection is closed
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this once its credential checked out, else 408
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// A kept-alive connection with no request in flight is closed after this (a long-poll is a
+    /// request in flight)
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -209,6 +232,13 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         metrics_token: config::process_env(ENV_METRICS_TOKEN).filter(|s| !s.is_empty()),
         max_body_bytes: args.max_body_bytes,
         max_content_bytes: args.max_content_bytes,
+        connections: ConnLimits {
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
+            ..ConnLimits::default()
+        },
         ..ServerConfig::default()
     };
     let target = Target::from_args(&args.store, global)?;
@@ -241,6 +271,12 @@ async fn listen<S: BrainStore>(
     let local = listener
         .local_addr()
         .context("reading the listening address")?;
+    if config.insecure_no_auth && !local.ip().is_loopback() {
+        bail!(
+            "--insecure-no-auth serves without any credential: listen on a loopback address \
+             (127.0.0.1 or [::1]), not {local}"
+        );
+    }
     let metrics_listener = match args.metrics_listen {
         Some(metrics) => Some(
             tokio::net::TcpListener::bind(metrics)
@@ -354,4 +390,27 @@ async fn prune(args: PruneArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         report.deleted_events, args.older_than, report.pruned_through
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn the_connection_flags_default_to_the_servers_defaults() {
+        let args = Serve::parse_from(["serve"]).args;
+        let defaults = ConnLimits::default();
+        assert_eq!(args.header_timeout, defaults.header_timeout);
+        assert_eq!(args.body_timeout, defaults.body_timeout);
+        assert_eq!(args.idle_timeout, defaults.idle_timeout);
+        assert_eq!(args.max_connections, defaults.max_connections);
+        assert!(Serve::try_parse_from(["serve", "--max-connections", "0"]).is_err());
+    }
 }

@@ -10,12 +10,14 @@ use std::time::SystemTime;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware;
 use axum::routing::post;
 use axum::{Json, Router};
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 
 use super::SyncError;
+use crate::brain::http::{self, BodyLimits, ConnLimits};
 use crate::brain::webhooks;
 use crate::model::wire::SIGNATURE_HEADER;
 
@@ -25,11 +27,22 @@ struct Listener {
     wake: Sender<()>,
 }
 
+/// Open connections at most: the brain sends one notification at a time.
+const MAX_CONNECTIONS: usize = 16;
+
+/// A notification is a few hundred bytes.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// The listener's routes: `POST /` and `POST /webhook` (either may be registered as the URL).
 pub fn router(secret: String, wake: Sender<()>) -> Router {
+    let body = BodyLimits {
+        timeout: ConnLimits::default().body_timeout,
+        max_bytes: MAX_BODY_BYTES,
+    };
     Router::new()
         .route("/", post(notified))
         .route("/webhook", post(notified))
+        .route_layer(middleware::from_fn_with_state(body, http::read_body))
         .with_state(Listener { secret, wake })
 }
 
@@ -85,11 +98,11 @@ pub fn spawn(
         let shutdown = async move {
             let _ = tokio::task::spawn_blocking(move || stop.recv()).await;
         };
-        if let Err(e) = runtime.block_on(async {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }) {
+        let limits = ConnLimits {
+            max_connections: MAX_CONNECTIONS,
+            ..ConnLimits::default()
+        };
+        if let Err(e) = runtime.block_on(http::serve(listener, app, limits, shutdown)) {
             tracing::error!("webhook listener stopped: {e}");
         }
     }))
