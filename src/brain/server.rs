@@ -28,7 +28,7 @@ use super::auth::{self, Auth, Caller, Credentials, Refusal};
 use super::metrics::Metrics;
 use super::store::{check_batch, unix_seconds, BrainStore, CheckedEvent, DeviceSeen};
 use super::http::ConnLimits;
-use super::webhooks::{Notifier, WebhookPolicy};
+use super::webhooks::{check_registration, Notifier, WebhookPolicy};
 use super::BrainError;
 use crate::model::wire::{
     ErrorBody, HealthResponse, IngestRequest, IngestResponse, OkResponse, PullResponse,
@@ -198,7 +198,11 @@ fn app<S: BrainStore>(
         auth,
         polls: Arc::new(PollSlots::new(config.max_polls_per_device)),
         metrics_token_digest,
-        notifier: Notifier::new(metrics.clone(), &config.webhook_roots),
+        notifier: Notifier::new(
+            metrics.clone(),
+            &config.webhook_roots,
+            config.webhooks.clone(),
+        ),
         metrics,
         stopping,
         config: config.clone(),
@@ -727,23 +731,7 @@ async fn register_webhook<S: BrainStore>(
     let request: WebhookRequest = parse_json(&raw)?;
     check_device_id(&request.device_id)?;
     check_acts_for(&caller, &request.device_id)?;
-    let uri: axum::http::Uri = request.webhook_url.parse().map_err(|e| {
-        BrainError::Invalid(format!(
-            "webhook_url {:?} is not a URL: {e}",
-            request.webhook_url
-        ))
-    })?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
-        return Err(BrainError::Invalid(format!(
-            "webhook_url {:?} must be an http:// or https:// URL with a host",
-            request.webhook_url
-        )));
-    }
-    if request.secret.is_empty() {
-        return Err(BrainError::Invalid(
-            "secret is empty: notifications are signed with it".into(),
-        ));
-    }
+    check_registration(&request, !matches!(caller, Caller::Device { .. }))?;
     let webhook_id = state
         .store
         .register_webhook(&request.device_id, &request.webhook_url, &request.secret)

@@ -28,8 +28,8 @@ use tokio_postgres::{AsyncMessage, Client, Config};
 
 use super::{
     corrupt, is_new, parse_event_type, parse_state, plan_entities, to_json, Binding, BrainStore,
-    CheckedEvent, DeviceAuth, DeviceRecord, DeviceSeen, Ingested, PruneBound, PruneReport,
-    PullPage, SnapshotPage, Webhook, WebhookStatus,
+    CheckedEvent, DeliveryFailure, DeviceAuth, DeviceRecord, DeviceSeen, Ingested, PruneBound,
+    PruneReport, PullPage, SnapshotPage, Webhook, WebhookStatus,
 };
 use crate::brain::{BrainError, Result};
 use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
@@ -1122,7 +1122,13 @@ impl BrainStore for PgStore {
                 &*self.sql(
                     "INSERT INTO lib_shared.device_webhooks (device_id, webhook_url, secret) VALUES ($1, $2, $3)
                      ON CONFLICT (device_id) DO UPDATE SET webhook_url = excluded.webhook_url,
-                       secret = excluded.secret, active = true, updated_at = now()
+                       secret = excluded.secret, active = true, updated_at = now(),
+                       failures = CASE WHEN device_webhooks.webhook_url = excluded.webhook_url
+                         THEN device_webhooks.failures ELSE 0 END,
+                       last_error = CASE WHEN device_webhooks.webhook_url = excluded.webhook_url
+                         THEN device_webhooks.last_error END,
+                       retry_after = CASE WHEN device_webhooks.webhook_url = excluded.webhook_url
+                         THEN device_webhooks.retry_after END
                      RETURNING id",
                 ),
                 &[&device_id, &url, &secret],
@@ -1151,7 +1157,10 @@ impl BrainStore for PgStore {
         let conn = self.inner.pool.get().await?;
         let rows = conn
             .query(
-                &*self.sql("SELECT id, device_id, webhook_url, secret FROM lib_shared.device_webhooks WHERE active"),
+                &*self.sql(
+                    "SELECT id, device_id, webhook_url, secret, failures::bigint, retry_after
+                     FROM lib_shared.device_webhooks WHERE active",
+                ),
                 &[],
             )
             .await
@@ -1163,8 +1172,30 @@ impl BrainStore for PgStore {
                 device_id: r.get(1),
                 url: r.get(2),
                 secret: r.get(3),
+                failures: r.get(4),
+                retry_after: r.get(5),
             })
             .collect())
+    }
+
+    async fn record_delivery(&self, id: i64, failure: Option<DeliveryFailure>) -> Result<()> {
+        let (failures, error, retry_after) = match failure {
+            Some(f) => (f.failures, Some(f.error), Some(f.retry_after)),
+            None => (0, None, None),
+        };
+        // The column is an integer: a count past its range stays at its end.
+        let failures = i32::try_from(failures).unwrap_or(i32::MAX);
+        let conn = self.inner.pool.get().await?;
+        conn.execute(
+            &*self.sql(
+                "UPDATE lib_shared.device_webhooks SET failures = $2, last_error = $3, retry_after = $4
+                 WHERE id = $1",
+            ),
+            &[&id, &failures, &error, &retry_after],
+        )
+        .await
+        .map_err(|e| self.inner.pool.err("recording a webhook delivery", e))?;
+        Ok(())
     }
 
     async fn add_device(&self, name: &str, token_sha256: &str) -> Result<DeviceRecord> {
