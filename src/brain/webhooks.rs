@@ -525,14 +525,13 @@ impl Notifier {
         }
     }
 
-    /// Counts, logs (at a bounded rate) and stores an outcome; updates `hook`'s back-off.
-    /// True when it was delivered.
+    /// Stores, then counts and logs (at a bounded rate) an outcome; updates `hook`'s back-off.
+    /// True when it was delivered. The store comes first: once a counter moved, `device list`
+    /// shows the outcome.
     async fn record<S: BrainStore>(&self, store: &S, hook: &mut Webhook, outcome: Outcome) -> bool {
         let metrics = &self.inner.metrics;
-        let error = match outcome {
+        let (error, refused) = match outcome {
             Outcome::Delivered => {
-                Metrics::add(&metrics.webhook_deliveries, 1);
-                tracing::debug!(device_id = %hook.device_id, "webhook delivered");
                 if hook.failures > 0 || hook.retry_after.is_some() {
                     hook.failures = 0;
                     hook.retry_after = None;
@@ -540,22 +539,12 @@ impl Notifier {
                         tracing::warn!(error = %e, "cannot record a webhook delivery");
                     }
                 }
+                Metrics::add(&metrics.webhook_deliveries, 1);
+                tracing::debug!(device_id = %hook.device_id, "webhook delivered");
                 return true;
             }
-            Outcome::Refused(error) => {
-                Metrics::add(&metrics.webhook_refused, 1);
-                if let Some(held) = self.inner.refusals.pass() {
-                    tracing::warn!(device_id = %hook.device_id, url = %hook.url, %error, held_back = held, "webhook delivery refused");
-                }
-                error
-            }
-            Outcome::Failed(error) => {
-                Metrics::add(&metrics.webhook_failures, 1);
-                if let Some(held) = self.inner.failures.pass() {
-                    tracing::warn!(device_id = %hook.device_id, url = %hook.url, %error, held_back = held, "webhook delivery failed");
-                }
-                error
-            }
+            Outcome::Refused(error) => (error, true),
+            Outcome::Failed(error) => (error, false),
         };
         let failures = hook.failures.saturating_add(1);
         let retry_after = unix_seconds(SystemTime::now())
@@ -564,11 +553,28 @@ impl Notifier {
         hook.retry_after = Some(retry_after);
         let failure = DeliveryFailure {
             failures,
-            error,
+            error: error.clone(),
             retry_after,
         };
         if let Err(e) = store.record_delivery(hook.id, Some(failure)).await {
             tracing::warn!(error = %e, "cannot record a failed webhook delivery");
+        }
+        let (counter, gate, what) = if refused {
+            (
+                &metrics.webhook_refused,
+                &self.inner.refusals,
+                "webhook delivery refused",
+            )
+        } else {
+            (
+                &metrics.webhook_failures,
+                &self.inner.failures,
+                "webhook delivery failed",
+            )
+        };
+        Metrics::add(counter, 1);
+        if let Some(held) = gate.pass() {
+            tracing::warn!(device_id = %hook.device_id, url = %hook.url, %error, failures, held_back = held, "{what}");
         }
         false
     }

@@ -62,6 +62,11 @@ pub struct ServeArgs {
     /// Largest payload.content of one event, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::default().max_content_bytes)]
     pub max_content_bytes: usize,
+    /// Deliver webhooks to loopback, private (RFC 1918), link-local and other non-public
+    /// addresses too: for a brain and its devices on one LAN. Without it such URLs are refused
+    /// at every delivery, so a registered URL cannot reach the brain's own network
+    #[arg(long)]
+    pub webhook_allow_private: bool,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -154,6 +159,10 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         secret,
         max_body_bytes: args.max_body_bytes,
         max_content_bytes: args.max_content_bytes,
+        webhooks: crate::brain::webhooks::WebhookPolicy {
+            allow_private: args.webhook_allow_private,
+            ..Default::default()
+        },
         ..ServerConfig::default()
     };
     let target = Target::from_args(&args.store, global)?;

@@ -235,6 +235,11 @@ impl Fixture {
 pub fn config() -> ServerConfig {
     ServerConfig {
         secret: Some(SECRET.into()),
+        // Webhook listeners in tests are on loopback.
+        webhooks: lib_agent::brain::webhooks::WebhookPolicy {
+            allow_private: true,
+            ..Default::default()
+        },
         ..ServerConfig::default()
     }
 }
