@@ -55,6 +55,7 @@ suite!(
     notifications_to_a_busy_device_are_coalesced_into_one_pending,
     a_failing_url_backs_off_and_a_success_clears_it,
     registering_the_same_url_again_keeps_its_back_off_and_a_new_url_clears_it,
+    a_registration_the_brain_lost_comes_back_at_the_next_periodic_sync,
 );
 
 /// Maps made-up names to the addresses a test needs, and counts its lookups.
@@ -638,4 +639,77 @@ async fn registering_the_same_url_again_keeps_its_back_off_and_a_new_url_clears_
     brain.register("dev-b", "https://b2.example/hook").await;
     let hook = brain.webhooks().await.remove(0);
     assert_eq!((hook.failures, hook.retry_after), (0, None));
+}
+
+/// Waits (bounded) until the brain's active webhooks satisfy `done`.
+async fn await_webhooks(brain: &Hooked, what: &str, done: impl Fn(&[Webhook]) -> bool) {
+    let started = Instant::now();
+    loop {
+        if done(&brain.webhooks().await) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn a_registration_the_brain_lost_comes_back_at_the_next_periodic_sync(f: Fixture) {
+    use lib_agent::config::{Config, Overrides};
+    use lib_agent::daemon::{self, RunOptions};
+    use lib_agent::store::Store;
+
+    let brain = Hooked::start(&f, policy(true, Arc::default())).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("notes")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = format!(
+        "[store]\npath = {:?}\n[[library]]\nname = \"notes\"\npath = {:?}\n[sync]\n\
+         brain_url = \"http://{}\"\nrealtime = \"webhook\"\nlisten = \"127.0.0.1:{port}\"\n\
+         public_url = \"http://127.0.0.1:{port}/webhook\"\ninterval_secs = 1\n",
+        dir.path().join("agent.db"),
+        dir.path().join("notes"),
+        brain.http.addr,
+    );
+    let lookup = |key: &str| match key {
+        "LIB_SYNC_SECRET" => Some(SECRET.to_owned()),
+        "LIB_WEBHOOK_SECRET" => Some(HOOK_SECRET.to_owned()),
+        _ => None,
+    };
+    let config = Config::from_toml_str(&toml, None, &lookup, &Overrides::default()).unwrap();
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    let agent = std::thread::spawn(move || {
+        let mut store = Store::open(&config.store.path).unwrap();
+        daemon::run(&config, &mut store, &stopped, &RunOptions::default()).unwrap();
+    });
+    let url = format!("http://127.0.0.1:{port}/webhook");
+    await_webhooks(&brain, "the agent registers its webhook", |hooks| {
+        hooks.iter().any(|h| h.url == url)
+    })
+    .await;
+    let device = brain.webhooks().await[0].device_id.clone();
+
+    // The brain loses it (a restored backup, an operator's mistake).
+    match &brain.store {
+        AnyStore::Sqlite(s) => s.deactivate_webhook(&device).await,
+        AnyStore::Postgres(s) => s.deactivate_webhook(&device).await,
+    }
+    .unwrap();
+    assert!(brain.webhooks().await.is_empty());
+    await_webhooks(
+        &brain,
+        "the next periodic sync registers it again",
+        |hooks| hooks.iter().any(|h| h.url == url && h.device_id == device),
+    )
+    .await;
+    drop(stop);
+    tokio::task::spawn_blocking(move || agent.join().unwrap())
+        .await
+        .unwrap();
 }
