@@ -4,6 +4,7 @@
 //! notification per device, and the back-off of a failing URL.
 
 mod brain_common;
+mod common;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -712,4 +713,105 @@ async fn a_registration_the_brain_lost_comes_back_at_the_next_periodic_sync(f: F
     tokio::task::spawn_blocking(move || agent.join().unwrap())
         .await
         .unwrap();
+}
+
+// ---- private files and terminal output (unix modes) -------------------------------------------
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[cfg(unix)]
+fn with_suffix(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    p.into()
+}
+
+#[cfg(unix)]
+#[test]
+fn agent_init_creates_its_database_0600_in_a_new_folder_0700() {
+    let lab = common::Lab::new();
+    let db = lab.path("private/data/agent.db");
+    let config = lab.path("agent.toml");
+    lab.agent_raw(&[
+        "--db".as_ref(),
+        db.as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "init".as_ref(),
+    ])
+    .success();
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(mode(&lab.path("private")), 0o700);
+    assert_eq!(mode(&lab.path("private/data")), 0o700);
+}
+
+#[cfg(unix)]
+#[test]
+fn the_agents_wal_shm_and_run_lock_are_0600_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("new/agent.db");
+    let store = lib_agent::store::Store::open(&db).unwrap();
+    // While a connection is open, SQLite keeps the -wal and -shm beside the database.
+    for suffix in ["", "-wal", "-shm"] {
+        assert_eq!(mode(&with_suffix(&db, suffix)), 0o600, "agent.db{suffix}");
+    }
+    let lock = lib_agent::daemon::RunLock::acquire(&db).unwrap();
+    assert_eq!(mode(&lib_agent::daemon::lock_path(&db)), 0o600);
+    drop((lock, store));
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_brains_sqlite_database_and_its_wal_and_shm_are_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("brain/state/brain.db");
+    let store = lib_agent::brain::store::SqliteStore::open(&db).unwrap();
+    store.active_webhooks().await.unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        assert_eq!(mode(&with_suffix(&db, suffix)), 0o600, "brain.db{suffix}");
+    }
+    assert_eq!(mode(&dir.path().join("brain")), 0o700);
+    assert_eq!(mode(&dir.path().join("brain/state")), 0o700);
+}
+
+#[cfg(unix)]
+#[test]
+fn agent_status_warns_about_a_database_others_can_read_and_says_the_chmod() {
+    let lab = common::Lab::new();
+    lab.agent(&["init"]).success();
+    let status = lab.json(&["status"]);
+    assert_eq!(status["warnings"], json!([]), "a new database is private");
+    common::set_mode(&lab.db, 0o644);
+    let fix = format!("chmod 600 {}", lab.db.display());
+    let text = lab.agent(&["status"]).success().stdout;
+    assert!(
+        text.contains("readable by others") && text.contains(&fix),
+        "{text}"
+    );
+    let status = lab.json(&["status"]);
+    let warnings = status["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].as_str().unwrap().contains(&fix), "{warnings:?}");
+}
+
+#[test]
+fn a_snippet_holding_an_osc_52_sequence_prints_escaped() {
+    let lab = common::Lab::new();
+    lab.write(
+        "notes/evil.txt",
+        "pineapple \u{1b}]52;c;aGVsbG8=\u{7} pineapple\n",
+    );
+    lab.scan(&["notes"]);
+    let out = lab.agent(&["search", "pineapple"]).success().stdout;
+    assert!(out.contains("evil.txt"), "{out}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("\\u{1b}]52;c;aGVsbG8=\\u{7}"), "{out}");
 }

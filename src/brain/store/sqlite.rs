@@ -106,10 +106,14 @@ impl SqliteStore {
 
     pub fn open_with(path: &Path, options: SqliteOptions) -> Result<SqliteStore> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
+            crate::private::create_dir_all(parent).map_err(|e| {
                 BrainError::Unavailable(format!("cannot create {}: {e}", parent.display()))
             })?;
         }
+        // The brain holds the text of every device's files: 0600 (-wal and -shm follow it).
+        crate::private::create_file(path).map_err(|e| {
+            BrainError::Unavailable(format!("cannot create {}: {e}", path.display()))
+        })?;
         let mut conn = open_conn(path, &options)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
