@@ -716,7 +716,8 @@ mod tests {
     #[test]
     fn addresses_are_classified_for_delivery() {
         use AddressClass::{Never, NonPublic, Public};
-        let cases: &[(&str, fn(AddressClass) -> bool)] = &[
+        type Expect = fn(AddressClass) -> bool;
+        let cases: &[(&str, Expect)] = &[
             // Public unicast: delivered to.
             ("1.1.1.1", |c| c == Public),
             ("8.8.8.8", |c| c == Public),
