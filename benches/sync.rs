@@ -58,6 +58,7 @@ fn start_brain(dir: &Path) -> Result<(Proc, String)> {
             "--json",
             "brain",
             "serve",
+            "--webhook-allow-private",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--db",
@@ -154,7 +155,7 @@ fn latency(mode: &str, writes: usize) -> Result<(f64, f64)> {
         &dir.path().join("b"),
         &url,
         &b_sync,
-        &[("LIB_WEBHOOK_SECRET", "hook")],
+        &[("LIB_WEBHOOK_SECRET", "hook-secret-0123456")],
     )?;
     let (_a, _) = start_agent(&dir.path().join("a"), &url, "realtime = \"off\"", &[])?;
     let notes = dir.path().join("a/notes");

@@ -92,11 +92,12 @@ impl RunLock {
     pub fn acquire(db: &Path) -> Result<RunLock, DaemonError> {
         use std::io::{Read, Seek, Write};
         let path = lock_path(db);
-        let mut file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
+        let mut options = File::options();
+        options.read(true).write(true).create(true).truncate(false);
+        // Private like the database beside it.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
             .open(&path)
             .map_err(|source| DaemonError::Lock {
                 path: path.clone(),

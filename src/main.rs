@@ -13,7 +13,8 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("agent: error: {}", one_line(&e));
+            // An error may quote what a file or the brain sent: escaped for the terminal.
+            eprintln!("agent: error: {}", lib_agent::term::escape(&one_line(&e)));
             ExitCode::FAILURE
         }
     }

@@ -49,6 +49,11 @@ fn brain_at(dir: &Path, addr: &str) -> Brain {
     let config = ServerConfig {
         secret: Some(SECRET.into()),
         metrics_token: Some(METRICS_TOKEN.into()),
+        // Webhook listeners in tests are on loopback.
+        webhooks: lib_agent::brain::webhooks::WebhookPolicy {
+            allow_private: true,
+            ..Default::default()
+        },
         ..ServerConfig::default()
     };
     runtime.spawn(serve(listener, store, config, std::future::pending()));
@@ -262,7 +267,7 @@ fn a_change_reaches_the_other_running_agent_by_webhook() {
     let webhook = format!(
         "realtime = \"webhook\"\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}/webhook\"\ninterval_secs = 3600"
     );
-    let b = Agent::start(&brain, &webhook, &[("LIB_WEBHOOK_SECRET", "hook-secret")]);
+    let b = Agent::start(&brain, &webhook, &[("LIB_WEBHOOK_SECRET", "hook-secret-0123456")]);
     let a = Agent::start(&brain, "realtime = \"off\"", &[]);
     a.write("pushed.md", "woken by a webhook");
     b.wait_until("B has A's file", |db| Agent::has(db, "notes/pushed.md"));
@@ -295,7 +300,7 @@ fn the_listener_rejects_a_bad_signature_or_an_old_timestamp_and_wakes_nothing() 
     let (_stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let _thread = lib_agent::sync::listener::spawn(addr, "hook-secret".into(), wake_tx, stop_rx)
+    let _thread = lib_agent::sync::listener::spawn(addr, "hook-secret-0123456".into(), wake_tx, stop_rx)
         .expect("listener");
     let body = r#"{"event":"new_events","after_id":7,"timestamp":"2026-11-25T10:00:00Z"}"#;
     let now = SystemTime::now()
@@ -316,7 +321,7 @@ fn the_listener_rejects_a_bad_signature_or_an_old_timestamp_and_wakes_nothing() 
     assert_eq!(
         post(
             addr,
-            Some(webhooks::sign("hook-secret", now - 600, body.as_bytes())),
+            Some(webhooks::sign("hook-secret-0123456", now - 600, body.as_bytes())),
             body
         ),
         401,
@@ -326,7 +331,7 @@ fn the_listener_rejects_a_bad_signature_or_an_old_timestamp_and_wakes_nothing() 
     assert_eq!(
         post(
             addr,
-            Some(webhooks::sign("hook-secret", now, body.as_bytes())),
+            Some(webhooks::sign("hook-secret-0123456", now, body.as_bytes())),
             &tampered
         ),
         401,
@@ -337,7 +342,7 @@ fn the_listener_rejects_a_bad_signature_or_an_old_timestamp_and_wakes_nothing() 
     assert_eq!(
         post(
             addr,
-            Some(webhooks::sign("hook-secret", now, body.as_bytes())),
+            Some(webhooks::sign("hook-secret-0123456", now, body.as_bytes())),
             body
         ),
         200
@@ -359,7 +364,7 @@ fn a_webhook_device_started_while_the_brain_is_down_long_polls_then_registers_on
     let b = Agent::start_at(
         &brain_addr,
         &webhook,
-        &[("LIB_WEBHOOK_SECRET", "hook-secret")],
+        &[("LIB_WEBHOOK_SECRET", "hook-secret-0123456")],
     );
     b.wait_until("B found the brain down", |db| {
         Agent::sync_state(db).is_some_and(|s| s["reachable"] == false)

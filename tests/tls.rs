@@ -136,6 +136,11 @@ impl Brain {
             secret: Some(SECRET.into()),
             metrics_token: Some(METRICS_TOKEN.into()),
             webhook_roots,
+            // Webhook listeners in tests are on loopback.
+            webhooks: lib_agent::brain::webhooks::WebhookPolicy {
+                allow_private: true,
+                ..Default::default()
+            },
             ..ServerConfig::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -453,10 +458,10 @@ fn eventually(what: &str, done: impl Fn() -> bool) {
 fn a_webhook_with_an_https_url_is_delivered_signed_through_tls() {
     let roots = ExtraRoots::load(&test_ca()).expect("fixture CA");
     let brain = Brain::start(roots);
-    let hook = Listener::start(&brain.runtime, "hook-secret");
+    let hook = Listener::start(&brain.runtime, "hook-secret-0123456");
     let client = brain.plain_client();
     client
-        .register_webhook("dev-b", &hook.https_url(), "hook-secret")
+        .register_webhook("dev-b", &hook.https_url(), "hook-secret-0123456")
         .expect("register");
 
     client
@@ -476,10 +481,10 @@ fn a_webhook_with_an_https_url_is_delivered_signed_through_tls() {
 #[test]
 fn a_webhook_behind_an_untrusted_certificate_is_counted_as_failed_not_delivered() {
     let brain = Brain::start(ExtraRoots::none());
-    let hook = Listener::start(&brain.runtime, "hook-secret");
+    let hook = Listener::start(&brain.runtime, "hook-secret-0123456");
     let client = brain.plain_client();
     client
-        .register_webhook("dev-b", &hook.https_url(), "hook-secret")
+        .register_webhook("dev-b", &hook.https_url(), "hook-secret-0123456")
         .expect("register");
     client
         .ingest(&[upsert("dev-a", "notes/x.md")])

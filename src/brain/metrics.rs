@@ -19,6 +19,12 @@ pub struct Metrics {
     pub events_pulled: AtomicU64,
     pub webhook_deliveries: AtomicU64,
     pub webhook_failures: AtomicU64,
+    /// Deliveries not attempted: the host has no address the policy lets the brain connect to.
+    pub webhook_refused: AtomicU64,
+    /// Notifications folded into the one already pending for their device.
+    pub webhook_coalesced: AtomicU64,
+    /// Notifications skipped because their webhook was backing off.
+    pub webhook_backed_off: AtomicU64,
     /// Requests whose credential was missing, wrong, revoked or acting for another device.
     pub auth_failures: AtomicU64,
     /// Requests refused with 429 because their address failed too often.
@@ -72,7 +78,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             (
                 "lib_brain_events_ingested_total",
                 "Events appended to the log",
@@ -102,6 +108,21 @@ impl Metrics {
                 "lib_brain_webhook_failures_total",
                 "Webhook notifications that failed",
                 &self.webhook_failures,
+            ),
+            (
+                "lib_brain_webhook_refused_total",
+                "Webhook notifications not sent: no address of the host may be delivered to",
+                &self.webhook_refused,
+            ),
+            (
+                "lib_brain_webhook_coalesced_total",
+                "Webhook notifications folded into the one pending for their device",
+                &self.webhook_coalesced,
+            ),
+            (
+                "lib_brain_webhook_backed_off_total",
+                "Webhook notifications skipped while their URL backs off after failures",
+                &self.webhook_backed_off,
             ),
             (
                 "lib_brain_auth_failures_total",

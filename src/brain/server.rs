@@ -31,7 +31,7 @@ use super::store::{
     check_batch, check_foreign_entries, foreign_devices, unix_seconds, BrainStore, CheckedEvent,
     DeviceSeen,
 };
-use super::webhooks::{Notifier, WebhookPolicy};
+use super::webhooks::{check_registration, Notifier, WebhookPolicy};
 use super::BrainError;
 use crate::model::wire::{
     ErrorBody, HealthResponse, IngestRequest, IngestResponse, OkResponse, PullResponse,
@@ -205,7 +205,11 @@ fn app<S: BrainStore>(
         auth,
         polls: Arc::new(PollSlots::new(config.max_polls_per_device)),
         metrics_token_digest,
-        notifier: Notifier::new(metrics.clone(), &config.webhook_roots),
+        notifier: Notifier::new(
+            metrics.clone(),
+            &config.webhook_roots,
+            config.webhooks.clone(),
+        ),
         metrics,
         stopping,
         config: config.clone(),
@@ -755,6 +759,9 @@ fn check_acts_for(caller: &Caller, device_id: &str) -> Result<(), BrainError> {
     }
 }
 
+/// Active webhooks at most: every ingest notifies each of them.
+pub const MAX_WEBHOOKS: usize = 1000;
+
 async fn register_webhook<S: BrainStore>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
@@ -764,22 +771,15 @@ async fn register_webhook<S: BrainStore>(
     let request: WebhookRequest = parse_json(&raw)?;
     check_device_id(&request.device_id)?;
     check_acts_for(&caller, &request.device_id)?;
-    let uri: axum::http::Uri = request.webhook_url.parse().map_err(|e| {
-        BrainError::Invalid(format!(
-            "webhook_url {:?} is not a URL: {e}",
-            request.webhook_url
-        ))
-    })?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+    check_registration(&request, !matches!(caller, Caller::Device { .. }))?;
+    // The shared secret may register for any device id: without a cap, made-up ids would each
+    // add a URL that every ingest fans out to.
+    let hooks = state.store.active_webhooks().await?;
+    if hooks.len() >= MAX_WEBHOOKS && !hooks.iter().any(|h| h.device_id == request.device_id) {
         return Err(BrainError::Invalid(format!(
-            "webhook_url {:?} must be an http:// or https:// URL with a host",
-            request.webhook_url
+            "the brain delivers to {MAX_WEBHOOKS} webhooks already, the most it keeps: remove \
+             one (DELETE /webhook/{{device_id}}) or long-poll instead"
         )));
-    }
-    if request.secret.is_empty() {
-        return Err(BrainError::Invalid(
-            "secret is empty: notifications are signed with it".into(),
-        ));
     }
     let webhook_id = state
         .store

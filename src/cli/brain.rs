@@ -99,6 +99,11 @@ pub struct ServeArgs {
     /// request in flight)
     #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// Deliver webhooks to loopback, private (RFC 1918), link-local and other non-public
+    /// addresses too: for a brain and its devices on one LAN. Without it such URLs are refused
+    /// at every delivery, so a registered URL cannot reach the brain's own network
+    #[arg(long)]
+    pub webhook_allow_private: bool,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -238,6 +243,10 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             idle_timeout: args.idle_timeout,
             max_connections: args.max_connections,
             ..ConnLimits::default()
+        },
+        webhooks: crate::brain::webhooks::WebhookPolicy {
+            allow_private: args.webhook_allow_private,
+            ..Default::default()
         },
         ..ServerConfig::default()
     };

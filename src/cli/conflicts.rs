@@ -6,6 +6,7 @@ use super::GlobalArgs;
 use crate::config::Config;
 use crate::store::read::{self, VersionSummary};
 use crate::store::Store;
+use crate::term::escape;
 
 /// List concurrent edits that lost to another device's version, with both versions
 #[derive(Debug, clap::Args)]
@@ -22,9 +23,10 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         return Ok(());
     }
     for c in &conflicts {
-        println!("{}", c.path);
-        println!("    won:  {}", describe(&c.winner));
-        println!("    lost: {}", describe(&c.loser));
+        // Every field comes from some device: escaped for the terminal.
+        println!("{}", escape(&c.path));
+        println!("    won:  {}", escape(&describe(&c.winner)));
+        println!("    lost: {}", escape(&describe(&c.loser)));
     }
     println!(
         "{} conflict(s); an edit made after seeing them resolves them",

@@ -5,6 +5,7 @@ use serde_json::json;
 use super::GlobalArgs;
 use crate::config::Config;
 use crate::store::{read, Store};
+use crate::term::escape;
 
 /// Search file names and text of every indexed file (all words must match; the last may be a prefix)
 #[derive(Debug, clap::Args)]
@@ -29,10 +30,11 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
         return Ok(());
     }
     for hit in hits {
-        println!("{}", hit.path);
+        // Keys and snippets come from files and other devices: escaped for the terminal.
+        println!("{}", escape(&hit.path));
         let snippet = hit.snippet.split_whitespace().collect::<Vec<_>>().join(" ");
         if !snippet.is_empty() {
-            println!("    {snippet}");
+            println!("    {}", escape(&snippet));
         }
     }
     Ok(())

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::GlobalArgs;
 use crate::config::Config;
 use crate::store::{read, Store};
+use crate::term::escape;
 
 /// Show this device, its libraries, file counts, the outbox backlog and the last scan
 #[derive(Debug, clap::Args)]
@@ -58,9 +59,11 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         .filter(|s| running && !s.realtime.is_empty())
         .map(|s| s.realtime.clone());
     let run_state = crate::daemon::read_state(&store)?;
+    let warnings = exposure_warnings(store.path());
     if global.json {
         return super::print_json(&json!({
             "ok": true,
+            "warnings": warnings,
             "device_id": store.device_id(),
             "sequence": sequence,
             "database": store.path(),
@@ -83,10 +86,15 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
             },
         }));
     }
+    for warning in &warnings {
+        println!("WARNING    {}", escape(warning));
+    }
     println!("device     {} (sequence {sequence})", store.device_id());
-    println!("database   {}", store.path().display());
+    // Below, what came from files, the brain or other devices (keys, errors, reasons, paths) is
+    // escaped for the terminal.
+    println!("database   {}", escape(&store.path().display().to_string()));
     match &config.source {
-        Some(path) => println!("config     {}", path.display()),
+        Some(path) => println!("config     {}", escape(&path.display().to_string())),
         None => println!("config     none (defaults)"),
     }
     match &brain {
@@ -104,6 +112,7 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
                 Some(now) => now.to_owned(),
                 None => configured.to_owned(),
             };
+            let url = escape(url);
             println!("brain      {url} ({reach}), realtime {realtime}, cursor {cursor}");
             println!(
                 "sync       last push {}, last pull {}",
@@ -111,7 +120,7 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
                 st.last_pull_at.as_deref().unwrap_or("never")
             );
             if let Some(error) = &st.last_error {
-                println!("           last error: {error}");
+                println!("           last error: {}", escape(error));
             }
         }
     }
@@ -132,7 +141,12 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
             parked.len()
         );
         for (ulid, key, error) in &parked {
-            println!("           {key} ({ulid}): {error}");
+            println!(
+                "           {} ({}): {}",
+                escape(key),
+                escape(ulid),
+                escape(error)
+            );
         }
     }
     if !refused.is_empty() {
@@ -143,8 +157,11 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         const SHOWN: usize = 10;
         for r in refused.iter().take(SHOWN) {
             println!(
-                "           brain id {} {:?} ({:?}): {}",
-                r.id, r.entity_key, r.event_ulid, r.reason
+                "           brain id {} {} ({}): {}",
+                r.id,
+                escape(&format!("{:?}", r.entity_key)),
+                escape(&format!("{:?}", r.event_ulid)),
+                escape(&r.reason)
             );
         }
         if refused.len() > SHOWN {
@@ -158,9 +175,9 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         println!("libraries  none configured or indexed");
     }
     for info in &libraries {
-        let name = info["name"].as_str().unwrap_or_default();
+        let name = escape(info["name"].as_str().unwrap_or_default());
         let files = info["files"].as_i64().unwrap_or_default();
-        match config.library(name) {
+        match config.library(info["name"].as_str().unwrap_or_default()) {
             Some(lib) => {
                 let state = if lib.path.is_dir() {
                     ""
@@ -169,7 +186,7 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
                 };
                 println!(
                     "library    {name}  {}  {files} files{state}",
-                    lib.path.display()
+                    escape(&lib.path.display().to_string())
                 );
             }
             None => println!("library    {name}  (not in the config)  {files} files"),
@@ -191,7 +208,7 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
             );
             for (name, mode) in &run.libraries {
                 if let crate::daemon::LibraryMode::Polling { reason } = mode {
-                    println!("           {name}: {reason}");
+                    println!("           {}: {}", escape(name), escape(reason));
                 }
             }
         }
@@ -210,9 +227,34 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
             run.files_upserted,
             run.files_deleted,
             run.errors,
-            run.message.map(|m| format!(": {m}")).unwrap_or_default()
+            run.message
+                .map(|m| format!(": {}", escape(&m)))
+                .unwrap_or_default()
         ),
         None => println!("last scan  never"),
     }
     Ok(())
+}
+
+/// A warning when the database or its `-wal`/`-shm` can be read by its group or others: they
+/// hold the text of the user's files. It says the `chmod` that fixes it.
+fn exposure_warnings(db: &std::path::Path) -> Vec<String> {
+    let mut exposed = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.as_os_str().to_owned();
+        path.push(suffix);
+        let path = std::path::PathBuf::from(path);
+        if let Some(mode) = crate::private::readable_by_others(&path) {
+            exposed.push((path, mode));
+        }
+    }
+    let Some((_, mode)) = exposed.first() else {
+        return Vec::new();
+    };
+    let paths: Vec<String> = exposed.iter().map(|(p, _)| p.display().to_string()).collect();
+    vec![format!(
+        "the database is readable by others (mode {mode:04o}) and holds the text of your files: \
+         chmod 600 {}",
+        paths.join(" ")
+    )]
 }

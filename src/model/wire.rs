@@ -92,6 +92,9 @@ pub struct SnapshotResponse {
 pub struct WebhookRequest {
     pub device_id: String,
     pub webhook_url: String,
+    /// Signs the notifications. A LIB v1.1 client registering with the shared secret may leave
+    /// it out (empty): its notifications are then unsigned.
+    #[serde(default)]
     pub secret: String,
 }
 

@@ -277,11 +277,16 @@ impl Store {
     /// Opens the database, creating it (and its folder) if needed, and migrates it.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+            crate::private::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
                 path: parent.to_owned(),
                 source,
             })?;
         }
+        // It holds the text of the user's files: 0600, and SQLite gives -wal and -shm its mode.
+        crate::private::create_file(path).map_err(|source| StoreError::CreateDir {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::open_with(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,

@@ -2,7 +2,8 @@
 //! listener, and a periodic full push + pull as the fallback. Each runs on its own thread with its
 //! own connection to the store (SQLite serialises the writers), so a slow brain never holds up
 //! the watcher. In webhook mode the puller registers the webhook, retrying with backoff while the
-//! brain is unreachable, and long-polls until the brain has the registration.
+//! brain is unreachable, and long-polls until the brain has the registration; every periodic
+//! sync registers it again, so a registration the brain lost comes back.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -260,6 +261,9 @@ fn pusher(
             next_full = now + s.interval;
             result = super::pull(&mut store, client, s.batch, None).map(|_| ());
             record(&mut store, s, Step::Pull, Outcome::of(&result, |_| true));
+            if result.is_ok() {
+                reregister(client, s);
+            }
         }
         match result {
             Ok(()) => {
@@ -322,6 +326,23 @@ fn register(client: &BrainClient, hook: &Webhook, reg: &mut Registration, regist
             );
             reg.due = None;
         }
+    }
+}
+
+/// Registers the webhook again at a periodic sync, so a registration the brain lost (a restored
+/// database, a deactivation, another brain behind the same URL) comes back. The same URL again
+/// changes nothing at the brain (its back-off stays); a failure waits for the next sync.
+fn reregister(client: &BrainClient, s: &Settings) {
+    let Some(hook) = &s.webhook else {
+        return;
+    };
+    match client.register_webhook(&hook.device, &hook.public_url, &hook.secret) {
+        Ok(id) => {
+            if !s.registered.swap(true, Ordering::Relaxed) {
+                tracing::info!(webhook_id = id, url = %hook.public_url, "webhook registered with the brain");
+            }
+        }
+        Err(e) => tracing::debug!("re-registering the webhook failed ({e}); next sync tries again"),
     }
 }
 

@@ -238,6 +238,11 @@ pub fn config() -> ServerConfig {
     ServerConfig {
         secret: Some(SECRET.into()),
         metrics_token: Some(METRICS_TOKEN.into()),
+        // Webhook listeners in tests are on loopback.
+        webhooks: lib_agent::brain::webhooks::WebhookPolicy {
+            allow_private: true,
+            ..Default::default()
+        },
         ..ServerConfig::default()
     }
 }

@@ -41,13 +41,28 @@ pub struct SnapshotPage {
     pub has_more: bool,
 }
 
-/// A registered webhook. The secret signs notifications; it is never logged.
+/// A registered webhook. The secret signs notifications (empty: a LIB v1.1 registration through
+/// the shared secret, delivered unsigned); it is never logged.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Webhook {
     pub id: i64,
     pub device_id: String,
     pub url: String,
     pub secret: String,
+    /// Deliveries failed in a row.
+    pub failures: i64,
+    /// No delivery before this (unix seconds) while it backs off.
+    pub retry_after: Option<i64>,
+}
+
+/// A failed delivery, as [`BrainStore::record_delivery`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryFailure {
+    /// Deliveries failed in a row, this one included.
+    pub failures: i64,
+    pub error: String,
+    /// The next delivery waits until then (unix seconds).
+    pub retry_after: i64,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -57,6 +72,8 @@ impl std::fmt::Debug for Webhook {
             .field("device_id", &self.device_id)
             .field("url", &self.url)
             .field("secret", &"<redacted>")
+            .field("failures", &self.failures)
+            .field("retry_after", &self.retry_after)
             .finish()
     }
 }
@@ -179,7 +196,9 @@ pub trait BrainStore: Send + Sync + 'static {
     /// `tests/sim/`, and tests prune this way). Ids above the newest event prune up to it.
     fn prune_through(&self, through: i64) -> impl Future<Output = Result<PruneReport>> + Send;
 
-    /// Registers (or replaces, and reactivates) the device's webhook; returns its id.
+    /// Registers (or replaces, and reactivates) the device's webhook; returns its id. A new URL
+    /// starts without back-off; the same URL again (the agent re-registers at every periodic
+    /// sync) keeps it.
     fn register_webhook(
         &self,
         device_id: &str,
@@ -191,6 +210,14 @@ pub trait BrainStore: Send + Sync + 'static {
     fn deactivate_webhook(&self, device_id: &str) -> impl Future<Output = Result<bool>> + Send;
 
     fn active_webhooks(&self) -> impl Future<Output = Result<Vec<Webhook>>> + Send;
+
+    /// Records how a delivery to webhook `id` went: `None` a success (no back-off any more), or
+    /// the failure and the back-off it starts.
+    fn record_delivery(
+        &self,
+        id: i64,
+        failure: Option<DeliveryFailure>,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Enrols a device under `name` with the sha256 (hex) of its token; a name enrolled already
     /// is [`BrainError::Conflict`].

@@ -28,9 +28,9 @@ use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tokio_postgres::{AsyncMessage, Client, Config};
 
 use super::{
-    clock_maxima, corrupt, is_new, parse_event_type, parse_state, plan_entities, to_json, Binding, BrainStore,
-    CheckedEvent, DeviceAuth, DeviceRecord, DeviceSeen, Ingested, PruneBound, PruneReport,
-    PullPage, SnapshotPage, Webhook,
+    clock_maxima, corrupt, is_new, parse_event_type, parse_state, plan_entities, to_json, Binding,
+    BrainStore, CheckedEvent, DeliveryFailure, DeviceAuth, DeviceRecord, DeviceSeen, Ingested,
+    PruneBound, PruneReport, PullPage, SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
 use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
@@ -105,24 +105,75 @@ impl Drop for Inner {
     }
 }
 
-/// The URL with its password replaced, for messages and logs.
+/// The URL with its password replaced, for messages and logs: the userinfo's password, and the
+/// `password` and `sslpassword` parameters of the query string (whatever their case or percent
+/// encoding). When in doubt it hides more (a host with a port before an `@` in the query):
+/// a message may lose a detail, never leak a secret. A string that is not a URL (libpq's
+/// `key=value` form, which the brain refuses) is not shown at all.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparseable URL>".to_owned();
     };
-    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!("{scheme}://{masked}@{host}{tail}")
+    // The userinfo ends at the last '@', wherever a password's raw '/', '?' or '@' put others.
+    // A userinfo without ':' has no password to hide: the rest is left whole for the query.
+    let (userinfo, tail) = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => (format!("{user}:***@"), host),
+            None => (String::new(), rest),
+        },
+        None => (String::new(), rest),
+    };
+    // Every `key=value` between '?' and '&' separators is a parameter, even where a password's
+    // raw '?' moved the query's start into the userinfo.
+    let mut shown = String::with_capacity(tail.len());
+    let mut rest = tail;
+    loop {
+        let end = rest.find(['?', '&']).unwrap_or(rest.len());
+        let param = &rest[..end];
+        match param.split_once('=') {
+            Some((key, _)) if is_password_key(key) => {
+                shown.push_str(key);
+                shown.push_str("=***");
+            }
+            _ => shown.push_str(param),
         }
-        None => url.to_owned(),
+        let Some(separator) = rest[end..].chars().next() else {
+            break;
+        };
+        shown.push(separator);
+        rest = &rest[end + 1..];
     }
+    let tail = shown;
+    format!("{scheme}://{userinfo}{tail}")
+}
+
+/// Whether a query parameter's name, percent-decoded and in any case, names a password.
+fn is_password_key(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                decoded.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                decoded.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    let name = String::from_utf8_lossy(&decoded).trim().to_ascii_lowercase();
+    name == "password" || name == "sslpassword"
 }
 
 fn pg_err(context: &str, e: tokio_postgres::Error) -> BrainError {
@@ -1137,7 +1188,13 @@ impl BrainStore for PgStore {
                 &*self.sql(
                     "INSERT INTO lib_shared.device_webhooks (device_id, webhook_url, secret) VALUES ($1, $2, $3)
                      ON CONFLICT (device_id) DO UPDATE SET webhook_url = excluded.webhook_url,
-                       secret = excluded.secret, active = true, updated_at = now()
+                       secret = excluded.secret, active = true, updated_at = now(),
+                       failures = CASE WHEN device_webhooks.webhook_url = excluded.webhook_url
+                         THEN device_webhooks.failures ELSE 0 END,
+                       last_error = CASE WHEN device_webhooks.webhook_url = excluded.webhook_url
+                         THEN device_webhooks.last_error END,
+                       retry_after = CASE WHEN device_webhooks.webhook_url = excluded.webhook_url
+                         THEN device_webhooks.retry_after END
                      RETURNING id",
                 ),
                 &[&device_id, &url, &secret],
@@ -1166,7 +1223,10 @@ impl BrainStore for PgStore {
         let conn = self.inner.pool.get().await?;
         let rows = conn
             .query(
-                &*self.sql("SELECT id, device_id, webhook_url, secret FROM lib_shared.device_webhooks WHERE active"),
+                &*self.sql(
+                    "SELECT id, device_id, webhook_url, secret, failures::bigint, retry_after
+                     FROM lib_shared.device_webhooks WHERE active",
+                ),
                 &[],
             )
             .await
@@ -1178,8 +1238,30 @@ impl BrainStore for PgStore {
                 device_id: r.get(1),
                 url: r.get(2),
                 secret: r.get(3),
+                failures: r.get(4),
+                retry_after: r.get(5),
             })
             .collect())
+    }
+
+    async fn record_delivery(&self, id: i64, failure: Option<DeliveryFailure>) -> Result<()> {
+        let (failures, error, retry_after) = match failure {
+            Some(f) => (f.failures, Some(f.error), Some(f.retry_after)),
+            None => (0, None, None),
+        };
+        // The column is an integer: a count past its range stays at its end.
+        let failures = i32::try_from(failures).unwrap_or(i32::MAX);
+        let conn = self.inner.pool.get().await?;
+        conn.execute(
+            &*self.sql(
+                "UPDATE lib_shared.device_webhooks SET failures = $2, last_error = $3, retry_after = $4
+                 WHERE id = $1",
+            ),
+            &[&id, &failures, &error, &retry_after],
+        )
+        .await
+        .map_err(|e| self.inner.pool.err("recording a webhook delivery", e))?;
+        Ok(())
     }
 
     async fn add_device(&self, name: &str, token_sha256: &str) -> Result<DeviceRecord> {
@@ -1236,6 +1318,34 @@ mod tests {
         );
         assert_eq!(redact("postgresql://u@h/db"), "postgresql://u@h/db");
         assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
+
+    #[test]
+    fn redaction_hides_every_form_of_password() {
+        let cases = [
+            ("postgres://u:pw@h/db", "postgres://u:***@h/db"),
+            // A raw '/', '?' or '@' in the password does not end the userinfo early.
+            ("postgres://u:p/w@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:p?w@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:p@w@h/db", "postgres://u:***@h/db"),
+            ("postgres://u@h/db?password=pw", "postgres://u@h/db?password=***"),
+            ("postgres://h/db?sslmode=require&PASSWORD=pw&x=1", "postgres://h/db?sslmode=require&PASSWORD=***&x=1"),
+            ("postgres://h/db?Pass%77ord=pw", "postgres://h/db?Pass%77ord=***"),
+            ("postgres://h/db?%70%61%73%73%77%6F%72%64=pw", "postgres://h/db?%70%61%73%73%77%6F%72%64=***"),
+            ("postgres://h/db?sslpassword=pw", "postgres://h/db?sslpassword=***"),
+            ("postgres://h/db?password=p@w", "postgres://h/db?password=***"),
+            ("postgres://u:pw@h/db?password=pw2", "postgres://u:***@h/db?password=***"),
+            ("postgres://h/db?passwords=1&password", "postgres://h/db?passwords=1&password"),
+            ("host=h password=pw dbname=db", "<unparseable URL>"),
+        ];
+        for (url, expected) in cases {
+            let shown = redact(url);
+            assert_eq!(shown, expected, "{url}");
+            assert!(!shown.contains("pw") && !shown.contains("p/w"), "{url}: {shown}");
+        }
+        // When in doubt, more is hidden, never less.
+        let shown = redact("postgres://h:5432/db?application_name=a@b&password=pw");
+        assert!(!shown.contains("pw"), "{shown}");
     }
 
     #[test]

@@ -14,8 +14,8 @@ use tokio::sync::watch;
 
 use super::{
     blocking, clock_maxima, corrupt, is_new, parse_event_type, parse_state, plan_entities, to_json,
-    unix_seconds, Binding, BrainStore, CheckedEvent, DeviceAuth, DeviceRecord, DeviceSeen,
-    Ingested, PruneBound, PruneReport, PullPage, SnapshotPage, Webhook,
+    unix_seconds, Binding, BrainStore, CheckedEvent, DeliveryFailure, DeviceAuth, DeviceRecord,
+    DeviceSeen, Ingested, PruneBound, PruneReport, PullPage, SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
 use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
@@ -107,10 +107,14 @@ impl SqliteStore {
 
     pub fn open_with(path: &Path, options: SqliteOptions) -> Result<SqliteStore> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
+            crate::private::create_dir_all(parent).map_err(|e| {
                 BrainError::Unavailable(format!("cannot create {}: {e}", parent.display()))
             })?;
         }
+        // The brain holds the text of every device's files: 0600 (-wal and -shm follow it).
+        crate::private::create_file(path).map_err(|e| {
+            BrainError::Unavailable(format!("cannot create {}: {e}", path.display()))
+        })?;
         let mut conn = open_conn(path, &options)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -629,7 +633,10 @@ impl BrainStore for SqliteStore {
                 "INSERT INTO device_webhooks (device_id, webhook_url, secret, active, created_at, updated_at)
                  VALUES (?1, ?2, ?3, 1, ?4, ?4)
                  ON CONFLICT(device_id) DO UPDATE SET webhook_url = excluded.webhook_url,
-                   secret = excluded.secret, active = 1, updated_at = excluded.updated_at
+                   secret = excluded.secret, active = 1, updated_at = excluded.updated_at,
+                   failures = CASE WHEN webhook_url = excluded.webhook_url THEN failures ELSE 0 END,
+                   last_error = CASE WHEN webhook_url = excluded.webhook_url THEN last_error END,
+                   retry_after = CASE WHEN webhook_url = excluded.webhook_url THEN retry_after END
                  RETURNING id",
                 rusqlite::params![device_id, url, secret, now],
                 |r| r.get(0),
@@ -656,14 +663,41 @@ impl BrainStore for SqliteStore {
     async fn active_webhooks(&self) -> Result<Vec<Webhook>> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT id, device_id, webhook_url, secret FROM device_webhooks WHERE active = 1")
+                .prepare_cached(
+                    "SELECT id, device_id, webhook_url, secret, failures, retry_after
+                     FROM device_webhooks WHERE active = 1",
+                )
                 .map_err(|e| sql_err("preparing the webhook list", e))?;
             let rows = stmt
                 .query_map([], |r| {
-                    Ok(Webhook { id: r.get(0)?, device_id: r.get(1)?, url: r.get(2)?, secret: r.get(3)? })
+                    Ok(Webhook {
+                        id: r.get(0)?,
+                        device_id: r.get(1)?,
+                        url: r.get(2)?,
+                        secret: r.get(3)?,
+                        failures: r.get(4)?,
+                        retry_after: r.get(5)?,
+                    })
                 })
                 .map_err(|e| sql_err("listing webhooks", e))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| sql_err("reading a webhook", e))
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| sql_err("reading a webhook", e))
+        })
+        .await
+    }
+
+    async fn record_delivery(&self, id: i64, failure: Option<DeliveryFailure>) -> Result<()> {
+        self.write(move |conn| {
+            let (failures, error, retry_after) = match failure {
+                Some(f) => (f.failures, Some(f.error), Some(f.retry_after)),
+                None => (0, None, None),
+            };
+            conn.execute(
+                "UPDATE device_webhooks SET failures = ?2, last_error = ?3, retry_after = ?4 WHERE id = ?1",
+                rusqlite::params![id, failures, error, retry_after],
+            )
+            .map(|_| ())
+            .map_err(|e| sql_err("recording a webhook delivery", e))
         })
         .await
     }

@@ -1,0 +1,55 @@
+//! Terminal output of text that came from files, devices or the network: control characters are
+//! escaped (as `\u{1b}`) so that a key, a snippet or an error string cannot move the cursor,
+//! rewrite the screen, set the clipboard (OSC 52) or reorder what follows (bidi overrides).
+//! JSON output needs none of this: serde escapes control characters in strings.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// Whether a character is escaped: C0 controls (tab and newline too: one field stays on one
+/// line), DEL, C1 controls, and the Unicode bidirectional formatting characters.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `text` with each control character as `\u{XX}`; borrowed when there is none.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_is_left_alone() {
+        assert!(matches!(escape("notes/a b.md — ü"), Cow::Borrowed(_)));
+        // OSC 52 writes the clipboard in many terminals.
+        assert_eq!(
+            escape("x\u{1b}]52;c;aGk=\u{7}y"),
+            "x\\u{1b}]52;c;aGk=\\u{7}y"
+        );
+        assert_eq!(escape("a\tb\nc\rd"), "a\\u{9}b\\u{a}c\\u{d}d");
+        assert_eq!(escape("\u{7f}\u{9b}31m"), "\\u{7f}\\u{9b}31m");
+        assert_eq!(escape("abc\u{202e}gpj.exe"), "abc\\u{202e}gpj.exe");
+        assert_eq!(
+            escape("\u{2066}x\u{2069}\u{200f}"),
+            "\\u{2066}x\\u{2069}\\u{200f}"
+        );
+    }
+}
