@@ -160,7 +160,9 @@ pub fn read_file_at(
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+        .map(str::to_ascii_lowercase)
+        // The brain refuses an ext over 32 bytes or with other than printable ASCII.
+        .filter(|e| crate::model::event::is_ext(e));
     let guessed = mime_guess::from_path(path).first();
     // Keep a prefix only when it may become content: known text types, or unknown types to sniff.
     let keep = match &guessed {
