@@ -448,6 +448,25 @@ mod tests {
         assert!(looks_like_text(&"€".as_bytes()[..2], false));
     }
 
+    /// The brain refuses an ext over 32 bytes or outside printable ASCII: such a file is indexed
+    /// without one rather than parked at every push.
+    #[test]
+    fn an_extension_the_brain_would_refuse_is_left_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, ext) in [
+            ("a.MD", Some("md")),
+            (&format!("a.{}", "x".repeat(32)), Some("x".repeat(32).as_str())),
+            (&format!("a.{}", "x".repeat(33)), None),
+            ("a.caf\u{e9}", None),
+            ("a.b c", Some("b c")),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "text").expect("write");
+            let read = read_file(&path, 100).expect("read");
+            assert_eq!(read.ext.as_deref(), ext, "{name}");
+        }
+    }
+
     #[test]
     fn hex_is_lowercase() {
         assert_eq!(hex(&[0x00, 0xab, 0xff]), "00abff");

@@ -142,9 +142,14 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         );
         const SHOWN: usize = 10;
         for r in refused.iter().take(SHOWN) {
+            let at = if r.snapshot {
+                format!("snapshot at {}", r.id)
+            } else {
+                format!("brain id {}", r.id)
+            };
             println!(
-                "           brain id {} {:?} ({:?}): {}",
-                r.id, r.entity_key, r.event_ulid, r.reason
+                "           {at} {:?} ({:?}): {}",
+                r.entity_key, r.event_ulid, r.reason
             );
         }
         if refused.len() > SHOWN {
