@@ -945,11 +945,7 @@ fn build_sync(
                 origin: file.origin(&v.span(), "sync.brain_ca_file"),
             });
         }
-        if let Some(v) = raw
-            .token_file
-            .as_ref()
-            .filter(|v| !v.get_ref().is_empty())
-        {
+        if let Some(v) = raw.token_file.as_ref().filter(|v| !v.get_ref().is_empty()) {
             sync.token_file = Some(TokenFile {
                 path: file.path(v, "sync.token_file")?,
                 origin: file.origin(&v.span(), "sync.token_file"),
@@ -1202,18 +1198,32 @@ mod tests {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let text = format!("[sync]\ntoken_file = {:?}\n", file.display().to_string());
         let config = |env: &dyn Fn(&str) -> Option<String>| {
-            Config::from_toml_str(&text, Some(Path::new("/etc/agent.toml")), env, &Overrides::default())
-                .expect("config")
+            Config::from_toml_str(
+                &text,
+                Some(Path::new("/etc/agent.toml")),
+                env,
+                &Overrides::default(),
+            )
+            .expect("config")
         };
         let from_file = config(&no_env);
-        assert_eq!(from_file.sync.token_file.as_ref().map(|f| &f.path), Some(&file));
-        assert_eq!(from_file.sync.device_token().expect("token").as_deref(), Some("tok-from-file"));
+        assert_eq!(
+            from_file.sync.token_file.as_ref().map(|f| &f.path),
+            Some(&file)
+        );
+        assert_eq!(
+            from_file.sync.device_token().expect("token").as_deref(),
+            Some("tok-from-file")
+        );
         let shown = format!("{:?}", from_file.sync);
         assert!(!shown.contains("tok-from-file"), "{shown}");
 
         let env = |k: &str| (k == ENV_DEVICE_TOKEN).then(|| "tok-from-env".to_owned());
         let from_env = config(&env);
-        assert_eq!(from_env.sync.device_token().expect("token").as_deref(), Some("tok-from-env"));
+        assert_eq!(
+            from_env.sync.device_token().expect("token").as_deref(),
+            Some("tok-from-env")
+        );
         assert!(!format!("{from_env:?}").contains("tok-from-env"));
 
         for mode in [0o640, 0o604, 0o660, 0o700 | 0o007] {
@@ -1229,6 +1239,13 @@ mod tests {
         assert!(from_file.sync.device_token().is_err(), "an empty file");
         std::fs::remove_file(&file).expect("rm");
         assert!(from_file.sync.device_token().is_err(), "a missing file");
-        assert_eq!(parse("").expect("config").sync.device_token().expect("none"), None);
+        assert_eq!(
+            parse("")
+                .expect("config")
+                .sync
+                .device_token()
+                .expect("none"),
+            None
+        );
     }
 }

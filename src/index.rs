@@ -455,7 +455,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, ext) in [
             ("a.MD", Some("md")),
-            (&format!("a.{}", "x".repeat(32)), Some("x".repeat(32).as_str())),
+            (
+                &format!("a.{}", "x".repeat(32)),
+                Some("x".repeat(32).as_str()),
+            ),
             (&format!("a.{}", "x".repeat(33)), None),
             ("a.caf\u{e9}", None),
             ("a.b c", Some("b c")),

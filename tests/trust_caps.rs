@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use brain_common::*;
-use lib_agent::brain::store::{BrainStore, MAX_PAGE_BYTES};
 use lib_agent::brain::server::ServerConfig;
+use lib_agent::brain::store::{BrainStore, MAX_PAGE_BYTES};
 use lib_agent::config::{Config, Overrides};
 use lib_agent::model::{Event, EventType, FilePayload, VectorClock};
 use lib_agent::store::{Store, StoreError};
@@ -68,10 +68,20 @@ fn wide_clock(device: &str, entries: usize) -> VectorClock {
 async fn each_over_cap_field_of_an_ingest_is_a_400_naming_it(f: Fixture) {
     let brain = f.serve().await;
     let good = || upsert("dev-a", "notes/ok.md", &[("dev-a", 1)], 'a');
-    let cases: Vec<(&str, Box<dyn Fn(&mut Event)>)> = vec![
-        ("entity_key", Box::new(|e| e.entity_key = format!("notes/{}", "k".repeat(1019)))),
-        ("entity_key", Box::new(|e| e.entity_key = format!("notes{}", "/k".repeat(64)))),
-        ("entity_key", Box::new(|e| e.entity_key = "notes/a\u{1b}]52;c;eA==\u{7}".into())),
+    type Edit = Box<dyn Fn(&mut Event)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "entity_key",
+            Box::new(|e| e.entity_key = format!("notes/{}", "k".repeat(1019))),
+        ),
+        (
+            "entity_key",
+            Box::new(|e| e.entity_key = format!("notes{}", "/k".repeat(64))),
+        ),
+        (
+            "entity_key",
+            Box::new(|e| e.entity_key = "notes/a\u{1b}]52;c;eA==\u{7}".into()),
+        ),
         (
             "device_id",
             Box::new(|e| {
@@ -86,14 +96,38 @@ async fn each_over_cap_field_of_an_ingest_is_a_400_naming_it(f: Fixture) {
                 e.vector_clock = VectorClock::from([("dev a", 1)]);
             }),
         ),
-        ("payload.ext", Box::new(|e| e.payload.ext = Some("x".repeat(33)))),
-        ("payload.ext", Box::new(|e| e.payload.ext = Some("m\u{8}d".into()))),
-        ("payload.mime", Box::new(|e| e.payload.mime = Some("m".repeat(256)))),
-        ("payload.bytes", Box::new(|e| e.payload.bytes = Some((1 << 53) + 1))),
-        ("payload.content", Box::new(|e| e.payload.content = Some("x".repeat(MIB + 1)))),
-        ("created_at", Box::new(|e| e.created_at = "not a time".into())),
-        ("created_at", Box::new(|e| e.created_at = "2026-02-10 10:06:00.250+00".into())),
-        ("vector_clock", Box::new(|e| e.vector_clock = wide_clock("dev-a", 257))),
+        (
+            "payload.ext",
+            Box::new(|e| e.payload.ext = Some("x".repeat(33))),
+        ),
+        (
+            "payload.ext",
+            Box::new(|e| e.payload.ext = Some("m\u{8}d".into())),
+        ),
+        (
+            "payload.mime",
+            Box::new(|e| e.payload.mime = Some("m".repeat(256))),
+        ),
+        (
+            "payload.bytes",
+            Box::new(|e| e.payload.bytes = Some((1 << 53) + 1)),
+        ),
+        (
+            "payload.content",
+            Box::new(|e| e.payload.content = Some("x".repeat(MIB + 1))),
+        ),
+        (
+            "created_at",
+            Box::new(|e| e.created_at = "not a time".into()),
+        ),
+        (
+            "created_at",
+            Box::new(|e| e.created_at = "2026-02-10 10:06:00.250+00".into()),
+        ),
+        (
+            "vector_clock",
+            Box::new(|e| e.vector_clock = wide_clock("dev-a", 257)),
+        ),
         (
             "vector_clock[\"dev-a\"]",
             Box::new(|e| e.vector_clock = VectorClock::from([("dev-a", (1 << 53) + 1)])),
@@ -127,10 +161,19 @@ async fn each_over_cap_field_of_an_ingest_is_a_400_naming_it(f: Fixture) {
             error.starts_with(&format!("batch[1].{field}")),
             "{field}: {error}"
         );
-        assert!(error.len() < 600, "the error quotes a bounded value: {}", error.len());
+        assert!(
+            error.len() < 600,
+            "the error quotes a bounded value: {}",
+            error.len()
+        );
     }
     // The boundaries themselves are accepted, and nothing of the refused batches was stored.
-    let mut edge = upsert("dev-a", &format!("notes/{}", "k".repeat(1018)), &[("dev-a", 3)], 'c');
+    let mut edge = upsert(
+        "dev-a",
+        &format!("notes/{}", "k".repeat(1018)),
+        &[("dev-a", 3)],
+        'c',
+    );
     edge.payload.ext = Some("x".repeat(32));
     edge.payload.mime = Some("m".repeat(255));
     edge.payload.bytes = Some(1 << 53);
@@ -187,13 +230,20 @@ async fn a_pull_and_a_snapshot_of_big_events_come_in_pages_under_the_byte_bound(
         }
     }
     assert_eq!(pages, [4, 2], "pages by bytes, not by the limit of 500");
-    assert_eq!(ulids(&brain.pull_all().await), ulids_of(&events), "each event once, in order");
+    assert_eq!(
+        ulids(&brain.pull_all().await),
+        ulids_of(&events),
+        "each event once, in order"
+    );
 
     let mut pages = Vec::new();
     let mut after_key = String::new();
     loop {
         let r = brain
-            .get(&format!("/snapshot?after_key={}&limit=500", encode(&after_key)))
+            .get(&format!(
+                "/snapshot?after_key={}&limit=500",
+                encode(&after_key)
+            ))
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
         let page = r.body["entities"].as_array().unwrap().clone();
@@ -202,7 +252,10 @@ async fn a_pull_and_a_snapshot_of_big_events_come_in_pages_under_the_byte_bound(
         if !r.body["has_more"].as_bool().unwrap() {
             break;
         }
-        after_key = page.last().unwrap()["entity_key"].as_str().unwrap().to_owned();
+        after_key = page.last().unwrap()["entity_key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     }
     assert_eq!(pages, [4, 2]);
 }
@@ -262,7 +315,14 @@ async fn the_brain_counts_the_stored_events_over_todays_caps(f: Fixture) {
 
     let payload = json!({"sha256": sha('e'), "bytes": 1, "ext": "x".repeat(40)}).to_string();
     let ulid = ulid::Ulid::new().to_string();
-    insert_raw_event(&f.store, &ulid, "notes/old.md", &payload, r#"{"dev-old": 1}"#).await;
+    insert_raw_event(
+        &f.store,
+        &ulid,
+        "notes/old.md",
+        &payload,
+        r#"{"dev-old": 1}"#,
+    )
+    .await;
     brain.ingest_ok(&many("dev-a", 2, 10)).await;
     let report = count(f.store.clone()).await;
     assert_eq!((report.read, report.over), (6, 1), "{report:?}");
@@ -317,8 +377,13 @@ impl Setup {
 
     fn raw_event(&self, key: &str, payload: &str, clock: &str) -> String {
         let ulid = ulid::Ulid::new().to_string();
-        self.runtime
-            .block_on(insert_raw_event(&self.fixture.store, &ulid, key, payload, clock));
+        self.runtime.block_on(insert_raw_event(
+            &self.fixture.store,
+            &ulid,
+            key,
+            payload,
+            clock,
+        ));
         ulid
     }
 
@@ -347,20 +412,22 @@ fn sqlite_path(store: &AnyStore) -> &Path {
 fn an_over_cap_pulled_event_is_skipped_and_recorded_and_the_valid_ones_around_it_applied() {
     let mut s = Setup::new();
     let before = upsert("dev-a", "notes/before.md", &[("dev-a", 1)], 'a');
-    s.ingest(&[before.clone()]);
+    s.ingest(std::slice::from_ref(&before));
     // Over the size caps the agent applies: a 2 KiB key, a 300-entry clock, a 40-byte ext.
     let long_key = format!("notes/{}", "k".repeat(2000));
     let payload = json!({"sha256": sha('b'), "bytes": 1}).to_string();
     let bad_key = s.raw_event(&long_key, &payload, r#"{"dev-old": 1}"#);
-    let clock: serde_json::Map<String, Value> =
-        (0..300).map(|i| (format!("d{i}"), json!(1))).chain([("dev-old".into(), json!(1))]).collect();
+    let clock: serde_json::Map<String, Value> = (0..300)
+        .map(|i| (format!("d{i}"), json!(1)))
+        .chain([("dev-old".into(), json!(1))])
+        .collect();
     let bad_clock = s.raw_event("notes/wide.md", &payload, &Value::Object(clock).to_string());
     let ext = json!({"sha256": sha('b'), "bytes": 1, "ext": "e".repeat(40)}).to_string();
     let bad_ext = s.raw_event("notes/ext.md", &ext, r#"{"dev-old": 1}"#);
     // An old brain's event with a created_at that is not RFC 3339: still applied.
     let old = s.raw_event("notes/old.md", &payload, r#"{"dev-old": 1}"#);
     let after = upsert("dev-a", "notes/after.md", &[("dev-a", 2)], 'c');
-    s.ingest(&[after.clone()]);
+    s.ingest(std::slice::from_ref(&after));
 
     let summary = s.pull();
     assert_eq!(
@@ -368,21 +435,42 @@ fn an_over_cap_pulled_event_is_skipped_and_recorded_and_the_valid_ones_around_it
         (6, 3, 3),
         "{summary:?}"
     );
-    assert_eq!(s.winner("notes/before.md"), Some(("dev-a".into(), Some(sha('a')))));
-    assert_eq!(s.winner("notes/after.md"), Some(("dev-a".into(), Some(sha('c')))));
-    assert_eq!(s.winner("notes/old.md"), Some(("dev-old".into(), Some(sha('b')))));
+    assert_eq!(
+        s.winner("notes/before.md"),
+        Some(("dev-a".into(), Some(sha('a'))))
+    );
+    assert_eq!(
+        s.winner("notes/after.md"),
+        Some(("dev-a".into(), Some(sha('c'))))
+    );
+    assert_eq!(
+        s.winner("notes/old.md"),
+        Some(("dev-old".into(), Some(sha('b'))))
+    );
     assert_eq!(s.winner("notes/wide.md"), None);
     assert_eq!(s.winner("notes/ext.md"), None);
 
     let refused = sync::refused_pulls(&s.store).expect("refused");
     let by_ulid = |u: &str| refused.iter().find(|r| r.event_ulid == u).expect(u).clone();
-    assert!(by_ulid(&bad_key).reason.starts_with("entity_key"), "{refused:?}");
-    assert!(by_ulid(&bad_key).entity_key.len() <= 1024, "the record is clipped");
-    assert!(by_ulid(&bad_clock).reason.starts_with("vector_clock has 301 entries"));
+    assert!(
+        by_ulid(&bad_key).reason.starts_with("entity_key"),
+        "{refused:?}"
+    );
+    assert!(
+        by_ulid(&bad_key).entity_key.len() <= 1024,
+        "the record is clipped"
+    );
+    assert!(by_ulid(&bad_clock)
+        .reason
+        .starts_with("vector_clock has 301 entries"));
     assert!(by_ulid(&bad_ext).reason.starts_with("payload.ext"));
     assert!(refused.iter().all(|r| !r.snapshot && r.event_ulid != old));
     let again = s.pull();
-    assert_eq!((again.pulled, again.refused), (0, 0), "each is refused once");
+    assert_eq!(
+        (again.pulled, again.refused),
+        (0, 0),
+        "each is refused once"
+    );
 }
 
 #[test]
@@ -410,16 +498,33 @@ fn an_over_cap_snapshot_entity_is_skipped_and_recorded_and_the_valid_ones_applie
 
     let summary = s.pull();
     assert!(summary.reseeded, "{summary:?}");
-    assert_eq!(s.winner("notes/a.md"), Some(("dev-a".into(), Some(sha('a')))));
-    assert_eq!(s.winner("notes/z.md"), Some(("dev-a".into(), Some(sha('c')))));
-    assert_eq!(s.winner("notes/late.md"), Some(("dev-a".into(), Some(sha('d')))));
-    assert_eq!(s.winner("notes/m.md"), None, "the damaged entity is not applied");
+    assert_eq!(
+        s.winner("notes/a.md"),
+        Some(("dev-a".into(), Some(sha('a'))))
+    );
+    assert_eq!(
+        s.winner("notes/z.md"),
+        Some(("dev-a".into(), Some(sha('c'))))
+    );
+    assert_eq!(
+        s.winner("notes/late.md"),
+        Some(("dev-a".into(), Some(sha('d'))))
+    );
+    assert_eq!(
+        s.winner("notes/m.md"),
+        None,
+        "the damaged entity is not applied"
+    );
 
     let refused = sync::refused_pulls(&s.store).expect("refused");
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(refused[0].snapshot);
     assert_eq!(refused[0].entity_key, "notes/m.md");
-    assert!(refused[0].reason.starts_with("vector_clock"), "{}", refused[0].reason);
+    assert!(
+        refused[0].reason.starts_with("vector_clock"),
+        "{}",
+        refused[0].reason
+    );
     let keys: Vec<String> = s
         .store
         .conn()
@@ -430,7 +535,10 @@ fn an_over_cap_snapshot_entity_is_skipped_and_recorded_and_the_valid_ones_applie
         .expect("keys");
     assert_eq!(keys.len(), 1);
     assert!(keys[0].starts_with(&format!("{REFUSED_PULL_PREFIX}{REFUSED_SNAPSHOT_INFIX}")));
-    assert_eq!(keys[0].len(), REFUSED_PULL_PREFIX.len() + REFUSED_SNAPSHOT_INFIX.len() + 64);
+    assert_eq!(
+        keys[0].len(),
+        REFUSED_PULL_PREFIX.len() + REFUSED_SNAPSHOT_INFIX.len() + 64
+    );
 }
 
 /// Regression (issue 12): a clock entry `{victim: 2^64-1}` wrapped the victim's sequence
@@ -446,13 +554,22 @@ fn a_pulled_clock_entry_of_ours_never_wraps_our_sequence() {
         &json!({"dev-old": 1, me.clone(): u64::MAX}).to_string(),
     );
     // 2^53 is within the caps: a brain accepts it, from any device.
-    let at_cap = upsert("dev-b", "notes/cap.md", &[("dev-b", 1), (me.as_str(), 1 << 53)], 'c');
+    let at_cap = upsert(
+        "dev-b",
+        "notes/cap.md",
+        &[("dev-b", 1), (me.as_str(), 1 << 53)],
+        'c',
+    );
     s.ingest(&[at_cap]);
     let summary = s.pull();
     assert_eq!((summary.applied, summary.refused), (1, 1), "{summary:?}");
     let refused = sync::refused_pulls(&s.store).expect("refused");
     assert_eq!(refused[0].event_ulid, wrapping);
-    assert!(refused[0].reason.contains("outside 1..=2^53"), "{}", refused[0].reason);
+    assert!(
+        refused[0].reason.contains("outside 1..=2^53"),
+        "{}",
+        refused[0].reason
+    );
 
     // The next edit of that key would need 2^53 + 1: a clear error, nothing recorded.
     let edit = || FilePayload {
@@ -524,7 +641,10 @@ fn read_head(stream: &mut TcpStream) -> String {
             Ok(n) => data.extend_from_slice(&buf[..n]),
         }
     }
-    let end = data.windows(4).position(|w| w == b"\r\n\r\n").map_or(data.len(), |p| p + 4);
+    let end = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(data.len(), |p| p + 4);
     let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
     let length: usize = head
         .lines()
@@ -559,25 +679,46 @@ fn a_redirect_is_not_followed_and_nothing_reaches_where_it_points() {
     let target = format!("http://{}/ingest", elsewhere.local_addr().expect("addr"));
     let location = target.clone();
     let redirecting = Tiny::start(move |stream| {
-        respond(stream, "307 Temporary Redirect", &format!("Location: {location}\r\n"), "");
+        respond(
+            stream,
+            "307 Temporary Redirect",
+            &format!("Location: {location}\r\n"),
+            "",
+        );
     });
-    let client = BrainClient::new(&redirecting.url(), Some("the-shared-secret".into())).expect("client");
+    let client =
+        BrainClient::new(&redirecting.url(), Some("the-shared-secret".into())).expect("client");
     let mut event = upsert("dev-a", "notes/private.md", &[("dev-a", 1)], 'a');
     event.payload.content = Some("the text of a private file".into());
 
     let err = client.ingest(&[event]).expect_err("a redirect is an error");
-    let ClientError::Redirect { status, location, .. } = &err else {
+    let ClientError::Redirect {
+        status, location, ..
+    } = &err
+    else {
         panic!("not a redirect error: {err}");
     };
     assert_eq!(*status, 307);
     assert!(location.contains(&target), "{location}");
     let text = err.to_string();
-    assert!(text.contains("not followed") && text.contains(&target), "{text}");
-    assert!(!err.is_retryable() && !err.is_refusal(), "neither retried nor parked");
-    let err = client.pull(0, 10, None).expect_err("a redirect is an error");
+    assert!(
+        text.contains("not followed") && text.contains(&target),
+        "{text}"
+    );
+    assert!(
+        !err.is_retryable() && !err.is_refusal(),
+        "neither retried nor parked"
+    );
+    let err = client
+        .pull(0, 10, None)
+        .expect_err("a redirect is an error");
     assert!(matches!(err, ClientError::Redirect { .. }), "{err}");
 
-    assert_eq!(redirecting.heads().len(), 2, "the redirecting server was asked twice");
+    assert_eq!(
+        redirecting.heads().len(),
+        2,
+        "the redirecting server was asked twice"
+    );
     match elsewhere.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         other => panic!("the redirect's target was connected to: {other:?}"),
@@ -597,7 +738,10 @@ fn an_answer_over_64_mib_is_refused_without_reading_it_whole() {
     let client = BrainClient::new(&announced.url(), None).expect("client");
     let err = client.pull(0, 10, None).expect_err("too large");
     assert!(matches!(err, ClientError::TooLarge { .. }), "{err}");
-    assert!(err.to_string().contains(&MAX_ANSWER_BYTES.to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&MAX_ANSWER_BYTES.to_string()),
+        "{err}"
+    );
 
     // Streamed without a length: the client stops reading past the cap; the server sees the
     // connection close long before it runs out of answer (it would send 4 times the cap).
@@ -651,19 +795,32 @@ fn with_a_device_token_the_client_sends_it_and_the_device_id_and_never_the_share
         token_file.display().to_string()
     );
     let env = |k: &str| (k == "LIB_SYNC_SECRET").then(|| "the-shared-secret".to_owned());
-    let config = Config::from_toml_str(&toml, Some(&dir.path().join("agent.toml")), &env, &Overrides::default())
-        .expect("config");
+    let config = Config::from_toml_str(
+        &toml,
+        Some(&dir.path().join("agent.toml")),
+        &env,
+        &Overrides::default(),
+    )
+    .expect("config");
     let device = "5f0c2b8e-1d3a-4c7e-9b21-0a6f3c1d2e4a";
     let client = BrainClient::from_config(&brain.url(), &config.sync, device).expect("client");
-    assert!(!format!("{client:?}{config:?}").contains("tok-ABC123_xyz"), "Debug redacts the token");
+    assert!(
+        !format!("{client:?}{config:?}").contains("tok-ABC123_xyz"),
+        "Debug redacts the token"
+    );
     client.pull(0, 10, None).expect("pull");
-    client.register_webhook(device, "http://127.0.0.1:9/hook", &"s".repeat(32)).ok();
+    client
+        .register_webhook(device, "http://127.0.0.1:9/hook", &"s".repeat(32))
+        .ok();
 
     let heads = brain.heads();
     assert_eq!(heads.len(), 2);
     for head in &heads {
         // Header values keep their case; the recorder lowercased the whole head.
-        assert_eq!(header(head, "authorization").as_deref(), Some("bearer tok-abc123_xyz"));
+        assert_eq!(
+            header(head, "authorization").as_deref(),
+            Some("bearer tok-abc123_xyz")
+        );
         assert_eq!(header(head, "x-lib-device-id").as_deref(), Some(device));
         assert_eq!(header(head, "x-lib-sync-secret"), None, "{head}");
     }
@@ -679,7 +836,10 @@ fn with_a_device_token_the_client_sends_it_and_the_device_id_and_never_the_share
     let client = BrainClient::from_config(&brain.url(), &no_token.sync, device).expect("client");
     client.pull(0, 10, None).expect("pull");
     let head = brain.heads().pop().expect("a third request");
-    assert_eq!(header(&head, "x-lib-sync-secret").as_deref(), Some("the-shared-secret"));
+    assert_eq!(
+        header(&head, "x-lib-sync-secret").as_deref(),
+        Some("the-shared-secret")
+    );
     assert_eq!(header(&head, "authorization"), None);
     assert_eq!(header(&head, "x-lib-device-id"), None);
 
@@ -687,6 +847,9 @@ fn with_a_device_token_the_client_sends_it_and_the_device_id_and_never_the_share
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let err = BrainClient::from_config(&brain.url(), &config.sync, device).expect_err("refused");
     let text = err.to_string();
-    assert!(text.contains(&token_file.display().to_string()) && text.contains("0644"), "{text}");
+    assert!(
+        text.contains(&token_file.display().to_string()) && text.contains("0644"),
+        "{text}"
+    );
     assert_eq!(brain.heads().len(), 3);
 }

@@ -145,8 +145,7 @@ pub fn is_sha256_hex(s: &str) -> bool {
 /// A device id: 1 to 128 bytes of ASCII letters, digits, `.`, `_` and `-` (LIB v1.1's are UUIDs).
 pub fn is_device_id(s: &str) -> bool {
     (1..=128).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -214,7 +213,10 @@ pub fn is_rfc3339(s: &str) -> bool {
     }
     let mut at = 19;
     if b[at] == b'.' {
-        let fraction = b[at + 1..].iter().take_while(|d| d.is_ascii_digit()).count();
+        let fraction = b[at + 1..]
+            .iter()
+            .take_while(|d| d.is_ascii_digit())
+            .count();
         if fraction == 0 {
             return false;
         }
@@ -322,7 +324,10 @@ impl Event {
             }
         }
         if !self.event_type.is_delete() {
-            let sha = p.sha256.as_deref().ok_or(EventError::MissingField("sha256"))?;
+            let sha = p
+                .sha256
+                .as_deref()
+                .ok_or(EventError::MissingField("sha256"))?;
             if !is_sha256_hex(sha) {
                 return Err(EventError::Sha256(sha.to_owned()));
             }
@@ -510,14 +515,27 @@ mod tests {
 
     #[test]
     fn device_ids_are_1_to_128_bytes_of_letters_digits_dot_underscore_dash() {
-        for good in ["a", "5f0c2b8e-1d3a-4c7e-9b21-0a6f3c1d2e4a", "laptop.home_2", &"d".repeat(128)] {
+        for good in [
+            "a",
+            "5f0c2b8e-1d3a-4c7e-9b21-0a6f3c1d2e4a",
+            "laptop.home_2",
+            &"d".repeat(128),
+        ] {
             assert!(is_device_id(good), "{good}");
             accepted(|e| {
                 e.device_id = good.into();
                 e.vector_clock = VectorClock::from([(good, 1)]);
             });
         }
-        for bad in ["", &"d".repeat(129), "a b", "a/b", "caf\u{e9}", "a\u{1b}[31m", "a:b"] {
+        for bad in [
+            "",
+            &"d".repeat(129),
+            "a b",
+            "a/b",
+            "caf\u{e9}",
+            "a\u{1b}[31m",
+            "a:b",
+        ] {
             assert!(!is_device_id(bad), "{bad:?}");
             refused(
                 |e| {
@@ -539,14 +557,23 @@ mod tests {
         accepted(|e| e.payload.mime = Some("m".repeat(255)));
         accepted(|e| e.payload.mime = Some("text/plain; charset=utf-8".into()));
         refused(|e| e.payload.mime = Some("m".repeat(256)), "payload.mime");
-        refused(|e| e.payload.mime = Some("text/\u{1b}]52;c;x".into()), "payload.mime");
-        refused(|e| e.payload.mime = Some("text/\u{7f}".into()), "payload.mime");
+        refused(
+            |e| e.payload.mime = Some("text/\u{1b}]52;c;x".into()),
+            "payload.mime",
+        );
+        refused(
+            |e| e.payload.mime = Some("text/\u{7f}".into()),
+            "payload.mime",
+        );
     }
 
     #[test]
     fn bytes_is_at_most_2_pow_53() {
         accepted(|e| e.payload.bytes = Some(MAX_FILE_BYTES));
-        let err = refused(|e| e.payload.bytes = Some(MAX_FILE_BYTES + 1), "payload.bytes");
+        let err = refused(
+            |e| e.payload.bytes = Some(MAX_FILE_BYTES + 1),
+            "payload.bytes",
+        );
         assert_eq!(err, EventError::Bytes((1 << 53) + 1));
         refused(|e| e.payload.bytes = Some(u64::MAX), "payload.bytes");
     }
@@ -623,7 +650,10 @@ mod tests {
     fn a_delete_payload_is_empty() {
         assert_eq!(delete().validate(10), Ok(()));
         for (field, edit) in [
-            ("sha256", (|p: &mut FilePayload| p.sha256 = Some("a".repeat(64))) as fn(&mut FilePayload)),
+            (
+                "sha256",
+                (|p: &mut FilePayload| p.sha256 = Some("a".repeat(64))) as fn(&mut FilePayload),
+            ),
             ("bytes", |p| p.bytes = Some(0)),
             ("mtime_unix", |p| p.mtime_unix = Some(1)),
             ("ext", |p| p.ext = Some("md".into())),
@@ -634,7 +664,10 @@ mod tests {
             edit(&mut e.payload);
             assert_eq!(e.validate(10), Err(EventError::DeletePayload(field)));
             assert!(
-                e.validate(10).unwrap_err().to_string().starts_with(&format!("payload.{field}")),
+                e.validate(10)
+                    .unwrap_err()
+                    .to_string()
+                    .starts_with(&format!("payload.{field}")),
                 "{field}"
             );
         }
@@ -643,9 +676,18 @@ mod tests {
     #[test]
     fn content_is_at_most_the_cap_and_keys_are_capped_too() {
         accepted(|e| e.payload.content = Some("x".repeat(10)));
-        refused(|e| e.payload.content = Some("x".repeat(11)), "payload.content");
-        refused(|e| e.entity_key = format!("notes/{}", "a".repeat(1019)), "entity_key");
-        refused(|e| e.entity_key = format!("notes{}", "/a".repeat(64)), "entity_key");
+        refused(
+            |e| e.payload.content = Some("x".repeat(11)),
+            "payload.content",
+        );
+        refused(
+            |e| e.entity_key = format!("notes/{}", "a".repeat(1019)),
+            "entity_key",
+        );
+        refused(
+            |e| e.entity_key = format!("notes{}", "/a".repeat(64)),
+            "entity_key",
+        );
     }
 
     /// A pulled event is checked for sizes, not for the formats brains before the caps let in.
@@ -677,7 +719,10 @@ mod tests {
         capped(|e| e.created_at = "9".repeat(65), "created_at");
         capped(|e| e.payload.ext = Some("x".repeat(33)), "payload.ext");
         capped(|e| e.payload.mime = Some("x".repeat(256)), "payload.mime");
-        capped(|e| e.payload.content = Some("x".repeat(11)), "payload.content");
+        capped(
+            |e| e.payload.content = Some("x".repeat(11)),
+            "payload.content",
+        );
         capped(
             |e| {
                 e.event_type = EventType::DeleteFile;
@@ -695,12 +740,18 @@ mod tests {
             "vector_clock key",
         );
         capped(|e| e.device_id = "d".repeat(129), "device_id");
-        capped(|e| e.entity_key = format!("notes/{}", "a".repeat(1019)), "entity_key");
+        capped(
+            |e| e.entity_key = format!("notes/{}", "a".repeat(1019)),
+            "entity_key",
+        );
     }
 
     #[test]
     fn an_error_quotes_at_most_64_characters_of_the_value() {
-        let err = refused(|e| e.payload.mime = Some("m".repeat(1 << 20)), "payload.mime");
+        let err = refused(
+            |e| e.payload.mime = Some("m".repeat(1 << 20)),
+            "payload.mime",
+        );
         let text = err.to_string();
         assert!(text.len() < 300, "{}", text.len());
         assert!(text.contains("1048576 bytes"), "{text}");

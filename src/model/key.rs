@@ -143,7 +143,10 @@ mod tests {
     fn a_key_is_at_most_1024_bytes_and_64_segments() {
         let of_len = |n: usize| format!("notes/{}", "a".repeat(n - "notes/".len()));
         assert_eq!(validate(&of_len(MAX_KEY_BYTES)), Ok(()));
-        assert_eq!(validate(&of_len(MAX_KEY_BYTES + 1)), Err(KeyError::TooLong(1025)));
+        assert_eq!(
+            validate(&of_len(MAX_KEY_BYTES + 1)),
+            Err(KeyError::TooLong(1025))
+        );
         let of_segments = |n: usize| format!("notes{}", "/a".repeat(n - 1));
         assert_eq!(validate(&of_segments(MAX_KEY_SEGMENTS)), Ok(()));
         assert!(matches!(
@@ -154,7 +157,11 @@ mod tests {
         let wide = format!("notes/{}", "\u{e9}".repeat(510));
         assert_eq!(wide.len(), 1026);
         assert_eq!(validate(&wide), Err(KeyError::TooLong(1026)));
-        for control in ["notes/a\u{7f}", "notes/a\u{9b}x", "notes/\u{1b}]52;c;x\u{7}"] {
+        for control in [
+            "notes/a\u{7f}",
+            "notes/a\u{9b}x",
+            "notes/\u{1b}]52;c;x\u{7}",
+        ] {
             assert!(
                 matches!(validate(control), Err(KeyError::BadCharacter(_))),
                 "{control:?}"

@@ -10,8 +10,8 @@ use std::time::UNIX_EPOCH;
 use rusqlite::{CachedStatement, Connection, OptionalExtension, Transaction};
 
 use super::{Context, Result, StoreError};
-use crate::model::event::{format_rfc3339, ENTITY_TYPE_FILE};
 use crate::model::clock::MAX_CLOCK_VALUE;
+use crate::model::event::{format_rfc3339, ENTITY_TYPE_FILE};
 use crate::model::merge::{self, EntityState, Outcome};
 use crate::model::{Event, EventType, FilePayload};
 

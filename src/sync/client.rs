@@ -557,8 +557,9 @@ mod tests {
             token: "bad\ntoken".into(),
             device_id: "dev-a".into(),
         };
-        let err = BrainClient::with_credential("http://127.0.0.1:9", credential, &ExtraRoots::none())
-            .expect_err("refused");
+        let err =
+            BrainClient::with_credential("http://127.0.0.1:9", credential, &ExtraRoots::none())
+                .expect_err("refused");
         assert!(matches!(err, ClientError::BadToken(_)), "{err}");
         assert!(!err.to_string().contains("bad\ntoken"), "{err}");
     }

@@ -403,7 +403,12 @@ fn reseed(
                 .find_map(|e| e.validate_pulled(MAX_PULLED_CONTENT_BYTES).err());
             if let Some(e) = invalid {
                 let watermark = watermark.unwrap_or(page.watermark);
-                refuse(&batch, Refused::Entity { watermark }, &winner, &e.to_string())?;
+                refuse(
+                    &batch,
+                    Refused::Entity { watermark },
+                    &winner,
+                    &e.to_string(),
+                )?;
                 continue;
             }
             batch.apply(&winner)?;

@@ -296,7 +296,9 @@ pub trait BrainStore: Send + Sync + 'static {
                 for pulled in &page.events {
                     if let Err(e) = pulled.event.validate(max_content_bytes) {
                         report.over += 1;
-                        report.first.get_or_insert_with(|| (pulled.id, e.to_string()));
+                        report
+                            .first
+                            .get_or_insert_with(|| (pulled.id, e.to_string()));
                     }
                 }
                 after_id = page.next_after_id;
@@ -539,7 +541,10 @@ mod tests {
 
     #[test]
     fn a_page_takes_its_first_row_whatever_its_size_and_then_up_to_the_byte_bound() {
-        assert!(page_takes(0, 0, usize::MAX), "an old over-cap event is still served");
+        assert!(
+            page_takes(0, 0, usize::MAX),
+            "an old over-cap event is still served"
+        );
         assert!(page_takes(1, 10, MAX_PAGE_BYTES - 10));
         assert!(!page_takes(1, 10, MAX_PAGE_BYTES - 9));
         assert!(!page_takes(1, usize::MAX, 1), "no overflow");

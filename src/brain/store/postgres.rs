@@ -1002,7 +1002,9 @@ impl BrainStore for PgStore {
             )
             .await
             .map_err(|e| self.inner.pool.err("pulling events", e))?;
-        futures_util::pin_mut!(rows);
+        // Boxed, so that the drop below ends the stream (and its unread rows) before the
+        // connection runs its next statement.
+        let mut rows = Box::pin(rows);
         let mut events = Vec::with_capacity(limit.min(512));
         let mut has_more = false;
         let mut bytes = 0;
@@ -1093,7 +1095,9 @@ impl BrainStore for PgStore {
             )
             .await
             .map_err(|e| self.inner.pool.err("reading entities", e))?;
-        futures_util::pin_mut!(rows);
+        // Boxed, so that the drop below ends the stream (and its unread rows) before the
+        // connection runs its next statement.
+        let mut rows = Box::pin(rows);
         let mut entities = Vec::with_capacity(limit.min(512));
         let mut has_more = false;
         let mut bytes = 0;

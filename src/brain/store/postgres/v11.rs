@@ -1005,7 +1005,10 @@ mod tests {
         ] {
             assert_eq!(adopted_time(old), adopted, "{old}");
         }
-        assert_eq!(ulid_time("01KH3G2610ZQTWSCK9MEN437QX"), "2026-02-10T10:03:00.000Z");
+        assert_eq!(
+            ulid_time("01KH3G2610ZQTWSCK9MEN437QX"),
+            "2026-02-10T10:03:00.000Z"
+        );
     }
 
     fn columns(tables: &[(&str, &[(&str, &str)])]) -> HashMap<String, Columns> {
