@@ -37,6 +37,8 @@ pub const ENV_SUPABASE_FN_URL: &str = "LIB_SUPABASE_FN_URL";
 pub const ENV_BRAIN_CA_FILE: &str = "LIB_BRAIN_CA_FILE";
 /// The shared secret sent to the brain; only ever read from the environment.
 pub const ENV_SYNC_SECRET: &str = "LIB_SYNC_SECRET";
+/// This device's token for the brain (`agent brain device add`), over `[sync] token_file`.
+pub const ENV_DEVICE_TOKEN: &str = "LIB_DEVICE_TOKEN";
 /// The secret that signs webhook deliveries; only ever read from the environment.
 pub const ENV_WEBHOOK_SECRET: &str = "LIB_WEBHOOK_SECRET";
 /// The webhook listener's port, over the port of `[sync] listen`.
@@ -123,6 +125,12 @@ pub struct SyncConfig {
     pub brain_ca_file: Option<CaFile>,
     /// Only from `LIB_SYNC_SECRET`: a secret in a file ends up in backups and dotfile repos.
     pub secret: Option<String>,
+    /// `LIB_DEVICE_TOKEN`: this device's own credential. With one (or a `token_file`) the agent
+    /// sends it and this device's id, never `secret`.
+    pub token: Option<String>,
+    /// `[sync] token_file`: a file holding the token, readable by its owner only. Read when the
+    /// brain client is built ([`SyncConfig::device_token`]), like `brain_ca_file`.
+    pub token_file: Option<TokenFile>,
     /// Only from `LIB_WEBHOOK_SECRET`, for the same reason.
     pub webhook_secret: Option<String>,
     pub realtime: Realtime,
@@ -149,6 +157,8 @@ impl fmt::Debug for SyncConfig {
                 &self.brain_ca_file.as_ref().map(|f| &f.path),
             )
             .field("secret", &redact(&self.secret))
+            .field("token", &redact(&self.token))
+            .field("token_file", &self.token_file.as_ref().map(|f| &f.path))
             .field("webhook_secret", &redact(&self.webhook_secret))
             .field("realtime", &self.realtime)
             .field("push_debounce_ms", &self.push_debounce_ms)
@@ -157,6 +167,65 @@ impl fmt::Debug for SyncConfig {
             .field("listen", &self.listen)
             .field("public_url", &self.public_url)
             .finish()
+    }
+}
+
+/// The file `[sync] token_file` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFile {
+    /// Absolute.
+    pub path: PathBuf,
+    /// Where it was set: `config /etc/agent.toml: line 4: sync.token_file`.
+    pub origin: String,
+}
+
+/// Why the device token cannot be used. Display is one line naming the file.
+#[derive(Debug, Error)]
+#[error("{origin}: device token file {}: {problem}", path.display())]
+pub struct TokenFileError {
+    pub path: PathBuf,
+    pub origin: String,
+    pub problem: String,
+}
+
+impl SyncConfig {
+    /// This device's token: `LIB_DEVICE_TOKEN`, else the content of `[sync] token_file`
+    /// (trimmed). The file is refused when its group or others may read or write it: it
+    /// lets whoever holds it act as this device.
+    pub fn device_token(&self) -> Result<Option<String>, TokenFileError> {
+        if let Some(token) = self.token.as_ref().filter(|t| !t.trim().is_empty()) {
+            return Ok(Some(token.trim().to_owned()));
+        }
+        let Some(file) = &self.token_file else {
+            return Ok(None);
+        };
+        let error = |problem: String| TokenFileError {
+            path: file.path.clone(),
+            origin: file.origin.clone(),
+            problem,
+        };
+        let meta = std::fs::metadata(&file.path).map_err(|e| error(e.to_string()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(error(format!(
+                    "its mode is {mode:04o}, readable by others: the token lets anyone holding \
+                     it act as this device (chmod 600 {})",
+                    file.path.display()
+                )));
+            }
+        }
+        if !meta.is_file() {
+            return Err(error("not a file".into()));
+        }
+        let text = std::fs::read_to_string(&file.path).map_err(|e| error(e.to_string()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(error("the file is empty".into()));
+        }
+        Ok(Some(token.to_owned()))
     }
 }
 
@@ -432,6 +501,7 @@ struct RawWatch {
 struct RawSync {
     brain_url: Option<Spanned<String>>,
     brain_ca_file: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
     // Accepted by the parser only to be refused with a message that says where the secret goes.
     secret: Option<Spanned<toml::Value>>,
     webhook_secret: Option<Spanned<toml::Value>>,
@@ -843,6 +913,8 @@ fn build_sync(
         brain_url: None,
         brain_ca_file: None,
         secret: None,
+        token: None,
+        token_file: None,
         webhook_secret: None,
         realtime: Realtime::Longpoll,
         push_debounce_ms: DEFAULT_PUSH_DEBOUNCE_MS,
@@ -871,6 +943,12 @@ fn build_sync(
             sync.brain_ca_file = Some(CaFile {
                 path: file.path(v, "sync.brain_ca_file")?,
                 origin: file.origin(&v.span(), "sync.brain_ca_file"),
+            });
+        }
+        if let Some(v) = raw.token_file.as_ref().filter(|v| !v.get_ref().is_empty()) {
+            sync.token_file = Some(TokenFile {
+                path: file.path(v, "sync.token_file")?,
+                origin: file.origin(&v.span(), "sync.token_file"),
             });
         }
         if let Some(v) = &raw.realtime {
@@ -919,6 +997,9 @@ fn build_sync(
     }
     if let Some(secret) = env.get(ENV_SYNC_SECRET) {
         sync.secret = Some(secret);
+    }
+    if let Some(token) = env.get(ENV_DEVICE_TOKEN).filter(|t| !t.trim().is_empty()) {
+        sync.token = Some(token);
     }
     if let Some(secret) = env.get(ENV_WEBHOOK_SECRET) {
         sync.webhook_secret = Some(secret);
@@ -1038,6 +1119,7 @@ mod tests {
         let (e, d) = (&example.sync, &defaults.sync);
         assert_eq!(e.brain_url, d.brain_url);
         assert_eq!(e.brain_ca_file, d.brain_ca_file);
+        assert_eq!(e.token_file, d.token_file);
         assert_eq!(e.realtime, d.realtime);
         assert_eq!(e.push_debounce_ms, d.push_debounce_ms);
         assert_eq!(e.interval_secs, d.interval_secs);
@@ -1104,5 +1186,66 @@ mod tests {
             assert!(check_library_name(bad).is_err(), "{bad:?}");
         }
         assert!(check_library_name(&"x".repeat(255)).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_device_token_comes_from_the_environment_or_a_file_only_its_owner_can_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  tok-from-file\n").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let text = format!("[sync]\ntoken_file = {:?}\n", file.display().to_string());
+        let config = |env: &dyn Fn(&str) -> Option<String>| {
+            Config::from_toml_str(
+                &text,
+                Some(Path::new("/etc/agent.toml")),
+                env,
+                &Overrides::default(),
+            )
+            .expect("config")
+        };
+        let from_file = config(&no_env);
+        assert_eq!(
+            from_file.sync.token_file.as_ref().map(|f| &f.path),
+            Some(&file)
+        );
+        assert_eq!(
+            from_file.sync.device_token().expect("token").as_deref(),
+            Some("tok-from-file")
+        );
+        let shown = format!("{:?}", from_file.sync);
+        assert!(!shown.contains("tok-from-file"), "{shown}");
+
+        let env = |k: &str| (k == ENV_DEVICE_TOKEN).then(|| "tok-from-env".to_owned());
+        let from_env = config(&env);
+        assert_eq!(
+            from_env.sync.device_token().expect("token").as_deref(),
+            Some("tok-from-env")
+        );
+        assert!(!format!("{from_env:?}").contains("tok-from-env"));
+
+        for mode in [0o640, 0o604, 0o660, 0o700 | 0o007] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let err = from_file.sync.device_token().expect_err("refused");
+            let text = err.to_string();
+            assert!(text.contains(&file.display().to_string()), "{text}");
+            assert!(text.contains(&format!("{mode:04o}")), "{text}");
+            assert!(text.contains("sync.token_file"), "{text}");
+        }
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::write(&file, " \n").expect("write");
+        assert!(from_file.sync.device_token().is_err(), "an empty file");
+        std::fs::remove_file(&file).expect("rm");
+        assert!(from_file.sync.device_token().is_err(), "a missing file");
+        assert_eq!(
+            parse("")
+                .expect("config")
+                .sync
+                .device_token()
+                .expect("none"),
+            None
+        );
     }
 }

@@ -160,7 +160,9 @@ pub fn read_file_at(
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+        .map(str::to_ascii_lowercase)
+        // The brain refuses an ext over 32 bytes or with other than printable ASCII.
+        .filter(|e| crate::model::event::is_ext(e));
     let guessed = mime_guess::from_path(path).first();
     // Keep a prefix only when it may become content: known text types, or unknown types to sniff.
     let keep = match &guessed {
@@ -444,6 +446,28 @@ mod tests {
         assert!(!looks_like_text(b"\xff\xfe", true));
         // A multi-byte character cut by the end of a partial sample is still text.
         assert!(looks_like_text(&"€".as_bytes()[..2], false));
+    }
+
+    /// The brain refuses an ext over 32 bytes or outside printable ASCII: such a file is indexed
+    /// without one rather than parked at every push.
+    #[test]
+    fn an_extension_the_brain_would_refuse_is_left_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, ext) in [
+            ("a.MD", Some("md")),
+            (
+                &format!("a.{}", "x".repeat(32)),
+                Some("x".repeat(32).as_str()),
+            ),
+            (&format!("a.{}", "x".repeat(33)), None),
+            ("a.caf\u{e9}", None),
+            ("a.b c", Some("b c")),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "text").expect("write");
+            let read = read_file(&path, 100).expect("read");
+            assert_eq!(read.ext.as_deref(), ext, "{name}");
+        }
     }
 
     #[test]

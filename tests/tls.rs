@@ -225,7 +225,7 @@ impl Device {
 
     fn client(&self) -> Result<BrainClient, ClientError> {
         let url = self.config.sync.brain_url.as_deref().expect("brain_url");
-        BrainClient::from_config(url, &self.config.sync)
+        BrainClient::from_config(url, &self.config.sync, "tls-test-device")
     }
 
     fn pending(&self) -> i64 {

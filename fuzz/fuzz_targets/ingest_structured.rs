@@ -41,9 +41,12 @@ const GOOD_DEVICES: &[&str] = &[
     "dev-a",
     "dev-b",
     "5f0c1c9e-8d2a-4b7e-9a41-3c2d1e0f9a8b",
-    "ünï",
+    "laptop.home_2",
+    // "y" stands for an id of exactly 128 bytes.
+    "y",
 ];
-const BAD_DEVICES: &[&str] = &["", "a\u{0}b", "tab\there", "\u{85}", "x"];
+// "x" stands for an id one byte over the 128 allowed.
+const BAD_DEVICES: &[&str] = &["", "a\u{0}b", "tab\there", "\u{85}", "x", "ünï", "a b", "a/b"];
 const GOOD_ENTITY_TYPES: &[&str] = &["file"];
 const BAD_ENTITY_TYPES: &[&str] = &["", "File", "dir", "file "];
 const GOOD_KEYS: &[&str] = &[
@@ -54,6 +57,9 @@ const GOOD_KEYS: &[&str] = &[
     "a/.hidden",
     "a/..x",
     "a/b/c/d",
+    // Stand-ins (see `entity_key`): exactly 1,024 bytes, exactly 64 segments.
+    "EDGE_BYTES",
+    "EDGE_SEGMENTS",
 ];
 const BAD_KEYS: &[&str] = &[
     "",
@@ -70,6 +76,9 @@ const BAD_KEYS: &[&str] = &[
     "notes/a\u{7f}",
     "notes\\a",
     "notes/cafe\u{301}",
+    // Stand-ins: 1,025 bytes, 65 segments.
+    "OVER_BYTES",
+    "OVER_SEGMENTS",
 ];
 const GOOD_SHAS: &[&str] = &[
     "0000000000000000000000000000000000000000000000000000000000000000",
@@ -83,9 +92,26 @@ const BAD_SHAS: &[&str] = &[
     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b8555",
     "g3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
 ];
-/// Clock keys: the good device ids and a few others (any string is a valid clock key).
-const CLOCK_DEVICES: &[&str] = &["dev-a", "dev-b", "ünï", "", "other"];
-const CLOCK_VALUES: &[u64] = &[0, 1, 2, 3, 7, u64::MAX];
+/// Clock keys: device ids, and some that are not ("ünï", "", "a b").
+const CLOCK_DEVICES: &[&str] = &["dev-a", "dev-b", "ünï", "", "other", "a b", "laptop.home_2"];
+/// 0 entries are dropped as the clock is read; up to 2^53 is valid.
+const CLOCK_VALUES: &[u64] = &[0, 1, 2, 3, 7, 1 << 53, (1 << 53) + 1, u64::MAX];
+const GOOD_TIMES: &[&str] = &[
+    "2026-11-25T10:00:00Z",
+    "2026-02-10T10:06:00.25Z",
+    "2026-02-10T11:06:00.123456789+01:00",
+    "2024-02-29t23:59:60z",
+];
+const BAD_TIMES: &[&str] = &[
+    "",
+    "not a time",
+    "2026-02-10 10:06:00.250+00",
+    "2026-02-10T10:06:00",
+    "2026-02-10T10:06:00+0100",
+    "2025-02-29T10:00:00Z",
+    "2026-02-10T24:00:00Z",
+    "2026-02-10T10:06:00.Z",
+];
 const EVENT_TYPES: &[&str] = &["upsert_file", "delete_file", "initial_sync"];
 const FIELDS: &[&str] = &[
     "event_ulid",
@@ -139,7 +165,9 @@ struct GenEvent {
     ext: Option<String>,
     mime: Option<String>,
     content: Option<String>,
-    created_at: String,
+    created_at: Pick,
+    /// Pad the clock with this many more valid entries (257 and over is refused).
+    wide: Option<u16>,
     /// Absent payload fields written as explicit `null`s (the same event).
     nulls: bool,
     /// A field the brain does not know (`id`, as a pulled event carries it): ignored.
@@ -155,61 +183,117 @@ struct Input {
 }
 
 /// The first field the brain's validation must name, if any (same order as `Event::validate`).
-fn first_invalid(g: &GenEvent) -> Option<&'static str> {
+fn first_invalid(g: &GenEvent) -> Option<String> {
+    let invalid = |field: &str| Some(field.to_owned());
     let (_, ulid_ok) = g.ulid.get(GOOD_ULIDS, BAD_ULIDS);
-    let (device, device_ok) = g.device.get(GOOD_DEVICES, BAD_DEVICES);
+    let (_, device_ok) = g.device.get(GOOD_DEVICES, BAD_DEVICES);
+    let device = device_id(g);
     let (_, entity_type_ok) = g.entity_type.get(GOOD_ENTITY_TYPES, BAD_ENTITY_TYPES);
     let (_, key_ok) = g.key.get(GOOD_KEYS, BAD_KEYS);
-    let own_entry = clock(g).get(device).copied().unwrap_or(0) > 0;
+    let clock = clock(g);
+    let own_entry = clock.get(device.as_str()).copied().unwrap_or(0) > 0;
     let is_delete = EVENT_TYPES[usize::from(g.event_type) % EVENT_TYPES.len()] == "delete_file";
     if !ulid_ok {
-        return Some("event_ulid");
+        return invalid("event_ulid");
     }
     if !device_ok {
-        return Some("device_id");
+        return invalid("device_id");
     }
     if !entity_type_ok {
-        return Some("entity_type");
+        return invalid("entity_type");
     }
     if !key_ok {
-        return Some("entity_key");
+        return invalid("entity_key");
+    }
+    if clock.len() > 256 {
+        return invalid("vector_clock has");
+    }
+    // Entries in key order; a key is checked before its value.
+    for (key, value) in &clock {
+        let key_is_id = (1..=128).contains(&key.len())
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !key_is_id {
+            return invalid("vector_clock key");
+        }
+        if *value > 1 << 53 {
+            return Some(format!("vector_clock[{key:?}]"));
+        }
     }
     if !own_entry {
-        return Some("vector_clock");
+        return invalid("vector_clock has no entry");
     }
+    if !g.created_at.get(GOOD_TIMES, BAD_TIMES).1 {
+        return invalid("created_at");
+    }
+    let printable = |s: &str, cap: usize| s.len() <= cap && s.bytes().all(|b| (0x20..=0x7e).contains(&b));
     if is_delete {
-        return None;
+        let present = [
+            ("payload.sha256", g.sha.is_some()),
+            ("payload.bytes", g.bytes.is_some()),
+            ("payload.mtime_unix", g.mtime_unix.is_some()),
+            ("payload.ext", g.ext.is_some()),
+            ("payload.mime", g.mime.is_some()),
+            ("payload.content", g.content.is_some()),
+        ];
+        return present.iter().find(|(_, set)| *set).map(|(f, _)| (*f).to_owned());
+    }
+    if g.ext.as_deref().is_some_and(|e| !printable(e, 32)) {
+        return invalid("payload.ext");
+    }
+    if g.mime.as_deref().is_some_and(|m| !printable(m, 255)) {
+        return invalid("payload.mime");
+    }
+    if g.content.as_ref().is_some_and(|c| c.len() > MAX_CONTENT_BYTES) {
+        return invalid("payload.content");
+    }
+    if g.bytes.is_some_and(|b| b > 1 << 53) {
+        return invalid("payload.bytes");
     }
     match g.sha.map(|p| p.get(GOOD_SHAS, BAD_SHAS)) {
-        None | Some((_, false)) => return Some("payload.sha256"),
+        None | Some((_, false)) => return invalid("payload.sha256"),
         Some((_, true)) => {}
     }
     if g.bytes.is_none() {
-        return Some("payload.bytes");
-    }
-    if g.content.as_ref().is_some_and(|c| c.len() > MAX_CONTENT_BYTES) {
-        return Some("payload.content");
+        return invalid("payload.bytes");
     }
     None
 }
 
-fn clock(g: &GenEvent) -> BTreeMap<&'static str, u64> {
-    g.clock
+/// The clock as the brain reads it: later entries of a key win (as in a JSON object), zeros are
+/// dropped.
+fn clock(g: &GenEvent) -> BTreeMap<String, u64> {
+    let mut clock: BTreeMap<String, u64> = g
+        .clock
         .iter()
         .map(|&(d, v)| {
             (
-                CLOCK_DEVICES[usize::from(d) % CLOCK_DEVICES.len()],
+                CLOCK_DEVICES[usize::from(d) % CLOCK_DEVICES.len()].to_owned(),
                 CLOCK_VALUES[usize::from(v) % CLOCK_VALUES.len()],
             )
         })
-        .collect()
+        .collect();
+    for i in 0..g.wide.map_or(0, |n| n % 300) {
+        clock.insert(format!("w{i:03}"), 1);
+    }
+    clock.retain(|_, v| *v > 0);
+    clock
 }
 
 fn device_id(g: &GenEvent) -> String {
     match g.device.get(GOOD_DEVICES, BAD_DEVICES) {
-        // "x" stands for an id one byte over the 128 allowed.
         ("x", false) => "x".repeat(129),
+        ("y", true) => "y".repeat(128),
         (d, _) => d.to_owned(),
+    }
+}
+
+fn entity_key(g: &GenEvent) -> String {
+    match g.key.get(GOOD_KEYS, BAD_KEYS).0 {
+        "EDGE_BYTES" => format!("notes/{}", "k".repeat(1024 - 6)),
+        "OVER_BYTES" => format!("notes/{}", "k".repeat(1025 - 6)),
+        "EDGE_SEGMENTS" => format!("notes{}", "/k".repeat(63)),
+        "OVER_SEGMENTS" => format!("notes{}", "/k".repeat(64)),
+        k => k.to_owned(),
     }
 }
 
@@ -240,10 +324,10 @@ fn to_json(g: &GenEvent) -> Value {
         "device_id": device_id(g),
         "event_type": EVENT_TYPES[usize::from(g.event_type) % EVENT_TYPES.len()],
         "entity_type": g.entity_type.get(GOOD_ENTITY_TYPES, BAD_ENTITY_TYPES).0,
-        "entity_key": g.key.get(GOOD_KEYS, BAD_KEYS).0,
+        "entity_key": entity_key(g),
         "payload": payload,
         "vector_clock": clock(g),
-        "created_at": g.created_at,
+        "created_at": g.created_at.get(GOOD_TIMES, BAD_TIMES).0,
     });
     let obj = event.as_object_mut().expect("an object");
     if let Some(id) = g.extra {
@@ -294,7 +378,7 @@ enum Expect {
     /// These events, in this order.
     Accepted(Vec<Event>),
     /// 400 whose message starts with `batch[i].field` (or `batch[i]:` for a missing field).
-    Invalid(usize, Option<&'static str>),
+    Invalid(usize, Option<String>),
     TooLarge,
     /// 409 at `batch[i]`, naming the earlier `batch[first]`.
     Conflict(usize, usize),
@@ -305,7 +389,7 @@ fn expect(events: &[GenEvent], json: &[Value]) -> Expect {
     if let Some(i) = events.iter().position(|g| g.defect.is_some()) {
         let field = match events[i].defect {
             Some(Defect::Missing(_)) => None,
-            _ => Some(""),
+            _ => Some(String::new()),
         };
         return Expect::Invalid(i, field);
     }
@@ -337,7 +421,7 @@ fn starts_with_field(message: &str, i: usize, field: &str) -> bool {
         format!("batch[{i}].{field}")
     };
     message.strip_prefix(&prefix).is_some_and(|rest| {
-        field.is_empty() || rest.starts_with(' ') || rest.starts_with(':')
+        field.is_empty() || field.ends_with(']') || rest.starts_with(' ') || rest.starts_with(':')
     })
 }
 
@@ -359,7 +443,7 @@ fuzz_target!(|input: Input| {
         }
         (Expect::Invalid(i, Some(field)), Err(BrainError::Invalid(m))) => {
             assert!(
-                starts_with_field(&m, i, field),
+                starts_with_field(&m, i, &field),
                 "expected an error at batch[{i}].{field}, got {m:?}"
             );
         }

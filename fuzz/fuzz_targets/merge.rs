@@ -129,7 +129,7 @@ fn apply_all(order: &[&Version]) -> Option<EntityState> {
         let is_sibling = state
             .as_ref()
             .is_some_and(|s| s.siblings.iter().any(|x| x.event_ulid == v.event_ulid));
-        match apply(state.as_ref(), v) {
+        match apply(state.as_ref(), v.clone()) {
             Outcome::Duplicate => {
                 assert!(is_sibling, "Duplicate for {}, which is no sibling", v.event_ulid);
             }

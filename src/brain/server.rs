@@ -737,9 +737,10 @@ async fn snapshot<S: BrainStore>(
 }
 
 fn check_device_id(device_id: &str) -> Result<(), BrainError> {
-    if device_id.is_empty() || device_id.len() > 128 || device_id.chars().any(char::is_control) {
+    if !crate::model::event::is_device_id(device_id) {
+        let shown: String = device_id.chars().take(64).collect();
         return Err(BrainError::Invalid(format!(
-            "device_id {device_id:?} is empty, too long or has control characters"
+            "device_id {shown:?} is not 1 to 128 letters, digits, `.`, `_` or `-`"
         )));
     }
     Ok(())

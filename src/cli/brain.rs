@@ -307,6 +307,11 @@ async fn listen<S: BrainStore>(
     } else {
         println!("brain listening on http://{local} ({})", target.describe());
     }
+    // Off the start path: the port is open before the log is read.
+    let (counted, max_content) = (store.clone(), config.max_content_bytes);
+    tokio::spawn(async move {
+        crate::brain::store::report_over_caps(&*counted, max_content).await;
+    });
     server::serve_with_metrics(listener, metrics_listener, store, config, shutdown_signal())
         .await
         .context("serving")?;

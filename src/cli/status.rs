@@ -156,9 +156,13 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         );
         const SHOWN: usize = 10;
         for r in refused.iter().take(SHOWN) {
+            let at = if r.snapshot {
+                format!("snapshot at {}", r.id)
+            } else {
+                format!("brain id {}", r.id)
+            };
             println!(
-                "           brain id {} {} ({}): {}",
-                r.id,
+                "           {at} {} ({}): {}",
                 escape(&format!("{:?}", r.entity_key)),
                 escape(&format!("{:?}", r.event_ulid)),
                 escape(&r.reason)

@@ -28,8 +28,8 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     let Some(url) = &config.sync.brain_url else {
         bail!("no brain configured: set [sync] brain_url in the config file, or LIB_BRAIN_URL");
     };
-    let client = BrainClient::from_config(url, &config.sync)?;
     let mut store = Store::open(&config.store.path)?;
+    let client = BrainClient::from_config(url, &config.sync, store.device_id())?;
     let (do_push, do_pull) = if args.push || args.pull {
         (args.push, args.pull)
     } else {

@@ -8,6 +8,13 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// At most this many entries in a clock (DESIGN.md "Trust"): a clock travels in every event and
+/// spreads, through `seen_vc`, into every later event on its key.
+pub const MAX_CLOCK_ENTRIES: usize = 256;
+/// The greatest clock entry, 2^53: the largest integer every JSON reader (JavaScript's, LIB v1.1's
+/// PL/pgSQL `jsonb` arithmetic) holds exactly, and far from `u64::MAX`, so `+ 1` never wraps.
+pub const MAX_CLOCK_VALUE: u64 = 1 << 53;
+
 /// How two clocks relate. `Equal` and `Concurrent` are different answers: LIB v1.1 returned `0` for
 /// both, which is how it lost edits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +59,11 @@ impl VectorClock {
 
     pub fn entries(&self) -> impl Iterator<Item = (&str, u64)> {
         self.0.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    /// The number of (non-zero) entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -7,10 +7,20 @@ use std::path::Path;
 
 use unicode_normalization::UnicodeNormalization;
 
+/// At most this many bytes in an entity key (DESIGN.md "Trust").
+pub const MAX_KEY_BYTES: usize = 1024;
+/// At most this many `/`-separated segments in an entity key, the library name included.
+pub const MAX_KEY_SEGMENTS: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     #[error("entity key is empty")]
     Empty,
+    // The key itself is not echoed: it may be megabytes.
+    #[error("entity key is {0} bytes, over the cap of {MAX_KEY_BYTES}")]
+    TooLong(usize),
+    #[error("entity key {0:?} has {1} segments, over the cap of {MAX_KEY_SEGMENTS}")]
+    TooManySegments(String, usize),
     #[error("entity key {0:?} is absolute")]
     Absolute(String),
     #[error("entity key {0:?} has an empty, `.` or `..` segment")]
@@ -28,6 +38,14 @@ pub enum KeyError {
 pub fn validate(key: &str) -> Result<(), KeyError> {
     if key.is_empty() {
         return Err(KeyError::Empty);
+    }
+    // Sizes first: every later check (and its error message) then deals with a bounded key.
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KeyError::TooLong(key.len()));
+    }
+    let segments = key.split('/').count();
+    if segments > MAX_KEY_SEGMENTS {
+        return Err(KeyError::TooManySegments(key.to_owned(), segments));
     }
     if key.starts_with('/') {
         return Err(KeyError::Absolute(key.to_owned()));
@@ -118,6 +136,37 @@ mod tests {
         ));
         // "é" as e + combining acute is not NFC.
         assert!(validate("notes/cafe\u{301}").is_err());
+    }
+
+    /// The caps at their boundaries: 1,024 bytes and 64 segments pass, one more of either fails.
+    #[test]
+    fn a_key_is_at_most_1024_bytes_and_64_segments() {
+        let of_len = |n: usize| format!("notes/{}", "a".repeat(n - "notes/".len()));
+        assert_eq!(validate(&of_len(MAX_KEY_BYTES)), Ok(()));
+        assert_eq!(
+            validate(&of_len(MAX_KEY_BYTES + 1)),
+            Err(KeyError::TooLong(1025))
+        );
+        let of_segments = |n: usize| format!("notes{}", "/a".repeat(n - 1));
+        assert_eq!(validate(&of_segments(MAX_KEY_SEGMENTS)), Ok(()));
+        assert!(matches!(
+            validate(&of_segments(MAX_KEY_SEGMENTS + 1)),
+            Err(KeyError::TooManySegments(_, 65))
+        ));
+        // Multi-byte characters count in bytes, not characters.
+        let wide = format!("notes/{}", "\u{e9}".repeat(510));
+        assert_eq!(wide.len(), 1026);
+        assert_eq!(validate(&wide), Err(KeyError::TooLong(1026)));
+        for control in [
+            "notes/a\u{7f}",
+            "notes/a\u{9b}x",
+            "notes/\u{1b}]52;c;x\u{7}",
+        ] {
+            assert!(
+                matches!(validate(control), Err(KeyError::BadCharacter(_))),
+                "{control:?}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::UNIX_EPOCH;
 use rusqlite::{CachedStatement, Connection, OptionalExtension, Transaction};
 
 use super::{Context, Result, StoreError};
+use crate::model::clock::MAX_CLOCK_VALUE;
 use crate::model::event::{format_rfc3339, ENTITY_TYPE_FILE};
 use crate::model::merge::{self, EntityState, Outcome};
 use crate::model::{Event, EventType, FilePayload};
@@ -394,7 +395,9 @@ impl<'a> Batch<'a> {
 
     /// Hands out this device's next sequence number. Never below an entry of ours already seen
     /// (a database restored from a backup must not reuse numbers its events carried).
-    fn next_sequence(&self, at_least_above: u64) -> Result<u64> {
+    /// A number past 2^53 (the cap of a clock entry) is an error, never a wrap: a pulled clock
+    /// can carry any entry of ours up to the cap.
+    fn next_sequence(&self, key: &str, at_least_above: u64) -> Result<u64> {
         let current = match self.sequence.get() {
             Some((sequence, _)) => sequence,
             None => {
@@ -409,7 +412,14 @@ impl<'a> Batch<'a> {
                 stored.max(0) as u64
             }
         };
-        let next = current.max(at_least_above) + 1;
+        let next = current
+            .max(at_least_above)
+            .checked_add(1)
+            .filter(|n| *n <= MAX_CLOCK_VALUE)
+            .ok_or_else(|| StoreError::SequenceExhausted {
+                key: key.to_owned(),
+                seen: current.max(at_least_above),
+            })?;
         self.sequence.set(Some((next, true)));
         Ok(next)
     }
@@ -424,7 +434,7 @@ impl<'a> Batch<'a> {
         payload: FilePayload,
     ) -> Result<Event> {
         let mut clock = current.map(|s| s.seen_vc.clone()).unwrap_or_default();
-        let seq = self.next_sequence(clock.get(self.device_id))?;
+        let seq = self.next_sequence(key, clock.get(self.device_id))?;
         clock.set(self.device_id, seq);
         let ulid = self.ulids.map_or_else(ulid::Ulid::new, |next| next());
         Ok(Event {

@@ -59,6 +59,14 @@ pub enum StoreError {
     },
     #[error("{context}: stored value is corrupt: {detail}")]
     Corrupt { context: String, detail: String },
+    /// A change on this device would need a sequence number past 2^53, the cap of a clock
+    /// entry: an event pulled from the brain carried our entry at the cap. Nothing was recorded.
+    #[error(
+        "cannot record the change of {key}: this device's sequence number would pass 2^53 (its \
+         clock entry there is {seen}, which only a damaged or hostile brain log can hand out); \
+         the change is not recorded"
+    )]
+    SequenceExhausted { key: String, seen: u64 },
     #[error("cannot create {path}: {source}")]
     CreateDir {
         path: PathBuf,

@@ -77,7 +77,8 @@ impl SyncAgent {
             );
             return Ok(None);
         };
-        let client = Arc::new(BrainClient::from_config(&url, &config.sync)?);
+        let device_id = Store::open(db)?.device_id().to_owned();
+        let client = Arc::new(BrainClient::from_config(&url, &config.sync, &device_id)?);
         let (push_tx, push_rx) = crossbeam_channel::bounded::<()>(1);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
@@ -88,7 +89,7 @@ impl SyncAgent {
             match (&config.sync.public_url, &config.sync.webhook_secret) {
                 (Some(public_url), Some(secret)) => {
                     webhook = Some(Webhook {
-                        device: Store::open(db)?.device_id().to_owned(),
+                        device: device_id.clone(),
                         public_url: public_url.clone(),
                         secret: secret.clone(),
                     });

@@ -4,15 +4,23 @@
 //! http:// and https:// both work: TLS is rustls (ring) trusting the web PKI roots, plus the
 //! certificates of `[sync] brain_ca_file` / `LIB_BRAIN_CA_FILE` for a brain behind a private CA
 //! (see [`crate::tls`]).
+//!
+//! What the client sends and reads is bounded by what it trusts (DESIGN.md "Trust"): it follows
+//! no redirect (a 3xx is an error naming where it pointed: the credential and file text must not
+//! travel to another origin), reads at most [`MAX_ANSWER_BYTES`] of an answer, and warns once per
+//! process when it sends a credential over plain http:// to a host that is not loopback.
 
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde::de::DeserializeOwned;
 
-use crate::config::{SyncConfig, ENV_BRAIN_CA_FILE};
+use crate::config::{SyncConfig, TokenFileError, ENV_BRAIN_CA_FILE};
 use crate::model::wire::{
     ErrorBody, IngestRequest, IngestResponse, IngestResult, PullResponse, SnapshotResponse,
-    WebhookRequest, WebhookResponse, SECRET_HEADER,
+    WebhookRequest, WebhookResponse, DEVICE_ID_HEADER, SECRET_HEADER,
 };
 use crate::model::Event;
 use crate::tls::{self, CaFileError, ExtraRoots};
@@ -39,7 +47,35 @@ pub enum ClientError {
     },
     #[error("the brain's answer to {route} is not what the protocol says: {reason}")]
     Protocol { route: &'static str, reason: String },
+    /// The answer is larger than [`MAX_ANSWER_BYTES`]; it was not read further.
+    #[error(
+        "the brain's answer to {route} is larger than {cap} bytes; refused without reading it \
+         whole (a damaged or hostile brain, or one that pages by count only)"
+    )]
+    TooLarge { route: &'static str, cap: u64 },
+    /// The brain answered a redirect. It is not followed: the credential and the text of files
+    /// would go to wherever it points.
+    #[error(
+        "the brain answered {status} to {route}, a redirect to {location}; redirects are not \
+         followed (the credential and file text would go there): set [sync] brain_url to the \
+         brain's own URL"
+    )]
+    Redirect {
+        route: &'static str,
+        status: u16,
+        location: String,
+    },
+    /// The device token cannot be read, or cannot travel in a header; nothing was sent.
+    #[error(transparent)]
+    TokenFile(#[from] TokenFileError),
+    #[error("the device token {0}")]
+    BadToken(&'static str),
 }
+
+/// The largest answer the client reads, counted as it arrives (after decompression, were bodies
+/// ever compressed): the brain's pages stop at 16 MiB of stored text, which JSON may escape to a
+/// few times that.
+pub const MAX_ANSWER_BYTES: u64 = 64 << 20;
 
 impl ClientError {
     /// Worth retrying later with the same request: the brain may be down or busy.
@@ -49,7 +85,12 @@ impl ClientError {
             ClientError::Status { status, .. } => {
                 *status >= 500 || *status == 408 || *status == 429
             }
-            ClientError::CaFile(_) | ClientError::Protocol { .. } => false,
+            ClientError::CaFile(_)
+            | ClientError::Protocol { .. }
+            | ClientError::TooLarge { .. }
+            | ClientError::Redirect { .. }
+            | ClientError::TokenFile(_)
+            | ClientError::BadToken(_) => false,
         }
     }
 
@@ -69,34 +110,111 @@ impl ClientError {
     }
 }
 
+/// What the client authenticates with.
+#[derive(Clone, Default)]
+pub enum Credential {
+    /// Nothing (a brain run with `--insecure-no-auth`).
+    #[default]
+    None,
+    /// LIB v1.1's shared secret, in `x-lib-sync-secret`.
+    Secret(String),
+    /// This device's token (`Authorization: Bearer`) and its id (`x-lib-device-id`).
+    Device { token: String, device_id: String },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::None => f.write_str("None"),
+            Credential::Secret(_) => f.write_str("Secret(<redacted>)"),
+            Credential::Device { device_id, .. } => f
+                .debug_struct("Device")
+                .field("token", &"<redacted>")
+                .field("device_id", device_id)
+                .finish(),
+        }
+    }
+}
+
+impl Credential {
+    /// The credential the configuration gives this device: its token when it has one (then
+    /// never the shared secret), else the shared secret.
+    pub fn from_config(sync: &SyncConfig, device_id: &str) -> Result<Credential, ClientError> {
+        Ok(match (sync.device_token()?, &sync.secret) {
+            (Some(token), _) => Credential::Device {
+                token,
+                device_id: device_id.to_owned(),
+            },
+            (None, Some(secret)) => Credential::Secret(secret.clone()),
+            (None, None) => Credential::None,
+        })
+    }
+
+    /// The headers every request carries, built once, marked sensitive (kept out of debug logs).
+    fn headers(&self) -> Result<Vec<(&'static str, HeaderValue)>, ClientError> {
+        let sensitive = |value: &str, what: &'static str| {
+            let mut v = HeaderValue::from_str(value).map_err(|_| ClientError::BadToken(what))?;
+            v.set_sensitive(true);
+            Ok::<_, ClientError>(v)
+        };
+        Ok(match self {
+            Credential::None => Vec::new(),
+            Credential::Secret(secret) => vec![(
+                SECRET_HEADER,
+                sensitive(secret, "(the shared secret) cannot be sent in a header")?,
+            )],
+            Credential::Device { token, device_id } => vec![
+                (
+                    AUTHORIZATION.as_str(),
+                    sensitive(&format!("Bearer {token}"), "cannot be sent in a header")?,
+                ),
+                (
+                    DEVICE_ID_HEADER,
+                    HeaderValue::from_str(device_id)
+                        .map_err(|_| ClientError::BadToken("'s device id is not a header value"))?,
+                ),
+            ],
+        })
+    }
+}
+
 pub struct BrainClient {
     http: reqwest::blocking::Client,
     base: String,
-    secret: Option<String>,
+    credential: Credential,
+    headers: Vec<(&'static str, HeaderValue)>,
 }
 
 impl std::fmt::Debug for BrainClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrainClient")
             .field("base", &self.base)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("credential", &self.credential)
             .finish()
     }
 }
 
 impl BrainClient {
-    /// A client of the brain at `base` (http:// or https://), trusting the web PKI roots.
+    /// A client of the brain at `base` (http:// or https://) sending the shared secret, trusting
+    /// the web PKI roots.
     pub fn new(base: &str, secret: Option<String>) -> Result<BrainClient, ClientError> {
-        BrainClient::with_roots(base, secret, &ExtraRoots::none())
+        let credential = secret.map_or(Credential::None, Credential::Secret);
+        BrainClient::with_credential(base, credential, &ExtraRoots::none())
     }
 
-    /// The client the configuration describes: the secret and the extra CA file of `sync`.
-    pub fn from_config(base: &str, sync: &SyncConfig) -> Result<BrainClient, ClientError> {
+    /// The client the configuration describes for the device `device_id`: its token (or the
+    /// shared secret) and the extra CA file of `sync`.
+    pub fn from_config(
+        base: &str,
+        sync: &SyncConfig,
+        device_id: &str,
+    ) -> Result<BrainClient, ClientError> {
         let roots = match &sync.brain_ca_file {
             Some(file) => ExtraRoots::load(file)?,
             None => ExtraRoots::none(),
         };
-        BrainClient::with_roots(base, sync.secret.clone(), &roots)
+        let credential = Credential::from_config(sync, device_id)?;
+        BrainClient::with_credential(base, credential, &roots)
     }
 
     /// A client that trusts `roots` besides the web PKI roots.
@@ -105,8 +223,20 @@ impl BrainClient {
         secret: Option<String>,
         roots: &ExtraRoots,
     ) -> Result<BrainClient, ClientError> {
-        let mut builder =
-            reqwest::blocking::Client::builder().connect_timeout(Duration::from_secs(5));
+        let credential = secret.map_or(Credential::None, Credential::Secret);
+        BrainClient::with_credential(base, credential, roots)
+    }
+
+    /// A client that sends `credential` and trusts `roots` besides the web PKI roots.
+    pub fn with_credential(
+        base: &str,
+        credential: Credential,
+        roots: &ExtraRoots,
+    ) -> Result<BrainClient, ClientError> {
+        let headers = credential.headers()?;
+        let mut builder = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none());
         for cert in roots.certificates() {
             builder = builder.add_root_certificate(cert);
         }
@@ -114,10 +244,15 @@ impl BrainClient {
             url: base.to_owned(),
             reason: tls::one_line(&e),
         })?;
+        let base = base.trim_end_matches('/').to_owned();
+        if !matches!(credential, Credential::None) && plain_http_to_remote(&base) {
+            warn_plain_http_once(&base);
+        }
         Ok(BrainClient {
             http,
-            base: base.trim_end_matches('/').to_owned(),
-            secret,
+            base,
+            credential,
+            headers,
         })
     }
 
@@ -135,8 +270,8 @@ impl BrainClient {
             .http
             .request(method, format!("{}{path}", self.base))
             .timeout(timeout);
-        if let Some(secret) = &self.secret {
-            request = request.header(SECRET_HEADER, secret);
+        for (name, value) in &self.headers {
+            request = request.header(*name, value.clone());
         }
         request
     }
@@ -158,7 +293,42 @@ impl BrainClient {
         };
         let response = request.send().map_err(network)?;
         let status = response.status();
-        let body = response.bytes().map_err(network)?;
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .map_or_else(
+                    || "nowhere (no Location header)".to_owned(),
+                    |l| format!("{:?}", String::from_utf8_lossy(l.as_bytes())),
+                );
+            return Err(ClientError::Redirect {
+                route,
+                status: status.as_u16(),
+                location,
+            });
+        }
+        let too_large = ClientError::TooLarge {
+            route,
+            cap: MAX_ANSWER_BYTES,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES)
+        {
+            return Err(too_large);
+        }
+        // Read with a limit, one byte past it to tell "exactly the cap" from "more".
+        let mut body = Vec::new();
+        response
+            .take(MAX_ANSWER_BYTES + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| ClientError::Network {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            })?;
+        if body.len() as u64 > MAX_ANSWER_BYTES {
+            return Err(too_large);
+        }
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|b| b.error)
@@ -240,6 +410,42 @@ impl BrainClient {
     }
 }
 
+/// Whether `base` is plain http:// to a host that is not loopback (`localhost`, 127.0.0.0/8,
+/// `::1`): what a credential should not travel over.
+fn plain_http_to_remote(base: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(base) else {
+        return false;
+    };
+    if url.scheme() != "http" {
+        return false;
+    }
+    let Some(host) = url.host_str() else {
+        return true;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.is_loopback(),
+        Err(_) => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            name != "localhost" && !name.ends_with(".localhost")
+        }
+    }
+}
+
+/// Set once the plain-http warning is logged: once per process, not per client (the daemon
+/// builds several).
+static WARNED_PLAIN_HTTP: AtomicBool = AtomicBool::new(false);
+
+/// Logs the plain-http warning unless this process did already; true when it logged.
+fn warn_plain_http_once(base: &str) -> bool {
+    if WARNED_PLAIN_HTTP.swap(true, Ordering::Relaxed) {
+        return false;
+    }
+    tracing::warn!(brain = %base, "the brain's URL is plain http:// to a host that is not \
+        loopback: the credential and the text of files travel unencrypted; use https://");
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,5 +490,77 @@ mod tests {
         };
         assert!(!garbled.is_retryable());
         assert!(status(410).is_cursor_pruned() && !status(410).is_retryable());
+        let redirect = ClientError::Redirect {
+            route: "/pull",
+            status: 307,
+            location: "\"http://elsewhere/\"".into(),
+        };
+        assert!(!redirect.is_retryable() && !redirect.is_refusal());
+        let large = ClientError::TooLarge {
+            route: "/pull",
+            cap: MAX_ANSWER_BYTES,
+        };
+        assert!(!large.is_retryable() && !large.is_refusal());
+    }
+
+    #[test]
+    fn plain_http_is_fine_to_loopback_only() {
+        for remote in [
+            "http://brain.example.com",
+            "http://192.168.1.10:8787",
+            "http://10.0.0.1",
+            "http://[fe80::1]:80",
+            "http://localhost.example.com",
+        ] {
+            assert!(plain_http_to_remote(remote), "{remote}");
+        }
+        for fine in [
+            "http://127.0.0.1:8787",
+            "http://127.8.9.1",
+            "http://localhost:8787",
+            "http://LOCALHOST.",
+            "http://brain.localhost",
+            "http://[::1]:8787",
+            "https://brain.example.com",
+        ] {
+            assert!(!plain_http_to_remote(fine), "{fine}");
+        }
+    }
+
+    #[test]
+    fn the_plain_http_warning_is_logged_once_per_process() {
+        // Whichever call came first in this process logged it; none after does.
+        warn_plain_http_once("http://brain.example.com");
+        assert!(!warn_plain_http_once("http://brain.example.com"));
+        assert!(!warn_plain_http_once("http://other.example.com"));
+    }
+
+    #[test]
+    fn debug_of_a_client_shows_no_credential() {
+        let token = "tok-1234567890abcdef";
+        let credential = Credential::Device {
+            token: token.into(),
+            device_id: "dev-a".into(),
+        };
+        let client =
+            BrainClient::with_credential("http://127.0.0.1:9", credential, &ExtraRoots::none())
+                .expect("client");
+        let shown = format!("{client:?}");
+        assert!(!shown.contains(token) && shown.contains("dev-a"), "{shown}");
+        let client = BrainClient::new("http://127.0.0.1:9", Some("s3cret".into())).expect("client");
+        assert!(!format!("{client:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_a_header_is_refused_before_anything_is_sent() {
+        let credential = Credential::Device {
+            token: "bad\ntoken".into(),
+            device_id: "dev-a".into(),
+        };
+        let err =
+            BrainClient::with_credential("http://127.0.0.1:9", credential, &ExtraRoots::none())
+                .expect_err("refused");
+        assert!(matches!(err, ClientError::BadToken(_)), "{err}");
+        assert!(!err.to_string().contains("bad\ntoken"), "{err}");
     }
 }

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{BrainClient, ClientError};
 
-use crate::model::wire::{IngestResult, PullResponse, SnapshotResponse, MAX_BATCH};
+use sha2::Digest;
+
+use crate::model::wire::{IngestResult, PullResponse, SnapshotEntity, SnapshotResponse, MAX_BATCH};
 use crate::model::{Event, EventType};
 use crate::store::{read, Batch, Context, Store, StoreError};
 
@@ -27,6 +29,13 @@ pub const MAX_PUSH_BYTES: usize = 4 << 20;
 /// `lib_kv` keys of pulled events that were refused as invalid: this prefix, then the brain id
 /// (zero-padded, so the keys sort in log order); the value is a [`RefusedPull`] (JSON).
 pub const REFUSED_PULL_PREFIX: &str = "sync_refused_pull/";
+/// After [`REFUSED_PULL_PREFIX`], the key form of a refused snapshot entity: this, then the sha256
+/// (hex) of its entity key, which may be any length; a re-seed that meets it again overwrites it.
+pub const REFUSED_SNAPSHOT_INFIX: &str = "snapshot/";
+/// The largest `payload.content` the agent applies from a pull or a snapshot. The brain caps
+/// what it ingests (1 MiB by default, `--max-content-bytes`); this is the agent's own bound for a
+/// brain with a larger cap or a damaged log, the size of one page of the brain's answers.
+pub const MAX_PULLED_CONTENT_BYTES: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -77,8 +86,11 @@ fn is_zero(n: &u64) -> bool {
 /// A pulled event that failed validation, kept in `lib_kv` for `agent status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusedPull {
-    /// The brain's id of the event.
+    /// The brain's id of the event; for an entity of a snapshot, the snapshot's watermark.
     pub id: i64,
+    /// Refused as an entity of a `/snapshot` (a re-seed), not as an event of `/pull`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
     pub event_ulid: String,
     pub device_id: String,
     pub entity_key: String,
@@ -246,13 +258,12 @@ pub fn pull(
             }
             Err(e) => return Err(e.into()),
         };
-        let max_content = usize::MAX;
         let batch = store.batch()?;
         for pulled in &page.events {
             let event = &pulled.event;
             summary.pulled += 1;
-            if let Err(e) = event.validate(max_content) {
-                refuse(&batch, pulled.id, event, &e.to_string())?;
+            if let Err(e) = event.validate_pulled(MAX_PULLED_CONTENT_BYTES) {
+                refuse(&batch, Refused::Event(pulled.id), event, &e.to_string())?;
                 summary.refused += 1;
                 continue;
             }
@@ -296,15 +307,36 @@ fn advance_cursor(batch: &Batch<'_>, to: i64) -> Result<i64, StoreError> {
     Ok(cursor)
 }
 
-fn refuse(batch: &Batch<'_>, id: i64, event: &Event, reason: &str) -> Result<(), StoreError> {
+/// What was refused: a pulled event (its brain id), or a snapshot entity (the watermark).
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    Event(i64),
+    Entity { watermark: i64 },
+}
+
+fn refuse(batch: &Batch<'_>, what: Refused, event: &Event, reason: &str) -> Result<(), StoreError> {
     // Debug formatting: the strings came from the network and may hold control characters.
-    tracing::error!(id, event = ?event.event_ulid, key = ?event.entity_key, device = ?event.device_id,
-        "skipped a pulled event that is invalid: {reason}");
+    let (id, snapshot, kv_key) = match what {
+        Refused::Event(id) => {
+            tracing::error!(id, event = ?clip(&event.event_ulid), key = ?clip(&event.entity_key),
+                device = ?clip(&event.device_id), "skipped a pulled event that is invalid: {reason}");
+            (id, false, format!("{REFUSED_PULL_PREFIX}{id:020}"))
+        }
+        Refused::Entity { watermark } => {
+            tracing::error!(watermark, event = ?clip(&event.event_ulid), key = ?clip(&event.entity_key),
+                device = ?clip(&event.device_id), "skipped a snapshot entity that is invalid: {reason}");
+            let digest = hex::encode(sha2::Sha256::digest(event.entity_key.as_bytes()));
+            let key = format!("{REFUSED_PULL_PREFIX}{REFUSED_SNAPSHOT_INFIX}{digest}");
+            (watermark, true, key)
+        }
+    };
+    // Clipped: a refused field may be megabytes (that may be why it was refused).
     let refused = RefusedPull {
         id,
-        event_ulid: event.event_ulid.clone(),
-        device_id: event.device_id.clone(),
-        entity_key: event.entity_key.clone(),
+        snapshot,
+        event_ulid: clip(&event.event_ulid).to_owned(),
+        device_id: clip(&event.device_id).to_owned(),
+        entity_key: clip(&event.entity_key).to_owned(),
         reason: reason.to_owned(),
         refused_at: batch.now(),
     };
@@ -312,10 +344,19 @@ fn refuse(batch: &Batch<'_>, id: i64, event: &Event, reason: &str) -> Result<(),
         context: format!("serialising the record of refused event {id}"),
         detail: e.to_string(),
     })?;
-    batch.kv_set(&format!("{REFUSED_PULL_PREFIX}{id:020}"), &json)
+    batch.kv_set(&kv_key, &json)
 }
 
-/// The pulled events refused as invalid, in log order.
+/// At most the first 1,024 bytes of `s` (the cap of a valid key), cut on a character boundary.
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(crate::model::key::MAX_KEY_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The pulled events refused as invalid, in log order, then the refused snapshot entities.
 pub fn refused_pulls(store: &Store) -> Result<Vec<RefusedPull>, StoreError> {
     let context = || "reading the refused pulled events from lib_kv".to_owned();
     let mut stmt = store
@@ -354,42 +395,25 @@ fn reseed(
         watermark.get_or_insert(page.watermark);
         let batch = store.batch()?;
         for entity in &page.entities {
-            let winner = Event {
-                event_ulid: entity.event_ulid.clone(),
-                device_id: entity.device_id.clone(),
-                event_type: entity.event_type,
-                entity_type: entity.entity_type.clone(),
-                entity_key: entity.entity_key.clone(),
-                payload: entity.payload.clone(),
-                vector_clock: entity.vector_clock.clone(),
-                created_at: entity.created_at.clone(),
-            };
+            let (winner, siblings) = snapshot_events(entity);
+            // The entity is applied whole or not at all: a state without one of its siblings
+            // would be a different state from the brain's.
+            let invalid = std::iter::once(&winner)
+                .chain(&siblings)
+                .find_map(|e| e.validate_pulled(MAX_PULLED_CONTENT_BYTES).err());
+            if let Some(e) = invalid {
+                let watermark = watermark.unwrap_or(page.watermark);
+                refuse(
+                    &batch,
+                    Refused::Entity { watermark },
+                    &winner,
+                    &e.to_string(),
+                )?;
+                continue;
+            }
             batch.apply(&winner)?;
-            for sibling in entity
-                .siblings
-                .iter()
-                .filter(|s| s.event_ulid != entity.event_ulid)
-            {
-                let event = Event {
-                    event_ulid: sibling.event_ulid.clone(),
-                    device_id: sibling.device_id.clone(),
-                    event_type: if sibling.deleted {
-                        EventType::DeleteFile
-                    } else {
-                        EventType::UpsertFile
-                    },
-                    entity_type: entity.entity_type.clone(),
-                    entity_key: entity.entity_key.clone(),
-                    payload: crate::model::FilePayload {
-                        sha256: sibling.sha256.clone(),
-                        bytes: sibling.bytes,
-                        mtime_unix: sibling.mtime_unix,
-                        ..Default::default()
-                    },
-                    vector_clock: sibling.clock.clone(),
-                    created_at: sibling.created_at.clone(),
-                };
-                batch.apply(&event)?;
+            for event in &siblings {
+                batch.apply(event)?;
             }
         }
         batch.commit()?;
@@ -402,6 +426,45 @@ fn reseed(
     let cursor = advance_cursor(&batch, watermark.unwrap_or(0))?;
     batch.commit()?;
     Ok(cursor)
+}
+
+/// A snapshot entity as the events that rebuild it: its winner, then its other siblings.
+fn snapshot_events(entity: &SnapshotEntity) -> (Event, Vec<Event>) {
+    let winner = Event {
+        event_ulid: entity.event_ulid.clone(),
+        device_id: entity.device_id.clone(),
+        event_type: entity.event_type,
+        entity_type: entity.entity_type.clone(),
+        entity_key: entity.entity_key.clone(),
+        payload: entity.payload.clone(),
+        vector_clock: entity.vector_clock.clone(),
+        created_at: entity.created_at.clone(),
+    };
+    let siblings = entity
+        .siblings
+        .iter()
+        .filter(|s| s.event_ulid != entity.event_ulid)
+        .map(|sibling| Event {
+            event_ulid: sibling.event_ulid.clone(),
+            device_id: sibling.device_id.clone(),
+            event_type: if sibling.deleted {
+                EventType::DeleteFile
+            } else {
+                EventType::UpsertFile
+            },
+            entity_type: entity.entity_type.clone(),
+            entity_key: entity.entity_key.clone(),
+            payload: crate::model::FilePayload {
+                sha256: sibling.sha256.clone(),
+                bytes: sibling.bytes,
+                mtime_unix: sibling.mtime_unix,
+                ..Default::default()
+            },
+            vector_clock: sibling.clock.clone(),
+            created_at: sibling.created_at.clone(),
+        })
+        .collect();
+    (winner, siblings)
 }
 
 #[cfg(test)]

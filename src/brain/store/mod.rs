@@ -25,6 +25,16 @@ use crate::model::{Event, EventType, VectorClock};
 pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
+/// A `/pull` or `/snapshot` page takes no more rows once it holds about this many bytes of stored
+/// text (payloads, clocks, keys, siblings), and says `has_more`; its first row always goes in, so
+/// an event a brain stored before the caps is still served, alone.
+pub const MAX_PAGE_BYTES: usize = 16 << 20;
+
+/// Whether a page holding `rows` rows and `bytes` bytes takes one more row of `row_bytes`.
+pub(crate) fn page_takes(rows: usize, bytes: usize, row_bytes: usize) -> bool {
+    rows == 0 || bytes.saturating_add(row_bytes) <= MAX_PAGE_BYTES
+}
+
 /// One page of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullPage {
@@ -156,6 +166,33 @@ pub(crate) enum PruneBound {
     Id(i64),
 }
 
+/// What [`BrainStore::count_over_caps`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverCaps {
+    /// Events read.
+    pub read: u64,
+    /// Of those, the ones today's validation refuses.
+    pub over: u64,
+    /// The id of the first one and why it is refused.
+    pub first: Option<(i64, String)>,
+}
+
+/// Logs, in one line, how many stored events exceed today's caps; nothing when none do. Run
+/// after the listener is up (a log of a million events takes a while to read): see
+/// `agent brain serve`.
+pub async fn report_over_caps<S: BrainStore>(store: &S, max_content_bytes: usize) {
+    match store.count_over_caps(max_content_bytes).await {
+        Ok(OverCaps { over: 0, .. }) => {}
+        Ok(OverCaps { read, over, first }) => {
+            let (id, reason) = first.unwrap_or_default();
+            tracing::warn!(over, read, first_id = id, first_reason = %reason.escape_debug(),
+                "{over} stored event(s) exceed today's caps (stored before them); they are still \
+                 served, and agents skip the ones over the size caps");
+        }
+        Err(e) => tracing::warn!("could not count the stored events over today's caps: {e}"),
+    }
+}
+
 /// What an ingest did: the counts for the response, and the ids it appended (for the webhooks).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ingested {
@@ -268,6 +305,43 @@ pub trait BrainStore: Send + Sync + 'static {
 
     /// Records the latest request of each device, in one transaction.
     fn record_seen(&self, seen: Vec<DeviceSeen>) -> impl Future<Output = Result<()>> + Send;
+
+    /// How many stored events fail today's validation (with `max_content_bytes`) and how many
+    /// were read: events a brain stored before the caps, still served as they are. Reads the
+    /// log page by page through [`BrainStore::pull`], so it holds one page at a time; a prune
+    /// meanwhile only skips what it removed.
+    fn count_over_caps(
+        &self,
+        max_content_bytes: usize,
+    ) -> impl Future<Output = Result<OverCaps>> + Send {
+        async move {
+            let mut report = OverCaps::default();
+            let mut after_id = 0;
+            loop {
+                let page = match self.pull(after_id, crate::model::wire::MAX_BATCH).await {
+                    Ok(page) => page,
+                    Err(BrainError::CursorPruned { pruned_through, .. }) => {
+                        after_id = pruned_through;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                report.read += page.events.len() as u64;
+                for pulled in &page.events {
+                    if let Err(e) = pulled.event.validate(max_content_bytes) {
+                        report.over += 1;
+                        report
+                            .first
+                            .get_or_insert_with(|| (pulled.id, e.to_string()));
+                    }
+                }
+                after_id = page.next_after_id;
+                if !page.has_more {
+                    return Ok(report);
+                }
+            }
+        }
+    }
 
     /// The id of the newest committed event, updated after every commit (on PostgreSQL, also
     /// commits by other brain instances): long-polls wait on it.
@@ -551,6 +625,17 @@ mod tests {
             matches!(err, BrainError::Conflict(ref m) if m.contains(&checked.event.event_ulid)),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_page_takes_its_first_row_whatever_its_size_and_then_up_to_the_byte_bound() {
+        assert!(
+            page_takes(0, 0, usize::MAX),
+            "an old over-cap event is still served"
+        );
+        assert!(page_takes(1, 10, MAX_PAGE_BYTES - 10));
+        assert!(!page_takes(1, 10, MAX_PAGE_BYTES - 9));
+        assert!(!page_takes(1, usize::MAX, 1), "no overflow");
     }
 
     #[test]

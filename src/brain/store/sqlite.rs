@@ -434,6 +434,7 @@ fn pull(conn: &mut Connection, after_id: i64, limit: usize) -> Result<PullPage> 
         .map_err(|e| sql_err("pulling events", e))?;
     let mut events = Vec::with_capacity(limit.min(512));
     let mut has_more = false;
+    let mut bytes = 0;
     for row in rows {
         let (
             id,
@@ -446,10 +447,12 @@ fn pull(conn: &mut Connection, after_id: i64, limit: usize) -> Result<PullPage> 
             clock,
             created_at,
         ) = row.map_err(|e| sql_err("reading an event", e))?;
-        if events.len() == limit {
+        let row_bytes = payload.len() + clock.len() + entity_key.len() + device_id.len();
+        if events.len() == limit || !super::page_takes(events.len(), bytes, row_bytes) {
             has_more = true;
             break;
         }
+        bytes += row_bytes;
         events.push(PulledEvent {
             id,
             event: Event {
@@ -506,6 +509,7 @@ fn snapshot(conn: &mut Connection, after_key: &str, limit: usize) -> Result<Snap
         .map_err(|e| sql_err("reading entities", e))?;
     let mut entities = Vec::new();
     let mut has_more = false;
+    let mut bytes = 0;
     for row in rows {
         let (
             key,
@@ -520,10 +524,12 @@ fn snapshot(conn: &mut Connection, after_key: &str, limit: usize) -> Result<Snap
             vc,
             sib,
         ) = row.map_err(|e| sql_err("reading an entity", e))?;
-        if entities.len() == limit {
+        let row_bytes = key.len() + payload.len() + clock.len() + vc.len() + sib.len();
+        if entities.len() == limit || !super::page_takes(entities.len(), bytes, row_bytes) {
             has_more = true;
             break;
         }
+        bytes += row_bytes;
         let state = parse_state(&key, &vc, &sib)?;
         entities.push(SnapshotEntity {
             event_type: parse_event_type(&event_type)?,

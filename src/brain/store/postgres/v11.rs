@@ -31,6 +31,7 @@ use tokio_postgres::{Client, Row, Transaction};
 use super::{apply_migration, apply_to_entities, pg_err, MIGRATIONS};
 use crate::brain::store::{to_json, CheckedEvent};
 use crate::brain::{BrainError, Result};
+use crate::model::event::is_rfc3339;
 use crate::model::{Event, EventType, FilePayload, VectorClock};
 
 /// This brain's table names; any of them found with no migration record is LIB v1.1's, unless
@@ -635,7 +636,7 @@ fn event_from_row(row: &Row) -> std::result::Result<Event, String> {
             .map_err(|e| format!("payload: {e}"))?,
         vector_clock: serde_json::from_str::<VectorClock>(&text(7, "vector_clock")?)
             .map_err(|e| format!("vector_clock: {e}"))?,
-        created_at: text(8, "created_at")?,
+        created_at: adopted_time(&text(8, "created_at")?),
     };
     event.validate(usize::MAX).map_err(|e| e.to_string())?;
     Ok(event)
@@ -735,6 +736,46 @@ async fn keep_pruned_entities(
     Ok(())
 }
 
+/// A LIB v1.1 time as RFC 3339. Its timestamptz columns are read as RFC 3339 already
+/// ([`timestamp_text`]); a text column may hold PostgreSQL's own spelling of one
+/// (`2026-02-10 10:06:00.250+00`), which names one instant as plainly and is rewritten
+/// (`2026-02-10T10:06:00.250Z`). Anything else stays as it is, and the row is refused by validation.
+fn adopted_time(text: &str) -> String {
+    if is_rfc3339(text) {
+        return text.to_owned();
+    }
+    let b = text.as_bytes();
+    if b.len() < 22 || b[10] != b' ' {
+        return text.to_owned();
+    }
+    let zone = match text.rfind(['+', '-']) {
+        Some(at) if at > 18 => at,
+        _ => return text.to_owned(),
+    };
+    let (time, offset) = text.split_at(zone);
+    let offset = match offset.len() {
+        3 => format!("{offset}:00"),
+        _ => offset.to_owned(),
+    };
+    let offset = match offset.as_str() {
+        "+00:00" | "-00:00" => "Z".to_owned(),
+        _ => offset,
+    };
+    let candidate = format!("{}T{}{offset}", &time[..10], &time[11..]);
+    if is_rfc3339(&candidate) {
+        candidate
+    } else {
+        text.to_owned()
+    }
+}
+
+/// The time a ULID carries (its first 48 bits, milliseconds), as RFC 3339.
+fn ulid_time(ulid: &str) -> String {
+    let millis = ulid::Ulid::from_string(ulid).map_or(0, |u| u.timestamp_ms());
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// The version an old entity row stands for, as an event (never written to the log).
 fn entity_from_row(row: &Row) -> std::result::Result<Event, String> {
     let key: String = row
@@ -784,7 +825,6 @@ fn entity_from_row(row: &Row) -> std::result::Result<Event, String> {
         ulid::Ulid::from_parts(millis, u128::from_be_bytes(random)).to_string()
     });
     let event = Event {
-        event_ulid,
         device_id,
         event_type,
         entity_type: row
@@ -793,7 +833,12 @@ fn entity_from_row(row: &Row) -> std::result::Result<Event, String> {
         entity_key: key,
         payload,
         vector_clock,
-        created_at: row.get::<_, Option<String>>(8).unwrap_or_default(),
+        created_at: match row.get::<_, Option<String>>(8) {
+            Some(t) => adopted_time(&t),
+            // No time column: the winner's ULID says when it was made.
+            None => ulid_time(&event_ulid),
+        },
+        event_ulid,
     };
     event.validate(usize::MAX).map_err(|e| e.to_string())?;
     Ok(event)
@@ -942,6 +987,29 @@ async fn warn_about_cron(client: &Client, schema: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// LIB v1.1's brain ran on PostgreSQL: a time it kept in a text column is in PostgreSQL's
+    /// spelling, one instant as plainly as RFC 3339's, so adoption rewrites it; anything else is
+    /// left for validation to refuse (and the adoption to report).
+    #[test]
+    fn lib_v11_times_are_adopted_as_rfc_3339() {
+        for (old, adopted) in [
+            ("2026-02-10T10:06:00.25Z", "2026-02-10T10:06:00.25Z"),
+            ("2026-02-10 10:06:00.250+00", "2026-02-10T10:06:00.250Z"),
+            ("2026-02-10 10:06:00+00", "2026-02-10T10:06:00Z"),
+            ("2026-02-10 11:06:00+01", "2026-02-10T11:06:00+01:00"),
+            ("2026-02-10 04:36:00-05:30", "2026-02-10T04:36:00-05:30"),
+            ("not a time", "not a time"),
+            ("2026-02-10 10:06:00", "2026-02-10 10:06:00"),
+            ("2026-02-31 10:06:00+00", "2026-02-31 10:06:00+00"),
+        ] {
+            assert_eq!(adopted_time(old), adopted, "{old}");
+        }
+        assert_eq!(
+            ulid_time("01KH3G2610ZQTWSCK9MEN437QX"),
+            "2026-02-10T10:03:00.000Z"
+        );
+    }
 
     fn columns(tables: &[(&str, &[(&str, &str)])]) -> HashMap<String, Columns> {
         tables
