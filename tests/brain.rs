@@ -1,6 +1,7 @@
 //! The brain, through its HTTP routes, as a specification. One suite, run twice: against the SQLite
 //! store and against the PostgreSQL store (`LIB_TEST_DATABASE_URL`, each test in its own schema).
 
+#[macro_use]
 mod brain_common;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -10,32 +11,6 @@ use serde_json::{json, Value};
 use brain_common::*;
 use lib_agent::brain::server::ServerConfig;
 use lib_agent::brain::webhooks;
-
-/// Instantiates every test of the suite for one kind of store.
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let fixture = Fixture::sqlite().await;
-                    tokio::time::timeout(TEST_LIMIT, super::$name(fixture)).await.expect("test timed out");
-                }
-            )*
-        }
-        mod postgres {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let fixture = Fixture::postgres().await;
-                    tokio::time::timeout(TEST_LIMIT, super::$name(fixture)).await.expect("test timed out");
-                }
-            )*
-        }
-    };
-}
 
 suite!(
     ingested_events_are_pulled_back_in_id_order_with_their_fields,

@@ -5,6 +5,7 @@
 //! redirect, reads no answer over its cap and sends the device token when it has one. Servers run
 //! on 127.0.0.1, port 0; the tiny ones here stand in for a brain the client must not trust.
 
+#[macro_use]
 mod brain_common;
 
 use std::io::{Read, Write};
@@ -23,31 +24,6 @@ use lib_agent::model::{Event, EventType, FilePayload, VectorClock};
 use lib_agent::store::{Store, StoreError};
 use lib_agent::sync::client::{ClientError, MAX_ANSWER_BYTES};
 use lib_agent::sync::{self, BrainClient, REFUSED_PULL_PREFIX, REFUSED_SNAPSHOT_INFIX};
-
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let fixture = Fixture::sqlite().await;
-                    tokio::time::timeout(TEST_LIMIT, super::$name(fixture)).await.expect("test timed out");
-                }
-            )*
-        }
-        mod postgres {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let fixture = Fixture::postgres().await;
-                    tokio::time::timeout(TEST_LIMIT, super::$name(fixture)).await.expect("test timed out");
-                }
-            )*
-        }
-    };
-}
 
 suite!(
     each_over_cap_field_of_an_ingest_is_a_400_naming_it,

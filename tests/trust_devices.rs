@@ -2,6 +2,7 @@
 //! bound to its device id, and no device can act for another. Run against both stores, through
 //! real HTTP on loopback; the `agent brain device` commands through the real binary.
 
+#[macro_use]
 mod brain_common;
 
 use std::process::{Command, Output, Stdio};
@@ -14,31 +15,6 @@ use lib_agent::brain::auth::{hash_token, new_token, MAX_FAILURES};
 use lib_agent::brain::server::ServerConfig;
 use lib_agent::brain::store::{Binding, BrainStore, DeviceRecord};
 use lib_agent::brain::BrainError;
-
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let fixture = Fixture::sqlite().await;
-                    tokio::time::timeout(TEST_LIMIT, super::$name(fixture)).await.expect("test timed out");
-                }
-            )*
-        }
-        mod postgres {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let fixture = Fixture::postgres().await;
-                    tokio::time::timeout(TEST_LIMIT, super::$name(fixture)).await.expect("test timed out");
-                }
-            )*
-        }
-    };
-}
 
 suite!(
     a_token_is_bound_to_the_first_device_id_it_names_and_another_id_is_403,

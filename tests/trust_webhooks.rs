@@ -3,6 +3,7 @@
 //! injectable resolver, so that no test sends traffic anywhere but loopback), one pending
 //! notification per device, and the back-off of a failing URL.
 
+#[macro_use]
 mod brain_common;
 mod common;
 
@@ -21,31 +22,6 @@ use brain_common::*;
 use lib_agent::brain::server::{self, ServerConfig};
 use lib_agent::brain::store::{BrainStore, DeliveryFailure, Webhook};
 use lib_agent::brain::webhooks::{self, Resolve, Resolving, WebhookPolicy};
-
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let fixture = Fixture::sqlite().await;
-                    tokio::time::timeout(TEST_LIMIT, super::$name(fixture)).await.expect("test timed out");
-                }
-            )*
-        }
-        mod postgres {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let fixture = Fixture::postgres().await;
-                    tokio::time::timeout(TEST_LIMIT, super::$name(fixture)).await.expect("test timed out");
-                }
-            )*
-        }
-    };
-}
 
 suite!(
     a_registration_over_the_limits_is_400_and_stores_nothing,

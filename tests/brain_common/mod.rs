@@ -580,3 +580,31 @@ pub fn run_bounded(command: &mut std::process::Command) -> std::process::Output 
     );
     output
 }
+
+/// Instantiates every test of a suite twice, for a SQLite and a PostgreSQL store: each test is an
+/// `async fn(Fixture)` of the file, bounded by [`TEST_LIMIT`].
+#[allow(unused_macros)]
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let fixture = Fixture::sqlite().await;
+                    tokio::time::timeout(TEST_LIMIT, super::$name(fixture)).await.expect("test timed out");
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let fixture = Fixture::postgres().await;
+                    tokio::time::timeout(TEST_LIMIT, super::$name(fixture)).await.expect("test timed out");
+                }
+            )*
+        }
+    };
+}
