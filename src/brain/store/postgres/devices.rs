@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
+use tokio_postgres::types::Type;
+
 use super::{pg_err, PgStore};
 use crate::brain::store::{Binding, DeviceAuth, DeviceRecord, DeviceSeen, WebhookStatus};
 use crate::brain::{BrainError, Result};
@@ -166,17 +168,22 @@ impl PgStore {
 
     pub(super) async fn auth(&self, token_sha256: &str, now: i64) -> Result<Option<DeviceAuth>> {
         let conn = self.inner.pool.get().await?;
-        let row = conn
-            .query_opt(
-                &*self.sql(
+        // Every request of a device runs this: typed parameters make it one round trip (no
+        // separate prepare), and the two unique indexes answer it.
+        let rows = conn
+            .query_typed(
+                &self.sql(
                     "SELECT name, device_id FROM lib_shared.devices WHERE revoked_at IS NULL
-                       AND (token_sha256 = $1 OR (previous_sha256 = $1 AND previous_expires_at > $2))",
+                       AND token_sha256 = $1
+                     UNION ALL
+                     SELECT name, device_id FROM lib_shared.devices WHERE revoked_at IS NULL
+                       AND previous_sha256 = $1 AND previous_expires_at > $2",
                 ),
-                &[&token_sha256, &now],
+                &[(&token_sha256, Type::TEXT), (&now, Type::INT8)],
             )
             .await
             .map_err(|e| self.inner.pool.err("checking a device token", e))?;
-        Ok(row.map(|r| DeviceAuth {
+        Ok(rows.first().map(|r| DeviceAuth {
             name: r.get(0),
             device_id: r.get(1),
         }))
