@@ -59,7 +59,10 @@ impl Drop for Server {
 enum Credential {
     Secret,
     /// A device token and the device id it acts for.
-    Token { token: String, device: String },
+    Token {
+        token: String,
+        device: String,
+    },
 }
 
 /// Enrols `device` on the store named by `store_args` and returns its token.
@@ -72,7 +75,11 @@ fn enrol(store_args: &[&str], config: &std::path::Path, device: &str) -> String 
         .env_remove("LIB_BRAIN_DATABASE_URL")
         .output()
         .expect("agent runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     answer["token"].as_str().expect("a token").to_owned()
 }
@@ -271,7 +278,11 @@ fn compare(
     let mut secret_runs = Vec::new();
     let mut token_runs = Vec::new();
     for round in 0..rounds {
-        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         for with_token in order {
             let args = fresh(round * 2 + usize::from(with_token));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -291,7 +302,11 @@ fn compare(
             eprintln!(
                 "bench brain: {name}, round {}, {}",
                 round + 1,
-                if with_token { "device tokens" } else { "shared secret" }
+                if with_token {
+                    "device tokens"
+                } else {
+                    "shared secret"
+                }
             );
             let server = start(&args, config);
             let figures = runtime.block_on(measure(server.addr, events, &credentials, pulls));
@@ -362,7 +377,12 @@ fn main() -> ExitCode {
         let postgres = |run: usize| {
             let schema = format!("lib_shared_bench{}_{run}", std::process::id());
             schemas.push(schema.clone());
-            vec!["--database-url".to_owned(), url.clone(), "--schema".to_owned(), schema]
+            vec![
+                "--database-url".to_owned(),
+                url.clone(),
+                "--schema".to_owned(),
+                schema,
+            ]
         };
         all_ok &= compare(&runtime, "PostgreSQL", &config, postgres, shape, 10_000.0);
         runtime.block_on(async {

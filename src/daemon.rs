@@ -97,12 +97,10 @@ impl RunLock {
         // Private like the database beside it.
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options
-            .open(&path)
-            .map_err(|source| DaemonError::Lock {
-                path: path.clone(),
-                source,
-            })?;
+        let mut file = options.open(&path).map_err(|source| DaemonError::Lock {
+            path: path.clone(),
+            source,
+        })?;
         if file.try_lock().is_err() {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);

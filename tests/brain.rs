@@ -847,7 +847,11 @@ async fn health_needs_no_secret_and_metrics_count_requests(f: Fixture) {
     brain.ingest_ok(&many("dev-a", 4, 1)).await;
     brain.pull(0, 10).await;
     let r = brain.get("/metrics").await;
-    assert_eq!(r.status, 401, "the read-write secret is not the metrics token: {}", r.text);
+    assert_eq!(
+        r.status, 401,
+        "the read-write secret is not the metrics token: {}",
+        r.text
+    );
     let bearer = format!("Bearer {METRICS_TOKEN}");
     let r = brain
         .send_with("GET", "/metrics", &[("authorization", &bearer)], Vec::new())

@@ -267,7 +267,11 @@ fn a_change_reaches_the_other_running_agent_by_webhook() {
     let webhook = format!(
         "realtime = \"webhook\"\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}/webhook\"\ninterval_secs = 3600"
     );
-    let b = Agent::start(&brain, &webhook, &[("LIB_WEBHOOK_SECRET", "hook-secret-0123456")]);
+    let b = Agent::start(
+        &brain,
+        &webhook,
+        &[("LIB_WEBHOOK_SECRET", "hook-secret-0123456")],
+    );
     let a = Agent::start(&brain, "realtime = \"off\"", &[]);
     a.write("pushed.md", "woken by a webhook");
     b.wait_until("B has A's file", |db| Agent::has(db, "notes/pushed.md"));
@@ -300,8 +304,9 @@ fn the_listener_rejects_a_bad_signature_or_an_old_timestamp_and_wakes_nothing() 
     let (_stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let _thread = lib_agent::sync::listener::spawn(addr, "hook-secret-0123456".into(), wake_tx, stop_rx)
-        .expect("listener");
+    let _thread =
+        lib_agent::sync::listener::spawn(addr, "hook-secret-0123456".into(), wake_tx, stop_rx)
+            .expect("listener");
     let body = r#"{"event":"new_events","after_id":7,"timestamp":"2026-11-25T10:00:00Z"}"#;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -321,7 +326,11 @@ fn the_listener_rejects_a_bad_signature_or_an_old_timestamp_and_wakes_nothing() 
     assert_eq!(
         post(
             addr,
-            Some(webhooks::sign("hook-secret-0123456", now - 600, body.as_bytes())),
+            Some(webhooks::sign(
+                "hook-secret-0123456",
+                now - 600,
+                body.as_bytes()
+            )),
             body
         ),
         401,

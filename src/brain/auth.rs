@@ -211,14 +211,16 @@ impl Auth {
             if self.credentials.shared_secret_matches(secret.as_bytes()) {
                 return Ok(Caller::SharedSecret);
             }
-            return Err(Refusal::Unauthorized(if self.credentials.shared.is_empty() {
-                format!(
+            return Err(Refusal::Unauthorized(
+                if self.credentials.shared.is_empty() {
+                    format!(
                     "this brain does not accept {SECRET_HEADER} (it runs with --no-shared-secret): \
                      enrol the device with `agent brain device add NAME` and set LIB_DEVICE_TOKEN"
                 )
-            } else {
-                format!("wrong {SECRET_HEADER}")
-            }));
+                } else {
+                    format!("wrong {SECRET_HEADER}")
+                },
+            ));
         }
         if self.credentials.open {
             return Ok(Caller::Anonymous);
@@ -239,7 +241,9 @@ impl Auth {
             .get(DEVICE_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| {
-                Refusal::Unauthorized(format!("a device token needs the {DEVICE_ID_HEADER} header"))
+                Refusal::Unauthorized(format!(
+                    "a device token needs the {DEVICE_ID_HEADER} header"
+                ))
             })?;
         if !crate::model::event::is_device_id(device_id) {
             return Err(Refusal::Unauthorized(format!(
@@ -265,7 +269,9 @@ impl Auth {
                 Binding::Bound => {
                     tracing::info!(device = %found.name, device_id, "device token bound to its device id");
                 }
-                Binding::OtherId(bound) => return Err(wrong_device(&found.name, &bound, device_id)),
+                Binding::OtherId(bound) => {
+                    return Err(wrong_device(&found.name, &bound, device_id))
+                }
                 Binding::Taken { by } => {
                     return Err(Refusal::Forbidden(format!(
                         "device id {device_id} belongs to enrolled device {by:?}, not to {:?}",

@@ -25,8 +25,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::auth::{self, Auth, Caller, Credentials, Refusal};
-use super::metrics::Metrics;
 use super::http::{self, BodyLimits, ConnLimits, LocalOnly};
+use super::metrics::Metrics;
 use super::store::{
     check_batch, check_foreign_entries, foreign_devices, unix_seconds, BrainStore, CheckedEvent,
     DeviceSeen,
@@ -105,7 +105,10 @@ impl std::fmt::Debug for ServerConfig {
             )
             .field("insecure_no_auth", &self.insecure_no_auth)
             .field("trusted_proxies", &self.trusted_proxies)
-            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("max_polls_per_device", &self.max_polls_per_device)
             .field("seen_every", &self.seen_every)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -359,7 +362,9 @@ async fn authenticate<S: BrainStore>(
         .await
     {
         Ok(caller) => caller,
-        Err(Refusal::Unauthorized(error)) => return BrainError::Unauthorized(error).into_response(),
+        Err(Refusal::Unauthorized(error)) => {
+            return BrainError::Unauthorized(error).into_response()
+        }
         Err(Refusal::Forbidden(error)) => return BrainError::Forbidden(error).into_response(),
         Err(Refusal::Throttled { retry_after }) => {
             let seconds = retry_after.as_secs().max(1);
@@ -630,10 +635,8 @@ async fn pull<S: BrainStore>(
     // Subscribed before the first read: a commit after that read wakes the wait below.
     let mut newest = state.store.subscribe();
     let mut stopping = state.stopping.clone();
-    let mut recheck = tokio::time::interval_at(
-        tokio::time::Instant::now() + RECHECK_EVERY,
-        RECHECK_EVERY,
-    );
+    let mut recheck =
+        tokio::time::interval_at(tokio::time::Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
     let page = loop {
         newest.borrow_and_update();
         let page = state.store.pull(params.after_id, limit).await?;

@@ -321,7 +321,10 @@ async fn listen<S: BrainStore>(
 
 /// One line at start on what the brain accepts, and a warning while enrolled devices could still
 /// be impersonated with the shared secret.
-async fn say_what_credentials<S: BrainStore>(store: &S, config: &ServerConfig) -> anyhow::Result<()> {
+async fn say_what_credentials<S: BrainStore>(
+    store: &S,
+    config: &ServerConfig,
+) -> anyhow::Result<()> {
     let devices = store
         .list_devices()
         .await
@@ -340,7 +343,10 @@ async fn say_what_credentials<S: BrainStore>(store: &S, config: &ServerConfig) -
             "accepting the shared secret; enrol devices with `agent brain device add NAME`"
         ),
         (None, false) => {
-            tracing::info!(devices = active, "accepting device tokens only (--no-shared-secret)");
+            tracing::info!(
+                devices = active,
+                "accepting device tokens only (--no-shared-secret)"
+            );
             if active == 0 {
                 tracing::warn!(
                     "no device is enrolled: every request is refused until one is \

@@ -129,7 +129,10 @@ async fn on_store<S: BrainStore>(
         }
         DeviceCommand::Revoke(args) => {
             if !store.revoke_device(&args.name).await? {
-                bail!("no device named {:?} is enrolled (see `agent brain device list`)", args.name);
+                bail!(
+                    "no device named {:?} is enrolled (see `agent brain device list`)",
+                    args.name
+                );
             }
             if global.json {
                 return super::print_json(&json!({"ok": true, "name": args.name, "revoked": true}));
@@ -154,15 +157,17 @@ async fn on_store<S: BrainStore>(
                 .rotate_device(&args.name, &hash_token(&token), grace_until)
                 .await?
             {
-                bail!("no device named {:?} is enrolled (see `agent brain device list`)", args.name);
+                bail!(
+                    "no device named {:?} is enrolled (see `agent brain device list`)",
+                    args.name
+                );
             }
             print_token(global, &args.name, &token, "rotated")?;
             if !global.json {
                 match grace_until {
-                    Some(until) => eprintln!(
-                        "the old token keeps working until {}",
-                        format_time(until)
-                    ),
+                    Some(until) => {
+                        eprintln!("the old token keeps working until {}", format_time(until))
+                    }
                     None => eprintln!("the old token no longer works"),
                 }
             }
@@ -206,7 +211,10 @@ fn state(d: &DeviceRecord, now: i64) -> String {
         (Some(at), _, _) => format!("revoked {}", format_time(at)),
         (None, None, _) => "not bound yet (no request with its token so far)".to_owned(),
         (None, Some(_), Some(until)) if until > now => {
-            format!("active; the previous token works until {}", format_time(until))
+            format!(
+                "active; the previous token works until {}",
+                format_time(until)
+            )
         }
         (None, Some(_), _) => "active".to_owned(),
     }

@@ -255,7 +255,10 @@ fn exposure_warnings(db: &std::path::Path) -> Vec<String> {
     let Some((_, mode)) = exposed.first() else {
         return Vec::new();
     };
-    let paths: Vec<String> = exposed.iter().map(|(p, _)| p.display().to_string()).collect();
+    let paths: Vec<String> = exposed
+        .iter()
+        .map(|(p, _)| p.display().to_string())
+        .collect();
     vec![format!(
         "the database is readable by others (mode {mode:04o}) and holds the text of your files: \
          chmod 600 {}",

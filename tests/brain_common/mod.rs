@@ -374,7 +374,11 @@ impl Http {
             request = request.header("content-type", "application/json");
         }
         let request = request.body(Full::new(Bytes::from(body))).unwrap();
-        let response = self.client.request(request).await.expect("the brain answers");
+        let response = self
+            .client
+            .request(request)
+            .await
+            .expect("the brain answers");
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();

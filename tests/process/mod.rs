@@ -100,7 +100,13 @@ impl BrainProcess {
     /// Starts it again (after [`BrainProcess::kill9`]) at the same address and database.
     pub fn restart(&mut self) {
         let child = agent(self.log.as_deref())
-            .args(["--config", "/dev/null", "brain", "serve", "--webhook-allow-private"])
+            .args([
+                "--config",
+                "/dev/null",
+                "brain",
+                "serve",
+                "--webhook-allow-private",
+            ])
             .arg("--listen")
             .arg(&self.addr)
             .arg("--db")

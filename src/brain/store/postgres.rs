@@ -172,7 +172,9 @@ fn is_password_key(key: &str) -> bool {
             }
         }
     }
-    let name = String::from_utf8_lossy(&decoded).trim().to_ascii_lowercase();
+    let name = String::from_utf8_lossy(&decoded)
+        .trim()
+        .to_ascii_lowercase();
     name == "password" || name == "sslpassword"
 }
 
@@ -1362,20 +1364,47 @@ mod tests {
             ("postgres://u:p/w@h/db", "postgres://u:***@h/db"),
             ("postgres://u:p?w@h/db", "postgres://u:***@h/db"),
             ("postgres://u:p@w@h/db", "postgres://u:***@h/db"),
-            ("postgres://u@h/db?password=pw", "postgres://u@h/db?password=***"),
-            ("postgres://h/db?sslmode=require&PASSWORD=pw&x=1", "postgres://h/db?sslmode=require&PASSWORD=***&x=1"),
-            ("postgres://h/db?Pass%77ord=pw", "postgres://h/db?Pass%77ord=***"),
-            ("postgres://h/db?%70%61%73%73%77%6F%72%64=pw", "postgres://h/db?%70%61%73%73%77%6F%72%64=***"),
-            ("postgres://h/db?sslpassword=pw", "postgres://h/db?sslpassword=***"),
-            ("postgres://h/db?password=p@w", "postgres://h/db?password=***"),
-            ("postgres://u:pw@h/db?password=pw2", "postgres://u:***@h/db?password=***"),
-            ("postgres://h/db?passwords=1&password", "postgres://h/db?passwords=1&password"),
+            (
+                "postgres://u@h/db?password=pw",
+                "postgres://u@h/db?password=***",
+            ),
+            (
+                "postgres://h/db?sslmode=require&PASSWORD=pw&x=1",
+                "postgres://h/db?sslmode=require&PASSWORD=***&x=1",
+            ),
+            (
+                "postgres://h/db?Pass%77ord=pw",
+                "postgres://h/db?Pass%77ord=***",
+            ),
+            (
+                "postgres://h/db?%70%61%73%73%77%6F%72%64=pw",
+                "postgres://h/db?%70%61%73%73%77%6F%72%64=***",
+            ),
+            (
+                "postgres://h/db?sslpassword=pw",
+                "postgres://h/db?sslpassword=***",
+            ),
+            (
+                "postgres://h/db?password=p@w",
+                "postgres://h/db?password=***",
+            ),
+            (
+                "postgres://u:pw@h/db?password=pw2",
+                "postgres://u:***@h/db?password=***",
+            ),
+            (
+                "postgres://h/db?passwords=1&password",
+                "postgres://h/db?passwords=1&password",
+            ),
             ("host=h password=pw dbname=db", "<unparseable URL>"),
         ];
         for (url, expected) in cases {
             let shown = redact(url);
             assert_eq!(shown, expected, "{url}");
-            assert!(!shown.contains("pw") && !shown.contains("p/w"), "{url}: {shown}");
+            assert!(
+                !shown.contains("pw") && !shown.contains("p/w"),
+                "{url}: {shown}"
+            );
         }
         // When in doubt, more is hidden, never less.
         let shown = redact("postgres://h:5432/db?application_name=a@b&password=pw");

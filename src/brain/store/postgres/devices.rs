@@ -42,7 +42,11 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
 }
 
 impl PgStore {
-    pub(super) async fn add_device_row(&self, name: &str, token_sha256: &str) -> Result<DeviceRecord> {
+    pub(super) async fn add_device_row(
+        &self,
+        name: &str,
+        token_sha256: &str,
+    ) -> Result<DeviceRecord> {
         let conn = self.inner.pool.get().await?;
         let now = crate::brain::store::unix_seconds(SystemTime::now());
         match conn
@@ -130,7 +134,12 @@ impl PgStore {
         Ok(true)
     }
 
-    pub(super) async fn rotate(&self, name: &str, token_sha256: &str, grace_until: Option<i64>) -> Result<bool> {
+    pub(super) async fn rotate(
+        &self,
+        name: &str,
+        token_sha256: &str,
+        grace_until: Option<i64>,
+    ) -> Result<bool> {
         let mut conn = self.inner.pool.get().await?;
         let tx = conn
             .transaction()
@@ -240,7 +249,11 @@ impl PgStore {
         Ok(binding)
     }
 
-    async fn holder(&self, tx: &tokio_postgres::Transaction<'_>, device_id: &str) -> Result<String> {
+    async fn holder(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        device_id: &str,
+    ) -> Result<String> {
         let row = tx
             .query_opt(
                 &*self.sql("SELECT name FROM lib_shared.devices WHERE device_id = $1"),

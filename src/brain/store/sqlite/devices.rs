@@ -60,7 +60,11 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 }
 
 impl SqliteStore {
-    pub(super) async fn add_device_row(&self, name: String, token_sha256: String) -> Result<DeviceRecord> {
+    pub(super) async fn add_device_row(
+        &self,
+        name: String,
+        token_sha256: String,
+    ) -> Result<DeviceRecord> {
         self.write(move |conn| {
             let now = unix_seconds(SystemTime::now());
             match conn.execute(
@@ -256,7 +260,9 @@ impl SqliteStore {
                     .map_err(|e| sql_err("preparing the last-seen update", e))?;
                 for s in &seen {
                     update
-                        .execute(rusqlite::params![s.name, s.at, s.cursor, s.digest, s.pending])
+                        .execute(rusqlite::params![
+                            s.name, s.at, s.cursor, s.digest, s.pending
+                        ])
                         .map_err(|e| sql_err("recording a device's last request", e))?;
                 }
             }
