@@ -87,6 +87,14 @@ impl SyncAgent {
         let mut webhook = None;
         if realtime == Realtime::Webhook {
             match (&config.sync.public_url, &config.sync.webhook_secret) {
+                (Some(_), Some(secret)) if !(16..=256).contains(&secret.len()) => {
+                    tracing::warn!(
+                        bytes = secret.len(),
+                        "LIB_WEBHOOK_SECRET must be 16 to 256 bytes (the brain refuses others); \
+                         using long-poll"
+                    );
+                    realtime = Realtime::Longpoll;
+                }
                 (Some(public_url), Some(secret)) => {
                     webhook = Some(Webhook {
                         device: device_id.clone(),
