@@ -308,11 +308,8 @@ async fn a_device_registers_replaces_and_removes_only_its_own_webhook(f: Fixture
         200,
         "registered by the shared secret"
     );
-    let headers = as_device_owned(&token, "dev-laptop");
-    let headers = headers
-        .iter()
-        .map(|(k, v)| (*k, v.as_str()))
-        .collect::<Vec<_>>();
+    let bearer = bearer(&token);
+    let headers = as_device(&bearer, "dev-laptop");
     let hijack = json!({"device_id": "dev-victim", "webhook_url": "http://127.0.0.1:9/evil",
         "secret": "attacker-secret-0123456789"});
     let r = brain
@@ -364,13 +361,6 @@ async fn long_poll(brain: &Brain, token: &str, device_id: &str) -> Reply {
     }
 }
 
-fn as_device_owned(token: &str, device_id: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("authorization", bearer(token)),
-        ("x-lib-device-id", device_id.to_owned()),
-    ]
-}
-
 async fn a_revoked_device_is_refused_at_once_its_long_poll_ends_and_its_webhook_is_off(f: Fixture) {
     let token = f.store.enrol("laptop").await;
     let other = f.store.enrol("desktop").await;
@@ -386,11 +376,8 @@ async fn a_revoked_device_is_refused_at_once_its_long_poll_ends_and_its_webhook_
     );
     let hook = json!({"device_id": "dev-laptop", "webhook_url": "http://127.0.0.1:9/mine",
         "secret": "laptop-secret-0123456789"});
-    let headers = as_device_owned(&token, "dev-laptop");
-    let headers = headers
-        .iter()
-        .map(|(k, v)| (*k, v.as_str()))
-        .collect::<Vec<_>>();
+    let bearer = bearer(&token);
+    let headers = as_device(&bearer, "dev-laptop");
     let r = brain
         .send_with(
             "POST",
@@ -563,12 +550,9 @@ async fn failed_authentications_are_counted_and_throttled_per_client_address(f: 
         .send_with("GET", "/pull", &from("198.51.100.8"), Vec::new())
         .await;
     assert_eq!(r.status, 401, "{}", r.text);
-    let mut device = as_device_owned(&token, "dev-laptop");
-    device.push(("x-forwarded-for", "198.51.100.9".into()));
-    let device = device
-        .iter()
-        .map(|(k, v)| (*k, v.as_str()))
-        .collect::<Vec<_>>();
+    let laptop = bearer(&token);
+    let mut device = as_device(&laptop, "dev-laptop").to_vec();
+    device.push(("x-forwarded-for", "198.51.100.9"));
     assert_eq!(
         brain
             .send_with("GET", "/pull", &device, Vec::new())
@@ -666,13 +650,10 @@ async fn a_devices_last_request_and_cursor_are_recorded(f: Fixture) {
     brain.ingest_ok(&many("dev-x", 3, 1)).await;
     assert_eq!(f.store.device("laptop").await.last_seen_at, None);
     let digest = "d".repeat(64);
-    let mut headers = as_device_owned(&token, "dev-laptop");
-    headers.push(("x-lib-digest", digest.clone()));
-    headers.push(("x-lib-pending", "0".into()));
-    let headers = headers
-        .iter()
-        .map(|(k, v)| (*k, v.as_str()))
-        .collect::<Vec<_>>();
+    let bearer = bearer(&token);
+    let mut headers = as_device(&bearer, "dev-laptop").to_vec();
+    headers.push(("x-lib-digest", &digest));
+    headers.push(("x-lib-pending", "0"));
     assert_eq!(
         brain
             .send_with("GET", "/pull?after_id=3", &headers, Vec::new())

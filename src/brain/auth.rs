@@ -86,12 +86,17 @@ impl Credentials {
     }
 
     fn shared_secret_matches(&self, given: &[u8]) -> bool {
-        let given = Sha256::digest(given);
         // Every candidate is compared, so timing does not say which one matched.
         self.shared.iter().fold(false, |found, expected| {
-            found | bool::from(given.as_slice().ct_eq(expected.as_slice()))
+            found | digest_matches(expected, given)
         })
     }
+}
+
+/// Whether `given` hashes to `expected`, compared in constant time: comparing digests leaks
+/// neither the secret's bytes nor its length.
+pub fn digest_matches(expected: &[u8; 32], given: &[u8]) -> bool {
+    bool::from(Sha256::digest(given).as_slice().ct_eq(expected.as_slice()))
 }
 
 /// Why a request was not authenticated.

@@ -20,7 +20,6 @@ use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -419,9 +418,8 @@ async fn metrics_text<S: BrainStore>(
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| Sha256::digest(t.trim().as_bytes()));
-    if !given.is_some_and(|g| bool::from(g.as_slice().ct_eq(expected.as_slice()))) {
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !given.is_some_and(|t| auth::digest_matches(expected, t.trim().as_bytes())) {
         Metrics::add(&state.metrics.auth_failures, 1);
         return BrainError::Unauthorized(
             "/metrics needs `Authorization: Bearer <LIB_METRICS_TOKEN>`".into(),

@@ -35,6 +35,34 @@ pub(crate) fn page_takes(rows: usize, bytes: usize, row_bytes: usize) -> bool {
     rows == 0 || bytes.saturating_add(row_bytes) <= MAX_PAGE_BYTES
 }
 
+/// A page being filled, bounded in rows (`limit`) and in bytes ([`page_takes`]); both stores'
+/// pulls and snapshots fill theirs with it.
+pub(crate) struct PageFill {
+    limit: usize,
+    rows: usize,
+    bytes: usize,
+}
+
+impl PageFill {
+    pub(crate) fn new(limit: usize) -> PageFill {
+        PageFill {
+            limit,
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Takes one more row of `row_bytes` into the page, or says it is full (there is more).
+    pub(crate) fn take(&mut self, row_bytes: usize) -> bool {
+        if self.rows == self.limit || !page_takes(self.rows, self.bytes, row_bytes) {
+            return false;
+        }
+        self.rows += 1;
+        self.bytes = self.bytes.saturating_add(row_bytes);
+        true
+    }
+}
+
 /// One page of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullPage {

@@ -1075,18 +1075,17 @@ impl BrainStore for PgStore {
         let mut rows = Box::pin(rows);
         let mut events = Vec::with_capacity(limit.min(512));
         let mut has_more = false;
-        let mut bytes = 0;
+        let mut page = super::PageFill::new(limit);
         while let Some(row) = futures_util::StreamExt::next(&mut rows).await {
             let row = row.map_err(|e| self.inner.pool.err("pulling events", e))?;
             let id: i64 = row.get(0);
             let (device_id, entity_key, payload, clock): (String, String, &str, &str) =
                 (row.get(2), row.get(5), row.get(6), row.get(7));
             let row_bytes = payload.len() + clock.len() + entity_key.len() + device_id.len();
-            if events.len() == limit || !super::page_takes(events.len(), bytes, row_bytes) {
+            if !page.take(row_bytes) {
                 has_more = true;
                 break;
             }
-            bytes += row_bytes;
             events.push(PulledEvent {
                 id,
                 event: Event {
@@ -1168,18 +1167,17 @@ impl BrainStore for PgStore {
         let mut rows = Box::pin(rows);
         let mut entities = Vec::with_capacity(limit.min(512));
         let mut has_more = false;
-        let mut bytes = 0;
+        let mut page = super::PageFill::new(limit);
         while let Some(row) = futures_util::StreamExt::next(&mut rows).await {
             let row = row.map_err(|e| self.inner.pool.err("reading entities", e))?;
             let key: String = row.get(0);
             let (payload, clock, vc, sib): (&str, &str, &str, &str) =
                 (row.get(5), row.get(6), row.get(9), row.get(10));
             let row_bytes = key.len() + payload.len() + clock.len() + vc.len() + sib.len();
-            if entities.len() == limit || !super::page_takes(entities.len(), bytes, row_bytes) {
+            if !page.take(row_bytes) {
                 has_more = true;
                 break;
             }
-            bytes += row_bytes;
             let state = parse_state(&key, vc, sib)?;
             entities.push(SnapshotEntity {
                 entity_type: row.get(1),

@@ -434,7 +434,7 @@ fn pull(conn: &mut Connection, after_id: i64, limit: usize) -> Result<PullPage> 
         .map_err(|e| sql_err("pulling events", e))?;
     let mut events = Vec::with_capacity(limit.min(512));
     let mut has_more = false;
-    let mut bytes = 0;
+    let mut page = super::PageFill::new(limit);
     for row in rows {
         let (
             id,
@@ -448,11 +448,10 @@ fn pull(conn: &mut Connection, after_id: i64, limit: usize) -> Result<PullPage> 
             created_at,
         ) = row.map_err(|e| sql_err("reading an event", e))?;
         let row_bytes = payload.len() + clock.len() + entity_key.len() + device_id.len();
-        if events.len() == limit || !super::page_takes(events.len(), bytes, row_bytes) {
+        if !page.take(row_bytes) {
             has_more = true;
             break;
         }
-        bytes += row_bytes;
         events.push(PulledEvent {
             id,
             event: Event {
@@ -509,7 +508,7 @@ fn snapshot(conn: &mut Connection, after_key: &str, limit: usize) -> Result<Snap
         .map_err(|e| sql_err("reading entities", e))?;
     let mut entities = Vec::new();
     let mut has_more = false;
-    let mut bytes = 0;
+    let mut page = super::PageFill::new(limit);
     for row in rows {
         let (
             key,
@@ -525,11 +524,10 @@ fn snapshot(conn: &mut Connection, after_key: &str, limit: usize) -> Result<Snap
             sib,
         ) = row.map_err(|e| sql_err("reading an entity", e))?;
         let row_bytes = key.len() + payload.len() + clock.len() + vc.len() + sib.len();
-        if entities.len() == limit || !super::page_takes(entities.len(), bytes, row_bytes) {
+        if !page.take(row_bytes) {
             has_more = true;
             break;
         }
-        bytes += row_bytes;
         let state = parse_state(&key, &vc, &sib)?;
         entities.push(SnapshotEntity {
             event_type: parse_event_type(&event_type)?,
