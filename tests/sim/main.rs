@@ -12,12 +12,16 @@
 //! run went through. The same runs go against a PostgreSQL brain too
 //! (`postgres_seeds_converge`, `SIM_PG_SEEDS`).
 
-#[path = "../brain_common/mod.rs"]
-mod brain_common;
+#[macro_use]
+#[path = "../support/mod.rs"]
+mod support;
+
 mod check;
+mod merge_props;
 mod net;
-mod rng;
 mod world;
+
+use support::rng;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

@@ -20,8 +20,8 @@ use lib_agent::model::wire::{
 use lib_agent::model::Event;
 use lib_agent::sync::{self, ClientError};
 
-use super::brain_common::TestSchema;
 use super::rng::Rng;
+use crate::support::brain::TestSchema;
 
 /// The cap the brain puts on `payload.content` (the server's default).
 const MAX_CONTENT: usize = 1024 * 1024;

@@ -771,7 +771,7 @@ fn debug_output_redacts_the_secrets() {
 
 #[test]
 fn the_example_file_parses() {
-    let text = include_str!("../config/agent.example.toml");
+    let text = include_str!("../../config/agent.example.toml");
     let config = parse(text).expect("the example config is valid");
     assert_eq!(config.libraries.len(), 1);
 }

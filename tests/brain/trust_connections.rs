@@ -3,8 +3,6 @@
 //! address every request carries. The brain runs in-process on SQLite with small limits; every
 //! wait has a generous upper bound and nothing asserts how long anything took.
 
-mod brain_common;
-
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -16,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use brain_common::*;
+use crate::support::brain::*;
 use lib_agent::brain::http::{self, ConnLimits};
 use lib_agent::brain::server::ServerConfig;
 

@@ -3,13 +3,13 @@
 #![allow(dead_code)] // each test crate uses its own part of it
 
 use std::fs::File;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The shared secret of every process these tests start.
-pub const SECRET: &str = "process-secret";
+pub use super::brain::SECRET;
 
 /// `agent` with none of the caller's settings in its environment and the test secret set; its
 /// output is appended to `log` when given, else discarded.
@@ -53,15 +53,6 @@ pub fn log_tail(log: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A loopback address free now, for a server that must come back at the same one.
-pub fn free_addr() -> String {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
 /// Kills (SIGKILL) and reaps a child, if there is one.
 pub fn kill9(child: &mut Option<Child>) {
     if let Some(mut child) = child.take() {
@@ -85,7 +76,8 @@ impl BrainProcess {
         std::fs::create_dir_all(home).expect("brain home");
         let mut brain = BrainProcess {
             db: home.join("brain.db"),
-            addr: free_addr(),
+            // Reserved, not port 0: the brain is killed and started again at it.
+            addr: super::net::reserved_addr(),
             log: logged.then(|| home.join("log.txt")),
             child: None,
         };

@@ -7,12 +7,14 @@
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lib_agent::config::{Config, Overrides};
 use lib_agent::daemon::{self, RunState};
 use lib_agent::store::Store;
 use rusqlite::Connection;
+
+use crate::support::wait;
 
 struct Agent {
     dir: tempfile::TempDir,
@@ -106,19 +108,11 @@ impl Agent {
         Connection::open(self.dir.path().join("agent.db")).expect("open db")
     }
 
-    /// Polls the database (a second connection, as `agent status` would) until `done`, for at
-    /// most 10 s.
+    /// Polls the database (a second connection, as `agent status` would) until `done`.
     fn wait_until(&self, what: &str, done: impl Fn(&Connection) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(db) = Connection::open(self.dir.path().join("agent.db")) {
-                if done(&db) {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait::wait_until(what, wait::PATIENCE, || {
+            Connection::open(self.dir.path().join("agent.db")).is_ok_and(|db| done(&db))
+        });
     }
 
     fn wait_for_events(&self, n: usize) {

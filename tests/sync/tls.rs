@@ -11,33 +11,25 @@
 //! - The brain delivers a signed webhook to an `https://` URL, and counts a delivery it cannot
 //!   make because it does not trust the listener's certificate as a failure.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use lib_agent::brain::server::{serve, ServerConfig};
-use lib_agent::brain::store::sqlite::SqliteStore;
-use lib_agent::config::{Config, Overrides};
-use lib_agent::model::{Event, EventType, FilePayload, VectorClock};
-use lib_agent::scan::{self, ScanOptions};
-use lib_agent::store::{read, Store};
+use lib_agent::brain::server::ServerConfig;
+use lib_agent::store::read;
 use lib_agent::sync::{self, listener, BrainClient, ClientError};
 use lib_agent::tls::{CaFile, ExtraRoots};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use common::Lab;
-
-const SECRET: &str = "tls-test-secret";
-/// The brain's `LIB_METRICS_TOKEN`.
-const METRICS_TOKEN: &str = "metrics-token";
-/// Every wait in these tests ends by then: a hang fails the test instead of the suite.
-const LIMIT: Duration = Duration::from_secs(20);
+use crate::support;
+use crate::support::brain::{upsert, SECRET};
+use crate::support::brain_blocking::BlockingBrain;
+use crate::support::device::Device;
+use crate::support::lab::Lab;
+use crate::support::wait::{wait_until, PATIENCE};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,16 +42,6 @@ fn test_ca() -> CaFile {
         path: fixture("cert.pem"),
         origin: "test".into(),
     }
-}
-
-/// A runtime for the servers of one test, off the test's thread: the agent's client is blocking
-/// and must not run inside it.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 /// A TLS-terminating proxy on 127.0.0.1 with the fixture certificate: every connection it
@@ -116,43 +98,23 @@ impl TlsProxy {
 
 /// A real brain (SQLite) on 127.0.0.1, plain HTTP, with a TLS proxy in front of it.
 struct Brain {
-    runtime: tokio::runtime::Runtime,
-    addr: SocketAddr,
+    inner: BlockingBrain,
     proxy: TlsProxy,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
 }
 
 impl Brain {
     fn start(webhook_roots: ExtraRoots) -> Brain {
         let dir = tempfile::tempdir().expect("tempdir");
-        let runtime = runtime();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("brain.db")).expect("brain"));
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind brain");
-        let addr = listener.local_addr().expect("brain addr");
         let config = ServerConfig {
-            secret: Some(SECRET.into()),
-            metrics_token: Some(METRICS_TOKEN.into()),
             webhook_roots,
-            // Webhook listeners in tests are on loopback.
-            webhooks: lib_agent::brain::webhooks::WebhookPolicy {
-                allow_private: true,
-                ..Default::default()
-            },
-            ..ServerConfig::default()
+            ..support::brain::config()
         };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(serve(listener, store, config, async move {
-            let _ = stopped.await;
-        }));
-        let proxy = TlsProxy::start(&runtime, addr);
+        let inner = BlockingBrain::start_with(dir.path(), "127.0.0.1:0", config);
+        let proxy = TlsProxy::start(inner.runtime(), inner.addr);
         Brain {
-            runtime,
-            addr,
+            inner,
             proxy,
-            stop: Some(stop),
             _dir: dir,
         }
     }
@@ -163,75 +125,11 @@ impl Brain {
 
     /// A client that speaks to the brain directly, without TLS.
     fn plain_client(&self) -> BrainClient {
-        BrainClient::new(&format!("http://{}", self.addr), Some(SECRET.into())).expect("client")
+        self.inner.client()
     }
 
-    /// One counter of `GET /metrics`.
     fn metric(&self, name: &str) -> u64 {
-        let text = reqwest::blocking::Client::new()
-            .get(format!("http://{}/metrics", self.addr))
-            .bearer_auth(METRICS_TOKEN)
-            .send()
-            .and_then(|r| r.text())
-            .expect("metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-    }
-}
-
-impl Drop for Brain {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// A device: its own database and one library folder with a file in it, scanned.
-struct Device {
-    dir: tempfile::TempDir,
-    config: Config,
-    store: Store,
-}
-
-impl Device {
-    fn new(ca_file: Option<&Path>, brain_url: &str) -> Device {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("notes")).expect("mkdir");
-        let toml = format!(
-            "[store]\npath = {:?}\n[[library]]\nname = \"notes\"\npath = {:?}\n\
-             [sync]\nbrain_url = {brain_url:?}\n",
-            dir.path().join("agent.db"),
-            dir.path().join("notes")
-        );
-        // The CA file and the secret come from the (injected) environment, as a user sets them.
-        let ca = ca_file.map(|p| p.to_str().expect("UTF-8 path").to_owned());
-        let env = move |var: &str| match var {
-            "LIB_BRAIN_CA_FILE" => ca.clone(),
-            "LIB_SYNC_SECRET" => Some(SECRET.to_owned()),
-            _ => None,
-        };
-        let config =
-            Config::from_toml_str(&toml, None, &env, &Overrides::default()).expect("config");
-        let store = Store::open(&config.store.path).expect("store");
-        Device { dir, config, store }
-    }
-
-    fn write_and_scan(&mut self, rel: &str, text: &str) {
-        std::fs::write(self.dir.path().join("notes").join(rel), text).expect("write");
-        scan::scan(&mut self.store, &self.config, &ScanOptions::default()).expect("scan");
-    }
-
-    fn client(&self) -> Result<BrainClient, ClientError> {
-        let url = self.config.sync.brain_url.as_deref().expect("brain_url");
-        BrainClient::from_config(url, &self.config.sync, "tls-test-device")
-    }
-
-    fn pending(&self) -> i64 {
-        read::counts(self.store.conn())
-            .expect("counts")
-            .outbox_pending
+        self.inner.metric(name)
     }
 }
 
@@ -239,8 +137,8 @@ impl Device {
 fn push_and_pull_through_https_work_with_the_configured_ca() {
     let brain = Brain::start(ExtraRoots::none());
     let ca = fixture("cert.pem");
-    let mut a = Device::new(Some(&ca), &brain.https_url());
-    let mut b = Device::new(Some(&ca), &brain.https_url());
+    let mut a = Device::for_brain(&brain.https_url(), Some(&ca));
+    let mut b = Device::for_brain(&brain.https_url(), Some(&ca));
     a.write_and_scan("secure.md", "sent over TLS");
     assert_eq!(a.pending(), 1);
 
@@ -266,7 +164,7 @@ fn push_and_pull_through_https_work_with_the_configured_ca() {
 #[test]
 fn without_the_ca_the_push_fails_on_the_certificate_and_the_outbox_keeps_its_events() {
     let brain = Brain::start(ExtraRoots::none());
-    let mut a = Device::new(None, &brain.https_url());
+    let mut a = Device::for_brain(&brain.https_url(), None);
     a.write_and_scan("one.md", "first");
     a.write_and_scan("two.md", "second");
 
@@ -423,56 +321,25 @@ impl Listener {
     }
 }
 
-fn upsert(device: &str, key: &str) -> Event {
-    let mut clock = VectorClock::new();
-    clock.set(device, 1);
-    Event {
-        event_ulid: ulid::Ulid::new().to_string(),
-        device_id: device.into(),
-        event_type: EventType::UpsertFile,
-        entity_type: "file".into(),
-        entity_key: key.into(),
-        payload: FilePayload {
-            sha256: Some("a".repeat(64)),
-            bytes: Some(5),
-            mtime_unix: Some(1_732_500_000),
-            ext: Some("md".into()),
-            mime: Some("text/markdown".into()),
-            content: Some("hello".into()),
-        },
-        vector_clock: clock,
-        created_at: "2026-11-25T10:00:00Z".into(),
-    }
-}
-
-/// Polls `done` until it holds or [`LIMIT`] passes.
-fn eventually(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < LIMIT, "{what}: not within {LIMIT:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_webhook_with_an_https_url_is_delivered_signed_through_tls() {
     let roots = ExtraRoots::load(&test_ca()).expect("fixture CA");
     let brain = Brain::start(roots);
-    let hook = Listener::start(&brain.runtime, "hook-secret-0123456");
+    let hook = Listener::start(brain.inner.runtime(), "hook-secret-0123456");
     let client = brain.plain_client();
     client
         .register_webhook("dev-b", &hook.https_url(), "hook-secret-0123456")
         .expect("register");
 
     client
-        .ingest(&[upsert("dev-a", "notes/x.md")])
+        .ingest(&[upsert("dev-a", "notes/x.md", &[("dev-a", 1)], 'a')])
         .expect("ingest");
     // The listener wakes its puller only for a notification whose signature it verified.
     hook.woken
-        .recv_timeout(LIMIT)
+        .recv_timeout(PATIENCE)
         .expect("a signed notification reached the listener through TLS");
     assert_eq!(hook.proxy.handshakes.load(Ordering::SeqCst), 1);
-    eventually("the delivery is counted", || {
+    wait_until("the delivery is counted", PATIENCE, || {
         brain.metric("lib_brain_webhook_deliveries_total") == 1
     });
     assert_eq!(brain.metric("lib_brain_webhook_failures_total"), 0);
@@ -481,15 +348,15 @@ fn a_webhook_with_an_https_url_is_delivered_signed_through_tls() {
 #[test]
 fn a_webhook_behind_an_untrusted_certificate_is_counted_as_failed_not_delivered() {
     let brain = Brain::start(ExtraRoots::none());
-    let hook = Listener::start(&brain.runtime, "hook-secret-0123456");
+    let hook = Listener::start(brain.inner.runtime(), "hook-secret-0123456");
     let client = brain.plain_client();
     client
         .register_webhook("dev-b", &hook.https_url(), "hook-secret-0123456")
         .expect("register");
     client
-        .ingest(&[upsert("dev-a", "notes/x.md")])
+        .ingest(&[upsert("dev-a", "notes/x.md", &[("dev-a", 1)], 'a')])
         .expect("ingest");
-    eventually("the failed delivery is counted", || {
+    wait_until("the failed delivery is counted", PATIENCE, || {
         brain.metric("lib_brain_webhook_failures_total") == 1
     });
     assert_eq!(brain.metric("lib_brain_webhook_deliveries_total"), 0);

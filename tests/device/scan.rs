@@ -2,12 +2,12 @@
 //! summary and through the SQLite file it leaves behind (issue 2: "What to build" 4 and 5, and
 //! "Bad input gets a clear error and loses nothing").
 
-mod common;
-
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use common::{dominates, inode, mtime, set_mode, sha256_hex, shift_mtime, Lab, OutboxRow};
+use crate::support::lab::{
+    dominates, inode, mtime, set_mode, sha256_hex, shift_mtime, Lab, OutboxRow,
+};
 use serde_json::json;
 
 /// Outbox events created after the first `before` ones.

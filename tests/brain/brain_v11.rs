@@ -10,17 +10,15 @@
 //! - A schema missing a column the adoption needs is refused in one line naming the table and
 //!   column, and is left exactly as it was.
 
-mod brain_common;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 
 use serde_json::{json, Value};
 
-use brain_common::*;
+use crate::support::brain::*;
 use lib_agent::model::Event;
 
-const FIXTURE: &str = include_str!("fixtures/lib_v11_supabase.sql");
+const FIXTURE: &str = include_str!("../fixtures/lib_v11_supabase.sql");
 const A: &str = "5f0c2b8e-1d3a-4c7e-9b21-0a6f3c1d2e4a";
 const B: &str = "9ab14e02-77c3-4f5d-8e19-3b2c5d6e7f80";
 /// The fixture's events by id; ids 9 and 10 are invalid, 1 and 2 were pruned by LIB v1.1.
@@ -445,7 +443,7 @@ async fn the_migration_file_applied_by_hand_to_a_v11_schema_points_to_the_adopti
         // As `supabase db push` would run migrations/postgres/0001_lib_shared.sql.
         let schema = v11_schema().await;
         let before = inventory(&schema).await;
-        let sql = include_str!("../migrations/postgres/0001_lib_shared.sql")
+        let sql = include_str!("../../migrations/postgres/0001_lib_shared.sql")
             .replace("lib_shared", &schema.name);
         let err = schema
             .admin()

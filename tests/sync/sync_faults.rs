@@ -4,8 +4,6 @@
 //! processes (`agent brain serve`, `agent sync`) on loopback; the proxy sees each exchange whole
 //! and decides its fate.
 
-mod process;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,7 +11,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use process::BrainProcess;
+use crate::support;
+use crate::support::process::BrainProcess;
 use rusqlite::Connection;
 use serde_json::Value;
 
@@ -190,7 +189,7 @@ impl Device {
     }
 
     fn command(&self, args: &[&str], brain: Option<&str>) -> Command {
-        let mut c = process::agent(None);
+        let mut c = support::process::agent(None);
         c.arg("--config")
             .arg(self.home.join("agent.toml"))
             .arg("--db")

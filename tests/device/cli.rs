@@ -2,12 +2,13 @@
 //! temporary folder, a real SQLite file (issue 2: "What to build" 6, and "Bad input gets a clear
 //! error and loses nothing").
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{mtime, sha256_hex, shift_mtime, Lab};
+use crate::support;
+use crate::support::brain::SECRET;
+use crate::support::brain_blocking::BlockingBrain;
+use crate::support::lab::{mtime, sha256_hex, shift_mtime, Lab};
 use rusqlite::Connection;
 use serde_json::Value;
 
@@ -258,7 +259,7 @@ trait UsageError {
     fn failure_or_usage(self);
 }
 
-impl UsageError for common::Run {
+impl UsageError for support::lab::Run {
     #[track_caller]
     fn failure_or_usage(self) {
         assert!(matches!(self.code, Some(1) | Some(2)), "{self:#?}");
@@ -817,7 +818,7 @@ fn a_lib_v1_row_whose_file_changed_since_is_backfilled_then_updated() {
             ("upsert_file", "notes/b.md")
         ]
     );
-    assert!(common::dominates(
+    assert!(support::lab::dominates(
         &events[2].vector_clock,
         &events[1].vector_clock
     ));
@@ -878,82 +879,18 @@ fn a_lib_v1_database_is_searchable_before_the_first_scan() {
 
 // ---- agent sync, and what agent status says of it ------------------------------------------------
 
-const BRAIN_SECRET: &str = "cli-secret";
-
-/// A real brain (SQLite, HTTP on loopback) in this process, stopped on drop.
-struct Brain {
-    url: String,
-    runtime: Option<tokio::runtime::Runtime>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Brain {
-    fn start(dir: &Path) -> Brain {
-        use lib_agent::brain::server::{serve, ServerConfig};
-        use lib_agent::brain::store::sqlite::SqliteStore;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let store = std::sync::Arc::new(SqliteStore::open(&dir.join("brain.db")).expect("brain"));
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let config = ServerConfig {
-            secret: Some(BRAIN_SECRET.into()),
-            ..ServerConfig::default()
-        };
-        runtime.spawn(serve(listener, store, config, async move {
-            let _ = rx.await;
-        }));
-        Brain {
-            url,
-            runtime: Some(runtime),
-            stop: Some(tx),
-        }
-    }
-
-    /// Stops serving; the address then refuses connections.
-    fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-        }
-    }
-
-    /// The id of the newest event in the brain's log.
-    fn last_id(&self) -> i64 {
-        lib_agent::sync::BrainClient::new(&self.url, Some(BRAIN_SECRET.into()))
-            .expect("client")
-            .pull(0, 500, None)
-            .expect("pull")
-            .next_after_id
-    }
-}
-
-impl Drop for Brain {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// The notes library and a brain to sync it with.
-fn synced_lab(brain: &Brain) -> Lab {
+fn synced_lab(brain: &BlockingBrain) -> Lab {
     Lab::with_config(&format!(
         "{NOTES_LIBRARY}[sync]\nbrain_url = \"{}\"\n",
-        brain.url
+        brain.url()
     ))
 }
 
 fn sync_json(lab: &Lab, args: &[&str]) -> Value {
     let mut full = vec!["--json", "sync"];
     full.extend_from_slice(args);
-    lab.agent_env(&full, &[("LIB_SYNC_SECRET", BRAIN_SECRET)])
+    lab.agent_env(&full, &[("LIB_SYNC_SECRET", SECRET)])
         .success()
         .json()
 }
@@ -967,7 +904,7 @@ fn line<'a>(text: &'a str, start: &str) -> &'a str {
 #[test]
 fn sync_json_prints_the_lib_v1_1_summary_with_true_figures() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(dir.path());
+    let brain = BlockingBrain::start(dir.path());
     let other = synced_lab(&brain);
     other.write("notes/theirs.md", "from another device\n");
     other.scan(&[]);
@@ -1011,7 +948,7 @@ fn sync_json_prints_the_lib_v1_1_summary_with_true_figures() {
 #[test]
 fn sync_json_counts_the_lib_backfill_it_delivers_and_says_whether_one_still_waits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(dir.path());
+    let brain = BlockingBrain::start(dir.path());
     let lab = synced_lab(&brain);
     lib_v1_database(&lab, &[A, B], &[A, B]);
 
@@ -1023,7 +960,7 @@ fn sync_json_counts_the_lib_backfill_it_delivers_and_says_whether_one_still_wait
         serde_json::json!({"backfilled": 0, "already_done": false})
     );
     let text = lab
-        .agent_env(&["sync"], &[("LIB_SYNC_SECRET", BRAIN_SECRET)])
+        .agent_env(&["sync"], &[("LIB_SYNC_SECRET", SECRET)])
         .success()
         .stdout;
     assert!(text.contains("run `agent scan`"), "{text}");
@@ -1046,13 +983,13 @@ fn sync_json_counts_the_lib_backfill_it_delivers_and_says_whether_one_still_wait
 #[test]
 fn status_shows_the_brain_reachability_backlog_parked_event_cursor_and_last_push_and_pull() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut brain = Brain::start(dir.path());
+    let mut brain = BlockingBrain::start(dir.path());
     let lab = synced_lab(&brain);
     lab.write("notes/good.md", "fine\n");
     lab.scan(&[]);
 
     let before = lab.json(&["status"]);
-    assert_eq!(before["brain_url"], brain.url.as_str());
+    assert_eq!(before["brain_url"], brain.url().as_str());
     assert_eq!(before["sync"]["state"], Value::Null);
     let text = lab.agent(&["status"]).success().stdout;
     assert!(line(&text, "brain").contains("not contacted yet"), "{text}");
@@ -1071,7 +1008,7 @@ fn status_shows_the_brain_reachability_backlog_parked_event_cursor_and_last_push
         .expect("corrupt");
     lab.write("notes/later.md", "also fine\n");
     lab.scan(&[]);
-    lab.agent_env(&["sync"], &[("LIB_SYNC_SECRET", BRAIN_SECRET)])
+    lab.agent_env(&["sync"], &[("LIB_SYNC_SECRET", SECRET)])
         .success();
     lab.write("notes/pending.md", "not pushed yet\n");
     lab.scan(&[]);
@@ -1080,8 +1017,8 @@ fn status_shows_the_brain_reachability_backlog_parked_event_cursor_and_last_push
 
     let out = lab.json(&["status"]);
     let sync = &out["sync"];
-    assert_eq!(out["brain_url"], brain.url.as_str());
-    assert_eq!(sync["state"]["brain_url"], brain.url.as_str());
+    assert_eq!(out["brain_url"], brain.url().as_str());
+    assert_eq!(sync["state"]["brain_url"], brain.url().as_str());
     assert_eq!(sync["state"]["reachable"], true);
     assert_eq!(sync["state"]["last_error"], Value::Null);
     assert_eq!(out["counts"]["outbox_pending"], 1);
@@ -1109,7 +1046,7 @@ fn status_shows_the_brain_reachability_backlog_parked_event_cursor_and_last_push
     let text = lab.agent(&["status"]).success().stdout;
     let brain_line = line(&text, "brain");
     assert!(
-        brain_line.contains(&brain.url)
+        brain_line.contains(&brain.url())
             && brain_line.contains("(reachable)")
             && brain_line.contains(&format!("cursor {cursor}")),
         "{brain_line}"
@@ -1135,7 +1072,7 @@ fn status_shows_the_brain_reachability_backlog_parked_event_cursor_and_last_push
 
     // The brain goes away: a sync fails, and status says so; the last successes stay.
     brain.stop();
-    lab.agent_env(&["sync"], &[("LIB_SYNC_SECRET", BRAIN_SECRET)])
+    lab.agent_env(&["sync"], &[("LIB_SYNC_SECRET", SECRET)])
         .failure();
     let down = lab.json(&["status"]);
     assert_eq!(down["sync"]["state"]["reachable"], false);

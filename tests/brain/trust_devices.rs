@@ -2,15 +2,13 @@
 //! bound to its device id, and no device can act for another. Run against both stores, through
 //! real HTTP on loopback; the `agent brain device` commands through the real binary.
 
-#[macro_use]
-mod brain_common;
-
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use brain_common::*;
+use crate::support::brain::*;
+use crate::support::wait::PATIENCE;
 use lib_agent::brain::auth::{hash_token, new_token, MAX_FAILURES};
 use lib_agent::brain::server::ServerConfig;
 use lib_agent::brain::store::{Binding, BrainStore, DeviceRecord};
@@ -389,13 +387,9 @@ async fn a_revoked_device_is_refused_at_once_its_long_poll_ends_and_its_webhook_
     assert_eq!(r.status, 200, "{}", r.text);
     let poll = {
         let (brain, token) = (brain.clone(), token.clone());
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let r = long_poll(&brain, &token, "dev-laptop").await;
-            (r, started.elapsed())
-        })
+        tokio::spawn(async move { long_poll(&brain, &token, "dev-laptop").await })
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     while get_as(&brain, &token, "dev-laptop", "/pull?after_id=0&wait_ms=1")
         .await
         .status
@@ -407,12 +401,9 @@ async fn a_revoked_device_is_refused_at_once_its_long_poll_ends_and_its_webhook_
     assert!(f.store.revoke("laptop").await);
     let r = get_as(&brain, &token, "dev-laptop", "/pull").await;
     assert_eq!(r.status, 401, "the next request: {}", r.text);
-    let (r, waited) = poll.await.unwrap();
+    // A wait that ran out would answer 200 with nothing: 401 is the recheck ending it early.
+    let r = poll.await.unwrap();
     assert_eq!(r.status, 401, "the open long-poll ends refused: {}", r.text);
-    assert!(
-        waited < Duration::from_secs(30),
-        "it did not wait out its 60 s: {waited:?}"
-    );
     assert!(
         f.store.active_webhooks().await.is_empty(),
         "its webhook is off"
@@ -603,7 +594,7 @@ async fn a_device_holds_only_a_few_long_polls_and_one_more_is_503_at_once(f: Fix
         }));
     }
     // Both long-polls are waiting once a third is refused; until then, try again.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     let refused = loop {
         let r = get_as(&brain, &token, "dev-laptop", "/pull?after_id=0&wait_ms=1").await;
         if r.status == 503 {
@@ -661,7 +652,7 @@ async fn a_devices_last_request_and_cursor_are_recorded(f: Fixture) {
             .status,
         200
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     let device = loop {
         let d = f.store.device("laptop").await;
         if d.last_cursor.is_some() {

@@ -3,10 +3,6 @@
 //! injectable resolver, so that no test sends traffic anywhere but loopback), one pending
 //! notification per device, and the back-off of a failing URL.
 
-#[macro_use]
-mod brain_common;
-mod common;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
@@ -18,7 +14,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use brain_common::*;
+use crate::support;
+use crate::support::brain::*;
+use crate::support::wait::PATIENCE;
 use lib_agent::brain::server::{self, ServerConfig};
 use lib_agent::brain::store::{BrainStore, DeliveryFailure, Webhook};
 use lib_agent::brain::webhooks::{self, Resolve, Resolving, WebhookPolicy};
@@ -146,7 +144,7 @@ impl Hooked {
                 return;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(20),
+                started.elapsed() < PATIENCE,
                 "{name} stayed at {value}, below {at_least}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -626,7 +624,7 @@ async fn await_webhooks(brain: &Hooked, what: &str, done: impl Fn(&[Webhook]) ->
             return;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(20),
+            started.elapsed() < PATIENCE,
             "timed out waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -713,7 +711,7 @@ fn with_suffix(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
 #[cfg(unix)]
 #[test]
 fn agent_init_creates_its_database_0600_in_a_new_folder_0700() {
-    let lab = common::Lab::new();
+    let lab = support::lab::Lab::new();
     let db = lab.path("private/data/agent.db");
     let config = lab.path("agent.toml");
     lab.agent_raw(&[
@@ -761,11 +759,11 @@ async fn the_brains_sqlite_database_and_its_wal_and_shm_are_0600() {
 #[cfg(unix)]
 #[test]
 fn agent_status_warns_about_a_database_others_can_read_and_says_the_chmod() {
-    let lab = common::Lab::new();
+    let lab = support::lab::Lab::new();
     lab.agent(&["init"]).success();
     let status = lab.json(&["status"]);
     assert_eq!(status["warnings"], json!([]), "a new database is private");
-    common::set_mode(&lab.db, 0o644);
+    support::lab::set_mode(&lab.db, 0o644);
     let fix = format!("chmod 600 {}", lab.db.display());
     let text = lab.agent(&["status"]).success().stdout;
     assert!(
@@ -780,7 +778,7 @@ fn agent_status_warns_about_a_database_others_can_read_and_says_the_chmod() {
 
 #[test]
 fn a_snippet_holding_an_osc_52_sequence_prints_escaped() {
-    let lab = common::Lab::new();
+    let lab = support::lab::Lab::new();
     lab.write(
         "notes/evil.txt",
         "pineapple \u{1b}]52;c;aGVsbG8=\u{7} pineapple\n",

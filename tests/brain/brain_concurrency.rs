@@ -2,8 +2,6 @@
 //! reader sees every event exactly once, in id order, with no gap. This is the lost-update race of
 //! a log whose ids commit out of order; the brain serialises id assignment so it cannot happen.
 
-mod brain_common;
-
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -11,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use brain_common::*;
+use crate::support::brain::*;
 
 const WRITERS: usize = 8;
 const EVENTS: usize = 20_000;

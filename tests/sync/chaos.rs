@@ -6,11 +6,6 @@
 //! The choices come from a seed printed at the start (`CHAOS_SEED=<n>` repeats them; the timing
 //! of real processes does not repeat). `CHAOS_SECS` sets how long the chaos lasts (default 12).
 
-mod process;
-#[path = "sim/rng.rs"]
-#[allow(dead_code)] // shared with the simulation, which uses all of it
-mod rng;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -22,8 +17,9 @@ use lib_agent::store::read;
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
-use process::BrainProcess;
-use rng::Rng;
+use crate::support;
+use crate::support::process::BrainProcess;
+use crate::support::rng::Rng;
 
 const NAMES: &[&str] = &["a.md", "b.md", "c.txt", "sub/d.md", "sub/e.txt", "f.md"];
 const SHARED: &[&str] = &["same words\n", "other words here\n", "third\n"];
@@ -37,11 +33,11 @@ struct Process {
 
 impl Process {
     fn kill9(&mut self) {
-        process::kill9(&mut self.child);
+        support::process::kill9(&mut self.child);
     }
 
     fn log_tail(&self) -> String {
-        process::log_tail(&self.home.join("log.txt"), 15)
+        support::process::log_tail(&self.home.join("log.txt"), 15)
     }
 
     /// SIGTERM, and the exit status within 30 s.
@@ -81,7 +77,7 @@ struct Device {
 impl Device {
     fn start(&mut self, brain_url: &str) {
         let home = &self.process.home;
-        let child = process::agent(Some(&home.join("log.txt")))
+        let child = support::process::agent(Some(&home.join("log.txt")))
             .arg("--config")
             .arg(home.join("agent.toml"))
             .arg("--db")

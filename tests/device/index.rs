@@ -673,7 +673,7 @@ fn a_schema_1_database_migrates_in_place_and_keeps_its_rows() {
     let path = dir.path().join("agent.db");
     {
         let conn = rusqlite::Connection::open(&path).expect("create");
-        conn.execute_batch(include_str!("../migrations/agent/0001_init.sql"))
+        conn.execute_batch(include_str!("../../migrations/agent/0001_init.sql"))
             .expect("schema 1");
         conn.execute_batch(
             "INSERT INTO lib_files (path, sha256, bytes, event_ulid, device_id, vector_clock, seen_vc, siblings)

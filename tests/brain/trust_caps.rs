@@ -5,9 +5,6 @@
 //! redirect, reads no answer over its cap and sends the device token when it has one. Servers run
 //! on 127.0.0.1, port 0; the tiny ones here stand in for a brain the client must not trust.
 
-#[macro_use]
-mod brain_common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -16,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use brain_common::*;
+use crate::support::brain::*;
 use lib_agent::brain::server::ServerConfig;
 use lib_agent::brain::store::{BrainStore, MAX_PAGE_BYTES};
 use lib_agent::config::{Config, Overrides};

@@ -1,15 +1,13 @@
 //! `agent brain serve` and `agent brain prune` as a user runs them: the real binary, its flags,
 //! its refusals and its exit status.
 
-mod brain_common;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use brain_common::*;
+use crate::support::brain::*;
 
 struct Home {
     dir: tempfile::TempDir,

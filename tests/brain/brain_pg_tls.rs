@@ -16,8 +16,6 @@
 //!   offered; `disable` never asks.
 //! - The URL's password never appears in any of these errors, nor in the binary's output.
 
-mod brain_common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,7 +28,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use brain_common::*;
+use crate::support::brain::*;
 
 /// The SSLRequest: length 8, then the code 1234.5679.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];

@@ -1,22 +1,21 @@
 //! `agent run` killed with SIGKILL again and again while it indexes and pushes: after each restart
 //! it converges, with no lost and no doubly applied event.
 
-mod process;
-
+use crate::support;
 use std::path::Path;
 use std::process::Child;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lib_agent::brain::server::{serve, ServerConfig};
-use lib_agent::brain::store::sqlite::SqliteStore;
 use lib_agent::config::{Config, Overrides};
 use lib_agent::store::Store;
-use lib_agent::sync::{self, BrainClient};
+use lib_agent::sync;
 use rusqlite::Connection;
 
+use crate::support::brain_blocking::BlockingBrain;
+use crate::support::wait::wait_until;
+
 fn spawn_agent(dir: &Path, brain: &str) -> Child {
-    process::agent(None)
+    support::process::agent(None)
         .arg("--db")
         .arg(dir.join("agent.db"))
         .arg("--config")
@@ -27,32 +26,11 @@ fn spawn_agent(dir: &Path, brain: &str) -> Child {
         .expect("spawn agent")
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn an_agent_killed_mid_push_restarts_and_converges_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
-    let store = Arc::new(SqliteStore::open(&dir.path().join("brain.db")).expect("brain"));
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let config = ServerConfig {
-        secret: Some(process::SECRET.into()),
-        ..ServerConfig::default()
-    };
-    runtime.spawn(serve(listener, store, config, std::future::pending()));
+    let brain = BlockingBrain::start(dir.path());
+    let url = brain.url();
 
     let a = dir.path().join("a");
     std::fs::create_dir_all(a.join("notes")).expect("mkdir");
@@ -134,7 +112,7 @@ fn an_agent_killed_mid_push_restarts_and_converges_without_loss_or_duplicates() 
     let config =
         Config::from_toml_str(&toml, None, &|_| None, &Overrides::default()).expect("config");
     let mut store_b = Store::open(&config.store.path).expect("store");
-    let client = BrainClient::new(&url, Some(process::SECRET.into())).expect("client");
+    let client = brain.client();
     let pulled = sync::pull(&mut store_b, &client, 500, None).expect("pull");
     let outbox_a: i64 = Connection::open(&db_a)
         .expect("db")

@@ -2,192 +2,18 @@
 //! changes reaches the others, concurrent edits end the same everywhere, and nothing is lost or
 //! doubled when the brain is down or a response is lost.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
-
-use lib_agent::brain::server::{serve, ServerConfig};
-use lib_agent::brain::store::sqlite::SqliteStore;
-use lib_agent::config::{Config, Overrides};
-use lib_agent::scan::{self, ScanOptions};
-use lib_agent::store::{read, Store};
+use lib_agent::store::read;
 use lib_agent::sync::{self, BrainClient};
 use rusqlite::Connection;
 
-const SECRET: &str = "test-secret";
-
-struct Brain {
-    addr: SocketAddr,
-    runtime: tokio::runtime::Runtime,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    db: std::path::PathBuf,
-    store: Arc<SqliteStore>,
-}
-
-impl Brain {
-    fn start(dir: &Path) -> Brain {
-        Brain::start_at(dir, "127.0.0.1:0".parse().expect("addr"))
-    }
-
-    fn start_at(dir: &Path, addr: SocketAddr) -> Brain {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let db = dir.join("brain.db");
-        let store = Arc::new(SqliteStore::open(&db).expect("brain store"));
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(addr))
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let config = ServerConfig {
-            secret: Some(SECRET.into()),
-            ..ServerConfig::default()
-        };
-        runtime.spawn(serve(listener, Arc::clone(&store), config, async move {
-            let _ = rx.await;
-        }));
-        Brain {
-            addr,
-            runtime,
-            stop: Some(tx),
-            db,
-            store,
-        }
-    }
-
-    /// Drops every event of the log (entities stay), as `agent brain prune` does with old ones.
-    fn prune_everything(&self) {
-        use lib_agent::brain::store::BrainStore;
-        let cutoff = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-        self.runtime
-            .block_on(self.store.prune(cutoff))
-            .expect("prune");
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn client(&self) -> BrainClient {
-        BrainClient::new(&self.url(), Some(SECRET.into())).expect("client")
-    }
-
-    fn shutdown(mut self) -> (SocketAddr, std::path::PathBuf) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let (addr, db) = (self.addr, self.db.clone());
-        self.runtime
-            .shutdown_timeout(std::time::Duration::from_secs(5));
-        (addr, db)
-    }
-
-    /// The brain's winner for a key: (device, sha256 or None for a tombstone).
-    fn winner(&self, key: &str) -> (String, Option<String>) {
-        let page = self.client().snapshot("", 500).expect("snapshot");
-        let entity = page
-            .entities
-            .into_iter()
-            .find(|e| e.entity_key == key)
-            .expect("entity at the brain");
-        (
-            entity.device_id,
-            if entity.deleted_at.is_some() {
-                None
-            } else {
-                entity.payload.sha256
-            },
-        )
-    }
-}
-
-struct Device {
-    dir: tempfile::TempDir,
-    config: Config,
-    store: Store,
-}
-
-impl Device {
-    fn new() -> Device {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("notes")).expect("mkdir");
-        // Keep one file so that emptying the folder is not taken for an unmounted disk.
-        std::fs::write(dir.path().join("notes/.keep"), "").expect("write");
-        let toml = format!(
-            "[store]\npath = {:?}\n[[library]]\nname = \"notes\"\npath = {:?}\n",
-            dir.path().join("agent.db"),
-            dir.path().join("notes")
-        );
-        let config =
-            Config::from_toml_str(&toml, None, &|_| None, &Overrides::default()).expect("config");
-        let store = Store::open(&config.store.path).expect("store");
-        Device { dir, config, store }
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        std::fs::write(self.dir.path().join("notes").join(rel), text).expect("write");
-    }
-
-    fn remove(&self, rel: &str) {
-        std::fs::remove_file(self.dir.path().join("notes").join(rel)).expect("rm");
-    }
-
-    fn scan(&mut self) {
-        scan::scan(&mut self.store, &self.config, &ScanOptions::default()).expect("scan");
-    }
-
-    fn sync(&mut self, brain: &Brain) {
-        let client = brain.client();
-        sync::push(&mut self.store, &client, 200).expect("push");
-        sync::pull(&mut self.store, &client, 200, None).expect("pull");
-    }
-
-    fn db(&self) -> Connection {
-        Connection::open(self.dir.path().join("agent.db")).expect("db")
-    }
-
-    /// The shared view: (device of the winner, sha256 or None for a tombstone).
-    fn winner(&self, key: &str) -> (String, Option<String>) {
-        self.db()
-            .query_row(
-                "SELECT device_id, sha256 FROM lib_files WHERE path = ?1",
-                [key],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .expect("row")
-    }
-
-    fn shared_rows(&self) -> Vec<(String, Option<String>, Option<String>, String)> {
-        let db = self.db();
-        let mut stmt = db
-            .prepare("SELECT path, sha256, content, event_ulid FROM lib_files ORDER BY path")
-            .expect("prepare");
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows")
-    }
-
-    fn conflicts(&self) -> Vec<String> {
-        read::conflicts(self.store.conn())
-            .expect("conflicts")
-            .into_iter()
-            .map(|c| c.loser.event_ulid.unwrap_or_default())
-            .collect()
-    }
-
-    fn device_id(&self) -> String {
-        self.store.device_id().to_owned()
-    }
-}
+use crate::support::brain::{config, SECRET};
+use crate::support::brain_blocking::BlockingBrain;
+use crate::support::device::Device;
 
 #[test]
 fn a_file_written_on_one_device_reaches_the_others_with_its_hash() {
     let brain_dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(brain_dir.path());
+    let brain = BlockingBrain::start(brain_dir.path());
     let (mut a, mut b, mut c) = (Device::new(), Device::new(), Device::new());
     a.write("idea.md", "an idea from A");
     a.scan();
@@ -210,7 +36,7 @@ fn a_file_written_on_one_device_reaches_the_others_with_its_hash() {
 #[test]
 fn a_delete_propagates_as_a_tombstone() {
     let brain_dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(brain_dir.path());
+    let brain = BlockingBrain::start(brain_dir.path());
     let (mut a, mut b) = (Device::new(), Device::new());
     a.write("gone.md", "soon deleted");
     a.scan();
@@ -230,7 +56,7 @@ fn a_delete_propagates_as_a_tombstone() {
 #[test]
 fn an_edit_made_after_seeing_another_devices_version_wins_everywhere() {
     let brain_dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(brain_dir.path());
+    let brain = BlockingBrain::start(brain_dir.path());
     let (mut a, mut b) = (Device::new(), Device::new());
     a.write("doc.md", "first draft by A");
     a.scan();
@@ -250,7 +76,7 @@ fn an_edit_made_after_seeing_another_devices_version_wins_everywhere() {
 #[test]
 fn concurrent_edits_end_with_the_same_winner_and_conflict_on_every_replica() {
     let brain_dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(brain_dir.path());
+    let brain = BlockingBrain::start(brain_dir.path());
     let (mut a, mut b) = (Device::new(), Device::new());
     a.write("same.md", "A's words");
     b.write("same.md", "B's different words");
@@ -275,9 +101,9 @@ fn concurrent_edits_end_with_the_same_winner_and_conflict_on_every_replica() {
 #[test]
 fn with_the_brain_down_the_outbox_keeps_everything_until_it_is_back() {
     let brain_dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(brain_dir.path());
+    let mut brain = BlockingBrain::start(brain_dir.path());
     let (mut a, mut b) = (Device::new(), Device::new());
-    let (addr, _) = brain.shutdown();
+    let (addr, _) = brain.stop();
     for i in 0..5 {
         a.write(
             &format!("f{i}.md"),
@@ -293,7 +119,7 @@ fn with_the_brain_down_the_outbox_keeps_everything_until_it_is_back() {
         6
     );
     // Back on the same address and database.
-    let brain = Brain::start_at(brain_dir.path(), addr);
+    let brain = BlockingBrain::start_with(brain_dir.path(), &addr.to_string(), config());
     a.sync(&brain);
     b.sync(&brain);
     assert_eq!(
@@ -307,7 +133,7 @@ fn with_the_brain_down_the_outbox_keeps_everything_until_it_is_back() {
 #[test]
 fn a_push_whose_answer_was_lost_duplicates_nothing_when_retried() {
     let brain_dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(brain_dir.path());
+    let brain = BlockingBrain::start(brain_dir.path());
     let (mut a, mut b) = (Device::new(), Device::new());
     a.write("once.md", "only once");
     a.scan();
@@ -334,7 +160,7 @@ fn a_push_whose_answer_was_lost_duplicates_nothing_when_retried() {
 #[test]
 fn an_event_the_brain_refuses_is_parked_and_the_rest_go_through() {
     let brain_dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(brain_dir.path());
+    let brain = BlockingBrain::start(brain_dir.path());
     let mut a = Device::new();
     a.write("good.md", "fine");
     a.scan();
@@ -367,7 +193,7 @@ fn an_event_the_brain_refuses_is_parked_and_the_rest_go_through() {
 #[test]
 fn a_wrong_secret_is_refused_and_nothing_is_marked_pushed() {
     let brain_dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(brain_dir.path());
+    let brain = BlockingBrain::start(brain_dir.path());
     let mut a = Device::new();
     a.scan();
     let client = BrainClient::new(&brain.url(), Some("wrong".into())).expect("client");
@@ -382,7 +208,7 @@ fn a_wrong_secret_is_refused_and_nothing_is_marked_pushed() {
 #[test]
 fn a_device_whose_cursor_was_pruned_reseeds_from_the_snapshot_and_matches() {
     let brain_dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(brain_dir.path());
+    let brain = BlockingBrain::start(brain_dir.path());
     let (mut a, mut b, mut late) = (Device::new(), Device::new(), Device::new());
     a.write("x.md", "A's x");
     b.write("x.md", "B's concurrent x");
@@ -423,7 +249,7 @@ fn a_device_whose_cursor_was_pruned_reseeds_from_the_snapshot_and_matches() {
 
 /// Appends an event to the brain's log behind its back, as a damaged log or a writer that
 /// bypassed the brain's validation would: the brain serves it as stored.
-fn insert_unvalidated_event(brain: &Brain, ulid: &str, key: &str, sha256: &str) {
+fn insert_unvalidated_event(brain: &BlockingBrain, ulid: &str, key: &str, sha256: &str) {
     let db = Connection::open(&brain.db).expect("brain db");
     db.execute(
         "INSERT INTO events (event_ulid, device_id, event_type, entity_type, entity_key, payload,
@@ -442,7 +268,7 @@ fn insert_unvalidated_event(brain: &Brain, ulid: &str, key: &str, sha256: &str) 
 #[test]
 fn an_invalid_pulled_event_is_recorded_and_skipped_and_the_valid_ones_around_it_are_applied() {
     let brain_dir = tempfile::tempdir().expect("tempdir");
-    let brain = Brain::start(brain_dir.path());
+    let brain = BlockingBrain::start(brain_dir.path());
     let (mut a, mut b) = (Device::new(), Device::new());
     a.write("before.md", "before the bad event");
     a.scan();
