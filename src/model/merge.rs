@@ -137,6 +137,15 @@ pub fn apply(current: Option<&EntityState>, incoming: Version) -> Outcome {
     }
 }
 
+/// Whether applying a version may have changed an entity's open conflicts, so that the stored
+/// ones must be rewritten: when it had several siblings before (one may be gone, or the winner
+/// changed) or has several now (one may be new). A lone sibling before and after has none to
+/// store, and most applications are that: skipping them keeps the conflicts table out of the
+/// common write. The agent (`lib_files`) and the brain (`entities`) both decide it here.
+pub fn conflicts_may_change(before: Option<&EntityState>, after: &EntityState) -> bool {
+    before.is_some_and(|s| s.siblings.len() > 1) || after.siblings.len() > 1
+}
+
 fn sort_by_rank(siblings: &mut [Version]) {
     siblings.sort_by(|a, b| b.rank().cmp(&a.rank()));
 }
@@ -224,6 +233,31 @@ mod tests {
         let a = v("1", "a", VectorClock::from([("a", 1)]), Some("x"));
         let s = applied(None, &a);
         assert_eq!(apply(Some(&s), a.clone()), Outcome::Duplicate);
+    }
+
+    #[test]
+    fn conflicts_are_rewritten_only_around_several_siblings() {
+        let a = v("1", "a", VectorClock::from([("a", 1)]), Some("x"));
+        let b = v("2", "b", VectorClock::from([("b", 1)]), Some("y"));
+        let c = v("3", "a", VectorClock::from([("a", 2), ("b", 1)]), Some("z"));
+        let lone = applied(None, &a);
+        assert!(!conflicts_may_change(None, &lone), "a first version");
+        let two = applied(Some(&lone), &b);
+        assert!(conflicts_may_change(Some(&lone), &two), "a sibling appears");
+        let resolved = applied(Some(&two), &c);
+        assert_eq!(resolved.siblings.len(), 1);
+        assert!(
+            conflicts_may_change(Some(&two), &resolved),
+            "the siblings are gone: their conflicts must be cleared"
+        );
+        let next = applied(
+            Some(&resolved),
+            &v("4", "a", VectorClock::from([("a", 3), ("b", 1)]), Some("w")),
+        );
+        assert!(
+            !conflicts_may_change(Some(&resolved), &next),
+            "a lone sibling replaced"
+        );
     }
 
     #[test]

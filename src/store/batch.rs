@@ -504,8 +504,7 @@ impl<'a> Batch<'a> {
             stmt.execute((key, &seen_vc, &siblings, &state.winner().created_at))
                 .ctx(|| format!("updating merge state of {key}"))?;
         }
-        let had_siblings = current.is_some_and(|s| s.siblings.len() > 1);
-        if had_siblings || state.siblings.len() > 1 {
+        if merge::conflicts_may_change(current, &state) {
             self.refresh_conflicts(key, &state)?;
         }
         Ok(Some(Applied::Merged { winner_changed }))

@@ -1,7 +1,7 @@
 //! The webhook listener: the brain POSTs `{"event": "new_events", ...}` here after an ingest; a
 //! valid signature (HMAC-SHA256 with this device's webhook secret, timestamp within ±5 minutes,
-//! verified by the brain's own `webhooks::verify`) wakes the puller. Anything else gets 401 and
-//! wakes nothing.
+//! checked by [`webhook_signature::verify`], the same code the brain signs with) wakes the
+//! puller. Anything else gets 401 and wakes nothing.
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::SyncError;
 use crate::brain::http::{self, BodyLimits, ConnLimits};
-use crate::brain::webhooks;
+use crate::model::webhook_signature;
 use crate::model::wire::SIGNATURE_HEADER;
 
 #[derive(Clone)]
@@ -57,7 +57,7 @@ async fn notified(
             Json(json!({"ok": false, "error": "missing x-lib-signature"})),
         );
     };
-    if let Err(e) = webhooks::verify(&l.secret, signature, &body, SystemTime::now()) {
+    if let Err(e) = webhook_signature::verify(&l.secret, signature, &body, SystemTime::now()) {
         tracing::warn!("webhook refused: {e}");
         return (
             StatusCode::UNAUTHORIZED,

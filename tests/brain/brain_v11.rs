@@ -347,7 +347,7 @@ async fn adoption_is_done_once_and_a_second_start_changes_nothing() {
         assert_eq!(second.adopted(), None, "nothing left to adopt");
         assert_eq!(inventory(&schema).await, after_first);
         assert!(!after_first.contains_key("r events_v11_v11"));
-        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/brain/postgres");
         let migrations = std::fs::read_dir(folder).unwrap().count() as i64;
         assert_eq!(
             count(&schema, "schema_migrations").await,
@@ -440,10 +440,10 @@ async fn a_schema_missing_a_required_column_is_refused_in_one_line_and_left_as_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_migration_file_applied_by_hand_to_a_v11_schema_points_to_the_adoption() {
     tokio::time::timeout(TEST_LIMIT, async {
-        // As `supabase db push` would run migrations/postgres/0001_lib_shared.sql.
+        // As `supabase db push` would run migrations/brain/postgres/0001_lib_shared.sql.
         let schema = v11_schema().await;
         let before = inventory(&schema).await;
-        let sql = include_str!("../../migrations/postgres/0001_lib_shared.sql")
+        let sql = include_str!("../../migrations/brain/postgres/0001_lib_shared.sql")
             .replace("lib_shared", &schema.name);
         let err = schema
             .admin()
@@ -474,9 +474,70 @@ async fn the_migration_file_applied_by_hand_to_a_v11_schema_points_to_the_adopti
     .expect("test timed out");
 }
 
-/// The files of `migrations/postgres/`, in order: (version, name, SQL written for `lib_shared`).
+/// Brains before the migrations moved to `migrations/brain/postgres/` read them from
+/// `migrations/postgres/`, and recorded each by version and file name: a schema they migrated
+/// opens as fully migrated, nothing applied or recorded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_migrated_from_the_old_migrations_folder_opens_as_it_is() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let schema = TestSchema::new();
+        // What the old brain recorded, spelled out here rather than read from today's files.
+        let old_names = [
+            (1, "0001_lib_shared"),
+            (2, "0002_pruned_events"),
+            (3, "0003_devices"),
+        ];
+        let files = migration_files();
+        assert_eq!(
+            files.len(),
+            old_names.len(),
+            "a new migration: extend this test"
+        );
+        let mut script = format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE {s}.schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now());",
+            s = schema.name
+        );
+        for ((_, _, sql), (version, name)) in files.iter().zip(old_names) {
+            script.push_str(&sql.replace("lib_shared", &schema.name));
+            script.push_str(&format!(
+                ";\nINSERT INTO {}.schema_migrations (version, name, applied_at)
+                 VALUES ({version}, '{name}', '2026-01-01T00:00:00Z');",
+                schema.name
+            ));
+        }
+        schema.admin().await.batch_execute(&script).await.unwrap();
+        let before = inventory(&schema).await;
+        let records = migration_records(&schema).await;
+
+        let store = schema
+            .open()
+            .await
+            .expect("a schema migrated from the old folder opens");
+        assert_eq!(
+            store.adopted(),
+            None,
+            "this brain's own tables, not LIB v1.1's"
+        );
+        assert_eq!(
+            migration_records(&schema).await,
+            records,
+            "nothing recorded again"
+        );
+        assert_eq!(inventory(&schema).await, before, "nothing applied again");
+        assert_eq!(
+            recorded_migrations(&records),
+            old_names.map(|(v, n)| (v, n.to_owned())),
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// The files of `migrations/brain/postgres/`, in order: (version, name, SQL written for `lib_shared`).
 fn migration_files() -> Vec<(i32, String, String)> {
-    let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+    let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/brain/postgres");
     let mut files: Vec<_> = std::fs::read_dir(folder)
         .unwrap()
         .map(|f| f.unwrap().path())

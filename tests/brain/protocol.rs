@@ -1194,7 +1194,7 @@ async fn postgres_a_brain_database_of_schema_1_migrates_in_place_with_its_data()
         let schema = TestSchema::new();
         schema
             .execute(include_str!(
-                "../../migrations/postgres/0001_lib_shared.sql"
+                "../../migrations/brain/postgres/0001_lib_shared.sql"
             ))
             .await;
         schema
@@ -1250,7 +1250,7 @@ async fn postgres_a_brain_database_of_schema_1_migrates_in_place_with_its_data()
             .await
             .unwrap()
             .get(0);
-        assert_eq!(recorded, migrations_in("migrations/postgres"));
+        assert_eq!(recorded, migrations_in("migrations/brain/postgres"));
         let f = Fixture::postgres_on(schema, store);
         let brain = f.serve().await;
         a_schema_1_database_keeps_its_data_and_recognises_what_it_prunes(brain, &old).await;

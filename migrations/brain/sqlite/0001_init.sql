@@ -1,4 +1,4 @@
--- The brain's SQLite store, schema 1. The same tables as migrations/postgres/ (lib_shared schema).
+-- The brain's SQLite store, schema 1. The same tables as migrations/brain/postgres/ (lib_shared schema).
 
 -- The append-only log. AUTOINCREMENT: an id is never handed out twice, even after pruning emptied
 -- the log, so a device's cursor always means the same place.

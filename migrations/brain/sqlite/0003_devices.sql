@@ -1,5 +1,5 @@
 -- The brain's SQLite store, schema 3: device credentials (DESIGN.md "Trust") and the delivery
--- state of each webhook. The same tables as migrations/postgres/0003_devices.sql.
+-- state of each webhook. The same tables as migrations/brain/postgres/0003_devices.sql.
 
 -- One row per enrolled device. Only the sha256 of a token is stored: the token is printed once.
 CREATE TABLE devices (

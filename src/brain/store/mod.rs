@@ -1,16 +1,16 @@
 //! The brain's storage: one trait, a SQLite store (the embedded default) and a PostgreSQL store
 //! (shared, multi-instance deployments), chosen by the `--database-url` scheme.
 //!
-//! What an ingest does to the data is decided here, once, by pure functions both stores call:
-//! [`check_batch`] (duplicates inside a request), [`is_new`] (an event against the digest stored
-//! under its ULID, in the log or among the ULIDs pruning removed from it) and [`plan_entities`]
-//! (the merge rule over a batch). The stores only read the current state, and write what the plan
-//! says, in one transaction.
+//! What an ingest does to the data is decided once, for both stores: [`check_batch`] here
+//! (validation, and duplicates inside a request), then [`ingest::run`] (which events are new,
+//! the merge rule over the batch, what to write). The stores only translate its steps to SQL,
+//! in one transaction.
 
+mod ingest;
 pub mod postgres;
 pub mod sqlite;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::SystemTime;
 
@@ -18,10 +18,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::{BrainError, Result};
-use crate::model::merge::{self, EntityState, Outcome, Version};
+use crate::model::merge::{EntityState, Version};
 use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
 use crate::model::{Event, EventType, VectorClock};
 
+pub use ingest::{plan_entities, EntityWrite};
 pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
@@ -233,9 +234,9 @@ pub struct Ingested {
 /// The brain's storage. Every method is all-or-nothing: an error leaves the store as it was.
 pub trait BrainStore: Send + Sync + 'static {
     /// Appends the events new to the log and applies them to `entities` with the merge rule, in
-    /// one transaction. The batch has passed [`check_batch`]. An event is new when its ULID is
-    /// neither in the log nor among the pruned ULIDs ([`is_new`]); one whose ULID is stored (or
-    /// was pruned) with other content refuses the whole batch ([`BrainError::Conflict`]).
+    /// one transaction ([`ingest::run`]). The batch has passed [`check_batch`]. An event is new
+    /// when its ULID is neither in the log nor among the pruned ULIDs; one whose ULID is stored
+    /// (or was pruned) with other content refuses the whole batch ([`BrainError::Conflict`]).
     fn ingest(&self, batch: Vec<CheckedEvent>) -> impl Future<Output = Result<Ingested>> + Send;
 
     /// Events with `id > after_id`, in id order, at most `limit`. A cursor below the pruned part
@@ -421,81 +422,6 @@ pub fn check_batch(batch: Vec<Event>, max_content_bytes: usize) -> Result<Vec<Ch
     Ok(out)
 }
 
-/// Whether an event is new to the store, given the digest stored under its ULID: in the log, or
-/// kept by a prune after the event left the log (a ULID names one event forever, pruned or not).
-/// `Ok(false)` is a repeat (a retry), to skip; the same ULID with other content is 409.
-pub(crate) fn is_new(checked: &CheckedEvent, stored_digest: Option<&str>) -> Result<bool> {
-    match stored_digest {
-        None => Ok(true),
-        Some(digest) if digest == checked.digest => Ok(false),
-        Some(_) => Err(BrainError::Conflict(format!(
-            "event_ulid {} is stored already with other content: a ULID names one event forever",
-            checked.event.event_ulid
-        ))),
-    }
-}
-
-/// What to write for one entity after a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntityWrite {
-    pub key: String,
-    pub state: EntityState,
-    /// Index (into the batch given to [`plan_entities`]) of the event that is the new winner, or
-    /// `None` when the winner stays and only `seen_vc`/siblings change.
-    pub new_winner: Option<usize>,
-    /// Whether the conflicts of the entity must be rewritten (it had or has several siblings).
-    pub refresh_conflicts: bool,
-}
-
-/// Applies a batch of new events to the current states of their entities with the merge rule.
-/// Returns the writes by key (a deterministic order, so concurrent writers lock rows alike).
-pub fn plan_entities(
-    events: &[&Event],
-    mut current: HashMap<String, EntityState>,
-) -> Vec<EntityWrite> {
-    let mut writes: BTreeMap<String, EntityWrite> = BTreeMap::new();
-    for (index, event) in events.iter().enumerate() {
-        let key = &event.entity_key;
-        let before = current.get(key);
-        let had_siblings = before.is_some_and(|s| s.siblings.len() > 1);
-        let Outcome::Applied {
-            state,
-            winner_changed,
-        } = merge::apply(before, event.version())
-        else {
-            continue;
-        };
-        let write = writes.entry(key.clone()).or_insert_with(|| EntityWrite {
-            key: key.clone(),
-            state: state.clone(),
-            new_winner: None,
-            refresh_conflicts: false,
-        });
-        write.state = state.clone();
-        if winner_changed {
-            write.new_winner = Some(index);
-        }
-        write.refresh_conflicts |= had_siblings || state.siblings.len() > 1;
-        current.insert(key.clone(), state);
-    }
-    writes.into_values().collect()
-}
-
-/// The greatest entry of each device over the clocks of `events`, by device id (a deterministic
-/// order, so concurrent writers lock rows alike): what `device_sequences` must hold at least.
-pub(crate) fn clock_maxima(events: &[&Event]) -> BTreeMap<String, i64> {
-    let mut maxima: BTreeMap<String, i64> = BTreeMap::new();
-    for event in events {
-        for (device, value) in event.vector_clock.entries() {
-            // Validated clocks hold at most 2^53; clamp anyway, so no value can wrap an i64.
-            let value = i64::try_from(value).unwrap_or(i64::MAX);
-            let entry = maxima.entry(device.to_owned()).or_insert(value);
-            *entry = (*entry).max(value);
-        }
-    }
-    maxima
-}
-
 /// The first entry of another device that a clock of `batch` carries above what the brain has
 /// seen of that device (`known`): a device token may only pass on what it learned. Returns the
 /// error to answer with.
@@ -610,24 +536,6 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_planned_as_if_applied_event_by_event() {
-        let a = event("a", "n/x", VectorClock::from([("a", 1)]), 'a');
-        let b = event("b", "n/x", VectorClock::from([("b", 1)]), 'b');
-        let c = event("a", "n/y", VectorClock::from([("a", 2)]), 'c');
-        let writes = plan_entities(&[&a, &b, &c], HashMap::new());
-        assert_eq!(writes.len(), 2);
-        assert_eq!(writes[0].key, "n/x");
-        assert_eq!(writes[0].new_winner, Some(1), "equal sums: device b wins");
-        assert!(writes[0].refresh_conflicts);
-        assert_eq!(writes[0].state.conflicts().count(), 1);
-        assert_eq!(
-            writes[1].new_winner,
-            Some(2),
-            "indexes point into the whole batch"
-        );
-    }
-
-    #[test]
     fn a_repeat_inside_a_batch_is_dropped_and_a_reuse_is_refused() {
         let a = event("a", "n/x", VectorClock::from([("a", 1)]), 'a');
         assert_eq!(
@@ -639,18 +547,6 @@ mod tests {
         let err = check_batch(vec![a, other], 10).unwrap_err();
         assert!(
             matches!(err, BrainError::Conflict(ref m) if m.contains("batch[1]")),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_stored_or_pruned_digest_makes_a_repeat_or_a_409() {
-        let checked = CheckedEvent::new(event("a", "n/x", VectorClock::from([("a", 1)]), 'a'));
-        assert_eq!(is_new(&checked, None), Ok(true));
-        assert_eq!(is_new(&checked, Some(&checked.digest)), Ok(false));
-        let err = is_new(&checked, Some(&"0".repeat(64))).unwrap_err();
-        assert!(
-            matches!(err, BrainError::Conflict(ref m) if m.contains(&checked.event.event_ulid)),
             "{err}"
         );
     }

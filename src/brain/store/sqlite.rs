@@ -12,16 +12,19 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::watch;
 
+use super::ingest as flow;
 use super::{
-    blocking, clock_maxima, corrupt, is_new, parse_event_type, parse_state, plan_entities, to_json,
-    unix_seconds, Binding, BrainStore, CheckedEvent, DeliveryFailure, DeviceAuth, DeviceRecord,
-    DeviceSeen, Ingested, PruneBound, PruneReport, PullPage, SnapshotPage, Webhook,
+    blocking, corrupt, parse_event_type, parse_state, unix_seconds, Binding, BrainStore,
+    CheckedEvent, DeliveryFailure, DeviceAuth, DeviceRecord, DeviceSeen, Ingested, PruneBound,
+    PruneReport, PullPage, SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
-use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
+use crate::model::wire::{PulledEvent, SnapshotEntity};
 use crate::model::{Event, FilePayload};
+use ingest::SqliteIngest;
 
 mod devices;
+mod ingest;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/brain/sqlite/0001_init.sql"),
@@ -220,184 +223,22 @@ fn pruned_through(conn: &Connection) -> Result<i64> {
     .map_err(|e| sql_err("reading the prune mark", e))
 }
 
+/// An ingest ([`flow::run`]) in one `BEGIN IMMEDIATE` transaction: the writer's lock is
+/// taken before the ULIDs are looked up, so no other process appends between.
 fn ingest(conn: &mut Connection, batch: &[CheckedEvent]) -> Result<Ingested> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_err("starting an ingest", e))?;
-    let now = unix_seconds(SystemTime::now());
-    let before = newest_id(&tx)?;
-    let mut new_events: Vec<&Event> = Vec::with_capacity(batch.len());
-    let mut last_id = before;
-    {
-        // A ULID is in one of the two at most: a prune moves it, and ingest appends only ULIDs
-        // found in neither.
-        let mut find = tx
-            .prepare_cached(
-                "SELECT digest FROM events WHERE event_ulid = ?1
-                 UNION ALL SELECT digest FROM pruned_events WHERE event_ulid = ?1",
-            )
-            .map_err(|e| sql_err("preparing the ULID lookup", e))?;
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO events (event_ulid, device_id, event_type, entity_type, entity_key, payload,
-                   vector_clock, created_at, received_at, digest)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
-            .map_err(|e| sql_err("preparing the event insert", e))?;
-        for checked in batch {
-            let e = &checked.event;
-            let stored: Option<String> = find
-                .query_row([&e.event_ulid], |r| r.get(0))
-                .optional()
-                .map_err(|err| sql_err("looking up an event ULID", err))?;
-            if !is_new(checked, stored.as_deref())? {
-                continue;
-            }
-            insert
-                .execute(rusqlite::params![
-                    e.event_ulid,
-                    e.device_id,
-                    e.event_type.as_str(),
-                    e.entity_type,
-                    e.entity_key,
-                    to_json(&e.payload),
-                    e.vector_clock.to_json(),
-                    e.created_at,
-                    now,
-                    checked.digest,
-                ])
-                .map_err(|err| sql_err("appending an event", err))?;
-            last_id = tx.last_insert_rowid();
-            new_events.push(e);
-        }
+    let steps = SqliteIngest {
+        tx: &tx,
+        now: unix_seconds(SystemTime::now()),
+    };
+    let ingested = flow::run_ready(flow::run(&steps, batch))?;
+    if ingested.new_ids.is_some() {
+        tx.commit()
+            .map_err(|e| sql_err("committing an ingest", e))?;
     }
-    if new_events.is_empty() {
-        return Ok(Ingested::default());
-    }
-
-    let mut current = HashMap::new();
-    {
-        let mut read = tx
-            .prepare_cached("SELECT seen_vc, siblings FROM entities WHERE entity_key = ?1")
-            .map_err(|e| sql_err("preparing the entity lookup", e))?;
-        for e in &new_events {
-            if current.contains_key(&e.entity_key) {
-                continue;
-            }
-            let row: Option<(String, String)> = read
-                .query_row([&e.entity_key], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-                .map_err(|err| sql_err("reading an entity", err))?;
-            if let Some(state) = row
-                .map(|(vc, sib)| parse_state(&e.entity_key, &vc, &sib))
-                .transpose()?
-            {
-                current.insert(e.entity_key.clone(), state);
-            }
-        }
-    }
-    let writes = plan_entities(&new_events, current);
-    {
-        let mut upsert = tx
-            .prepare_cached(
-                "INSERT INTO entities (entity_key, entity_type, event_ulid, device_id, event_type, payload,
-                   vector_clock, created_at, deleted_at, seen_vc, siblings, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT(entity_key) DO UPDATE SET entity_type = excluded.entity_type,
-                   event_ulid = excluded.event_ulid, device_id = excluded.device_id,
-                   event_type = excluded.event_type, payload = excluded.payload,
-                   vector_clock = excluded.vector_clock, created_at = excluded.created_at,
-                   deleted_at = excluded.deleted_at, seen_vc = excluded.seen_vc,
-                   siblings = excluded.siblings, updated_at = excluded.updated_at",
-            )
-            .map_err(|e| sql_err("preparing the entity upsert", e))?;
-        let mut update = tx
-            .prepare_cached("UPDATE entities SET seen_vc = ?2, siblings = ?3, updated_at = ?4 WHERE entity_key = ?1")
-            .map_err(|e| sql_err("preparing the merge-state update", e))?;
-        let mut clear = tx
-            .prepare_cached("DELETE FROM conflicts WHERE entity_key = ?1")
-            .map_err(|e| sql_err("preparing the conflict clear", e))?;
-        let mut conflict = tx
-            .prepare_cached(
-                "INSERT INTO conflicts (entity_key, event_ulid, device_id, vector_clock, deleted, sha256,
-                   bytes, mtime_unix, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .map_err(|e| sql_err("preparing the conflict insert", e))?;
-        for w in &writes {
-            let seen_vc = w.state.seen_vc.to_json();
-            let siblings = to_json(&w.state.siblings);
-            match w.new_winner {
-                Some(index) => {
-                    let e = new_events[index];
-                    let deleted = e.event_type.is_delete();
-                    upsert
-                        .execute(rusqlite::params![
-                            w.key,
-                            e.entity_type,
-                            e.event_ulid,
-                            e.device_id,
-                            e.event_type.as_str(),
-                            to_json(&e.payload),
-                            e.vector_clock.to_json(),
-                            e.created_at,
-                            deleted.then_some(e.created_at.as_str()),
-                            seen_vc,
-                            siblings,
-                            now,
-                        ])
-                        .map_err(|err| sql_err("writing an entity", err))?;
-                }
-                None => {
-                    update
-                        .execute(rusqlite::params![w.key, seen_vc, siblings, now])
-                        .map_err(|err| sql_err("updating an entity's merge state", err))?;
-                }
-            }
-            if w.refresh_conflicts {
-                clear
-                    .execute([&w.key])
-                    .map_err(|e| sql_err("clearing conflicts", e))?;
-                for v in w.state.conflicts() {
-                    conflict
-                        .execute(rusqlite::params![
-                            w.key,
-                            v.event_ulid,
-                            v.device_id,
-                            v.clock.to_json(),
-                            v.deleted,
-                            v.sha256,
-                            v.bytes.map(|b| b as i64),
-                            v.mtime_unix,
-                            v.created_at,
-                        ])
-                        .map_err(|e| sql_err("recording a conflict", e))?;
-                }
-            }
-        }
-    }
-    {
-        let mut known = tx
-            .prepare_cached(
-                "INSERT INTO device_sequences (device_id, max_sequence) VALUES (?1, ?2)
-                 ON CONFLICT(device_id) DO UPDATE SET
-                   max_sequence = MAX(max_sequence, excluded.max_sequence)",
-            )
-            .map_err(|e| sql_err("preparing the sequence update", e))?;
-        for (device, max) in clock_maxima(&new_events) {
-            known
-                .execute(rusqlite::params![device, max])
-                .map_err(|e| sql_err("recording a device's sequence", e))?;
-        }
-    }
-    tx.commit()
-        .map_err(|e| sql_err("committing an ingest", e))?;
-    Ok(Ingested {
-        result: IngestResult {
-            inserted_events: new_events.len() as u64,
-            upserted_entities: writes.len() as u64,
-        },
-        new_ids: Some((before, last_id)),
-    })
+    Ok(ingested)
 }
 
 fn pull(conn: &mut Connection, after_id: i64, limit: usize) -> Result<PullPage> {

@@ -6,7 +6,8 @@ use std::time::SystemTime;
 
 use tokio_postgres::types::Type;
 
-use super::{pg_err, PgStore};
+use super::error::pg_err;
+use super::PgStore;
 use crate::brain::store::{Binding, DeviceAuth, DeviceRecord, DeviceSeen, WebhookStatus};
 use crate::brain::{BrainError, Result};
 

@@ -13,7 +13,7 @@
 //!    LIB v1.1 left can write to the new tables; nothing is dropped;
 //! 3. creates this brain's tables (the migrations, recorded as usual);
 //! 4. copies every valid event **with its id** (LIB v1.1 devices hold cursors that are ids) and
-//!    replays them, in id order, through the ingest's own entity code (`apply_to_entities`, the
+//!    replays them, in id order, through the ingest's own entity code (`flow::apply`, the
 //!    merge rule of `plan_entities`): `entities` and `conflicts` are what a brain fed the same
 //!    events would hold, not LIB v1.1's (its merge rule lost edits);
 //! 5. keeps the entity rows of keys whose events LIB v1.1 pruned, as single-version entities;
@@ -28,7 +28,10 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, Row, Transaction};
 
-use super::{apply_migration, apply_to_entities, pg_err, MIGRATIONS};
+use super::error::pg_err;
+use super::ingest::PgIngest;
+use super::migrate::{apply_migration, MIGRATIONS};
+use crate::brain::store::ingest as flow;
 use crate::brain::store::{to_json, CheckedEvent};
 use crate::brain::{BrainError, Result};
 use crate::model::event::is_rfc3339;
@@ -469,6 +472,16 @@ fn timestamp_text(column: &str, data_type: &str) -> String {
     )
 }
 
+/// Applies events already in the log to `entities`, as an ingest does after its append.
+async fn replay(tx: &Transaction<'_>, schema: &str, events: &[&Event]) -> Result<usize> {
+    let steps = PgIngest {
+        tx,
+        schema,
+        err: &pg_err,
+    };
+    flow::apply(&steps, events).await
+}
+
 /// Copies the valid events with their ids and replays them into `entities`, a page at a time.
 /// Returns the least and greatest id of all old rows, rejected ones included.
 async fn copy_events(
@@ -562,7 +575,7 @@ async fn copy_events(
         }
         insert_events(tx, schema, &page).await?;
         let events: Vec<&Event> = page.iter().map(|(_, c, _)| &c.event).collect();
-        apply_to_entities(tx, schema, &events, &pg_err).await?;
+        replay(tx, schema, &events).await?;
         report.events += page.len() as u64;
     }
     Ok((min_id, max_id))
@@ -730,7 +743,7 @@ async fn keep_pruned_entities(
             }
         }
         let refs: Vec<&Event> = page.iter().collect();
-        apply_to_entities(tx, schema, &refs, &pg_err).await?;
+        replay(tx, schema, &refs).await?;
         report.kept_entities += page.len() as u64;
     }
     Ok(())
