@@ -2,27 +2,43 @@
 //! library, then reconciles with a scan (so changes made while it was stopped, and during
 //! start-up, are all caught), and from then on feeds the watcher's debounced paths to the indexer.
 //!
-//! Libraries it cannot watch (root unavailable, inotify watch limit) are rescanned periodically
-//! instead: a change may be noticed late, but it is never missed.
+//! Each wake-up of its loop runs the same named steps: take the watcher's [`signals`], rescan
+//! what they say was missed, index the due paths, rescan the polled (unwatched) [`libraries`],
+//! save the run [`state`]. A [`disk_full`] disk under the database pauses indexing rather than
+//! ending the run.
 
-use std::collections::BTreeMap;
-use std::fs::File;
+mod disk_full;
+mod error;
+mod libraries;
+mod lock;
+mod signals;
+mod state;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
-use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::index::{self, Libraries, PathsOutcome};
+use crate::index::{self, Libraries};
 use crate::model::event::now_rfc3339;
 use crate::scan::{self, ScanOptions};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::sync::agent::SyncAgent;
 use crate::watch::{self, Debouncer, FsSignal, FsWatcher};
 
+use disk_full::{DiskFull, DISK_FULL_RETRY};
+pub use error::DaemonError;
+use libraries::Watches;
+pub use lock::{lock_path, RunLock};
+use signals::Signals;
+pub use state::{read_state, LibraryMode, RunState, STATE_KEY};
+use state::{save_state, StateSaver};
+
 /// How often a library that cannot be watched is rescanned, by default.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(60);
+/// Paths indexed per call, so a huge burst is committed progressively.
+const MAX_PATHS_PER_BATCH: usize = 2_000;
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -36,134 +52,6 @@ impl Default for RunOptions {
             poll_interval: POLL_INTERVAL,
         }
     }
-}
-/// How long the daemon lets events gather after a wake-up before it handles them.
-const GATHER: Duration = Duration::from_millis(5);
-/// Paths indexed per call, so a huge burst is committed progressively.
-const MAX_PATHS_PER_BATCH: usize = 2_000;
-/// The run state in `lib_kv` is rewritten at most this often while busy.
-const STATE_INTERVAL: Duration = Duration::from_secs(1);
-pub const STATE_KEY: &str = "agent_run_state";
-/// How long `agent run` waits before indexing again when the disk under its database is full.
-const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
-
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error(
-        "another `agent run` is already using database {db} (lock {lock}{pid}); stop it first"
-    )]
-    AlreadyRunning {
-        db: PathBuf,
-        lock: PathBuf,
-        pid: String,
-    },
-    #[error("cannot create the run lock {path}: {source}")]
-    Lock {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot start the file watcher: {0}")]
-    Watcher(#[from] notify::Error),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Scan(#[from] scan::ScanError),
-    #[error(transparent)]
-    Filter(#[from] crate::filter::FilterError),
-    #[error(transparent)]
-    Sync(#[from] crate::sync::SyncError),
-    #[error("no libraries configured: add a [[library]] to the config file, or name folders: `agent run PATH`")]
-    NoLibraries,
-}
-
-/// The lock that keeps a second `agent run` off the same database. Held for the process's life;
-/// the kernel releases it if the process dies.
-pub struct RunLock {
-    _file: File,
-}
-
-pub fn lock_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push(".lock");
-    PathBuf::from(p)
-}
-
-impl RunLock {
-    pub fn acquire(db: &Path) -> Result<RunLock, DaemonError> {
-        use std::io::{Read, Seek, Write};
-        let path = lock_path(db);
-        let mut options = File::options();
-        options.read(true).write(true).create(true).truncate(false);
-        // Private like the database beside it.
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&path).map_err(|source| DaemonError::Lock {
-            path: path.clone(),
-            source,
-        })?;
-        if file.try_lock().is_err() {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim();
-            let pid = if pid.is_empty() {
-                String::new()
-            } else {
-                format!(", held by pid {pid}")
-            };
-            return Err(DaemonError::AlreadyRunning {
-                db: db.to_owned(),
-                lock: path,
-                pid,
-            });
-        }
-        let _ = file.set_len(0);
-        let _ = file.rewind();
-        let _ = write!(file, "{}", std::process::id());
-        let _ = file.flush();
-        Ok(RunLock { _file: file })
-    }
-
-    /// Whether some process holds the lock now (for `agent status`).
-    pub fn is_held(db: &Path) -> bool {
-        match File::options().read(true).write(true).open(lock_path(db)) {
-            Ok(file) => file.try_lock().is_err(),
-            Err(_) => false,
-        }
-    }
-}
-
-/// How each library is being kept current.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "mode")]
-pub enum LibraryMode {
-    Watching,
-    /// Rescanned every POLL_INTERVAL, because it could not be watched.
-    Polling {
-        reason: String,
-    },
-}
-
-/// What `agent status` shows of a running agent.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RunState {
-    pub pid: u32,
-    pub started_at: String,
-    pub updated_at: String,
-    /// "starting", "running" or "stopped".
-    pub state: String,
-    pub libraries: BTreeMap<String, LibraryMode>,
-    /// Paths changed and waiting for their settle window.
-    pub backlog: usize,
-    pub last_change_at: Option<String>,
-    pub changes_indexed: u64,
-    /// Renamed files whose hash and text were reused instead of read again.
-    pub renames_reused: u64,
-}
-
-pub fn read_state(store: &Store) -> Result<Option<RunState>, StoreError> {
-    Ok(store
-        .kv_get(STATE_KEY)?
-        .and_then(|s| serde_json::from_str(&s).ok()))
 }
 
 /// Runs until `shutdown` receives (or is dropped), then indexes what is pending and returns.
@@ -193,323 +81,224 @@ fn watch_and_index(
     shutdown: &Receiver<()>,
     options: &RunOptions,
 ) -> Result<RunState, DaemonError> {
-    let poll = options.poll_interval;
     if config.libraries.is_empty() {
         return Err(DaemonError::NoLibraries);
     }
     let _lock = RunLock::acquire(store.path())?;
     store.defer_sync()?;
     let libs = Libraries::new(config, store.path())?;
-    let (mut watcher, fs_rx) = FsWatcher::new()?;
-    let mut state = RunState {
-        pid: std::process::id(),
-        started_at: now_rfc3339(),
-        state: "starting".into(),
-        ..RunState::default()
-    };
-    // Watch first, then scan: a change made during the scan is then seen by one or the other.
-    for library in &config.libraries {
-        let mode = start_watching(&mut watcher, &library.path, &library.name, poll);
-        set_mode(&mut state, &library.name, mode);
+    let (watcher, fs_rx) = FsWatcher::new()?;
+    let mut daemon = Daemon::start(config, store, &libs, watcher, options.poll_interval)?;
+    while let Some(signals) = daemon.wait(shutdown, &fs_rx) {
+        daemon.step(signals)?;
     }
-    save_state(store, &mut state)?;
-    let unavailable = reconcile(store, config, None)?;
-    poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
-    // Pushes what is queued (also from before this start), then follows every commit.
-    let sync = SyncAgent::start(config, store.path())?;
-    let changed = || {
-        if let Some(sync) = &sync {
-            sync.changed();
-        }
-    };
-    state.state = "running".into();
-    save_state(store, &mut state)?;
-    tracing::info!(libraries = state.libraries.len(), "watching");
+    daemon.stop()
+}
 
-    let window = Duration::from_millis(config.watch.debounce_ms);
-    let mut debouncer = Debouncer::new(window);
-    let mut next_poll = Instant::now() + poll;
-    let mut last_saved = Instant::now();
-    let mut dirty = false;
-    let mut full = DiskFull::default();
-    let db = store.path().to_owned();
-    // A rescan the full disk held back.
-    let mut rescan_due: Option<Instant> = None;
-    loop {
+/// The running agent: what its loop keeps between wake-ups.
+struct Daemon<'a> {
+    config: &'a Config,
+    store: &'a mut Store,
+    libs: &'a Libraries,
+    db: PathBuf,
+    watches: Watches,
+    debouncer: Debouncer,
+    state: RunState,
+    saver: StateSaver,
+    full: DiskFull,
+    sync: Option<SyncAgent>,
+}
+
+impl<'a> Daemon<'a> {
+    /// Watches, then scans: a change made during the scan is then seen by one or the other.
+    /// Then starts sync, which pushes what is queued (also from before this start).
+    fn start(
+        config: &'a Config,
+        store: &'a mut Store,
+        libs: &'a Libraries,
+        watcher: FsWatcher,
+        poll: Duration,
+    ) -> Result<Daemon<'a>, DaemonError> {
+        let mut state = RunState::starting();
+        let mut watches = Watches::new(watcher, poll, Instant::now());
+        watches.watch_all(config, &mut state);
+        save_state(store, &mut state)?;
+        let unavailable = reconcile(store, config, None)?;
+        watches.unavailable(config, &unavailable, &mut state);
+        let sync = SyncAgent::start(config, store.path())?;
+        state.state = "running".into();
+        save_state(store, &mut state)?;
+        tracing::info!(libraries = state.libraries.len(), "watching");
         let now = Instant::now();
-        let mut wake = debouncer
-            .next_wake(now)
-            .unwrap_or(now + poll)
-            .min(next_poll);
-        if dirty {
-            wake = wake.min(last_saved + STATE_INTERVAL);
-        }
-        if let Some(due) = rescan_due {
-            wake = wake.min(due);
-        }
-        let timeout = wake.saturating_duration_since(now);
-        let mut rescan_all = false;
-        let mut limit_hit: Vec<PathBuf> = Vec::new();
-        let mut changes_seen = false;
+        // The first poll comes a poll interval after the start-up scan, however long it took.
+        watches.poll_from(now);
+        Ok(Daemon {
+            config,
+            db: store.path().to_owned(),
+            store,
+            libs,
+            watches,
+            debouncer: Debouncer::new(Duration::from_millis(config.watch.debounce_ms)),
+            state,
+            saver: StateSaver::new(now),
+            full: DiskFull::default(),
+            sync,
+        })
+    }
+
+    /// Sleeps until something is due or the watcher speaks, and takes what it says; `None` on
+    /// shutdown, or when the watcher is gone (nothing more will come).
+    fn wait(&mut self, shutdown: &Receiver<()>, fs_rx: &Receiver<FsSignal>) -> Option<Signals> {
+        let now = Instant::now();
+        let wake = [
+            self.debouncer.next_wake(now),
+            Some(self.watches.next_poll()),
+            self.saver.wake_at(),
+            self.full.wake_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now);
+        let mut signals = Signals::default();
         select! {
-            recv(shutdown) -> _ => break,
+            recv(shutdown) -> _ => return None,
             recv(fs_rx) -> signal => match signal {
-                Ok(signal) => changes_seen |= handle(signal, &mut debouncer, &mut rescan_all, &mut limit_hit),
-                Err(_) => break, // the watcher is gone: nothing more will come
+                Ok(signal) => signals.take(signal, &mut self.debouncer),
+                Err(_) => return None,
             },
-            default(timeout) => {}
+            default(wake.saturating_duration_since(now)) => {}
         }
-        if changes_seen {
-            // Let what follows the first event arrive, then take it all in one go: a burst then
-            // costs one wake-up per slice, not one per event (on a small machine the wake-ups
-            // cost more than the events).
-            std::thread::sleep(GATHER);
+        signals.take_queued(fs_rx, &mut self.debouncer);
+        if signals.changes {
+            self.state.last_change_at = Some(now_rfc3339());
         }
-        for signal in fs_rx.try_iter() {
-            changes_seen |= handle(signal, &mut debouncer, &mut rescan_all, &mut limit_hit);
+        if self.watches.take_overflow() {
+            signals.rescan_all = true;
         }
-        if changes_seen {
-            state.last_change_at = Some(now_rfc3339());
-        }
-        if watcher.take_overflow() {
-            rescan_all = true;
-        }
+        Some(signals)
+    }
+
+    /// One wake-up's work, in order.
+    fn step(&mut self, mut signals: Signals) -> Result<(), DaemonError> {
+        let over = self
+            .watches
+            .over_limit(self.config, &signals.limit_hit, &mut self.state);
+        self.saver.changed(over);
         // A rescan the full disk held back, not news from the kernel.
-        let retrying = !rescan_all && rescan_due.is_some_and(|due| Instant::now() >= due);
-        if retrying {
-            rescan_due = None;
-            rescan_all = true;
-        }
-        for path in limit_hit {
-            for library in &config.libraries {
-                if path.starts_with(&library.path) {
-                    let mode = watch_limit_mode(&library.path, &library.name, poll);
-                    watcher.unwatch(&library.path);
-                    dirty |= set_mode(&mut state, &library.name, mode);
-                }
-            }
-        }
-        if rescan_all {
+        let retrying = !signals.rescan_all && self.full.take_rescan(Instant::now());
+        signals.rescan_all |= retrying;
+        if signals.rescan_all {
             if !retrying {
                 tracing::warn!(
                     "the kernel dropped file events (queue overflow); rescanning every library"
                 );
             }
-            let rescanned = reconcile(store, config, None);
-            match full.check(&db, rescanned)? {
-                Some(unavailable) => {
-                    dirty |= poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
-                    changed();
-                }
-                None => rescan_due = Some(Instant::now() + DISK_FULL_RETRY),
-            }
+            self.rescan(None)?;
         }
-
         let now = Instant::now();
-        let mut due = debouncer.take_ready(now);
+        self.index_due(now)?;
+        self.rescan_polled(now)?;
+        self.save_state()
+    }
+
+    /// Indexes the paths whose settle window is over, in calls of at most MAX_PATHS_PER_BATCH.
+    /// On a full disk they are queued again as they are (indexing them later is idempotent).
+    fn index_due(&mut self, now: Instant) -> Result<(), DaemonError> {
+        let mut due = self.debouncer.take_ready(now);
         while !due.is_empty() {
             let rest = due.split_off(due.len().min(MAX_PATHS_PER_BATCH));
             let started = Instant::now();
+            let debouncer = &self.debouncer;
             let pending = |path: &Path| debouncer.is_pending(path);
-            let indexed =
-                index::index_paths_leaving(store, &libs, &due, &pending).map_err(DaemonError::from);
-            let Some(outcome) = full.check(&db, indexed)? else {
-                // Queued again as they are: indexing them later is idempotent.
+            let indexed = index::index_paths_leaving(self.store, self.libs, &due, &pending)
+                .map_err(DaemonError::from);
+            let Some(outcome) = self.full.check(&self.db, indexed)? else {
                 let retry = Instant::now() + DISK_FULL_RETRY;
                 for path in due.into_iter().chain(rest) {
-                    debouncer.add(path, retry, watch::Settle::Changed);
+                    self.debouncer.add(path, retry, watch::Settle::Changed);
                 }
                 break;
             };
-            note(&outcome, &mut state, started);
+            self.state.note_indexed(&outcome, started);
             if outcome.upserted + outcome.deleted > 0 {
-                changed();
+                self.changed();
             }
+            // Libraries whose root itself changed.
             for name in &outcome.rescan {
-                let rescanned = reconcile(store, config, Some(name));
-                match full.check(&db, rescanned)? {
-                    Some(unavailable) => {
-                        poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
-                    }
-                    None => rescan_due = Some(Instant::now() + DISK_FULL_RETRY),
-                }
+                self.rescan(Some(name))?;
             }
             due = rest;
-            dirty = true;
+            self.saver.changed(true);
         }
+        Ok(())
+    }
 
-        if now >= next_poll {
-            next_poll = now + poll;
-            for library in &config.libraries {
-                let Some(LibraryMode::Polling { .. }) = state.libraries.get(&library.name) else {
-                    continue;
-                };
-                // A root that came back (remounted) is watched again.
-                let mode = start_watching(&mut watcher, &library.path, &library.name, poll);
-                dirty |= set_mode(&mut state, &library.name, mode);
-                let rescanned = reconcile(store, config, Some(&library.name));
-                match full.check(&db, rescanned)? {
-                    Some(unavailable) => {
-                        poll_unavailable(&mut watcher, config, unavailable, &mut state, poll);
-                        changed();
-                    }
-                    None => rescan_due = Some(Instant::now() + DISK_FULL_RETRY),
-                }
+    /// Rescans the polled libraries when their poll is due, watching each again if it can be.
+    fn rescan_polled(&mut self, now: Instant) -> Result<(), DaemonError> {
+        let (due, changed) = self.watches.take_polled(now, self.config, &mut self.state);
+        self.saver.changed(changed);
+        for name in &due {
+            self.rescan(Some(name))?;
+        }
+        Ok(())
+    }
+
+    /// Rescans one library, or all. Those refused because their root is unavailable are polled
+    /// until it is back; on a full disk, a rescan of all is tried again later.
+    fn rescan(&mut self, library: Option<&str>) -> Result<(), DaemonError> {
+        let rescanned = reconcile(self.store, self.config, library);
+        match self.full.check(&self.db, rescanned)? {
+            Some(unavailable) => {
+                let changed = self
+                    .watches
+                    .unavailable(self.config, &unavailable, &mut self.state);
+                self.saver.changed(changed);
+                self.changed();
             }
+            None => self.full.hold_rescan(Instant::now()),
         }
-        if state.backlog != debouncer.len() {
-            state.backlog = debouncer.len();
-            dirty = true;
+        Ok(())
+    }
+
+    /// Saves the run state when it is due, and not while the disk is full.
+    fn save_state(&mut self) -> Result<(), DaemonError> {
+        if self.state.backlog != self.debouncer.len() {
+            self.state.backlog = self.debouncer.len();
+            self.saver.changed(true);
         }
-        if dirty && last_saved.elapsed() >= STATE_INTERVAL && !full.is_full() {
-            let saved = save_state(store, &mut state).map_err(DaemonError::from);
-            if full.check(&db, saved)?.is_some() {
-                dirty = false;
-            }
-            last_saved = Instant::now();
+        if self.saver.is_due(Instant::now()) && !self.full.is_full() {
+            let saved = save_state(self.store, &mut self.state).map_err(DaemonError::from);
+            let written = self.full.check(&self.db, saved)?.is_some();
+            self.saver.tried(Instant::now(), written);
+        }
+        Ok(())
+    }
+
+    /// Tells sync that the outbox grew.
+    fn changed(&self) {
+        if let Some(sync) = &self.sync {
+            sync.changed();
         }
     }
 
-    // Shutdown: index what is pending, then record that we stopped.
-    let pending = debouncer.take_all();
-    for chunk in pending.chunks(MAX_PATHS_PER_BATCH) {
-        let started = Instant::now();
-        let outcome = index::index_paths(store, &libs, chunk)?;
-        note(&outcome, &mut state, started);
-    }
-    if let Some(sync) = sync {
-        sync.stop();
-    }
-    state.state = "stopped".into();
-    state.backlog = 0;
-    save_state(store, &mut state)?;
-    tracing::info!(changes = state.changes_indexed, "stopped");
-    Ok(state)
-}
-
-/// Libraries whose root went away (unmounted, deleted) lost their watch with it: poll them until
-/// the root is back, then watch again.
-fn poll_unavailable(
-    watcher: &mut FsWatcher,
-    config: &Config,
-    names: Vec<String>,
-    state: &mut RunState,
-    poll: Duration,
-) -> bool {
-    let mut changed = false;
-    for name in names {
-        let Some(library) = config.library(&name) else {
-            continue;
-        };
-        watcher.unwatch(&library.path);
-        changed |= set_mode(state, &name, unavailable_mode(&library.path, poll));
-    }
-    changed
-}
-
-/// Records how a library is kept current, and says so when that changes (once, not at every
-/// retry).
-fn set_mode(state: &mut RunState, name: &str, mode: LibraryMode) -> bool {
-    if state.libraries.get(name) == Some(&mode) {
-        return false;
-    }
-    match &mode {
-        LibraryMode::Polling { reason } => tracing::warn!(library = name, "{reason}"),
-        LibraryMode::Watching if state.libraries.contains_key(name) => {
-            tracing::info!(library = name, "watching again")
+    /// Indexes what is pending, stops sync, and records that the agent stopped.
+    fn stop(mut self) -> Result<RunState, DaemonError> {
+        let pending = self.debouncer.take_all();
+        for chunk in pending.chunks(MAX_PATHS_PER_BATCH) {
+            let started = Instant::now();
+            let outcome = index::index_paths(self.store, self.libs, chunk)?;
+            self.state.note_indexed(&outcome, started);
         }
-        LibraryMode::Watching => {}
-    }
-    state.libraries.insert(name.to_owned(), mode);
-    true
-}
-
-/// Takes one signal from the watcher; true when it was a change.
-fn handle(
-    signal: FsSignal,
-    debouncer: &mut Debouncer,
-    rescan_all: &mut bool,
-    limit_hit: &mut Vec<PathBuf>,
-) -> bool {
-    match signal {
-        FsSignal::Changed { paths, at, settle } => {
-            for path in paths {
-                debouncer.add(path, at, settle);
-            }
-            return true;
+        if let Some(sync) = self.sync.take() {
+            sync.stop();
         }
-        FsSignal::Rescan => *rescan_all = true,
-        FsSignal::Error(e) if watch::is_watch_limit(&e) => limit_hit.extend(e.paths.clone()),
-        FsSignal::Error(e) => {
-            tracing::warn!("file watcher: {e}; rescanning to be sure nothing was missed");
-            *rescan_all = true;
-        }
+        self.state.state = "stopped".into();
+        self.state.backlog = 0;
+        save_state(self.store, &mut self.state)?;
+        tracing::info!(changes = self.state.changes_indexed, "stopped");
+        Ok(self.state)
     }
-    false
-}
-
-fn note(outcome: &PathsOutcome, state: &mut RunState, started: Instant) {
-    state.changes_indexed += outcome.upserted + outcome.deleted;
-    state.renames_reused += outcome.reused;
-    if outcome.upserted + outcome.deleted > 0 {
-        tracing::info!(
-            upserted = outcome.upserted,
-            deleted = outcome.deleted,
-            renamed = outcome.reused,
-            errors = outcome.errors,
-            ms = started.elapsed().as_millis() as u64,
-            "indexed changes"
-        );
-    }
-}
-
-fn start_watching(watcher: &mut FsWatcher, root: &Path, name: &str, poll: Duration) -> LibraryMode {
-    if !root.is_dir() {
-        return unavailable_mode(root, poll);
-    }
-    match watcher.watch(root) {
-        Ok(()) => LibraryMode::Watching,
-        Err(e) if watch::is_watch_limit(&e) => {
-            watcher.unwatch(root);
-            watch_limit_mode(root, name, poll)
-        }
-        Err(e) => {
-            let reason = format!(
-                "cannot watch {} ({e}); rescanning it every {}",
-                root.display(),
-                humantime::format_duration(poll)
-            );
-            LibraryMode::Polling { reason }
-        }
-    }
-}
-
-fn unavailable_mode(root: &Path, poll: Duration) -> LibraryMode {
-    let reason = format!(
-        "root {} is unavailable (unmounted?); rescanning it every {} until it is back",
-        root.display(),
-        humantime::format_duration(poll)
-    );
-    LibraryMode::Polling { reason }
-}
-
-/// Says once, with the numbers a user needs to fix it, that the inotify watch limit is reached.
-fn watch_limit_mode(root: &Path, name: &str, poll: Duration) -> LibraryMode {
-    let folders = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_dir())
-        .count();
-    let limit = watch::watch_limit().map_or_else(|| "?".to_owned(), |l| l.to_string());
-    let reason = format!(
-        "the inotify watch limit (fs.inotify.max_user_watches = {limit}) is reached; library {name} needs \
-         {folders} more; raise it (e.g. `sysctl fs.inotify.max_user_watches={}`); meanwhile it is rescanned \
-         every {}",
-        (folders as u64 + watch::watch_limit().unwrap_or(8192)).next_power_of_two(),
-        humantime::format_duration(poll)
-    );
-    LibraryMode::Polling { reason }
 }
 
 /// Rescans; returns the libraries refused because their root is unavailable (to be polled until
@@ -543,110 +332,4 @@ fn reconcile(
         }
     }
     Ok(unavailable)
-}
-
-/// Whether the disk under the database is full, said once when it fills and once when space is
-/// back.
-#[derive(Default)]
-struct DiskFull {
-    since: Option<Instant>,
-}
-
-impl DiskFull {
-    fn is_full(&self) -> bool {
-        self.since.is_some()
-    }
-
-    /// `Some` result on success, `None` on a full disk (the caller retries later); any other
-    /// error is returned.
-    fn check<T>(
-        &mut self,
-        db: &Path,
-        result: Result<T, DaemonError>,
-    ) -> Result<Option<T>, DaemonError> {
-        match result {
-            Ok(value) => {
-                if let Some(since) = self.since.take() {
-                    // A warning, so that it shows by default like the error it ends.
-                    tracing::warn!(
-                        "space is back on the disk holding the database after {}; indexing resumed",
-                        humantime::format_duration(Duration::from_secs(since.elapsed().as_secs()))
-                    );
-                }
-                Ok(Some(value))
-            }
-            Err(e) if is_disk_full(&e) => {
-                if self.since.is_none() {
-                    self.since = Some(Instant::now());
-                    let what = match e {
-                        DaemonError::Store(e) | DaemonError::Scan(scan::ScanError::Store(e)) => {
-                            match e.on_disk_of(db) {
-                                StoreError::DiskFull { path, context, .. } => format!(
-                                    "the disk holding database {} is full ({context})",
-                                    path.display()
-                                ),
-                                other => other.to_string(),
-                            }
-                        }
-                        other => other.to_string(),
-                    };
-                    tracing::error!(
-                        "{what}; nothing was half-written or lost: free some space; changes stay \
-                         queued and are indexed once there is room (trying again every {} s)",
-                        DISK_FULL_RETRY.as_secs()
-                    );
-                }
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
-}
-
-fn is_disk_full(e: &DaemonError) -> bool {
-    match e {
-        DaemonError::Store(e) | DaemonError::Scan(scan::ScanError::Store(e)) => e.is_disk_full(),
-        _ => false,
-    }
-}
-
-fn save_state(store: &mut Store, state: &mut RunState) -> Result<(), StoreError> {
-    state.updated_at = now_rfc3339();
-    let json = serde_json::to_string(state).unwrap_or_default();
-    let batch = store.batch()?;
-    batch.kv_set(STATE_KEY, &json)?;
-    batch.commit()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_watch_limit_message_names_the_setting_and_the_numbers() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for d in ["a", "a/b", "c"] {
-            std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
-        }
-        let LibraryMode::Polling { reason } = watch_limit_mode(dir.path(), "notes", POLL_INTERVAL)
-        else {
-            panic!("a library over the limit is polled")
-        };
-        assert!(reason.contains("fs.inotify.max_user_watches"), "{reason}");
-        assert!(
-            reason.contains("needs 4 more"),
-            "the root and its three folders: {reason}"
-        );
-        assert!(reason.contains("rescanned every 1m"), "{reason}");
-    }
-
-    #[test]
-    fn an_enospc_from_inotify_is_the_watch_limit() {
-        let e = notify::Error::io(std::io::Error::from_raw_os_error(libc::ENOSPC));
-        assert!(watch::is_watch_limit(&e));
-        assert!(watch::is_watch_limit(&notify::Error::new(
-            notify::ErrorKind::MaxFilesWatch
-        )));
-        assert!(!watch::is_watch_limit(&notify::Error::generic("other")));
-    }
 }

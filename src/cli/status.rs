@@ -1,18 +1,98 @@
 //! `agent status`: device, libraries, file counts, outbox backlog, last scan, and sync: the brain,
 //! the wake-up in effect, cursor, last push and pull, and the events parked or refused.
+//!
+//! [`gather`] reads it all into one [`Status`]; `--json` prints that, and the text output is
+//! written from the same struct.
 
-use serde_json::json;
+use std::path::PathBuf;
+
+use serde::Serialize;
 
 use super::GlobalArgs;
 use crate::config::Config;
+use crate::daemon::{LibraryMode, RunState};
+use crate::store::read::{Counts, RunRow};
 use crate::store::{read, Store};
+use crate::sync::state::SyncState;
+use crate::sync::RefusedPull;
 use crate::term::escape;
 
 /// Show this device, its libraries, file counts, the outbox backlog and the last scan
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
+/// Everything `agent status` says, in the shape of its `--json` output.
+#[derive(Debug, Serialize)]
+struct Status {
+    ok: bool,
+    warnings: Vec<String>,
+    device_id: String,
+    sequence: i64,
+    database: PathBuf,
+    config: Option<PathBuf>,
+    libraries: Vec<LibraryStatus>,
+    counts: Counts,
+    last_scan: Option<RunRow>,
+    brain_url: Option<String>,
+    sync: SyncStatus,
+    agent: AgentStatus,
+}
+
+/// A library: configured, or only found in the index (a folder scanned by path, or a library of
+/// another device).
+#[derive(Debug, Serialize)]
+struct LibraryStatus {
+    name: String,
+    /// `None` for a library the config does not name.
+    path: Option<PathBuf>,
+    configured: bool,
+    /// Whether its root is a folder now; only for a configured library.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    available: Option<bool>,
+    files: i64,
+    bytes: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct SyncStatus {
+    /// As configured.
+    realtime: &'static str,
+    /// What a running agent uses: a webhook device long-polls until the brain has its
+    /// registration. With no agent running, nothing is in effect.
+    realtime_in_effect: Option<String>,
+    cursor: i64,
+    parked: Vec<Parked>,
+    refused: Vec<RefusedPull>,
+    state: Option<SyncState>,
+}
+
+/// An event the brain refused, set aside in the outbox.
+#[derive(Debug, Serialize)]
+struct Parked {
+    event_ulid: String,
+    entity_key: String,
+    error: String,
+}
+
+#[derive(Debug, Serialize)]
+struct AgentStatus {
+    running: bool,
+    state: Option<RunState>,
+}
+
 pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<()> {
+    let status = gather(config)?;
+    if global.json {
+        // Through a `Value`, as when this output was built with `json!`: its keys come out in
+        // the same order, at every level.
+        return super::print_json(&serde_json::to_value(&status)?);
+    }
+    print_text(&status);
+    Ok(())
+}
+
+/// Reads what `agent status` shows from the database and the config.
+fn gather(config: &Config) -> anyhow::Result<Status> {
     let store = Store::open_existing(&config.store.path)?;
     let conn = store.conn();
     let counts = read::counts(conn)?;
@@ -21,109 +101,93 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
     let mut libraries = Vec::new();
     for lib in &config.libraries {
         let (files, bytes) = read::library_counts(conn, &lib.name)?;
-        libraries.push(json!({
-            "name": lib.name,
-            "path": lib.path,
-            "configured": true,
-            "available": lib.path.is_dir(),
-            "files": files,
-            "bytes": bytes,
-        }));
+        libraries.push(LibraryStatus {
+            name: lib.name.clone(),
+            path: Some(lib.path.clone()),
+            configured: true,
+            available: Some(lib.path.is_dir()),
+            files,
+            bytes,
+        });
     }
-    // Libraries in the index that the config does not name: folders scanned by path, or
-    // libraries of other devices.
     for (name, files, bytes) in read::indexed_libraries(conn)? {
         if config.library(&name).is_none() {
-            libraries.push(json!({
-                "name": name,
-                "path": null,
-                "configured": false,
-                "files": files,
-                "bytes": bytes,
-            }));
+            libraries.push(LibraryStatus {
+                name,
+                path: None,
+                configured: false,
+                available: None,
+                files,
+                bytes,
+            });
         }
     }
-    let brain = config.sync.brain_url.clone();
     let running = crate::daemon::RunLock::is_held(store.path());
     let sync_state = crate::sync::state::load(&store)?;
     let cursor: i64 = store
         .kv_get(crate::sync::CURSOR_KEY)?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let parked = read::parked_outbox(conn)?;
+    let parked = read::parked_outbox(conn)?
+        .into_iter()
+        .map(|(event_ulid, entity_key, error)| Parked {
+            event_ulid,
+            entity_key,
+            error,
+        })
+        .collect();
     let refused = crate::sync::refused_pulls(&store)?;
-    // What a running agent uses: a webhook device long-polls until the brain has its
-    // registration. With no agent running, nothing is in effect.
     let realtime_in_effect = sync_state
         .as_ref()
         .filter(|s| running && !s.realtime.is_empty())
         .map(|s| s.realtime.clone());
     let run_state = crate::daemon::read_state(&store)?;
-    let warnings = exposure_warnings(store.path());
-    if global.json {
-        return super::print_json(&json!({
-            "ok": true,
-            "warnings": warnings,
-            "device_id": store.device_id(),
-            "sequence": sequence,
-            "database": store.path(),
-            "config": config.source,
-            "libraries": libraries,
-            "counts": counts,
-            "last_scan": last_run,
-            "brain_url": brain,
-            "sync": {
-                "realtime": config.sync.realtime.as_str(),
-                "realtime_in_effect": realtime_in_effect,
-                "cursor": cursor,
-                "parked": parked.iter().map(|(ulid, key, error)| json!({"event_ulid": ulid, "entity_key": key, "error": error})).collect::<Vec<_>>(),
-                "refused": refused,
-                "state": sync_state,
-            },
-            "agent": {
-                "running": running,
-                "state": run_state,
-            },
-        }));
-    }
-    for warning in &warnings {
+    Ok(Status {
+        ok: true,
+        warnings: exposure_warnings(store.path()),
+        device_id: store.device_id().to_owned(),
+        sequence,
+        database: store.path().to_owned(),
+        config: config.source.clone(),
+        libraries,
+        counts,
+        last_scan: last_run,
+        brain_url: config.sync.brain_url.clone(),
+        sync: SyncStatus {
+            realtime: config.sync.realtime.as_str(),
+            realtime_in_effect,
+            cursor,
+            parked,
+            refused,
+            state: sync_state,
+        },
+        agent: AgentStatus {
+            running,
+            state: run_state,
+        },
+    })
+}
+
+/// The text output. What came from files, the brain or other devices (keys, errors, reasons,
+/// paths) is escaped for the terminal.
+fn print_text(status: &Status) {
+    for warning in &status.warnings {
         println!("WARNING    {}", escape(warning));
     }
-    println!("device     {} (sequence {sequence})", store.device_id());
-    // Below, what came from files, the brain or other devices (keys, errors, reasons, paths) is
-    // escaped for the terminal.
-    println!("database   {}", escape(&store.path().display().to_string()));
-    match &config.source {
+    println!(
+        "device     {} (sequence {})",
+        status.device_id, status.sequence
+    );
+    println!(
+        "database   {}",
+        escape(&status.database.display().to_string())
+    );
+    match &status.config {
         Some(path) => println!("config     {}", escape(&path.display().to_string())),
         None => println!("config     none (defaults)"),
     }
-    match &brain {
-        None => println!("brain      none configured: local-only, events queue in the outbox"),
-        Some(url) => {
-            let st = sync_state.clone().unwrap_or_default();
-            let reach = match st.reachable {
-                Some(true) => "reachable",
-                Some(false) => "UNREACHABLE",
-                None => "not contacted yet",
-            };
-            let configured = config.sync.realtime.as_str();
-            let realtime = match realtime_in_effect.as_deref() {
-                Some(now) if now != configured => format!("{now} (configured: {configured})"),
-                Some(now) => now.to_owned(),
-                None => configured.to_owned(),
-            };
-            let url = escape(url);
-            println!("brain      {url} ({reach}), realtime {realtime}, cursor {cursor}");
-            println!(
-                "sync       last push {}, last pull {}",
-                st.last_push_at.as_deref().unwrap_or("never"),
-                st.last_pull_at.as_deref().unwrap_or("never")
-            );
-            if let Some(error) = &st.last_error {
-                println!("           last error: {}", escape(error));
-            }
-        }
-    }
+    print_brain(status);
+    let counts = &status.counts;
     println!(
         "files      {} live ({:.1} MB), {} deleted, {} conflicts",
         counts.files,
@@ -135,73 +199,128 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         "outbox     {} waiting to be pushed, {} in all",
         counts.outbox_pending, counts.outbox_total
     );
-    if !parked.is_empty() {
-        println!(
-            "parked     {} events the brain refused (not retried):",
-            parked.len()
-        );
-        for (ulid, key, error) in &parked {
-            println!(
-                "           {} ({}): {}",
-                escape(key),
-                escape(ulid),
-                escape(error)
-            );
-        }
+    print_parked(&status.sync.parked);
+    print_refused(&status.sync.refused);
+    print_libraries(&status.libraries);
+    print_agent(&status.agent);
+    print_last_scan(status.last_scan.as_ref());
+}
+
+/// The brain, whether it answered, the wake-up in effect, the cursor, and the last sync.
+fn print_brain(status: &Status) {
+    let Some(url) = &status.brain_url else {
+        println!("brain      none configured: local-only, events queue in the outbox");
+        return;
+    };
+    let sync = &status.sync;
+    let st = sync.state.clone().unwrap_or_default();
+    let reach = match st.reachable {
+        Some(true) => "reachable",
+        Some(false) => "UNREACHABLE",
+        None => "not contacted yet",
+    };
+    let configured = sync.realtime;
+    let realtime = match sync.realtime_in_effect.as_deref() {
+        Some(now) if now != configured => format!("{now} (configured: {configured})"),
+        Some(now) => now.to_owned(),
+        None => configured.to_owned(),
+    };
+    let url = escape(url);
+    println!(
+        "brain      {url} ({reach}), realtime {realtime}, cursor {}",
+        sync.cursor
+    );
+    println!(
+        "sync       last push {}, last pull {}",
+        st.last_push_at.as_deref().unwrap_or("never"),
+        st.last_pull_at.as_deref().unwrap_or("never")
+    );
+    if let Some(error) = &st.last_error {
+        println!("           last error: {}", escape(error));
     }
-    if !refused.is_empty() {
-        println!(
-            "refused    {} pulled events that are invalid (skipped, never applied):",
-            refused.len()
-        );
-        const SHOWN: usize = 10;
-        for r in refused.iter().take(SHOWN) {
-            let at = if r.snapshot {
-                format!("snapshot at {}", r.id)
-            } else {
-                format!("brain id {}", r.id)
-            };
-            println!(
-                "           {at} {} ({}): {}",
-                escape(&format!("{:?}", r.entity_key)),
-                escape(&format!("{:?}", r.event_ulid)),
-                escape(&r.reason)
-            );
-        }
-        if refused.len() > SHOWN {
-            println!(
-                "           and {} more (`agent status --json` lists them all)",
-                refused.len() - SHOWN
-            );
-        }
+}
+
+fn print_parked(parked: &[Parked]) {
+    if parked.is_empty() {
+        return;
     }
+    println!(
+        "parked     {} events the brain refused (not retried):",
+        parked.len()
+    );
+    for p in parked {
+        println!(
+            "           {} ({}): {}",
+            escape(&p.entity_key),
+            escape(&p.event_ulid),
+            escape(&p.error)
+        );
+    }
+}
+
+/// The pulled events refused as invalid: the first few (`--json` has them all).
+fn print_refused(refused: &[RefusedPull]) {
+    if refused.is_empty() {
+        return;
+    }
+    println!(
+        "refused    {} pulled events that are invalid (skipped, never applied):",
+        refused.len()
+    );
+    const SHOWN: usize = 10;
+    for r in refused.iter().take(SHOWN) {
+        let at = if r.snapshot {
+            format!("snapshot at {}", r.id)
+        } else {
+            format!("brain id {}", r.id)
+        };
+        println!(
+            "           {at} {} ({}): {}",
+            escape(&format!("{:?}", r.entity_key)),
+            escape(&format!("{:?}", r.event_ulid)),
+            escape(&r.reason)
+        );
+    }
+    if refused.len() > SHOWN {
+        println!(
+            "           and {} more (`agent status --json` lists them all)",
+            refused.len() - SHOWN
+        );
+    }
+}
+
+fn print_libraries(libraries: &[LibraryStatus]) {
     if libraries.is_empty() {
         println!("libraries  none configured or indexed");
     }
-    for info in &libraries {
-        let name = escape(info["name"].as_str().unwrap_or_default());
-        let files = info["files"].as_i64().unwrap_or_default();
-        match config.library(info["name"].as_str().unwrap_or_default()) {
-            Some(lib) => {
-                let state = if lib.path.is_dir() {
-                    ""
-                } else {
+    for info in libraries {
+        let name = escape(&info.name);
+        let files = info.files;
+        match &info.path {
+            Some(path) if info.configured => {
+                let state = if info.available == Some(false) {
                     "  [root unavailable]"
+                } else {
+                    ""
                 };
                 println!(
                     "library    {name}  {}  {files} files{state}",
-                    escape(&lib.path.display().to_string())
+                    escape(&path.display().to_string())
                 );
             }
-            None => println!("library    {name}  (not in the config)  {files} files"),
+            _ => println!("library    {name}  (not in the config)  {files} files"),
         }
     }
-    match (&run_state, running) {
+}
+
+/// Whether `agent run` is running, and how it keeps each library current.
+fn print_agent(agent: &AgentStatus) {
+    match (&agent.state, agent.running) {
         (Some(run), true) => {
             let watching = run
                 .libraries
                 .values()
-                .filter(|m| matches!(m, crate::daemon::LibraryMode::Watching))
+                .filter(|m| matches!(m, LibraryMode::Watching))
                 .count();
             println!(
                 "agent      running (pid {}), watching {watching} of {} libraries, {} changes waiting, last change {}",
@@ -211,7 +330,7 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
                 run.last_change_at.as_deref().unwrap_or("none yet")
             );
             for (name, mode) in &run.libraries {
-                if let crate::daemon::LibraryMode::Polling { reason } = mode {
+                if let LibraryMode::Polling { reason } = mode {
                     println!("           {}: {}", escape(name), escape(reason));
                 }
             }
@@ -222,22 +341,28 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
         ),
         (None, _) => println!("agent      not running (never started: `agent run`)"),
     }
+}
+
+fn print_last_scan(last_run: Option<&RunRow>) {
     match last_run {
         Some(run) => println!(
             "last scan  {} {} ({} seen, {} upserted, {} deleted, {} errors){}",
-            run.ended_at.or(run.started_at).unwrap_or_default(),
-            run.status.unwrap_or_default(),
+            run.ended_at
+                .as_deref()
+                .or(run.started_at.as_deref())
+                .unwrap_or_default(),
+            run.status.as_deref().unwrap_or_default(),
             run.files_seen,
             run.files_upserted,
             run.files_deleted,
             run.errors,
             run.message
-                .map(|m| format!(": {}", escape(&m)))
+                .as_ref()
+                .map(|m| format!(": {}", escape(m)))
                 .unwrap_or_default()
         ),
         None => println!("last scan  never"),
     }
-    Ok(())
 }
 
 /// A warning when the database or its `-wal`/`-shm` can be read by its group or others: they
@@ -264,4 +389,129 @@ fn exposure_warnings(db: &std::path::Path) -> Vec<String> {
          chmod 600 {}",
         paths.join(" ")
     )]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `--json` keeps the shape it had when it was built with `json!` (scripts read it): the same
+    /// keys, nesting and order, `path: null` and no `available` for a library only in the index.
+    #[test]
+    fn the_json_output_keeps_its_shape() {
+        let counts = Counts {
+            files: 2,
+            deleted: 1,
+            bytes: 30,
+            observed: 3,
+            outbox_pending: 4,
+            outbox_total: 5,
+            conflicts: 0,
+        };
+        let refused = RefusedPull {
+            id: 7,
+            snapshot: false,
+            event_ulid: "01J".into(),
+            device_id: "dev".into(),
+            entity_key: "notes/x".into(),
+            reason: "bad".into(),
+            refused_at: "2026-01-01T00:00:00Z".into(),
+        };
+        let sync_state = SyncState {
+            brain_url: "http://brain".into(),
+            realtime: "longpoll".into(),
+            reachable: Some(true),
+            last_push_at: None,
+            last_pull_at: Some("t".into()),
+            last_error: None,
+        };
+        let run_state = RunState {
+            pid: 9,
+            state: "running".into(),
+            ..RunState::default()
+        };
+        let status = Status {
+            ok: true,
+            warnings: vec!["w".into()],
+            device_id: "dev".into(),
+            sequence: 3,
+            database: "/db".into(),
+            config: None,
+            libraries: vec![
+                LibraryStatus {
+                    name: "notes".into(),
+                    path: Some("/notes".into()),
+                    configured: true,
+                    available: Some(false),
+                    files: 2,
+                    bytes: 30,
+                },
+                LibraryStatus {
+                    name: "other".into(),
+                    path: None,
+                    configured: false,
+                    available: None,
+                    files: 1,
+                    bytes: 4,
+                },
+            ],
+            counts: counts.clone(),
+            last_scan: None,
+            brain_url: Some("http://brain".into()),
+            sync: SyncStatus {
+                realtime: "webhook",
+                realtime_in_effect: Some("longpoll".into()),
+                cursor: 12,
+                parked: vec![Parked {
+                    event_ulid: "01K".into(),
+                    entity_key: "notes/y".into(),
+                    error: "too big".into(),
+                }],
+                refused: vec![refused.clone()],
+                state: Some(sync_state.clone()),
+            },
+            agent: AgentStatus {
+                running: true,
+                state: Some(run_state.clone()),
+            },
+        };
+        let config: Option<PathBuf> = None;
+        let last_run: Option<RunRow> = None;
+        let before = json!({
+            "ok": true,
+            "warnings": ["w"],
+            "device_id": "dev",
+            "sequence": 3,
+            "database": "/db",
+            "config": config,
+            "libraries": [
+                {"name": "notes", "path": "/notes", "configured": true, "available": false,
+                 "files": 2, "bytes": 30},
+                {"name": "other", "path": null, "configured": false, "files": 1, "bytes": 4},
+            ],
+            "counts": counts,
+            "last_scan": last_run,
+            "brain_url": "http://brain",
+            "sync": {
+                "realtime": "webhook",
+                "realtime_in_effect": "longpoll",
+                "cursor": 12,
+                "parked": [{"event_ulid": "01K", "entity_key": "notes/y", "error": "too big"}],
+                "refused": [refused],
+                "state": sync_state,
+            },
+            "agent": {
+                "running": true,
+                "state": run_state,
+            },
+        });
+        let after = serde_json::to_value(&status).expect("serialises");
+        assert_eq!(after, before);
+        assert_eq!(
+            serde_json::to_string_pretty(&after).expect("prints"),
+            serde_json::to_string_pretty(&before).expect("prints"),
+            "byte for byte"
+        );
+    }
 }

@@ -8,6 +8,10 @@
 pub mod agent;
 pub mod client;
 pub mod listener;
+mod puller;
+mod pusher;
+mod registration;
+pub mod retry;
 pub mod state;
 
 use std::time::Duration;
