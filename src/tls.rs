@@ -7,6 +7,9 @@
 //! webhook listener) whose certificate comes from a private CA. The file is read and checked
 //! once, when the client is built, so a wrong path or a file of the wrong kind is a one-line error
 //! at startup naming the file and the setting, not a failed handshake on every request.
+//!
+//! TLS between the brain and PostgreSQL is another matter, with libpq's settings:
+//! `brain::store::postgres::sslmode`.
 
 use std::fmt;
 use std::path::PathBuf;

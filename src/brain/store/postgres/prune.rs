@@ -7,7 +7,7 @@ use crate::brain::Result;
 
 impl PgStore {
     /// Deletes the events up to `bound`, keeping their ULIDs and digests (see
-    /// [`BrainStore::prune`]).
+    /// [`crate::brain::store::BrainStore::prune`]).
     pub(super) async fn prune_up_to(&self, bound: PruneBound) -> Result<PruneReport> {
         let mut conn = self.inner.pool.get().await?;
         let tx = conn

@@ -10,6 +10,7 @@ use crate::model::wire::{PulledEvent, SnapshotEntity};
 use crate::model::{Event, FilePayload};
 
 impl PgStore {
+    /// [`crate::brain::store::BrainStore::pull`].
     pub(super) async fn read_log(&self, after_id: i64, limit: usize) -> Result<PullPage> {
         let conn = self.inner.pool.get().await?;
         // Rows are read as they stream in and the read stops at the page's byte bound: a log of
@@ -85,6 +86,7 @@ impl PgStore {
         })
     }
 
+    /// [`crate::brain::store::BrainStore::snapshot`].
     pub(super) async fn read_entities(
         &self,
         after_key: &str,

@@ -5,6 +5,7 @@ use crate::brain::store::{DeliveryFailure, Webhook};
 use crate::brain::Result;
 
 impl PgStore {
+    /// [`crate::brain::store::BrainStore::register_webhook`].
     pub(super) async fn upsert_webhook(
         &self,
         device_id: &str,
@@ -33,6 +34,7 @@ impl PgStore {
         Ok(row.get(0))
     }
 
+    /// [`crate::brain::store::BrainStore::deactivate_webhook`].
     pub(super) async fn deactivate_hook(&self, device_id: &str) -> Result<bool> {
         let conn = self.inner.pool.get().await?;
         let n = conn
@@ -48,6 +50,7 @@ impl PgStore {
         Ok(n > 0)
     }
 
+    /// [`crate::brain::store::BrainStore::active_webhooks`].
     pub(super) async fn active_hooks(&self) -> Result<Vec<Webhook>> {
         let conn = self.inner.pool.get().await?;
         let rows = conn
@@ -73,6 +76,7 @@ impl PgStore {
             .collect())
     }
 
+    /// [`crate::brain::store::BrainStore::record_delivery`].
     pub(super) async fn record_hook_delivery(
         &self,
         id: i64,
