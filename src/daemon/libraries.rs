@@ -160,7 +160,6 @@ fn watch_limit_mode(root: &Path, name: &str, poll: Duration) -> LibraryMode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::POLL_INTERVAL;
 
     #[test]
     fn the_watch_limit_message_names_the_setting_and_the_numbers() {
@@ -168,7 +167,8 @@ mod tests {
         for d in ["a", "a/b", "c"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
         }
-        let LibraryMode::Polling { reason } = watch_limit_mode(dir.path(), "notes", POLL_INTERVAL)
+        let LibraryMode::Polling { reason } =
+            watch_limit_mode(dir.path(), "notes", Duration::from_secs(60))
         else {
             panic!("a library over the limit is polled")
         };

@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use super::registration::Webhook;
-use super::retry::{Clock, SystemClock};
-use super::state::{self, Outcome, Step};
+use super::retry::SystemClock;
+use super::settings::{Settings, Webhook};
 use super::{puller, pusher, BrainClient, SyncError};
 use crate::config::{Config, Realtime};
 use crate::store::Store;
@@ -132,40 +131,5 @@ impl SyncAgent {
         drop(self.stop.take());
         let pusher = self.threads.remove(0);
         let _ = pusher.join();
-    }
-}
-
-/// What the sync threads share.
-#[derive(Clone)]
-pub(super) struct Settings {
-    pub batch: usize,
-    pub debounce: Duration,
-    pub interval: Duration,
-    /// As configured, except that webhook without its settings is long-poll.
-    pub realtime: Realtime,
-    pub url: String,
-    /// Set in webhook mode.
-    pub webhook: Option<Webhook>,
-    /// The brain has accepted the webhook registration.
-    pub registered: Arc<AtomicBool>,
-    /// Where the threads read the time for what is due.
-    pub clock: Arc<dyn Clock>,
-}
-
-impl Settings {
-    /// The wake-up in effect: a webhook device long-polls until the brain has its registration.
-    pub fn realtime_now(&self) -> Realtime {
-        match self.realtime {
-            Realtime::Webhook if !self.registered.load(Ordering::Relaxed) => Realtime::Longpoll,
-            other => other,
-        }
-    }
-}
-
-/// Saves the outcome for `agent status`; a failure to save it is logged, never fatal to sync.
-pub(super) fn record(store: &mut Store, settings: &Settings, step: Step, outcome: Outcome<'_>) {
-    let realtime = settings.realtime_now();
-    if let Err(e) = state::record(store, &settings.url, Some(realtime.as_str()), step, outcome) {
-        tracing::warn!("cannot save the sync state for `agent status`: {e}");
     }
 }

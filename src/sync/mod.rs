@@ -12,6 +12,7 @@ mod puller;
 mod pusher;
 mod registration;
 pub mod retry;
+mod settings;
 pub mod state;
 
 use std::time::Duration;

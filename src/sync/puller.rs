@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 
-use super::agent::{record, Settings};
 use super::registration::{self, Registration};
 use super::retry::Retry;
+use super::settings::{record, Settings};
 use super::state::{Outcome, Step};
 use super::{BrainClient, SyncError};
 use crate::config::Realtime;

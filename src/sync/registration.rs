@@ -5,17 +5,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use super::agent::Settings;
 use super::retry::Retry;
+use super::settings::{Settings, Webhook};
 use super::{BrainClient, ClientError};
-
-/// What the brain needs to notify this device: where, and the secret that signs it.
-#[derive(Clone)]
-pub struct Webhook {
-    pub device: String,
-    pub public_url: String,
-    pub secret: String,
-}
 
 /// Where the puller's registration stands: due (at start, or when a retry is), done, or refused
 /// for good.
