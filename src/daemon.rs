@@ -5,13 +5,11 @@
 //! Libraries it cannot watch (root unavailable, inotify watch limit) are rescanned periodically
 //! instead: a change may be noticed late, but it is never missed.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
-use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::index::{self, Libraries, PathsOutcome};
@@ -43,7 +41,6 @@ const GATHER: Duration = Duration::from_millis(5);
 const MAX_PATHS_PER_BATCH: usize = 2_000;
 /// The run state in `lib_kv` is rewritten at most this often while busy.
 const STATE_INTERVAL: Duration = Duration::from_secs(1);
-pub const STATE_KEY: &str = "agent_run_state";
 /// How long `agent run` waits before indexing again when the disk under its database is full.
 const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
 
@@ -132,38 +129,10 @@ impl RunLock {
     }
 }
 
-/// How each library is being kept current.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "mode")]
-pub enum LibraryMode {
-    Watching,
-    /// Rescanned every POLL_INTERVAL, because it could not be watched.
-    Polling {
-        reason: String,
-    },
-}
-
-/// What `agent status` shows of a running agent.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RunState {
-    pub pid: u32,
-    pub started_at: String,
-    pub updated_at: String,
-    /// "starting", "running" or "stopped".
-    pub state: String,
-    pub libraries: BTreeMap<String, LibraryMode>,
-    /// Paths changed and waiting for their settle window.
-    pub backlog: usize,
-    pub last_change_at: Option<String>,
-    pub changes_indexed: u64,
-    /// Renamed files whose hash and text were reused instead of read again.
-    pub renames_reused: u64,
-}
+pub use crate::store::kv::{LibraryMode, RunState, RUN_STATE_KEY as STATE_KEY};
 
 pub fn read_state(store: &Store) -> Result<Option<RunState>, StoreError> {
-    Ok(store
-        .kv_get(STATE_KEY)?
-        .and_then(|s| serde_json::from_str(&s).ok()))
+    store.run_state()
 }
 
 /// Runs until `shutdown` receives (or is dropped), then indexes what is pending and returns.
@@ -612,9 +581,8 @@ fn is_disk_full(e: &DaemonError) -> bool {
 
 fn save_state(store: &mut Store, state: &mut RunState) -> Result<(), StoreError> {
     state.updated_at = now_rfc3339();
-    let json = serde_json::to_string(state).unwrap_or_default();
     let batch = store.batch()?;
-    batch.kv_set(STATE_KEY, &json)?;
+    batch.set_run_state(state)?;
     batch.commit()
 }
 

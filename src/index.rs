@@ -13,7 +13,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::model::{EventType, FilePayload};
-use crate::store::{self, read, Batch, Observed};
+use crate::store::{self, Batch, LocalChange, Observed, Shared};
 
 /// Size, mtime and inode: what decides "unchanged" without reading the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,14 +367,14 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
             if previous.as_ref().is_some_and(|p| p.sha256 == file.sha256) {
                 return Ok(Change::Unchanged);
             }
+            // Made for each attempt: the payload holds the file's text.
+            let change = || {
+                LocalChange::new(key, EventType::UpsertFile, file.payload())
+                    .with_payload_json(file.payload_json.as_deref())
+            };
             if previous.is_none()
                 && batch
-                    .record_new(
-                        key,
-                        EventType::UpsertFile,
-                        file.payload(),
-                        file.payload_json.as_deref(),
-                    )?
+                    .record_local(change().over(Shared::AssumedAbsent))?
                     .is_some()
             {
                 return Ok(Change::Upserted);
@@ -391,13 +391,7 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
                     return Ok(Change::AlreadyShared);
                 }
             }
-            batch.record_local_prepared(
-                key,
-                shared.as_ref(),
-                EventType::UpsertFile,
-                file.payload(),
-                file.payload_json.as_deref(),
-            )?;
+            batch.record_local(change().over(Shared::Read(shared.as_ref())))?;
             Ok(Change::Upserted)
         }
         Observation::Gone { key } => {
@@ -414,11 +408,9 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
             {
                 return Ok(Change::Nothing);
             }
-            batch.record_local_over(
-                key,
-                shared.as_ref(),
-                EventType::DeleteFile,
-                FilePayload::default(),
+            batch.record_local(
+                LocalChange::new(key, EventType::DeleteFile, FilePayload::default())
+                    .over(Shared::Read(shared.as_ref())),
             )?;
             Ok(Change::Deleted)
         }
@@ -764,7 +756,7 @@ pub fn index_paths_leaving(
                 // that the walk did not meet.
                 let prefix = format!("{key}/");
                 gone.insert(key);
-                for (k, _) in read::observed_under(store.conn(), &prefix)? {
+                for (k, _) in store.observed_under(&prefix)? {
                     if !met.contains(&k) {
                         gone.insert(k);
                     }
@@ -781,7 +773,7 @@ pub fn index_paths_leaving(
     // size and mtime is the same file renamed.
     let mut gone_rows: HashMap<(u64, u64, i64), (String, Observed)> = HashMap::new();
     for prefix in &gone_prefixes {
-        for (k, row) in read::observed_under(store.conn(), prefix)? {
+        for (k, row) in store.observed_under(prefix)? {
             gone.insert(k.clone());
             gone_rows.insert((row.inode, row.bytes, row.mtime_ns), (k, row));
         }
@@ -790,7 +782,7 @@ pub fn index_paths_leaving(
         !files.contains_key(k) && !failed_dirs.iter().any(|d| k.starts_with(d.as_str()))
     });
     for k in &gone {
-        if let Some(row) = read::observed(store.conn(), k)? {
+        if let Some(row) = store.observed(k)? {
             gone_rows.insert((row.inode, row.bytes, row.mtime_ns), (k.clone(), row));
         }
     }
@@ -799,13 +791,7 @@ pub fn index_paths_leaving(
     // transaction for all the lookups, rather than one (with its file locks) per lookup.
     let mut present: Vec<Observation> = Vec::new();
     let mut to_read: Vec<Candidate> = Vec::new();
-    let probe = store
-        .conn()
-        .unchecked_transaction()
-        .map_err(|source| store::StoreError::Sql {
-            context: "starting a read transaction".into(),
-            source,
-        })?;
+    let probe = store.read_transaction()?;
     for (key, (path, stat)) in files {
         let stat = match stat {
             Some(stat) => stat,
@@ -814,7 +800,7 @@ pub fn index_paths_leaving(
                 _ => continue, // gone again already; its own event follows
             },
         };
-        let observed = read::observed(store.conn(), &key)?;
+        let observed = store.observed(&key)?;
         if observed.as_ref().is_some_and(|o| {
             o.bytes == stat.bytes && o.mtime_ns == stat.mtime_ns && o.inode == stat.inode
         }) {
@@ -837,7 +823,7 @@ pub fn index_paths_leaving(
             bytes: stat.bytes,
         });
     }
-    drop(probe); // read-only: rolling back ends it
+    drop(probe);
     let gone = gone
         .into_iter()
         .map(|key| Observation::Gone { key })
@@ -931,7 +917,7 @@ fn reuse_renamed(
     let Some((old_key, row)) = gone_rows.get(&(stat.inode, stat.bytes, stat.mtime_ns)) else {
         return Ok(None);
     };
-    let Some((sha, old_mime, content)) = read::live_file(store.conn(), old_key)? else {
+    let Some((sha, old_mime, content)) = store.live_file(old_key)? else {
         return Ok(None);
     };
     let mime = mime_guess::from_path(path).first();

@@ -19,9 +19,9 @@ use walkdir::WalkDir;
 use crate::config::{Config, LibraryConfig};
 use crate::filter::LibraryFilter;
 use crate::index::{self, Change, FileStat, Observation, ReadError};
-use crate::model::{key, EventType, FilePayload};
-use crate::store::read::{self, ObservedStat};
-use crate::store::{self, Store};
+use crate::model::{key, EventType};
+use crate::store::read::ObservedStat;
+use crate::store::{self, LocalChange, Store};
 
 /// Changes committed per transaction: every commit rewrites the b-tree pages it touched, so large
 /// batches write less (100,000 files: 15,100 page writes with 1,000 per batch, 10,900 with 4,000);
@@ -224,7 +224,7 @@ fn scan_all(
     if libraries.is_empty() {
         return Err(ScanError::NoLibraries);
     }
-    let run_id = start_run(store, options.library.as_deref())?;
+    let run_id = store.start_run(options.library.as_deref())?;
     let backfilled = backfill_legacy_rows(store)?;
 
     // Checkpoints and per-commit fsyncs wait until the scan ends (see Store::set_bulk_mode):
@@ -265,7 +265,7 @@ fn scan_all(
         .iter()
         .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name)))
         .collect();
-    finish_run(store, run_id, &totals, ok, &message.join("; "))?;
+    store.finish_run(run_id, &(&totals).into(), ok, &message.join("; "))?;
     Ok(ScanSummary {
         run_id,
         ok,
@@ -331,7 +331,7 @@ fn scan_library(
         Ok(f) => f,
         Err(e) => return Ok(refuse(summary, e.to_string())),
     };
-    let observed = Arc::new(read::observed_of_library(store.conn(), &library.name)?);
+    let observed = Arc::new(store.observed_of_library(&library.name)?);
     let shared = Shared::default();
     let threads = reader_threads(config.index.hash_threads);
     let max_content = config.index.max_content_bytes;
@@ -826,42 +826,11 @@ fn commit_chunk(
 /// Turns rows adopted from a LIB v1.0 database into `initial_sync` events, once, so the brain and
 /// the other devices learn about them.
 fn backfill_legacy_rows(store: &mut Store) -> Result<u64, ScanError> {
-    if store.kv_get("backfill_pending")?.is_none() {
+    if !store.backfill_pending()? {
         return Ok(0);
     }
-    let rows: Vec<(String, FilePayload)> = {
-        let mut stmt = store
-            .conn()
-            .prepare(
-                "SELECT path, sha256, bytes, mtime_unix, ext, mime, content FROM lib_files
-                 WHERE event_ulid IS NULL AND deleted_at IS NULL ORDER BY path",
-            )
-            .map_err(|source| store::StoreError::Sql {
-                context: "reading rows to backfill".into(),
-                source,
-            })?;
-        let mapped = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    FilePayload {
-                        sha256: r.get(1)?,
-                        bytes: r.get::<_, Option<i64>>(2)?.map(|b| b.max(0) as u64),
-                        mtime_unix: r.get(3)?,
-                        ext: r.get(4)?,
-                        mime: r.get(5)?,
-                        content: r.get(6)?,
-                    },
-                ))
-            })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|source| store::StoreError::Sql {
-                context: "reading rows to backfill".into(),
-                source,
-            })?;
-        mapped
-    };
-    let observed_here = store.kv_get("backfill_observed")?.is_some();
+    let rows = store.rows_to_backfill()?;
+    let observed_here = store.backfill_observed()?;
     let mut done = 0;
     for chunk in rows.chunks(BATCH) {
         let batch = store.batch()?;
@@ -882,7 +851,11 @@ fn backfill_legacy_rows(store: &mut Store) -> Result<u64, ScanError> {
                 );
                 continue;
             }
-            batch.record_local(path, EventType::InitialSync, payload.clone())?;
+            batch.record_local(LocalChange::new(
+                path,
+                EventType::InitialSync,
+                payload.clone(),
+            ))?;
             if observed_here {
                 // Inode 0 matches no file: the first scan reads each one once to confirm it.
                 let observed = store::Observed {
@@ -901,64 +874,24 @@ fn backfill_legacy_rows(store: &mut Store) -> Result<u64, ScanError> {
         batch.commit()?;
     }
     let batch = store.batch()?;
-    batch.kv_delete("backfill_pending")?;
-    batch.kv_delete("backfill_observed")?;
+    batch.finish_backfill()?;
     batch.commit()?;
     tracing::info!(events = done, "backfilled LIB rows as initial_sync events");
     Ok(done)
 }
 
-fn start_run(store: &mut Store, library: Option<&str>) -> Result<i64, ScanError> {
-    let batch = store.batch()?;
-    batch
-        .tx()
-        .execute(
-            "INSERT INTO lib_runs (started_at, library, status) VALUES (?1, ?2, 'running')",
-            (batch.now(), library),
-        )
-        .map_err(|source| store::StoreError::Sql {
-            context: "recording the scan in lib_runs".into(),
-            source,
-        })?;
-    let id = batch.tx().last_insert_rowid();
-    batch.commit()?;
-    Ok(id)
-}
-
-fn finish_run(
-    store: &mut Store,
-    id: i64,
-    c: &Counts,
-    ok: bool,
-    message: &str,
-) -> Result<(), ScanError> {
-    let batch = store.batch()?;
-    batch
-        .tx()
-        .execute(
-            "UPDATE lib_runs SET ended_at = ?2, status = ?3, files_seen = ?4, files_hashed = ?5,
-               files_unchanged = ?6, files_upserted = ?7, files_deleted = ?8, bytes_hashed = ?9,
-               errors = ?10, message = ?11 WHERE id = ?1",
-            rusqlite::params![
-                id,
-                batch.now(),
-                if ok { "ok" } else { "partial" },
-                c.seen as i64,
-                c.hashed as i64,
-                c.unchanged as i64,
-                c.upserted as i64,
-                c.deleted as i64,
-                c.bytes_hashed as i64,
-                c.errors as i64,
-                (!message.is_empty()).then_some(message),
-            ],
-        )
-        .map_err(|source| store::StoreError::Sql {
-            context: "finishing the scan in lib_runs".into(),
-            source,
-        })?;
-    batch.commit()?;
-    Ok(())
+impl From<&Counts> for store::RunTotals {
+    fn from(c: &Counts) -> Self {
+        store::RunTotals {
+            seen: c.seen,
+            hashed: c.hashed,
+            unchanged: c.unchanged,
+            upserted: c.upserted,
+            deleted: c.deleted,
+            bytes_hashed: c.bytes_hashed,
+            errors: c.errors,
+        }
+    }
 }
 
 /// A one-line spinner on stderr, only on a terminal.

@@ -24,7 +24,7 @@ use lib_agent::brain::store::sqlite::SqliteStore;
 use lib_agent::config::{Config, Overrides};
 use lib_agent::model::{Event, EventType, FilePayload, VectorClock};
 use lib_agent::scan::{self, ScanOptions};
-use lib_agent::store::{read, Store};
+use lib_agent::store::Store;
 use lib_agent::sync::{self, listener, BrainClient, ClientError};
 use lib_agent::tls::{CaFile, ExtraRoots};
 use tokio_rustls::rustls;
@@ -229,9 +229,7 @@ impl Device {
     }
 
     fn pending(&self) -> i64 {
-        read::counts(self.store.conn())
-            .expect("counts")
-            .outbox_pending
+        self.store.counts().expect("counts").outbox_pending
     }
 }
 
@@ -252,7 +250,7 @@ fn push_and_pull_through_https_work_with_the_configured_ca() {
     let client = b.client().expect("client with the CA");
     let pulled = sync::pull(&mut b.store, &client, 200, None).expect("pull over https");
     assert_eq!(pulled.applied, 1);
-    let hits = read::search(b.store.conn(), "TLS", 10).expect("search");
+    let hits = b.store.search("TLS", 10).expect("search");
     assert_eq!(
         hits.iter().map(|h| h.path.as_str()).collect::<Vec<_>>(),
         ["notes/secure.md"]

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::GlobalArgs;
 use crate::config::Config;
-use crate::store::{read, Store};
+use crate::store::Store;
 use crate::term::escape;
 
 /// Show this device, its libraries, file counts, the outbox backlog and the last scan
@@ -14,13 +14,12 @@ pub struct Args {}
 
 pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<()> {
     let store = Store::open_existing(&config.store.path)?;
-    let conn = store.conn();
-    let counts = read::counts(conn)?;
-    let sequence = read::device_sequence(conn)?;
-    let last_run = read::last_run(conn)?;
+    let counts = store.counts()?;
+    let sequence = store.device_sequence()?;
+    let last_run = store.last_run()?;
     let mut libraries = Vec::new();
     for lib in &config.libraries {
-        let (files, bytes) = read::library_counts(conn, &lib.name)?;
+        let (files, bytes) = store.library_counts(&lib.name)?;
         libraries.push(json!({
             "name": lib.name,
             "path": lib.path,
@@ -32,7 +31,7 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
     }
     // Libraries in the index that the config does not name: folders scanned by path, or
     // libraries of other devices.
-    for (name, files, bytes) in read::indexed_libraries(conn)? {
+    for (name, files, bytes) in store.indexed_libraries()? {
         if config.library(&name).is_none() {
             libraries.push(json!({
                 "name": name,
@@ -46,11 +45,8 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
     let brain = config.sync.brain_url.clone();
     let running = crate::daemon::RunLock::is_held(store.path());
     let sync_state = crate::sync::state::load(&store)?;
-    let cursor: i64 = store
-        .kv_get(crate::sync::CURSOR_KEY)?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let parked = read::parked_outbox(conn)?;
+    let cursor = store.pull_cursor()?;
+    let parked = store.parked_outbox()?;
     let refused = crate::sync::refused_pulls(&store)?;
     // What a running agent uses: a webhook device long-polls until the brain has its
     // registration. With no agent running, nothing is in effect.
