@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver};
 
 use crate::config::Config;
+use crate::index::scan::{self, ScanOptions};
 use crate::index::{self, Libraries, PathsOutcome};
 use crate::model::event::now_rfc3339;
-use crate::scan::{self, ScanOptions};
 use crate::store::{Store, StoreError};
 use crate::sync::agent::SyncAgent;
 use crate::watch::{self, Debouncer, FsSignal, FsWatcher};
@@ -168,7 +168,7 @@ fn watch_and_index(
     }
     let _lock = RunLock::acquire(store.path())?;
     store.defer_sync()?;
-    let libs = Libraries::new(config, store.path())?;
+    let libs = Libraries::new(config, store.path());
     let (mut watcher, fs_rx) = FsWatcher::new()?;
     let mut state = RunState {
         pid: std::process::id(),

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use lib_agent::config::{Config, Overrides};
+use lib_agent::index::scan::{self, ScanOptions, ScanSummary};
 use lib_agent::index::{self, ReadError};
 use lib_agent::model::{Event, EventType, FilePayload, VectorClock};
-use lib_agent::scan::{self, ScanOptions, ScanSummary};
 use lib_agent::store::{Clock, Store};
 
 /// A connection of the test's own, to look at the tables as a user's `sqlite3` would.
@@ -535,7 +535,7 @@ fn the_stores_clock_stamps_what_it_keeps_and_decides_which_reads_are_racy() {
     // A minute later the watcher's path reads it again (its stat could not vouch for it), finds
     // the same bytes, and now trusts the stat.
     elapsed_ms.store(60_000, Ordering::Relaxed);
-    let libs = index::Libraries::new(&fx.config, &fx.config.store.path).expect("libraries");
+    let libs = index::Libraries::new(&fx.config, &fx.config.store.path);
     let draft = notes.join("draft.md");
     let outcome =
         index::index_paths(&mut fx.store, &libs, std::slice::from_ref(&draft)).expect("index");

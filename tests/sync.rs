@@ -9,7 +9,7 @@ use std::sync::Arc;
 use lib_agent::brain::server::{serve, ServerConfig};
 use lib_agent::brain::store::sqlite::SqliteStore;
 use lib_agent::config::{Config, Overrides};
-use lib_agent::scan::{self, ScanOptions};
+use lib_agent::index::scan::{self, ScanOptions};
 use lib_agent::store::Store;
 use lib_agent::sync::{self, BrainClient};
 use rusqlite::Connection;
