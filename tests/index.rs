@@ -559,7 +559,7 @@ fn the_stores_clock_stamps_what_it_keeps_and_decides_which_reads_are_racy() {
 
 /// The merge-state columns of a row: (seen_vc, siblings) as stored.
 fn stored_merge_columns(store: &Store, key: &str) -> (Option<String>, Option<String>) {
-    db_of(&store)
+    db_of(store)
         .query_row(
             "SELECT seen_vc, siblings FROM lib_files WHERE path = ?1",
             [key],

@@ -1,4 +1,6 @@
-//! The local SQLite store: open and migrate, then the per-table modules.
+//! The local SQLite store: open and migrate, then the per-table modules. Nothing outside this
+//! module runs SQL on the agent's database: callers get typed methods (reads in [`read`], the
+//! `lib_kv` values in [`kv`], scans in `runs`), and the connection stays private.
 //!
 //! Writes go through a [`Batch`] (one `BEGIN IMMEDIATE` transaction): the indexer puts a whole
 //! batch of file changes in one, so observed state, `lib_files`, FTS and the outbox commit together.
