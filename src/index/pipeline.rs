@@ -439,6 +439,7 @@ pub(super) fn commit_chunk(
     Ok(())
 }
 
+/// A file among the watcher's changed paths that its probe found changed: to read.
 pub(super) struct Candidate {
     pub(super) path: PathBuf,
     pub(super) key: String,
