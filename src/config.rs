@@ -96,6 +96,28 @@ pub struct LibraryConfig {
     pub path: PathBuf,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// `include` and `exclude`, compiled once, when the library is made.
+    pub filter: LibraryFilter,
+}
+
+impl LibraryConfig {
+    /// A library with its globs compiled: a glob that cannot be used is an error here, never a
+    /// surprise in the middle of a scan.
+    pub fn new(
+        name: String,
+        path: PathBuf,
+        include: Vec<String>,
+        exclude: Vec<String>,
+    ) -> Result<LibraryConfig, FilterError> {
+        let filter = LibraryFilter::from_globs(&name, &include, &exclude)?;
+        Ok(LibraryConfig {
+            name,
+            path,
+            include,
+            exclude,
+            filter,
+        })
+    }
 }
 
 /// `[index]`: what "index one path" keeps.
@@ -820,34 +842,38 @@ fn build_libraries(
         let exclude_key = format!("library[{i}].exclude");
         let exclude = globs(lib.exclude.as_ref(), DEFAULT_EXCLUDE);
 
-        if let Err(source) = LibraryFilter::from_globs(&normalised, &include, &exclude) {
-            // Point at the glob that failed: look for it in the list it came from.
-            let find = |list: &Option<Spanned<Vec<Spanned<String>>>>| {
-                list.as_ref().and_then(|l| {
-                    l.get_ref()
-                        .iter()
-                        .find(|g| g.get_ref() == source.glob())
-                        .map(|g| g.span())
-                })
-            };
-            let (key, span) = match (find(&lib.include), find(&lib.exclude)) {
-                (Some(span), _) => (include_key, Some(span)),
-                (None, Some(span)) => (exclude_key, Some(span)),
-                (None, None) => (format!("library[{i}]"), Some(table_span)),
-            };
-            return Err(ConfigError::Glob {
-                file: file.file.clone(),
-                line: span.map(|s| file.line(&s)),
-                key,
-                source: Box::new(source),
-            });
-        }
+        let filter = match LibraryFilter::from_globs(&normalised, &include, &exclude) {
+            Ok(filter) => filter,
+            Err(source) => {
+                // Point at the glob that failed: look for it in the list it came from.
+                let find = |list: &Option<Spanned<Vec<Spanned<String>>>>| {
+                    list.as_ref().and_then(|l| {
+                        l.get_ref()
+                            .iter()
+                            .find(|g| g.get_ref() == source.glob())
+                            .map(|g| g.span())
+                    })
+                };
+                let (key, span) = match (find(&lib.include), find(&lib.exclude)) {
+                    (Some(span), _) => (include_key, Some(span)),
+                    (None, Some(span)) => (exclude_key, Some(span)),
+                    (None, None) => (format!("library[{i}]"), Some(table_span)),
+                };
+                return Err(ConfigError::Glob {
+                    file: file.file.clone(),
+                    line: span.map(|s| file.line(&s)),
+                    key,
+                    source: Box::new(source),
+                });
+            }
+        };
 
         libraries.push(LibraryConfig {
             name: normalised,
             path,
             include,
             exclude,
+            filter,
         });
     }
     Ok(libraries)

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver};
 
 use crate::config::Config;
+use crate::index::scan::{self, ScanOptions};
 use crate::index::{self, Libraries};
 use crate::model::event::now_rfc3339;
-use crate::scan::{self, ScanOptions};
 use crate::store::Store;
 use crate::sync::agent::SyncAgent;
 use crate::watch::{self, Debouncer, FsSignal, FsWatcher};
@@ -86,7 +86,7 @@ fn watch_and_index(
     }
     let _lock = RunLock::acquire(store.path())?;
     store.defer_sync()?;
-    let libs = Libraries::new(config, store.path())?;
+    let libs = Libraries::new(config, store.path());
     let (watcher, fs_rx) = FsWatcher::new()?;
     let mut daemon = Daemon::start(config, store, &libs, watcher, options.poll_interval)?;
     while let Some(signals) = daemon.wait(shutdown, &fs_rx) {

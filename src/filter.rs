@@ -3,8 +3,9 @@
 //! The scanner asks [`LibraryFilter::prunes_dir`] for every directory it enters and
 //! [`LibraryFilter::includes_file`] for every file it finds; the watcher asks `includes_file` for
 //! every changed path. Both feed the one indexer, so both must agree on what a library holds:
-//! that is why the rule lives here, once, and why `config.rs` compiles every glob through it at
-//! load time (a bad glob is a configuration error, not a surprise in the middle of a scan).
+//! that is why the rule lives here, once. Each [`LibraryConfig`](crate::config::LibraryConfig)
+//! carries its filter, compiled once when the configuration is loaded (a bad glob is a
+//! configuration error, not a surprise in the middle of a scan).
 //!
 //! Globs are matched against the path relative to the library root, `/`-separated, with no
 //! leading `/`. `*` and `?` never cross a `/`; `**` as a whole component crosses any number of
@@ -61,11 +62,6 @@ pub struct LibraryFilter {
 }
 
 impl LibraryFilter {
-    /// The filter of a configured library.
-    pub fn new(library: &crate::config::LibraryConfig) -> Result<LibraryFilter, FilterError> {
-        LibraryFilter::from_globs(&library.name, &library.include, &library.exclude)
-    }
-
     /// A filter from glob lists; `library` only names the library in errors.
     pub fn from_globs(
         library: &str,

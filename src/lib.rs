@@ -12,7 +12,6 @@ pub mod filter;
 pub mod index;
 pub mod model;
 pub mod private;
-pub mod scan;
 pub mod store;
 pub mod sync;
 pub mod term;

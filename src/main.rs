@@ -51,7 +51,7 @@ fn one_line(e: &anyhow::Error) -> String {
         }
         let ours = cause.is::<lib_agent::store::StoreError>()
             || cause.is::<lib_agent::config::ConfigError>()
-            || cause.is::<lib_agent::scan::ScanError>()
+            || cause.is::<lib_agent::index::scan::ScanError>()
             || cause.is::<lib_agent::filter::FilterError>()
             || cause.is::<lib_agent::daemon::DaemonError>();
         if ours {

@@ -1,5 +1,5 @@
 //! The watcher: notify's events, coalesced per path over a settle window, become batches of paths
-//! for `index::index_paths` (the same indexer `agent scan` uses).
+//! for `index::index_paths` (the same pipeline `agent scan` uses).
 //!
 //! The notify callback never blocks: it `try_send`s into a bounded queue, and when the queue is
 //! full it raises a flag instead, so the daemon rescans rather than silently dropping changes

@@ -1,17 +1,18 @@
 //! `agent brain serve` and `agent brain prune`: the shared brain, on a SQLite file by default or
 //! on PostgreSQL (`--database-url postgres://...`, the `lib_shared` schema).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _};
 use serde_json::json;
 
+pub use super::brain_store::StoreArgs;
+use super::brain_store::Target;
 use super::GlobalArgs;
 use crate::brain::http::ConnLimits;
 use crate::brain::server::{self, ServerConfig};
-use crate::brain::store::{BrainStore, PgOptions, PgStore, SqliteStore};
+use crate::brain::store::{BrainStore, PgStore, SqliteStore};
 use crate::config::{self, Config};
 
 /// The shared brain server that devices push events to and pull events from
@@ -26,26 +27,6 @@ pub enum BrainCommand {
     Serve(ServeArgs),
     Prune(PruneArgs),
     Device(super::device::Args),
-}
-
-/// Where the brain keeps its data: a SQLite file (`--db`, the default) or PostgreSQL.
-#[derive(Debug, clap::Args)]
-pub struct StoreArgs {
-    /// PostgreSQL URL (postgres:// or postgresql://); the brain uses its `lib_shared` schema,
-    /// creating it if needed, or adopting LIB v1.1's in place. TLS as libpq's `sslmode`:
-    /// disable, prefer (default), require, verify-ca, verify-full, with `sslrootcert=PATH` for
-    /// the CA (Supabase: `?sslmode=verify-full&sslrootcert=prod-ca-2021.crt`). Without it the
-    /// brain uses the SQLite file of `--db` [default: the platform data dir's lib-agent/brain.db]
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "LIB_BRAIN_DATABASE_URL",
-        hide_env_values = true
-    )]
-    pub database_url: Option<String>,
-    /// PostgreSQL schema holding the brain's tables (several brains can share one database)
-    #[arg(long, value_name = "NAME", default_value = crate::brain::store::postgres::DEFAULT_SCHEMA)]
-    pub schema: String,
 }
 
 /// Run the brain server (SQLite file by default, PostgreSQL with --database-url)
@@ -116,54 +97,6 @@ pub struct PruneArgs {
     pub older_than: u64,
     #[command(flatten)]
     pub store: StoreArgs,
-}
-
-/// The store named on the command line.
-pub(super) enum Target {
-    Sqlite(PathBuf),
-    Postgres(String, PgOptions),
-}
-
-impl Target {
-    pub(super) fn from_args(store: &StoreArgs, global: &GlobalArgs) -> anyhow::Result<Target> {
-        match (&store.database_url, &global.db) {
-            (Some(_), Some(_)) => bail!("give either --db PATH or --database-url URL, not both"),
-            (Some(url), None) => {
-                if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                    Ok(Target::Postgres(
-                        url.clone(),
-                        PgOptions {
-                            schema: store.schema.clone(),
-                            ..PgOptions::default()
-                        },
-                    ))
-                } else if let Some(path) = url.strip_prefix("sqlite://") {
-                    Ok(Target::Sqlite(PathBuf::from(path)))
-                } else {
-                    bail!("--database-url must start with postgres://, postgresql:// or sqlite://")
-                }
-            }
-            (None, Some(path)) => Ok(Target::Sqlite(path.clone())),
-            (None, None) => {
-                let dir = dirs::data_dir().context("no platform data directory: give --db PATH")?;
-                Ok(Target::Sqlite(dir.join("lib-agent").join("brain.db")))
-            }
-        }
-    }
-
-    /// Where, for messages: never the URL's password.
-    pub(super) fn describe(&self) -> String {
-        match self {
-            Target::Sqlite(path) => format!("sqlite {}", path.display()),
-            Target::Postgres(url, options) => {
-                format!(
-                    "postgres {} schema {}",
-                    crate::brain::store::postgres::redact(url),
-                    options.schema
-                )
-            }
-        }
-    }
 }
 
 pub fn run(args: Args, global: &GlobalArgs, _config: &Config) -> anyhow::Result<()> {

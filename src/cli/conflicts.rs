@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::GlobalArgs;
 use crate::config::Config;
-use crate::store::read::{self, VersionSummary};
+use crate::store::read::VersionSummary;
 use crate::store::Store;
 use crate::term::escape;
 
@@ -14,7 +14,7 @@ pub struct Args {}
 
 pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<()> {
     let store = Store::open_existing(&config.store.path)?;
-    let conflicts = read::conflicts(store.conn())?;
+    let conflicts = store.conflicts()?;
     if global.json {
         return super::print_json(&json!({ "ok": true, "conflicts": conflicts }));
     }

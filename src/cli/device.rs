@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context as _};
 use serde_json::json;
 
-use super::brain::{StoreArgs, Target};
+use super::brain_store::{StoreArgs, Target};
 use super::GlobalArgs;
 use crate::brain::auth::{hash_token, new_token};
 use crate::brain::store::{unix_seconds, BrainStore, DeviceRecord, PgStore, SqliteStore};

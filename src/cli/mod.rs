@@ -1,6 +1,7 @@
 //! The command line: global options, one file per subcommand.
 
 pub mod brain;
+mod brain_store;
 mod conflicts;
 mod device;
 mod init;

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 
 use super::GlobalArgs;
 use crate::config::Config;
-use crate::scan::{self, ScanOptions};
+use crate::index::scan::{self, ScanOptions};
 use crate::store::Store;
 
 /// Rescan libraries: index new and changed files, record deletions, queue events for the brain
@@ -70,7 +70,7 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
         let n = summary.libraries.len();
         println!(
             "scanned {n} {} in {:.2} s",
-            crate::scan::plural(n, "library", "libraries"),
+            scan::plural(n, "library", "libraries"),
             summary.seconds
         );
     }
@@ -121,19 +121,18 @@ pub(crate) fn add_folder(config: &mut Config, path: &std::path::Path) -> anyhow:
             root.display()
         );
     }
-    let template = crate::config::LibraryConfig {
-        name: name.clone(),
-        path: root,
-        include: crate::config::DEFAULT_INCLUDE
+    let library = crate::config::LibraryConfig::new(
+        name.clone(),
+        root,
+        crate::config::DEFAULT_INCLUDE
             .iter()
             .map(|g| (*g).to_owned())
             .collect(),
-        exclude: crate::config::DEFAULT_EXCLUDE
+        crate::config::DEFAULT_EXCLUDE
             .iter()
             .map(|g| (*g).to_owned())
             .collect(),
-    };
-    crate::filter::LibraryFilter::new(&template)?;
-    config.libraries.push(template);
+    )?;
+    config.libraries.push(library);
     Ok(name)
 }

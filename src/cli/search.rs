@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::GlobalArgs;
 use crate::config::Config;
-use crate::store::{read, Store};
+use crate::store::Store;
 use crate::term::escape;
 
 /// Search file names and text of every indexed file (all words must match; the last may be a prefix)
@@ -21,7 +21,7 @@ pub struct Args {
 pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<()> {
     let store = Store::open_existing(&config.store.path)?;
     let query = args.query.join(" ");
-    let hits = read::search(store.conn(), &query, args.limit as usize)?;
+    let hits = store.search(&query, args.limit as usize)?;
     if global.json {
         return super::print_json(&json!({ "ok": true, "query": query, "results": hits }));
     }

@@ -12,7 +12,7 @@ use super::GlobalArgs;
 use crate::config::Config;
 use crate::daemon::{LibraryMode, RunState};
 use crate::store::read::{Counts, RunRow};
-use crate::store::{read, Store};
+use crate::store::Store;
 use crate::sync::state::SyncState;
 use crate::sync::RefusedPull;
 use crate::term::escape;
@@ -94,13 +94,12 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
 /// Reads what `agent status` shows from the database and the config.
 fn gather(config: &Config) -> anyhow::Result<Status> {
     let store = Store::open_existing(&config.store.path)?;
-    let conn = store.conn();
-    let counts = read::counts(conn)?;
-    let sequence = read::device_sequence(conn)?;
-    let last_run = read::last_run(conn)?;
+    let counts = store.counts()?;
+    let sequence = store.device_sequence()?;
+    let last_run = store.last_run()?;
     let mut libraries = Vec::new();
     for lib in &config.libraries {
-        let (files, bytes) = read::library_counts(conn, &lib.name)?;
+        let (files, bytes) = store.library_counts(&lib.name)?;
         libraries.push(LibraryStatus {
             name: lib.name.clone(),
             path: Some(lib.path.clone()),
@@ -110,7 +109,7 @@ fn gather(config: &Config) -> anyhow::Result<Status> {
             bytes,
         });
     }
-    for (name, files, bytes) in read::indexed_libraries(conn)? {
+    for (name, files, bytes) in store.indexed_libraries()? {
         if config.library(&name).is_none() {
             libraries.push(LibraryStatus {
                 name,
@@ -124,11 +123,9 @@ fn gather(config: &Config) -> anyhow::Result<Status> {
     }
     let running = crate::daemon::RunLock::is_held(store.path());
     let sync_state = crate::sync::state::load(&store)?;
-    let cursor: i64 = store
-        .kv_get(crate::sync::CURSOR_KEY)?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let parked = read::parked_outbox(conn)?
+    let cursor = store.pull_cursor()?;
+    let parked = store
+        .parked_outbox()?
         .into_iter()
         .map(|(event_ulid, entity_key, error)| Parked {
             event_ulid,

@@ -9,10 +9,6 @@ use crate::store::Store;
 use crate::sync::state::{self, Outcome, Step};
 use crate::sync::{self, BrainClient};
 
-/// `lib_kv` flag of an adopted LIB v1.0/v1.1 database whose rows wait for their backfill (the
-/// first scan turns them into `initial_sync` events).
-const BACKFILL_PENDING: &str = "backfill_pending";
-
 /// Push the outbox to the brain and/or pull and apply what other devices changed, once, now
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -60,7 +56,7 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     // this push delivered to the brain, and `already_done` says that no adopted row still waits
     // for its backfill.
     let backfilled = pushed.as_ref().map_or(0, |p| p.initial_sync);
-    let backfill_waiting = store.kv_get(BACKFILL_PENDING)?.is_some();
+    let backfill_waiting = store.backfill_pending()?;
     if global.json {
         return super::print_json(&json!({
             "ok": true,

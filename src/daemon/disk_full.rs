@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::error::DaemonError;
-use crate::scan::ScanError;
+use crate::index::scan::ScanError;
 use crate::store::StoreError;
 use crate::sync::retry::{self, SayOnce};
 

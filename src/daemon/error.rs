@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::scan;
+use crate::index::scan;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]

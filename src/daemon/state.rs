@@ -1,48 +1,18 @@
 //! The run state: what `agent status` shows of a running agent, kept in `lib_kv` and rewritten
 //! at most every [`STATE_INTERVAL`] while the agent is busy.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-use serde::{Deserialize, Serialize};
 
 use crate::index::PathsOutcome;
 use crate::model::event::now_rfc3339;
 use crate::store::{Store, StoreError};
 
-/// `lib_kv` key of the saved [`RunState`] (JSON).
-pub const STATE_KEY: &str = "agent_run_state";
 /// The run state in `lib_kv` is rewritten at most this often while busy.
 pub const STATE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How each library is being kept current.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "mode")]
-pub enum LibraryMode {
-    Watching,
-    /// Rescanned every poll interval (`RunOptions::poll_interval`), because it could not be
-    /// watched.
-    Polling {
-        reason: String,
-    },
-}
-
-/// What `agent status` shows of a running agent.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RunState {
-    pub pid: u32,
-    pub started_at: String,
-    pub updated_at: String,
-    /// "starting", "running" or "stopped".
-    pub state: String,
-    pub libraries: BTreeMap<String, LibraryMode>,
-    /// Paths changed and waiting for their settle window.
-    pub backlog: usize,
-    pub last_change_at: Option<String>,
-    pub changes_indexed: u64,
-    /// Renamed files whose hash and text were reused instead of read again.
-    pub renames_reused: u64,
-}
+// The state's type and its `lib_kv` key belong to the store's typed `lib_kv` (`store::kv`);
+// what the daemon does with it lives here.
+pub use crate::store::kv::{LibraryMode, RunState, RUN_STATE_KEY as STATE_KEY};
 
 impl RunState {
     /// The state of an agent starting now.
@@ -95,17 +65,14 @@ impl RunState {
 
 /// The saved state, if any (one that cannot be read back counts as none: it is only a report).
 pub fn read_state(store: &Store) -> Result<Option<RunState>, StoreError> {
-    Ok(store
-        .kv_get(STATE_KEY)?
-        .and_then(|s| serde_json::from_str(&s).ok()))
+    store.run_state()
 }
 
 /// Saves `state`, stamped now.
 pub fn save_state(store: &mut Store, state: &mut RunState) -> Result<(), StoreError> {
     state.updated_at = now_rfc3339();
-    let json = serde_json::to_string(state).unwrap_or_default();
     let batch = store.batch()?;
-    batch.kv_set(STATE_KEY, &json)?;
+    batch.set_run_state(state)?;
     batch.commit()
 }
 

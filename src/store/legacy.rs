@@ -181,15 +181,15 @@ pub(crate) fn adopt_after(tx: &Transaction, adoption: Adoption) -> rusqlite::Res
     if copied > 0 {
         // The first scan turns these rows into initial_sync events, once.
         tx.execute(
-            "INSERT OR REPLACE INTO lib_kv (k, v) VALUES ('backfill_pending', '1')",
-            [],
+            "INSERT OR REPLACE INTO lib_kv (k, v) VALUES (?1, '1')",
+            [super::kv::BACKFILL_PENDING],
         )?;
         if !adoption.pulled_before {
             // The backfill then records them as observed here, so the first scan verifies them
             // and notices the ones deleted since.
             tx.execute(
-                "INSERT OR REPLACE INTO lib_kv (k, v) VALUES ('backfill_observed', '1')",
-                [],
+                "INSERT OR REPLACE INTO lib_kv (k, v) VALUES (?1, '1')",
+                [super::kv::BACKFILL_OBSERVED],
             )?;
         }
     }
@@ -202,4 +202,37 @@ fn fill_fts(tx: &Transaction) -> rusqlite::Result<()> {
         "INSERT INTO lib_files_fts (rowid, path, content)
          SELECT id, path, content FROM lib_files WHERE deleted_at IS NULL",
     )
+}
+
+impl super::Store {
+    /// The live rows adopted from a LIB v1.0 table that no event has described yet, by key:
+    /// what the backfill turns into `initial_sync` events.
+    pub fn rows_to_backfill(&self) -> super::Result<Vec<(String, crate::model::FilePayload)>> {
+        use super::Context;
+        let context = || "reading rows to backfill".to_owned();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT path, sha256, bytes, mtime_unix, ext, mime, content FROM lib_files
+                 WHERE event_ulid IS NULL AND deleted_at IS NULL ORDER BY path",
+            )
+            .ctx(context)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    crate::model::FilePayload {
+                        sha256: r.get(1)?,
+                        bytes: r.get::<_, Option<i64>>(2)?.map(|b| b.max(0) as u64),
+                        mtime_unix: r.get(3)?,
+                        ext: r.get(4)?,
+                        mime: r.get(5)?,
+                        content: r.get(6)?,
+                    },
+                ))
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .ctx(context)?;
+        Ok(rows)
+    }
 }

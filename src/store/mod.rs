@@ -1,11 +1,15 @@
-//! The local SQLite store: open and migrate, then the per-table modules.
+//! The local SQLite store: open and migrate, then the per-table modules. Nothing outside this
+//! module runs SQL on the agent's database: callers get typed methods (reads in [`read`], the
+//! `lib_kv` values in [`kv`], scans in `runs`), and the connection stays private.
 //!
 //! Writes go through a [`Batch`] (one `BEGIN IMMEDIATE` transaction): the indexer puts a whole
 //! batch of file changes in one, so observed state, `lib_files`, FTS and the outbox commit together.
 
 mod batch;
+pub mod kv;
 mod legacy;
 pub mod read;
+mod runs;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-pub use batch::{Applied, Batch, Observed, SharedRow};
+pub use batch::{Applied, Batch, LocalChange, Observed, Shared, SharedRow};
+pub use runs::RunTotals;
 
 /// Migrations in order; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -333,7 +338,7 @@ impl Store {
             });
         }
         if found == 0 {
-            // Only takes effect on a new, empty file. Text rows of a few KiB fit in a 16 KiB page
+            // Only takes effect on a new, empty file. Text rows of a few KiB fit in a 32 KiB page
             // instead of spilling into overflow chains: fewer pages and syscalls per file indexed.
             conn.execute_batch("PRAGMA page_size = 32768")
                 .map_err(open_err)?;
@@ -430,10 +435,6 @@ impl Store {
 
     pub fn device_id(&self) -> &str {
         &self.device_id
-    }
-
-    pub fn conn(&self) -> &Connection {
-        &self.conn
     }
 
     /// Starts a write transaction. It takes the write lock at once, so two writers queue up
@@ -536,15 +537,8 @@ impl Store {
             .execute_batch("PRAGMA synchronous = FULL")
             .ctx(|| "syncing the database to disk".into())?;
         let batch = self.batch()?;
-        batch.kv_set("durable_at", &batch.now())?;
+        batch.set_durable_at(&batch.now())?;
         batch.commit()
-    }
-
-    pub fn kv_get(&self, key: &str) -> Result<Option<String>> {
-        self.conn
-            .query_row("SELECT v FROM lib_kv WHERE k = ?1", [key], |r| r.get(0))
-            .optional()
-            .ctx(|| format!("reading lib_kv {key}"))
     }
 }
 

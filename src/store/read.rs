@@ -1,5 +1,5 @@
 //! Read-only queries of the local store: search, status, conflicts, and the observed state a scan
-//! compares the disk against.
+//! compares the disk against, as methods of [`Store`].
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::{Context, Result, StoreError};
+use super::{Context, Result, Store, StoreError};
 use crate::model::merge::{EntityState, Version};
 use crate::model::VectorClock;
 
@@ -120,7 +120,7 @@ pub struct ObservedStat {
 
 /// Observed state of one library, keyed by entity key. Keys sort under `<library>/`, so the primary
 /// key index serves the range.
-pub fn observed_of_library(
+fn observed_of_library(
     conn: &Connection,
     library: &str,
 ) -> Result<HashMap<Box<str>, ObservedStat>> {
@@ -156,7 +156,7 @@ pub(super) const OBSERVED_GET: &str =
     "SELECT bytes, mtime_ns, inode, sha256 FROM lib_observed WHERE path = ?1";
 
 /// One path's observed row, read outside a write batch.
-pub fn observed(conn: &Connection, key: &str) -> Result<Option<super::Observed>> {
+fn observed(conn: &Connection, key: &str) -> Result<Option<super::Observed>> {
     let mut stmt = conn
         .prepare_cached(OBSERVED_GET)
         .ctx(|| "preparing observed lookup".into())?;
@@ -181,7 +181,7 @@ pub(super) fn observed_with(
 }
 
 /// Observed rows of every key under a folder key (`prefix` ends with '/').
-pub fn observed_under(conn: &Connection, prefix: &str) -> Result<Vec<(String, super::Observed)>> {
+fn observed_under(conn: &Connection, prefix: &str) -> Result<Vec<(String, super::Observed)>> {
     // Keys under "a/b/" sort in ["a/b/", "a/b0"): '0' is the character after '/'.
     let end = format!("{}0", &prefix[..prefix.len() - 1]);
     let mut stmt = conn
@@ -210,7 +210,7 @@ pub fn observed_under(conn: &Connection, prefix: &str) -> Result<Vec<(String, su
 pub type LiveFile = (String, Option<String>, Option<String>);
 
 /// The shared view's winner for a key, if live.
-pub fn live_file(conn: &Connection, key: &str) -> Result<Option<LiveFile>> {
+fn live_file(conn: &Connection, key: &str) -> Result<Option<LiveFile>> {
     conn.prepare_cached(
         "SELECT sha256, mime, content FROM lib_files WHERE path = ?1 AND deleted_at IS NULL AND sha256 IS NOT NULL",
     )
@@ -219,7 +219,7 @@ pub fn live_file(conn: &Connection, key: &str) -> Result<Option<LiveFile>> {
 }
 
 /// Unpushed, unparked outbox events in id order (the order they were made), at most `limit`.
-pub fn pending_outbox(conn: &Connection, limit: usize) -> Result<Vec<(i64, crate::model::Event)>> {
+fn pending_outbox(conn: &Connection, limit: usize) -> Result<Vec<(i64, crate::model::Event)>> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT id, device_id, event_ulid, event_type, entity_type, entity_key, payload_json, vector_clock,
@@ -295,7 +295,7 @@ pub fn pending_outbox(conn: &Connection, limit: usize) -> Result<Vec<(i64, crate
 }
 
 /// Outbox events the brain refused, with its reason.
-pub fn parked_outbox(conn: &Connection) -> Result<Vec<(String, String, String)>> {
+fn parked_outbox(conn: &Connection) -> Result<Vec<(String, String, String)>> {
     let mut stmt = conn
         .prepare("SELECT event_ulid, entity_key, coalesce(parked_error, '') FROM lib_outbox WHERE parked_at IS NOT NULL ORDER BY id")
         .ctx(|| "reading parked events".into())?;
@@ -318,7 +318,7 @@ pub struct SearchHit {
 
 /// FTS5 ranked search (bm25) over path and content of live files. The query is taken as words to
 /// find, not as FTS5 syntax, so a stray quote or `-` in user input is never a syntax error.
-pub fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<SearchHit>> {
+fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<SearchHit>> {
     let Some(fts_query) = fts_query(query) else {
         return Ok(Vec::new());
     };
@@ -373,7 +373,7 @@ pub struct Counts {
     pub conflicts: i64,
 }
 
-pub fn counts(conn: &Connection) -> Result<Counts> {
+fn counts(conn: &Connection) -> Result<Counts> {
     let one = |sql: &str| -> Result<i64> {
         conn.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
             .map(Option::unwrap_or_default)
@@ -393,7 +393,7 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
 }
 
 /// Live files and bytes in the shared view under one library.
-pub fn library_counts(conn: &Connection, library: &str) -> Result<(i64, i64)> {
+fn library_counts(conn: &Connection, library: &str) -> Result<(i64, i64)> {
     conn.query_row(
         "SELECT count(*), coalesce(sum(bytes), 0) FROM lib_files
          WHERE path >= ?1 AND path < ?2 AND deleted_at IS NULL",
@@ -405,7 +405,7 @@ pub fn library_counts(conn: &Connection, library: &str) -> Result<(i64, i64)> {
 
 /// Live files and bytes per library name found in the shared view (configured or not: a folder
 /// scanned by path, or a library of another device).
-pub fn indexed_libraries(conn: &Connection) -> Result<Vec<(String, i64, i64)>> {
+fn indexed_libraries(conn: &Connection) -> Result<Vec<(String, i64, i64)>> {
     let mut stmt = conn
         .prepare(
             "SELECT substr(path, 1, instr(path, '/') - 1) AS lib,
@@ -421,7 +421,7 @@ pub fn indexed_libraries(conn: &Connection) -> Result<Vec<(String, i64, i64)>> {
         .ctx(|| "listing indexed libraries".into())
 }
 
-pub fn device_sequence(conn: &Connection) -> Result<i64> {
+fn device_sequence(conn: &Connection) -> Result<i64> {
     conn.query_row(
         "SELECT sequence FROM lib_device ORDER BY rowid LIMIT 1",
         [],
@@ -447,7 +447,7 @@ pub struct RunRow {
     pub message: Option<String>,
 }
 
-pub fn last_run(conn: &Connection) -> Result<Option<RunRow>> {
+fn last_run(conn: &Connection) -> Result<Option<RunRow>> {
     conn.query_row(
         "SELECT id, started_at, ended_at, library, status, coalesce(files_seen, 0),
                 coalesce(files_hashed, 0), coalesce(files_unchanged, 0), coalesce(files_upserted, 0),
@@ -496,7 +496,7 @@ pub struct VersionSummary {
     pub at: Option<String>,
 }
 
-pub fn conflicts(conn: &Connection) -> Result<Vec<ConflictRow>> {
+fn conflicts(conn: &Connection) -> Result<Vec<ConflictRow>> {
     let mut stmt = conn
         .prepare(
             "SELECT c.path, c.event_ulid, c.device_id, c.deleted, c.sha256, c.bytes, c.mtime_unix,
@@ -537,6 +537,99 @@ pub fn conflicts(conn: &Connection) -> Result<Vec<ConflictRow>> {
         .ctx(|| "listing conflicts".into())?;
     rows.collect::<rusqlite::Result<_>>()
         .ctx(|| "listing conflicts".into())
+}
+
+/// See [`Store::read_transaction`]; ends when dropped.
+pub struct ReadTransaction<'c>(#[allow(dead_code)] rusqlite::Transaction<'c>);
+
+impl Store {
+    /// Observed state of one library, keyed by entity key.
+    pub fn observed_of_library(&self, library: &str) -> Result<HashMap<Box<str>, ObservedStat>> {
+        observed_of_library(&self.conn, library)
+    }
+
+    /// One path's observed row, read outside a write batch.
+    pub fn observed(&self, key: &str) -> Result<Option<super::Observed>> {
+        observed(&self.conn, key)
+    }
+
+    /// Observed rows of every key under a folder key (`prefix` ends with '/').
+    pub fn observed_under(&self, prefix: &str) -> Result<Vec<(String, super::Observed)>> {
+        observed_under(&self.conn, prefix)
+    }
+
+    /// Holds one read transaction while it lives: the reads made meanwhile see one snapshot
+    /// and take the file locks once, instead of once per read.
+    pub fn read_transaction(&self) -> Result<ReadTransaction<'_>> {
+        self.conn
+            .unchecked_transaction()
+            .map(ReadTransaction)
+            .ctx(|| "starting a read transaction".into())
+    }
+
+    /// The shared view's winner for a key, if live.
+    pub fn live_file(&self, key: &str) -> Result<Option<LiveFile>> {
+        live_file(&self.conn, key)
+    }
+
+    /// Unpushed, unparked outbox events in id order (the order they were made), at most `limit`.
+    pub fn pending_outbox(&self, limit: usize) -> Result<Vec<(i64, crate::model::Event)>> {
+        pending_outbox(&self.conn, limit)
+    }
+
+    /// Outbox events the brain refused: (ULID, key, its reason).
+    pub fn parked_outbox(&self) -> Result<Vec<(String, String, String)>> {
+        parked_outbox(&self.conn)
+    }
+
+    /// The ULIDs of every event in the outbox (pushed or not), in the order they were made.
+    pub fn outbox_ulids(&self) -> Result<Vec<String>> {
+        self.conn
+            .prepare("SELECT event_ulid FROM lib_outbox ORDER BY id")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |r| r.get(0))
+                    .and_then(|rows| rows.collect())
+            })
+            .ctx(|| "listing the outbox".into())
+    }
+
+    /// FTS5 ranked search over path and content of live files (see [`search`]).
+    pub fn search(&self, query: &str, limit: usize) -> Result<Vec<SearchHit>> {
+        search(&self.conn, query, limit)
+    }
+
+    pub fn counts(&self) -> Result<Counts> {
+        counts(&self.conn)
+    }
+
+    /// Live files and bytes in the shared view under one library.
+    pub fn library_counts(&self, library: &str) -> Result<(i64, i64)> {
+        library_counts(&self.conn, library)
+    }
+
+    /// Live files and bytes per library name found in the shared view.
+    pub fn indexed_libraries(&self) -> Result<Vec<(String, i64, i64)>> {
+        indexed_libraries(&self.conn)
+    }
+
+    pub fn device_sequence(&self) -> Result<i64> {
+        device_sequence(&self.conn)
+    }
+
+    /// The last scan recorded in `lib_runs`.
+    pub fn last_run(&self) -> Result<Option<RunRow>> {
+        last_run(&self.conn)
+    }
+
+    /// Every open conflict with the version that beat it.
+    pub fn conflicts(&self) -> Result<Vec<ConflictRow>> {
+        conflicts(&self.conn)
+    }
+
+    /// The merge state of every entity in the shared view, by key.
+    pub fn merge_states(&self) -> Result<Vec<(String, EntityState)>> {
+        merge_states(&self.conn)
+    }
 }
 
 #[cfg(test)]

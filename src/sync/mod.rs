@@ -17,26 +17,17 @@ pub mod state;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use client::{BrainClient, ClientError};
 
-use sha2::Digest;
-
 use crate::model::wire::{IngestResult, PullResponse, SnapshotEntity, SnapshotResponse, MAX_BATCH};
 use crate::model::{Event, EventType};
-use crate::store::{read, Batch, Context, Store, StoreError};
+use crate::store::{Batch, Store, StoreError};
 
-/// `lib_kv` key of the pull cursor: the brain id of the last event applied.
-pub const CURSOR_KEY: &str = "sync_after_id";
+pub use crate::store::kv::{RefusedPull, CURSOR_KEY, REFUSED_PULL_PREFIX, REFUSED_SNAPSHOT_INFIX};
 /// Byte cap of one push request body (the brain's own cap is larger).
 pub const MAX_PUSH_BYTES: usize = 4 << 20;
-/// `lib_kv` keys of pulled events that were refused as invalid: this prefix, then the brain id
-/// (zero-padded, so the keys sort in log order); the value is a [`RefusedPull`] (JSON).
-pub const REFUSED_PULL_PREFIX: &str = "sync_refused_pull/";
-/// After [`REFUSED_PULL_PREFIX`], the key form of a refused snapshot entity: this, then the sha256
-/// (hex) of its entity key, which may be any length; a re-seed that meets it again overwrites it.
-pub const REFUSED_SNAPSHOT_INFIX: &str = "snapshot/";
 /// The largest `payload.content` the agent applies from a pull or a snapshot. The brain caps
 /// what it ingests (1 MiB by default, `--max-content-bytes`); this is the agent's own bound for a
 /// brain with a larger cap or a damaged log, the size of one page of the brain's answers.
@@ -86,21 +77,6 @@ pub struct PullSummary {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
-}
-
-/// A pulled event that failed validation, kept in `lib_kv` for `agent status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefusedPull {
-    /// The brain's id of the event; for an entity of a snapshot, the snapshot's watermark.
-    pub id: i64,
-    /// Refused as an entity of a `/snapshot` (a re-seed), not as an event of `/pull`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub snapshot: bool,
-    pub event_ulid: String,
-    pub device_id: String,
-    pub entity_key: String,
-    pub reason: String,
-    pub refused_at: String,
 }
 
 /// The three routes push and pull use. [`BrainClient`] speaks them over HTTP; the deterministic
@@ -153,7 +129,7 @@ pub fn push(
     // never be handed out again after a power loss.
     store.make_durable()?;
     loop {
-        let pending = read::pending_outbox(store.conn(), batch_size)?;
+        let pending = store.pending_outbox(batch_size)?;
         if pending.is_empty() {
             return Ok(summary);
         }
@@ -250,7 +226,7 @@ pub fn pull(
 ) -> Result<PullSummary, SyncError> {
     let batch_size = batch_size.clamp(1, MAX_BATCH);
     let mut summary = PullSummary::default();
-    let mut cursor = parse_cursor(store.kv_get(CURSOR_KEY)?);
+    let mut cursor = store.pull_cursor()?;
     let mut wait = wait;
     loop {
         let page = match client.pull(cursor, batch_size, wait.take()) {
@@ -289,26 +265,13 @@ pub fn pull(
     }
 }
 
-/// The stored cursor; a value that is not a number (a damaged row) counts as 0, which re-pulls
-/// the log: the inbox makes that apply nothing twice.
-fn parse_cursor(stored: Option<String>) -> i64 {
-    match stored.as_deref().map(str::parse::<i64>) {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(e)) => {
-            tracing::warn!(value = ?stored, "the pull cursor in lib_kv is not a number ({e}); pulling from the start");
-            0
-        }
-    }
-}
-
 /// Stores `max(stored cursor, to)` in the batch's transaction and returns it. Pulls run
 /// concurrently (the puller, the periodic full sync, an `agent sync`), each from the cursor it
 /// read when it started: the later commit must not move the cursor back over events the other
 /// one applied. What the stored cursor covers was applied in the transaction that stored it.
 fn advance_cursor(batch: &Batch<'_>, to: i64) -> Result<i64, StoreError> {
-    let cursor = parse_cursor(batch.kv_get(CURSOR_KEY)?).max(to);
-    batch.kv_set(CURSOR_KEY, &cursor.to_string())?;
+    let cursor = batch.pull_cursor()?.max(to);
+    batch.set_pull_cursor(cursor)?;
     Ok(cursor)
 }
 
@@ -321,18 +284,16 @@ enum Refused {
 
 fn refuse(batch: &Batch<'_>, what: Refused, event: &Event, reason: &str) -> Result<(), StoreError> {
     // Debug formatting: the strings came from the network and may hold control characters.
-    let (id, snapshot, kv_key) = match what {
+    let (id, snapshot) = match what {
         Refused::Event(id) => {
             tracing::error!(id, event = ?clip(&event.event_ulid), key = ?clip(&event.entity_key),
                 device = ?clip(&event.device_id), "skipped a pulled event that is invalid: {reason}");
-            (id, false, format!("{REFUSED_PULL_PREFIX}{id:020}"))
+            (id, false)
         }
         Refused::Entity { watermark } => {
             tracing::error!(watermark, event = ?clip(&event.event_ulid), key = ?clip(&event.entity_key),
                 device = ?clip(&event.device_id), "skipped a snapshot entity that is invalid: {reason}");
-            let digest = hex::encode(sha2::Sha256::digest(event.entity_key.as_bytes()));
-            let key = format!("{REFUSED_PULL_PREFIX}{REFUSED_SNAPSHOT_INFIX}{digest}");
-            (watermark, true, key)
+            (watermark, true)
         }
     };
     // Clipped: a refused field may be megabytes (that may be why it was refused).
@@ -345,11 +306,7 @@ fn refuse(batch: &Batch<'_>, what: Refused, event: &Event, reason: &str) -> Resu
         reason: reason.to_owned(),
         refused_at: batch.now(),
     };
-    let json = serde_json::to_string(&refused).map_err(|e| StoreError::Corrupt {
-        context: format!("serialising the record of refused event {id}"),
-        detail: e.to_string(),
-    })?;
-    batch.kv_set(&kv_key, &json)
+    batch.record_refused_pull(&refused, &event.entity_key)
 }
 
 /// At most the first 1,024 bytes of `s` (the cap of a valid key), cut on a character boundary.
@@ -363,26 +320,7 @@ fn clip(s: &str) -> &str {
 
 /// The pulled events refused as invalid, in log order, then the refused snapshot entities.
 pub fn refused_pulls(store: &Store) -> Result<Vec<RefusedPull>, StoreError> {
-    let context = || "reading the refused pulled events from lib_kv".to_owned();
-    let mut stmt = store
-        .conn()
-        .prepare("SELECT k, v FROM lib_kv WHERE substr(k, 1, ?1) = ?2 ORDER BY k")
-        .ctx(context)?;
-    let rows = stmt
-        .query_map(
-            (REFUSED_PULL_PREFIX.len() as i64, REFUSED_PULL_PREFIX),
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-        )
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .ctx(context)?;
-    rows.into_iter()
-        .map(|(k, v)| {
-            serde_json::from_str(&v).map_err(|e| StoreError::Corrupt {
-                context: format!("lib_kv {k}"),
-                detail: e.to_string(),
-            })
-        })
-        .collect()
+    store.refused_pulls()
 }
 
 /// Rebuilds the shared view from the brain's entities and returns the log position to pull from.
@@ -569,7 +507,7 @@ mod tests {
         let batch = store.batch().expect("batch");
         for i in 0..n {
             batch
-                .record_local(
+                .record_local(crate::store::LocalChange::new(
                     &format!("notes/f{i:04}.md"),
                     EventType::UpsertFile,
                     FilePayload {
@@ -578,7 +516,7 @@ mod tests {
                         content: Some("x".repeat(content)),
                         ..FilePayload::default()
                     },
-                )
+                ))
                 .expect("record");
         }
         batch.commit().expect("commit");
@@ -586,17 +524,11 @@ mod tests {
     }
 
     fn outbox_ulids(store: &Store) -> Vec<String> {
-        let mut stmt = store
-            .conn()
-            .prepare("SELECT event_ulid FROM lib_outbox ORDER BY id")
-            .expect("prepare");
-        stmt.query_map([], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .expect("outbox")
+        store.outbox_ulids().expect("outbox")
     }
 
     fn pending(store: &Store) -> i64 {
-        read::counts(store.conn()).expect("counts").outbox_pending
+        store.counts().expect("counts").outbox_pending
     }
 
     fn body_bytes(batch: &[Event]) -> usize {
@@ -749,7 +681,7 @@ mod tests {
         });
         let summary = push(&mut store, &brain, 200).expect("push");
         assert_eq!((summary.pushed, summary.parked), (9, 1));
-        let parked = read::parked_outbox(store.conn()).expect("parked");
+        let parked = store.parked_outbox().expect("parked");
         assert_eq!(parked.len(), 1);
         assert_eq!(parked[0].0, bad);
         assert_eq!(pending(&store), 0);
@@ -761,7 +693,7 @@ mod tests {
         let batch = store.batch().expect("batch");
         for key in ["notes/old-1.md", "notes/old-2.md"] {
             batch
-                .record_local(
+                .record_local(crate::store::LocalChange::new(
                     key,
                     EventType::InitialSync,
                     FilePayload {
@@ -769,7 +701,7 @@ mod tests {
                         bytes: Some(1),
                         ..FilePayload::default()
                     },
-                )
+                ))
                 .expect("record");
         }
         batch.commit().expect("commit");
@@ -811,7 +743,7 @@ mod tests {
     }
 
     fn cursor(store: &Store) -> Option<String> {
-        store.kv_get(CURSOR_KEY).expect("cursor")
+        store.kv_get_raw(CURSOR_KEY).expect("cursor")
     }
 
     #[test]
@@ -825,7 +757,7 @@ mod tests {
             meanwhile: || {
                 let mut other = Store::open(&db).expect("other connection");
                 let batch = other.batch().expect("batch");
-                batch.kv_set(CURSOR_KEY, "10").expect("cursor");
+                batch.set_pull_cursor(10).expect("cursor");
                 batch.commit().expect("commit");
             },
             calls: Cell::new(0),
@@ -849,7 +781,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = Store::open(&dir.path().join("agent.db")).expect("store");
         let batch = store.batch().expect("batch");
-        batch.kv_set(CURSOR_KEY, "garbage").expect("cursor");
+        batch.kv_set_raw(CURSOR_KEY, "garbage").expect("cursor");
         batch.commit().expect("commit");
         let brain = OnePage {
             next: 3,

@@ -2,25 +2,10 @@
 //! when a push and a pull last succeeded. `agent run`'s threads and `agent sync` both record their
 //! outcome here, so the status is the same whichever of them talked to the brain last.
 
-use serde::{Deserialize, Serialize};
-
 use super::SyncError;
 use crate::store::{Store, StoreError};
 
-/// `lib_kv` key of the saved [`SyncState`] (JSON).
-pub const STATE_KEY: &str = "sync_state";
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SyncState {
-    pub brain_url: String,
-    /// The wake-up `agent run` used last ("webhook", "longpoll" or "off"): a webhook device
-    /// long-polls until the brain has its registration, and says "longpoll" meanwhile.
-    pub realtime: String,
-    pub reachable: Option<bool>,
-    pub last_push_at: Option<String>,
-    pub last_pull_at: Option<String>,
-    pub last_error: Option<String>,
-}
+pub use crate::store::kv::SyncState;
 
 /// Which half of a sync an outcome is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,9 +48,7 @@ impl<'a> Outcome<'a> {
 
 /// The saved state, if any (one that cannot be read back counts as none: it is only a report).
 pub fn load(store: &Store) -> Result<Option<SyncState>, StoreError> {
-    Ok(store
-        .kv_get(STATE_KEY)?
-        .and_then(|s| serde_json::from_str(&s).ok()))
+    store.sync_state()
 }
 
 /// Records the outcome of one push or pull. `realtime` is the wake-up in effect, `None` from
@@ -82,10 +65,7 @@ pub fn record(
     outcome: Outcome<'_>,
 ) -> Result<(), StoreError> {
     let batch = store.batch()?;
-    let mut state: SyncState = batch
-        .kv_get(STATE_KEY)?
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default();
+    let mut state = batch.sync_state()?.unwrap_or_default();
     brain_url.clone_into(&mut state.brain_url);
     if let Some(realtime) = realtime {
         realtime.clone_into(&mut state.realtime);
@@ -108,10 +88,6 @@ pub fn record(
             state.last_error = Some(format!("{}: {e}", step.as_str()));
         }
     }
-    let json = serde_json::to_string(&state).map_err(|e| StoreError::Corrupt {
-        context: format!("serialising lib_kv {STATE_KEY}"),
-        detail: e.to_string(),
-    })?;
-    batch.kv_set(STATE_KEY, &json)?;
+    batch.set_sync_state(&state)?;
     batch.commit()
 }

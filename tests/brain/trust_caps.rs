@@ -18,7 +18,7 @@ use lib_agent::brain::server::ServerConfig;
 use lib_agent::brain::store::{BrainStore, MAX_PAGE_BYTES};
 use lib_agent::config::{Config, Overrides};
 use lib_agent::model::{Event, EventType, FilePayload, VectorClock};
-use lib_agent::store::{Store, StoreError};
+use lib_agent::store::{LocalChange, Store, StoreError};
 use lib_agent::sync::client::{ClientError, MAX_ANSWER_BYTES};
 use lib_agent::sync::{self, BrainClient, REFUSED_PULL_PREFIX, REFUSED_SNAPSHOT_INFIX};
 
@@ -498,9 +498,8 @@ fn an_over_cap_snapshot_entity_is_skipped_and_recorded_and_the_valid_ones_applie
         "{}",
         refused[0].reason
     );
-    let keys: Vec<String> = s
-        .store
-        .conn()
+    let keys: Vec<String> = rusqlite::Connection::open(s.store.path())
+        .expect("open the database")
         .prepare("SELECT k FROM lib_kv WHERE k LIKE 'sync_refused_pull/%'")
         .expect("prepare")
         .query_map([], |r| r.get(0))
@@ -552,7 +551,11 @@ fn a_pulled_clock_entry_of_ours_never_wraps_our_sequence() {
     };
     let batch = s.store.batch().expect("batch");
     let err = batch
-        .record_local("notes/cap.md", EventType::UpsertFile, edit())
+        .record_local(LocalChange::new(
+            "notes/cap.md",
+            EventType::UpsertFile,
+            edit(),
+        ))
         .expect_err("no sequence past 2^53");
     assert!(matches!(err, StoreError::SequenceExhausted { .. }), "{err}");
     assert!(err.to_string().contains("2^53"), "{err}");
@@ -560,8 +563,13 @@ fn a_pulled_clock_entry_of_ours_never_wraps_our_sequence() {
     // Other keys are not affected: their clocks do not carry the entry.
     let batch = s.store.batch().expect("batch");
     let event = batch
-        .record_local("notes/other.md", EventType::UpsertFile, edit())
-        .expect("another key");
+        .record_local(LocalChange::new(
+            "notes/other.md",
+            EventType::UpsertFile,
+            edit(),
+        ))
+        .expect("another key")
+        .expect("recorded");
     batch.commit().expect("commit");
     assert_eq!(event.vector_clock.get(&me), 1);
     assert_eq!(event.validate(MIB), Ok(()));

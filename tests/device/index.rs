@@ -4,10 +4,15 @@
 use std::path::Path;
 
 use lib_agent::config::{Config, Overrides};
+use lib_agent::index::scan::{self, ScanOptions, ScanSummary};
 use lib_agent::index::{self, ReadError};
 use lib_agent::model::{Event, EventType, FilePayload, VectorClock};
-use lib_agent::scan::{self, ScanOptions, ScanSummary};
-use lib_agent::store::{read, Clock, Store};
+use lib_agent::store::{Clock, Store};
+
+/// A connection of the test's own, to look at the tables as a user's `sqlite3` would.
+fn db_of(store: &Store) -> rusqlite::Connection {
+    rusqlite::Connection::open(store.path()).expect("open the database")
+}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -43,7 +48,8 @@ impl Fixture {
     }
 
     fn search(&self, q: &str) -> Vec<String> {
-        read::search(self.store.conn(), q, 10)
+        self.store
+            .search(q, 10)
             .expect("search")
             .into_iter()
             .map(|h| h.path)
@@ -51,9 +57,8 @@ impl Fixture {
     }
 
     fn outbox(&self) -> Vec<(String, String, VectorClock)> {
-        let mut stmt = self
-            .store
-            .conn()
+        let db = db_of(&self.store);
+        let mut stmt = db
             .prepare("SELECT event_type, entity_key, vector_clock FROM lib_outbox ORDER BY id")
             .expect("prepare");
         stmt.query_map([], |r| {
@@ -70,8 +75,7 @@ impl Fixture {
     }
 
     fn shared_sha(&self, key: &str) -> Option<String> {
-        self.store
-            .conn()
+        db_of(&self.store)
             .query_row("SELECT sha256 FROM lib_files WHERE path = ?1", [key], |r| {
                 r.get(0)
             })
@@ -147,7 +151,7 @@ fn search_follows_edits_and_deletes() {
         f.search("lazy").is_empty(),
         "a tombstone is not a search result"
     );
-    let integrity = f.store.conn().execute(
+    let integrity = db_of(&f.store).execute(
         "INSERT INTO lib_files_fts(lib_files_fts) VALUES ('integrity-check')",
         [],
     );
@@ -215,7 +219,7 @@ fn a_remote_version_changes_the_shared_view_but_not_what_this_device_observed() 
     assert_eq!(last.1, "notes/a.md");
     assert_eq!(last.2.get("dev-b"), 1);
     assert!(last.2.get(&me) > 1);
-    assert_eq!(read::counts(f.store.conn()).expect("counts").conflicts, 0);
+    assert_eq!(f.store.counts().expect("counts").conflicts, 0);
 }
 
 #[test]
@@ -230,7 +234,7 @@ fn a_concurrent_remote_edit_that_loses_is_listed_as_a_conflict() {
         VectorClock::from([("0-dev", 1)]),
         Some("theirs"),
     );
-    let conflicts = read::conflicts(f.store.conn()).expect("conflicts");
+    let conflicts = f.store.conflicts().expect("conflicts");
     assert_eq!(conflicts.len(), 1);
     assert_eq!(
         conflicts[0].loser.event_ulid.as_deref(),
@@ -243,9 +247,7 @@ fn a_concurrent_remote_edit_that_loses_is_listed_as_a_conflict() {
     // Editing after seeing the conflict resolves it.
     f.write("a.md", "merged by hand");
     f.scan();
-    assert!(read::conflicts(f.store.conn())
-        .expect("conflicts")
-        .is_empty());
+    assert!(f.store.conflicts().expect("conflicts").is_empty());
 }
 
 #[test]
@@ -269,9 +271,7 @@ fn an_older_remote_upsert_does_not_resurrect_a_local_delete() {
     let batch = f.store.batch().expect("batch");
     batch.apply(&stale).expect("apply");
     batch.commit().expect("commit");
-    let deleted: Option<String> = f
-        .store
-        .conn()
+    let deleted: Option<String> = db_of(&f.store)
         .query_row(
             "SELECT deleted_at FROM lib_files WHERE path = 'notes/a.md'",
             [],
@@ -280,9 +280,7 @@ fn an_older_remote_upsert_does_not_resurrect_a_local_delete() {
         .expect("row");
     assert!(deleted.is_some());
     assert!(f.search("stale").is_empty());
-    assert!(read::conflicts(f.store.conn())
-        .expect("conflicts")
-        .is_empty());
+    assert!(f.store.conflicts().expect("conflicts").is_empty());
 }
 
 #[test]
@@ -354,7 +352,7 @@ fn a_file_first_seen_here_that_another_device_indexed_is_merged_with_its_version
     assert_eq!(clock.get("dev-b"), 2, "it has seen dev-b's version");
     assert_eq!(clock.get(&me), mine + 1, "no sequence number skipped");
     assert_eq!(f.search("other"), ["notes/other.md"]);
-    assert_eq!(read::counts(f.store.conn()).expect("counts").conflicts, 0);
+    assert_eq!(f.store.counts().expect("counts").conflicts, 0);
 }
 
 #[test]
@@ -497,7 +495,8 @@ fn the_stores_clock_stamps_what_it_keeps_and_decides_which_reads_are_racy() {
             .expect("set mtime");
     };
     let observed_mtime = |store: &Store, key: &str| {
-        read::observed(store.conn(), key)
+        store
+            .observed(key)
             .expect("observed")
             .expect("observed row")
             .mtime_ns
@@ -523,7 +522,8 @@ fn the_stores_clock_stamps_what_it_keeps_and_decides_which_reads_are_racy() {
         "SELECT indexed_at FROM lib_files",
         "SELECT observed_at FROM lib_observed",
     ] {
-        let mut stmt = fx.store.conn().prepare(sql).expect("prepare");
+        let db = db_of(&fx.store);
+        let mut stmt = db.prepare(sql).expect("prepare");
         let stamps: Vec<String> = stmt
             .query_map([], |r| r.get(0))
             .expect("query")
@@ -535,7 +535,7 @@ fn the_stores_clock_stamps_what_it_keeps_and_decides_which_reads_are_racy() {
     // A minute later the watcher's path reads it again (its stat could not vouch for it), finds
     // the same bytes, and now trusts the stat.
     elapsed_ms.store(60_000, Ordering::Relaxed);
-    let libs = index::Libraries::new(&fx.config, &fx.config.store.path).expect("libraries");
+    let libs = index::Libraries::new(&fx.config, &fx.config.store.path);
     let draft = notes.join("draft.md");
     let outcome =
         index::index_paths(&mut fx.store, &libs, std::slice::from_ref(&draft)).expect("index");
@@ -559,8 +559,7 @@ fn the_stores_clock_stamps_what_it_keeps_and_decides_which_reads_are_racy() {
 
 /// The merge-state columns of a row: (seen_vc, siblings) as stored.
 fn stored_merge_columns(store: &Store, key: &str) -> (Option<String>, Option<String>) {
-    store
-        .conn()
+    db_of(store)
         .query_row(
             "SELECT seen_vc, siblings FROM lib_files WHERE path = ?1",
             [key],
@@ -570,7 +569,8 @@ fn stored_merge_columns(store: &Store, key: &str) -> (Option<String>, Option<Str
 }
 
 fn merge_state(store: &Store, key: &str) -> lib_agent::model::merge::EntityState {
-    read::merge_states(store.conn())
+    store
+        .merge_states()
         .expect("merge states")
         .into_iter()
         .find(|(k, _)| k == key)
@@ -584,9 +584,7 @@ fn a_lone_winner_keeps_no_copy_of_itself_and_reads_back_whole() {
     f.write("a.md", "mine");
     f.scan();
     assert_eq!(stored_merge_columns(&f.store, "notes/a.md"), (None, None));
-    let (created_at, clock): (String, String) = f
-        .store
-        .conn()
+    let (created_at, clock): (String, String) = db_of(&f.store)
         .query_row(
             "SELECT created_at, vector_clock FROM lib_outbox WHERE entity_key = 'notes/a.md'",
             [],
@@ -643,8 +641,7 @@ fn rows_whose_merge_state_is_stored_as_json_keep_merging_the_same() {
     f.write("a.md", "mine");
     f.scan();
     let before = merge_state(&f.store, "notes/a.md");
-    f.store
-        .conn()
+    db_of(&f.store)
         .execute(
             "UPDATE lib_files SET seen_vc = ?1, siblings = ?2, event_created_at = NULL
              WHERE path = 'notes/a.md'",
@@ -685,8 +682,7 @@ fn a_schema_1_database_migrates_in_place_and_keeps_its_rows() {
         .expect("a schema 1 row");
     }
     let store = Store::open(&path).expect("open migrates");
-    let version: i64 = store
-        .conn()
+    let version: i64 = db_of(&store)
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("user_version");
     assert_eq!(version, lib_agent::store::SCHEMA_VERSION);

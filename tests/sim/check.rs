@@ -202,7 +202,8 @@ pub fn fingerprint(world: &mut World) -> Vec<String> {
     let mut lines = world.net.borrow().log.clone();
     for device in &mut world.devices {
         let id = device.id.clone();
-        let conn = device.store().conn();
+        let db = rusqlite::Connection::open(device.store().path()).expect("open the database");
+        let conn = &db;
         for sql in [
             "SELECT device_id, sequence FROM lib_device",
             "SELECT * FROM lib_files ORDER BY path",
@@ -254,13 +255,15 @@ pub fn check(world: &mut World) -> (u64, u64) {
     let mut last_local: Vec<(String, BTreeMap<String, Event>)> = Vec::new();
     for device in &mut world.devices {
         let id = device.id.clone();
-        let conn = device.store().conn();
+        let store = device.store();
+        let db = rusqlite::Connection::open(store.path()).expect("open the database");
+        let conn = &db;
         assert!(
-            read::pending_outbox(conn, 1).expect("outbox").is_empty(),
+            store.pending_outbox(1).expect("outbox").is_empty(),
             "{id}: outbox not empty"
         );
         assert!(
-            read::parked_outbox(conn).expect("parked").is_empty(),
+            store.parked_outbox().expect("parked").is_empty(),
             "{id}: parked events"
         );
         let made = outbox_events(conn);
@@ -315,7 +318,8 @@ pub fn check(world: &mut World) -> (u64, u64) {
     for device in &mut world.devices {
         let id = device.id.clone();
         let root = device.root.clone();
-        let conn = device.store().conn();
+        let db = rusqlite::Connection::open(device.store().path()).expect("open the database");
+        let conn = &db;
         check_timestamps(&id, conn, span);
         let rows = device_rows(conn);
         for (mine, theirs) in rows.iter().zip(&brain_rows) {

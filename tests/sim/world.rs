@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use lib_agent::config::{Config, Overrides};
 use lib_agent::index::{self, Libraries};
-use lib_agent::store::{read, Clock, Store};
+use lib_agent::store::{Clock, Store};
 use lib_agent::sync;
 
 use super::net::{Endpoint, Faults, Net, SimBrain, StoreKind};
@@ -302,8 +302,10 @@ impl World {
         if device.dirty.contains(path) {
             return false;
         }
-        let observed =
-            read::observed(device.store().conn(), &format!("lib/{name}")).expect("observed state");
+        let observed = device
+            .store()
+            .observed(&format!("lib/{name}"))
+            .expect("observed state");
         observed.is_some_and(|o| o.mtime_ns == index::UNTRUSTED_MTIME)
     }
 
@@ -440,9 +442,8 @@ fn open_store(device: &mut Device, now: &Arc<AtomicU64>, counter: &Arc<AtomicU64
     device.store = None;
     let mut store = Store::open(&device.db).expect("open device store");
     if store.device_id() != device.id {
-        store
-            .conn()
-            .execute("UPDATE lib_device SET device_id = ?1", [&device.id])
+        rusqlite::Connection::open(&device.db)
+            .and_then(|db| db.execute("UPDATE lib_device SET device_id = ?1", [&device.id]))
             .expect("set device id");
         drop(store);
         store = Store::open(&device.db).expect("reopen device store");
@@ -463,7 +464,7 @@ fn open_store(device: &mut Device, now: &Arc<AtomicU64>, counter: &Arc<AtomicU64
 }
 
 fn index_paths(device: &mut Device, paths: &[PathBuf]) -> index::PathsOutcome {
-    let libs = Libraries::new(&device.config, &device.db).expect("libraries");
+    let libs = Libraries::new(&device.config, &device.db);
     let outcome = index::index_paths(device.store(), &libs, paths).expect("index paths");
     assert_eq!(outcome.errors, 0, "{}: indexing failed", device.id);
     assert!(
@@ -481,7 +482,7 @@ fn reconcile(device: &mut Device) -> index::PathsOutcome {
         .expect("list the library")
         .map(|e| e.expect("entry").path())
         .collect();
-    let observed = read::observed_of_library(device.store().conn(), "lib").expect("observed");
+    let observed = device.store().observed_of_library("lib").expect("observed");
     for key in observed.keys() {
         let rel = key.strip_prefix("lib/").expect("library key");
         paths.insert(device.root.join(rel));

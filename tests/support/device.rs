@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use lib_agent::config::{Config, Overrides};
-use lib_agent::scan::{self, ScanOptions};
-use lib_agent::store::{read, Store};
+use lib_agent::index::scan::{self, ScanOptions};
+use lib_agent::store::Store;
 use lib_agent::sync::{self, BrainClient, ClientError};
 use rusqlite::Connection;
 
@@ -117,7 +117,8 @@ impl Device {
 
     /// The event ULIDs of the losers of its open conflicts.
     pub fn conflicts(&self) -> Vec<String> {
-        read::conflicts(self.store.conn())
+        self.store
+            .conflicts()
             .expect("conflicts")
             .into_iter()
             .map(|c| c.loser.event_ulid.unwrap_or_default())
@@ -126,9 +127,7 @@ impl Device {
 
     /// Events in its outbox not yet acknowledged by the brain.
     pub fn pending(&self) -> i64 {
-        read::counts(self.store.conn())
-            .expect("counts")
-            .outbox_pending
+        self.store.counts().expect("counts").outbox_pending
     }
 
     pub fn device_id(&self) -> String {

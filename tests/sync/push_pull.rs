@@ -2,7 +2,6 @@
 //! changes reaches the others, concurrent edits end the same everywhere, and nothing is lost or
 //! doubled when the brain is down or a response is lost.
 
-use lib_agent::store::read;
 use lib_agent::sync::{self, BrainClient};
 use rusqlite::Connection;
 
@@ -24,7 +23,7 @@ fn a_file_written_on_one_device_reaches_the_others_with_its_hash() {
     assert_eq!(expected.0, a.device_id());
     assert_eq!(b.winner("notes/idea.md"), expected);
     assert_eq!(c.winner("notes/idea.md"), expected);
-    let hits = read::search(b.store.conn(), "idea", 10).expect("search");
+    let hits = b.store.search("idea", 10).expect("search");
     assert_eq!(
         hits.iter().map(|h| h.path.as_str()).collect::<Vec<_>>(),
         ["notes/idea.md"]
@@ -48,9 +47,7 @@ fn a_delete_propagates_as_a_tombstone() {
     b.sync(&brain);
     assert_eq!(b.winner("notes/gone.md").1, None);
     assert_eq!(brain.winner("notes/gone.md").1, None);
-    assert!(read::search(b.store.conn(), "deleted", 10)
-        .expect("search")
-        .is_empty());
+    assert!(b.store.search("deleted", 10).expect("search").is_empty());
 }
 
 #[test]
@@ -114,18 +111,12 @@ fn with_the_brain_down_the_outbox_keeps_everything_until_it_is_back() {
     let client = BrainClient::new(&format!("http://{addr}"), Some(SECRET.into())).expect("client");
     let err = sync::push(&mut a.store, &client, 200).expect_err("the brain is down");
     assert!(err.is_retryable(), "{err}");
-    assert_eq!(
-        read::counts(a.store.conn()).expect("counts").outbox_pending,
-        6
-    );
+    assert_eq!(a.store.counts().expect("counts").outbox_pending, 6);
     // Back on the same address and database.
     let brain = BlockingBrain::start_with(brain_dir.path(), &addr.to_string(), config());
     a.sync(&brain);
     b.sync(&brain);
-    assert_eq!(
-        read::counts(a.store.conn()).expect("counts").outbox_pending,
-        0
-    );
+    assert_eq!(a.store.counts().expect("counts").outbox_pending, 0);
     assert_eq!(a.shared_rows(), b.shared_rows());
     assert_eq!(b.shared_rows().len(), 6);
 }
@@ -175,7 +166,7 @@ fn an_event_the_brain_refuses_is_parked_and_the_rest_go_through() {
     a.scan();
     let summary = sync::push(&mut a.store, &brain.client(), 200).expect("push");
     assert_eq!((summary.pushed, summary.parked), (2, 1));
-    let parked = read::parked_outbox(a.store.conn()).expect("parked");
+    let parked = a.store.parked_outbox().expect("parked");
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].1, "notes/good.md");
     assert!(
@@ -184,7 +175,7 @@ fn an_event_the_brain_refuses_is_parked_and_the_rest_go_through() {
         parked[0].2
     );
     assert_eq!(
-        read::counts(a.store.conn()).expect("counts").outbox_pending,
+        a.store.counts().expect("counts").outbox_pending,
         0,
         "parked is not pending"
     );
@@ -199,10 +190,7 @@ fn a_wrong_secret_is_refused_and_nothing_is_marked_pushed() {
     let client = BrainClient::new(&brain.url(), Some("wrong".into())).expect("client");
     let err = sync::push(&mut a.store, &client, 200).expect_err("refused");
     assert!(err.to_string().contains("401"), "{err}");
-    assert_eq!(
-        read::counts(a.store.conn()).expect("counts").outbox_pending,
-        1
-    );
+    assert_eq!(a.store.counts().expect("counts").outbox_pending, 1);
 }
 
 #[test]

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use lib_agent::brain::server::ServerConfig;
-use lib_agent::store::read;
 use lib_agent::sync::{self, listener, BrainClient, ClientError};
 use lib_agent::tls::{CaFile, ExtraRoots};
 use tokio_rustls::rustls;
@@ -150,7 +149,7 @@ fn push_and_pull_through_https_work_with_the_configured_ca() {
     let client = b.client().expect("client with the CA");
     let pulled = sync::pull(&mut b.store, &client, 200, None).expect("pull over https");
     assert_eq!(pulled.applied, 1);
-    let hits = read::search(b.store.conn(), "TLS", 10).expect("search");
+    let hits = b.store.search("TLS", 10).expect("search");
     assert_eq!(
         hits.iter().map(|h| h.path.as_str()).collect::<Vec<_>>(),
         ["notes/secure.md"]

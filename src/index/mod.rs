@@ -1,0 +1,24 @@
+//! Indexing: what the disk holds, into the store. Two inputs feed one pipeline:
+//!
+//! - `agent scan` ([`scan`]): the tree [`walk`] of each library -> [`pipeline`] -> deletions of
+//!   what the walk did not meet, behind the mass-delete guard;
+//! - the watcher ([`watched`]): changed paths, looked at (a folder is walked whole) and compared
+//!   with what this device observed -> [`pipeline`].
+//!
+//! The pipeline [`read`]s files on many threads (hash, mime, text, the racy-stat rule) and one
+//! writer [`commit`]s them: observed state, shared view, FTS and outbox in one transaction.
+
+mod commit;
+mod pipeline;
+mod read;
+pub mod scan;
+mod walk;
+mod watched;
+
+pub use commit::{commit, Change, Observation};
+pub use read::{
+    is_racy, read_file, read_file_at, read_file_with, FileStat, ReadError, ReadFile,
+    UNTRUSTED_MTIME,
+};
+pub use walk::Libraries;
+pub use watched::{index_paths, index_paths_leaving, PathsOutcome};
