@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod filter;
+pub mod http_server;
 pub mod index;
 pub mod model;
 pub mod private;

@@ -6,7 +6,6 @@
 //! background. `metrics.rs` counts what happened for `GET /metrics`.
 
 pub mod auth;
-pub mod http;
 pub mod metrics;
 pub mod server;
 pub mod store;

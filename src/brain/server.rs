@@ -24,7 +24,6 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::auth::{self, Auth, Caller, Credentials, Refusal};
-use super::http::{self, BodyLimits, ConnLimits, LocalOnly};
 use super::metrics::Metrics;
 use super::store::{
     check_batch, check_foreign_entries, foreign_devices, unix_seconds, BrainStore, CheckedEvent,
@@ -32,6 +31,7 @@ use super::store::{
 };
 use super::webhooks::{check_registration, Notifier, WebhookPolicy};
 use super::BrainError;
+use crate::http_server::{self as http, BodyLimits, ConnLimits, LocalOnly};
 use crate::model::wire::{
     ErrorBody, HealthResponse, IngestRequest, IngestResponse, OkResponse, PullResponse,
     SnapshotResponse, WebhookRequest, WebhookResponse, MAX_BATCH,

@@ -10,10 +10,10 @@ use serde_json::json;
 pub use super::brain_store::StoreArgs;
 use super::brain_store::Target;
 use super::GlobalArgs;
-use crate::brain::http::ConnLimits;
 use crate::brain::server::{self, ServerConfig};
 use crate::brain::store::{BrainStore, PgStore, SqliteStore};
 use crate::config::{self, Config};
+use crate::http_server::ConnLimits;
 
 /// The shared brain server that devices push events to and pull events from
 #[derive(Debug, clap::Args)]

@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 
 use super::SyncError;
-use crate::brain::http::{self, BodyLimits, ConnLimits};
+use crate::http_server::{self as http, BodyLimits, ConnLimits};
 use crate::model::webhook_signature;
 use crate::model::wire::SIGNATURE_HEADER;
 

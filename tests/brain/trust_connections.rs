@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::brain::*;
-use lib_agent::brain::http::{self, ConnLimits};
 use lib_agent::brain::server::ServerConfig;
+use lib_agent::http_server::{self as http, ConnLimits};
 
 /// The longest any single step may take before the test fails (never an assertion on timing).
 const BOUND: Duration = Duration::from_secs(20);
