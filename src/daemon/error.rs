@@ -27,8 +27,6 @@ pub enum DaemonError {
     #[error(transparent)]
     Scan(#[from] scan::ScanError),
     #[error(transparent)]
-    Filter(#[from] crate::filter::FilterError),
-    #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
     #[error("no libraries configured: add a [[library]] to the config file, or name folders: `agent run PATH`")]
     NoLibraries,

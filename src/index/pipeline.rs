@@ -3,6 +3,12 @@
 //! one thread count serve both inputs: `agent scan`'s walk streams through [`read_worker`] and
 //! [`write_loop`], and the watcher's changed paths go through [`read_and_commit`], in rounds
 //! read one ahead of the writer.
+//!
+//! The two inputs differ in one thing only, order. A scan commits files as the readers finish
+//! them: nothing depends on which of two new files gets the lower sequence number. The watcher's
+//! paths commit in a fixed order (renames reused, then what was read, by key, then deletions),
+//! so that the same changes make the same events and the deterministic simulation replays a
+//! seed exactly.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -239,14 +245,29 @@ pub(super) struct Committed {
     pub(super) racy: u64,
 }
 
-/// Reader threads: `configured`, or by default four per core (file reads wait on the disk, so
-/// more reads in flight than cores pays off), between 4 and 16.
-pub(super) fn reader_threads(configured: usize) -> usize {
+/// Where the files a pipeline reads are likely to be, which decides how many reads pay off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reads {
+    /// A walk of a whole tree: most reads wait on the disk.
+    FromDisk,
+    /// The watcher's changed paths, just written: in the page cache, so reading them is CPU work.
+    Cached,
+}
+
+/// Reader threads: `configured`, or by default four per core for reads from the disk (they wait
+/// on it, so more reads in flight than cores pays off), between 4 and 16; one per core, between 2
+/// and 8, for cached reads, where threads beyond the cores only contend with the writer and the
+/// watcher (a burst of 10,000 new files: 8 threads on 2 cores made watching add 5% more time
+/// and 8% more against a scan than 2 threads did, BENCHMARKS.md "Watch").
+pub(super) fn reader_threads(configured: usize, reads: Reads) -> usize {
     if configured > 0 {
         return configured;
     }
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    (cores * 4).clamp(4, 16)
+    match reads {
+        Reads::FromDisk => (cores * 4).clamp(4, 16),
+        Reads::Cached => cores.clamp(2, 8),
+    }
 }
 
 /// Reads a file, again while it is being written, up to [`READ_ATTEMPTS`] times: the one retry
@@ -533,7 +554,7 @@ fn read_parallel(
     use std::sync::Mutex;
     let next = AtomicUsize::new(0);
     let out = Mutex::new(Vec::with_capacity(candidates.len()));
-    let threads = reader_threads(libs.hash_threads)
+    let threads = reader_threads(libs.hash_threads, Reads::Cached)
         .min(candidates.len().div_ceil(16))
         .max(1);
     std::thread::scope(|scope| {

@@ -185,7 +185,7 @@ fn scan_library(
         library,
         &observed,
         (
-            pipeline::reader_threads(config.index.hash_threads),
+            pipeline::reader_threads(config.index.hash_threads, pipeline::Reads::FromDisk),
             config.index.max_content_bytes,
         ),
         &mut summary.counts,

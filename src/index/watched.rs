@@ -66,7 +66,7 @@ fn look_at_all(
 ) -> Vec<Seen> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let rounds = paths.len().div_ceil(GROUP);
-    let threads = pipeline::reader_threads(libs.hash_threads).min(rounds);
+    let threads = pipeline::reader_threads(libs.hash_threads, pipeline::Reads::Cached).min(rounds);
     if threads <= 1 {
         return paths
             .iter()
