@@ -182,25 +182,9 @@ pub(crate) fn clock_maxima(events: &[&Event]) -> BTreeMap<String, i64> {
 mod tests {
     use std::cell::RefCell;
 
+    use super::super::tests::event;
     use super::*;
-    use crate::model::{EventType, FilePayload, VectorClock};
-
-    fn event(device: &str, key: &str, clock: VectorClock, sha: char) -> Event {
-        Event {
-            event_ulid: ulid::Ulid::new().to_string(),
-            device_id: device.into(),
-            event_type: EventType::UpsertFile,
-            entity_type: "file".into(),
-            entity_key: key.into(),
-            payload: FilePayload {
-                sha256: Some(sha.to_string().repeat(64)),
-                bytes: Some(1),
-                ..FilePayload::default()
-            },
-            vector_clock: clock,
-            created_at: "2026-11-25T10:00:00Z".into(),
-        }
-    }
+    use crate::model::VectorClock;
 
     #[test]
     fn a_batch_is_planned_as_if_applied_event_by_event() {

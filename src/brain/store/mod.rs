@@ -518,7 +518,9 @@ mod tests {
     use super::*;
     use crate::model::FilePayload;
 
-    fn event(device: &str, key: &str, clock: VectorClock, sha: char) -> Event {
+    /// An upsert of `key` by `device` with `clock`, its hash `sha` 64 times: also for the tests
+    /// of `ingest.rs`.
+    pub(super) fn event(device: &str, key: &str, clock: VectorClock, sha: char) -> Event {
         Event {
             event_ulid: ulid::Ulid::new().to_string(),
             device_id: device.into(),
