@@ -25,6 +25,8 @@ use unicode_normalization::UnicodeNormalization;
 use crate::filter::{FilterError, LibraryFilter};
 use crate::tls::CaFile;
 
+pub mod edit;
+
 /// The config file path when `--config` is not given (checked before the platform default).
 pub const ENV_CONFIG: &str = "LIB_AGENT_CONFIG";
 /// The local database, over `[store] path`.
@@ -442,6 +444,36 @@ impl Config {
     }
 }
 
+/// Where the config file is, and whether it must exist: `--config`, else `LIB_AGENT_CONFIG` (both
+/// must exist: a typo in a path the user named must not silently run the agent with the
+/// defaults), else `default_path` (which may be absent, or unknown when there is no home).
+fn locate(
+    overrides: &Overrides,
+    env: &dyn Fn(&str) -> Option<String>,
+    default_path: Option<PathBuf>,
+) -> Result<(Option<PathBuf>, bool), ConfigError> {
+    match (&overrides.config_path, Env(env).get(ENV_CONFIG)) {
+        (Some(flag), _) => Ok((
+            Some(absolute_from_cwd(flag, || "flag --config".to_owned())?),
+            true,
+        )),
+        (None, Some(value)) => {
+            let origin = || format!("environment {ENV_CONFIG}");
+            Ok((Some(absolute_from_cwd(Path::new(&value), origin)?), true))
+        }
+        (None, None) => Ok((default_path, false)),
+    }
+}
+
+/// The config file `agent` reads ([`Config::load`]'s choice), whether it exists or not: where
+/// `agent library add` writes. `None` when no home directory gives a platform path.
+pub fn file_path(
+    overrides: &Overrides,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<PathBuf>, ConfigError> {
+    Ok(locate(overrides, env, default_config_path())?.0)
+}
+
 /// [`Config::load`] with the platform default path as a parameter, so tests can point it at a
 /// file that is known to be missing instead of the developer's real config.
 fn load_with_default(
@@ -449,25 +481,13 @@ fn load_with_default(
     env: &dyn Fn(&str) -> Option<String>,
     default_path: Option<PathBuf>,
 ) -> Result<Config, ConfigError> {
-    let env_path = Env(env).get(ENV_CONFIG);
-    let (path, required) = match (&overrides.config_path, env_path) {
-        (Some(flag), _) => (
-            Some(absolute_from_cwd(flag, || "flag --config".to_owned())?),
-            true,
-        ),
-        (None, Some(value)) => {
-            let origin = || format!("environment {ENV_CONFIG}");
-            (Some(absolute_from_cwd(Path::new(&value), origin)?), true)
-        }
-        (None, None) => (default_path, false),
-    };
+    let (path, required) = locate(overrides, env, default_path)?;
     let Some(path) = path else {
         return Config::from_toml_str("", None, env, overrides);
     };
     match std::fs::read_to_string(&path) {
         Ok(text) => Config::from_toml_str(&text, Some(&path), env, overrides),
-        // Only the default location may be absent: a path the user named must exist, or a typo
-        // in it would silently run the agent with the defaults.
+        // Only the default location may be absent.
         Err(e) if !required && e.kind() == io::ErrorKind::NotFound => {
             Config::from_toml_str("", None, env, overrides)
         }

@@ -23,7 +23,7 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
     println!("database  {}", store.path().display());
     println!("device    {}", store.device_id());
     if config.libraries.is_empty() {
-        println!("no libraries configured yet: add a [[library]] to the config file, or run `agent scan PATH`");
+        println!("no libraries configured yet: `agent library add PATH` keeps one, or `agent scan PATH` indexes a folder once");
     }
     Ok(())
 }

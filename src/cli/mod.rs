@@ -5,6 +5,7 @@ mod brain_store;
 mod conflicts;
 mod device;
 mod init;
+mod library;
 mod run;
 mod scan;
 mod search;
@@ -52,6 +53,7 @@ pub enum Command {
     Status(status::Args),
     Sync(sync::Args),
     Conflicts(conflicts::Args),
+    Library(library::Args),
     Brain(brain::Args),
 }
 
@@ -67,16 +69,19 @@ impl GlobalArgs {
 
 /// Runs the command; the error becomes one line on stderr and a non-zero exit in main.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.global.load_config()?;
+    let global = &cli.global;
+    let load = || global.load_config();
     match cli.command {
-        Command::Init(args) => init::run(args, &cli.global, &config),
-        Command::Run(args) => run::run(args, &cli.global, config),
-        Command::Scan(args) => scan::run(args, &cli.global, config),
-        Command::Search(args) => search::run(args, &cli.global, &config),
-        Command::Status(args) => status::run(args, &cli.global, &config),
-        Command::Sync(args) => sync::run(args, &cli.global, &config),
-        Command::Conflicts(args) => conflicts::run(args, &cli.global, &config),
-        Command::Brain(args) => brain::run(args, &cli.global, &config),
+        Command::Init(args) => init::run(args, global, &load()?),
+        Command::Run(args) => run::run(args, global, load()?),
+        Command::Scan(args) => scan::run(args, global, load()?),
+        Command::Search(args) => search::run(args, global, &load()?),
+        Command::Status(args) => status::run(args, global, &load()?),
+        Command::Sync(args) => sync::run(args, global, &load()?),
+        Command::Conflicts(args) => conflicts::run(args, global, &load()?),
+        // It may create the config file, so it loads it itself.
+        Command::Library(args) => library::run(args, global),
+        Command::Brain(args) => brain::run(args, global, &load()?),
     }
 }
 

@@ -34,10 +34,19 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
         }
     });
 
+    let mut unconfigured = Vec::new();
     for path in &args.paths {
-        super::scan::add_folder(&mut config, path)?;
+        // A folder named here must be there now: a typo would otherwise watch nothing, quietly.
+        // (A configured library may still be missing at start: a disk not mounted yet.)
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => anyhow::bail!("{} is not a folder", path.display()),
+            Err(e) => anyhow::bail!("folder {}: {e}", path.display()),
+        }
+        unconfigured.extend(super::scan::add_folder(&mut config, path)?.1);
     }
     let mut store = Store::open(&config.store.path)?;
+    super::scan::say_how_to_keep(&unconfigured);
     if !global.json {
         // One line, so a user starting it by hand sees what it does (logs are at warn by default).
         eprintln!(

@@ -26,8 +26,10 @@ pub struct Args {
 
 pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Result<()> {
     let mut only = args.library.clone();
+    let mut unconfigured = Vec::new();
     for path in &args.paths {
-        let name = add_folder(&mut config, path)?;
+        let (name, made) = add_folder(&mut config, path)?;
+        unconfigured.extend(made);
         if !args.paths.is_empty() && args.library.is_none() && args.paths.len() == 1 {
             only = Some(name);
         }
@@ -82,12 +84,17 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
             .collect();
         bail!("{}", reasons.join("; "));
     }
+    say_how_to_keep(&unconfigured);
     Ok(())
 }
 
 /// Adds a folder named on the command line as a library for this run, named after the folder,
-/// unless a configured library already has that root. Returns the library's name.
-pub(crate) fn add_folder(config: &mut Config, path: &std::path::Path) -> anyhow::Result<String> {
+/// unless a configured library already has that root. Returns the library's name, and its root
+/// when it was made for this run only.
+pub(crate) fn add_folder(
+    config: &mut Config,
+    path: &std::path::Path,
+) -> anyhow::Result<(String, Option<PathBuf>)> {
     let root = std::path::absolute(path).with_context(|| format!("folder {}", path.display()))?;
     // Compared in canonical form (symlinks resolved) when the folder exists; as spelled otherwise.
     let canonical = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
@@ -97,7 +104,7 @@ pub(crate) fn add_folder(config: &mut Config, path: &std::path::Path) -> anyhow:
         .iter()
         .find(|l| canonical(&l.path) == wanted)
     {
-        return Ok(existing.name.clone());
+        return Ok((existing.name.clone(), None));
     }
     // Named as the user spelled it (a symlink's own name), unless that is `..` or `/`.
     let named = if root.file_name().is_some() {
@@ -123,7 +130,7 @@ pub(crate) fn add_folder(config: &mut Config, path: &std::path::Path) -> anyhow:
     }
     let library = crate::config::LibraryConfig::new(
         name.clone(),
-        root,
+        root.clone(),
         crate::config::DEFAULT_INCLUDE
             .iter()
             .map(|g| (*g).to_owned())
@@ -134,5 +141,28 @@ pub(crate) fn add_folder(config: &mut Config, path: &std::path::Path) -> anyhow:
             .collect(),
     )?;
     config.libraries.push(library);
-    Ok(name)
+    Ok((name, Some(root)))
+}
+
+/// Says, once, how to keep a folder named on the command line: after the work, so that an
+/// error stays the one line on stderr.
+pub(crate) fn say_how_to_keep(roots: &[std::path::PathBuf]) {
+    for root in roots {
+        eprintln!(
+            "agent: {} is not a configured library, so it is a library for this run only; \
+             `agent library add {}` keeps it",
+            root.display(),
+            shell_word(&root.to_string_lossy())
+        );
+    }
+}
+
+/// `s` as one word for a POSIX shell: as it is when that is safe, else in single quotes.
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }

@@ -28,7 +28,7 @@ pub enum DaemonError {
     Scan(#[from] scan::ScanError),
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
-    #[error("no libraries configured: add a [[library]] to the config file, or name folders: `agent run PATH`")]
+    #[error("no libraries configured: `agent library add PATH` keeps one, or name folders: `agent run PATH`")]
     NoLibraries,
 }
 

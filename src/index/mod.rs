@@ -5,10 +5,13 @@
 //! - the watcher ([`watched`]): changed paths, looked at (a folder is walked whole) and compared
 //!   with what this device observed -> [`pipeline`].
 //!
+//! A library taken out of the configuration is left ([`leave`]): no longer observed here.
+//!
 //! The pipeline [`read`]s files on many threads (hash, mime, text, the racy-stat rule) and one
 //! writer [`commit`]s them: observed state, shared view, FTS and outbox in one transaction.
 
 mod commit;
+mod leave;
 mod pipeline;
 mod read;
 pub mod scan;
@@ -16,6 +19,7 @@ mod walk;
 mod watched;
 
 pub use commit::{commit, Change, Observation};
+pub use leave::{leave_library, Left};
 pub use read::{
     is_racy, read_file, read_file_at, read_file_with, FileStat, ReadError, ReadFile,
     UNTRUSTED_MTIME,

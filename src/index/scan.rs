@@ -24,7 +24,7 @@ pub enum ScanError {
     Store(#[from] store::StoreError),
     #[error("no library named {0:?} in the configuration")]
     UnknownLibrary(String),
-    #[error("no libraries configured: add a [[library]] to the config file, or name a folder: `agent scan PATH`")]
+    #[error("no libraries configured: `agent library add PATH` keeps one, or name a folder: `agent scan PATH`")]
     NoLibraries,
 }
 

@@ -82,7 +82,7 @@ impl Backoff {
     }
 
     /// The wait after one more failure.
-    pub fn next(&mut self) -> Duration {
+    pub fn after_failure(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let spread = self.draw();
         Backoff::delay(self.failures, spread)
@@ -167,7 +167,7 @@ impl Retry {
     /// A failure at `now`: the backoff grows.
     pub fn failed(&mut self, now: Instant) -> Failure {
         Failure {
-            wait: self.backoff.next(),
+            wait: self.backoff.after_failure(),
             first: self.say.failed(now),
         }
     }
@@ -229,7 +229,7 @@ mod tests {
         for seed in 0..200 {
             let mut backoff = Backoff::seeded(seed);
             for failures in 1..=12 {
-                let d = backoff.next();
+                let d = backoff.after_failure();
                 assert!(
                     d >= Backoff::delay(failures, 0.0) && d <= Backoff::delay(failures, 1.0),
                     "seed {seed}, failure {failures}: {d:?}"
@@ -240,8 +240,9 @@ mod tests {
 
     #[test]
     fn backoff_jitter_spreads_devices_that_fail_together() {
-        let firsts: std::collections::BTreeSet<Duration> =
-            (0..50).map(|seed| Backoff::seeded(seed).next()).collect();
+        let firsts: std::collections::BTreeSet<Duration> = (0..50)
+            .map(|seed| Backoff::seeded(seed).after_failure())
+            .collect();
         assert!(
             firsts.len() > 40,
             "50 devices, {} distinct waits",

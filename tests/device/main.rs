@@ -10,5 +10,6 @@ mod cli;
 mod config;
 mod disk_full;
 mod index;
+mod library;
 mod scan;
 mod watch;

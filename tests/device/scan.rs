@@ -1205,7 +1205,7 @@ fn library_option_with_an_unknown_name_is_an_error() {
 fn scan_without_libraries_or_folders_is_an_error_that_says_what_to_do() {
     let lab = Lab::new();
     let run = lab.agent(&["scan"]).failure();
-    run.assert_one_line_error(&["[[library]]", "agent scan PATH"]);
+    run.assert_one_line_error(&["agent library add PATH", "agent scan PATH"]);
 }
 
 #[test]

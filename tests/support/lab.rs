@@ -266,7 +266,8 @@ impl Lab {
         self.agent_raw_env(args, &[])
     }
 
-    fn agent_raw_env<S: AsRef<OsStr>>(&self, args: &[S], env: &[(&str, &str)]) -> Run {
+    /// [`Lab::agent_raw`] with these environment variables set.
+    pub fn agent_raw_env<S: AsRef<OsStr>>(&self, args: &[S], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
         cmd.args(args)
             .current_dir(self.root())

@@ -273,7 +273,10 @@ mod tests {
         assert_eq!(ingested.result.inserted_events, 1);
         assert_eq!(ingested.result.upserted_entities, 1);
         assert_eq!(ingested.new_ids, Some((0, 1)));
-        assert_eq!(*tx.appended.borrow(), [new.event.event_ulid.clone()]);
+        assert_eq!(
+            *tx.appended.borrow(),
+            std::slice::from_ref(&new.event.event_ulid)
+        );
         assert_eq!(tx.writes.borrow()[0].key, "n/y");
         assert_eq!(
             *tx.maxima.borrow(),

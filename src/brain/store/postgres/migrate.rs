@@ -148,8 +148,6 @@ pub(super) async fn apply_migration(
     Ok(())
 }
 
-/// LISTENs for commits of every instance and bumps `newest`. Reconnects with backoff; after a
-
 #[cfg(test)]
 mod tests {
     use super::*;
