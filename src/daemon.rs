@@ -7,6 +7,7 @@
 //! save the run [`state`]. A [`disk_full`] disk under the database pauses indexing rather than
 //! ending the run.
 
+mod config_file;
 mod disk_full;
 mod error;
 mod libraries;
@@ -27,6 +28,8 @@ use crate::store::Store;
 use crate::sync::agent::SyncAgent;
 use crate::watch::{self, Debouncer, FsSignal, FsWatcher};
 
+use config_file::{ConfigFile, LibraryChanges};
+pub use config_file::{Load, Reload};
 use disk_full::{DiskFull, DISK_FULL_RETRY};
 pub use error::DaemonError;
 use libraries::Watches;
@@ -44,12 +47,15 @@ const MAX_PATHS_PER_BATCH: usize = 2_000;
 pub struct RunOptions {
     /// How often a library that cannot be watched is rescanned.
     pub poll_interval: Duration,
+    /// The config file to follow: its libraries take effect as it changes.
+    pub reload: Option<Reload>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             poll_interval: POLL_INTERVAL,
+            reload: None,
         }
     }
 }
@@ -86,9 +92,8 @@ fn watch_and_index(
     }
     let _lock = RunLock::acquire(store.path())?;
     store.defer_sync()?;
-    let libs = Libraries::new(config, store.path());
     let (watcher, fs_rx) = FsWatcher::new()?;
-    let mut daemon = Daemon::start(config, store, &libs, watcher, options.poll_interval)?;
+    let mut daemon = Daemon::start(config, store, watcher, options)?;
     while let Some(signals) = daemon.wait(shutdown, &fs_rx) {
         daemon.step(signals)?;
     }
@@ -97,9 +102,10 @@ fn watch_and_index(
 
 /// The running agent: what its loop keeps between wake-ups.
 struct Daemon<'a> {
-    config: &'a Config,
+    config: Config,
     store: &'a mut Store,
-    libs: &'a Libraries,
+    libs: Libraries,
+    config_file: Option<ConfigFile>,
     db: PathBuf,
     watches: Watches,
     debouncer: Debouncer,
@@ -113,14 +119,13 @@ impl<'a> Daemon<'a> {
     /// Watches, then scans: a change made during the scan is then seen by one or the other.
     /// Then starts sync, which pushes what is queued (also from before this start).
     fn start(
-        config: &'a Config,
+        config: &Config,
         store: &'a mut Store,
-        libs: &'a Libraries,
         watcher: FsWatcher,
-        poll: Duration,
+        options: &RunOptions,
     ) -> Result<Daemon<'a>, DaemonError> {
         let mut state = RunState::starting();
-        let mut watches = Watches::new(watcher, poll, Instant::now());
+        let mut watches = Watches::new(watcher, options.poll_interval, Instant::now());
         watches.watch_all(config, &mut state);
         save_state(store, &mut state)?;
         let unavailable = reconcile(store, config, None)?;
@@ -133,10 +138,14 @@ impl<'a> Daemon<'a> {
         // The first poll comes a poll interval after the start-up scan, however long it took.
         watches.poll_from(now);
         Ok(Daemon {
-            config,
+            config: config.clone(),
+            libs: Libraries::new(config, store.path()),
+            config_file: options
+                .reload
+                .as_ref()
+                .map(|r| ConfigFile::new(r.path.clone(), r.load.clone(), now)),
             db: store.path().to_owned(),
             store,
-            libs,
             watches,
             debouncer: Debouncer::new(Duration::from_millis(config.watch.debounce_ms)),
             state,
@@ -155,6 +164,7 @@ impl<'a> Daemon<'a> {
             Some(self.watches.next_poll()),
             self.saver.wake_at(),
             self.full.wake_at(),
+            self.config_file.as_ref().map(ConfigFile::next_check),
         ]
         .into_iter()
         .flatten()
@@ -181,9 +191,10 @@ impl<'a> Daemon<'a> {
 
     /// One wake-up's work, in order.
     fn step(&mut self, mut signals: Signals) -> Result<(), DaemonError> {
+        self.follow_config(Instant::now())?;
         let over = self
             .watches
-            .over_limit(self.config, &signals.limit_hit, &mut self.state);
+            .over_limit(&self.config, &signals.limit_hit, &mut self.state);
         self.saver.changed(over);
         // A rescan the full disk held back, not news from the kernel.
         let retrying = !signals.rescan_all && self.full.take_rescan(Instant::now());
@@ -211,7 +222,7 @@ impl<'a> Daemon<'a> {
             let started = Instant::now();
             let debouncer = &self.debouncer;
             let pending = |path: &Path| debouncer.is_pending(path);
-            let indexed = index::index_paths_leaving(self.store, self.libs, &due, &pending)
+            let indexed = index::index_paths_leaving(self.store, &self.libs, &due, &pending)
                 .map_err(DaemonError::from);
             let Some(outcome) = self.full.check(&self.db, indexed)? else {
                 let retry = Instant::now() + DISK_FULL_RETRY;
@@ -234,9 +245,55 @@ impl<'a> Daemon<'a> {
         Ok(())
     }
 
+    /// When the config file changed and loads: stops watching the libraries it no longer names
+    /// (their pending paths are dropped with them), and watches and scans the ones it adds. A
+    /// library whose root or globs changed is both. The rest of the file takes a restart.
+    fn follow_config(&mut self, now: Instant) -> Result<(), DaemonError> {
+        let Some(new) = self.config_file.as_mut().and_then(|f| f.check(now)) else {
+            return Ok(());
+        };
+        let restart = config_file::needs_restart(&self.config, &new);
+        if !restart.is_empty() {
+            tracing::warn!(
+                "config changed in {}: restart `agent run` to apply that (libraries apply now)",
+                restart.join(", ")
+            );
+        }
+        let changes = LibraryChanges::between(&self.config.libraries, &new.libraries);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        for library in &changes.stopped {
+            self.watches.stop_watching(&library.path);
+            self.state.libraries.remove(&library.name);
+            self.debouncer.drop_under(&library.path);
+            // Not observed either (`agent library remove` did so too, but this agent may have
+            // indexed a change since): a library added back is read afresh. On a full disk the
+            // rows stay, and are only stale.
+            let left = index::leave_library(self.store, &library.name, false);
+            self.full.check(&self.db, left.map_err(DaemonError::from))?;
+            tracing::warn!(library = %library.name, "no longer in the config: not watched any more");
+        }
+        self.config.libraries = new.libraries;
+        self.libs = Libraries::new(&self.config, &self.db);
+        for name in &changes.started {
+            let Some(library) = self.config.library(name) else {
+                continue;
+            };
+            let mode = self.watches.watch_one(library);
+            self.state.set_mode(name, mode);
+            tracing::warn!(library = %name, root = %library.path.display(), "added from the config: watching it");
+        }
+        self.saver.changed(true);
+        for name in &changes.started {
+            self.rescan(Some(name))?;
+        }
+        Ok(())
+    }
+
     /// Rescans the polled libraries when their poll is due, watching each again if it can be.
     fn rescan_polled(&mut self, now: Instant) -> Result<(), DaemonError> {
-        let (due, changed) = self.watches.take_polled(now, self.config, &mut self.state);
+        let (due, changed) = self.watches.take_polled(now, &self.config, &mut self.state);
         self.saver.changed(changed);
         for name in &due {
             self.rescan(Some(name))?;
@@ -247,12 +304,12 @@ impl<'a> Daemon<'a> {
     /// Rescans one library, or all. Those refused because their root is unavailable are polled
     /// until it is back; on a full disk, a rescan of all is tried again later.
     fn rescan(&mut self, library: Option<&str>) -> Result<(), DaemonError> {
-        let rescanned = reconcile(self.store, self.config, library);
+        let rescanned = reconcile(self.store, &self.config, library);
         match self.full.check(&self.db, rescanned)? {
             Some(unavailable) => {
                 let changed = self
                     .watches
-                    .unavailable(self.config, &unavailable, &mut self.state);
+                    .unavailable(&self.config, &unavailable, &mut self.state);
                 self.saver.changed(changed);
                 self.changed();
             }
@@ -287,7 +344,7 @@ impl<'a> Daemon<'a> {
         let pending = self.debouncer.take_all();
         for chunk in pending.chunks(MAX_PATHS_PER_BATCH) {
             let started = Instant::now();
-            let outcome = index::index_paths(self.store, self.libs, chunk)?;
+            let outcome = index::index_paths(self.store, &self.libs, chunk)?;
             self.state.note_indexed(&outcome, started);
         }
         if let Some(sync) = self.sync.take() {

@@ -290,6 +290,12 @@ impl Debouncer {
         due
     }
 
+    /// Forgets the pending paths under `root` (a library no longer watched); their queue entries
+    /// go stale and are dropped as they come to the front.
+    pub fn drop_under(&mut self, root: &std::path::Path) {
+        self.latest.retain(|path, _| !path.starts_with(root));
+    }
+
     /// Everything pending, due or not (at shutdown).
     pub fn take_all(&mut self) -> Vec<PathBuf> {
         self.open.clear();

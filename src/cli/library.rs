@@ -145,7 +145,7 @@ fn run_add(
         root.display(),
         path.display()
     );
-    println!("`agent scan --library {name}` indexes it now; a running `agent run` watches it once restarted");
+    println!("a running `agent run` watches it within a few seconds; `agent scan --library {name}` indexes it now");
     Ok(())
 }
 
@@ -239,7 +239,7 @@ fn run_remove(
             left.unobserved
         );
     }
-    println!("a running `agent run` stops watching it once restarted");
+    println!("a running `agent run` stops watching it within a few seconds");
     Ok(())
 }
 

@@ -61,12 +61,29 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
         );
     }
 
-    let state = daemon::run(
-        &config,
-        &mut store,
-        &stop_rx,
-        &daemon::RunOptions::default(),
-    )?;
+    // The config file is followed: `agent library add` and `remove` apply without a restart.
+    // Folders named here stay libraries of this run whatever the file says.
+    let overrides = crate::config::Overrides {
+        config_path: global.config.clone(),
+        db_path: global.db.clone(),
+    };
+    let reload = crate::config::file_path(&overrides, &crate::config::process_env)?.map(|path| {
+        let folders = args.paths.clone();
+        let load: daemon::Load = std::sync::Arc::new(move || {
+            let mut config =
+                Config::load(&overrides, &crate::config::process_env).map_err(|e| e.to_string())?;
+            for folder in &folders {
+                super::scan::add_folder(&mut config, folder).map_err(|e| format!("{e:#}"))?;
+            }
+            Ok(config)
+        });
+        daemon::Reload { path, load }
+    });
+    let options = daemon::RunOptions {
+        reload,
+        ..daemon::RunOptions::default()
+    };
+    let state = daemon::run(&config, &mut store, &stop_rx, &options)?;
     handle.close();
     if global.json {
         super::print_json(&json!({ "ok": true, "changes_indexed": state.changes_indexed }))?;

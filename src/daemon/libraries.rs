@@ -36,6 +36,16 @@ impl Watches {
         changed
     }
 
+    /// Watches one library (one the config file just added), or says why it is polled.
+    pub fn watch_one(&mut self, library: &crate::config::LibraryConfig) -> LibraryMode {
+        self.start_watching(&library.path, &library.name)
+    }
+
+    /// Stops watching a root (a library the config file no longer names).
+    pub fn stop_watching(&mut self, root: &Path) {
+        self.watcher.unwatch(root);
+    }
+
     /// True (once) when the watcher dropped events because its queue was full.
     pub fn take_overflow(&self) -> bool {
         self.watcher.take_overflow()

@@ -262,3 +262,105 @@ fn agent_run_with_a_folder_that_does_not_exist_fails_at_start() {
         .failure()
         .assert_one_line_error(&["nowhere"]);
 }
+
+/// `agent run` on the lab, its output in a log file; killed when dropped.
+struct Running {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Running {
+    fn start(lab: &Lab) -> Running {
+        let log = lab.path("run.log");
+        let mut cmd = crate::support::process::agent(Some(&log));
+        cmd.arg("--db")
+            .arg(&lab.db)
+            .arg("--config")
+            .arg(&lab.config)
+            .arg("run")
+            .current_dir(lab.root());
+        let running = Running {
+            child: cmd.spawn().expect("start agent run"),
+            log,
+        };
+        running.wait("the agent watches", || {
+            std::fs::read_to_string(&running.log).is_ok_and(|l| l.contains("watching"))
+        });
+        running
+    }
+
+    #[track_caller]
+    fn wait(&self, what: &str, done: impl FnMut() -> bool) {
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::support::wait::wait_until(what, crate::support::wait::PATIENCE, done)
+        }));
+        if waited.is_err() {
+            panic!(
+                "{what}: not within {:?}; the agent said:\n{}",
+                crate::support::wait::PATIENCE,
+                crate::support::process::log_tail(&self.log, 30)
+            );
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn live(lab: &Lab) -> Vec<String> {
+    if !lab.db.exists() {
+        return Vec::new();
+    }
+    lab.db().live_paths()
+}
+
+#[test]
+fn a_running_agent_follows_library_add_and_remove_without_a_restart() {
+    let lab = notes_lab("[[library]]\nname = \"notes\"\npath = \"{root}/notes\"\n");
+    lab.write("papers/old.txt", "there before the add");
+    let agent = Running::start(&lab);
+    agent.wait("the start-up scan", || live(&lab).len() == 2);
+
+    lab.agent(&["library", "add", "papers"]).success();
+    agent.wait("the added library is scanned", || {
+        live(&lab).contains(&"papers/old.txt".to_owned())
+    });
+    lab.write("papers/new.txt", "written after the add");
+    agent.wait("the added library is watched", || {
+        live(&lab).contains(&"papers/new.txt".to_owned())
+    });
+
+    lab.agent(&["library", "remove", "papers"]).success();
+    // Once the agent has let the library go, it says so; a file written after that stays out.
+    agent.wait("the removed library is let go", || {
+        std::fs::read_to_string(&agent.log).is_ok_and(|l| l.contains("not watched any more"))
+    });
+    lab.write("papers/later.txt", "written after the remove");
+    lab.write("notes/c.md", "still watched");
+    agent.wait("the library still configured is watched", || {
+        live(&lab).contains(&"notes/c.md".to_owned())
+    });
+    assert!(
+        !live(&lab).contains(&"papers/later.txt".to_owned()),
+        "a removed library is not watched"
+    );
+}
+
+#[test]
+fn a_running_agent_keeps_its_libraries_when_the_config_file_stops_loading() {
+    let lab = notes_lab("[[library]]\nname = \"notes\"\npath = \"{root}/notes\"\n");
+    let agent = Running::start(&lab);
+    agent.wait("the start-up scan", || live(&lab).len() == 2);
+    std::fs::write(&lab.config, "[[library]]\nname = \"notes\"\n").expect("break the file");
+    agent.wait("the broken file is said", || {
+        std::fs::read_to_string(&agent.log).is_ok_and(|l| l.contains("until the file is fixed"))
+    });
+    lab.write("notes/c.md", "still watched");
+    agent.wait("the library is still watched", || {
+        live(&lab).contains(&"notes/c.md".to_owned())
+    });
+}

@@ -69,6 +69,7 @@ impl Agent {
             let mut store = Store::open(&config.store.path).map_err(|e| e.to_string())?;
             let options = daemon::RunOptions {
                 poll_interval: Duration::from_millis(300),
+                ..daemon::RunOptions::default()
             };
             daemon::run(&config, &mut store, &rx, &options).map_err(|e| e.to_string())
         }));
