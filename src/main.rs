@@ -10,11 +10,17 @@ use lib_agent::cli::{self, Cli};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
+    let json = cli.global.json;
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let line = one_line(&e);
             // An error may quote what a file or the brain sent: escaped for the terminal.
-            eprintln!("agent: error: {}", lib_agent::term::escape(&one_line(&e)));
+            eprintln!("agent: error: {}", lib_agent::term::escape(&line));
+            // A script reading stdout gets a document too.
+            if json && !cli::printed_json() {
+                println!("{}", serde_json::json!({ "ok": false, "error": line }));
+            }
             ExitCode::FAILURE
         }
     }
@@ -53,6 +59,7 @@ fn one_line(e: &anyhow::Error) -> String {
             || cause.is::<lib_agent::config::ConfigError>()
             || cause.is::<lib_agent::index::scan::ScanError>()
             || cause.is::<lib_agent::filter::FilterError>()
+            || cause.is::<lib_agent::config::edit::EditError>()
             || cause.is::<lib_agent::daemon::DaemonError>();
         if ours {
             break;

@@ -6,6 +6,20 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+/// `one` or `many`, as `n` asks.
+pub fn plural<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+/// `n` and its noun: "1 file", "3 files".
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", plural(n, one, many))
+}
+
 /// Whether a character is escaped: C0 controls (tab and newline too: one field stays on one
 /// line), DEL, C1 controls, and the Unicode bidirectional formatting characters.
 fn needs_escape(c: char) -> bool {

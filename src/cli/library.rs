@@ -226,7 +226,7 @@ fn run_remove(
         }));
     }
     println!("removed library {name} from {}", path.display());
-    let files = crate::index::scan::plural(left.unobserved as usize, "file", "files");
+    let files = crate::term::plural(left.unobserved, "file", "files");
     if args.forget {
         println!(
             "recorded the deletion of {} of its {} {files}, for every device",

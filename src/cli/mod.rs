@@ -85,8 +85,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Set once a command has printed its JSON document, which then says how it ended.
+static PRINTED_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Prints a value as one JSON document on stdout.
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
+    PRINTED_JSON.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
+}
+
+/// Whether the command printed a JSON document (with `--json`, an error that ends it after that,
+/// such as a scan with a refused library, is in the document already: stdout holds one).
+pub fn printed_json() -> bool {
+    PRINTED_JSON.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -52,7 +52,7 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
         eprintln!(
             "agent: watching {} {} into {}; {}; Ctrl-C stops",
             config.libraries.len(),
-            crate::index::scan::plural(config.libraries.len(), "library", "libraries"),
+            crate::term::plural(config.libraries.len() as u64, "library", "libraries"),
             store.path().display(),
             match &config.sync.brain_url {
                 Some(url) => format!("syncing with {url} ({})", config.sync.realtime.as_str()),

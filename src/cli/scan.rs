@@ -72,7 +72,7 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
         let n = summary.libraries.len();
         println!(
             "scanned {n} {} in {:.2} s",
-            scan::plural(n, "library", "libraries"),
+            crate::term::plural(n as u64, "library", "libraries"),
             summary.seconds
         );
     }

@@ -10,7 +10,7 @@ use crate::term::escape;
 /// Search file names and text of every indexed file (all words must match; the last may be a prefix)
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Words to look for
+    /// Words to look for; a query that starts with '-' goes after `--`: `agent search -- -x`
     #[arg(required = true, num_args = 1..)]
     pub query: Vec<String>,
     /// At most this many results

@@ -186,11 +186,11 @@ fn print_text(status: &Status) {
     print_brain(status);
     let counts = &status.counts;
     println!(
-        "files      {} live ({:.1} MB), {} deleted, {} conflicts",
+        "files      {} live ({:.1} MB), {} deleted, {}",
         counts.files,
         counts.bytes as f64 / 1e6,
         counts.deleted,
-        counts.conflicts
+        crate::term::count(counts.conflicts as u64, "conflict", "conflicts")
     );
     println!(
         "outbox     {} waiting to be pushed, {} in all",
@@ -242,8 +242,8 @@ fn print_parked(parked: &[Parked]) {
         return;
     }
     println!(
-        "parked     {} events the brain refused (not retried):",
-        parked.len()
+        "parked     {} the brain refused (not retried):",
+        crate::term::count(parked.len() as u64, "event", "events")
     );
     for p in parked {
         println!(
@@ -301,11 +301,15 @@ fn print_libraries(libraries: &[LibraryStatus]) {
                     ""
                 };
                 println!(
-                    "library    {name}  {}  {files} files{state}",
-                    escape(&path.display().to_string())
+                    "library    {name}  {}  {}{state}",
+                    escape(&path.display().to_string()),
+                    crate::term::count(files as u64, "file", "files")
                 );
             }
-            _ => println!("library    {name}  (not in the config)  {files} files"),
+            _ => println!(
+                "library    {name}  (not in the config)  {}",
+                crate::term::count(files as u64, "file", "files")
+            ),
         }
     }
 }
@@ -320,10 +324,10 @@ fn print_agent(agent: &AgentStatus) {
                 .filter(|m| matches!(m, LibraryMode::Watching))
                 .count();
             println!(
-                "agent      running (pid {}), watching {watching} of {} libraries, {} changes waiting, last change {}",
+                "agent      running (pid {}), watching {watching} of {}, {} waiting, last change {}",
                 run.pid,
-                run.libraries.len(),
-                run.backlog,
+                crate::term::count(run.libraries.len() as u64, "library", "libraries"),
+                crate::term::count(run.backlog as u64, "change", "changes"),
                 run.last_change_at.as_deref().unwrap_or("none yet")
             );
             for (name, mode) in &run.libraries {

@@ -70,8 +70,8 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     }
     if let Some(p) = &pushed {
         println!(
-            "pushed {} events ({} new to the brain){}",
-            p.pushed,
+            "pushed {} ({} new to the brain){}",
+            crate::term::count(p.pushed, "event", "events"),
             p.result.inserted_events,
             if p.parked > 0 {
                 format!("; {} refused and parked (see `agent status`)", p.parked)
@@ -82,8 +82,8 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     }
     if let Some(p) = &pulled {
         println!(
-            "pulled {} events, applied {}; cursor {}{}",
-            p.pulled,
+            "pulled {}, applied {}; cursor {}{}",
+            crate::term::count(p.pulled, "event", "events"),
             p.applied,
             p.new_after_id,
             if p.refused > 0 {

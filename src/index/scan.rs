@@ -203,17 +203,17 @@ fn scan_library(
     }
     if !library.path.is_dir() {
         let reason = format!(
-            "root {} disappeared during the scan; {} files not marked deleted",
+            "root {} disappeared during the scan; {} not marked deleted",
             library.path.display(),
-            unseen.len()
+            crate::term::count(unseen.len() as u64, "file", "files")
         );
         return Ok(refuse(summary, reason));
     }
     if let Some(error) = &walked.root_error {
         let reason = format!(
-            "root {} cannot be read ({error}); {} indexed files not marked deleted",
+            "root {} cannot be read ({error}); {} not marked deleted",
             library.path.display(),
-            unseen.len()
+            crate::term::count(unseen.len() as u64, "indexed file", "indexed files")
         );
         return Ok(refuse(summary, reason));
     }
@@ -223,7 +223,7 @@ fn scan_library(
              deleted (if you really emptied it, run `agent scan --allow-empty --library {}`)",
             library.path.display(),
             unseen.len(),
-            plural(unseen.len(), "file", "files"),
+            crate::term::plural(unseen.len() as u64, "file", "files"),
             library.name
         );
         return Ok(refuse(summary, reason));
@@ -251,14 +251,6 @@ fn scan_library(
 fn obs_key(o: &Observation) -> &str {
     match o {
         Observation::Present { key, .. } | Observation::Gone { key } => key,
-    }
-}
-
-pub fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
-    if n == 1 {
-        one
-    } else {
-        many
     }
 }
 

@@ -331,7 +331,7 @@ fn search_without_a_database_says_to_run_init_or_scan_and_creates_nothing() {
     ] {
         let run = lab.agent(args).failure();
         run.assert_one_line_error(&[lab.db.to_str().expect("utf-8"), "agent init", "agent scan"]);
-        assert!(run.stdout.is_empty(), "{args:?}: {:?}", run.stdout);
+        run.assert_stdout_of_a_failure();
         assert_eq!(listing(lab.root()), before, "{args:?} left a file behind");
     }
 }
@@ -493,7 +493,8 @@ const EVERY_COMMAND: &[&[&str]] = &[
 ];
 
 /// Every command, given this config file, fails with one line on stderr naming the file and
-/// `parts` (the key, the line), prints nothing on stdout, and creates no database.
+/// `parts` (the key, the line), prints nothing on stdout (with `--json`, the error as a JSON
+/// document), and creates no database.
 #[track_caller]
 fn assert_bad_config(text: &str, parts: &[&str]) {
     let lab = Lab::new();
@@ -511,7 +512,7 @@ fn assert_bad_config(text: &str, parts: &[&str]) {
             args.join(" "),
             run.stderr
         );
-        assert!(run.stdout.is_empty(), "{:?}", run.stdout);
+        run.assert_stdout_of_a_failure();
         assert!(
             !lab.db.exists(),
             "`agent {}` created the database",
@@ -1063,7 +1064,10 @@ fn status_shows_the_brain_reachability_backlog_parked_event_cursor_and_last_push
         "{sync_line}"
     );
     assert!(line(&text, "outbox").contains("1 waiting"), "{text}");
-    assert!(line(&text, "parked").contains("1 events"), "{text}");
+    assert!(
+        line(&text, "parked").contains("1 event the brain refused"),
+        "{text}"
+    );
     assert!(
         text.lines()
             .any(|l| l.contains("notes/good.md") && l.contains("sha256")),
@@ -1086,4 +1090,42 @@ fn status_shows_the_brain_reachability_backlog_parked_event_cursor_and_last_push
         text.contains("last error: push: cannot reach the brain"),
         "{text}"
     );
+}
+
+#[test]
+fn with_json_an_error_is_also_one_document_on_stdout() {
+    let lab = Lab::new();
+    let run = lab
+        .agent(&["--json", "scan", "--library", "nope"])
+        .failure();
+    run.assert_one_line_error(&["nope"]);
+    run.assert_stdout_of_a_failure();
+    assert!(run.json()["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("nope")));
+}
+
+#[test]
+fn a_scan_with_a_refused_library_prints_its_own_summary_only() {
+    // The summary says `"ok": false` itself: one document on stdout, not two.
+    let lab = Lab::with_config("[[library]]\nname = \"gone\"\npath = \"{root}/gone\"\n");
+    let run = lab.agent(&["--json", "scan"]).failure();
+    let doc = run.json();
+    assert_eq!(doc["ok"], false);
+    assert!(doc["libraries"].is_array(), "the scan's summary: {doc}");
+}
+
+#[test]
+fn counts_of_one_are_singular() {
+    let lab = Lab::with_config("[[library]]\nname = \"notes\"\npath = \"{root}/notes\"\n");
+    lab.write("notes/a.md", "alpha");
+    lab.scan(&[]);
+    let status = lab.agent(&["status"]).success();
+    assert!(status.stdout.contains("notes  "), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("1 file\n") || status.stdout.contains("1 file "),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("0 conflicts"), "{}", status.stdout);
 }

@@ -129,6 +129,26 @@ impl Run {
         }
     }
 
+    /// Asserts what a failed run printed on stdout: nothing, or with `--json` one document
+    /// `{"ok": false, "error": ...}` whose error is stderr's.
+    #[track_caller]
+    pub fn assert_stdout_of_a_failure(&self) {
+        if !self.args.iter().any(|a| a == "--json") {
+            assert!(self.stdout.is_empty(), "{:?}: {:?}", self.args, self.stdout);
+            return;
+        }
+        let doc = self.json();
+        assert_eq!(doc["ok"], false, "{:?}: {doc}", self.args);
+        let error = doc["error"].as_str().expect("error is a string");
+        assert!(
+            self.stderr.contains(error),
+            "{:?}: stdout's error {error:?} is not stderr's {:?}",
+            self.args,
+            self.stderr
+        );
+        assert_eq!(doc.as_object().map(|o| o.len()), Some(2), "{doc}");
+    }
+
     /// Asserts that some `agent: error:` line of stderr contains every part, and returns it.
     #[track_caller]
     pub fn error_line(&self, parts: &[&str]) -> String {
