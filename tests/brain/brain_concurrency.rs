@@ -73,6 +73,7 @@ impl BrainProcess {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_brains_eight_writers_two_long_polling_readers_see_every_event_once_in_order() {
+    require_postgres!();
     let fixture = Fixture::postgres().await; // creates the schema, drops it at the end
     let AnyStore::Postgres(store) = &fixture.store else {
         unreachable!()

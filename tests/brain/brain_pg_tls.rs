@@ -205,6 +205,7 @@ async fn ingest_and_pull(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslmode_require_through_a_tls_proxy_ingests_and_pulls() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         let proxy = PgProxy::start(Answer::Tls).await;
         ingest_and_pull(&proxy.url("127.0.0.1", "sslmode=require")).await;
@@ -223,6 +224,7 @@ async fn sslmode_require_through_a_tls_proxy_ingests_and_pulls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_with_the_fixture_ca_works_and_without_it_names_the_certificate_problem() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         let proxy = PgProxy::start(Answer::Tls).await;
         let ca = root_cert();
@@ -277,6 +279,7 @@ async fn verify_full_with_the_fixture_ca_works_and_without_it_names_the_certific
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslmode_require_against_a_server_that_refuses_tls_fails_clearly() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         let refusing = PgProxy::start(Answer::RefuseTls).await;
         let err = refused(&refusing.url("127.0.0.1", "sslmode=require")).await;
@@ -316,6 +319,7 @@ async fn sslmode_require_against_a_server_that_refuses_tls_fails_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefer_uses_tls_when_offered_and_disable_never_asks() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         let proxy = PgProxy::start(Answer::Tls).await;
         ingest_and_pull(&proxy.url("127.0.0.1", "connect_timeout=5")).await;
@@ -342,6 +346,7 @@ async fn prefer_uses_tls_when_offered_and_disable_never_asks() {
 /// with a real PostgreSQL: `pg_stat_ssl` says so for the brain's own sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslmode_require_to_the_real_server_is_tls_when_it_offers_it() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         let schema = TestSchema::new();
         let admin = schema.admin().await;
@@ -376,6 +381,7 @@ async fn sslmode_require_to_the_real_server_is_tls_when_it_offers_it() {
 /// line that names the problem and never the password.
 #[test]
 fn the_binary_reports_a_certificate_problem_in_one_line_without_the_password() {
+    require_postgres!();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

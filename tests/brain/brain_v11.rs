@@ -114,6 +114,7 @@ async fn adopted_brain() -> (Fixture, Brain) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adoption_keeps_every_valid_event_with_its_id_and_reports_the_invalid_ones() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         let schema = v11_schema().await;
         let store = schema.open().await.expect("adopted");
@@ -220,6 +221,7 @@ async fn adoption_keeps_every_valid_event_with_its_id_and_reports_the_invalid_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v11_devices_cursor_pulls_exactly_the_events_after_it() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         let (_fixture, brain) = adopted_brain().await;
         // Cursors a LIB v1.1 device may hold: any id it pulled, the rejected ones included.
@@ -244,6 +246,7 @@ async fn a_v11_devices_cursor_pulls_exactly_the_events_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopted_entities_equal_a_fresh_brain_fed_the_same_events() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         let (_fixture, adopted) = adopted_brain().await;
         let fresh = Fixture::postgres().await;
@@ -337,6 +340,7 @@ async fn conflicts(brain: &Brain) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adoption_is_done_once_and_a_second_start_changes_nothing() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         let schema = v11_schema().await;
         let first = schema.open().await.expect("adopted");
@@ -384,6 +388,7 @@ async fn adoption_is_done_once_and_a_second_start_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_migration_table_left_by_an_older_brain_does_not_stop_the_adoption() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         // What a brain before the adoption left: its first migration failed on LIB v1.1's
         // tables after the (autocommitted) migration table was created.
@@ -403,6 +408,7 @@ async fn an_empty_migration_table_left_by_an_older_brain_does_not_stop_the_adopt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_missing_a_required_column_is_refused_in_one_line_and_left_as_it_was() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         for (table, column) in [
             ("events", "entity_key"),
@@ -439,6 +445,7 @@ async fn a_schema_missing_a_required_column_is_refused_in_one_line_and_left_as_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_migration_file_applied_by_hand_to_a_v11_schema_points_to_the_adoption() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         // As `supabase db push` would run migrations/brain/postgres/0001_lib_shared.sql.
         let schema = v11_schema().await;
@@ -479,6 +486,7 @@ async fn the_migration_file_applied_by_hand_to_a_v11_schema_points_to_the_adopti
 /// opens as fully migrated, nothing applied or recorded again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_migrated_from_the_old_migrations_folder_opens_as_it_is() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         let schema = TestSchema::new();
         // What the old brain recorded, spelled out here rather than read from today's files.
@@ -606,6 +614,7 @@ fn moved_aside(inventory: &BTreeMap<String, i64>) -> Vec<&String> {
 /// (tables moved aside as `*_v11`, data copied). A schema made by our own files is ours.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_files_applied_by_hand_before_the_first_start_are_not_taken_for_v11() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         let schema = TestSchema::new();
         apply_by_hand(&schema).await;
@@ -663,6 +672,7 @@ async fn migration_files_applied_by_hand_before_the_first_start_are_not_taken_fo
 /// project's migration history catching up): nothing changes, and the next start adopts nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_files_applied_by_hand_after_the_brain_change_nothing() {
+    require_postgres!();
     tokio::time::timeout(TEST_LIMIT, async {
         let schema = TestSchema::new();
         let store = schema.open().await.expect("creates the schema");
@@ -693,6 +703,7 @@ async fn migration_files_applied_by_hand_after_the_brain_change_nothing() {
 /// line on stderr; a broken schema stops it with one line and exit status 1.
 #[test]
 fn the_binary_says_in_one_line_what_it_moved() {
+    require_postgres!();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

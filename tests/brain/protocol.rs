@@ -910,6 +910,7 @@ async fn concurrent_ingests_lose_nothing(f: Fixture) {
 /// requests in flight, which get 503 and store nothing; the brain reconnects by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_the_brain_recovers_when_its_database_connections_drop() {
+    require_postgres!();
     let f = Fixture::postgres().await;
     let AnyStore::Postgres(store) = &f.store else {
         unreachable!()
@@ -968,6 +969,7 @@ async fn postgres_the_brain_recovers_when_its_database_connections_drop() {
 /// Two brain instances on one database: a long-poll on one wakes when the other commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_long_poll_wakes_when_another_brain_instance_commits() {
+    require_postgres!();
     let f = Fixture::postgres().await;
     let run = async {
         let one = std::sync::Arc::new(f.serve().await);
@@ -1074,6 +1076,7 @@ async fn sqlite_every_arrival_order_converges_to_the_same_entities() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_every_arrival_order_converges_to_the_same_entities() {
+    require_postgres!();
     let run = every_arrival_order_converges_to_the_same_entities(|| Box::pin(Fixture::postgres()));
     tokio::time::timeout(TEST_LIMIT, run)
         .await
@@ -1190,6 +1193,7 @@ async fn sqlite_a_brain_database_of_schema_1_migrates_in_place_with_its_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_brain_database_of_schema_1_migrates_in_place_with_its_data() {
+    require_postgres!();
     let run = async {
         let schema = TestSchema::new();
         schema

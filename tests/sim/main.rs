@@ -181,6 +181,7 @@ fn seeds_converge_odd() {
 /// fewer, since each costs a schema and its migration.
 #[test]
 fn postgres_seeds_converge() {
+    require_postgres!();
     if let Some(seed) = replay() {
         eprintln!("{:?}", run(seed, true, StoreKind::Postgres));
         return;

@@ -151,13 +151,73 @@ impl Fixture {
     }
 }
 
+/// Where the tests look for PostgreSQL when `LIB_TEST_DATABASE_URL` is unset (the server of
+/// this project's CI machines, trust auth).
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The PostgreSQL server of the tests: `LIB_TEST_DATABASE_URL`, else [`DEFAULT_PG_URL`] when a
+/// server answers there; `None` when there is neither. Decided once per test binary.
+fn pg_server() -> Option<&'static str> {
+    static SERVER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            if let Ok(url) = std::env::var("LIB_TEST_DATABASE_URL") {
+                return Some(url);
+            }
+            let addr: std::net::SocketAddr = "127.0.0.1:5432".parse().ok()?;
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1))
+                .ok()
+                .map(|_| DEFAULT_PG_URL.to_owned())
+        })
+        .as_deref()
+}
+
+/// Whether a PostgreSQL test can run. When it cannot, it says on stderr that `test` is skipped
+/// and why, and the test returns; with `LIB_TEST_REQUIRE_PG=1` (set by `.ci/run`) it fails
+/// instead, so CI never passes without having run them.
+#[track_caller]
+pub fn pg_available(test: &str) -> bool {
+    if pg_server().is_some() {
+        return true;
+    }
+    // libtest names each test's thread after the test, which says more than a module path.
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or(test);
+    assert!(
+        std::env::var("LIB_TEST_REQUIRE_PG").as_deref() != Ok("1"),
+        "{test}: LIB_TEST_REQUIRE_PG=1 and no PostgreSQL: LIB_TEST_DATABASE_URL is unset and \
+         nothing answers at 127.0.0.1:5432"
+    );
+    eprintln!(
+        "SKIPPED {test}: no PostgreSQL (set LIB_TEST_DATABASE_URL, or run a server at \
+         127.0.0.1:5432); LIB_TEST_REQUIRE_PG=1 makes this a failure"
+    );
+    false
+}
+
+/// Returns from the test, saying so, when there is no PostgreSQL to run it on.
+#[allow(unused_macros)]
+macro_rules! require_postgres {
+    () => {
+        if !$crate::support::brain::pg_available(module_path!()) {
+            return;
+        }
+    };
+    ($name:expr) => {
+        if !$crate::support::brain::pg_available(&format!("{}::{}", module_path!(), $name)) {
+            return;
+        }
+    };
+}
+
+/// The URL of the tests' PostgreSQL server; a test calls [`require_postgres!`] first.
 pub fn pg_url() -> String {
-    std::env::var("LIB_TEST_DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "LIB_TEST_DATABASE_URL is not set: PostgreSQL tests need a server \
-             (e.g. postgres://postgres@127.0.0.1:5432/test; .ci/run sets it)"
-        )
-    })
+    match pg_server() {
+        Some(url) => url.to_owned(),
+        None => {
+            panic!("no PostgreSQL server: the test should have started with require_postgres!()")
+        }
+    }
 }
 
 /// A fresh schema name for one test.
@@ -605,6 +665,7 @@ macro_rules! suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
+                    require_postgres!(stringify!($name));
                     let fixture = Fixture::postgres().await;
                     tokio::time::timeout(TEST_LIMIT, super::$name(fixture)).await.expect("test timed out");
                 }
