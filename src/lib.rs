@@ -13,6 +13,7 @@ pub mod http_server;
 pub mod index;
 pub mod model;
 pub mod private;
+pub mod service;
 pub mod store;
 pub mod sync;
 pub mod term;

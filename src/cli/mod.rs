@@ -9,6 +9,7 @@ mod library;
 mod run;
 mod scan;
 mod search;
+mod service;
 mod status;
 mod sync;
 
@@ -54,6 +55,7 @@ pub enum Command {
     Sync(sync::Args),
     Conflicts(conflicts::Args),
     Library(library::Args),
+    Service(service::Args),
     Brain(brain::Args),
 }
 
@@ -81,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Conflicts(args) => conflicts::run(args, global, &load()?),
         // It may create the config file, so it loads it itself.
         Command::Library(args) => library::run(args, global),
+        Command::Service(args) => service::run(args, global),
         Command::Brain(args) => brain::run(args, global, &load()?),
     }
 }

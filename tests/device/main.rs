@@ -12,4 +12,5 @@ mod disk_full;
 mod index;
 mod library;
 mod scan;
+mod service;
 mod watch;
