@@ -4,6 +4,7 @@ pub mod brain;
 mod brain_store;
 mod conflicts;
 mod device;
+mod doctor;
 mod init;
 mod library;
 mod run;
@@ -54,6 +55,7 @@ pub enum Command {
     Status(status::Args),
     Sync(sync::Args),
     Conflicts(conflicts::Args),
+    Doctor(doctor::Args),
     Library(library::Args),
     Service(service::Args),
     Brain(brain::Args),
@@ -82,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync(args) => sync::run(args, global, &load()?),
         Command::Conflicts(args) => conflicts::run(args, global, &load()?),
         // It may create the config file, so it loads it itself.
+        Command::Doctor(args) => doctor::run(args, global),
         Command::Library(args) => library::run(args, global),
         Command::Service(args) => service::run(args, global),
         Command::Brain(args) => brain::run(args, global, &load()?),

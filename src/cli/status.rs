@@ -368,7 +368,7 @@ fn print_last_scan(last_run: Option<&RunRow>) {
 
 /// A warning when the database or its `-wal`/`-shm` can be read by its group or others: they
 /// hold the text of the user's files. It says the `chmod` that fixes it.
-fn exposure_warnings(db: &std::path::Path) -> Vec<String> {
+pub(super) fn exposure_warnings(db: &std::path::Path) -> Vec<String> {
     let mut exposed = Vec::new();
     for suffix in ["", "-wal", "-shm"] {
         let mut path = db.as_os_str().to_owned();

@@ -281,6 +281,15 @@ impl BrainClient {
         route: &'static str,
         request: reqwest::blocking::RequestBuilder,
     ) -> Result<T, ClientError> {
+        self.send_dated(route, request).map(|(answer, _)| answer)
+    }
+
+    /// [`BrainClient::send`], with the brain's clock from the answer's `Date` header.
+    fn send_dated<T: DeserializeOwned>(
+        &self,
+        route: &'static str,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> Result<(T, Option<std::time::SystemTime>), ClientError> {
         let network = |e: reqwest::Error| match tls::certificate_error(&e) {
             Some(reason) => ClientError::Certificate {
                 url: self.base.clone(),
@@ -293,6 +302,11 @@ impl BrainClient {
         };
         let response = request.send().map_err(network)?;
         let status = response.status();
+        let date = response
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
         if status.is_redirection() {
             let location = response
                 .headers()
@@ -341,10 +355,20 @@ impl BrainClient {
                 message,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
+        let answer = serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
             route,
             reason: e.to_string(),
-        })
+        })?;
+        Ok((answer, date))
+    }
+
+    /// An authenticated request that reads nothing (a pull after the last possible id): whether
+    /// the brain answers and takes the credential, and its clock (`agent doctor`).
+    pub fn probe(&self) -> Result<Option<std::time::SystemTime>, ClientError> {
+        let path = format!("/pull?after_id={}&limit=1", i64::MAX);
+        let request = self.request(reqwest::Method::GET, &path, Duration::from_secs(10));
+        self.send_dated::<PullResponse>("/pull", request)
+            .map(|(_, date)| date)
     }
 
     /// `POST /ingest`. The body is serialised here once; callers bound it by count and bytes.

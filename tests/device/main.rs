@@ -9,6 +9,7 @@ mod support;
 mod cli;
 mod config;
 mod disk_full;
+mod doctor;
 mod index;
 mod library;
 mod scan;

@@ -1,0 +1,425 @@
+//! `agent doctor`: checks a setup and says what is wrong and what to do. Each check is `ok`,
+//! `warn` (works, but worth a look) or `fail` (something does not work); any failure makes
+//! the exit status 1.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::GlobalArgs;
+use crate::config::{self, Config, Overrides};
+use crate::store::Store;
+use crate::sync::client::{BrainClient, ClientError};
+use crate::term::{count, escape};
+
+/// Check the setup (config, database, libraries, watches, agent, brain) and say what to fix
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: String,
+    status: Level,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
+#[derive(Default)]
+struct Report {
+    checks: Vec<Check>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, status: Level, detail: String, fix: Option<String>) {
+        self.checks.push(Check {
+            name: name.to_owned(),
+            status,
+            detail,
+            fix,
+        });
+    }
+    fn ok(&mut self, name: &str, detail: String) {
+        self.add(name, Level::Ok, detail, None);
+    }
+    fn warn(&mut self, name: &str, detail: String, fix: impl Into<String>) {
+        self.add(name, Level::Warn, detail, Some(fix.into()));
+    }
+    fn fail(&mut self, name: &str, detail: String, fix: impl Into<String>) {
+        self.add(name, Level::Fail, detail, Some(fix.into()));
+    }
+}
+
+/// A brain whose clock is further off than this makes timestamps (conflict times, prune ages)
+/// disagree between devices.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Events waiting longer than this for the brain are worth a look.
+const BACKLOG_AGE: Duration = Duration::from_secs(3600);
+
+pub fn run(_args: Args, global: &GlobalArgs) -> anyhow::Result<()> {
+    let mut report = Report::default();
+    let config = check_config(&mut report, global);
+    let store = check_database(&mut report, &config);
+    check_libraries(&mut report, &config);
+    check_agent(&mut report, &config);
+    check_brain(&mut report, &config, store.as_ref());
+    if let Some(store) = &store {
+        check_outbox(&mut report, store)?;
+    }
+    let failed = report
+        .checks
+        .iter()
+        .filter(|c| c.status == Level::Fail)
+        .count();
+    if global.json {
+        super::print_json(&json!({ "ok": failed == 0, "checks": report.checks }))?;
+    } else {
+        for c in &report.checks {
+            let tag = match c.status {
+                Level::Ok => "ok  ",
+                Level::Warn => "WARN",
+                Level::Fail => "FAIL",
+            };
+            println!("{tag}  {:10} {}", c.name, escape(&c.detail));
+            if let Some(fix) = &c.fix {
+                println!("      {:10} -> {}", "", escape(fix));
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{} failed (see above)",
+            count(failed as u64, "check", "checks")
+        );
+    }
+    Ok(())
+}
+
+/// The config file: found, and loads. A file that does not load is a failure; the other checks
+/// then go on with the defaults.
+fn check_config(report: &mut Report, global: &GlobalArgs) -> Config {
+    let overrides = Overrides {
+        config_path: global.config.clone(),
+        db_path: global.db.clone(),
+    };
+    let env = &config::process_env;
+    let defaults = || {
+        Config::from_toml_str("", None, env, &overrides).unwrap_or_else(|_| {
+            Config::from_toml_str("", None, &|_| None, &Overrides::default())
+                .expect("the empty config loads")
+        })
+    };
+    let path = match config::file_path(&overrides, env) {
+        Ok(Some(path)) => path,
+        Ok(None) => {
+            report.warn(
+                "config",
+                "no home directory, so no config file".into(),
+                "name one with --config",
+            );
+            return defaults();
+        }
+        Err(e) => {
+            report.fail("config", e.to_string(), "fix the path it names");
+            return defaults();
+        }
+    };
+    let exists = path.exists();
+    if !exists {
+        report.warn(
+            "config",
+            format!("no config file at {}", path.display()),
+            "`agent library add PATH` creates it with a library",
+        );
+    }
+    match Config::load(&overrides, env) {
+        // The environment and the flags still apply without a file.
+        Ok(config) if !exists => config,
+        Ok(config) => {
+            report.ok(
+                "config",
+                format!(
+                    "{} ({})",
+                    path.display(),
+                    count(config.libraries.len() as u64, "library", "libraries")
+                ),
+            );
+            config
+        }
+        Err(e) => {
+            report.fail("config", e.to_string(), "fix the file at the line it names");
+            defaults()
+        }
+    }
+}
+
+fn check_database(report: &mut Report, config: &Config) -> Option<Store> {
+    let db = &config.store.path;
+    if !db.exists() {
+        report.warn(
+            "database",
+            format!("no database at {} yet", db.display()),
+            "`agent scan` or `agent run` creates it",
+        );
+        return None;
+    }
+    match Store::open_existing(db) {
+        Ok(store) => {
+            report.ok(
+                "database",
+                format!(
+                    "{} (schema {}, device {})",
+                    db.display(),
+                    crate::store::SCHEMA_VERSION,
+                    store.device_id()
+                ),
+            );
+            for warning in super::status::exposure_warnings(db) {
+                report.warn("database", warning, "chmod 600 the files it names");
+            }
+            Some(store)
+        }
+        Err(e) => {
+            report.fail(
+                "database",
+                e.to_string(),
+                "restore it from a backup, or move it away and run `agent scan` to build a new one",
+            );
+            None
+        }
+    }
+}
+
+fn check_libraries(report: &mut Report, config: &Config) {
+    if config.libraries.is_empty() {
+        report.warn(
+            "libraries",
+            "none configured".into(),
+            "`agent library add PATH`",
+        );
+        return;
+    }
+    let mut folders = 0u64;
+    for lib in &config.libraries {
+        let name = format!("library {}", lib.name);
+        match std::fs::metadata(&lib.path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                report.fail(
+                    &name,
+                    format!("root {} is not a folder", lib.path.display()),
+                    format!("fix its path, or `agent library remove {}`", lib.name),
+                );
+                continue;
+            }
+            Err(e) => {
+                report.fail(
+                    &name,
+                    format!("root {}: {e}", lib.path.display()),
+                    format!(
+                        "mount or restore it (nothing is deleted meanwhile), or `agent library remove {}`",
+                        lib.name
+                    ),
+                );
+                continue;
+            }
+        }
+        let dirs = walkdir::WalkDir::new(&lib.path)
+            .follow_links(false)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_dir())
+            .count() as u64;
+        folders += dirs;
+        match remote_file_system(&lib.path) {
+            Some(kind) => report.warn(
+                &name,
+                format!("{} is on a {kind} file system", lib.path.display()),
+                "the kernel reports no change made there by another machine: such changes are \
+                 seen by the next scan (`agent scan`, or when `agent run` starts)",
+            ),
+            None => report.ok(
+                &name,
+                format!(
+                    "{} ({})",
+                    lib.path.display(),
+                    count(dirs, "folder", "folders")
+                ),
+            ),
+        }
+    }
+    match crate::watch::watch_limit() {
+        Some(limit) if folders > limit => report.fail(
+            "watches",
+            format!("{folders} folders to watch, fs.inotify.max_user_watches = {limit}"),
+            format!(
+                "sudo sysctl fs.inotify.max_user_watches={} (and in /etc/sysctl.d/ to keep it); \
+                 meanwhile the libraries over it are rescanned every minute",
+                (folders + limit).next_power_of_two()
+            ),
+        ),
+        Some(limit) if folders * 10 > limit * 8 => report.warn(
+            "watches",
+            format!("{folders} folders to watch, fs.inotify.max_user_watches = {limit}: near it"),
+            format!(
+                "sudo sysctl fs.inotify.max_user_watches={}",
+                (folders + limit).next_power_of_two()
+            ),
+        ),
+        Some(limit) => report.ok(
+            "watches",
+            format!("{folders} folders to watch of fs.inotify.max_user_watches = {limit}"),
+        ),
+        None => {}
+    }
+}
+
+/// The kind of a network or FUSE file system under `path`, where the kernel sees only the
+/// changes made through this machine.
+#[cfg(target_os = "linux")]
+fn remote_file_system(path: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a statfs buffer of the right size.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut fs) } != 0 {
+        return None;
+    }
+    // The magic numbers of statfs(2).
+    #[allow(clippy::unnecessary_cast)]
+    match fs.f_type as i64 {
+        0x6969 => Some("NFS"),
+        0xFF53_4D42 | 0xFE53_4D42 | 0x517B => Some("SMB/CIFS"),
+        0x6573_5546 => Some("FUSE"),
+        0x0102_1997 => Some("9p"),
+        0x00C3_6400 => Some("Ceph"),
+        0x5346_414F => Some("AFS"),
+        _ => None,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn remote_file_system(_path: &Path) -> Option<&'static str> {
+    None
+}
+
+fn check_agent(report: &mut Report, config: &Config) {
+    if crate::daemon::RunLock::is_held(&config.store.path) {
+        report.ok("agent", "`agent run` is running on this database".into());
+    } else {
+        report.warn(
+            "agent",
+            "`agent run` is not running: changes are indexed by the next scan only".into(),
+            "`agent service install` runs it at every login, or start `agent run`",
+        );
+    }
+}
+
+fn check_brain(report: &mut Report, config: &Config, store: Option<&Store>) {
+    let Some(url) = &config.sync.brain_url else {
+        report.ok("brain", "none configured: this device is local-only".into());
+        return;
+    };
+    let device = store.map_or("", Store::device_id);
+    let client = match BrainClient::from_config(url, &config.sync, device) {
+        Ok(client) => client,
+        Err(e) => {
+            report.fail(
+                "brain",
+                e.to_string(),
+                "fix the credential or CA file it names",
+            );
+            return;
+        }
+    };
+    match client.probe() {
+        Ok(date) => {
+            report.ok(
+                "brain",
+                format!("{url} answers and accepts this device's credential"),
+            );
+            let Some(date) = date else { return };
+            let now = SystemTime::now();
+            let skew = now
+                .duration_since(date)
+                .or_else(|_| date.duration_since(now))
+                .unwrap_or_default();
+            if skew > CLOCK_SKEW {
+                report.warn(
+                    "clock",
+                    format!(
+                        "this machine's clock is {} off the brain's",
+                        humantime::format_duration(Duration::from_secs(skew.as_secs()))
+                    ),
+                    "turn on time synchronisation (timedatectl set-ntp true)",
+                );
+            } else {
+                report.ok("clock", "within a minute of the brain's".into());
+            }
+        }
+        Err(ClientError::Status {
+            status: status @ (401 | 403),
+            message,
+            ..
+        }) => report.fail(
+            "brain",
+            format!("{url} refused the credential ({status}: {message})"),
+            "set LIB_DEVICE_TOKEN (from `agent brain device add` on the brain), or \
+             LIB_SYNC_SECRET to the brain's shared secret",
+        ),
+        Err(e) => report.fail(
+            "brain",
+            e.to_string(),
+            "check that the brain runs and that [sync] brain_url is its address",
+        ),
+    }
+}
+
+fn check_outbox(report: &mut Report, store: &Store) -> anyhow::Result<()> {
+    let pending = store.counts()?.outbox_pending;
+    let oldest = store.pending_outbox(1)?;
+    let age = oldest.first().and_then(|(_, e)| {
+        let at = humantime::parse_rfc3339_weak(&e.created_at).ok()?;
+        SystemTime::now().duration_since(at).ok()
+    });
+    match age {
+        Some(age) if age > BACKLOG_AGE => report.warn(
+            "outbox",
+            format!(
+                "{} waiting for the brain, the oldest for {}",
+                count(pending as u64, "event", "events"),
+                humantime::format_duration(Duration::from_secs(age.as_secs()))
+            ),
+            "see `agent status`; `agent sync` pushes now",
+        ),
+        _ => report.ok(
+            "outbox",
+            format!(
+                "{} waiting for the brain",
+                count(pending as u64, "event", "events")
+            ),
+        ),
+    }
+    let parked = store.parked_outbox()?;
+    if !parked.is_empty() {
+        report.warn(
+            "parked",
+            format!(
+                "{} the brain refused, set aside (not retried)",
+                count(parked.len() as u64, "event", "events")
+            ),
+            "`agent status` lists them with the brain's reasons",
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! `agent doctor`: each check, what it says, and the exit status.
+
+use serde_json::Value;
+
+use crate::support::brain::SECRET;
+use crate::support::brain_blocking::BlockingBrain;
+use crate::support::lab::Lab;
+
+/// The check named `name` (the first, when several have it).
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?} in {report}"))
+}
+
+fn doctor(lab: &Lab, env: &[(&str, &str)]) -> (Option<i32>, Value) {
+    let run = lab.agent_env(&["--json", "doctor"], env);
+    (run.code, run.json())
+}
+
+#[test]
+fn a_healthy_local_setup_passes_and_says_the_agent_is_not_running() {
+    let lab = Lab::with_config("[[library]]\nname = \"notes\"\npath = \"{root}/notes\"\n");
+    lab.write("notes/sub/a.md", "alpha");
+    lab.scan(&[]);
+    let (code, report) = doctor(&lab, &[]);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["ok"], true);
+    assert_eq!(check(&report, "config")["status"], "ok");
+    assert_eq!(check(&report, "database")["status"], "ok");
+    let lib = check(&report, "library notes");
+    assert_eq!(lib["status"], "ok", "{lib}");
+    assert!(
+        lib["detail"].as_str().unwrap().contains("2 folders"),
+        "{lib}"
+    );
+    assert_eq!(check(&report, "agent")["status"], "warn");
+    assert!(check(&report, "agent")["fix"]
+        .as_str()
+        .unwrap()
+        .contains("service install"));
+    assert_eq!(
+        check(&report, "brain")["status"],
+        "ok",
+        "local-only is fine"
+    );
+    assert_eq!(check(&report, "outbox")["status"], "ok");
+}
+
+#[test]
+fn a_missing_library_root_fails_and_says_what_to_do() {
+    let lab = Lab::with_config("[[library]]\nname = \"usb\"\npath = \"{root}/usb\"\n");
+    let run = lab.agent(&["doctor"]).failure();
+    assert_eq!(run.code, Some(1));
+    assert!(run.stdout.contains("FAIL  library usb"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("agent library remove usb"),
+        "{}",
+        run.stdout
+    );
+    run.assert_one_line_error(&["1 check failed"]);
+    let (code, report) = doctor(&lab, &[]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        report["ok"], false,
+        "one document on stdout, saying so: {report}"
+    );
+    assert_eq!(check(&report, "library usb")["status"], "fail");
+}
+
+#[test]
+fn a_config_that_does_not_load_fails_and_the_other_checks_still_run() {
+    let lab = Lab::with_config("[[library]]\nname = \"n\"\n");
+    let (code, report) = doctor(&lab, &[]);
+    assert_eq!(code, Some(1));
+    let config = check(&report, "config");
+    assert_eq!(config["status"], "fail");
+    assert!(
+        config["detail"].as_str().unwrap().contains("path"),
+        "{config}"
+    );
+    check(&report, "database");
+    check(&report, "agent");
+}
+
+#[test]
+fn the_brain_is_checked_with_this_devices_credential() {
+    let lab = Lab::new();
+    let brain = BlockingBrain::start(lab.root());
+    lab.write_config(&format!("[sync]\nbrain_url = \"{}\"\n", brain.url()));
+    lab.agent(&["init"]).success();
+
+    let (code, report) = doctor(&lab, &[("LIB_SYNC_SECRET", SECRET)]);
+    assert_eq!(check(&report, "brain")["status"], "ok", "{report}");
+    assert_eq!(check(&report, "clock")["status"], "ok", "{report}");
+    assert_ne!(code, Some(1), "{report}");
+
+    let (code, report) = doctor(&lab, &[("LIB_SYNC_SECRET", "not-the-secret")]);
+    assert_eq!(code, Some(1));
+    let refused = check(&report, "brain");
+    assert_eq!(refused["status"], "fail");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("401"),
+        "{refused}"
+    );
+    assert!(
+        refused["fix"]
+            .as_str()
+            .unwrap()
+            .contains("LIB_DEVICE_TOKEN"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn a_brain_that_does_not_answer_fails() {
+    let lab = Lab::with_config(&format!(
+        "[sync]\nbrain_url = \"http://{}\"\n",
+        crate::support::net::reserved_addr()
+    ));
+    lab.agent(&["init"]).success();
+    let (code, report) = doctor(&lab, &[("LIB_SYNC_SECRET", SECRET)]);
+    assert_eq!(code, Some(1));
+    let brain = check(&report, "brain");
+    assert_eq!(brain["status"], "fail", "{brain}");
+    assert!(
+        brain["fix"].as_str().unwrap().contains("brain_url"),
+        "{brain}"
+    );
+}
