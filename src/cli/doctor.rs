@@ -278,7 +278,10 @@ fn check_libraries(report: &mut Report, config: &Config) {
         ),
         Some(limit) => report.ok(
             "watches",
-            format!("{folders} folders to watch of fs.inotify.max_user_watches = {limit}"),
+            format!(
+                "{} to watch of fs.inotify.max_user_watches = {limit}",
+                count(folders, "folder", "folders")
+            ),
         ),
         None => {}
     }
@@ -418,7 +421,8 @@ fn check_outbox(report: &mut Report, store: &Store) -> anyhow::Result<()> {
                 "{} the brain refused, set aside (not retried)",
                 count(parked.len() as u64, "event", "events")
             ),
-            "`agent status` lists them with the brain's reasons",
+            "`agent status` lists them with the brain's reasons; once that is fixed, \
+             `agent sync --retry-parked` sends them again",
         );
     }
     Ok(())

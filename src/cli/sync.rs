@@ -18,6 +18,10 @@ pub struct Args {
     /// Only pull
     #[arg(long)]
     pub pull: bool,
+    /// Put the events the brain refused (parked, see `agent status`) back in the queue first,
+    /// once what made it refuse them is fixed
+    #[arg(long)]
+    pub retry_parked: bool,
 }
 
 pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<()> {
@@ -26,6 +30,15 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     };
     let mut store = Store::open(&config.store.path)?;
     let client = BrainClient::from_config(url, &config.sync, store.device_id())?;
+    if args.retry_parked {
+        let batch = store.batch()?;
+        let requeued = batch.unpark_all()?;
+        batch.commit()?;
+        eprintln!(
+            "agent: {} back in the queue",
+            crate::term::count(requeued as u64, "parked event", "parked events")
+        );
+    }
     let (do_push, do_pull) = if args.push || args.pull {
         (args.push, args.pull)
     } else {

@@ -1129,3 +1129,61 @@ fn counts_of_one_are_singular() {
     );
     assert!(status.stdout.contains("0 conflicts"), "{}", status.stdout);
 }
+
+#[test]
+fn sync_retry_parked_puts_the_refused_events_back_in_the_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let brain = BlockingBrain::start(dir.path());
+    let lab = synced_lab(&brain);
+    lab.write("notes/good.md", "fine\n");
+    lab.scan(&[]);
+    let original: String = Connection::open(&lab.db)
+        .expect("db")
+        .query_row(
+            "SELECT payload_json FROM lib_outbox WHERE entity_key = 'notes/good.md'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("payload");
+    let set_payload = |payload: &str| {
+        Connection::open(&lab.db)
+            .expect("db")
+            .execute(
+                "UPDATE lib_outbox SET payload_json = ?1 WHERE entity_key = 'notes/good.md'",
+                [payload],
+            )
+            .expect("update");
+    };
+    set_payload("{\"sha256\":\"not-a-hash\",\"bytes\":1}");
+    lab.agent_env(&["sync", "--push"], &[("LIB_SYNC_SECRET", SECRET)])
+        .success();
+    assert_eq!(
+        lab.json(&["status"])["sync"]["parked"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(brain.last_id(), 0, "refused");
+
+    // What made the brain refuse it is fixed (here: the row as it was written).
+    set_payload(&original);
+    let run = lab
+        .agent_env(
+            &["sync", "--push", "--retry-parked"],
+            &[("LIB_SYNC_SECRET", SECRET)],
+        )
+        .success();
+    assert!(
+        run.stderr.contains("1 parked event back in the queue"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(brain.last_id(), 1, "pushed this time");
+    let status = lab.json(&["status"]);
+    assert_eq!(
+        status["sync"]["parked"].as_array().map(Vec::len),
+        Some(0),
+        "{status}"
+    );
+    assert_eq!(status["counts"]["outbox_pending"], 0);
+}

@@ -78,6 +78,18 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
+    /// Puts every parked, unpushed event back in the queue (`agent sync --retry-parked`: after
+    /// the brain or the agent that refused them was fixed). Returns how many.
+    pub fn unpark_all(&self) -> Result<usize> {
+        self.tx
+            .execute(
+                "UPDATE lib_outbox SET parked_at = NULL, parked_error = NULL
+                 WHERE parked_at IS NOT NULL AND pushed_at IS NULL",
+                [],
+            )
+            .ctx(|| "re-queueing the parked outbox rows".into())
+    }
+
     /// Whether an event of this device is in its outbox (pushed or not).
     pub fn in_outbox(&self, ulid: &str) -> Result<bool> {
         self.tx
