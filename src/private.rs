@@ -73,3 +73,42 @@ mod tests {
         assert_eq!(readable_by_others(&deep.join("missing")), None);
     }
 }
+
+/// Replaces `path` with `text`, mode `mode`: written to a new file in the same folder, synced,
+/// then renamed over it, so a crash leaves the old file or the new one, never half of one. The
+/// folder is created (0755 for each new one: these are config and unit folders) if missing.
+pub fn replace_file(path: &Path, text: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(folder)?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy());
+    let temp = folder.join(format!(".{name}.{}.new", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)?;
+        // The umask may have taken bits away from `mode`; the file gets exactly it.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.write_all(text)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written?;
+    // The rename is durable once the folder is.
+    if let Ok(dir) = std::fs::File::open(folder) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}

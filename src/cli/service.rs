@@ -3,8 +3,6 @@
 //! from `crate::service`; this writes them and asks systemctl or launchctl to start them, or
 //! prints the commands when that cannot be done here.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -347,31 +345,8 @@ fn run_status(at: &Where, global: &GlobalArgs) -> anyhow::Result<()> {
 
 /// Writes `text` to `path` (its folder created) with `mode`, by a rename over the old file.
 fn write_file(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
-    let folder = path.parent().context("a file needs a folder")?;
-    std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
-    let temp = folder.join(format!(
-        ".{}.{}.new",
-        path.file_name()
-            .map_or_else(|| "unit".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&temp)?;
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
+    crate::private::replace_file(path, text.as_bytes(), mode)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Runs each command in turn; true when all succeeded. A failure is said, not fatal: the files

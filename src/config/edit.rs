@@ -6,8 +6,7 @@
 //! is written to a new file in the same folder and renamed over the old one, with the old file's
 //! permissions: a crash leaves the old file or the new one, never half of one.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -171,51 +170,23 @@ impl ConfigFile {
             path: self.path.clone(),
             problem: format!("the edit would not load, so nothing was written: {problem}"),
         })?;
-        let write_err = |source| EditError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let folder = match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&folder).map_err(write_err)?;
         // Keep the mode the user gave the file (it may be 0600); a new one is 0644.
         let mode = if self.exists {
             std::fs::metadata(&self.path)
-                .map_err(write_err)?
-                .permissions()
-                .mode()
-                & 0o7777
+                .map(|m| m.permissions().mode() & 0o7777)
+                .map_err(|source| EditError::Write {
+                    path: self.path.clone(),
+                    source,
+                })?
         } else {
             0o644
         };
-        let file_name = self
-            .path
-            .file_name()
-            .map_or_else(|| "agent.toml".into(), |n| n.to_string_lossy().into_owned());
-        let temp = folder.join(format!(".{file_name}.{}.new", std::process::id()));
-        let written = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .open(&temp)?;
-            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &self.path)
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&temp);
-            return Err(write_err(e));
-        }
-        // The rename is durable once the folder is.
-        if let Ok(dir) = std::fs::File::open(&folder) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        crate::private::replace_file(&self.path, text.as_bytes(), mode).map_err(|source| {
+            EditError::Write {
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 
     fn not_a_list(&self) -> EditError {
