@@ -369,6 +369,7 @@ fn reconcile(
         library: library.map(str::to_owned),
         progress: false,
         allow_empty: false,
+        allow_mass_delete: false,
     };
     let summary = scan::scan(store, config, &options)?;
     store.release_memory();

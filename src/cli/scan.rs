@@ -22,6 +22,10 @@ pub struct Args {
     /// an empty root is taken for an unmounted disk and nothing is deleted)
     #[arg(long)]
     pub allow_empty: bool,
+    /// The files this scan finds gone really are: record their deletions even when they are
+    /// more than half of a library (and more than 100), which is refused without this
+    #[arg(long)]
+    pub allow_mass_delete: bool,
 }
 
 pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Result<()> {
@@ -44,6 +48,7 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
         library: only,
         progress: !global.json,
         allow_empty: args.allow_empty,
+        allow_mass_delete: args.allow_mass_delete,
     };
     let summary = scan::scan(&mut store, &config, &options)?;
     if global.json {

@@ -59,7 +59,16 @@ pub struct ScanOptions {
     pub progress: bool,
     /// The user says an empty library root really is empty: record its files as deleted.
     pub allow_empty: bool,
+    /// The user says the files a scan finds gone really are: record the deletions even when
+    /// they are most of the library (see [`MASS_DELETE`]).
+    pub allow_mass_delete: bool,
 }
+
+/// A scan that would delete more than this many files, and more than half of what the library
+/// held, records none of those deletions until `agent scan --allow-mass-delete`: a root
+/// replaced by another folder, a wrong mount or a half-restored backup look just like that, and
+/// the deletions would reach every device.
+pub const MASS_DELETE: usize = 100;
 
 /// Runs one scan of every configured library (or one), recording it in `lib_runs`.
 pub fn scan(
@@ -101,7 +110,7 @@ fn scan_all(
     let mut totals = Counts::default();
     let mut failed = None;
     for library in libraries {
-        match scan_library(store, config, library, &progress, options.allow_empty) {
+        match scan_library(store, config, library, &progress, options) {
             Ok(summary) => {
                 totals.add(&summary.counts);
                 summaries.push(summary);
@@ -146,7 +155,7 @@ fn scan_library(
     config: &Config,
     library: &LibraryConfig,
     progress: &Progress,
-    allow_empty: bool,
+    options: &ScanOptions,
 ) -> Result<LibrarySummary, ScanError> {
     let mut summary = LibrarySummary {
         name: library.name.clone(),
@@ -217,7 +226,7 @@ fn scan_library(
         );
         return Ok(refuse(summary, reason));
     }
-    if summary.counts.seen == 0 && !allow_empty {
+    if summary.counts.seen == 0 && !options.allow_empty {
         let reason = format!(
             "root {} is empty but the index holds {} {} from it; is it unmounted? not marking them \
              deleted (if you really emptied it, run `agent scan --allow-empty --library {}`)",
@@ -241,6 +250,21 @@ fn scan_library(
             key: key.to_owned(),
         })
         .collect();
+    if deletions.len() > MASS_DELETE
+        && deletions.len() * 2 > observed.len()
+        && !options.allow_mass_delete
+    {
+        let reason = format!(
+            "root {} no longer holds {} of the {} files indexed from it; not marking them deleted \
+             (a replaced folder or a wrong mount looks like this). If they really are gone, run \
+             `agent scan --allow-mass-delete --library {}`",
+            library.path.display(),
+            deletions.len(),
+            observed.len(),
+            library.name
+        );
+        return Ok(refuse(summary, reason));
+    }
     deletions.sort_by(|a, b| obs_key(a).cmp(obs_key(b)));
     for chunk in deletions.chunks(pipeline::BATCH) {
         pipeline::commit_chunk(store, chunk, &mut summary.counts)?;

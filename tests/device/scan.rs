@@ -1225,3 +1225,54 @@ fn a_scan_run_is_recorded_in_status() {
     assert_eq!(status["counts"]["deleted"], 1);
     assert_eq!(status["counts"]["outbox_pending"], 3);
 }
+
+/// A lab whose library `notes` holds `n` files, scanned.
+fn scanned_notes(n: usize) -> Lab {
+    let lab = Lab::with_config(NOTES_LIBRARY);
+    for i in 0..n {
+        lab.write(&format!("notes/f{i:03}.txt"), format!("{i}\n"));
+    }
+    lab.scan(&[]);
+    lab
+}
+
+fn remove_notes(lab: &Lab, n: usize) {
+    for i in 0..n {
+        std::fs::remove_file(lab.path(&format!("notes/f{i:03}.txt"))).expect("remove");
+    }
+}
+
+fn delete_events(lab: &Lab) -> usize {
+    lab.db()
+        .outbox()
+        .iter()
+        .filter(|e| e.event_type == "delete_file")
+        .count()
+}
+
+#[test]
+fn a_scan_that_would_delete_most_of_a_library_records_none_until_allowed() {
+    let lab = scanned_notes(150);
+    remove_notes(&lab, 120);
+    let run = lab.agent(&["scan"]).failure();
+    run.assert_one_line_error(&[
+        "120 of the 150",
+        "agent scan --allow-mass-delete --library notes",
+    ]);
+    assert_eq!(delete_events(&lab), 0, "nothing recorded");
+    assert_eq!(lab.db().live_paths().len(), 150);
+
+    let out = lab.scan(&["--allow-mass-delete"]);
+    assert_eq!(out["deleted"], 120, "{out}");
+    assert_eq!(delete_events(&lab), 120);
+}
+
+#[test]
+fn deleting_half_a_library_or_a_hundred_files_is_an_ordinary_scan() {
+    let lab = scanned_notes(150);
+    remove_notes(&lab, 75);
+    assert_eq!(lab.scan(&[])["deleted"], 75, "exactly half");
+    let small = scanned_notes(110);
+    remove_notes(&small, 100);
+    assert_eq!(small.scan(&[])["deleted"], 100, "a hundred at most");
+}
