@@ -68,7 +68,7 @@ const BACKLOG_AGE: Duration = Duration::from_secs(3600);
 
 pub fn run(_args: Args, global: &GlobalArgs) -> anyhow::Result<()> {
     let mut report = Report::default();
-    let config = check_config(&mut report, global);
+    let config = check_config(&mut report, global)?;
     let store = check_database(&mut report, &config);
     check_libraries(&mut report, &config);
     check_agent(&mut report, &config);
@@ -107,17 +107,18 @@ pub fn run(_args: Args, global: &GlobalArgs) -> anyhow::Result<()> {
 
 /// The config file: found, and loads. A file that does not load is a failure; the other checks
 /// then go on with the defaults.
-fn check_config(report: &mut Report, global: &GlobalArgs) -> Config {
+fn check_config(report: &mut Report, global: &GlobalArgs) -> anyhow::Result<Config> {
     let overrides = Overrides {
         config_path: global.config.clone(),
         db_path: global.db.clone(),
     };
     let env = &config::process_env;
-    let defaults = || {
-        Config::from_toml_str("", None, env, &overrides).unwrap_or_else(|_| {
-            Config::from_toml_str("", None, &|_| None, &Overrides::default())
-                .expect("the empty config loads")
-        })
+    // The environment and the flags over the defaults; the defaults alone when those are bad
+    // too (the config check reports it).
+    let defaults = || -> anyhow::Result<Config> {
+        Config::from_toml_str("", None, env, &overrides)
+            .or_else(|_| Config::from_toml_str("", None, &|_| None, &Overrides::default()))
+            .map_err(anyhow::Error::from)
     };
     let path = match config::file_path(&overrides, env) {
         Ok(Some(path)) => path,
@@ -144,7 +145,7 @@ fn check_config(report: &mut Report, global: &GlobalArgs) -> Config {
     }
     match Config::load(&overrides, env) {
         // The environment and the flags still apply without a file.
-        Ok(config) if !exists => config,
+        Ok(config) if !exists => Ok(config),
         Ok(config) => {
             report.ok(
                 "config",
@@ -154,7 +155,7 @@ fn check_config(report: &mut Report, global: &GlobalArgs) -> Config {
                     count(config.libraries.len() as u64, "library", "libraries")
                 ),
             );
-            config
+            Ok(config)
         }
         Err(e) => {
             report.fail("config", e.to_string(), "fix the file at the line it names");
