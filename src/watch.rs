@@ -321,6 +321,22 @@ pub fn watch_limit() -> Option<u64> {
         .ok()
 }
 
+/// The folders under `root`, itself included: the inotify watches watching it takes.
+pub fn folders_to_watch(root: &std::path::Path) -> u64 {
+    walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_dir())
+        .count() as u64
+}
+
+/// A `fs.inotify.max_user_watches` to suggest when `needed` more watches are wanted: room for
+/// them over the current `limit` (8192 when unknown), rounded up to a power of two.
+pub fn suggested_watch_limit(needed: u64, limit: Option<u64>) -> u64 {
+    (needed + limit.unwrap_or(8192)).next_power_of_two()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,10 +108,7 @@ pub fn run(_args: Args, global: &GlobalArgs) -> anyhow::Result<()> {
 /// The config file: found, and loads. A file that does not load is a failure; the other checks
 /// then go on with the defaults.
 fn check_config(report: &mut Report, global: &GlobalArgs) -> anyhow::Result<Config> {
-    let overrides = Overrides {
-        config_path: global.config.clone(),
-        db_path: global.db.clone(),
-    };
+    let overrides = global.overrides();
     let env = &config::process_env;
     // The environment and the flags over the defaults; the defaults alone when those are bad
     // too (the config check reports it).
@@ -235,12 +232,7 @@ fn check_libraries(report: &mut Report, config: &Config) {
                 continue;
             }
         }
-        let dirs = walkdir::WalkDir::new(&lib.path)
-            .follow_links(false)
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_dir())
-            .count() as u64;
+        let dirs = crate::watch::folders_to_watch(&lib.path);
         folders += dirs;
         match remote_file_system(&lib.path) {
             Some(kind) => report.warn(
@@ -266,7 +258,7 @@ fn check_libraries(report: &mut Report, config: &Config) {
             format!(
                 "sudo sysctl fs.inotify.max_user_watches={} (and in /etc/sysctl.d/ to keep it); \
                  meanwhile the libraries over it are rescanned every minute",
-                (folders + limit).next_power_of_two()
+                crate::watch::suggested_watch_limit(folders, Some(limit))
             ),
         ),
         Some(limit) if folders * 10 > limit * 8 => report.warn(
@@ -274,7 +266,7 @@ fn check_libraries(report: &mut Report, config: &Config) {
             format!("{folders} folders to watch, fs.inotify.max_user_watches = {limit}: near it"),
             format!(
                 "sudo sysctl fs.inotify.max_user_watches={}",
-                (folders + limit).next_power_of_two()
+                crate::watch::suggested_watch_limit(folders, Some(limit))
             ),
         ),
         Some(limit) => report.ok(

@@ -56,10 +56,7 @@ pub struct RemoveArgs {
 }
 
 pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<()> {
-    let overrides = Overrides {
-        config_path: global.config.clone(),
-        db_path: global.db.clone(),
-    };
+    let overrides = global.overrides();
     let env = &config::process_env;
     let Some(path) = config::file_path(&overrides, env)? else {
         bail!("no config file: the home directory is unknown; name one with --config");

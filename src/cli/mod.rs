@@ -62,11 +62,16 @@ pub enum Command {
 }
 
 impl GlobalArgs {
-    pub fn load_config(&self) -> anyhow::Result<Config> {
-        let overrides = Overrides {
+    /// The flags that reach into the configuration.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
             config_path: self.config.clone(),
             db_path: self.db.clone(),
-        };
+        }
+    }
+
+    pub fn load_config(&self) -> anyhow::Result<Config> {
+        let overrides = self.overrides();
         Ok(Config::load(&overrides, &config::process_env)?)
     }
 }

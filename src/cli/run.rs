@@ -63,10 +63,7 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
 
     // The config file is followed: `agent library add` and `remove` apply without a restart.
     // Folders named here stay libraries of this run whatever the file says.
-    let overrides = crate::config::Overrides {
-        config_path: global.config.clone(),
-        db_path: global.db.clone(),
-    };
+    let overrides = global.overrides();
     let reload = crate::config::file_path(&overrides, &crate::config::process_env)?.map(|path| {
         let folders = args.paths.clone();
         let load: daemon::Load = std::sync::Arc::new(move || {

@@ -93,10 +93,7 @@ impl Service {
         } else if at.brain {
             Some(PathBuf::from("/etc/lib-agent/brain.env"))
         } else {
-            let overrides = config::Overrides {
-                config_path: global.config.clone(),
-                db_path: global.db.clone(),
-            };
+            let overrides = global.overrides();
             let config_file = config::file_path(&overrides, &config::process_env)?
                 .context("the config folder is unknown: give --env-file")?;
             Some(config_file.with_file_name("agent.env"))

@@ -150,18 +150,13 @@ fn unavailable_mode(root: &Path, poll: Duration) -> LibraryMode {
 /// Says, with the numbers a user needs to fix it, that the inotify watch limit is reached (once:
 /// [`RunState::set_mode`] says a mode only when it changes).
 fn watch_limit_mode(root: &Path, name: &str, poll: Duration) -> LibraryMode {
-    let folders = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_dir())
-        .count();
+    let folders = watch::folders_to_watch(root);
     let limit = watch::watch_limit().map_or_else(|| "?".to_owned(), |l| l.to_string());
     let reason = format!(
         "the inotify watch limit (fs.inotify.max_user_watches = {limit}) is reached; library {name} needs \
          {folders} more; raise it (e.g. `sysctl fs.inotify.max_user_watches={}`); meanwhile it is rescanned \
          every {}",
-        (folders as u64 + watch::watch_limit().unwrap_or(8192)).next_power_of_two(),
+        watch::suggested_watch_limit(folders, watch::watch_limit()),
         humantime::format_duration(poll)
     );
     LibraryMode::Polling { reason }
