@@ -91,6 +91,7 @@ fn watch_and_index(
         return Err(DaemonError::NoLibraries);
     }
     let _lock = RunLock::acquire(store.path())?;
+    check_replica_digest(store)?;
     store.defer_sync()?;
     let (watcher, fs_rx) = FsWatcher::new()?;
     let mut daemon = Daemon::start(config, store, watcher, options)?;
@@ -98,6 +99,23 @@ fn watch_and_index(
         daemon.step(signals)?;
     }
     daemon.stop()
+}
+
+/// Re-derives the shared view's digest from its rows before anything changes them: a
+/// database changed outside the agent (a disk error, a hand edit) no longer matches the digest
+/// its commits kept. Said loudly; the derived digest is kept, so the brain, comparing it at the
+/// next pull, reports this device as diverged until `agent sync --reseed` repairs it.
+fn check_replica_digest(store: &mut Store) -> Result<(), DaemonError> {
+    let check = store.rederive_replica_digest()?;
+    if !check.matches() {
+        tracing::error!(
+            kept = %check.kept.unwrap_or_default(), derived = %check.derived, rows = check.rows,
+            "the shared view was changed outside the agent: its rows no longer match the digest \
+             its own commits kept; if the brain reports this device diverged, \
+             `agent sync --reseed` replaces the shared view with the brain's"
+        );
+    }
+    Ok(())
 }
 
 /// The running agent: what its loop keeps between wake-ups.

@@ -6,6 +6,7 @@
 //! background. `metrics.rs` counts what happened for `GET /metrics`.
 
 pub mod auth;
+pub mod convergence;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::auth::{self, Auth, Caller, Credentials, Refusal};
+use super::convergence;
 use super::metrics::Metrics;
 use super::store::{
     check_batch, check_foreign_entries, foreign_devices, unix_seconds, BrainStore, CheckedEvent,
@@ -32,9 +33,10 @@ use super::store::{
 use super::webhooks::{check_registration, Notifier, WebhookPolicy};
 use super::BrainError;
 use crate::http_server::{self as http, BodyLimits, ConnLimits, LocalOnly};
+use crate::model::digest::{ReplicaDigest, DIGEST_HEADER, PENDING_HEADER};
 use crate::model::wire::{
-    ErrorBody, HealthResponse, IngestRequest, IngestResponse, OkResponse, PullResponse,
-    SnapshotResponse, WebhookRequest, WebhookResponse, MAX_BATCH,
+    DevicesResponse, ErrorBody, HealthResponse, IngestRequest, IngestResponse, OkResponse,
+    PullResponse, SnapshotResponse, WebhookRequest, WebhookResponse, MAX_BATCH,
 };
 use crate::tls::ExtraRoots;
 
@@ -222,6 +224,7 @@ fn app<S: BrainStore>(
         .route("/snapshot", get(snapshot::<S>))
         .route("/webhook", post(register_webhook::<S>))
         .route("/webhook/{device_id}", delete(deactivate_webhook::<S>))
+        .route("/devices", get(devices::<S>))
         // Inside `authenticate` (a later route_layer wraps the earlier ones): a body is read only
         // after its credential checks out.
         .route_layer(middleware::from_fn_with_state(
@@ -279,8 +282,11 @@ pub async fn serve_with_metrics<S: BrainStore>(
     ));
     if let Some(metrics_listener) = metrics_listener {
         let scrape = Router::new()
-            .route("/metrics", get(open_metrics))
-            .with_state(metrics.clone());
+            .route("/metrics", get(open_metrics::<S>))
+            .with_state(Scrape {
+                metrics: metrics.clone(),
+                store: store.clone(),
+            });
         let mut stop = stop_rx.clone();
         let limits = ConnLimits {
             max_connections: METRICS_CONNECTIONS,
@@ -426,15 +432,44 @@ async fn metrics_text<S: BrainStore>(
         )
         .into_response();
     }
-    open_metrics(State(state.metrics.clone())).await
+    open_metrics(State(Scrape {
+        metrics: state.metrics.clone(),
+        store: state.store.clone(),
+    }))
+    .await
 }
 
-async fn open_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        metrics.render(),
-    )
-        .into_response()
+/// What `/metrics` reads: the counters, and the store for the devices' convergence.
+struct Scrape<S> {
+    metrics: Arc<Metrics>,
+    store: Arc<S>,
+}
+
+impl<S> Clone for Scrape<S> {
+    fn clone(&self) -> Self {
+        Scrape {
+            metrics: self.metrics.clone(),
+            store: self.store.clone(),
+        }
+    }
+}
+
+async fn open_metrics<S: BrainStore>(State(scrape): State<Scrape<S>>) -> Response {
+    let mut text = scrape.metrics.render();
+    match convergence::devices(&*scrape.store).await {
+        Ok((_, devices)) => convergence::render_metrics(&mut text, &devices),
+        // The counters still go out: a scrape that fails whole would hide them too.
+        Err(e) => tracing::warn!(error = %e, "/metrics: cannot read the devices' convergence"),
+    }
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// `GET /devices`: every enrolled device, its lag and its convergence state.
+async fn devices<S: BrainStore>(
+    State(state): State<AppState<S>>,
+) -> Result<Json<DevicesResponse>, BrainError> {
+    let (point, devices) = convergence::devices(&*state.store).await?;
+    Ok(Json(convergence::response(&point, &devices)))
 }
 
 /// The body, or 413 over the cap.
@@ -576,12 +611,12 @@ const RECHECK_EVERY: Duration = Duration::from_secs(2);
 /// What a pull's headers say of the device's replica (DESIGN.md "Convergence you can check").
 fn convergence_headers(headers: &HeaderMap) -> (Option<String>, Option<i64>) {
     let digest = headers
-        .get("x-lib-digest")
+        .get(DIGEST_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|d| crate::model::event::is_sha256_hex(d))
-        .map(str::to_owned);
+        .and_then(ReplicaDigest::from_hex)
+        .map(|d| d.to_hex());
     let pending = headers
-        .get("x-lib-pending")
+        .get(PENDING_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok())
         .map(i64::from);
@@ -661,11 +696,23 @@ async fn pull<S: BrainStore>(
     };
     Metrics::add(&state.metrics.pulls, 1);
     Metrics::add(&state.metrics.events_pulled, page.events.len() as u64);
+    // Read after the page: a device that is behind it is behind the head too. Only for a
+    // client that reports a digest (LIB v1.1's do not, and would not read the answer).
+    let (digest, pending) = convergence_headers(&headers);
+    let convergence = match digest.as_deref().and_then(ReplicaDigest::from_hex) {
+        Some(digest) => Some(state.store.replica().await?.compare(
+            params.after_id,
+            Some(&digest),
+            pending,
+        )),
+        None => None,
+    };
     Ok(Json(PullResponse {
         ok: true,
         events: page.events,
         next_after_id: page.next_after_id,
         has_more: page.has_more,
+        convergence,
     }))
 }
 

@@ -11,7 +11,9 @@ use serde_json::json;
 use super::brain_store::{StoreArgs, Target};
 use super::GlobalArgs;
 use crate::brain::auth::{hash_token, new_token};
+use crate::brain::convergence::DeviceConvergence;
 use crate::brain::store::{unix_seconds, BrainStore, DeviceRecord, PgStore, SqliteStore};
+use crate::model::digest::ConvergenceState;
 use crate::model::event::format_rfc3339;
 
 /// Device credentials: enrol, list, revoke and rotate the tokens devices sync with
@@ -113,17 +115,28 @@ async fn on_store<S: BrainStore>(
             print_token(global, &args.name, &token, "enrolled")
         }
         DeviceCommand::List(_) => {
-            let devices = store.list_devices().await?;
+            let (point, devices) = crate::brain::convergence::devices(store).await?;
             let now = unix_seconds(SystemTime::now());
             if global.json {
                 let list: Vec<_> = devices.iter().map(|d| device_json(d, now)).collect();
-                return super::print_json(&json!({"ok": true, "devices": list}));
+                return super::print_json(
+                    &json!({"ok": true, "head": point.head, "devices": list}),
+                );
             }
             if devices.is_empty() {
                 println!("no devices enrolled (`agent brain device add NAME`)");
             }
             for d in &devices {
                 print_device(d, now);
+            }
+            if devices
+                .iter()
+                .any(|d| d.convergence.state == ConvergenceState::Diverged)
+            {
+                println!(
+                    "a DIVERGED device holds other winners than the brain at the same log \
+                     position: run `agent sync --reseed` on it"
+                );
             }
             Ok(())
         }
@@ -235,9 +248,11 @@ fn webhook_state(d: &DeviceRecord, now: i64) -> Option<String> {
     Some(text)
 }
 
-fn print_device(d: &DeviceRecord, now: i64) {
+fn print_device(device: &DeviceConvergence, now: i64) {
+    let d = &device.record;
     println!("{}", d.name);
     println!("  state:      {}", state(d, now));
+    println!("  replica:    {}", device.convergence);
     if let Some(id) = &d.device_id {
         println!("  device id:  {id}");
     }
@@ -254,9 +269,12 @@ fn print_device(d: &DeviceRecord, now: i64) {
     }
 }
 
-fn device_json(d: &DeviceRecord, now: i64) -> serde_json::Value {
+fn device_json(device: &DeviceConvergence, now: i64) -> serde_json::Value {
+    let d = &device.record;
     let time = |t: Option<i64>| t.map(format_time);
     json!({
+        "state": device.convergence.state,
+        "lag": device.convergence.lag,
         "name": d.name,
         "device_id": d.device_id,
         "created_at": format_time(d.created_at),

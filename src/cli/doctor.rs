@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::GlobalArgs;
 use crate::config::{self, Config, Overrides};
+use crate::model::digest::{ConvergenceState, ReplicaReport};
 use crate::store::Store;
 use crate::sync::client::{BrainClient, ClientError};
 use crate::term::{count, escape};
@@ -72,7 +73,10 @@ pub fn run(_args: Args, global: &GlobalArgs) -> anyhow::Result<()> {
     let store = check_database(&mut report, &config);
     check_libraries(&mut report, &config);
     check_agent(&mut report, &config);
-    check_brain(&mut report, &config, store.as_ref());
+    let client = check_brain(&mut report, &config, store.as_ref());
+    if let Some(store) = &store {
+        check_replica(&mut report, store, client.as_ref())?;
+    }
     if let Some(store) = &store {
         check_outbox(&mut report, store)?;
     }
@@ -321,10 +325,11 @@ fn check_agent(report: &mut Report, config: &Config) {
     }
 }
 
-fn check_brain(report: &mut Report, config: &Config, store: Option<&Store>) {
+/// The brain: it answers, takes the credential, keeps time. Returns the client when it took it.
+fn check_brain(report: &mut Report, config: &Config, store: Option<&Store>) -> Option<BrainClient> {
     let Some(url) = &config.sync.brain_url else {
         report.ok("brain", "none configured: this device is local-only".into());
-        return;
+        return None;
     };
     let device = store.map_or("", Store::device_id);
     let client = match BrainClient::from_config(url, &config.sync, device) {
@@ -335,7 +340,7 @@ fn check_brain(report: &mut Report, config: &Config, store: Option<&Store>) {
                 e.to_string(),
                 "fix the credential or CA file it names",
             );
-            return;
+            return None;
         }
     };
     match client.probe() {
@@ -344,7 +349,9 @@ fn check_brain(report: &mut Report, config: &Config, store: Option<&Store>) {
                 "brain",
                 format!("{url} answers and accepts this device's credential"),
             );
-            let Some(date) = date else { return };
+            let Some(date) = date else {
+                return Some(client);
+            };
             let now = SystemTime::now();
             let skew = now
                 .duration_since(date)
@@ -362,6 +369,7 @@ fn check_brain(report: &mut Report, config: &Config, store: Option<&Store>) {
             } else {
                 report.ok("clock", "within a minute of the brain's".into());
             }
+            return Some(client);
         }
         Err(ClientError::Status {
             status: status @ (401 | 403),
@@ -379,6 +387,99 @@ fn check_brain(report: &mut Report, config: &Config, store: Option<&Store>) {
             "check that the brain runs and that [sync] brain_url is its address",
         ),
     }
+    None
+}
+
+/// The shared view's digest re-derived from its rows against the one its commits kept (a
+/// replica changed outside the agent), then, with a brain, compared with the brain's at this
+/// device's cursor, and how the brain's webhook deliveries to this device go.
+fn check_replica(
+    report: &mut Report,
+    store: &Store,
+    client: Option<&BrainClient>,
+) -> anyhow::Result<()> {
+    let check = store.check_replica_digest()?;
+    if check.matches() {
+        report.ok(
+            "replica",
+            format!(
+                "the shared view's {} match the digest its commits kept",
+                count(check.rows, "row", "rows")
+            ),
+        );
+    } else {
+        report.fail(
+            "replica",
+            "the shared view's rows no longer match the digest the agent's own commits kept: \
+             the database was changed outside the agent (a disk error, a hand edit)"
+                .into(),
+            "`agent sync --reseed` replaces the shared view with the brain's (this device's \
+             own changes not yet acknowledged are applied again)",
+        );
+    }
+    let Some(client) = client else {
+        return Ok(());
+    };
+    // The rows as they are: a damaged replica must show as such.
+    let replica = ReplicaReport {
+        digest: check.derived,
+        pending: store.unacknowledged()?,
+    };
+    match client.pull(store.pull_cursor()?, 1, None, Some(&replica)) {
+        Ok(page) => match page.convergence {
+            Some(c) if c.state == ConvergenceState::Diverged => report.fail(
+                "converged",
+                "DIVERGED: at the brain's head with nothing pending, this device holds other \
+                 winners than the brain"
+                    .into(),
+                "`agent sync --reseed` replaces the shared view with the brain's",
+            ),
+            Some(c) if c.state == ConvergenceState::Converged => {
+                report.ok("converged", "the same shared view as the brain's".into())
+            }
+            Some(c) => report.ok(
+                "converged",
+                format!("not comparable yet: {c}; `agent sync` catches up"),
+            ),
+            None => report.warn(
+                "converged",
+                "the brain does not compare replicas (LIB v1.1's edge function?)".into(),
+                "move the brain to `agent brain serve` to check convergence",
+            ),
+        },
+        Err(e) => report.warn(
+            "converged",
+            format!("could not ask the brain: {e}"),
+            "`agent doctor` again once the brain answers",
+        ),
+    }
+    if let Ok(answer) = client.devices(Duration::from_secs(5)) {
+        let me = answer
+            .devices
+            .iter()
+            .find(|d| d.device_id.as_deref() == Some(store.device_id()));
+        if let Some(webhook) = me.and_then(|d| d.webhook.as_ref()) {
+            if webhook.failures > 0 || !webhook.active {
+                report.warn(
+                    "webhook",
+                    format!(
+                        "the brain's deliveries to this device's webhook fail ({} in a row{})",
+                        webhook.failures,
+                        if webhook.active { "" } else { ", turned off" }
+                    ),
+                    "check that [sync] public_url reaches the listener from the brain's side \
+                     (the agent long-polls meanwhile); `agent brain device list` on the brain \
+                     shows the last error",
+                );
+            } else {
+                report.ok(
+                    "webhook",
+                    "the brain's deliveries to this device go through".into(),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_outbox(report: &mut Report, store: &Store) -> anyhow::Result<()> {

@@ -11,8 +11,11 @@ use serde::Serialize;
 use super::GlobalArgs;
 use crate::config::Config;
 use crate::daemon::{LibraryMode, RunState};
+use crate::model::digest::{Convergence, ConvergenceState};
+use crate::model::wire::DeviceView;
 use crate::store::read::{Counts, RunRow};
 use crate::store::Store;
+use crate::sync::client::BrainClient;
 use crate::sync::state::SyncState;
 use crate::sync::RefusedPull;
 use crate::term::escape;
@@ -64,6 +67,13 @@ struct SyncStatus {
     parked: Vec<Parked>,
     refused: Vec<RefusedPull>,
     state: Option<SyncState>,
+    /// What the brain said of this replica at the last pull.
+    convergence: Option<Convergence>,
+    /// Every enrolled device as the brain sees it now (`GET /devices`); `None` with no brain,
+    /// or when it did not answer (then `devices_error` says why).
+    devices: Option<Vec<DeviceView>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices_error: Option<String>,
 }
 
 /// An event the brain refused, set aside in the outbox.
@@ -139,6 +149,12 @@ fn gather(config: &Config) -> anyhow::Result<Status> {
         .filter(|s| running && !s.realtime.is_empty())
         .map(|s| s.realtime.clone());
     let run_state = crate::daemon::read_state(&store)?;
+    let (devices, devices_error) = match brain_devices(config, store.device_id()) {
+        None => (None, None),
+        Some(Ok(devices)) => (Some(devices), None),
+        Some(Err(e)) => (None, Some(e)),
+    };
+    let convergence = sync_state.as_ref().and_then(|s| s.convergence);
     Ok(Status {
         ok: true,
         warnings: exposure_warnings(store.path()),
@@ -157,6 +173,9 @@ fn gather(config: &Config) -> anyhow::Result<Status> {
             parked,
             refused,
             state: sync_state,
+            convergence,
+            devices,
+            devices_error,
         },
         agent: AgentStatus {
             running,
@@ -164,6 +183,24 @@ fn gather(config: &Config) -> anyhow::Result<Status> {
         },
     })
 }
+
+/// The devices the brain knows, asked now with a short timeout: `status` must stay quick when
+/// the brain is away. `None` without a brain.
+fn brain_devices(config: &Config, device_id: &str) -> Option<Result<Vec<DeviceView>, String>> {
+    let url = config.sync.brain_url.as_ref()?;
+    let client = match BrainClient::from_config(url, &config.sync, device_id) {
+        Ok(client) => client,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    Some(
+        client
+            .devices(DEVICES_TIMEOUT)
+            .map(|answer| answer.devices)
+            .map_err(|e| e.to_string()),
+    )
+}
+
+const DEVICES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The text output. What came from files, the brain or other devices (keys, errors, reasons,
 /// paths) is escaped for the terminal.
@@ -234,6 +271,47 @@ fn print_brain(status: &Status) {
     );
     if let Some(error) = &st.last_error {
         println!("           last error: {}", escape(error));
+    }
+    match sync.convergence {
+        Some(c) => println!("replica    {c} (as the brain said at the last pull)"),
+        None => println!("replica    not compared yet (no pull since this agent keeps a digest)"),
+    }
+    if sync
+        .convergence
+        .is_some_and(|c| c.state == ConvergenceState::Diverged)
+    {
+        println!(
+            "           repair: `agent sync --reseed` replaces the shared view with the brain's"
+        );
+    }
+    if let Some(devices) = &sync.devices {
+        println!("devices    {} enrolled:", devices.len());
+        for d in devices {
+            let convergence = Convergence {
+                state: d.state,
+                lag: d.lag,
+            };
+            let this = if d.device_id.as_deref() == Some(status.device_id.as_str()) {
+                " (this device)"
+            } else {
+                ""
+            };
+            println!(
+                "           {}{this}: {}{}",
+                escape(&d.name),
+                if d.revoked {
+                    "revoked".to_owned()
+                } else {
+                    convergence.to_string()
+                },
+                d.last_seen_at
+                    .as_deref()
+                    .map(|t| format!(", last seen {}", escape(t)))
+                    .unwrap_or_default()
+            );
+        }
+    } else if let Some(error) = &sync.devices_error {
+        println!("devices    not listed: {}", escape(error));
     }
 }
 
@@ -426,6 +504,7 @@ mod tests {
             last_push_at: None,
             last_pull_at: Some("t".into()),
             last_error: None,
+            convergence: None,
         };
         let run_state = RunState {
             pid: 9,
@@ -471,6 +550,12 @@ mod tests {
                 }],
                 refused: vec![refused.clone()],
                 state: Some(sync_state.clone()),
+                convergence: Some(Convergence {
+                    state: ConvergenceState::Behind,
+                    lag: 4,
+                }),
+                devices: None,
+                devices_error: Some("down".into()),
             },
             agent: AgentStatus {
                 running: true,
@@ -501,6 +586,9 @@ mod tests {
                 "parked": [{"event_ulid": "01K", "entity_key": "notes/y", "error": "too big"}],
                 "refused": [refused],
                 "state": sync_state,
+                "convergence": {"state": "behind", "lag": 4},
+                "devices": null,
+                "devices_error": "down",
             },
             "agent": {
                 "running": true,

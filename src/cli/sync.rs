@@ -22,6 +22,11 @@ pub struct Args {
     /// once what made it refuse them is fixed
     #[arg(long)]
     pub retry_parked: bool,
+    /// Replace this device's shared view with the brain's snapshot, then apply again the
+    /// changes of this device the brain has not acknowledged: the repair of a replica the brain
+    /// reports DIVERGED (after the push, before the pull). Files on disk are not touched
+    #[arg(long, conflicts_with = "push")]
+    pub reseed: bool,
 }
 
 pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<()> {
@@ -57,6 +62,15 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     } else {
         None
     };
+    let reseeded = if args.reseed {
+        let result = sync::replace_from_snapshot(&mut store, &client, batch);
+        if let Err(e) = &result {
+            save(&mut store, url, Step::Pull, Outcome::Failed(e));
+        }
+        Some(result?)
+    } else {
+        None
+    };
     let pulled = if do_pull {
         let result = sync::pull(&mut store, &client, batch, None);
         save(&mut store, url, Step::Pull, Outcome::of(&result, |_| true));
@@ -71,7 +85,7 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     let backfilled = pushed.as_ref().map_or(0, |p| p.initial_sync);
     let backfill_waiting = store.backfill_pending()?;
     if global.json {
-        return super::print_json(&json!({
+        let mut summary = json!({
             "ok": true,
             "push": pushed,
             "pull": pulled,
@@ -79,7 +93,11 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
                 "backfilled": backfilled,
                 "already_done": !backfill_waiting,
             },
-        }));
+        });
+        if let Some(reseed) = &reseeded {
+            summary["reseed"] = serde_json::to_value(reseed)?;
+        }
+        return super::print_json(&summary);
     }
     if let Some(p) = &pushed {
         println!(
@@ -88,6 +106,20 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
             p.result.inserted_events,
             if p.parked > 0 {
                 format!("; {} refused and parked (see `agent status`)", p.parked)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(r) = &reseeded {
+        println!(
+            "re-seeded: the shared view replaced by the brain's snapshot ({}, log position {}); \
+             {} made since (here, or pulled past it) applied again{}",
+            crate::term::count(r.entities, "entity", "entities"),
+            r.watermark,
+            crate::term::count(r.reapplied, "event", "events"),
+            if r.refused > 0 {
+                format!("; {} invalid, skipped (see `agent status`)", r.refused)
             } else {
                 String::new()
             }
@@ -105,6 +137,12 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
                 String::new()
             }
         );
+    }
+    if let Some(c) = pulled.as_ref().and_then(|p| p.convergence) {
+        println!("this device against the brain: {c}");
+        if c.state == crate::model::digest::ConvergenceState::Diverged {
+            println!("  repair: `agent sync --reseed` replaces the shared view with the brain's");
+        }
     }
     if backfilled > 0 {
         println!(

@@ -3,6 +3,7 @@
 //! Everything here is pure: no I/O, so both ends and the tests use exactly the same rules.
 
 pub mod clock;
+pub mod digest;
 pub mod event;
 pub mod key;
 pub mod merge;

@@ -53,6 +53,10 @@ pub struct PullResponse {
     /// The cursor for the next pull: the id of the last event returned, or `after_id` if none.
     pub next_after_id: i64,
     pub has_more: bool,
+    /// How the pulling device's replica compares with the brain's (DESIGN.md "Convergence you
+    /// can check"); absent from a brain that does not compare (LIB v1.1's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convergence: Option<super::digest::Convergence>,
 }
 
 /// The merged state of one entity, as `/snapshot` serves it for re-seeding a device.
@@ -133,4 +137,43 @@ pub struct ErrorBody {
 pub struct HealthResponse {
     pub status: String,
     pub version: String,
+}
+
+/// `GET /devices`: every enrolled device and how its replica compares with the brain's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicesResponse {
+    pub ok: bool,
+    /// The log's head the lags are counted from.
+    pub head: i64,
+    pub devices: Vec<DeviceView>,
+}
+
+/// One enrolled device, as `GET /devices` shows it to any device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub name: String,
+    /// The device id its token is bound to; `None` until its first request.
+    pub device_id: Option<String>,
+    /// RFC 3339.
+    pub last_seen_at: Option<String>,
+    /// The `after_id` of its last pull.
+    pub cursor: Option<i64>,
+    /// Its events the brain had not acknowledged, at its last pull.
+    pub pending: Option<i64>,
+    pub revoked: bool,
+    pub state: super::digest::ConvergenceState,
+    /// Events of the log it has still to pull.
+    pub lag: i64,
+    /// How deliveries to its webhook go, if it registered one (not its URL: that stays with
+    /// the operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookHealth>,
+}
+
+/// A device's webhook as `GET /devices` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookHealth {
+    pub active: bool,
+    /// Deliveries failed in a row.
+    pub failures: i64,
 }

@@ -12,6 +12,7 @@
 //! | `backfill_pending` | `1`: rows adopted from LIB v1.0/v1.1 wait for their backfill |
 //! | `backfill_observed` | `1`: the backfill also records those rows as observed here |
 //! | `durable_at` | RFC 3339 time of the last [`Store::make_durable`] |
+//! | `replica_digest` | the shared view's digest (`model::digest`), 64 hex digits, kept at commit |
 
 use std::collections::BTreeMap;
 
@@ -41,6 +42,8 @@ pub(super) const BACKFILL_PENDING: &str = "backfill_pending";
 pub(super) const BACKFILL_OBSERVED: &str = "backfill_observed";
 /// When [`Store::make_durable`] last ran.
 const DURABLE_AT: &str = "durable_at";
+/// The shared view's replica digest, as every commit left it (see `store::digest`).
+pub(super) const REPLICA_DIGEST: &str = "replica_digest";
 
 /// What `agent status` shows of sync: the brain, whether it answered, the wake-up in effect, and
 /// when a push and a pull last succeeded.
@@ -54,6 +57,10 @@ pub struct SyncState {
     pub last_push_at: Option<String>,
     pub last_pull_at: Option<String>,
     pub last_error: Option<String>,
+    /// What the brain said of this replica at the last pull (DESIGN.md "Convergence you can
+    /// check"); `None` before the first pull, or from a brain that does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convergence: Option<crate::model::digest::Convergence>,
 }
 
 /// A pulled event that failed validation, kept for `agent status`.
@@ -99,7 +106,7 @@ pub struct RunState {
     pub renames_reused: u64,
 }
 
-fn get(conn: &Connection, key: &str) -> Result<Option<String>> {
+pub(super) fn get(conn: &Connection, key: &str) -> Result<Option<String>> {
     conn.prepare_cached("SELECT v FROM lib_kv WHERE k = ?1")
         .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
         .ctx(|| format!("reading lib_kv {key}"))

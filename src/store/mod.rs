@@ -6,9 +6,11 @@
 //! batch of file changes in one, so observed state, `lib_files`, FTS and the outbox commit together.
 
 mod batch;
+pub mod digest;
 pub mod kv;
 mod legacy;
 pub mod read;
+mod reseed;
 mod runs;
 
 use std::path::{Path, PathBuf};

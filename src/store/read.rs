@@ -220,13 +220,28 @@ fn live_file(conn: &Connection, key: &str) -> Result<Option<LiveFile>> {
 
 /// Unpushed, unparked outbox events in id order (the order they were made), at most `limit`.
 fn pending_outbox(conn: &Connection, limit: usize) -> Result<Vec<(i64, crate::model::Event)>> {
+    read_events(
+        conn,
+        "lib_outbox",
+        "SELECT id, device_id, event_ulid, event_type, entity_type, entity_key, payload_json, vector_clock,
+                created_at
+         FROM lib_outbox WHERE pushed_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT ?1",
+        limit as i64,
+    )
+}
+
+/// The events a query of the outbox or the inbox selects, with their row ids. `sql` selects
+/// `id`, then the event's columns in the order of [`crate::model::Event`], and takes one
+/// parameter.
+pub(super) fn read_events(
+    conn: &Connection,
+    table: &str,
+    sql: &str,
+    param: impl rusqlite::ToSql,
+) -> Result<Vec<(i64, crate::model::Event)>> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT id, device_id, event_ulid, event_type, entity_type, entity_key, payload_json, vector_clock,
-                    created_at
-             FROM lib_outbox WHERE pushed_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT ?1",
-        )
-        .ctx(|| "reading the outbox".into())?;
+        .prepare_cached(sql)
+        .ctx(|| format!("reading {table}"))?;
     type Raw = (
         i64,
         String,
@@ -239,7 +254,7 @@ fn pending_outbox(conn: &Connection, limit: usize) -> Result<Vec<(i64, crate::mo
         String,
     );
     let rows: Vec<Raw> = stmt
-        .query_map([limit as i64], |r| {
+        .query_map([param], |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -253,7 +268,7 @@ fn pending_outbox(conn: &Connection, limit: usize) -> Result<Vec<(i64, crate::mo
             ))
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .ctx(|| "reading the outbox".into())?;
+        .ctx(|| format!("reading {table}"))?;
     let mut events = Vec::with_capacity(rows.len());
     for (
         id,
@@ -268,7 +283,7 @@ fn pending_outbox(conn: &Connection, limit: usize) -> Result<Vec<(i64, crate::mo
     ) in rows
     {
         let corrupt = |detail: String| super::StoreError::Corrupt {
-            context: format!("lib_outbox row {id}"),
+            context: format!("{table} row {id}"),
             detail,
         };
         let event_type = crate::model::EventType::parse(&event_type)

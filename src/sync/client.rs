@@ -18,9 +18,10 @@ use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde::de::DeserializeOwned;
 
 use crate::config::{SyncConfig, TokenFileError, ENV_BRAIN_CA_FILE};
+use crate::model::digest::{ReplicaReport, DIGEST_HEADER, PENDING_HEADER};
 use crate::model::wire::{
-    ErrorBody, IngestRequest, IngestResponse, IngestResult, PullResponse, SnapshotResponse,
-    WebhookRequest, WebhookResponse, DEVICE_ID_HEADER, SECRET_HEADER,
+    DevicesResponse, ErrorBody, IngestRequest, IngestResponse, IngestResult, PullResponse,
+    SnapshotResponse, WebhookRequest, WebhookResponse, DEVICE_ID_HEADER, SECRET_HEADER,
 };
 use crate::model::Event;
 use crate::tls::{self, CaFileError, ExtraRoots};
@@ -394,6 +395,7 @@ impl BrainClient {
         after_id: i64,
         limit: usize,
         wait: Option<Duration>,
+        replica: Option<&ReplicaReport>,
     ) -> Result<PullResponse, ClientError> {
         let mut path = format!("/pull?after_id={after_id}&limit={limit}");
         let mut timeout = Duration::from_secs(60);
@@ -401,7 +403,21 @@ impl BrainClient {
             path.push_str(&format!("&wait_ms={}", wait.as_millis()));
             timeout += wait;
         }
-        self.send("/pull", self.request(reqwest::Method::GET, &path, timeout))
+        let mut request = self.request(reqwest::Method::GET, &path, timeout);
+        if let Some(replica) = replica {
+            request = request
+                .header(DIGEST_HEADER, replica.digest.to_hex())
+                .header(PENDING_HEADER, replica.pending.to_string());
+        }
+        self.send("/pull", request)
+    }
+
+    /// `GET /devices`: every enrolled device and how its replica compares with the brain's.
+    pub fn devices(&self, timeout: Duration) -> Result<DevicesResponse, ClientError> {
+        self.send(
+            "/devices",
+            self.request(reqwest::Method::GET, "/devices", timeout),
+        )
     }
 
     /// `GET /snapshot`, one page of current entities after `after_key`.

@@ -21,9 +21,10 @@ use serde::Serialize;
 
 pub use client::{BrainClient, ClientError};
 
+use crate::model::digest::{Convergence, ConvergenceState, ReplicaReport};
 use crate::model::wire::{IngestResult, PullResponse, SnapshotEntity, SnapshotResponse, MAX_BATCH};
 use crate::model::{Event, EventType};
-use crate::store::{Batch, Store, StoreError};
+use crate::store::{Applied, Batch, Store, StoreError};
 
 pub use crate::store::kv::{RefusedPull, CURSOR_KEY, REFUSED_PULL_PREFIX, REFUSED_SNAPSHOT_INFIX};
 /// Byte cap of one push request body (the brain's own cap is larger).
@@ -73,6 +74,9 @@ pub struct PullSummary {
     /// skipped, never applied.
     #[serde(skip_serializing_if = "is_zero")]
     pub refused: u64,
+    /// What the brain said of this replica at the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub convergence: Option<Convergence>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -85,12 +89,14 @@ fn is_zero(n: &u64) -> bool {
 pub trait Brain {
     /// `POST /ingest`.
     fn ingest(&self, batch: &[Event]) -> Result<IngestResult, ClientError>;
-    /// `GET /pull`; with `wait` it long-polls.
+    /// `GET /pull`; with `wait` it long-polls. `replica` is what the device says of its
+    /// replica, for the brain's convergence check.
     fn pull(
         &self,
         after_id: i64,
         limit: usize,
         wait: Option<Duration>,
+        replica: Option<&ReplicaReport>,
     ) -> Result<PullResponse, ClientError>;
     /// `GET /snapshot`, one page of current entities after `after_key`.
     fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotResponse, ClientError>;
@@ -106,8 +112,9 @@ impl Brain for BrainClient {
         after_id: i64,
         limit: usize,
         wait: Option<Duration>,
+        replica: Option<&ReplicaReport>,
     ) -> Result<PullResponse, ClientError> {
-        BrainClient::pull(self, after_id, limit, wait)
+        BrainClient::pull(self, after_id, limit, wait, replica)
     }
 
     fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotResponse, ClientError> {
@@ -228,8 +235,14 @@ pub fn pull(
     let mut summary = PullSummary::default();
     let mut cursor = store.pull_cursor()?;
     let mut wait = wait;
+    let mut confirmed = false;
     loop {
-        let page = match client.pull(cursor, batch_size, wait.take()) {
+        // Read again for every page: the digest describes the replica at the cursor it goes with.
+        let replica = ReplicaReport {
+            digest: store.replica_digest()?,
+            pending: store.unacknowledged()?,
+        };
+        let page = match client.pull(cursor, batch_size, wait.take(), Some(&replica)) {
             Ok(page) => page,
             Err(e) if e.is_cursor_pruned() => {
                 tracing::warn!(cursor, "the brain pruned events this device has not pulled; re-seeding from its snapshot");
@@ -257,12 +270,46 @@ pub fn pull(
             }
         }
         cursor = advance_cursor(&batch, page.next_after_id)?;
+        if let Some(convergence) = page.convergence {
+            note_convergence(&batch, convergence)?;
+            summary.convergence = Some(convergence);
+        }
         batch.commit()?;
-        if !page.has_more {
+        // A page's comparison describes the replica before it was applied: when it brought
+        // events, one more request (answered at once, at the head) says where this leaves it.
+        let compare_again = page.convergence.is_some() && !page.events.is_empty() && !confirmed;
+        if !page.has_more && !compare_again {
             summary.new_after_id = cursor;
             return Ok(summary);
         }
+        confirmed |= !page.has_more;
     }
+}
+
+/// Keeps what the brain said of this replica for `agent status`, and says so loudly when it
+/// starts to diverge (once: the state is kept, and only a change is said).
+fn note_convergence(batch: &Batch<'_>, convergence: Convergence) -> Result<(), StoreError> {
+    let mut state = batch.sync_state()?.unwrap_or_default();
+    let before = state.convergence.map(|c| c.state);
+    if before != Some(convergence.state) {
+        match convergence.state {
+            ConvergenceState::Diverged => tracing::error!(
+                "this device's shared view DIVERGED from the brain's: both are at the same log \
+                 position with nothing pending, and hold different winners (a bug, or a \
+                 database changed outside the agent); `agent sync --reseed` replaces it with \
+                 the brain's"
+            ),
+            ConvergenceState::Converged if before == Some(ConvergenceState::Diverged) => {
+                tracing::info!("this device's shared view is converged with the brain's again")
+            }
+            _ => {}
+        }
+    }
+    if state.convergence != Some(convergence) {
+        state.convergence = Some(convergence);
+        batch.set_sync_state(&state)?;
+    }
+    Ok(())
 }
 
 /// Stores `max(stored cursor, to)` in the batch's transaction and returns it. Pulls run
@@ -371,6 +418,111 @@ fn reseed(
     Ok(cursor)
 }
 
+/// What [`replace_from_snapshot`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReseedSummary {
+    /// Entities of the brain's snapshot applied.
+    pub entities: u64,
+    /// Of the snapshot's entities, those that failed validation: recorded and skipped.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused: u64,
+    /// This device's events, and pulled ones past the snapshot, applied again over it.
+    pub reapplied: u64,
+    /// The log position the snapshot includes: pulls go on from there.
+    pub watermark: i64,
+    /// The shared view's digest before and after.
+    pub digest_before: String,
+    pub digest_after: String,
+}
+
+/// `agent sync --reseed`: *replaces* the shared view with the brain's snapshot, then applies
+/// again this device's events the brain had not acknowledged when the snapshot began (and the
+/// pulled events past its watermark), and moves the cursor to the watermark. Unlike the re-seed
+/// of a pruned cursor ([`reseed`]), which merges the snapshot over what is here, nothing of the
+/// old view survives but what the events say: the repair of a diverged replica.
+///
+/// The snapshot is staged while it downloads, and the view replaced in one transaction: an
+/// interruption leaves the old view whole.
+pub fn replace_from_snapshot(
+    store: &mut Store,
+    client: &(impl Brain + ?Sized),
+    batch_size: usize,
+) -> Result<ReseedSummary, SyncError> {
+    let batch_size = batch_size.clamp(1, MAX_BATCH);
+    let mut summary = ReseedSummary {
+        digest_before: store.replica_digest()?.to_hex(),
+        ..ReseedSummary::default()
+    };
+    // An event acknowledged from here on may have reached the brain after the snapshot's
+    // watermark: it is applied again. Timestamps have whole seconds: one second of margin.
+    let since = crate::model::event::format_rfc3339(
+        store.clock().now() - std::time::Duration::from_secs(1),
+    );
+    store.start_staging()?;
+    let staged = stage_snapshot(store, client, batch_size);
+    let result = staged.and_then(|watermark| {
+        summary.watermark = watermark;
+        let batch = store.batch()?;
+        batch.clear_shared_view()?;
+        batch.for_each_staged(|entity| {
+            let (winner, siblings) = snapshot_events(&entity);
+            let invalid = std::iter::once(&winner)
+                .chain(&siblings)
+                .find_map(|e| e.validate_pulled(MAX_PULLED_CONTENT_BYTES).err());
+            if let Some(e) = invalid {
+                summary.refused += 1;
+                return refuse(
+                    &batch,
+                    Refused::Entity { watermark },
+                    &winner,
+                    &e.to_string(),
+                );
+            }
+            batch.apply(&winner)?;
+            for event in &siblings {
+                batch.apply(event)?;
+            }
+            summary.entities += 1;
+            Ok(())
+        })?;
+        for event in batch.events_after_snapshot(&since, watermark)? {
+            if let Applied::Merged { .. } = batch.apply(&event)? {
+                summary.reapplied += 1;
+            }
+        }
+        // Back to the watermark, even below the cursor: what came after it is applied again
+        // above, and pulling it again changes nothing.
+        batch.set_pull_cursor(watermark)?;
+        batch.commit()?;
+        Ok(())
+    });
+    let ended = store.end_staging();
+    result?;
+    ended?;
+    summary.digest_after = store.replica_digest()?.to_hex();
+    Ok(summary)
+}
+
+/// Downloads the whole snapshot into the store's staging table; returns its watermark (that of
+/// its first page: the entities of later pages include at least that much of the log).
+fn stage_snapshot(
+    store: &Store,
+    client: &(impl Brain + ?Sized),
+    batch_size: usize,
+) -> Result<i64, SyncError> {
+    let mut after_key = String::new();
+    let mut watermark = None;
+    loop {
+        let page = client.snapshot(&after_key, batch_size)?;
+        watermark.get_or_insert(page.watermark);
+        store.stage(&page.entities)?;
+        match page.entities.last() {
+            Some(last) if page.has_more => after_key = last.entity_key.clone(),
+            _ => return Ok(watermark.unwrap_or(0)),
+        }
+    }
+}
+
 /// A snapshot entity as the events that rebuild it: its winner, then its other siblings.
 fn snapshot_events(entity: &SnapshotEntity) -> (Event, Vec<Event>) {
     let winner = Event {
@@ -471,12 +623,14 @@ mod tests {
             after_id: i64,
             _limit: usize,
             _wait: Option<Duration>,
+            _replica: Option<&ReplicaReport>,
         ) -> Result<PullResponse, ClientError> {
             Ok(PullResponse {
                 ok: true,
                 events: Vec::new(),
                 next_after_id: after_id,
                 has_more: false,
+                convergence: None,
             })
         }
 
@@ -726,6 +880,7 @@ mod tests {
             _after_id: i64,
             _limit: usize,
             _wait: Option<Duration>,
+            _replica: Option<&ReplicaReport>,
         ) -> Result<PullResponse, ClientError> {
             self.calls.set(self.calls.get() + 1);
             (self.meanwhile)();
@@ -734,6 +889,7 @@ mod tests {
                 events: Vec::new(),
                 next_after_id: self.next,
                 has_more: false,
+                convergence: None,
             })
         }
 

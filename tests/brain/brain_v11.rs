@@ -494,6 +494,7 @@ async fn a_schema_migrated_from_the_old_migrations_folder_opens_as_it_is() {
             (1, "0001_lib_shared"),
             (2, "0002_pruned_events"),
             (3, "0003_devices"),
+            (4, "0004_replica_digest"),
         ];
         let files = migration_files();
         assert_eq!(

@@ -10,6 +10,7 @@ mod brain_cli;
 mod brain_concurrency;
 mod brain_pg_tls;
 mod brain_v11;
+mod convergence;
 mod protocol;
 mod trust_caps;
 mod trust_connections;

@@ -691,7 +691,7 @@ fn a_redirect_is_not_followed_and_nothing_reaches_where_it_points() {
         "neither retried nor parked"
     );
     let err = client
-        .pull(0, 10, None)
+        .pull(0, 10, None, None)
         .expect_err("a redirect is an error");
     assert!(matches!(err, ClientError::Redirect { .. }), "{err}");
 
@@ -717,7 +717,7 @@ fn an_answer_over_64_mib_is_refused_without_reading_it_whole() {
         );
     });
     let client = BrainClient::new(&announced.url(), None).expect("client");
-    let err = client.pull(0, 10, None).expect_err("too large");
+    let err = client.pull(0, 10, None, None).expect_err("too large");
     assert!(matches!(err, ClientError::TooLarge { .. }), "{err}");
     assert!(
         err.to_string().contains(&MAX_ANSWER_BYTES.to_string()),
@@ -745,7 +745,7 @@ fn an_answer_over_64_mib_is_refused_without_reading_it_whole() {
         }
     });
     let client = BrainClient::new(&streamed.url(), None).expect("client");
-    let err = client.pull(0, 10, None).expect_err("too large");
+    let err = client.pull(0, 10, None, None).expect_err("too large");
     assert!(matches!(err, ClientError::TooLarge { .. }), "{err}");
     assert!(!err.is_retryable());
     drop(client);
@@ -789,7 +789,7 @@ fn with_a_device_token_the_client_sends_it_and_the_device_id_and_never_the_share
         !format!("{client:?}{config:?}").contains("tok-ABC123_xyz"),
         "Debug redacts the token"
     );
-    client.pull(0, 10, None).expect("pull");
+    client.pull(0, 10, None, None).expect("pull");
     client
         .register_webhook(device, "http://127.0.0.1:9/hook", &"s".repeat(32))
         .ok();
@@ -815,7 +815,7 @@ fn with_a_device_token_the_client_sends_it_and_the_device_id_and_never_the_share
     )
     .expect("config");
     let client = BrainClient::from_config(&brain.url(), &no_token.sync, device).expect("client");
-    client.pull(0, 10, None).expect("pull");
+    client.pull(0, 10, None, None).expect("pull");
     let head = brain.heads().pop().expect("a third request");
     assert_eq!(
         header(&head, "x-lib-sync-secret").as_deref(),

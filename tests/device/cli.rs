@@ -916,7 +916,8 @@ fn sync_json_prints_the_lib_v1_1_summary_with_true_figures() {
     lab.write("notes/b.md", "bravo\n");
     lab.scan(&[]);
     let summary = sync_json(&lab, &[]);
-    // LIB v1.1's keys, with one addition: push.parked (events the brain refused).
+    // LIB v1.1's keys, with two additions: push.parked (events the brain refused) and
+    // pull.convergence (what the brain says of this replica once the pull caught up).
     assert_eq!(
         summary,
         serde_json::json!({
@@ -926,7 +927,8 @@ fn sync_json_prints_the_lib_v1_1_summary_with_true_figures() {
                 "result": {"inserted_events": 2, "upserted_entities": 2},
                 "parked": 0,
             },
-            "pull": {"pulled": 3, "applied": 1, "new_after_id": 3},
+            "pull": {"pulled": 3, "applied": 1, "new_after_id": 3,
+                     "convergence": {"state": "converged", "lag": 0}},
             "backfill": {"backfilled": 0, "already_done": true},
         })
     );
@@ -937,7 +939,8 @@ fn sync_json_prints_the_lib_v1_1_summary_with_true_figures() {
     assert_eq!(again["push"]["pushed"], 0);
     assert_eq!(
         again["pull"],
-        serde_json::json!({"pulled": 0, "applied": 0, "new_after_id": 3})
+        serde_json::json!({"pulled": 0, "applied": 0, "new_after_id": 3,
+                           "convergence": {"state": "converged", "lag": 0}})
     );
     // Only one half: the other is null.
     let pull_only = sync_json(&lab, &["--pull"]);

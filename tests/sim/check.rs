@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use lib_agent::model::digest::{Convergence, ConvergenceState, ReplicaDigest};
 use lib_agent::model::merge::{self, EntityState, Outcome};
 use lib_agent::model::wire::SnapshotEntity;
 use lib_agent::model::{Event, EventType, VectorClock, Version};
@@ -451,7 +452,65 @@ pub fn check(world: &mut World) -> (u64, u64) {
         })
         .collect();
     assert_eq!(stored_conflicts, conflicts_by_rule, "conflicts by the rule");
+    drop(net);
+    check_convergence(world);
     (events.len() as u64, expected_conflicts.len() as u64)
+}
+
+/// DESIGN.md "Convergence you can check": every device's kept digest is the digest of its rows,
+/// equals the brain's, and a pull at the head says so.
+fn check_convergence(world: &mut World) {
+    let brain = world.net.borrow().brain.replica();
+    let derived = brain_digest(&world.net.borrow().brain.entities());
+    assert_eq!(
+        brain.digest, derived,
+        "the brain's kept digest vs its entities"
+    );
+    for d in 0..world.devices.len() {
+        let id = world.devices[d].id.clone();
+        let check = world.devices[d]
+            .store()
+            .check_replica_digest()
+            .expect("derive the digest");
+        assert!(
+            check.matches(),
+            "{id}: the digest its commits kept ({:?}) is not its rows' ({})",
+            check.kept,
+            check.derived
+        );
+        assert_eq!(check.derived, brain.digest, "{id}: digest vs the brain's");
+        assert_eq!(
+            world.pull_convergence(d),
+            Some(Convergence {
+                state: ConvergenceState::Converged,
+                lag: 0
+            }),
+            "{id}: what the brain says of it at the head"
+        );
+    }
+}
+
+/// The digest of the brain's entities, computed here from the definition.
+fn brain_digest(entities: &[SnapshotEntity]) -> ReplicaDigest {
+    let mut digest = ReplicaDigest::EMPTY;
+    for e in entities {
+        let mut h = Sha256::new();
+        h.update(e.entity_key.as_bytes());
+        h.update([0]);
+        h.update(e.event_ulid.as_bytes());
+        h.update([0]);
+        match (&e.deleted_at, &e.payload.sha256) {
+            (Some(_), _) => h.update(b"deleted"),
+            (None, sha) => h.update(sha.as_deref().unwrap_or("").as_bytes()),
+        }
+        let leaf: [u8; 32] = h.finalize().into();
+        digest.toggle(ReplicaDigest::from_hex(&hex(&leaf)).expect("64 hex digits"));
+    }
+    digest
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One entity as DESIGN.md's merge rule defines it over the set of applied events.

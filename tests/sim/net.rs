@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lib_agent::brain::server::parse_ingest;
-use lib_agent::brain::store::{BrainStore, PgStore, SqliteStore};
+use lib_agent::brain::store::{BrainStore, PgStore, ReplicaPoint, SqliteStore};
 use lib_agent::brain::BrainError;
+use lib_agent::model::digest::ReplicaReport;
 use lib_agent::model::wire::{
     IngestRequest, IngestResult, PullResponse, SnapshotEntity, SnapshotResponse, MAX_BATCH,
 };
@@ -205,7 +206,7 @@ impl SimBrain {
     fn log_ids(&self) -> Vec<(i64, String)> {
         let (mut out, mut cursor) = (Vec::new(), 0);
         loop {
-            match self.pull(cursor, MAX_BATCH) {
+            match self.pull(cursor, MAX_BATCH, None) {
                 Ok(page) => {
                     out.extend(page.events.into_iter().map(|e| (e.id, e.event.event_ulid)));
                     cursor = page.next_after_id.max(cursor);
@@ -234,15 +235,35 @@ impl SimBrain {
         Ok((ingested.result, ingested.new_ids.is_some()))
     }
 
-    fn pull(&self, after_id: i64, limit: usize) -> Result<PullResponse, BrainError> {
+    /// What `GET /pull` answers: the page, and how the device's `replica` report compares.
+    fn pull(
+        &self,
+        after_id: i64,
+        limit: usize,
+        replica: Option<&ReplicaReport>,
+    ) -> Result<PullResponse, BrainError> {
         let limit = limit.clamp(1, MAX_BATCH);
         let page = on_store!(self, s => s.pull(after_id, limit))?;
+        let convergence = match replica {
+            Some(r) => Some(on_store!(self, s => s.replica())?.compare(
+                after_id,
+                Some(&r.digest),
+                Some(r.pending),
+            )),
+            None => None,
+        };
         Ok(wire(&PullResponse {
             ok: true,
             events: page.events,
             next_after_id: page.next_after_id,
             has_more: page.has_more,
+            convergence,
         }))
+    }
+
+    /// The brain's head and replica digest.
+    pub fn replica(&self) -> ReplicaPoint {
+        on_store!(self, s => s.replica()).expect("read the brain's replica digest")
     }
 
     fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotResponse, BrainError> {
@@ -273,7 +294,7 @@ impl SimBrain {
     pub fn log(&self) -> (BTreeMap<String, Event>, i64) {
         let (mut events, mut cursor) = (BTreeMap::new(), 0);
         loop {
-            match self.pull(cursor, MAX_BATCH) {
+            match self.pull(cursor, MAX_BATCH, None) {
                 Ok(page) => {
                     events.extend(
                         page.events
@@ -485,12 +506,13 @@ impl sync::Brain for Endpoint<'_> {
         after_id: i64,
         limit: usize,
         _wait: Option<Duration>,
+        replica: Option<&ReplicaReport>,
     ) -> Result<PullResponse, ClientError> {
         let mut net = self.net.borrow_mut();
         net.before(self.device, "/pull")?;
         let page = net
             .brain
-            .pull(after_id, limit)
+            .pull(after_id, limit, replica)
             .map_err(|e| status(e, "/pull"))?;
         net.after(self.device, "/pull")?;
         Ok(page)

@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use lib_agent::config::{Config, Overrides};
 use lib_agent::index::{self, Libraries};
+use lib_agent::model::digest::Convergence;
+use lib_agent::model::wire::MAX_BATCH;
 use lib_agent::store::{Clock, Store};
 use lib_agent::sync;
 
@@ -47,6 +49,10 @@ pub struct Device {
 }
 
 impl Device {
+    pub fn db_path(&self) -> PathBuf {
+        self.db.clone()
+    }
+
     pub fn store(&mut self) -> &mut Store {
         self.store.as_mut().expect("device store open")
     }
@@ -368,6 +374,27 @@ impl World {
         counts
     }
 
+    /// One pull of device `d` on a healed network, for what the brain says of its replica.
+    pub fn pull_convergence(&mut self, d: usize) -> Option<Convergence> {
+        let endpoint = Endpoint {
+            net: &self.net,
+            device: d,
+        };
+        let summary = sync::pull(self.devices[d].store(), &endpoint, MAX_BATCH, None)
+            .expect("a pull on a healed network");
+        summary.convergence
+    }
+
+    /// `agent sync --reseed` on device `d`, on a healed network.
+    pub fn replace_from_snapshot(&mut self, d: usize) -> sync::ReseedSummary {
+        let endpoint = Endpoint {
+            net: &self.net,
+            device: d,
+        };
+        sync::replace_from_snapshot(self.devices[d].store(), &endpoint, MAX_BATCH)
+            .expect("a re-seed on a healed network")
+    }
+
     /// A webhook notification arrives (any of those in flight): its device pulls.
     fn wake_up(&mut self) {
         let device = {
@@ -392,6 +419,18 @@ impl World {
         device.crashes += 1;
         self.net.borrow_mut().stats.device_crashes += 1;
         open_store(device, &self.now, &self.ulid_counter);
+        // As `agent run` does at start; a crash never leaves rows and kept digest apart.
+        let check = device
+            .store()
+            .rederive_replica_digest()
+            .expect("derive the replica digest");
+        assert!(
+            check.matches(),
+            "{}: after a crash, the kept digest ({:?}) is not its rows' ({})",
+            device.id,
+            check.kept,
+            check.derived
+        );
         let outcome = reconcile(device);
         self.net.borrow_mut().stats.racy_reads += outcome.racy;
         self.say(format!(

@@ -107,7 +107,7 @@ impl BlockingBrain {
     /// The id of the newest event in its log.
     pub fn last_id(&self) -> i64 {
         self.client()
-            .pull(0, 500, None)
+            .pull(0, 500, None, None)
             .expect("pull")
             .next_after_id
     }

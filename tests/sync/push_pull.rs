@@ -269,7 +269,7 @@ fn an_invalid_pulled_event_is_recorded_and_skipped_and_the_valid_ones_around_it_
     a.sync(&brain);
     let last_id = brain
         .client()
-        .pull(0, 500, None)
+        .pull(0, 500, None, None)
         .expect("pull")
         .next_after_id;
 

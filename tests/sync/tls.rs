@@ -194,7 +194,7 @@ fn without_the_ca_the_push_fails_on_the_certificate_and_the_outbox_keeps_its_eve
     assert!(
         brain
             .plain_client()
-            .pull(0, 500, None)
+            .pull(0, 500, None, None)
             .expect("pull")
             .events
             .is_empty(),
@@ -247,7 +247,7 @@ fn agent_sync_speaks_https_with_the_ca_and_says_why_without_it() {
     assert_eq!(
         brain
             .plain_client()
-            .pull(0, 500, None)
+            .pull(0, 500, None, None)
             .expect("pull")
             .events
             .len(),

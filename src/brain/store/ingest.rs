@@ -23,7 +23,8 @@ use futures_util::FutureExt;
 
 use super::{CheckedEvent, Ingested};
 use crate::brain::{BrainError, Result};
-use crate::model::merge::{self, EntityState, Outcome};
+use crate::model::digest::ReplicaDigest;
+use crate::model::merge::{self, EntityState, Outcome, Version};
 use crate::model::wire::IngestResult;
 use crate::model::Event;
 
@@ -48,6 +49,9 @@ pub(crate) trait IngestTx {
 
     /// Raises each device's known sequence number to at least the given one.
     async fn raise_sequences(&self, maxima: &BTreeMap<String, i64>) -> Result<()>;
+
+    /// XORs `delta` into the kept replica digest (`model::digest`).
+    async fn add_to_digest(&self, delta: &ReplicaDigest) -> Result<()>;
 }
 
 /// The ingest of a checked batch: see the module's documentation.
@@ -68,7 +72,10 @@ pub(crate) async fn run(tx: &impl IngestTx, batch: &[CheckedEvent]) -> Result<In
     }
     let new_ids = tx.append(&new).await?;
     let events: Vec<&Event> = new.iter().map(|c| &c.event).collect();
-    let upserted = apply(tx, &events).await?;
+    let (upserted, delta) = apply(tx, &events).await?;
+    if !delta.is_empty() {
+        tx.add_to_digest(&delta).await?;
+    }
     Ok(Ingested {
         result: IngestResult {
             inserted_events: events.len() as u64,
@@ -80,17 +87,30 @@ pub(crate) async fn run(tx: &impl IngestTx, batch: &[CheckedEvent]) -> Result<In
 
 /// The part of an ingest after the log append: reads the current merge state of the entities
 /// the events touch, applies the events to it with the merge rule, and writes the result.
-/// Returns how many entities changed. The adoption of a LIB v1.1 schema replays its log
-/// through this too.
-pub(crate) async fn apply(tx: &impl IngestTx, events: &[&Event]) -> Result<usize> {
+/// Returns how many entities changed and what their new winners change in the replica digest.
+/// The adoption of a LIB v1.1 schema replays its log through this too (and derives the digest
+/// afterwards, from the rows).
+pub(crate) async fn apply(tx: &impl IngestTx, events: &[&Event]) -> Result<(usize, ReplicaDigest)> {
     let mut keys: Vec<&str> = events.iter().map(|e| e.entity_key.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
     let current = tx.entity_states(&keys).await?;
+    let winners_before: HashMap<String, Version> = current
+        .iter()
+        .map(|(key, state)| (key.clone(), state.winner().clone()))
+        .collect();
     let writes = plan_entities(events, current);
+    let mut delta = ReplicaDigest::EMPTY;
+    for write in writes.iter().filter(|w| w.new_winner.is_some()) {
+        delta.replace(
+            &write.key,
+            winners_before.get(&write.key),
+            write.state.winner(),
+        );
+    }
     tx.write_entities(events, &writes).await?;
     tx.raise_sequences(&clock_maxima(events)).await?;
-    Ok(writes.len())
+    Ok((writes.len(), delta))
 }
 
 /// Runs a future whose steps never wait (the SQLite store's, on its own blocking thread).
@@ -224,6 +244,7 @@ mod tests {
         appended: RefCell<Vec<String>>,
         writes: RefCell<Vec<EntityWrite>>,
         maxima: RefCell<BTreeMap<String, i64>>,
+        digest: RefCell<ReplicaDigest>,
     }
 
     impl IngestTx for Recorder {
@@ -254,6 +275,11 @@ mod tests {
             self.maxima.borrow_mut().extend(maxima.clone());
             Ok(())
         }
+
+        async fn add_to_digest(&self, delta: &ReplicaDigest) -> Result<()> {
+            self.digest.borrow_mut().toggle(*delta);
+            Ok(())
+        }
     }
 
     #[test]
@@ -281,6 +307,16 @@ mod tests {
         assert_eq!(
             *tx.maxima.borrow(),
             BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 3)])
+        );
+
+        assert_eq!(
+            *tx.digest.borrow(),
+            {
+                let mut d = ReplicaDigest::EMPTY;
+                d.replace("n/y", None, &new.event.version());
+                d
+            },
+            "the new winner's leaf is added to the digest"
         );
 
         let again = run_ready(run(&tx, &[stored])).unwrap();

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::{BrainError, Result};
+use crate::model::digest::{Convergence, ReplicaDigest};
 use crate::model::merge::{EntityState, Version};
 use crate::model::wire::{IngestResult, PulledEvent, SnapshotEntity};
 use crate::model::{Event, EventType, VectorClock};
@@ -167,6 +168,60 @@ pub enum Binding {
     Taken { by: String },
     /// The device was revoked or removed meanwhile.
     Gone,
+}
+
+/// The log's head and the replica digest of the entities at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaPoint {
+    pub head: i64,
+    pub digest: ReplicaDigest,
+}
+
+impl ReplicaPoint {
+    /// How a device that pulled from `cursor` with this report compares.
+    pub fn compare(
+        &self,
+        cursor: i64,
+        digest: Option<&ReplicaDigest>,
+        pending: Option<i64>,
+    ) -> Convergence {
+        Convergence::compare(self.head, &self.digest, cursor, digest, pending)
+    }
+
+    /// How an enrolled device compares, by what its last pull reported.
+    pub fn device(&self, device: &DeviceRecord) -> Convergence {
+        let Some(cursor) = device.last_cursor else {
+            return Convergence::never_seen(self.head);
+        };
+        let digest = device.digest.as_deref().and_then(ReplicaDigest::from_hex);
+        self.compare(cursor, digest.as_ref(), device.pending)
+    }
+}
+
+/// What [`BrainStore::rederive_digest`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestRederived {
+    /// The digest the ingests kept; `None` the first time.
+    pub kept: Option<ReplicaDigest>,
+    pub derived: ReplicaDigest,
+    pub entities: u64,
+}
+
+impl DigestRederived {
+    /// Logs a kept digest that the rows no longer match: the store was changed outside the
+    /// brain (a restore, a hand edit, a disk error), and devices will read as diverged.
+    pub fn report(&self) {
+        match self.kept {
+            Some(kept) if kept != self.derived => tracing::error!(
+                kept = %kept, derived = %self.derived, entities = self.entities,
+                "the brain's entities no longer match the replica digest its ingests kept: the \
+                 store was changed outside the brain; devices compare with the rows as they are"
+            ),
+            _ => {
+                tracing::debug!(digest = %self.derived, entities = self.entities, "replica digest derived")
+            }
+        }
+    }
 }
 
 /// A device's latest request, recorded at most every few seconds per device.
@@ -372,6 +427,15 @@ pub trait BrainStore: Send + Sync + 'static {
         }
     }
 
+    /// The log's head (the newest id handed out) and the replica digest of `entities` that
+    /// goes with it, read as one snapshot: what a device's report is compared with.
+    fn replica(&self) -> impl Future<Output = Result<ReplicaPoint>> + Send;
+
+    /// Derives the replica digest from `entities` (a full pass) and keeps it, with no ingest in
+    /// between. Run at start: a store damaged outside the brain no longer matches what its
+    /// ingests kept, and says so.
+    fn rederive_digest(&self) -> impl Future<Output = Result<DigestRederived>> + Send;
+
     /// The id of the newest committed event, updated after every commit (on PostgreSQL, also
     /// commits by other brain instances): long-polls wait on it.
     fn subscribe(&self) -> watch::Receiver<i64>;
@@ -481,6 +545,14 @@ pub(crate) fn revoked_rotation(name: &str) -> BrainError {
     BrainError::Invalid(format!(
         "device {name:?} is revoked; enrol the machine again under a new name (`device add`)"
     ))
+}
+
+/// A kept replica digest that is not 64 hex digits.
+pub(crate) fn corrupt_digest(text: &str) -> BrainError {
+    corrupt(
+        "the kept replica digest",
+        format!("{text:?} is not 64 hex digits"),
+    )
 }
 
 pub(crate) fn corrupt(context: &str, e: impl std::fmt::Display) -> BrainError {

@@ -13,6 +13,7 @@
 
 mod connect;
 mod devices;
+mod digest;
 mod error;
 mod ingest;
 mod listen;
@@ -43,9 +44,11 @@ use tokio_postgres::Config;
 use super::ingest as flow;
 use super::{
     unix_seconds, Binding, BrainStore, CheckedEvent, DeliveryFailure, DeviceAuth, DeviceRecord,
-    DeviceSeen, Ingested, PruneBound, PruneReport, PullPage, SnapshotPage, Webhook,
+    DeviceSeen, DigestRederived, Ingested, PruneBound, PruneReport, PullPage, ReplicaPoint,
+    SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
+use crate::model::digest::ReplicaDigest;
 use connect::Connector;
 use error::pg_err;
 use ingest::PgIngest;
@@ -161,6 +164,8 @@ impl PgStore {
                 adopted,
             }),
         };
+        // Re-derived at every start: a store changed outside the brain is found and said.
+        store.rederive_digest().await?.report();
         let newest = store.newest_id().await?;
         store.inner.newest.send_replace(newest);
         let task = tokio::spawn(listen::listen(Arc::downgrade(&store.inner)));
@@ -318,6 +323,60 @@ impl BrainStore for PgStore {
 
     async fn known_sequences(&self, devices: Vec<String>) -> Result<HashMap<String, i64>> {
         self.known(devices).await
+    }
+
+    async fn replica(&self) -> Result<ReplicaPoint> {
+        let conn = self.inner.pool.get().await?;
+        // One statement, one snapshot: ingests are serialised and write the digest in the
+        // transaction that appends their events, so the head and the digest agree.
+        let row = conn
+            .query_one(
+                &*self.sql(
+                    "SELECT GREATEST(COALESCE((SELECT max(id) FROM lib_shared.events), 0),
+                       (SELECT v FROM lib_shared.brain_meta WHERE k = 'pruned_through')),
+                     (SELECT digest FROM lib_shared.replica_digest WHERE id = 1)",
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| self.inner.pool.err("reading the replica digest", e))?;
+        let text: Option<String> = row.get(1);
+        let digest = text
+            .map(|t| ReplicaDigest::from_hex(&t).ok_or_else(|| super::corrupt_digest(&t)))
+            .transpose()?;
+        Ok(ReplicaPoint {
+            head: row.get(0),
+            digest: digest.unwrap_or_default(),
+        })
+    }
+
+    async fn rederive_digest(&self) -> Result<DigestRederived> {
+        let pool = &self.inner.pool;
+        let mut conn = pool.get().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(|e| pool.err("starting the replica digest's derivation", e))?;
+        // Under the ingest lock: no instance's ingest lands between the pass and its write.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.inner.lock_key])
+            .await
+            .map_err(|e| pool.err("taking the ingest lock", e))?;
+        let err = |context: &str, e| pool.err(context, e);
+        let schema = &self.inner.schema;
+        let kept = digest::kept(&tx, schema, &err).await?;
+        let (derived, entities) = digest::derive(&tx, schema, &err).await?;
+        // No row stands for the empty digest: a store without entities is left as it is.
+        if kept.unwrap_or_default() != derived {
+            digest::save(&tx, schema, &err, &derived).await?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| pool.err("committing the replica digest", e))?;
+        Ok(DigestRederived {
+            kept,
+            derived,
+            entities,
+        })
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {

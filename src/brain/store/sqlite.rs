@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use super::ingest as flow;
 use super::{
     blocking, corrupt, parse_event_type, parse_state, unix_seconds, Binding, BrainStore,
-    CheckedEvent, DeliveryFailure, DeviceAuth, DeviceRecord, DeviceSeen, Ingested, PruneBound,
-    PruneReport, PullPage, SnapshotPage, Webhook,
+    CheckedEvent, DeliveryFailure, DeviceAuth, DeviceRecord, DeviceSeen, DigestRederived, Ingested,
+    PruneBound, PruneReport, PullPage, ReplicaPoint, SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
 use crate::model::wire::{PulledEvent, SnapshotEntity};
@@ -24,12 +24,14 @@ use crate::model::{Event, FilePayload};
 use ingest::SqliteIngest;
 
 mod devices;
+mod digest;
 mod ingest;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/brain/sqlite/0001_init.sql"),
     include_str!("../../../migrations/brain/sqlite/0002_pruned_events.sql"),
     include_str!("../../../migrations/brain/sqlite/0003_devices.sql"),
+    include_str!("../../../migrations/brain/sqlite/0004_replica_digest.sql"),
 ];
 
 /// Readers kept open between requests; more are opened (and closed after) under load.
@@ -129,6 +131,8 @@ impl SqliteStore {
             )));
         }
         migrate(&mut conn, path)?;
+        // Re-derived at every start: a store changed outside the brain is found and said.
+        rederive_digest(&mut conn)?.report();
         let newest = newest_id(&conn)?;
         let (newest, _) = watch::channel(newest);
         Ok(SqliteStore {
@@ -200,6 +204,26 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
             .map_err(|e| sql_err("committing a migration", e))?;
     }
     Ok(())
+}
+
+/// [`BrainStore::rederive_digest`] in one `BEGIN IMMEDIATE` transaction: no ingest in between.
+fn rederive_digest(conn: &mut Connection) -> Result<DigestRederived> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_err("starting the replica digest's derivation", e))?;
+    let kept = digest::kept(&tx)?;
+    let (derived, entities) = digest::derive(&tx)?;
+    // No row stands for the empty digest: a store without entities is left as it is.
+    if kept.unwrap_or_default() != derived {
+        digest::save(&tx, &derived)?;
+        tx.commit()
+            .map_err(|e| sql_err("committing the replica digest", e))?;
+    }
+    Ok(DigestRederived {
+        kept,
+        derived,
+        entities,
+    })
 }
 
 /// The greatest id ever handed out (AUTOINCREMENT's counter survives pruning).
@@ -584,6 +608,24 @@ impl BrainStore for SqliteStore {
 
     async fn known_sequences(&self, devices: Vec<String>) -> Result<HashMap<String, i64>> {
         self.known(devices).await
+    }
+
+    async fn replica(&self) -> Result<ReplicaPoint> {
+        self.read(|conn| {
+            // One read transaction: the head and the digest of one commit.
+            let tx = conn
+                .transaction()
+                .map_err(|e| sql_err("starting a read of the replica digest", e))?;
+            Ok(ReplicaPoint {
+                head: newest_id(&tx)?,
+                digest: digest::kept(&tx)?.unwrap_or_default(),
+            })
+        })
+        .await
+    }
+
+    async fn rederive_digest(&self) -> Result<DigestRederived> {
+        self.write(rederive_digest).await
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {

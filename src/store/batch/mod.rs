@@ -18,6 +18,7 @@ use rusqlite::{CachedStatement, Connection, Transaction};
 
 use super::{Context, Result, StoreError};
 use crate::model::clock::MAX_CLOCK_VALUE;
+use crate::model::digest::ReplicaDigest;
 use crate::model::event::format_rfc3339;
 
 pub use observed::Observed;
@@ -33,10 +34,10 @@ pub struct Batch<'a> {
     /// and for insertions: FTS5 flushes its pending terms to disk at every statement that writes
     /// it, so one write per file made full-text indexing three times slower (measured).
     /// Removals need the exact old values, staged in `temp.fts_pending`.
-    fts_removals: Cell<bool>,
+    pub(super) fts_removals: Cell<bool>,
     /// Rows of `lib_files` to (re)index at commit, from their final values. A row in here is
     /// not in the search index yet, so rewriting it again stages no removal.
-    fts_inserts: RefCell<BTreeSet<i64>>,
+    pub(super) fts_inserts: RefCell<BTreeSet<i64>>,
     /// The statements of the per-file path, prepared once per batch: looking one up in the
     /// connection's cache hashes its SQL, a few percent of the writer's work per file.
     stmts: Statements<'a>,
@@ -47,6 +48,9 @@ pub struct Batch<'a> {
     sequence: Cell<Option<(u64, bool)>>,
     ulids: Option<&'a super::UlidSource>,
     clock: &'a super::Clock,
+    /// The XOR of every winner change of the batch, added to the kept replica digest at commit
+    /// (`store::digest`).
+    pub(super) digest_delta: Cell<ReplicaDigest>,
 }
 
 /// A statement of the per-file path: prepared at its first use in a batch, then reused.
@@ -195,6 +199,7 @@ impl<'a> Batch<'a> {
             sequence: Cell::new(None),
             ulids,
             clock,
+            digest_delta: Cell::new(ReplicaDigest::EMPTY),
         }
     }
 
@@ -222,6 +227,7 @@ impl<'a> Batch<'a> {
     }
 
     fn commit_all(self) -> Result<()> {
+        self.save_digest()?;
         // Statements hold no rows between uses; dropping them returns them to the cache.
         drop(self.stmts);
         if let Some((sequence, true)) = self.sequence.get() {

@@ -161,6 +161,7 @@ impl<'a> Batch<'a> {
             if !self.write_winner(event, row, clock, seen_vc.as_deref(), siblings.as_deref())? {
                 return Ok(None);
             }
+            self.note_winner(key, current.map(EntityState::winner), state.winner());
         } else {
             let mut stmt = self
                 .stmts

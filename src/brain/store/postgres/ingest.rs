@@ -9,6 +9,7 @@ use super::schema::in_schema;
 use crate::brain::store::ingest::{EntityWrite, IngestTx};
 use crate::brain::store::{parse_state, to_json, CheckedEvent};
 use crate::brain::{BrainError, Result};
+use crate::model::digest::ReplicaDigest;
 use crate::model::merge::EntityState;
 use crate::model::Event;
 
@@ -265,5 +266,14 @@ impl IngestTx for PgIngest<'_> {
             .map_err(|e| err("recording devices' sequences", e))?;
         }
         Ok(())
+    }
+
+    async fn add_to_digest(&self, delta: &ReplicaDigest) -> Result<()> {
+        // Read, changed and written under the ingest lock: no other ingest is in between.
+        let mut digest = super::digest::kept(self.tx, self.schema, self.err)
+            .await?
+            .unwrap_or_default();
+        digest.toggle(*delta);
+        super::digest::save(self.tx, self.schema, self.err, &digest).await
     }
 }

@@ -30,6 +30,11 @@ pub(super) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_devices",
         include_str!("../../../../migrations/brain/postgres/0003_devices.sql"),
     ),
+    (
+        4,
+        "0004_replica_digest",
+        include_str!("../../../../migrations/brain/postgres/0004_replica_digest.sql"),
+    ),
 ];
 
 /// Creates or migrates the schema; adopts a LIB v1.1 schema found in its place first.
@@ -161,7 +166,8 @@ mod tests {
             [
                 (1, "0001_lib_shared"),
                 (2, "0002_pruned_events"),
-                (3, "0003_devices")
+                (3, "0003_devices"),
+                (4, "0004_replica_digest")
             ]
         );
     }

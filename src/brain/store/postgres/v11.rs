@@ -479,7 +479,10 @@ async fn replay(tx: &Transaction<'_>, schema: &str, events: &[&Event]) -> Result
         schema,
         err: &pg_err,
     };
-    flow::apply(&steps, events).await
+    // The replica digest is derived from the rows once the brain has opened the schema.
+    flow::apply(&steps, events)
+        .await
+        .map(|(upserted, _)| upserted)
 }
 
 /// Copies the valid events with their ids and replays them into `entities`, a page at a time.

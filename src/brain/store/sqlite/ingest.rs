@@ -10,6 +10,7 @@ use super::{newest_id, sql_err};
 use crate::brain::store::ingest::{EntityWrite, IngestTx};
 use crate::brain::store::{parse_state, to_json, CheckedEvent};
 use crate::brain::Result;
+use crate::model::digest::ReplicaDigest;
 use crate::model::merge::EntityState;
 use crate::model::Event;
 
@@ -187,5 +188,11 @@ impl IngestTx for SqliteIngest<'_> {
                 .map_err(|e| sql_err("recording a device's sequence", e))?;
         }
         Ok(())
+    }
+
+    async fn add_to_digest(&self, delta: &ReplicaDigest) -> Result<()> {
+        let mut digest = super::digest::kept(self.tx)?.unwrap_or_default();
+        digest.toggle(*delta);
+        super::digest::save(self.tx, &digest)
     }
 }
