@@ -131,3 +131,95 @@ fn a_brain_that_does_not_answer_fails() {
         "{brain}"
     );
 }
+
+/// DESIGN.md "Convergence you can check", through the binary: two devices synced through a brain
+/// are converged (doctor, status); a hand edit of one's shared view makes doctor fail twice (the
+/// rows no longer match the kept digest, and the brain reports it DIVERGED), and `agent sync
+/// --reseed` repairs it, forged row and all.
+#[test]
+fn a_diverged_replica_fails_the_doctor_and_sync_reseed_repairs_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let brain = BlockingBrain::start(dir.path());
+    let config = format!(
+        "[[library]]\nname = \"notes\"\npath = \"{{root}}/notes\"\n[sync]\nbrain_url = \"{}\"\n",
+        brain.url()
+    );
+    let env = [("LIB_SYNC_SECRET", SECRET)];
+    let (one, two) = (Lab::with_config(&config), Lab::with_config(&config));
+    one.write("notes/a.md", "alpha\n");
+    one.write("notes/b.md", "bravo\n");
+    one.scan(&[]);
+    one.agent_env(&["sync"], &env).success();
+    two.write("notes/c.md", "charlie\n");
+    two.scan(&[]);
+    two.agent_env(&["sync"], &env).success();
+    one.agent_env(&["sync"], &env).success();
+
+    for lab in [&one, &two] {
+        let (code, report) = doctor(lab, &env);
+        assert_eq!(check(&report, "replica")["status"], "ok", "{report}");
+        let converged = check(&report, "converged");
+        assert_eq!(converged["status"], "ok", "{report}");
+        assert!(
+            converged["detail"]
+                .as_str()
+                .unwrap()
+                .contains("the same shared view"),
+            "{converged}"
+        );
+        assert_ne!(code, Some(1), "{report}");
+        let status = lab.agent_env(&["--json", "status"], &env).success().json();
+        assert_eq!(
+            status["sync"]["convergence"],
+            serde_json::json!({"state": "converged", "lag": 0}),
+            "{status}"
+        );
+        assert!(status["sync"]["devices"].is_array(), "{status}");
+    }
+
+    // A forged winner that sorts above every real version: merging the snapshot over it would
+    // keep it.
+    two.db()
+        .conn
+        .execute(
+            "UPDATE lib_files SET sha256 = ?1, event_ulid = '7ZZZZZZZZZZZZZZZZZZZZZZZZZ',
+               vector_clock = '{\"zz-forged\":9007199254740992}', seen_vc = NULL, siblings = NULL
+             WHERE path = 'notes/a.md'",
+            ["f".repeat(64)],
+        )
+        .expect("a hand edit");
+    let (code, report) = doctor(&two, &env);
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(check(&report, "replica")["status"], "fail", "{report}");
+    let diverged = check(&report, "converged");
+    assert_eq!(diverged["status"], "fail", "{report}");
+    assert!(
+        diverged["detail"].as_str().unwrap().contains("DIVERGED"),
+        "{diverged}"
+    );
+    assert!(
+        diverged["fix"]
+            .as_str()
+            .unwrap()
+            .contains("agent sync --reseed"),
+        "{diverged}"
+    );
+
+    let reseed = two.agent_env(&["sync", "--reseed"], &env).success();
+    assert!(reseed.stdout.contains("re-seeded"), "{}", reseed.stdout);
+    assert!(
+        reseed
+            .stdout
+            .contains("this device against the brain: converged"),
+        "{}",
+        reseed.stdout
+    );
+    assert_eq!(
+        two.db().file("notes/a.md").sha256.as_deref(),
+        one.db().file("notes/a.md").sha256.as_deref()
+    );
+    let (code, report) = doctor(&two, &env);
+    assert_eq!(check(&report, "replica")["status"], "ok", "{report}");
+    assert_eq!(check(&report, "converged")["status"], "ok", "{report}");
+    assert_ne!(code, Some(1), "{report}");
+}

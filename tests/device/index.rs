@@ -719,3 +719,125 @@ fn a_file_taken_for_new_that_was_observed_meanwhile_is_not_evented_twice() {
         "no second event for the same bytes"
     );
 }
+
+/// The digest of the shared view from DESIGN.md's definition, computed here over the rows.
+fn digest_of_rows(store: &Store) -> String {
+    use sha2::{Digest, Sha256};
+    let db = db_of(store);
+    let mut stmt = db
+        .prepare("SELECT path, event_ulid, deleted_at IS NOT NULL, sha256 FROM lib_files")
+        .expect("query");
+    let mut digest = [0u8; 32];
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .expect("rows");
+    for row in rows {
+        let (key, ulid, deleted, sha) = row.expect("row");
+        let mut h = Sha256::new();
+        h.update(key.as_bytes());
+        h.update([0]);
+        h.update(ulid.as_bytes());
+        h.update([0]);
+        h.update(
+            if deleted {
+                "deleted".to_owned()
+            } else {
+                sha.unwrap_or_default()
+            }
+            .as_bytes(),
+        );
+        for (d, b) in digest.iter_mut().zip(h.finalize()) {
+            *d ^= b;
+        }
+    }
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// DESIGN.md "Convergence you can check": the digest kept at every commit is the digest of the
+/// rows after local edits, deletions, pulled versions that win and lose; a hand edit of a row is
+/// found by re-deriving it.
+#[test]
+fn the_kept_replica_digest_follows_every_change_and_a_hand_edit_is_found() {
+    let mut f = Fixture::new();
+    let kept_is_the_rows = |f: &Fixture, when: &str| {
+        let check = f.store.check_replica_digest().expect("derive");
+        assert!(
+            check.matches(),
+            "{when}: kept {:?} vs rows {}",
+            check.kept,
+            check.derived
+        );
+        assert_eq!(check.derived.to_hex(), digest_of_rows(&f.store), "{when}");
+        assert_eq!(
+            f.store.replica_digest().expect("kept"),
+            check.derived,
+            "{when}"
+        );
+    };
+    f.write("a.md", "alpha");
+    f.write("b.md", "bravo");
+    f.scan();
+    kept_is_the_rows(&f, "after a first scan");
+    f.write("a.md", "alpha, edited");
+    std::fs::remove_file(f.dir.path().join("notes/b.md")).expect("rm");
+    f.scan();
+    kept_is_the_rows(&f, "after an edit and a deletion");
+    f.apply_remote(
+        "0-dev",
+        "notes/a.md",
+        VectorClock::from([("0-dev", 1)]),
+        Some("loses"),
+    );
+    f.apply_remote(
+        "zz-dev",
+        "notes/c.md",
+        VectorClock::from([("zz-dev", 7)]),
+        Some("new"),
+    );
+    kept_is_the_rows(&f, "after pulled versions, one losing, one new");
+    let before = f.store.replica_digest().expect("kept");
+    assert_ne!(before.to_hex(), "0".repeat(64));
+
+    db_of(&f.store)
+        .execute(
+            "UPDATE lib_files SET sha256 = ?1 WHERE path = 'notes/c.md'",
+            ["f".repeat(64)],
+        )
+        .expect("a hand edit");
+    let check = f.store.check_replica_digest().expect("derive");
+    assert!(!check.matches(), "the hand edit is found");
+    assert_eq!(check.kept, Some(before));
+    let kept = f.store.rederive_replica_digest().expect("rederive");
+    assert_eq!(kept.derived.to_hex(), digest_of_rows(&f.store));
+    assert!(
+        f.store.check_replica_digest().expect("derive").matches(),
+        "the rows as they are are what is kept (and reported) from then on"
+    );
+}
+
+/// A database from before digests were kept has none: it is derived from the rows, and the
+/// first commit keeps it whole.
+#[test]
+fn a_database_without_a_kept_digest_derives_it_and_keeps_it_at_the_next_commit() {
+    let mut f = Fixture::new();
+    f.write("a.md", "alpha");
+    f.scan();
+    let digest = f.store.replica_digest().expect("kept");
+    db_of(&f.store)
+        .execute("DELETE FROM lib_kv WHERE k = 'replica_digest'", [])
+        .expect("forget it");
+    assert_eq!(f.store.check_replica_digest().expect("derive").kept, None);
+    assert_eq!(f.store.replica_digest().expect("derived"), digest);
+    f.write("b.md", "bravo");
+    f.scan();
+    let check = f.store.check_replica_digest().expect("derive");
+    assert!(check.kept.is_some() && check.matches(), "{check:?}");
+    assert_eq!(check.derived.to_hex(), digest_of_rows(&f.store));
+}
