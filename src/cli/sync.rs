@@ -63,6 +63,15 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
         None
     };
     let reseeded = if args.reseed {
+        // The replacement is one long write transaction: a running agent would wait on it past
+        // its busy timeout. Holding the run lock keeps `agent run` off meanwhile.
+        let _lock = crate::daemon::RunLock::acquire(store.path()).map_err(|e| match e {
+            crate::daemon::DaemonError::AlreadyRunning { .. } => anyhow::anyhow!(
+                "{e} (`systemctl --user stop lib-agent`), re-seed, then start it again: the \
+                 re-seed replaces the shared view in one long transaction"
+            ),
+            other => other.into(),
+        })?;
         let result = sync::replace_from_snapshot(&mut store, &client, batch);
         if let Err(e) = &result {
             save(&mut store, url, Step::Pull, Outcome::Failed(e));

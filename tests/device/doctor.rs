@@ -223,3 +223,21 @@ fn a_diverged_replica_fails_the_doctor_and_sync_reseed_repairs_it() {
     assert_eq!(check(&report, "converged")["status"], "ok", "{report}");
     assert_ne!(code, Some(1), "{report}");
 }
+
+/// The re-seed replaces the shared view in one long transaction: it refuses to run beside an
+/// `agent run` on the same database (which would wait on it past its busy timeout).
+#[test]
+fn sync_reseed_refuses_to_run_beside_a_running_agent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let brain = BlockingBrain::start(dir.path());
+    let lab = Lab::with_config(&format!("[sync]\nbrain_url = \"{}\"\n", brain.url()));
+    lab.agent(&["init"]).success();
+    let held = lib_agent::daemon::RunLock::acquire(&lab.path("agent.db")).expect("the run lock");
+    let run = lab
+        .agent_env(&["sync", "--reseed"], &[("LIB_SYNC_SECRET", SECRET)])
+        .failure();
+    run.assert_one_line_error(&["agent run", "stop it first", "re-seed"]);
+    drop(held);
+    lab.agent_env(&["sync", "--reseed"], &[("LIB_SYNC_SECRET", SECRET)])
+        .success();
+}
