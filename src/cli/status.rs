@@ -192,6 +192,13 @@ fn print_text(status: &Status) {
         counts.deleted,
         crate::term::count(counts.conflicts as u64, "conflict", "conflicts")
     );
+    if counts.not_on_this_device > 0 {
+        // Search finds them too, marked: the shared view lists every device's files.
+        println!(
+            "           {} not on this device's disk (known from other devices)",
+            crate::term::count(counts.not_on_this_device as u64, "file", "files")
+        );
+    }
     println!(
         "outbox     {} waiting to be pushed, {} in all",
         counts.outbox_pending, counts.outbox_total
@@ -409,6 +416,7 @@ mod tests {
             outbox_pending: 4,
             outbox_total: 5,
             conflicts: 0,
+            not_on_this_device: 1,
         };
         let refused = RefusedPull {
             id: 7,

@@ -12,6 +12,7 @@
 //! | `backfill_pending` | `1`: rows adopted from LIB v1.0/v1.1 wait for their backfill |
 //! | `backfill_observed` | `1`: the backfill also records those rows as observed here |
 //! | `durable_at` | RFC 3339 time of the last [`Store::make_durable`] |
+//! | `device_names` | [`DeviceNames`] as JSON: the brain's names of devices, by device id |
 
 use std::collections::BTreeMap;
 
@@ -41,6 +42,13 @@ pub(super) const BACKFILL_PENDING: &str = "backfill_pending";
 pub(super) const BACKFILL_OBSERVED: &str = "backfill_observed";
 /// When [`Store::make_durable`] last ran.
 const DURABLE_AT: &str = "durable_at";
+/// The [`DeviceNames`] last learnt from the brain.
+const DEVICE_NAMES: &str = "device_names";
+
+/// The names the brain's operator gave each enrolled device (`agent brain device add NAME`), by
+/// device id, as sync last learnt them from `GET /devices`: what `agent conflicts` prints beside
+/// an id. A device missing here is shown by its id.
+pub type DeviceNames = BTreeMap<String, String>;
 
 /// What `agent status` shows of sync: the brain, whether it answered, the wake-up in effect, and
 /// when a push and a pull last succeeded.
@@ -172,6 +180,19 @@ impl Store {
         Ok(get(&self.conn, BACKFILL_OBSERVED)?.is_some())
     }
 
+    /// The device names last learnt from the brain; none when never learnt (or unreadable: the
+    /// next sync writes them whole again).
+    pub fn device_names(&self) -> Result<DeviceNames> {
+        Ok(get_json(&self.conn, DEVICE_NAMES)?.unwrap_or_default())
+    }
+
+    /// Replaces the device names, in a transaction of its own.
+    pub fn set_device_names(&mut self, names: &DeviceNames) -> Result<()> {
+        let batch = self.batch()?;
+        batch.set_device_names(names)?;
+        batch.commit()
+    }
+
     /// The pulled events refused as invalid, in log order, then the refused snapshot entities.
     pub fn refused_pulls(&self) -> Result<Vec<RefusedPull>> {
         let context = || "reading the refused pulled events from lib_kv".to_owned();
@@ -218,6 +239,11 @@ impl Batch<'_> {
 
     pub fn set_run_state(&self, state: &RunState) -> Result<()> {
         set_json(&self.tx, RUN_STATE_KEY, state)
+    }
+
+    /// Replaces the device names (see [`DeviceNames`]).
+    pub fn set_device_names(&self, names: &DeviceNames) -> Result<()> {
+        set_json(&self.tx, DEVICE_NAMES, names)
     }
 
     /// Keeps a refused pulled event (or snapshot entity) for `agent status`. `entity_key` is the
