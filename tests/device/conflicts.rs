@@ -73,9 +73,24 @@ fn names(pairs: &[(&str, &str)]) -> DeviceNames {
 
 #[test]
 fn replicas_that_applied_the_same_events_in_other_orders_at_other_times_print_the_same_list() {
-    let winner = remote("dev-a", "notes/a.md", VectorClock::from([("dev-a", 2)]), Some("A"));
-    let text = remote("dev-b", "notes/a.md", VectorClock::from([("dev-b", 1)]), Some("B"));
-    let delete = remote("dev-c", "notes/a.md", VectorClock::from([("dev-c", 1)]), None);
+    let winner = remote(
+        "dev-a",
+        "notes/a.md",
+        VectorClock::from([("dev-a", 2)]),
+        Some("A"),
+    );
+    let text = remote(
+        "dev-b",
+        "notes/a.md",
+        VectorClock::from([("dev-b", 1)]),
+        Some("B"),
+    );
+    let delete = remote(
+        "dev-c",
+        "notes/a.md",
+        VectorClock::from([("dev-c", 1)]),
+        None,
+    );
     let orders: [[&Event; 3]; 2] = [[&winner, &text, &delete], [&delete, &text, &winner]];
     let mut printed = Vec::new();
     for (order, year) in orders.iter().zip([2020, 2030]) {
@@ -97,7 +112,11 @@ fn replicas_that_applied_the_same_events_in_other_orders_at_other_times_print_th
     assert_eq!(conflicts.len(), 2, "{list:#}");
     for c in conflicts {
         assert_eq!(c["winner"]["event_ulid"], winner.event_ulid.as_str());
-        assert_eq!(c["winner"]["at"], winner.created_at.as_str(), "the event's time");
+        assert_eq!(
+            c["winner"]["at"],
+            winner.created_at.as_str(),
+            "the event's time"
+        );
         assert_eq!(c["winner"]["device_name"], "laptop");
     }
     let losers: Vec<(&str, &str)> = conflicts
@@ -135,7 +154,12 @@ fn conflict_lab(text: Option<&str>, pulled: bool) -> (Lab, Event) {
     let ours = lab.db().file("notes/a.md").vector_clock.expect("clock");
     let mut store = Store::open(&lab.db).expect("store");
     let sum: u64 = ours.values().sum();
-    let theirs = remote("0-dev", "notes/a.md", VectorClock::from([("0-dev", sum)]), text);
+    let theirs = remote(
+        "0-dev",
+        "notes/a.md",
+        VectorClock::from([("0-dev", sum)]),
+        text,
+    );
     if pulled {
         pull(&mut store, &[&theirs]);
     } else {
@@ -247,7 +271,11 @@ fn resolve_keeps_the_losing_version_by_an_event_that_dominates_every_version_and
     let file = lab.db().file("notes/a.md");
     assert_eq!(file.sha256, theirs.payload.sha256);
     assert_eq!(file.content.as_deref(), Some("line 1\ntheirs\n"));
-    assert_eq!(file.device_id, Some(lab.device_id()), "a change of this device");
+    assert_eq!(
+        file.device_id,
+        Some(lab.device_id()),
+        "a change of this device"
+    );
     assert_eq!(lab.json(&["conflicts"])["conflicts"], serde_json::json!([]));
     // The event waits in the outbox with the kept payload, above both versions.
     let event = lab.db().outbox().pop().expect("the resolving event");
@@ -300,14 +328,28 @@ fn resolve_refuses_a_version_whose_content_this_device_never_received() {
         .agent(&["conflicts", "show", "notes/a.md"])
         .success()
         .stdout;
-    assert!(text.contains("its text is not kept on this device"), "{text}");
+    assert!(
+        text.contains("its text is not kept on this device"),
+        "{text}"
+    );
 
     let outbox = lab.db().outbox().len();
-    lab.agent(&["conflicts", "resolve", "notes/a.md", "--keep", &theirs.event_ulid])
-        .failure()
-        .assert_one_line_error(&["knows only its hash", &theirs.event_ulid]);
+    lab.agent(&[
+        "conflicts",
+        "resolve",
+        "notes/a.md",
+        "--keep",
+        &theirs.event_ulid,
+    ])
+    .failure()
+    .assert_one_line_error(&["knows only its hash", &theirs.event_ulid]);
     assert_eq!(lab.db().outbox().len(), outbox, "nothing recorded");
-    assert_eq!(lab.json(&["conflicts"])["conflicts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        lab.json(&["conflicts"])["conflicts"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 }
 
 #[test]
