@@ -12,9 +12,13 @@ use crate::store::read::VersionSummary;
 use crate::store::Store;
 use crate::term::escape;
 
-/// Keep one version of a file's conflict: records an event with that version that wins over
-/// every other, on every device once synced. No file on disk is written: this device's copy of
-/// the file stays as it is
+/// Keep one version of a file's conflict, on every device once synced (writes no file)
+///
+/// Records, as a change made on this device, an event with the chosen version (a delete for a
+/// deleted one) whose clock dominates every version: it wins on every device once synced, and
+/// the conflict is closed there. No file on disk is written: this device's copy of the file
+/// stays as it is, and an edit of it made afterwards wins in turn. Refused when this device
+/// knows only the version's hash (it came with a re-seed), not its content.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The file's key, as `agent conflicts` prints it: <library>/<path in the library>
