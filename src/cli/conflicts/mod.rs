@@ -88,6 +88,13 @@ fn describe(v: &VersionSummary, devices: &Devices) -> String {
     )
 }
 
+/// A key as the user typed it, as the store keeps keys: NFC-normalised (a name typed or pasted
+/// on macOS may arrive decomposed).
+fn typed_key(typed: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    typed.nfc().collect()
+}
+
 /// The first 12 hex digits of a hash: enough to tell versions apart on a screen.
 fn short_hash(sha256: &str) -> &str {
     sha256.get(..12).unwrap_or(sha256)
@@ -147,5 +154,10 @@ mod tests {
         assert_eq!(devices.label("me-0000-1111"), "this device");
         assert_eq!(devices.label("5f0c1234-aaaa"), "laptop (5f0c1234)");
         assert_eq!(devices.label("9ab1"), "9ab1");
+    }
+
+    #[test]
+    fn a_key_typed_decomposed_finds_the_stored_composed_key() {
+        assert_eq!(typed_key("notes/cafe\u{301}.md"), "notes/caf\u{e9}.md");
     }
 }

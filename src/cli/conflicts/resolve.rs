@@ -34,7 +34,8 @@ const MIN_ID_PREFIX: usize = 4;
 
 pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<()> {
     let mut store = Store::open_existing(&config.store.path)?;
-    let conflict = super::show::open_conflict(&store, &args.key)?;
+    let key = super::typed_key(&args.key);
+    let conflict = super::show::open_conflict(&store, &key)?;
     let devices = Devices::of(&store)?;
     let kept = choose(&conflict, &args.keep, &devices)?;
     let kept_summary = {
@@ -45,9 +46,9 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     // The store checks again, in its transaction, that the version is still one of the
     // conflict's (a pull may have landed since the read above).
     let batch = store.batch()?;
-    let event = batch.resolve_conflict(&args.key, &kept.version.event_ulid)?;
+    let event = batch.resolve_conflict(&key, &kept.version.event_ulid)?;
     batch.commit()?;
-    let on_disk = store.observed(&args.key)?.map(|o| o.sha256);
+    let on_disk = store.observed(&key)?.map(|o| o.sha256);
     let disk_differs = match &on_disk {
         Some(sha) => kept.version.deleted || kept.version.sha256.as_deref() != Some(sha.as_str()),
         None => !kept.version.deleted,
@@ -55,7 +56,7 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     if global.json {
         return crate::cli::print_json(&json!({
             "ok": true,
-            "path": args.key,
+            "path": key,
             "kept": kept_summary,
             "event": {
                 "event_ulid": event.event_ulid,
@@ -71,7 +72,7 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     println!(
         "kept {} of {}: {}",
         escape(&kept.version.event_ulid),
-        escape(&args.key),
+        escape(&key),
         escape(&what(&kept.version, &devices))
     );
     println!(

@@ -30,7 +30,7 @@ const DIFF_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<()> {
     let store = Store::open_existing(&config.store.path)?;
-    let conflict = open_conflict(&store, &args.key)?;
+    let conflict = open_conflict(&store, &super::typed_key(&args.key))?;
     let devices = Devices::of(&store)?;
     let winner = &conflict.versions[0];
     if global.json {
