@@ -46,6 +46,31 @@ pub fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A file's text for the terminal, lines kept: [`escape`] on each line, with newlines and tabs
+/// left as they are (they only move the cursor the way the text means) and every other control
+/// character escaped, a carriage return included (it would let a line overwrite itself).
+pub fn escape_text(text: &str) -> Cow<'_, str> {
+    if !text
+        .chars()
+        .any(|c| c != '\n' && c != '\t' && needs_escape(c))
+    {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        for (j, part) in line.split('\t').enumerate() {
+            if j > 0 {
+                out.push('\t');
+            }
+            out.push_str(&escape(part));
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +89,15 @@ mod tests {
         assert_eq!(
             escape("\u{2066}x\u{2069}\u{200f}"),
             "\\u{2066}x\\u{2069}\\u{200f}"
+        );
+    }
+
+    #[test]
+    fn a_text_keeps_its_lines_and_tabs_and_loses_its_other_controls() {
+        assert!(matches!(escape_text("a\n\tb\n"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_text("line\r\n\u{1b}[2Jx\ty\n"),
+            "line\\u{d}\n\\u{1b}[2Jx\ty\n"
         );
     }
 }

@@ -7,6 +7,10 @@ use crate::config::Config;
 use crate::store::Store;
 use crate::term::escape;
 
+/// After the key of a hit this device does not have on its disk: the shared view holds every
+/// device's files, and opening this one needs the device that has it.
+const NOT_ON_THIS_DEVICE: &str = "  [not on this device]";
+
 /// Search file names and text of every indexed file (all words must match; the last may be a prefix)
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -31,7 +35,12 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     }
     for hit in hits {
         // Keys and snippets come from files and other devices: escaped for the terminal.
-        println!("{}", escape(&hit.path));
+        let elsewhere = if hit.on_this_device {
+            ""
+        } else {
+            NOT_ON_THIS_DEVICE
+        };
+        println!("{}{elsewhere}", escape(&hit.path));
         let snippet = hit.snippet.split_whitespace().collect::<Vec<_>>().join(" ");
         if !snippet.is_empty() {
             println!("    {}", escape(&snippet));

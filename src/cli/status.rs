@@ -103,7 +103,7 @@ pub fn run(_args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<
 
 /// Reads what `agent status` shows from the database and the config.
 fn gather(config: &Config) -> anyhow::Result<Status> {
-    let store = Store::open_existing(&config.store.path)?;
+    let mut store = Store::open_existing(&config.store.path)?;
     let counts = store.counts()?;
     let sequence = store.device_sequence()?;
     let last_run = store.last_run()?;
@@ -151,7 +151,14 @@ fn gather(config: &Config) -> anyhow::Result<Status> {
     let run_state = crate::daemon::read_state(&store)?;
     let (devices, devices_error) = match brain_devices(config, store.device_id()) {
         None => (None, None),
-        Some(Ok(devices)) => (Some(devices), None),
+        Some(Ok(devices)) => {
+            // For `agent conflicts`; only a nicety, so a failure to keep them is not this
+            // command's.
+            if let Err(e) = crate::sync::keep_device_names(&mut store, &devices) {
+                tracing::debug!("cannot keep the devices' names: {e}");
+            }
+            (Some(devices), None)
+        }
         Some(Err(e)) => (None, Some(e)),
     };
     let convergence = sync_state.as_ref().and_then(|s| s.convergence);
@@ -229,6 +236,13 @@ fn print_text(status: &Status) {
         counts.deleted,
         crate::term::count(counts.conflicts as u64, "conflict", "conflicts")
     );
+    if counts.not_on_this_device > 0 {
+        // Search finds them too, marked: the shared view lists every device's files.
+        println!(
+            "           {} not on this device's disk (known from other devices)",
+            crate::term::count(counts.not_on_this_device as u64, "file", "files")
+        );
+    }
     println!(
         "outbox     {} waiting to be pushed, {} in all",
         counts.outbox_pending, counts.outbox_total
@@ -487,6 +501,7 @@ mod tests {
             outbox_pending: 4,
             outbox_total: 5,
             conflicts: 0,
+            not_on_this_device: 1,
         };
         let refused = RefusedPull {
             id: 7,

@@ -87,6 +87,9 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
     } else {
         None
     };
+    if do_pull {
+        sync::learn_device_names(&mut store, &client);
+    }
     // LIB v1.1's sync made the backfill itself; here the first scan makes it (`agent scan`, or
     // `agent run` at start), and sync delivers it. So `backfilled` counts the initial_sync events
     // this push delivered to the brain, and `already_done` says that no adopted row still waits

@@ -13,6 +13,7 @@
 //! | `backfill_observed` | `1`: the backfill also records those rows as observed here |
 //! | `durable_at` | RFC 3339 time of the last [`Store::make_durable`] |
 //! | `replica_digest` | the shared view's digest (`model::digest`), 64 hex digits, kept at commit |
+//! | `device_names` | [`DeviceNames`] as JSON: the brain's names of devices, by device id |
 
 use std::collections::BTreeMap;
 
@@ -44,6 +45,13 @@ pub(super) const BACKFILL_OBSERVED: &str = "backfill_observed";
 const DURABLE_AT: &str = "durable_at";
 /// The shared view's replica digest, as every commit left it (see `store::digest`).
 pub(super) const REPLICA_DIGEST: &str = "replica_digest";
+/// The [`DeviceNames`] last learnt from the brain.
+const DEVICE_NAMES: &str = "device_names";
+
+/// The names the brain's operator gave each enrolled device (`agent brain device add NAME`), by
+/// device id, as sync last learnt them from `GET /devices`: what `agent conflicts` prints beside
+/// an id. A device missing here is shown by its id.
+pub type DeviceNames = BTreeMap<String, String>;
 
 /// What `agent status` shows of sync: the brain, whether it answered, the wake-up in effect, and
 /// when a push and a pull last succeeded.
@@ -179,6 +187,19 @@ impl Store {
         Ok(get(&self.conn, BACKFILL_OBSERVED)?.is_some())
     }
 
+    /// The device names last learnt from the brain; none when never learnt (or unreadable: the
+    /// next sync writes them whole again).
+    pub fn device_names(&self) -> Result<DeviceNames> {
+        Ok(get_json(&self.conn, DEVICE_NAMES)?.unwrap_or_default())
+    }
+
+    /// Replaces the device names, in a transaction of its own.
+    pub fn set_device_names(&mut self, names: &DeviceNames) -> Result<()> {
+        let batch = self.batch()?;
+        batch.set_device_names(names)?;
+        batch.commit()
+    }
+
     /// The pulled events refused as invalid, in log order, then the refused snapshot entities.
     pub fn refused_pulls(&self) -> Result<Vec<RefusedPull>> {
         let context = || "reading the refused pulled events from lib_kv".to_owned();
@@ -225,6 +246,11 @@ impl Batch<'_> {
 
     pub fn set_run_state(&self, state: &RunState) -> Result<()> {
         set_json(&self.tx, RUN_STATE_KEY, state)
+    }
+
+    /// Replaces the device names (see [`DeviceNames`]).
+    pub fn set_device_names(&self, names: &DeviceNames) -> Result<()> {
+        set_json(&self.tx, DEVICE_NAMES, names)
     }
 
     /// Keeps a refused pulled event (or snapshot entity) for `agent status`. `entity_key` is the

@@ -6,6 +6,7 @@
 //! batch of file changes in one, so observed state, `lib_files`, FTS and the outbox commit together.
 
 mod batch;
+pub mod conflict;
 pub mod digest;
 pub mod kv;
 mod legacy;

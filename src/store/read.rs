@@ -29,7 +29,8 @@ pub struct StoredState {
 }
 
 /// The columns [`StoredState::from_row`] reads, in its order.
-const STATE_COLUMNS: &str = "deleted_at IS NOT NULL, seen_vc, siblings, event_ulid, device_id, \
+pub(super) const STATE_COLUMNS: &str =
+    "deleted_at IS NOT NULL, seen_vc, siblings, event_ulid, device_id, \
     vector_clock, sha256, bytes, mtime_unix, event_created_at";
 
 pub(super) const SHARED_GET: &str = concat!(
@@ -329,6 +330,9 @@ pub struct SearchHit {
     pub bytes: Option<i64>,
     pub mime: Option<String>,
     pub mtime_unix: Option<i64>,
+    /// Whether this device has the file on its own disk (an observed row); false for a file
+    /// only another device holds, which the shared view lists all the same.
+    pub on_this_device: bool,
 }
 
 /// FTS5 ranked search (bm25) over path and content of live files. The query is taken as words to
@@ -340,7 +344,8 @@ fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<SearchHit>
     let mut stmt = conn
         .prepare_cached(
             "SELECT f.path, snippet(lib_files_fts, 1, '[', ']', '…', 12), bm25(lib_files_fts),
-                    f.bytes, f.mime, f.mtime_unix
+                    f.bytes, f.mime, f.mtime_unix,
+                    EXISTS (SELECT 1 FROM lib_observed o WHERE o.path = f.path)
              FROM lib_files_fts JOIN lib_files f ON f.id = lib_files_fts.rowid
              WHERE lib_files_fts MATCH ?1 AND f.deleted_at IS NULL
              ORDER BY bm25(lib_files_fts) LIMIT ?2",
@@ -355,6 +360,7 @@ fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<SearchHit>
                 bytes: r.get(3)?,
                 mime: r.get(4)?,
                 mtime_unix: r.get(5)?,
+                on_this_device: r.get(6)?,
             })
         })
         .ctx(|| format!("searching for {query:?}"))?;
@@ -386,6 +392,9 @@ pub struct Counts {
     pub outbox_pending: i64,
     pub outbox_total: i64,
     pub conflicts: i64,
+    /// Live files of the shared view that are not on this device's disk (no observed row):
+    /// another device's, or ones this device stopped observing.
+    pub not_on_this_device: i64,
 }
 
 fn counts(conn: &Connection) -> Result<Counts> {
@@ -404,6 +413,8 @@ fn counts(conn: &Connection) -> Result<Counts> {
         )?,
         outbox_total: one("SELECT count(*) FROM lib_outbox")?,
         conflicts: one("SELECT count(*) FROM lib_conflicts")?,
+        not_on_this_device: one("SELECT count(*) FROM lib_files f WHERE f.deleted_at IS NULL
+             AND NOT EXISTS (SELECT 1 FROM lib_observed o WHERE o.path = f.path)")?,
     })
 }
 
@@ -491,7 +502,9 @@ fn last_run(conn: &Connection) -> Result<Option<RunRow>> {
     .ctx(|| "reading the last scan".into())
 }
 
-/// One open conflict with the version that beat it.
+/// One open conflict with the version that beat it. Every field comes from the events (the
+/// merge state and `lib_conflicts`), none from this replica's own bookkeeping, so every replica
+/// that applied the same events lists the same rows, byte for byte.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConflictRow {
     pub path: String,
@@ -503,55 +516,81 @@ pub struct ConflictRow {
 pub struct VersionSummary {
     pub event_ulid: Option<String>,
     pub device_id: Option<String>,
+    /// The name the brain gave the device, where this device has learnt it; the store leaves
+    /// it `None` and the command fills it from [`Store::device_names`].
+    pub device_name: Option<String>,
     pub deleted: bool,
     pub sha256: Option<String>,
     pub bytes: Option<i64>,
     pub mtime_unix: Option<i64>,
     pub vector_clock: Option<serde_json::Value>,
+    /// The event's `created_at`: the time on the device that made it, the same on every replica.
     pub at: Option<String>,
 }
 
+impl From<&Version> for VersionSummary {
+    fn from(v: &Version) -> Self {
+        VersionSummary {
+            event_ulid: Some(v.event_ulid.clone()),
+            device_id: Some(v.device_id.clone()),
+            device_name: None,
+            deleted: v.deleted,
+            sha256: v.sha256.clone(),
+            bytes: v.bytes.map(|b| b as i64),
+            mtime_unix: v.mtime_unix,
+            vector_clock: serde_json::to_value(&v.clock).ok(),
+            at: Some(v.created_at.clone()),
+        }
+    }
+}
+
 fn conflicts(conn: &Connection) -> Result<Vec<ConflictRow>> {
+    // The winner is read from the merge state (its version as the events carried it), not from
+    // the row's local columns: `indexed_at` is when this replica wrote the row, which differs
+    // between devices and after a re-seed.
+    let sql = format!(
+        "SELECT c.path, c.event_ulid, c.device_id, c.deleted, c.sha256, c.bytes, c.mtime_unix,
+                c.vector_clock, c.created_at, f.*
+         FROM lib_conflicts c
+         JOIN (SELECT path AS file_path, {STATE_COLUMNS} FROM lib_files) f ON f.file_path = c.path
+         ORDER BY c.path, c.event_ulid"
+    );
     let mut stmt = conn
-        .prepare(
-            "SELECT c.path, c.event_ulid, c.device_id, c.deleted, c.sha256, c.bytes, c.mtime_unix,
-                    c.vector_clock, c.created_at,
-                    f.event_ulid, f.device_id, f.deleted_at IS NOT NULL, f.sha256, f.bytes, f.mtime_unix,
-                    f.vector_clock, coalesce(f.deleted_at, f.indexed_at)
-             FROM lib_conflicts c JOIN lib_files f ON f.path = c.path
-             ORDER BY c.path, c.event_ulid",
-        )
+        .prepare(&sql)
         .ctx(|| "preparing the conflict list".into())?;
     let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
     let rows = stmt
         .query_map([], |r| {
-            Ok(ConflictRow {
-                path: r.get(0)?,
-                loser: VersionSummary {
-                    event_ulid: r.get(1)?,
-                    device_id: r.get(2)?,
-                    deleted: r.get(3)?,
-                    sha256: r.get(4)?,
-                    bytes: r.get(5)?,
-                    mtime_unix: r.get(6)?,
-                    vector_clock: json(r.get(7)?),
-                    at: r.get(8)?,
-                },
-                winner: VersionSummary {
-                    event_ulid: r.get(9)?,
-                    device_id: r.get(10)?,
-                    deleted: r.get(11)?,
-                    sha256: r.get(12)?,
-                    bytes: r.get(13)?,
-                    mtime_unix: r.get(14)?,
-                    vector_clock: json(r.get(15)?),
-                    at: r.get(16)?,
-                },
-            })
+            let loser = VersionSummary {
+                event_ulid: r.get(1)?,
+                device_id: r.get(2)?,
+                device_name: None,
+                deleted: r.get(3)?,
+                sha256: r.get(4)?,
+                bytes: r.get(5)?,
+                mtime_unix: r.get(6)?,
+                vector_clock: json(r.get(7)?),
+                at: r.get(8)?,
+            };
+            Ok((r.get::<_, String>(0)?, loser, StoredState::from_row(r, 10)?))
         })
         .ctx(|| "listing conflicts".into())?;
-    rows.collect::<rusqlite::Result<_>>()
-        .ctx(|| "listing conflicts".into())
+    let mut conflicts = Vec::new();
+    for row in rows {
+        let (path, loser, stored) = row.ctx(|| "listing conflicts".into())?;
+        let Some(state) = stored.into_state(&path)? else {
+            return Err(StoreError::Corrupt {
+                context: format!("the conflict of {path}"),
+                detail: "lib_conflicts lists it, but its lib_files row has no merge state".into(),
+            });
+        };
+        conflicts.push(ConflictRow {
+            winner: VersionSummary::from(state.winner()),
+            path,
+            loser,
+        });
+    }
+    Ok(conflicts)
 }
 
 /// See [`Store::read_transaction`]; ends when dropped.

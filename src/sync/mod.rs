@@ -286,6 +286,35 @@ pub fn pull(
     }
 }
 
+/// Keeps the names the brain's operator gave the devices (`GET /devices`), by device id, for
+/// `agent conflicts`; written only when they changed. A brain without the route (LIB v1.1's) or
+/// that does not answer changes nothing: names are a nicety, never a reason to fail a sync.
+pub fn learn_device_names(store: &mut Store, client: &BrainClient) {
+    match client.devices(Duration::from_secs(10)) {
+        Ok(answer) => {
+            if let Err(e) = keep_device_names(store, &answer.devices) {
+                tracing::debug!("cannot keep the devices' names: {e}");
+            }
+        }
+        Err(e) => tracing::debug!("the brain did not list its devices: {e}"),
+    }
+}
+
+/// [`learn_device_names`] from a list already fetched.
+pub fn keep_device_names(
+    store: &mut Store,
+    devices: &[crate::model::wire::DeviceView],
+) -> Result<(), StoreError> {
+    let names: crate::store::kv::DeviceNames = devices
+        .iter()
+        .filter_map(|d| Some((d.device_id.clone()?, d.name.clone())))
+        .collect();
+    if store.device_names()? != names {
+        store.set_device_names(&names)?;
+    }
+    Ok(())
+}
+
 /// Keeps what the brain said of this replica for `agent status`, and says so loudly when it
 /// starts to diverge (once: the state is kept, and only a change is said).
 fn note_convergence(batch: &Batch<'_>, convergence: Convergence) -> Result<(), StoreError> {

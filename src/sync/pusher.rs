@@ -173,6 +173,7 @@ fn sync_round(
         record(store, s, Step::Pull, Outcome::of(&pulled, |_| true));
         pulled?;
         reregister(client, s);
+        super::learn_device_names(store, client);
     }
     Ok(())
 }

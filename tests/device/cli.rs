@@ -192,8 +192,17 @@ fn search_json_results_have_a_stable_shape() {
     let hit = &out["results"][0];
     assert_eq!(
         keys(hit),
-        ["bytes", "mime", "mtime_unix", "path", "score", "snippet"]
+        [
+            "bytes",
+            "mime",
+            "mtime_unix",
+            "on_this_device",
+            "path",
+            "score",
+            "snippet"
+        ]
     );
+    assert_eq!(hit["on_this_device"], true);
     assert_eq!(hit["path"], "notes/apple.txt");
     assert_eq!(hit["bytes"], "apple apple apple pie\n".len());
     assert_eq!(hit["mime"], "text/plain");

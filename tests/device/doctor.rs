@@ -5,6 +5,7 @@ use serde_json::Value;
 use crate::support::brain::SECRET;
 use crate::support::brain_blocking::BlockingBrain;
 use crate::support::lab::Lab;
+use crate::support::wait::PATIENCE;
 
 /// The check named `name` (the first, when several have it).
 fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -240,4 +241,59 @@ fn sync_reseed_refuses_to_run_beside_a_running_agent() {
     drop(held);
     lab.agent_env(&["sync", "--reseed"], &[("LIB_SYNC_SECRET", SECRET)])
         .success();
+}
+
+/// With device tokens, `agent status` lists every enrolled device with its state (this one
+/// marked), and sync keeps the brain's names of devices for `agent conflicts`.
+#[test]
+fn status_lists_the_enrolled_devices_and_sync_keeps_their_names() {
+    use lib_agent::brain::auth::{hash_token, new_token};
+    use lib_agent::brain::store::BrainStore;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let brain = BlockingBrain::start(dir.path());
+    let enrol = |name: &str| {
+        let token = new_token().expect("token");
+        brain
+            .runtime()
+            .block_on(brain.store.add_device(name, &hash_token(&token)))
+            .expect("enrol");
+        token
+    };
+    let (laptop, _desktop) = (enrol("laptop"), enrol("desktop"));
+    let lab = Lab::with_config(&format!(
+        "[[library]]\nname = \"notes\"\npath = \"{{root}}/notes\"\n[sync]\nbrain_url = \"{}\"\n",
+        brain.url()
+    ));
+    lab.write("notes/a.md", "alpha\n");
+    lab.scan(&[]);
+    let env = [("LIB_DEVICE_TOKEN", laptop.as_str())];
+    lab.agent_env(&["sync"], &env).success();
+    let names: serde_json::Value =
+        serde_json::from_str(&lab.db().kv("device_names").expect("names kept")).expect("json");
+    assert_eq!(names, serde_json::json!({ lab.device_id(): "laptop" }));
+
+    // The brain writes what a device's pulls said at most every few seconds.
+    let mut devices = Vec::new();
+    crate::support::wait::wait_until("the laptop's pull recorded", PATIENCE, || {
+        let status = lab.agent_env(&["--json", "status"], &env).success().json();
+        devices = status["sync"]["devices"]
+            .as_array()
+            .expect("devices")
+            .clone();
+        devices
+            .iter()
+            .any(|d| d["name"] == "laptop" && !d["cursor"].is_null())
+    });
+    let state = |name: &str| {
+        devices
+            .iter()
+            .find(|d| d["name"] == name)
+            .map(|d| d["state"].clone())
+            .unwrap_or_else(|| panic!("{name} in {devices:?}"))
+    };
+    assert_eq!(state("laptop"), "converged");
+    assert_eq!(state("desktop"), "never seen");
+    let text = lab.agent_env(&["status"], &env).success().stdout;
+    assert!(text.contains("laptop (this device): converged"), "{text}");
+    assert!(text.contains("desktop: never seen"), "{text}");
 }

@@ -8,6 +8,7 @@ mod support;
 
 mod cli;
 mod config;
+mod conflicts;
 mod disk_full;
 mod doctor;
 mod index;

@@ -316,9 +316,20 @@ pub fn check(world: &mut World) -> (u64, u64) {
 
     // Every replica's shared view is the brain's entities, row for row, with the same conflicts.
     let span = world.span();
+    let mut listed_by: Option<(String, String)> = None;
     for device in &mut world.devices {
         let id = device.id.clone();
         let root = device.root.clone();
+        // And `agent conflicts --json` prints the same list everywhere, byte for byte: every
+        // field is the events', none the replica's own.
+        let listed =
+            serde_json::to_string(&device.store().conflicts().expect("conflicts")).expect("JSON");
+        match &listed_by {
+            None => listed_by = Some((id.clone(), listed)),
+            Some((first, theirs)) => {
+                assert_eq!(&listed, theirs, "{id} lists conflicts other than {first}")
+            }
+        }
         let db = rusqlite::Connection::open(device.store().path()).expect("open the database");
         let conn = &db;
         check_timestamps(&id, conn, span);

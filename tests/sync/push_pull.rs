@@ -96,6 +96,47 @@ fn concurrent_edits_end_with_the_same_winner_and_conflict_on_every_replica() {
 }
 
 #[test]
+fn a_conflict_resolved_on_one_device_is_resolved_on_every_replica() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = BlockingBrain::start(brain_dir.path());
+    let (mut a, mut b) = (Device::new(), Device::new());
+    a.write("same.md", "A's words");
+    b.write("same.md", "B's different words");
+    a.scan();
+    b.scan();
+    a.sync(&brain);
+    b.sync(&brain);
+    a.sync(&brain);
+    let loser = a.store.conflicts().expect("conflicts").remove(0).loser;
+    let loser_sha = loser.sha256.clone();
+    assert_ne!(a.winner("notes/same.md").1, loser_sha);
+    // A keeps the version that lost, whichever device made it: its text is in A's outbox (its
+    // own) or inbox (pulled).
+    let batch = a.store.batch().expect("batch");
+    let event = batch
+        .resolve_conflict("notes/same.md", loser.event_ulid.as_deref().expect("ulid"))
+        .expect("resolve");
+    batch.commit().expect("commit");
+    assert_eq!(event.device_id, a.device_id());
+    assert!(a.conflicts().is_empty());
+    a.sync(&brain);
+    b.sync(&brain);
+    for (name, device) in [("A", &a), ("B", &b)] {
+        assert_eq!(
+            device.winner("notes/same.md"),
+            (a.device_id(), loser_sha.clone()),
+            "{name}"
+        );
+        assert!(
+            device.conflicts().is_empty(),
+            "{name} still lists a conflict"
+        );
+    }
+    assert_eq!(brain.winner("notes/same.md"), (a.device_id(), loser_sha));
+    assert_eq!(a.shared_rows(), b.shared_rows());
+}
+
+#[test]
 fn with_the_brain_down_the_outbox_keeps_everything_until_it_is_back() {
     let brain_dir = tempfile::tempdir().expect("tempdir");
     let mut brain = BlockingBrain::start(brain_dir.path());
@@ -226,6 +267,9 @@ fn a_device_whose_cursor_was_pruned_reseeds_from_the_snapshot_and_matches() {
         "the same winners, tombstones included"
     );
     assert_eq!(late.conflicts(), b.conflicts(), "and the same conflicts");
+    // As `agent conflicts --json` prints them: byte for byte, times included.
+    let listed = |d: &Device| serde_json::to_string(&d.store.conflicts().expect("conflicts"));
+    assert_eq!(listed(&late).expect("JSON"), listed(&b).expect("JSON"));
     assert_eq!(late.winner("notes/y.md").1, None);
     // And it goes on pulling from the watermark.
     a.write("z.md", "after the prune");
