@@ -414,26 +414,7 @@ fn reseed(
         watermark.get_or_insert(page.watermark);
         let batch = store.batch()?;
         for entity in &page.entities {
-            let (winner, siblings) = snapshot_events(entity);
-            // The entity is applied whole or not at all: a state without one of its siblings
-            // would be a different state from the brain's.
-            let invalid = std::iter::once(&winner)
-                .chain(&siblings)
-                .find_map(|e| e.validate_pulled(MAX_PULLED_CONTENT_BYTES).err());
-            if let Some(e) = invalid {
-                let watermark = watermark.unwrap_or(page.watermark);
-                refuse(
-                    &batch,
-                    Refused::Entity { watermark },
-                    &winner,
-                    &e.to_string(),
-                )?;
-                continue;
-            }
-            batch.apply(&winner)?;
-            for event in &siblings {
-                batch.apply(event)?;
-            }
+            apply_snapshot_entity(&batch, entity, watermark.unwrap_or(page.watermark))?;
         }
         batch.commit()?;
         match page.entities.last() {
@@ -494,24 +475,11 @@ pub fn replace_from_snapshot(
         let batch = store.batch()?;
         batch.clear_shared_view()?;
         batch.for_each_staged(|entity| {
-            let (winner, siblings) = snapshot_events(&entity);
-            let invalid = std::iter::once(&winner)
-                .chain(&siblings)
-                .find_map(|e| e.validate_pulled(MAX_PULLED_CONTENT_BYTES).err());
-            if let Some(e) = invalid {
+            if apply_snapshot_entity(&batch, &entity, watermark)? {
+                summary.entities += 1;
+            } else {
                 summary.refused += 1;
-                return refuse(
-                    &batch,
-                    Refused::Entity { watermark },
-                    &winner,
-                    &e.to_string(),
-                );
             }
-            batch.apply(&winner)?;
-            for event in &siblings {
-                batch.apply(event)?;
-            }
-            summary.entities += 1;
             Ok(())
         })?;
         for event in batch.events_after_snapshot(&since, watermark)? {
@@ -550,6 +518,34 @@ fn stage_snapshot(
             _ => return Ok(watermark.unwrap_or(0)),
         }
     }
+}
+
+/// Applies a snapshot entity (taken at `watermark`) whole, or records it refused when one of its
+/// versions fails validation: a state without one of its siblings would be a different state
+/// from the brain's. True when it was applied.
+fn apply_snapshot_entity(
+    batch: &Batch<'_>,
+    entity: &SnapshotEntity,
+    watermark: i64,
+) -> Result<bool, StoreError> {
+    let (winner, siblings) = snapshot_events(entity);
+    let invalid = std::iter::once(&winner)
+        .chain(&siblings)
+        .find_map(|e| e.validate_pulled(MAX_PULLED_CONTENT_BYTES).err());
+    if let Some(e) = invalid {
+        refuse(
+            batch,
+            Refused::Entity { watermark },
+            &winner,
+            &e.to_string(),
+        )?;
+        return Ok(false);
+    }
+    batch.apply(&winner)?;
+    for event in &siblings {
+        batch.apply(event)?;
+    }
+    Ok(true)
 }
 
 /// A snapshot entity as the events that rebuild it: its winner, then its other siblings.
