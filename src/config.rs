@@ -167,6 +167,8 @@ pub struct SyncConfig {
     pub listen: SocketAddr,
     /// Where the brain can reach the listener; the agent registers its webhook when set.
     pub public_url: Option<String>,
+    /// What the listener accepts as proof that a notification came from the brain.
+    pub webhook_auth: WebhookAuth,
 }
 
 // Written by hand so that secrets never reach a log line: `{:?}` of a Config is a natural thing
@@ -190,6 +192,7 @@ impl fmt::Debug for SyncConfig {
             .field("batch_size", &self.batch_size)
             .field("listen", &self.listen)
             .field("public_url", &self.public_url)
+            .field("webhook_auth", &self.webhook_auth)
             .finish()
     }
 }
@@ -251,6 +254,17 @@ impl SyncConfig {
         }
         Ok(Some(token.to_owned()))
     }
+}
+
+/// What the webhook listener accepts (`[sync] webhook_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookAuth {
+    /// Only `x-lib-signature`: an HMAC of the body and a timestamp, so a notification seen once
+    /// cannot be replayed later.
+    Signature,
+    /// Also LIB v1.1's `x-webhook-secret`, the webhook secret itself in a header: what LIB
+    /// v1.1's edge function sends. Weaker: anyone who sees one request can send more.
+    SharedSecret,
 }
 
 /// How the agent learns that the brain has new events.
@@ -553,6 +567,7 @@ struct RawSync {
     batch_size: Option<Spanned<i64>>,
     listen: Option<Spanned<String>>,
     public_url: Option<Spanned<String>>,
+    webhook_auth: Option<Spanned<String>>,
 }
 
 /// The file being read: its text (for line numbers) and its path (for errors and relative paths).
@@ -968,6 +983,7 @@ fn build_sync(
         batch_size: DEFAULT_BATCH_SIZE,
         listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
         public_url: None,
+        webhook_auth: WebhookAuth::Signature,
     };
 
     if let Some(raw) = raw {
@@ -1025,6 +1041,16 @@ fn build_sync(
         }
         if let Some(v) = &raw.public_url {
             sync.public_url = file.url(v, "sync.public_url")?;
+        }
+        if let Some(v) = &raw.webhook_auth {
+            sync.webhook_auth = match v.get_ref().as_str() {
+                "signature" => WebhookAuth::Signature,
+                "shared-secret" => WebhookAuth::SharedSecret,
+                other => {
+                    let problem = "expected \"signature\" or \"shared-secret\"";
+                    return Err(file.invalid(&v.span(), "sync.webhook_auth", other, problem));
+                }
+            };
         }
     }
 

@@ -89,6 +89,7 @@ impl SyncAgent {
             threads.push(super::listener::spawn(
                 config.sync.listen,
                 hook.secret.clone(),
+                config.sync.webhook_auth,
                 wake_tx,
                 stop_rx.clone(),
             )?);

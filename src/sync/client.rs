@@ -18,10 +18,11 @@ use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde::de::DeserializeOwned;
 
 use crate::config::{SyncConfig, TokenFileError, ENV_BRAIN_CA_FILE};
-use crate::model::digest::{ReplicaReport, DIGEST_HEADER, PENDING_HEADER};
+use crate::model::digest::{Convergence, ReplicaReport, DIGEST_HEADER, PENDING_HEADER};
 use crate::model::wire::{
     DevicesResponse, ErrorBody, IngestRequest, IngestResponse, IngestResult, PullResponse,
-    SnapshotResponse, WebhookRequest, WebhookResponse, DEVICE_ID_HEADER, SECRET_HEADER,
+    PulledEvent, SnapshotResponse, WebhookRequest, WebhookResponse, DEVICE_ID_HEADER, MAX_BATCH,
+    SECRET_HEADER,
 };
 use crate::model::Event;
 use crate::tls::{self, CaFileError, ExtraRoots};
@@ -184,6 +185,9 @@ pub struct BrainClient {
     base: String,
     credential: Credential,
     headers: Vec<(&'static str, HeaderValue)>,
+    /// Set at the first `/pull` page in LIB v1.1's shape, whose brain was then checked for
+    /// `/snapshot` (see [`BrainClient::pull`]).
+    legacy_checked: AtomicBool,
 }
 
 impl std::fmt::Debug for BrainClient {
@@ -254,6 +258,7 @@ impl BrainClient {
             base,
             credential,
             headers,
+            legacy_checked: AtomicBool::new(false),
         })
     }
 
@@ -409,7 +414,32 @@ impl BrainClient {
                 .header(DIGEST_HEADER, replica.digest.to_hex())
                 .header(PENDING_HEADER, replica.pending.to_string());
         }
-        self.send("/pull", request)
+        let page: PullPage = self.send("/pull", request)?;
+        if page.is_legacy() && !self.legacy_checked.swap(true, Ordering::Relaxed) {
+            self.warn_without_snapshot();
+        }
+        page.into_response(after_id, limit)
+    }
+
+    /// LIB v1.1's edge function has no `/snapshot` and never answers 410: a device joining it
+    /// gets the log from its oldest kept event, so entities whose every event it pruned (it
+    /// pruned after 365 days) never reach this device. Nothing can fetch them from that brain;
+    /// the user must know, once per process.
+    fn warn_without_snapshot(&self) {
+        let request = self
+            .request(reqwest::Method::GET, "/snapshot", Duration::from_secs(10))
+            .query(&[("after_key", ""), ("limit", "1")]);
+        match self.send::<SnapshotResponse>("/snapshot", request) {
+            Ok(_) => {}
+            Err(ClientError::Status { status: 404, .. }) => tracing::warn!(
+                brain = %self.base,
+                "this brain answers as LIB v1.1's edge function does: it has no /snapshot and \
+                 never says when it pruned its log, so files whose every event it pruned (LIB v1.1 \
+                 pruned events older than 365 days) cannot be fetched from it and will be missing \
+                 here. Moving the brain to `agent brain serve` first avoids this"
+            ),
+            Err(e) => tracing::debug!("cannot tell whether the brain has /snapshot: {e}"),
+        }
     }
 
     /// `GET /devices`: every enrolled device and how its replica compares with the brain's.
@@ -426,6 +456,50 @@ impl BrainClient {
             .request(reqwest::Method::GET, "/snapshot", Duration::from_secs(60))
             .query(&[("after_key", after_key), ("limit", &limit.to_string())]);
         self.send("/snapshot", request)
+    }
+}
+
+/// A `/pull` answer as read: the brain's own, or LIB v1.1's edge function's, which is
+/// `{"ok": true, "events": [...]}` without the cursor and `has_more`.
+#[derive(serde::Deserialize)]
+struct PullPage {
+    events: Vec<PulledEvent>,
+    next_after_id: Option<i64>,
+    has_more: Option<bool>,
+    #[serde(default)]
+    convergence: Option<Convergence>,
+}
+
+impl PullPage {
+    fn is_legacy(&self) -> bool {
+        self.next_after_id.is_none() || self.has_more.is_none()
+    }
+
+    /// The page as the brain's own would be: for LIB v1.1's, the cursor is the last event's id
+    /// and there is more when the page is full (that function returns at most 500).
+    fn into_response(self, after_id: i64, limit: usize) -> Result<PullResponse, ClientError> {
+        let full = self.events.len() >= limit.min(MAX_BATCH);
+        let last = self.events.last().map(|e| e.id);
+        let next_after_id = self
+            .next_after_id
+            .unwrap_or_else(|| last.unwrap_or(after_id).max(after_id));
+        let has_more = self.has_more.unwrap_or(full);
+        // A page that says "more" must move the cursor, or the puller would ask for it forever.
+        if has_more && next_after_id <= after_id {
+            return Err(ClientError::Protocol {
+                route: "/pull",
+                reason: format!(
+                    "the page says there is more after id {after_id} but does not move past it"
+                ),
+            });
+        }
+        Ok(PullResponse {
+            ok: true,
+            events: self.events,
+            next_after_id,
+            has_more,
+            convergence: self.convergence,
+        })
     }
 }
 
@@ -489,6 +563,56 @@ fn warn_plain_http_once(base: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn page(json: &str) -> PullPage {
+        serde_json::from_str(json).expect("a pull page")
+    }
+
+    fn event_json(id: i64) -> String {
+        format!(
+            r#"{{"id": {id}, "event_ulid": "01HZX3K4M5N6P7Q8R9S0T1V2W{}", "device_id": "dev-a",
+               "event_type": "upsert_file", "entity_type": "file", "entity_key": "/notes/{id}.md",
+               "payload": {{"sha256": null}}, "vector_clock": {{"dev-a": {id}}},
+               "created_at": "2026-01-01T00:00:00+00:00"}}"#,
+            id % 10
+        )
+    }
+
+    #[test]
+    fn a_lib_v1_1_page_moves_the_cursor_to_its_last_event_and_has_more_when_full() {
+        let two = format!(r#"{{"ok": true, "events": [{}, {}]}}"#, event_json(7), event_json(9));
+        let p = page(&two);
+        assert!(p.is_legacy());
+        let answer = p.into_response(5, 2).expect("a full page");
+        assert_eq!((answer.next_after_id, answer.has_more), (9, true));
+
+        let answer = page(&two).into_response(5, 200).expect("a short page");
+        assert_eq!((answer.next_after_id, answer.has_more), (9, false));
+
+        let empty = page(r#"{"ok": true, "events": []}"#).into_response(42, 200);
+        let empty = empty.expect("an empty page");
+        assert_eq!((empty.next_after_id, empty.has_more), (42, false));
+    }
+
+    #[test]
+    fn lib_v1_1_caps_its_pages_at_500_so_500_events_are_a_full_page_whatever_was_asked() {
+        let events: Vec<String> = (1..=500).map(event_json).collect();
+        let json = format!(r#"{{"ok": true, "events": [{}]}}"#, events.join(","));
+        let answer = page(&json).into_response(0, 2000).expect("a page");
+        assert_eq!((answer.next_after_id, answer.has_more), (500, true));
+    }
+
+    #[test]
+    fn the_brains_own_page_is_taken_as_it_says_but_more_must_move_the_cursor() {
+        let own = page(r#"{"ok": true, "events": [], "next_after_id": 10, "has_more": false}"#);
+        assert!(!own.is_legacy());
+        let answer = own.into_response(10, 200).expect("a page");
+        assert_eq!((answer.next_after_id, answer.has_more), (10, false));
+
+        let stuck = page(r#"{"ok": true, "events": [], "next_after_id": 10, "has_more": true}"#);
+        let err = stuck.into_response(10, 200).expect_err("no progress");
+        assert!(err.to_string().contains("does not move past it"), "{err}");
+    }
 
     fn status(status: u16) -> ClientError {
         ClientError::Status {

@@ -22,12 +22,19 @@ pub const LONG_POLL: Duration = Duration::from_secs(20);
 /// Without long-poll, failures or a registration due, the puller waits this long for a wake-up
 /// (the periodic sync of the pusher pulls meanwhile).
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
+/// A long-poll that brings nothing sooner than this was not held by the brain.
+const HELD_AT_LEAST: Duration = Duration::from_secs(1);
+/// How often to pull from a brain that does not hold long-polls (LIB v1.1's edge function):
+/// asking again at once would be a busy loop against it.
+pub const SHORT_POLL: Duration = Duration::from_secs(10);
 
 /// How long the puller waits between pulls, and when the webhook registration is due.
 #[derive(Debug)]
 pub struct PullSchedule {
     retry: Retry,
     pub registration: Registration,
+    /// Whether the brain was seen answering a long-poll at once with nothing (said once).
+    not_held: bool,
 }
 
 impl PullSchedule {
@@ -36,7 +43,26 @@ impl PullSchedule {
         PullSchedule {
             retry: Retry::default(),
             registration: Registration::new(now, webhook),
+            not_held: false,
         }
+    }
+
+    /// A long-poll sent at `sent` came back at `now` with `pulled` events: the pause before the
+    /// next one when the brain did not hold it (LIB v1.1's edge function answers at once).
+    pub fn long_polled(&mut self, sent: Instant, now: Instant, pulled: u64) -> Option<Duration> {
+        if pulled > 0 || now.saturating_duration_since(sent) >= HELD_AT_LEAST {
+            return None;
+        }
+        if !self.not_held {
+            self.not_held = true;
+            tracing::warn!(
+                "the brain answered a long-poll at once with nothing (LIB v1.1's edge function \
+                 does not hold them): pulling every {} instead; `realtime = \"webhook\"` in \
+                 [sync] gets changes sooner from such a brain",
+                humantime::format_duration(SHORT_POLL)
+            );
+        }
+        Some(SHORT_POLL)
     }
 
     /// Whether to (try to) register the webhook before the pull at `now`.
@@ -117,6 +143,7 @@ pub fn run(
         }
         let realtime = s.realtime_now();
         let wait = (realtime == Realtime::Longpoll).then_some(LONG_POLL);
+        let sent = clock.now();
         let result = super::pull(&mut store, client, s.batch, wait).map(|summary| {
             if summary.applied > 0 {
                 tracing::info!(
@@ -125,13 +152,17 @@ pub fn run(
                     "pulled changes"
                 );
             }
+            summary.pulled
         });
         if stopping.load(Ordering::Relaxed) {
             return;
         }
         record(&mut store, s, Step::Pull, Outcome::of(&result, |_| true));
         let now = clock.now();
-        let pause = schedule.pulled(now, result.as_ref().map(|_| ()));
+        let mut pause = schedule.pulled(now, result.as_ref().map(|_| ()));
+        if let (Some(_), Ok(pulled)) = (wait, &result) {
+            pause = pause.or(schedule.long_polled(sent, now, *pulled));
+        }
         if let Some(until) = schedule.wait_until(now, realtime, pause) {
             select! {
                 recv(stop) -> _ => return,
@@ -161,6 +192,18 @@ mod tests {
         let mut s = PullSchedule::new(clock.now(), false);
         let pause = s.pulled(clock.now(), Ok(()));
         assert_eq!(s.wait_until(clock.now(), Realtime::Longpoll, pause), None);
+    }
+
+    #[test]
+    fn a_brain_that_does_not_hold_long_polls_is_asked_every_few_seconds_not_in_a_busy_loop() {
+        let clock = ManualClock::default();
+        let mut s = PullSchedule::new(clock.now(), false);
+        let sent = clock.now();
+        clock.advance(Duration::from_millis(20));
+        assert_eq!(s.long_polled(sent, clock.now(), 0), Some(SHORT_POLL));
+        assert_eq!(s.long_polled(sent, clock.now(), 3), None, "it brought events");
+        clock.advance(LONG_POLL);
+        assert_eq!(s.long_polled(sent, clock.now(), 0), None, "it was held");
     }
 
     #[test]

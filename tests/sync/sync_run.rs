@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use lib_agent::brain::webhooks;
-use lib_agent::config::{Config, Overrides};
+use lib_agent::config::{Config, Overrides, WebhookAuth};
 use lib_agent::daemon::{self, RunOptions};
 use lib_agent::store::Store;
 use rusqlite::{Connection, OptionalExtension};
@@ -198,24 +198,83 @@ fn a_change_reaches_the_other_running_agent_by_webhook() {
 }
 
 fn post(addr: SocketAddr, signature: Option<String>, body: &str) -> u16 {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
     let sig = signature
         .map(|s| format!("x-lib-signature: {s}\r\n"))
         .unwrap_or_default();
+    request(addr, "POST /webhook", &sig, body).0
+}
+
+/// One HTTP/1.1 request with `headers` (each ending in CRLF): the status and the body.
+fn request(addr: SocketAddr, line: &str, headers: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
     write!(
         stream,
-        "POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{sig}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{line} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("send");
     let mut reply = String::new();
     stream.read_to_string(&mut reply).expect("read");
-    reply
+    let status = reply
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .expect("status code")
+        .expect("status code");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+fn listener(auth: WebhookAuth) -> (SocketAddr, crossbeam_channel::Receiver<()>, impl Drop) {
+    let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let port = reserved_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    lib_agent::sync::listener::spawn(addr, "hook-secret-0123456".into(), auth, wake_tx, stop_rx)
+        .expect("listener");
+    (addr, wake_rx, StopOnDrop(stop_tx))
+}
+
+struct StopOnDrop(crossbeam_channel::Sender<()>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+const NOTIFICATION: &str = r#"{"event":"new_events","after_id":7,"timestamp":"2026-11-25T10:00:00Z"}"#;
+
+#[test]
+fn lib_v1_1s_x_webhook_secret_is_refused_unless_webhook_auth_is_shared_secret() {
+    let (addr, wake, _stop) = listener(WebhookAuth::Signature);
+    let header = "x-webhook-secret: hook-secret-0123456\r\n";
+    assert_eq!(request(addr, "POST /webhook", header, NOTIFICATION).0, 401);
+    assert!(wake.try_recv().is_err(), "nothing woke the puller");
+
+    let (addr, wake, _stop) = listener(WebhookAuth::SharedSecret);
+    let wrong = "x-webhook-secret: hook-secret-9999999\r\n";
+    assert_eq!(request(addr, "POST /webhook", wrong, NOTIFICATION).0, 401);
+    assert!(wake.try_recv().is_err(), "a wrong secret wakes nothing");
+    assert_eq!(request(addr, "POST /webhook", header, NOTIFICATION).0, 200);
+    assert!(wake.try_recv().is_ok(), "LIB v1.1's header woke the puller");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let signed = webhooks::sign("hook-secret-0123456", now, NOTIFICATION.as_bytes());
+    assert_eq!(post(addr, Some(signed), NOTIFICATION), 200, "a signature still works");
+}
+
+#[test]
+fn the_listener_answers_health_as_lib_v1_1s_did() {
+    let (addr, _wake, _stop) = listener(WebhookAuth::Signature);
+    let (status, body) = request(addr, "GET /health", "", "");
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["service"], "lib-webhook-listener");
+    assert!(health["version"].is_string(), "{health}");
 }
 
 #[test]
@@ -225,7 +284,7 @@ fn the_listener_rejects_a_bad_signature_or_an_old_timestamp_and_wakes_nothing() 
     let port = reserved_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let _thread =
-        lib_agent::sync::listener::spawn(addr, "hook-secret-0123456".into(), wake_tx, stop_rx)
+        lib_agent::sync::listener::spawn(addr, "hook-secret-0123456".into(), WebhookAuth::Signature, wake_tx, stop_rx)
             .expect("listener");
     let body = r#"{"event":"new_events","after_id":7,"timestamp":"2026-11-25T10:00:00Z"}"#;
     let now = SystemTime::now()
