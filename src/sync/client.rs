@@ -580,7 +580,11 @@ mod tests {
 
     #[test]
     fn a_lib_v1_1_page_moves_the_cursor_to_its_last_event_and_has_more_when_full() {
-        let two = format!(r#"{{"ok": true, "events": [{}, {}]}}"#, event_json(7), event_json(9));
+        let two = format!(
+            r#"{{"ok": true, "events": [{}, {}]}}"#,
+            event_json(7),
+            event_json(9)
+        );
         let p = page(&two);
         assert!(p.is_legacy());
         let answer = p.into_response(5, 2).expect("a full page");

@@ -50,8 +50,8 @@ pub fn router(secret: String, auth: WebhookAuth, wake: Sender<()>) -> Router {
         timeout: ConnLimits::default().body_timeout,
         max_bytes: MAX_BODY_BYTES,
     };
-    let legacy_secret = (auth == WebhookAuth::SharedSecret)
-        .then(|| Sha256::digest(secret.as_bytes()).into());
+    let legacy_secret =
+        (auth == WebhookAuth::SharedSecret).then(|| Sha256::digest(secret.as_bytes()).into());
     Router::new()
         .route("/", post(notified))
         .route("/webhook", post(notified))

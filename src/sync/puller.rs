@@ -201,7 +201,11 @@ mod tests {
         let sent = clock.now();
         clock.advance(Duration::from_millis(20));
         assert_eq!(s.long_polled(sent, clock.now(), 0), Some(SHORT_POLL));
-        assert_eq!(s.long_polled(sent, clock.now(), 3), None, "it brought events");
+        assert_eq!(
+            s.long_polled(sent, clock.now(), 3),
+            None,
+            "it brought events"
+        );
         clock.advance(LONG_POLL);
         assert_eq!(s.long_polled(sent, clock.now(), 0), None, "it was held");
     }

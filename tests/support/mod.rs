@@ -14,6 +14,7 @@ pub mod brain_blocking;
 pub mod device;
 pub mod lab;
 pub mod net;
+pub mod old_brain;
 pub mod process;
 pub mod rng;
 pub mod wait;

@@ -7,6 +7,7 @@
 mod support;
 
 mod chaos;
+mod lib_v1_1;
 mod push_pull;
 mod sync_crash;
 mod sync_faults;

@@ -27,19 +27,19 @@ use crate::support::wait::{wait_until, PATIENCE};
 
 /// `agent run` (the library's `daemon::run`) on a thread of this test, with its own store and
 /// library folder; stopped and joined when dropped.
-struct Agent {
-    dir: tempfile::TempDir,
+pub(crate) struct Agent {
+    pub(crate) dir: tempfile::TempDir,
     stop: Option<crossbeam_channel::Sender<()>>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Agent {
-    fn start(brain: &BlockingBrain, sync: &str, env: &[(&str, &str)]) -> Agent {
+    pub(crate) fn start(brain: &BlockingBrain, sync: &str, env: &[(&str, &str)]) -> Agent {
         Agent::start_at(&brain.addr.to_string(), sync, env)
     }
 
     /// An agent whose brain is at `addr`, up or not.
-    fn start_at(addr: &str, sync: &str, env: &[(&str, &str)]) -> Agent {
+    pub(crate) fn start_at(addr: &str, sync: &str, env: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("notes")).expect("mkdir");
         let toml = format!(
@@ -82,19 +82,19 @@ impl Agent {
         agent
     }
 
-    fn wait_until(&self, what: &str, done: impl Fn(&Connection) -> bool) -> Duration {
+    pub(crate) fn wait_until(&self, what: &str, done: impl Fn(&Connection) -> bool) -> Duration {
         let db = self.dir.path().join("agent.db");
         wait_until(what, PATIENCE, || {
             Connection::open(&db).is_ok_and(|db| done(&db))
         })
     }
 
-    fn write(&self, rel: &str, text: &str) {
+    pub(crate) fn write(&self, rel: &str, text: &str) {
         std::fs::write(self.dir.path().join("notes").join(rel), text).expect("write");
     }
 
     /// `agent [--json] status`, run by the real binary beside the running agent.
-    fn status(&self, json: bool) -> String {
+    pub(crate) fn status(&self, json: bool) -> String {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
         for var in [
             "LIB_AGENT_CONFIG",
@@ -135,7 +135,7 @@ impl Agent {
     }
 
     /// The sync state the agent saved for `agent status`.
-    fn sync_state(db: &Connection) -> Option<Value> {
+    pub(crate) fn sync_state(db: &Connection) -> Option<Value> {
         db.query_row("SELECT v FROM lib_kv WHERE k = 'sync_state'", [], |r| {
             r.get::<_, String>(0)
         })
@@ -145,7 +145,7 @@ impl Agent {
         .and_then(|v| serde_json::from_str(&v).ok())
     }
 
-    fn has(db: &Connection, key: &str) -> bool {
+    pub(crate) fn has(db: &Connection, key: &str) -> bool {
         db.query_row(
             "SELECT count(*) FROM lib_files WHERE path = ?1 AND deleted_at IS NULL",
             [key],
@@ -221,7 +221,11 @@ fn request(addr: SocketAddr, line: &str, headers: &str, body: &str) -> (u16, Str
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status code");
-    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    let body = reply
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
     (status, body)
 }
 
@@ -243,7 +247,8 @@ impl Drop for StopOnDrop {
     }
 }
 
-const NOTIFICATION: &str = r#"{"event":"new_events","after_id":7,"timestamp":"2026-11-25T10:00:00Z"}"#;
+const NOTIFICATION: &str =
+    r#"{"event":"new_events","after_id":7,"timestamp":"2026-11-25T10:00:00Z"}"#;
 
 #[test]
 fn lib_v1_1s_x_webhook_secret_is_refused_unless_webhook_auth_is_shared_secret() {
@@ -263,7 +268,11 @@ fn lib_v1_1s_x_webhook_secret_is_refused_unless_webhook_auth_is_shared_secret() 
         .expect("clock")
         .as_secs() as i64;
     let signed = webhooks::sign("hook-secret-0123456", now, NOTIFICATION.as_bytes());
-    assert_eq!(post(addr, Some(signed), NOTIFICATION), 200, "a signature still works");
+    assert_eq!(
+        post(addr, Some(signed), NOTIFICATION),
+        200,
+        "a signature still works"
+    );
 }
 
 #[test]
@@ -283,9 +292,14 @@ fn the_listener_rejects_a_bad_signature_or_an_old_timestamp_and_wakes_nothing() 
     let (_stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     let port = reserved_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let _thread =
-        lib_agent::sync::listener::spawn(addr, "hook-secret-0123456".into(), WebhookAuth::Signature, wake_tx, stop_rx)
-            .expect("listener");
+    let _thread = lib_agent::sync::listener::spawn(
+        addr,
+        "hook-secret-0123456".into(),
+        WebhookAuth::Signature,
+        wake_tx,
+        stop_rx,
+    )
+    .expect("listener");
     let body = r#"{"event":"new_events","after_id":7,"timestamp":"2026-11-25T10:00:00Z"}"#;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

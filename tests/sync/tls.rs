@@ -305,7 +305,11 @@ struct Listener {
 impl Listener {
     fn start(runtime: &tokio::runtime::Runtime, secret: &str) -> Listener {
         let (wake, woken) = crossbeam_channel::bounded(8);
-        let app = listener::router(secret.to_owned(), lib_agent::config::WebhookAuth::Signature, wake);
+        let app = listener::router(
+            secret.to_owned(),
+            lib_agent::config::WebhookAuth::Signature,
+            wake,
+        );
         let tcp = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind listener");
