@@ -36,7 +36,7 @@ use crate::http_server::{self as http, BodyLimits, ConnLimits, LocalOnly};
 use crate::model::digest::{ReplicaDigest, DIGEST_HEADER, PENDING_HEADER};
 use crate::model::wire::{
     DevicesResponse, ErrorBody, HealthResponse, IngestRequest, IngestResponse, OkResponse,
-    PullResponse, SnapshotResponse, WebhookRequest, WebhookResponse, MAX_BATCH,
+    PullResponse, SnapshotResponse, WebhookRequest, WebhookResponse, MAX_BATCH, PROTOCOL,
 };
 use crate::tls::ExtraRoots;
 
@@ -74,6 +74,13 @@ pub struct ServerConfig {
     pub webhooks: WebhookPolicy,
     /// Timeouts and caps of client connections.
     pub connections: ConnLimits,
+    /// Every route is served under this prefix too (`--base-path`, checked by
+    /// [`check_base_path`]): LIB v1.1 clients hold the edge function's URL, which ends in
+    /// `/functions/v1/lib-brain-sync`, and append the route to it.
+    pub base_path: Option<String>,
+    /// Browser origins allowed to call the brain (`--cors-origin`), as LIB v1.1's edge function
+    /// allowed browser clients.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +99,8 @@ impl Default for ServerConfig {
             webhook_roots: ExtraRoots::none(),
             webhooks: WebhookPolicy::default(),
             connections: ConnLimits::default(),
+            base_path: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -118,6 +127,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("webhook_roots", &self.webhook_roots)
             .field("webhooks", &self.webhooks)
             .field("connections", &self.connections)
+            .field("base_path", &self.base_path)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }
@@ -158,6 +169,22 @@ impl IntoResponse for BrainError {
         let status = self.status();
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
+        }
+        // A pruned cursor says where to go on, for clients that read more than `error` (LIB
+        // v1.1's reads `events` only: see README "LIB v1.1 clients against the brain").
+        if let BrainError::CursorPruned {
+            after_id,
+            pruned_through,
+        } = self
+        {
+            let body = serde_json::json!({
+                "ok": false,
+                "error": self.to_string(),
+                "code": "cursor_pruned",
+                "after_id": after_id,
+                "pruned_through": pruned_through,
+            });
+            return (status, Json(body)).into_response();
         }
         (
             status,
@@ -218,13 +245,27 @@ fn app<S: BrainStore>(
         stopping,
         config: config.clone(),
     };
-    let protected = Router::new()
-        .route("/ingest", post(ingest::<S>))
-        .route("/pull", get(pull::<S>))
-        .route("/snapshot", get(snapshot::<S>))
-        .route("/webhook", post(register_webhook::<S>))
-        .route("/webhook/{device_id}", delete(deactivate_webhook::<S>))
-        .route("/devices", get(devices::<S>))
+    let prefixes: Vec<&str> = std::iter::once("")
+        .chain(config.base_path.as_deref())
+        .collect();
+    let mut protected = Router::new();
+    let mut open = Router::new();
+    for p in &prefixes {
+        protected = protected
+            .route(&format!("{p}/ingest"), post(ingest::<S>))
+            .route(&format!("{p}/pull"), get(pull::<S>))
+            .route(&format!("{p}/snapshot"), get(snapshot::<S>))
+            .route(&format!("{p}/webhook"), post(register_webhook::<S>))
+            .route(
+                &format!("{p}/webhook/{{device_id}}"),
+                delete(deactivate_webhook::<S>),
+            )
+            .route(&format!("{p}/devices"), get(devices::<S>));
+        open = open
+            .route(&format!("{p}/health"), get(health))
+            .route(&format!("{p}/metrics"), get(metrics_text::<S>));
+    }
+    let protected = protected
         // Inside `authenticate` (a later route_layer wraps the earlier ones): a body is read only
         // after its credential checks out.
         .route_layer(middleware::from_fn_with_state(
@@ -238,14 +279,85 @@ fn app<S: BrainStore>(
             state.clone(),
             authenticate::<S>,
         ));
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text::<S>))
-        .merge(protected)
+    let origins = Arc::new(config.cors_origins.clone());
+    open.merge(protected)
         .fallback(|| async { BrainError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        // Outermost: a preflight carries no credential and must be answered before the check.
+        .layer(middleware::from_fn_with_state(origins, cors))
         .with_state(state)
+}
+
+/// Why a `--base-path` cannot be used: it must start with `/`, have no `/` at the end and no
+/// empty segment, and hold only letters, digits and `-._~` between its slashes (no `{`, which
+/// the router would read as a parameter).
+pub fn check_base_path(path: &str) -> Result<(), String> {
+    let segments: Vec<&str> = match path.strip_prefix('/') {
+        Some(rest) => rest.split('/').collect(),
+        None => return Err(format!("{path:?} does not start with /")),
+    };
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(format!(
+            "{path:?} has an empty segment (no trailing /, no //, not / alone)"
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+    if let Some(bad) = path.chars().find(|&c| c != '/' && !allowed(c)) {
+        return Err(format!(
+            "{path:?} holds {bad:?}: only letters, digits, -._~ and / are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// The request headers a browser client may send: the credentials and what a pull reports.
+const CORS_ALLOW_HEADERS: &str =
+    "authorization, content-type, x-lib-sync-secret, x-lib-device-id, x-lib-digest, x-lib-pending";
+
+/// CORS for the origins of `--cors-origin`: a preflight (`OPTIONS` with
+/// `Access-Control-Request-Method`) from one of them is answered 204 at once; their other
+/// requests go through and get `Access-Control-Allow-Origin`. Other origins get no CORS headers,
+/// so browsers keep their pages out.
+async fn cors(
+    State(origins): State<Arc<Vec<String>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use axum::http::header::{self, HeaderValue};
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .filter(|o| origins.iter().any(|allowed| allowed == o))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let Some(origin) = origin else {
+        return next.run(request).await;
+    };
+    let preflight = request.method() == axum::http::Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(CORS_ALLOW_HEADERS),
+        );
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        r
+    } else {
+        next.run(request).await
+    };
+    let h = response.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    response
 }
 
 /// Open connections of the `--metrics-listen` listener at most (a scraper or two).
@@ -405,6 +517,7 @@ async fn health() -> Json<HealthResponse> {
     Json(HealthResponse {
         status: "healthy".into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        protocol: Some(PROTOCOL.into()),
     })
 }
 
@@ -820,7 +933,8 @@ async fn register_webhook<S: BrainStore>(
     let request: WebhookRequest = parse_json(&raw)?;
     check_device_id(&request.device_id)?;
     check_acts_for(&caller, &request.device_id)?;
-    check_registration(&request, !matches!(caller, Caller::Device { .. }))?;
+    let via_shared_secret = !matches!(caller, Caller::Device { .. });
+    check_registration(&request, via_shared_secret)?;
     // The shared secret may register for any device id: without a cap, made-up ids would each
     // add a URL that every ingest fans out to.
     let hooks = state.store.active_webhooks().await?;
@@ -832,9 +946,20 @@ async fn register_webhook<S: BrainStore>(
     }
     let webhook_id = state
         .store
-        .register_webhook(&request.device_id, &request.webhook_url, &request.secret)
+        .register_webhook(
+            &request.device_id,
+            &request.webhook_url,
+            &request.secret,
+            via_shared_secret,
+        )
         .await?;
-    tracing::info!(device_id = %request.device_id, webhook_id, "webhook registered");
+    if request.secret.is_empty() {
+        tracing::warn!(device_id = %request.device_id, webhook_id,
+            "webhook registered without a secret (a LIB v1.1 client, through the shared secret): \
+             its notifications are unsigned");
+    } else {
+        tracing::info!(device_id = %request.device_id, webhook_id, "webhook registered");
+    }
     Ok(Json(WebhookResponse {
         ok: true,
         webhook_id,

@@ -34,7 +34,9 @@ use super::metrics::Metrics;
 use super::store::{unix_seconds, BrainStore, DeliveryFailure, Webhook};
 use super::BrainError;
 use crate::model::event::now_rfc3339;
-use crate::model::wire::{WebhookNotification, WebhookRequest, SIGNATURE_HEADER};
+use crate::model::wire::{
+    WebhookNotification, WebhookRequest, LEGACY_WEBHOOK_SECRET_HEADER, SIGNATURE_HEADER,
+};
 use crate::tls::ExtraRoots;
 
 pub use crate::model::webhook_signature::{sign, verify, SignatureError, MAX_SKEW_SECS};
@@ -216,6 +218,10 @@ pub struct WebhookPolicy {
     /// Deliver to loopback, private, link-local and other non-public addresses too
     /// (`--webhook-allow-private`: a brain and its devices on one LAN, and tests).
     pub allow_private: bool,
+    /// Also send LIB v1.1's `x-webhook-secret` (the secret itself) to webhooks registered with a
+    /// secret through the shared secret, whose LIB v1.1 listeners check that header
+    /// (`--webhook-legacy-secret-header`).
+    pub legacy_secret_header: bool,
     /// Resolves a webhook's host at every delivery.
     pub resolver: Arc<dyn Resolve>,
 }
@@ -224,6 +230,7 @@ impl Default for WebhookPolicy {
     fn default() -> Self {
         WebhookPolicy {
             allow_private: false,
+            legacy_secret_header: false,
             resolver: Arc::new(SystemResolver),
         }
     }
@@ -233,6 +240,7 @@ impl std::fmt::Debug for WebhookPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookPolicy")
             .field("allow_private", &self.allow_private)
+            .field("legacy_secret_header", &self.legacy_secret_header)
             .finish_non_exhaustive()
     }
 }
@@ -576,6 +584,9 @@ impl Notifier {
         if !hook.secret.is_empty() {
             let signature = sign(&hook.secret, unix_seconds(SystemTime::now()), &body);
             request = request.header(SIGNATURE_HEADER, signature);
+            if self.inner.policy.legacy_secret_header && hook.via_shared_secret {
+                request = request.header(LEGACY_WEBHOOK_SECRET_HEADER, hook.secret.as_str());
+            }
         }
         match request.body(body).send().await {
             Ok(response) if response.status().is_success() => Outcome::Delivered,

@@ -85,6 +85,20 @@ pub struct ServeArgs {
     /// at every delivery, so a registered URL cannot reach the brain's own network
     #[arg(long)]
     pub webhook_allow_private: bool,
+    /// Also send LIB v1.1's x-webhook-secret header (the webhook's secret itself) to webhooks
+    /// registered with a secret through the shared secret, for LIB v1.1 listeners that check it.
+    /// Webhooks of device tokens never get it
+    #[arg(long)]
+    pub webhook_legacy_secret_header: bool,
+    /// Serve every route under this path too, e.g. /functions/v1/lib-brain-sync: LIB v1.1
+    /// clients keep their LIB_SUPABASE_FN_URL with only the host changed
+    #[arg(long, value_name = "PATH", value_parser = parse_base_path)]
+    pub base_path: Option<String>,
+    /// A browser origin (like https://app.example) allowed to call the brain: preflights from it
+    /// are answered and its requests get CORS headers, the credential headers allowed. Repeat
+    /// for several
+    #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -109,6 +123,23 @@ pub fn run(args: Args, global: &GlobalArgs, _config: &Config) -> anyhow::Result<
         BrainCommand::Prune(args) => runtime.block_on(prune(args, global)),
         BrainCommand::Device(args) => runtime.block_on(super::device::run(args, global)),
     }
+}
+
+fn parse_base_path(value: &str) -> Result<String, String> {
+    crate::brain::server::check_base_path(value).map(|()| value.to_owned())
+}
+
+/// An origin as browsers send it: scheme, host and port if any, nothing after.
+fn parse_origin(value: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(value).map_err(|e| format!("{value:?} is not an origin: {e}"))?;
+    let origin = url.origin().ascii_serialization();
+    if !matches!(url.scheme(), "http" | "https") || origin != value {
+        return Err(format!(
+            "{value:?} is not an origin like https://app.example or http://localhost:3000 \
+             (scheme, host and port only, no path or trailing /)"
+        ));
+    }
+    Ok(origin)
 }
 
 /// The shared secret being rotated out, accepted beside `LIB_SYNC_SECRET`.
@@ -179,8 +210,11 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         },
         webhooks: crate::brain::webhooks::WebhookPolicy {
             allow_private: args.webhook_allow_private,
+            legacy_secret_header: args.webhook_legacy_secret_header,
             ..Default::default()
         },
+        base_path: args.base_path.clone(),
+        cors_origins: args.cors_origins.clone(),
         ..ServerConfig::default()
     };
     let target = Target::from_args(&args.store, global)?;

@@ -14,6 +14,9 @@ pub const SECRET_HEADER: &str = "x-lib-sync-secret";
 pub const DEVICE_ID_HEADER: &str = "x-lib-device-id";
 /// The header that signs a webhook notification: `t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 pub const SIGNATURE_HEADER: &str = "x-lib-signature";
+/// LIB v1.1's webhook header: the webhook's secret itself, which its edge function sent and its
+/// listeners compare (weaker than [`SIGNATURE_HEADER`]: replayable by whoever sees it).
+pub const LEGACY_WEBHOOK_SECRET_HEADER: &str = "x-webhook-secret";
 /// At most this many events in one `POST /ingest`, and in one page of `/pull` or `/snapshot`.
 pub const MAX_BATCH: usize = 500;
 
@@ -137,7 +140,13 @@ pub struct ErrorBody {
 pub struct HealthResponse {
     pub status: String,
     pub version: String,
+    /// The LIB protocol version the brain speaks ([`PROTOCOL`]); absent from LIB v1.1's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
+
+/// The protocol of DESIGN.md "Wire protocol": LIB v1.1's, with this project's additions.
+pub const PROTOCOL: &str = "1.1";
 
 /// `GET /devices`: every enrolled device and how its replica compares with the brain's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

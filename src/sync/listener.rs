@@ -25,7 +25,7 @@ use crate::brain::auth::digest_matches;
 use crate::config::WebhookAuth;
 use crate::http_server::{self as http, BodyLimits, ConnLimits};
 use crate::model::webhook_signature;
-use crate::model::wire::SIGNATURE_HEADER;
+use crate::model::wire::{LEGACY_WEBHOOK_SECRET_HEADER, SIGNATURE_HEADER};
 
 #[derive(Clone)]
 struct Listener {
@@ -34,9 +34,6 @@ struct Listener {
     legacy_secret: Option<[u8; 32]>,
     wake: Sender<()>,
 }
-
-/// LIB v1.1's header: the webhook secret itself.
-pub const LEGACY_SECRET_HEADER: &str = "x-webhook-secret";
 
 /// Open connections at most: the brain sends one notification at a time.
 const MAX_CONNECTIONS: usize = 16;
@@ -78,7 +75,7 @@ async fn notified(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, Json<Value>) {
-    let legacy = headers.get(LEGACY_SECRET_HEADER).map(|v| v.as_bytes());
+    let legacy = headers.get(LEGACY_WEBHOOK_SECRET_HEADER).map(|v| v.as_bytes());
     if let (Some(expected), Some(given)) = (&l.legacy_secret, legacy) {
         if digest_matches(expected, given) {
             let _ = l.wake.try_send(());

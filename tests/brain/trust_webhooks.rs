@@ -27,6 +27,7 @@ suite!(
     a_webhook_on_a_non_public_address_is_refused_without_a_connection,
     with_allow_private_a_delivery_reaches_the_checked_loopback_address,
     a_registration_without_a_secret_is_delivered_unsigned,
+    with_the_legacy_header_a_shared_secret_registration_gets_x_webhook_secret_and_a_device_tokens_never,
     notifications_to_a_busy_device_are_coalesced_into_one_pending,
     a_failing_url_backs_off_and_a_success_clears_it,
     registering_the_same_url_again_keeps_its_back_off_and_a_new_url_clears_it,
@@ -55,6 +56,7 @@ fn policy(allow_private: bool, resolver: Arc<TestResolver>) -> WebhookPolicy {
     WebhookPolicy {
         allow_private,
         resolver,
+        legacy_secret_header: false,
     }
 }
 
@@ -503,6 +505,55 @@ async fn a_registration_without_a_secret_is_delivered_unsigned(f: Fixture) {
         "{:?}",
         received.headers
     );
+}
+
+async fn with_the_legacy_header_a_shared_secret_registration_gets_x_webhook_secret_and_a_device_tokens_never(
+    f: Fixture,
+) {
+    let mut v11 = HookListener::start(false).await;
+    let mut laptop = HookListener::start(false).await;
+    let brain = Hooked::start(
+        &f,
+        WebhookPolicy {
+            legacy_secret_header: true,
+            ..policy(true, Arc::default())
+        },
+    )
+    .await;
+    // A LIB v1.1 listener, registered through the shared secret.
+    let v11_url = format!("http://127.0.0.1:{}/webhook", v11.port());
+    brain.register("dev-v11", &v11_url).await;
+    // An enrolled device, registered with its own token.
+    let token = "device-token-for-the-legacy-header-test-0123";
+    let digest = hex::encode(Sha256::digest(token.as_bytes()));
+    match &f.store {
+        AnyStore::Sqlite(s) => s.add_device("laptop", &digest).await.map(|_| ()),
+        AnyStore::Postgres(s) => s.add_device("laptop", &digest).await.map(|_| ()),
+    }
+    .unwrap();
+    let laptop_url = format!("http://127.0.0.1:{}/webhook", laptop.port());
+    let r = reqwest::Client::new()
+        .post(brain.http.url("/webhook"))
+        .bearer_auth(token)
+        .header("x-lib-device-id", "dev-laptop")
+        .json(&json!({"device_id": "dev-laptop", "webhook_url": laptop_url, "secret": HOOK_SECRET}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    brain.http.ingest_ok(&many("dev-a", 1, 1)).await;
+    let to_v11 = v11.next().await;
+    assert_eq!(to_v11.headers["x-webhook-secret"], HOOK_SECRET, "what a LIB v1.1 listener checks");
+    assert!(to_v11.headers.contains_key("x-lib-signature"), "and signed as always");
+    let to_laptop = laptop.next().await;
+    assert!(
+        !to_laptop.headers.contains_key("x-webhook-secret"),
+        "a device token's secret is an HMAC key and never travels: {:?}",
+        to_laptop.headers
+    );
+    webhooks::verify(HOOK_SECRET, &to_laptop.headers["x-lib-signature"], &to_laptop.raw, SystemTime::now())
+        .expect("signed");
 }
 
 async fn notifications_to_a_busy_device_are_coalesced_into_one_pending(f: Fixture) {

@@ -89,6 +89,8 @@ pub struct Webhook {
     pub device_id: String,
     pub url: String,
     pub secret: String,
+    /// Registered through LIB v1.1's shared secret, not a device token.
+    pub via_shared_secret: bool,
     /// Deliveries failed in a row.
     pub failures: i64,
     /// No delivery before this (unix seconds) while it backs off.
@@ -325,6 +327,7 @@ pub trait BrainStore: Send + Sync + 'static {
         device_id: &str,
         url: &str,
         secret: &str,
+        via_shared_secret: bool,
     ) -> impl Future<Output = Result<i64>> + Send;
 
     /// Deactivates the device's webhook; false when it had none active.

@@ -272,8 +272,15 @@ impl BrainStore for PgStore {
         self.prune_up_to(PruneBound::Id(through)).await
     }
 
-    async fn register_webhook(&self, device_id: &str, url: &str, secret: &str) -> Result<i64> {
-        self.upsert_webhook(device_id, url, secret).await
+    async fn register_webhook(
+        &self,
+        device_id: &str,
+        url: &str,
+        secret: &str,
+        via_shared_secret: bool,
+    ) -> Result<i64> {
+        self.upsert_webhook(device_id, url, secret, via_shared_secret)
+            .await
     }
 
     async fn deactivate_webhook(&self, device_id: &str) -> Result<bool> {

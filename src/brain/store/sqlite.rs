@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/brain/sqlite/0002_pruned_events.sql"),
     include_str!("../../../migrations/brain/sqlite/0003_devices.sql"),
     include_str!("../../../migrations/brain/sqlite/0004_replica_digest.sql"),
+    include_str!("../../../migrations/brain/sqlite/0005_webhook_origin.sql"),
 ];
 
 /// Readers kept open between requests; more are opened (and closed after) under load.
@@ -494,20 +495,28 @@ impl BrainStore for SqliteStore {
             .await
     }
 
-    async fn register_webhook(&self, device_id: &str, url: &str, secret: &str) -> Result<i64> {
+    async fn register_webhook(
+        &self,
+        device_id: &str,
+        url: &str,
+        secret: &str,
+        via_shared_secret: bool,
+    ) -> Result<i64> {
         let (device_id, url, secret) = (device_id.to_owned(), url.to_owned(), secret.to_owned());
         self.write(move |conn| {
             let now = unix_seconds(SystemTime::now());
             conn.query_row(
-                "INSERT INTO device_webhooks (device_id, webhook_url, secret, active, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 1, ?4, ?4)
+                "INSERT INTO device_webhooks (device_id, webhook_url, secret, active, created_at, updated_at,
+                   via_shared_secret)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?4, ?5)
                  ON CONFLICT(device_id) DO UPDATE SET webhook_url = excluded.webhook_url,
                    secret = excluded.secret, active = 1, updated_at = excluded.updated_at,
+                   via_shared_secret = excluded.via_shared_secret,
                    failures = CASE WHEN webhook_url = excluded.webhook_url THEN failures ELSE 0 END,
                    last_error = CASE WHEN webhook_url = excluded.webhook_url THEN last_error END,
                    retry_after = CASE WHEN webhook_url = excluded.webhook_url THEN retry_after END
                  RETURNING id",
-                rusqlite::params![device_id, url, secret, now],
+                rusqlite::params![device_id, url, secret, now, via_shared_secret],
                 |r| r.get(0),
             )
             .map_err(|e| sql_err("registering a webhook", e))
@@ -533,7 +542,7 @@ impl BrainStore for SqliteStore {
         self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT id, device_id, webhook_url, secret, failures, retry_after
+                    "SELECT id, device_id, webhook_url, secret, failures, retry_after, via_shared_secret
                      FROM device_webhooks WHERE active = 1",
                 )
                 .map_err(|e| sql_err("preparing the webhook list", e))?;
@@ -544,6 +553,7 @@ impl BrainStore for SqliteStore {
                         device_id: r.get(1)?,
                         url: r.get(2)?,
                         secret: r.get(3)?,
+                        via_shared_secret: r.get(6)?,
                         failures: r.get(4)?,
                         retry_after: r.get(5)?,
                     })

@@ -35,6 +35,11 @@ pub(super) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0004_replica_digest",
         include_str!("../../../../migrations/brain/postgres/0004_replica_digest.sql"),
     ),
+    (
+        5,
+        "0005_webhook_origin",
+        include_str!("../../../../migrations/brain/postgres/0005_webhook_origin.sql"),
+    ),
 ];
 
 /// Creates or migrates the schema; adopts a LIB v1.1 schema found in its place first.
@@ -167,7 +172,8 @@ mod tests {
                 (1, "0001_lib_shared"),
                 (2, "0002_pruned_events"),
                 (3, "0003_devices"),
-                (4, "0004_replica_digest")
+                (4, "0004_replica_digest"),
+                (5, "0005_webhook_origin")
             ]
         );
     }

@@ -890,10 +890,10 @@ async fn copy_webhooks(
         .query(
             &format!(
                 "INSERT INTO {schema}.device_webhooks ({id_column}device_id, webhook_url, secret, active,
-                   created_at, updated_at)
+                   created_at, updated_at, via_shared_secret)
                  OVERRIDING SYSTEM VALUE
                  SELECT DISTINCT ON (device_id) {id_column}device_id, webhook_url, secret,
-                   active AND secret <> '', created_at, updated_at
+                   active AND secret <> '', created_at, updated_at, true
                  FROM (SELECT {id_value}device_id::text AS device_id, webhook_url::text AS webhook_url,
                          {secret} AS secret, {active} AS active, {created} AS created_at,
                          {updated} AS updated_at

@@ -11,14 +11,17 @@ impl PgStore {
         device_id: &str,
         url: &str,
         secret: &str,
+        via_shared_secret: bool,
     ) -> Result<i64> {
         let conn = self.inner.pool.get().await?;
         let row = conn
             .query_one(
                 &*self.sql(
-                    "INSERT INTO lib_shared.device_webhooks (device_id, webhook_url, secret) VALUES ($1, $2, $3)
+                    "INSERT INTO lib_shared.device_webhooks (device_id, webhook_url, secret, via_shared_secret)
+                     VALUES ($1, $2, $3, $4)
                      ON CONFLICT (device_id) DO UPDATE SET webhook_url = excluded.webhook_url,
                        secret = excluded.secret, active = true, updated_at = now(),
+                       via_shared_secret = excluded.via_shared_secret,
                        failures = CASE WHEN device_webhooks.webhook_url = excluded.webhook_url
                          THEN device_webhooks.failures ELSE 0 END,
                        last_error = CASE WHEN device_webhooks.webhook_url = excluded.webhook_url
@@ -27,7 +30,7 @@ impl PgStore {
                          THEN device_webhooks.retry_after END
                      RETURNING id",
                 ),
-                &[&device_id, &url, &secret],
+                &[&device_id, &url, &secret, &via_shared_secret],
             )
             .await
             .map_err(|e| self.inner.pool.err("registering a webhook", e))?;
@@ -56,7 +59,8 @@ impl PgStore {
         let rows = conn
             .query(
                 &*self.sql(
-                    "SELECT id, device_id, webhook_url, secret, failures::bigint, retry_after
+                    "SELECT id, device_id, webhook_url, secret, failures::bigint, retry_after,
+                       via_shared_secret
                      FROM lib_shared.device_webhooks WHERE active",
                 ),
                 &[],
@@ -70,6 +74,7 @@ impl PgStore {
                 device_id: r.get(1),
                 url: r.get(2),
                 secret: r.get(3),
+                via_shared_secret: r.get(6),
                 failures: r.get(4),
                 retry_after: r.get(5),
             })
