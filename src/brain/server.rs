@@ -319,11 +319,7 @@ const CORS_ALLOW_HEADERS: &str =
 /// `Access-Control-Request-Method`) from one of them is answered 204 at once; their other
 /// requests go through and get `Access-Control-Allow-Origin`. Other origins get no CORS headers,
 /// so browsers keep their pages out.
-async fn cors(
-    State(origins): State<Arc<Vec<String>>>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn cors(State(origins): State<Arc<Vec<String>>>, request: Request, next: Next) -> Response {
     use axum::http::header::{self, HeaderValue};
     let origin = request
         .headers()
@@ -349,7 +345,10 @@ async fn cors(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static(CORS_ALLOW_HEADERS),
         );
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
         r
     } else {
         next.run(request).await

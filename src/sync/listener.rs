@@ -75,7 +75,9 @@ async fn notified(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, Json<Value>) {
-    let legacy = headers.get(LEGACY_WEBHOOK_SECRET_HEADER).map(|v| v.as_bytes());
+    let legacy = headers
+        .get(LEGACY_WEBHOOK_SECRET_HEADER)
+        .map(|v| v.as_bytes());
     if let (Some(expected), Some(given)) = (&l.legacy_secret, legacy) {
         if digest_matches(expected, given) {
             let _ = l.wake.try_send(());

@@ -262,3 +262,190 @@ fn prune_reports_what_it_deleted() {
     assert_eq!(report["ok"], true);
     assert_eq!(report["deleted_events"], 0);
 }
+
+/// What LIB v1.1's deployment guide and Python client send, with only the host changed: the
+/// brain serves its routes under the edge function's path too.
+mod lib_v1_1_clients {
+    use super::*;
+    use serde_json::{json, Value};
+
+    const FUNCTION: &str = "/functions/v1/lib-brain-sync";
+
+    fn serve(home: &Home) -> (Child, String) {
+        let (child, addr) = home.serve(
+            &[
+                "--db",
+                home.db().to_str().unwrap(),
+                "--base-path",
+                FUNCTION,
+                "--cors-origin",
+                "http://localhost:3000",
+            ],
+            Some(SECRET),
+        );
+        (child, format!("http://{addr}{FUNCTION}"))
+    }
+
+    fn json_of(r: reqwest::blocking::Response) -> (u16, Value) {
+        let status = r.status().as_u16();
+        let text = r.text().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    #[test]
+    fn the_references_curl_commands_and_python_client_work_with_only_the_host_changed() {
+        let home = Home::new();
+        let (mut child, fn_url) = serve(&home);
+        let http = reqwest::blocking::Client::new();
+
+        // curl https://{ref}.supabase.co/functions/v1/lib-brain-sync/health | grep '"status":"healthy"'
+        let health = http
+            .get(format!("{fn_url}/health"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(health.contains(r#""status":"healthy""#), "{health}");
+        let health: Value = serde_json::from_str(&health).unwrap();
+        assert_eq!(health["protocol"], "1.1");
+
+        // curl -X POST ".../webhook" -H "x-lib-sync-secret: $LIB_SYNC_SECRET" -d '{...}'
+        // (curl -d sends application/x-www-form-urlencoded)
+        let (status, body) = json_of(
+            http.post(format!("{fn_url}/webhook"))
+                .header("x-lib-sync-secret", SECRET)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(r#"{"device_id": "macbook-pro", "webhook_url": "http://192.168.1.20:8001/webhook", "secret": "your-webhook-secret"}"#)
+                .send()
+                .unwrap(),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["ok"], true);
+        assert!(body["webhook_id"].is_i64(), "{body}");
+
+        // push_outbox: POST {fn}/ingest, json={"batch": batch}
+        let batch = many("macbook-pro", 2, 1);
+        let (status, body) = json_of(
+            http.post(format!("{fn_url}/ingest"))
+                .header("x-lib-sync-secret", SECRET)
+                .json(&json!({ "batch": batch }))
+                .send()
+                .unwrap(),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"]["inserted_events"], 2, "{body}");
+
+        // pull_inbox: GET {fn}/pull, params={"after_id": after_id, "limit": limit}; it reads
+        // `events` and each event's id as the next cursor.
+        let (status, body) = json_of(
+            http.get(format!("{fn_url}/pull"))
+                .query(&[("after_id", "0"), ("limit", "200")])
+                .header("x-lib-sync-secret", SECRET)
+                .send()
+                .unwrap(),
+        );
+        assert_eq!(status, 200, "{body}");
+        let events = body["events"].as_array().unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1]["id"], 2);
+        assert_eq!(events[0]["entity_key"], batch[0].entity_key.as_str());
+
+        // The routes stay at the root too, for agents.
+        let root = fn_url.trim_end_matches(FUNCTION);
+        assert_eq!(
+            http.get(format!("{root}/health")).send().unwrap().status(),
+            200
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn an_allowed_origins_preflight_is_answered_and_other_origins_get_no_cors_headers() {
+        let home = Home::new();
+        let (mut child, fn_url) = serve(&home);
+        let http = reqwest::blocking::Client::new();
+        let preflight = |origin: &str| {
+            http.request(reqwest::Method::OPTIONS, format!("{fn_url}/ingest"))
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "x-lib-sync-secret, content-type",
+                )
+                .send()
+                .unwrap()
+        };
+        let ok = preflight("http://localhost:3000");
+        assert_eq!(ok.status(), 204);
+        let h = ok.headers();
+        assert_eq!(h["access-control-allow-origin"], "http://localhost:3000");
+        let allowed = h["access-control-allow-headers"].to_str().unwrap();
+        for header in [
+            "x-lib-sync-secret",
+            "authorization",
+            "x-lib-device-id",
+            "content-type",
+        ] {
+            assert!(allowed.contains(header), "{header} in {allowed}");
+        }
+        assert!(h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST"));
+
+        let other = preflight("https://evil.example");
+        assert!(other.status().is_client_error(), "{}", other.status());
+        assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+        // The request itself still needs the credential, and carries the header.
+        let r = http
+            .post(format!("{fn_url}/ingest"))
+            .header("origin", "http://localhost:3000")
+            .json(&json!({"batch": []}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()["access-control-allow-origin"],
+            "http://localhost:3000"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_base_path_or_origin_that_cannot_be_served_is_refused_at_start() {
+        let home = Home::new();
+        for (flag, value, says) in [
+            ("--base-path", "functions/v1", "does not start with /"),
+            ("--base-path", "/functions/v1/", "empty segment"),
+            ("--base-path", "/fn/{id}", "only letters"),
+            ("--cors-origin", "https://app.example/", "not an origin"),
+            ("--cors-origin", "app.example", "not an origin"),
+        ] {
+            let out = home.run(
+                &[
+                    "brain",
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--db",
+                    home.db().to_str().unwrap(),
+                    flag,
+                    value,
+                ],
+                Some(SECRET),
+            );
+            assert!(!out.status.success(), "{flag} {value}");
+            assert!(
+                stderr(&out).contains(says),
+                "{flag} {value}: {}",
+                stderr(&out)
+            );
+        }
+    }
+}

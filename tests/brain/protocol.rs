@@ -500,6 +500,12 @@ async fn a_cursor_older_than_the_pruned_log_is_410_and_a_snapshot_reseeds(f: Fix
         "the body says how to re-seed: {}",
         r.text
     );
+    assert_eq!(r.body["code"], "cursor_pruned", "{}", r.text);
+    assert_eq!(r.body["after_id"], 0);
+    assert_eq!(
+        r.body["pruned_through"], pruned,
+        "where a client can go on from"
+    );
     // Re-seed: the snapshot still holds every entity, and pulling from its watermark continues.
     let snap = brain.get("/snapshot").await;
     assert_eq!(

@@ -544,16 +544,27 @@ async fn with_the_legacy_header_a_shared_secret_registration_gets_x_webhook_secr
 
     brain.http.ingest_ok(&many("dev-a", 1, 1)).await;
     let to_v11 = v11.next().await;
-    assert_eq!(to_v11.headers["x-webhook-secret"], HOOK_SECRET, "what a LIB v1.1 listener checks");
-    assert!(to_v11.headers.contains_key("x-lib-signature"), "and signed as always");
+    assert_eq!(
+        to_v11.headers["x-webhook-secret"], HOOK_SECRET,
+        "what a LIB v1.1 listener checks"
+    );
+    assert!(
+        to_v11.headers.contains_key("x-lib-signature"),
+        "and signed as always"
+    );
     let to_laptop = laptop.next().await;
     assert!(
         !to_laptop.headers.contains_key("x-webhook-secret"),
         "a device token's secret is an HMAC key and never travels: {:?}",
         to_laptop.headers
     );
-    webhooks::verify(HOOK_SECRET, &to_laptop.headers["x-lib-signature"], &to_laptop.raw, SystemTime::now())
-        .expect("signed");
+    webhooks::verify(
+        HOOK_SECRET,
+        &to_laptop.headers["x-lib-signature"],
+        &to_laptop.raw,
+        SystemTime::now(),
+    )
+    .expect("signed");
 }
 
 async fn notifications_to_a_busy_device_are_coalesced_into_one_pending(f: Fixture) {
