@@ -41,6 +41,9 @@ pub(super) const BACKFILL_PENDING: &str = "backfill_pending";
 /// Flag beside [`BACKFILL_PENDING`]: the backfill records the rows as observed on this device
 /// (LIB had never pulled into it, so its rows are this device's files).
 pub(super) const BACKFILL_OBSERVED: &str = "backfill_observed";
+/// Set when a LIB v1.1 database with events in `lib_outbox` or `lib_inbox` is adopted: its
+/// shared view is rebuilt from them, once, at the next open (see `legacy::replay`).
+pub(super) const LIB_V11_REPLAY: &str = "lib_v11_replay";
 /// When [`Store::make_durable`] last ran.
 const DURABLE_AT: &str = "durable_at";
 /// The shared view's replica digest, as every commit left it (see `store::digest`).
@@ -264,6 +267,11 @@ impl Batch<'_> {
             format!("{REFUSED_PULL_PREFIX}{:020}", refused.id)
         };
         set_json(&self.tx, &key, refused)
+    }
+
+    /// The events of an adopted LIB v1.1 database are in the shared view.
+    pub(super) fn finish_lib_v11_replay(&self) -> Result<()> {
+        delete(&self.tx, LIB_V11_REPLAY)
     }
 
     /// The backfill of adopted rows is done.

@@ -1,9 +1,19 @@
 //! Adopting a LIB v1.0/v1.1 database in place: its tables keep their rows and gain our columns.
 //!
-//! Runs inside the transaction of migration 1, so a failure leaves the old database as it was.
-//! LIB's `lib_files` used `path` as its primary key, which gives the full-text index no stable
-//! rowid (VACUUM may renumber implicit rowids), so it is rebuilt with an `id INTEGER PRIMARY KEY`
-//! and its rows copied; the old FTS table is dropped and rebuilt from the copied rows.
+//! [`check_placeable`] runs first, before anything is written: a database the agent cannot
+//! place (another program's, or LIB's without a column it needs, or an event row that does not
+//! parse) is refused untouched. The rest runs inside the transaction of migration 1, so a
+//! failure leaves the old database as it was. LIB's `lib_files` used `path` as its primary key,
+//! which gives the full-text index no stable rowid (VACUUM may renumber implicit rowids), so it
+//! is rebuilt with an `id INTEGER PRIMARY KEY` and its rows copied; the old FTS table is dropped
+//! and rebuilt from the copied rows.
+//!
+//! LIB v1.1 (`sqlite_002_hybrid.sql`) added `lib_device` (its id and sequence are kept, so its
+//! clocks go on), `lib_outbox` (rows not pushed yet are pushed once, by the pusher, like ours),
+//! `lib_inbox` and `lib_kv` (its pull cursor is honoured). Its `lib_files` rows carry no event
+//! metadata, so at the first open its shared view is rebuilt by applying every event of its
+//! outbox and inbox through the merge rule ([`super::Store::replay_lib_v11`]); rows no event
+//! describes are backfilled as LIB v1.0's are.
 
 use rusqlite::{Connection, OptionalExtension, Transaction};
 
@@ -18,6 +28,81 @@ pub(crate) struct Adoption {
 }
 
 const LEGACY_FILES: &str = "lib_files_lib_v10";
+
+/// The event columns of LIB v1.1's `lib_outbox` and `lib_inbox` the agent reads.
+const EVENT_COLUMNS: &[&str] = &[
+    "device_id",
+    "event_ulid",
+    "event_type",
+    "entity_type",
+    "entity_key",
+    "payload_json",
+    "vector_clock",
+    "created_at",
+];
+
+/// What each LIB table must have for the agent to use it as it stands.
+const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
+    ("lib_files", &["path"]),
+    ("lib_device", &["device_id"]),
+    ("lib_kv", &["k", "v"]),
+    ("lib_outbox", EVENT_COLUMNS),
+    ("lib_inbox", EVENT_COLUMNS),
+];
+
+/// LIB v1.1's name for the pull cursor is not in the reference (`SYNC_CURSOR_KEY`); ours is
+/// `sync_after_id`, and its client's most plausible other spelling is taken too.
+const LIB_V11_CURSOR_KEYS: &[&str] = &["sync_cursor"];
+
+/// Why a database at schema 0 that holds tables cannot be adopted, or `Ok`. Reads only: it runs
+/// before anything (even the switch to WAL) writes to the file.
+pub(crate) fn check_placeable(conn: &Connection) -> Result<(), String> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+             ORDER BY name",
+        )
+        .map_err(|e| e.to_string())?;
+    let tables: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| e.to_string())?;
+    if !tables.is_empty() && !tables.iter().any(|t| t.starts_with("lib_")) {
+        let shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
+        return Err(format!(
+            "it holds another program's tables ({}{}) and none of LIB's",
+            shown.join(", "),
+            if tables.len() > 5 { ", ..." } else { "" }
+        ));
+    }
+    for (table, required) in REQUIRED_COLUMNS {
+        if !tables.iter().any(|t| t == table) {
+            continue;
+        }
+        let have: Vec<String> = columns(conn, table)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
+        if let Some(missing) = required
+            .iter()
+            .find(|c| !have.iter().any(|h| h.eq_ignore_ascii_case(c)))
+        {
+            return Err(format!("its {table} has no column {missing}"));
+        }
+    }
+    for table in ["lib_outbox", "lib_inbox"] {
+        if tables.iter().any(|t| t == table) {
+            // Every row must read as an event: the pusher and the replay read them all.
+            let sql = format!(
+                "SELECT rowid, {} FROM {table} WHERE rowid > ?1 ORDER BY rowid",
+                EVENT_COLUMNS.join(", ")
+            );
+            super::read::read_events(conn, table, &sql, i64::MIN).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
 
 /// Columns later migrations rely on, per table that LIB may have created already. Added (nullable)
 /// where missing; `lib_files` is handled by copying instead.
@@ -141,6 +226,7 @@ pub(crate) fn adopt_before(tx: &Transaction) -> rusqlite::Result<Adoption> {
 }
 
 pub(crate) fn adopt_after(tx: &Transaction, adoption: Adoption) -> rusqlite::Result<()> {
+    adopt_lib_v11(tx)?;
     let Some(legacy_columns) = adoption.legacy_columns else {
         if adoption.fts_dropped {
             fill_fts(tx)?;
@@ -195,6 +281,84 @@ pub(crate) fn adopt_after(tx: &Transaction, adoption: Adoption) -> rusqlite::Res
     }
     tracing::info!(rows = copied, "adopted a LIB v1.0 lib_files table");
     Ok(())
+}
+
+/// LIB v1.1's sync state: its cursor under our key, its pending events' times in the form the
+/// brain accepts, and the replay of its events flagged for the first open.
+fn adopt_lib_v11(tx: &Transaction) -> rusqlite::Result<()> {
+    for key in LIB_V11_CURSOR_KEYS {
+        tx.execute(
+            "INSERT OR IGNORE INTO lib_kv (k, v) SELECT ?1, v FROM lib_kv WHERE k = ?2",
+            [super::kv::CURSOR_KEY, key],
+        )?;
+    }
+    // Python's isoformat() without a zone, or SQLite's datetime('now'): both UTC. The brain
+    // refuses a created_at that is not RFC 3339, so pending events get the zone said; pushed
+    // ones are left as the brain stored them.
+    let mut stmt =
+        tx.prepare("SELECT rowid, created_at FROM lib_outbox WHERE pushed_at IS NULL")?;
+    let pending: Vec<(i64, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (rowid, created_at) in pending {
+        if let Some(fixed) = rfc3339_of_naive_utc(&created_at) {
+            tx.execute(
+                "UPDATE lib_outbox SET created_at = ?1 WHERE rowid = ?2",
+                rusqlite::params![fixed, rowid],
+            )?;
+        }
+    }
+    let events: i64 = tx.query_row(
+        "SELECT (SELECT count(*) FROM lib_outbox) + (SELECT count(*) FROM lib_inbox)",
+        [],
+        |r| r.get(0),
+    )?;
+    if events > 0 {
+        tx.execute(
+            "INSERT OR REPLACE INTO lib_kv (k, v) VALUES (?1, '1')",
+            [super::kv::LIB_V11_REPLAY],
+        )?;
+    }
+    Ok(())
+}
+
+/// `2026-02-10 10:06:00[.ffffff]` or `2026-02-10T10:06:00[.ffffff]` (no zone, UTC) as RFC 3339;
+/// `None` for anything else, RFC 3339 included.
+fn rfc3339_of_naive_utc(s: &str) -> Option<String> {
+    if crate::model::event::is_rfc3339(s) || s.len() < 19 || !s.is_ascii() {
+        return None;
+    }
+    let candidate = format!("{}T{}Z", &s[..10], &s[11..]);
+    crate::model::event::is_rfc3339(&candidate).then_some(candidate)
+}
+
+impl super::Store {
+    /// Rebuilds the shared view of an adopted LIB v1.1 database from its events, once: every
+    /// event of its outbox and inbox, applied through the merge rule in one transaction.
+    pub(super) fn replay_lib_v11(&mut self) -> super::Result<()> {
+        if super::kv::get(&self.conn, super::kv::LIB_V11_REPLAY)?.is_none() {
+            return Ok(());
+        }
+        let mut events = Vec::new();
+        for table in ["lib_outbox", "lib_inbox"] {
+            let sql = format!(
+                "SELECT rowid, {} FROM {table} WHERE rowid > ?1 ORDER BY rowid",
+                EVENT_COLUMNS.join(", ")
+            );
+            events.extend(super::read::read_events(&self.conn, table, &sql, i64::MIN)?);
+        }
+        let batch = self.batch()?;
+        for (_, event) in &events {
+            batch.apply(event)?;
+        }
+        batch.finish_lib_v11_replay()?;
+        batch.commit()?;
+        tracing::info!(
+            events = events.len(),
+            "rebuilt the shared view of an adopted LIB v1.1 database from its events"
+        );
+        Ok(())
+    }
 }
 
 fn fill_fts(tx: &Transaction) -> rusqlite::Result<()> {

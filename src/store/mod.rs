@@ -40,6 +40,9 @@ pub enum StoreError {
     },
     #[error("no database at {0}: run `agent init` or `agent scan` first")]
     Missing(PathBuf),
+    /// A database the agent did not make and cannot adopt; nothing was written to it.
+    #[error("database {path} cannot be adopted: {reason}; it was left untouched")]
+    Unplaceable { path: PathBuf, reason: String },
     #[error(
         "database {path} has schema version {found}, newer than this agent's {supported}; \
          refusing to touch it (upgrade the agent)"
@@ -341,6 +344,10 @@ impl Store {
             });
         }
         if found == 0 {
+            legacy::check_placeable(&conn).map_err(|reason| StoreError::Unplaceable {
+                path: path.to_owned(),
+                reason,
+            })?;
             // Only takes effect on a new, empty file. Text rows of a few KiB fit in a 32 KiB page
             // instead of spilling into overflow chains: fewer pages and syscalls per file indexed.
             conn.execute_batch("PRAGMA page_size = 32768")
@@ -376,6 +383,7 @@ impl Store {
         };
         store.migrate(found)?;
         store.device_id = store.ensure_device()?;
+        store.replay_lib_v11()?;
         Ok(store)
     }
 

@@ -100,3 +100,187 @@ fn agent_sync_against_the_old_edge_function_pulls_every_page_and_warns_that_prun
     reader.agent_env(&["sync", "--pull"], &env).success();
     assert_eq!(reader.db().live_paths().len(), 450);
 }
+
+// ---- a LIB v1.1 local database ----------------------------------------------------------------
+
+const A2: &str = "alpha, edited on the mac before the move\n";
+const C2: &str = "charlie, edited again on the other device\n";
+const D: &str = "delta, indexed by LIB v1.0 and never synced\n";
+
+/// The events of `table` in the fixture that the brain already has (pushed, or pulled).
+fn fixture_events(db: &rusqlite::Connection, sql: &str) -> Vec<lib_agent::model::Event> {
+    let mut stmt = db.prepare(sql).expect("query");
+    let rows = stmt
+        .query_map([], |r| {
+            let json = serde_json::json!({
+                "device_id": r.get::<_, String>(0)?,
+                "event_ulid": r.get::<_, String>(1)?,
+                "event_type": r.get::<_, String>(2)?,
+                "entity_type": r.get::<_, String>(3)?,
+                "entity_key": r.get::<_, String>(4)?,
+                "payload": serde_json::from_str::<serde_json::Value>(&r.get::<_, String>(5)?).expect("payload"),
+                "vector_clock": serde_json::from_str::<serde_json::Value>(&r.get::<_, String>(6)?).expect("clock"),
+                "created_at": r.get::<_, String>(7)?,
+            });
+            Ok(serde_json::from_value(json).expect("an event"))
+        })
+        .expect("rows");
+    rows.map(|r| r.expect("row")).collect()
+}
+
+const EVENT: &str =
+    "device_id, event_ulid, event_type, entity_type, entity_key, payload_json, vector_clock, created_at";
+
+#[test]
+fn a_lib_v1_1_database_is_adopted_in_place_its_pending_events_pushed_once_and_its_cursor_honoured()
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let brain = crate::support::brain_blocking::BlockingBrain::start(dir.path());
+    let lab = Lab::with_config("[[library]]\nname = \"notes\"\npath = \"{root}/notes\"\n");
+    let fixture = rusqlite::Connection::open(&lab.db).expect("create");
+    fixture
+        .execute_batch(include_str!("../fixtures/lib_v11_local.sql"))
+        .expect("the fixture");
+    // The brain has what the device pushed (ids 1, 2) and pulled (id 3), then an edit of c.md
+    // the device has not pulled yet (id 4).
+    let client = brain.client();
+    let pushed = fixture_events(
+        &fixture,
+        &format!("SELECT {EVENT} FROM lib_outbox WHERE pushed_at IS NOT NULL ORDER BY id"),
+    );
+    let pulled = fixture_events(
+        &fixture,
+        &format!("SELECT {EVENT} FROM lib_inbox ORDER BY source_id"),
+    );
+    client.ingest(&pushed).expect("ingest pushed");
+    client.ingest(&pulled).expect("ingest pulled");
+    let mut c2 = crate::support::brain::upsert("dev-other", "notes/c.md", &[("dev-other", 2)], 'c');
+    c2.payload.sha256 = Some(crate::support::lab::sha256_hex(C2));
+    c2.payload.bytes = Some(C2.len() as u64);
+    c2.payload.content = Some(C2.to_owned());
+    client.ingest(&[c2]).expect("ingest c2");
+    assert_eq!(brain.last_id(), 4);
+    drop(fixture);
+    for (key, text) in [
+        ("notes/a.md", A2),
+        ("notes/c.md", "charlie, from the other device\n"),
+        ("notes/d.md", D),
+    ] {
+        lab.write(key, text);
+    }
+
+    let env = [
+        ("LIB_BRAIN_URL", brain.url()),
+        ("LIB_SYNC_SECRET", SECRET.to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    lab.agent(&["scan"]).success();
+    let (device, sequence) = lab.db().device();
+    assert_eq!(device, "mac-v11", "its device id is kept");
+    assert!(
+        sequence >= 4,
+        "its sequence goes on from LIB v1.1's: {sequence}"
+    );
+    lab.agent_env(&["sync"], &env).success();
+
+    // Pushed once: the edit of a.md, the deletion of b.md, and d.md's backfill.
+    let at_brain = client.pull(0, 500, None, None).expect("pull").events;
+    let from_mac: Vec<&str> = at_brain
+        .iter()
+        .filter(|e| e.event.device_id == "mac-v11")
+        .map(|e| e.event.event_ulid.as_str())
+        .collect();
+    let mut unique = from_mac.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        from_mac.len(),
+        "no event pushed twice: {from_mac:?}"
+    );
+    assert!(
+        from_mac.contains(&"01JKP0A1B2C3D4E5F6G7H8J9K2")
+            && from_mac.contains(&"01JKP0A1B2C3D4E5F6G7H8J9K3")
+    );
+    assert_eq!(
+        brain.winner("notes/a.md"),
+        (
+            "mac-v11".to_owned(),
+            Some(crate::support::lab::sha256_hex(A2))
+        )
+    );
+    assert_eq!(
+        brain.winner("notes/b.md").1,
+        None,
+        "b.md's deletion reached the brain"
+    );
+    assert_eq!(
+        brain.winner("notes/d.md").1,
+        Some(crate::support::lab::sha256_hex(D))
+    );
+    for e in at_brain.iter().filter(|e| e.event.device_id == "mac-v11") {
+        assert!(
+            lib_agent::model::event::is_rfc3339(&e.event.created_at),
+            "{}",
+            e.event.created_at
+        );
+    }
+
+    // Its cursor was honoured: the pull went on after id 3, and brought c.md's edit.
+    let db = lab.db();
+    let c = db.file("notes/c.md");
+    assert_eq!(
+        c.sha256.as_deref(),
+        Some(crate::support::lab::sha256_hex(C2).as_str())
+    );
+    assert_eq!(
+        db.kv("sync_after_id")
+            .map(|v| v.parse::<i64>().expect("a number") >= 4),
+        Some(true)
+    );
+    assert!(db.live_paths().contains(&"notes/d.md".to_owned()));
+    assert!(!db.live_paths().contains(&"notes/b.md".to_owned()));
+
+    // Nothing more to push.
+    let before = brain.last_id();
+    lab.agent_env(&["sync"], &env).success();
+    assert_eq!(brain.last_id(), before, "a second sync pushes nothing");
+}
+
+#[test]
+fn a_lib_database_the_agent_cannot_place_is_refused_untouched() {
+    for (what, sql, says) in [
+        (
+            "an outbox without entity_key",
+            "CREATE TABLE lib_outbox (id INTEGER PRIMARY KEY, device_id TEXT, event_ulid TEXT,
+               event_type TEXT, entity_type TEXT, payload_json TEXT, vector_clock TEXT, created_at TEXT);",
+            "lib_outbox has no column entity_key",
+        ),
+        (
+            "an outbox row that is not an event",
+            "CREATE TABLE lib_outbox (id INTEGER PRIMARY KEY, device_id TEXT, event_ulid TEXT,
+               event_type TEXT, entity_type TEXT, entity_key TEXT, payload_json TEXT,
+               vector_clock TEXT, created_at TEXT);
+             INSERT INTO lib_outbox VALUES (1, 'mac', '01JKM0A1B2C3D4E5F6G7H8J9K0', 'upsert_file',
+               'file', 'notes/a.md', '{not json', '{\"mac\":1}', '2026-02-10T10:00:00Z');",
+            "payload_json",
+        ),
+        (
+            "another program's database",
+            "CREATE TABLE moz_places (id INTEGER PRIMARY KEY, url TEXT);",
+            "another program's tables (moz_places)",
+        ),
+    ] {
+        let lab = Lab::new();
+        rusqlite::Connection::open(&lab.db)
+            .and_then(|c| c.execute_batch(sql))
+            .expect("make the database");
+        let bytes = std::fs::read(&lab.db).expect("read");
+        for args in [&["status"][..], &["scan"], &["init"]] {
+            let run = lab.agent(args).failure();
+            assert!(run.stderr.contains(says), "{what}: `agent {}`: {}", args.join(" "), run.stderr);
+            assert!(run.stderr.contains("left untouched"), "{what}: {}", run.stderr);
+            assert_eq!(std::fs::read(&lab.db).expect("read"), bytes, "{what}: `agent {}` wrote to it", args.join(" "));
+        }
+    }
+}
