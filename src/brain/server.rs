@@ -81,6 +81,51 @@ pub struct ServerConfig {
     /// Browser origins allowed to call the brain (`--cors-origin`), as LIB v1.1's edge function
     /// allowed browser clients.
     pub cors_origins: Vec<String>,
+    /// Prune the log on a schedule (`--prune-older-than`, `--prune-every`).
+    pub prune: Option<PruneSchedule>,
+}
+
+/// The scheduled prune: events received longer ago than `older_than`, once per `every`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneSchedule {
+    pub older_than: Duration,
+    pub every: Duration,
+}
+
+/// How often the prune task asks whether a prune is due: the schedule is kept in the store
+/// (the last run's time), so a restart, or another brain on the database, does not reset it.
+const PRUNE_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// Prunes whenever the last prune (by any brain on the store, or the command) is older than
+/// `schedule.every`, until `stop` flips.
+async fn prune_on_schedule<S: BrainStore>(
+    store: Arc<S>,
+    schedule: PruneSchedule,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let now = std::time::SystemTime::now();
+        let cutoff = now.checked_sub(schedule.older_than);
+        let ran_since = now.checked_sub(schedule.every);
+        if let (Some(cutoff), Some(ran_since)) = (cutoff, ran_since) {
+            match store.prune_unless_ran_since(cutoff, ran_since).await {
+                Ok(Some(report)) => tracing::info!(
+                    deleted = report.deleted_events,
+                    pruned_through = report.pruned_through,
+                    "scheduled prune: deleted the events received more than {} ago; next in {}",
+                    humantime::format_duration(schedule.older_than),
+                    humantime::format_duration(schedule.every)
+                ),
+                Ok(None) => tracing::debug!("scheduled prune not due yet"),
+                Err(e) => tracing::warn!("scheduled prune failed (tried again later): {e}"),
+            }
+        }
+        let wait = PRUNE_CHECK_EVERY.min(schedule.every);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -101,6 +146,7 @@ impl Default for ServerConfig {
             connections: ConnLimits::default(),
             base_path: None,
             cors_origins: Vec::new(),
+            prune: None,
         }
     }
 }
@@ -129,6 +175,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("connections", &self.connections)
             .field("base_path", &self.base_path)
             .field("cors_origins", &self.cors_origins)
+            .field("prune", &self.prune)
             .finish()
     }
 }
@@ -413,6 +460,9 @@ pub async fn serve_with_metrics<S: BrainStore>(
             }
         });
     }
+    let pruner = config
+        .prune
+        .map(|schedule| tokio::spawn(prune_on_schedule(store.clone(), schedule, stop_rx.clone())));
     let limits = config.connections.clone();
     let local_only = match config.insecure_no_auth {
         true => Some(LocalOnly {
@@ -431,6 +481,9 @@ pub async fn serve_with_metrics<S: BrainStore>(
     .await;
     // The last devices' requests are written before the brain stops.
     let _ = seen.await;
+    if let Some(pruner) = pruner {
+        let _ = pruner.await;
+    }
     served
 }
 

@@ -10,8 +10,8 @@ use serde_json::json;
 pub use super::brain_store::StoreArgs;
 use super::brain_store::Target;
 use super::GlobalArgs;
-use crate::brain::server::{self, ServerConfig};
-use crate::brain::store::{BrainStore, PgStore, SqliteStore};
+use crate::brain::server::{self, PruneSchedule, ServerConfig};
+use crate::brain::store::{BrainStore, PgStore, PruneStatus, SqliteStore};
 use crate::config::{self, Config};
 use crate::http_server::ConnLimits;
 
@@ -99,18 +99,48 @@ pub struct ServeArgs {
     /// for several
     #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = parse_origin)]
     pub cors_origins: Vec<String>,
+    /// Prune, on a schedule, the log events received longer ago than this (365d, as LIB v1.1's
+    /// weekly job did; a bare number is days). Off by default
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    pub prune_older_than: Option<Duration>,
+    /// How often the scheduled prune runs (with --prune-older-than); several brains on one
+    /// database prune once per period between them
+    #[arg(long, value_name = "DURATION", value_parser = parse_age, default_value = "7d", requires = "prune_older_than")]
+    pub prune_every: Duration,
     #[command(flatten)]
     pub store: StoreArgs,
 }
 
-/// Delete log events older than a number of days (entities stay, for re-seeding)
+/// Delete old log events (entities stay, for re-seeding), or say when that last happened
 #[derive(Debug, clap::Args)]
 pub struct PruneArgs {
-    /// Delete events the brain received more than this many days ago
-    #[arg(long, value_name = "DAYS")]
-    pub older_than: u64,
+    /// Delete events the brain received longer ago than this: a duration like 365d or 12h; a
+    /// bare number is days
+    #[arg(long, value_name = "DURATION", value_parser = parse_age, required_unless_present = "status")]
+    pub older_than: Option<Duration>,
+    /// Say when the log was last pruned, how many events went, and its oldest event (LIB
+    /// v1.1's lib_shared_pruning_status)
+    #[arg(long, conflicts_with = "older_than")]
+    pub status: bool,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+/// A duration (`365d`, `12h`, `90m`), or a bare number of days as LIB v1.1 and earlier versions
+/// of this command took. At least a minute: a shorter one would prune what devices are pulling.
+pub fn parse_age(value: &str) -> Result<Duration, String> {
+    let parsed = match value.trim().parse::<u64>() {
+        Ok(days) => days
+            .checked_mul(86_400)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{value} days is too long"))?,
+        Err(_) => humantime::parse_duration(value.trim())
+            .map_err(|e| format!("{value:?} is not a duration like 365d or 12h: {e}"))?,
+    };
+    if parsed < Duration::from_secs(60) {
+        return Err(format!("{value:?} is shorter than a minute"));
+    }
+    Ok(parsed)
 }
 
 pub fn run(args: Args, global: &GlobalArgs, _config: &Config) -> anyhow::Result<()> {
@@ -215,6 +245,10 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         },
         base_path: args.base_path.clone(),
         cors_origins: args.cors_origins.clone(),
+        prune: args.prune_older_than.map(|older_than| PruneSchedule {
+            older_than,
+            every: args.prune_every,
+        }),
         ..ServerConfig::default()
     };
     let target = Target::from_args(&args.store, global)?;
@@ -347,36 +381,80 @@ async fn shutdown_signal() {
 }
 
 async fn prune(args: PruneArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let cutoff = SystemTime::now()
-        .checked_sub(Duration::from_secs(args.older_than.saturating_mul(86_400)))
-        .unwrap_or(SystemTime::UNIX_EPOCH);
     let target = Target::from_args(&args.store, global)?;
-    let report = match &target {
+    match &target {
         Target::Sqlite(path) => {
             if !path.exists() {
                 bail!("no brain database at {}", path.display());
             }
             let store = SqliteStore::open(path)
                 .with_context(|| format!("opening {}", target.describe()))?;
-            store.prune(cutoff).await?
+            prune_with(&store, &args, global).await
         }
         Target::Postgres(url, options) => {
             let store = PgStore::connect(url, options.clone())
                 .await
                 .with_context(|| format!("opening {}", target.describe()))?;
-            store.prune(cutoff).await?
+            prune_with(&store, &args, global).await
         }
+    }
+}
+
+async fn prune_with(
+    store: &impl BrainStore,
+    args: &PruneArgs,
+    global: &GlobalArgs,
+) -> anyhow::Result<()> {
+    let Some(older_than) = args.older_than else {
+        let status = store.prune_status().await?;
+        if global.json {
+            let mut value = serde_json::to_value(&status)?;
+            value["ok"] = json!(true);
+            return super::print_json(&value);
+        }
+        print!("{}", render_prune_status(&status));
+        return Ok(());
     };
+    let cutoff = SystemTime::now()
+        .checked_sub(older_than)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let report = store.prune(cutoff).await?;
     if global.json {
         return super::print_json(
             &json!({"ok": true, "deleted_events": report.deleted_events, "pruned_through": report.pruned_through}),
         );
     }
     println!(
-        "pruned {} event(s) older than {} day(s); devices with a cursor below {} re-seed from a snapshot",
-        report.deleted_events, args.older_than, report.pruned_through
+        "pruned {} received more than {} ago; devices with a cursor below {} re-seed from a snapshot",
+        events(report.deleted_events),
+        humantime::format_duration(older_than),
+        report.pruned_through
     );
     Ok(())
+}
+
+fn events(n: u64) -> String {
+    format!("{n} {}", crate::term::plural(n, "event", "events"))
+}
+
+fn render_prune_status(s: &PruneStatus) -> String {
+    let at = |unix: i64| {
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
+        humantime::format_rfc3339_seconds(time).to_string()
+    };
+    let last = match s.last_run_at {
+        Some(t) => format!("{}, deleted {}", at(t), events(s.last_deleted)),
+        None => "never".to_owned(),
+    };
+    let oldest = match s.oldest_kept {
+        Some((id, received)) => format!("id {id}, received {}", at(received)),
+        None => "none (the log is empty)".to_owned(),
+    };
+    format!(
+        "last prune     {last}\npruned in all  {}\npruned through id {}\noldest kept    {oldest}\n",
+        events(s.total_deleted),
+        s.pruned_through
+    )
 }
 
 #[cfg(test)]

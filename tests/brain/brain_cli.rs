@@ -449,3 +449,88 @@ mod lib_v1_1_clients {
         }
     }
 }
+
+#[test]
+fn prune_takes_a_duration_or_days_and_status_says_when_it_last_ran() {
+    let home = Home::new();
+    let db = home.db();
+    let db = db.to_str().unwrap();
+    lib_agent::brain::store::SqliteStore::open(std::path::Path::new(db)).unwrap();
+    let status = |home: &Home| -> serde_json::Value {
+        let out = home.run(&["--json", "brain", "prune", "--status", "--db", db], None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let never = status(&home);
+    assert_eq!(never["last_run_at"], serde_json::Value::Null, "{never}");
+    let text = home.run(&["brain", "prune", "--status", "--db", db], None);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("last prune     never"));
+
+    for age in ["365d", "12h", "30"] {
+        let out = home.run(&["brain", "prune", "--older-than", age, "--db", db], None);
+        assert!(out.status.success(), "{age}: {}", stderr(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("pruned 0 events"),
+            "{age}"
+        );
+    }
+    let ran = status(&home);
+    assert!(ran["last_run_at"].is_i64(), "{ran}");
+    assert_eq!(ran["total_deleted"], 0);
+
+    for (args, says) in [
+        (&["--older-than", "30s"][..], "shorter than a minute"),
+        (&["--older-than", "soon"], "not a duration"),
+        (&[], "--older-than"),
+        (&["--status", "--older-than", "30"], "cannot be used with"),
+    ] {
+        let mut all = vec!["brain", "prune", "--db", db];
+        all.extend_from_slice(args);
+        let out = home.run(&all, None);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn serve_with_a_prune_schedule_prunes_at_start_and_records_it() {
+    let home = Home::new();
+    let db = home.db();
+    let db = db.to_str().unwrap();
+    let (mut child, _addr) = home.serve(
+        &[
+            "--db",
+            db,
+            "--prune-older-than",
+            "365d",
+            "--prune-every",
+            "7d",
+        ],
+        Some(SECRET),
+    );
+    let started = Instant::now();
+    let ran = loop {
+        let out = home.run(&["--json", "brain", "prune", "--status", "--db", db], None);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if status["last_run_at"].is_i64() {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ran, "the scheduled prune ran at start");
+    let out = home.run(
+        &["brain", "serve", "--prune-every", "1d", "--db", db],
+        Some(SECRET),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--prune-older-than"),
+        "{}",
+        stderr(&out)
+    );
+}

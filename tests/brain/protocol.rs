@@ -28,6 +28,7 @@ suite!(
     snapshot_pages_through_entities_by_key_with_the_watermark,
     a_cursor_older_than_the_pruned_log_is_410_and_a_snapshot_reseeds,
     a_prune_through_an_id_removes_the_events_up_to_it_and_no_further,
+    a_scheduled_prune_runs_once_per_period_and_its_status_says_what_it_did,
     a_pruned_event_pushed_again_with_the_same_content_is_not_inserted_again,
     a_pruned_ulid_pushed_again_with_other_content_is_409_and_nothing_of_the_batch_is_stored,
     a_retry_mixing_pruned_and_new_events_inserts_only_the_new_ones,
@@ -481,6 +482,71 @@ async fn snapshot_pages_through_entities_by_key_with_the_watermark(f: Fixture) {
     assert_eq!(keys, sorted);
     assert_eq!(keys.len(), 7, "one entity per key");
     assert_eq!(all[0]["payload"]["sha256"], sha('f'), "the current winner");
+}
+
+async fn a_scheduled_prune_runs_once_per_period_and_its_status_says_what_it_did(f: Fixture) {
+    let brain = f.serve().await;
+    let never = brain.store.prune_status().await;
+    assert_eq!(
+        (never.last_run_at, never.total_deleted, never.oldest_kept),
+        (None, 0, None)
+    );
+    brain.ingest_ok(&many("dev-a", 3, 1)).await;
+    let later = SystemTime::now() + Duration::from_secs(5);
+    let week = Duration::from_secs(7 * 86_400);
+    // Due: no prune ever ran.
+    let report = brain
+        .store
+        .prune_unless_ran_since(later, later - week)
+        .await
+        .expect("due");
+    assert_eq!(report.deleted_events, 3);
+    let status = brain.store.prune_status().await;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        status.last_run_at.is_some_and(|t| (t - now).abs() < 60),
+        "{status:?}"
+    );
+    assert_eq!((status.last_deleted, status.total_deleted), (3, 3));
+    assert_eq!(status.pruned_through, report.pruned_through);
+    assert_eq!(status.oldest_kept, None, "the log is empty");
+
+    // Another brain on the store, in the same period: not due, nothing done.
+    brain.ingest_ok(&many("dev-b", 2, 1)).await;
+    let again = brain
+        .store
+        .prune_unless_ran_since(later, later - week)
+        .await;
+    assert_eq!(again, None);
+    // A period later it is due again, and the totals add up.
+    let report = brain
+        .store
+        .prune_unless_ran_since(later, later)
+        .await
+        .expect("due");
+    assert_eq!(report.deleted_events, 2);
+    let status = brain.store.prune_status().await;
+    assert_eq!((status.last_deleted, status.total_deleted), (2, 5));
+    // Nothing old enough: a run that deletes nothing is still a run.
+    brain.ingest_ok(&many("dev-c", 1, 1)).await;
+    let past = SystemTime::now() - Duration::from_secs(3600);
+    let report = brain
+        .store
+        .prune_unless_ran_since(past, later)
+        .await
+        .expect("due");
+    assert_eq!(report.deleted_events, 0);
+    let status = brain.store.prune_status().await;
+    assert_eq!((status.last_deleted, status.total_deleted), (0, 5));
+    assert!(
+        status
+            .oldest_kept
+            .is_some_and(|(id, _)| id > report.pruned_through),
+        "{status:?}"
+    );
 }
 
 async fn a_cursor_older_than_the_pruned_log_is_410_and_a_snapshot_reseeds(f: Fixture) {

@@ -48,6 +48,24 @@ impl AnyStore {
         }
     }
 
+    pub async fn prune_unless_ran_since(
+        &self,
+        cutoff: SystemTime,
+        ran_since: SystemTime,
+    ) -> Option<PruneReport> {
+        match self {
+            AnyStore::Sqlite(s) => s.prune_unless_ran_since(cutoff, ran_since).await.unwrap(),
+            AnyStore::Postgres(s) => s.prune_unless_ran_since(cutoff, ran_since).await.unwrap(),
+        }
+    }
+
+    pub async fn prune_status(&self) -> lib_agent::brain::store::PruneStatus {
+        match self {
+            AnyStore::Sqlite(s) => s.prune_status().await.unwrap(),
+            AnyStore::Postgres(s) => s.prune_status().await.unwrap(),
+        }
+    }
+
     pub async fn active_webhooks(&self) -> Vec<Webhook> {
         match self {
             AnyStore::Sqlite(s) => s.active_webhooks().await.unwrap(),

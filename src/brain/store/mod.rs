@@ -243,6 +243,26 @@ pub struct PruneReport {
     pub pruned_through: i64,
 }
 
+/// What `agent brain prune --status` reports (LIB v1.1's `lib_shared_pruning_status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PruneStatus {
+    /// When the last prune ran (unix seconds), by the command or the schedule; `None`: never.
+    pub last_run_at: Option<i64>,
+    /// Events that prune deleted.
+    pub last_deleted: u64,
+    /// Events every prune so far deleted.
+    pub total_deleted: u64,
+    /// Every event up to this id is gone.
+    pub pruned_through: i64,
+    /// The oldest event still in the log: its id and when the brain received it (unix seconds).
+    pub oldest_kept: Option<(i64, i64)>,
+}
+
+/// The `brain_meta` keys of [`PruneStatus`] (both stores).
+pub(crate) const META_LAST_PRUNE_AT: &str = "prune_last_run_at";
+pub(crate) const META_LAST_PRUNE_DELETED: &str = "prune_last_deleted";
+pub(crate) const META_TOTAL_PRUNE_DELETED: &str = "prune_total_deleted";
+
 /// Which events a prune deletes: the oldest ones, up to a bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PruneBound {
@@ -318,6 +338,18 @@ pub trait BrainStore: Send + Sync + 'static {
     /// before a time: what is pruned does not depend on a clock (the deterministic simulation,
     /// `tests/sim/`, and tests prune this way). Ids above the newest event prune up to it.
     fn prune_through(&self, through: i64) -> impl Future<Output = Result<PruneReport>> + Send;
+
+    /// [`BrainStore::prune`] on a schedule: `None`, and nothing done, when a prune ran at or
+    /// after `ran_since`. Checked under the lock every prune takes (SQLite's write lock, a row
+    /// lock on PostgreSQL), so of several brains on one database one prunes per period.
+    fn prune_unless_ran_since(
+        &self,
+        cutoff: SystemTime,
+        ran_since: SystemTime,
+    ) -> impl Future<Output = Result<Option<PruneReport>>> + Send;
+
+    /// When the log was last pruned, how much, and its oldest event.
+    fn prune_status(&self) -> impl Future<Output = Result<PruneStatus>> + Send;
 
     /// Registers (or replaces, and reactivates) the device's webhook; returns its id. A new URL
     /// starts without back-off; the same URL again (the agent re-registers at every periodic

@@ -44,8 +44,8 @@ use tokio_postgres::Config;
 use super::ingest as flow;
 use super::{
     unix_seconds, Binding, BrainStore, CheckedEvent, DeliveryFailure, DeviceAuth, DeviceRecord,
-    DeviceSeen, DigestRederived, Ingested, PruneBound, PruneReport, PullPage, ReplicaPoint,
-    SnapshotPage, Webhook,
+    DeviceSeen, DigestRederived, Ingested, PruneBound, PruneReport, PruneStatus, PullPage,
+    ReplicaPoint, SnapshotPage, Webhook,
 };
 use crate::brain::{BrainError, Result};
 use crate::model::digest::ReplicaDigest;
@@ -270,6 +270,22 @@ impl BrainStore for PgStore {
 
     async fn prune_through(&self, through: i64) -> Result<PruneReport> {
         self.prune_up_to(PruneBound::Id(through)).await
+    }
+
+    async fn prune_unless_ran_since(
+        &self,
+        cutoff: SystemTime,
+        ran_since: SystemTime,
+    ) -> Result<Option<PruneReport>> {
+        self.prune_unless_ran(
+            PruneBound::ReceivedBefore(unix_seconds(cutoff)),
+            Some(unix_seconds(ran_since)),
+        )
+        .await
+    }
+
+    async fn prune_status(&self) -> Result<PruneStatus> {
+        self.pruning_status().await
     }
 
     async fn register_webhook(

@@ -16,7 +16,8 @@ use super::ingest as flow;
 use super::{
     blocking, corrupt, parse_event_type, parse_state, unix_seconds, Binding, BrainStore,
     CheckedEvent, DeliveryFailure, DeviceAuth, DeviceRecord, DeviceSeen, DigestRederived, Ingested,
-    PruneBound, PruneReport, PullPage, ReplicaPoint, SnapshotPage, Webhook,
+    PruneBound, PruneReport, PruneStatus, PullPage, ReplicaPoint, SnapshotPage, Webhook,
+    META_LAST_PRUNE_AT, META_LAST_PRUNE_DELETED, META_TOTAL_PRUNE_DELETED,
 };
 use crate::brain::{BrainError, Result};
 use crate::model::wire::{PulledEvent, SnapshotEntity};
@@ -418,10 +419,50 @@ fn snapshot(conn: &mut Connection, after_key: &str, limit: usize) -> Result<Snap
     })
 }
 
+fn meta(conn: &Connection, key: &str) -> Result<Option<i64>> {
+    conn.query_row("SELECT v FROM brain_meta WHERE k = ?1", [key], |r| r.get(0))
+        .optional()
+        .map_err(|e| sql_err(&format!("reading brain_meta {key}"), e))
+}
+
+fn prune_status(conn: &Connection) -> Result<PruneStatus> {
+    let oldest_kept = conn
+        .query_row(
+            "SELECT id, received_at FROM events ORDER BY id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| sql_err("reading the oldest event", e))?;
+    Ok(PruneStatus {
+        last_run_at: meta(conn, META_LAST_PRUNE_AT)?,
+        last_deleted: meta(conn, META_LAST_PRUNE_DELETED)?.unwrap_or(0).max(0) as u64,
+        total_deleted: meta(conn, META_TOTAL_PRUNE_DELETED)?.unwrap_or(0).max(0) as u64,
+        pruned_through: pruned_through(conn)?,
+        oldest_kept,
+    })
+}
+
 fn prune(conn: &mut Connection, bound: PruneBound) -> Result<PruneReport> {
+    prune_unless_ran_since(conn, bound, None)?
+        .ok_or_else(|| BrainError::Internal("a prune without a schedule was skipped".into()))
+}
+
+/// A prune and the record of its run, in one transaction; `None` when one ran at or after
+/// `ran_since` (unix seconds).
+fn prune_unless_ran_since(
+    conn: &mut Connection,
+    bound: PruneBound,
+    ran_since: Option<i64>,
+) -> Result<Option<PruneReport>> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_err("starting a prune", e))?;
+    if let (Some(since), Some(last)) = (ran_since, meta(&tx, META_LAST_PRUNE_AT)?) {
+        if last >= since {
+            return Ok(None);
+        }
+    }
     let old = pruned_through(&tx)?;
     let (sql, value) = match bound {
         PruneBound::ReceivedBefore(cutoff) => {
@@ -432,33 +473,43 @@ fn prune(conn: &mut Connection, bound: PruneBound) -> Result<PruneReport> {
     let through: Option<i64> = tx
         .query_row(sql, [value], |r| r.get(0))
         .map_err(|e| sql_err("finding old events", e))?;
-    let Some(through) = through else {
-        return Ok(PruneReport {
-            deleted_events: 0,
-            pruned_through: old,
-        });
-    };
-    // The ULIDs and digests stay, so a late re-push of a pruned event is still recognised.
+    let mut deleted = 0;
+    let mut pruned = old;
+    if let Some(through) = through {
+        // The ULIDs and digests stay, so a late re-push of a pruned event is still recognised.
+        tx.execute(
+            "INSERT INTO pruned_events (event_ulid, digest)
+             SELECT event_ulid, digest FROM events WHERE id <= ?1",
+            [through],
+        )
+        .map_err(|e| sql_err("keeping the pruned events' ULIDs", e))?;
+        deleted = tx
+            .execute("DELETE FROM events WHERE id <= ?1", [through])
+            .map_err(|e| sql_err("pruning events", e))? as i64;
+        pruned = old.max(through);
+        tx.execute(
+            "UPDATE brain_meta SET v = ?1 WHERE k = 'pruned_through'",
+            [pruned],
+        )
+        .map_err(|e| sql_err("recording the prune mark", e))?;
+    }
     tx.execute(
-        "INSERT INTO pruned_events (event_ulid, digest)
-         SELECT event_ulid, digest FROM events WHERE id <= ?1",
-        [through],
+        "INSERT INTO brain_meta (k, v) VALUES (?1, ?2), (?3, ?4), (?5, ?4)
+         ON CONFLICT (k) DO UPDATE SET v = CASE WHEN k = ?5 THEN v + excluded.v ELSE excluded.v END",
+        rusqlite::params![
+            META_LAST_PRUNE_AT,
+            unix_seconds(SystemTime::now()),
+            META_LAST_PRUNE_DELETED,
+            deleted,
+            META_TOTAL_PRUNE_DELETED
+        ],
     )
-    .map_err(|e| sql_err("keeping the pruned events' ULIDs", e))?;
-    let deleted = tx
-        .execute("DELETE FROM events WHERE id <= ?1", [through])
-        .map_err(|e| sql_err("pruning events", e))?;
-    let pruned = old.max(through);
-    tx.execute(
-        "UPDATE brain_meta SET v = ?1 WHERE k = 'pruned_through'",
-        [pruned],
-    )
-    .map_err(|e| sql_err("recording the prune mark", e))?;
+    .map_err(|e| sql_err("recording the prune run", e))?;
     tx.commit().map_err(|e| sql_err("committing a prune", e))?;
-    Ok(PruneReport {
+    Ok(Some(PruneReport {
         deleted_events: deleted as u64,
         pruned_through: pruned,
-    })
+    }))
 }
 
 impl BrainStore for SqliteStore {
@@ -493,6 +544,21 @@ impl BrainStore for SqliteStore {
     async fn prune_through(&self, through: i64) -> Result<PruneReport> {
         self.write(move |conn| prune(conn, PruneBound::Id(through)))
             .await
+    }
+
+    async fn prune_unless_ran_since(
+        &self,
+        cutoff: SystemTime,
+        ran_since: SystemTime,
+    ) -> Result<Option<PruneReport>> {
+        let bound = PruneBound::ReceivedBefore(unix_seconds(cutoff));
+        let since = unix_seconds(ran_since);
+        self.write(move |conn| prune_unless_ran_since(conn, bound, Some(since)))
+            .await
+    }
+
+    async fn prune_status(&self) -> Result<PruneStatus> {
+        self.read(|conn| prune_status(conn)).await
     }
 
     async fn register_webhook(
