@@ -26,6 +26,7 @@ pub struct Args {
 pub enum BrainCommand {
     Serve(ServeArgs),
     Prune(PruneArgs),
+    Backup(BackupArgs),
     Device(super::device::Args),
 }
 
@@ -111,6 +112,16 @@ pub struct ServeArgs {
     pub store: StoreArgs,
 }
 
+/// Copy a SQLite brain's database, consistently, while it serves (PostgreSQL: use pg_dump)
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    /// The new file to write (never overwritten)
+    #[arg(value_name = "PATH")]
+    pub path: std::path::PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
 /// Delete old log events (entities stay, for re-seeding), or say when that last happened
 #[derive(Debug, clap::Args)]
 pub struct PruneArgs {
@@ -151,6 +162,7 @@ pub fn run(args: Args, global: &GlobalArgs, _config: &Config) -> anyhow::Result<
     match args.command {
         BrainCommand::Serve(args) => runtime.block_on(serve(args, global)),
         BrainCommand::Prune(args) => runtime.block_on(prune(args, global)),
+        BrainCommand::Backup(args) => backup(&args, global),
         BrainCommand::Device(args) => runtime.block_on(super::device::run(args, global)),
     }
 }
@@ -378,6 +390,36 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+fn backup(args: &BackupArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let from = match Target::from_args(&args.store, global)? {
+        Target::Sqlite(path) => path,
+        Target::Postgres(..) => bail!(
+            "`agent brain backup` copies a SQLite brain; for PostgreSQL use `pg_dump --schema={}` \
+             (docs/DEPLOYMENT.md, \"Backups\")",
+            args.store.schema
+        ),
+    };
+    let report = crate::brain::store::sqlite::backup::backup(&from, &args.path)?;
+    if global.json {
+        return super::print_json(&json!({
+            "ok": true,
+            "path": args.path,
+            "bytes": report.bytes,
+            "head": report.head,
+        }));
+    }
+    println!(
+        "backed up {} to {} ({:.1} MB, events up to id {}); to restore, stop the brain and put \
+         the file in its place: devices past id {} re-seed by themselves",
+        from.display(),
+        args.path.display(),
+        report.bytes as f64 / 1e6,
+        report.head,
+        report.head
+    );
+    Ok(())
 }
 
 async fn prune(args: PruneArgs, global: &GlobalArgs) -> anyhow::Result<()> {

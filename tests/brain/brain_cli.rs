@@ -534,3 +534,73 @@ fn serve_with_a_prune_schedule_prunes_at_start_and_records_it() {
         stderr(&out)
     );
 }
+
+#[test]
+fn backup_copies_a_serving_brain_consistently_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    let db = home.db();
+    let db = db.to_str().unwrap();
+    let (mut child, addr) = home.serve(&["--db", db], Some(SECRET));
+    let r = reqwest::blocking::Client::new()
+        .post(format!("http://{addr}/ingest"))
+        .header("x-lib-sync-secret", SECRET)
+        .json(&serde_json::json!({ "batch": many("dev-a", 30, 1) }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let copy = home.dir.path().join("brain-backup.db");
+    let copy_str = copy.to_str().unwrap();
+    let out = home.run(&["--json", "brain", "backup", copy_str, "--db", db], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["head"], 30, "{report}");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the copy holds every file's text"
+    );
+    // The copy is a brain: it opens and serves the same log.
+    use lib_agent::brain::store::BrainStore;
+    let restored = lib_agent::brain::store::SqliteStore::open(&copy).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let page = rt.block_on(restored.pull(0, 500)).unwrap();
+    assert_eq!(page.events.len(), 30);
+
+    let again = home.run(&["brain", "backup", copy_str, "--db", db], None);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("exists already"),
+        "{}",
+        stderr(&again)
+    );
+    let missing = home.run(
+        &[
+            "brain",
+            "backup",
+            "/tmp/x.db",
+            "--db",
+            "/nonexistent/brain.db",
+        ],
+        None,
+    );
+    assert!(
+        stderr(&missing).contains("no brain database"),
+        "{}",
+        stderr(&missing)
+    );
+    let pg = home.run(
+        &[
+            "brain",
+            "backup",
+            "/tmp/x.db",
+            "--database-url",
+            "postgres://u@127.0.0.1:1/db",
+        ],
+        None,
+    );
+    assert!(stderr(&pg).contains("pg_dump"), "{}", stderr(&pg));
+}

@@ -24,6 +24,7 @@ use crate::model::wire::{PulledEvent, SnapshotEntity};
 use crate::model::{Event, FilePayload};
 use ingest::SqliteIngest;
 
+pub mod backup;
 mod devices;
 mod digest;
 mod ingest;
