@@ -864,13 +864,19 @@ async fn pull<S: BrainStore>(
     // Read after the page: a device that is behind it is behind the head too. Only for a
     // client that reports a digest (LIB v1.1's do not, and would not read the answer).
     let (digest, pending) = convergence_headers(&headers);
-    let convergence = match digest.as_deref().and_then(ReplicaDigest::from_hex) {
-        Some(digest) => Some(state.store.replica().await?.compare(
-            params.after_id,
-            Some(&digest),
-            pending,
-        )),
-        None => None,
+    let digest = digest.as_deref().and_then(ReplicaDigest::from_hex);
+    // The head, read fresh (not the wake-up channel, which lags other brains' commits): with
+    // an empty page it tells a device whose cursor is past it that this log is older than the
+    // one it pulled from (a restored backup).
+    let replica = match digest.is_some() || (page.events.is_empty() && params.after_id > 0) {
+        true => Some(state.store.replica().await?),
+        false => None,
+    };
+    let convergence = match (&replica, digest) {
+        (Some(replica), Some(digest)) => {
+            Some(replica.compare(params.after_id, Some(&digest), pending))
+        }
+        _ => None,
     };
     Ok(Json(PullResponse {
         ok: true,
@@ -878,7 +884,14 @@ async fn pull<S: BrainStore>(
         next_after_id: page.next_after_id,
         has_more: page.has_more,
         convergence,
+        head: replica.map(|r| r.head),
+        epoch: Some(epoch_hex(state.store.epoch())),
     }))
+}
+
+/// The epoch on the wire: 16 lower-case hex digits.
+pub fn epoch_hex(epoch: i64) -> String {
+    format!("{epoch:016x}")
 }
 
 #[derive(Debug, Deserialize)]

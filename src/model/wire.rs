@@ -60,6 +60,15 @@ pub struct PullResponse {
     /// can check"); absent from a brain that does not compare (LIB v1.1's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub convergence: Option<super::digest::Convergence>,
+    /// The newest id of the log, when the brain read it for this answer (an empty page, or a
+    /// comparison). A cursor past it means the log is older than the one the device pulled
+    /// from: a restored backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<i64>,
+    /// The store's epoch (16 hex digits), a random id made with it: another value than the one
+    /// a device kept means another store. Absent from LIB v1.1's brain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// The merged state of one entity, as `/snapshot` serves it for re-seeding a device.

@@ -25,6 +25,8 @@ use super::{Batch, Context, Result, Store, StoreError};
 
 /// The pull cursor.
 pub const CURSOR_KEY: &str = "sync_after_id";
+/// The epoch of the brain store this device last pulled from (see `sync::pull`).
+pub const BRAIN_EPOCH_KEY: &str = "brain_epoch";
 /// The saved [`SyncState`].
 pub const SYNC_STATE_KEY: &str = "sync_state";
 /// The saved [`RunState`] of `agent run`.
@@ -236,6 +238,16 @@ impl Batch<'_> {
 
     pub fn set_pull_cursor(&self, cursor: i64) -> Result<()> {
         set(&self.tx, CURSOR_KEY, &cursor.to_string())
+    }
+
+    /// The epoch of the brain store this device last pulled from; `None` before the first pull
+    /// from a brain that sends one.
+    pub fn brain_epoch(&self) -> Result<Option<String>> {
+        get(&self.tx, BRAIN_EPOCH_KEY)
+    }
+
+    pub fn set_brain_epoch(&self, epoch: &str) -> Result<()> {
+        set(&self.tx, BRAIN_EPOCH_KEY, epoch)
     }
 
     /// The saved sync state as this transaction sees it (for a read, update and write in one).

@@ -468,6 +468,10 @@ struct PullPage {
     has_more: Option<bool>,
     #[serde(default)]
     convergence: Option<Convergence>,
+    #[serde(default)]
+    head: Option<i64>,
+    #[serde(default)]
+    epoch: Option<String>,
 }
 
 impl PullPage {
@@ -499,6 +503,11 @@ impl PullPage {
             next_after_id,
             has_more,
             convergence: self.convergence,
+            head: self.head,
+            // Kept by the device and compared at every pull: only the brain's own form.
+            epoch: self
+                .epoch
+                .filter(|e| e.len() == 16 && e.bytes().all(|b| b.is_ascii_hexdigit())),
         })
     }
 }

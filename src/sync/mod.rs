@@ -252,6 +252,15 @@ pub fn pull(
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(reason) = another_log(store, cursor, &page)? {
+            tracing::warn!(
+                cursor,
+                "{reason}: re-seeding from its snapshot and pushing this device's events again"
+            );
+            cursor = reseed_another_log(store, client, batch_size, page.epoch.as_deref())?;
+            summary.reseeded = true;
+            continue;
+        }
         let batch = store.batch()?;
         for pulled in &page.events {
             let event = &pulled.event;
@@ -402,6 +411,69 @@ pub fn refused_pulls(store: &Store) -> Result<Vec<RefusedPull>, StoreError> {
 /// Rebuilds the shared view from the brain's entities and returns the log position to pull from.
 /// Applying an entity's siblings reproduces its state exactly (its `seen_vc` is the pointwise
 /// maximum of theirs), and events pulled again afterwards change nothing.
+/// Why the brain's log is not the one this device's cursor points into, if it is not: a store
+/// with another epoch (a brain rebuilt from nothing), or a head before the cursor (a brain
+/// restored from an older backup, which lost events this device pulled or pushed). Waiting for
+/// ids it already has would never end. The first epoch seen is kept.
+fn another_log(
+    store: &mut Store,
+    cursor: i64,
+    page: &PullResponse,
+) -> Result<Option<String>, SyncError> {
+    if let Some(head) = page.head.filter(|&head| head < cursor) {
+        return Ok(Some(format!(
+            "the brain's log ends at id {head}, before this device's cursor {cursor}: it was \
+             restored from an older backup"
+        )));
+    }
+    let Some(epoch) = page.epoch.as_deref() else {
+        return Ok(None);
+    };
+    let batch = store.batch()?;
+    let known = batch.brain_epoch()?;
+    match known {
+        Some(known) if known != epoch => {
+            return Ok(Some(format!(
+                "the brain's store changed (epoch {known} before, {} now): another log",
+                clip(epoch)
+            )))
+        }
+        Some(_) => {}
+        None => {
+            batch.set_brain_epoch(epoch)?;
+            batch.commit()?;
+        }
+    }
+    Ok(None)
+}
+
+/// [`reseed`] for a brain whose log is another one ([`another_log`]): the cursor is set to the
+/// snapshot's watermark (down, too), every acknowledged event of this device is queued again
+/// and pushed (the brain may have lost them; it skips those it has), and the new epoch is kept.
+fn reseed_another_log(
+    store: &mut Store,
+    client: &(impl Brain + ?Sized),
+    batch_size: usize,
+    epoch: Option<&str>,
+) -> Result<i64, SyncError> {
+    let batch = store.batch()?;
+    batch.set_pull_cursor(0)?;
+    let requeued = batch.requeue_acknowledged()?;
+    if let Some(epoch) = epoch {
+        batch.set_brain_epoch(epoch)?;
+    }
+    batch.commit()?;
+    let cursor = reseed(store, client, batch_size)?;
+    // Now, not at the next local change: other devices are waiting for them too.
+    let pushed = push(store, client, batch_size)?;
+    tracing::info!(
+        requeued,
+        inserted = pushed.result.inserted_events,
+        "pushed this device's events again; the brain took in the ones it had lost"
+    );
+    Ok(cursor)
+}
+
 fn reseed(
     store: &mut Store,
     client: &(impl Brain + ?Sized),
@@ -656,6 +728,8 @@ mod tests {
                 next_after_id: after_id,
                 has_more: false,
                 convergence: None,
+                head: None,
+                epoch: None,
             })
         }
 
@@ -915,6 +989,8 @@ mod tests {
                 next_after_id: self.next,
                 has_more: false,
                 convergence: None,
+                head: None,
+                epoch: None,
             })
         }
 

@@ -258,6 +258,8 @@ impl SimBrain {
             next_after_id: page.next_after_id,
             has_more: page.has_more,
             convergence,
+            head: None,
+            epoch: None,
         }))
     }
 

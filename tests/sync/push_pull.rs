@@ -355,3 +355,89 @@ fn an_invalid_pulled_event_is_recorded_and_skipped_and_the_valid_ones_around_it_
     assert_eq!((again.pulled, again.refused), (0, 0));
     assert_eq!(sync::refused_pulls(&b.store).expect("refused").len(), 1);
 }
+
+/// Replaces the brain's database with `with` (a backup, or nothing for a new store) and starts
+/// the brain again on its address.
+fn restore(
+    brain: BlockingBrain,
+    dir: &std::path::Path,
+    with: Option<&std::path::Path>,
+) -> BlockingBrain {
+    let addr = brain.addr;
+    drop(brain);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("brain.db{suffix}")));
+    }
+    if let Some(backup) = with {
+        std::fs::copy(backup, dir.join("brain.db")).expect("restore the backup");
+    }
+    BlockingBrain::start_with(dir, &addr.to_string(), config())
+}
+
+#[test]
+fn a_brain_restored_from_an_older_backup_gets_back_what_devices_pushed_after_it() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = BlockingBrain::start(brain_dir.path());
+    let (mut a, mut b) = (Device::new(), Device::new());
+    a.write_and_scan("before.md", "in the backup");
+    a.sync(&brain);
+    b.sync(&brain);
+    let backup = brain_dir.path().join("backup.db");
+    lib_agent::brain::store::sqlite::backup::backup(&brain.db, &backup).expect("backup");
+    // After the backup: an edit on each device, seen by both.
+    a.write_and_scan("after-a.md", "pushed after the backup by A");
+    a.sync(&brain);
+    b.write_and_scan("after-b.md", "pushed after the backup by B");
+    b.sync(&brain);
+    a.sync(&brain);
+    let before_restore = a.shared_rows();
+    let keys: Vec<&str> = before_restore.iter().map(|r| r.0.as_str()).collect();
+    for key in ["notes/before.md", "notes/after-a.md", "notes/after-b.md"] {
+        assert!(keys.contains(&key), "{key} in {keys:?}");
+    }
+
+    let brain = restore(brain, brain_dir.path(), Some(&backup));
+    // Each device finds the log ends before its cursor, re-seeds, and pushes its events again.
+    a.sync(&brain);
+    b.sync(&brain);
+    a.sync(&brain);
+    assert_eq!(a.shared_rows(), before_restore, "A lost nothing");
+    assert_eq!(b.shared_rows(), before_restore, "B lost nothing");
+    for key in ["notes/before.md", "notes/after-a.md", "notes/after-b.md"] {
+        assert!(brain.winner(key).1.is_some(), "the brain has {key} again");
+    }
+    // A new device gets everything from the restored brain.
+    let mut c = Device::new();
+    c.sync(&brain);
+    assert_eq!(c.shared_rows(), before_restore);
+    // And the next sync is quiet: nothing re-seeded, nothing pushed.
+    let pulled = sync::pull(&mut a.store, &brain.client(), 200, None).expect("pull");
+    assert!(!pulled.reseeded);
+    assert_eq!(a.pending(), 0);
+}
+
+#[test]
+fn a_brain_rebuilt_as_a_new_store_is_noticed_by_its_epoch_even_past_the_cursor() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = BlockingBrain::start(brain_dir.path());
+    let mut a = Device::new();
+    a.write_and_scan("mine.md", "A's file");
+    a.sync(&brain);
+    // A new, empty store, which another device fills past A's cursor before A comes back.
+    let brain = restore(brain, brain_dir.path(), None);
+    let mut b = Device::new();
+    for i in 0..5 {
+        b.write_and_scan(&format!("b{i}.md"), &format!("B's file {i}"));
+    }
+    b.sync(&brain);
+    let pulled = sync::pull(&mut a.store, &brain.client(), 200, None).expect("pull");
+    assert!(pulled.reseeded, "another epoch: re-seeded");
+    a.sync(&brain);
+    b.sync(&brain);
+    assert_eq!(a.shared_rows(), b.shared_rows());
+    let rows = b.shared_rows();
+    assert!(
+        rows.iter().any(|r| r.0 == "notes/mine.md" && r.1.is_some()),
+        "A's file, pushed again, reached B: {rows:?}"
+    );
+}

@@ -260,6 +260,16 @@ pub struct PruneStatus {
 
 /// The `brain_meta` keys of [`PruneStatus`] (both stores).
 pub(crate) const META_LAST_PRUNE_AT: &str = "prune_last_run_at";
+/// The `brain_meta` key of [`BrainStore::epoch`].
+pub(crate) const META_EPOCH: &str = "epoch";
+
+/// A new epoch: 63 random bits, never 0.
+pub(crate) fn new_epoch() -> i64 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&bytes[..8]);
+    (i64::from_le_bytes(raw) & i64::MAX).max(1)
+}
 pub(crate) const META_LAST_PRUNE_DELETED: &str = "prune_last_deleted";
 pub(crate) const META_TOTAL_PRUNE_DELETED: &str = "prune_total_deleted";
 
@@ -474,6 +484,11 @@ pub trait BrainStore: Send + Sync + 'static {
     /// The id of the newest committed event, updated after every commit (on PostgreSQL, also
     /// commits by other brain instances): long-polls wait on it.
     fn subscribe(&self) -> watch::Receiver<i64>;
+
+    /// The store's epoch: a random id made with it, kept in `brain_meta`, sent with every pull.
+    /// A device that finds it changed is talking to another store (a brain rebuilt from
+    /// nothing) and re-seeds instead of trusting a cursor into another log.
+    fn epoch(&self) -> i64;
 }
 
 /// An event that passed validation, with the digest of its canonical JSON: two events with one

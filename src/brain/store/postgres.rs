@@ -88,6 +88,7 @@ struct Inner {
     lock_key: i64,
     channel: String,
     newest: watch::Sender<i64>,
+    epoch: i64,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// What the first start did to a LIB v1.1 schema it found; `None` when there was none.
     adopted: Option<AdoptReport>,
@@ -141,9 +142,10 @@ impl PgStore {
         );
         let pool = Pool::new(config.clone(), connector.clone(), options.pool_size)?;
         // The first connection migrates, then stays in the pool.
-        let adopted = {
+        let (adopted, epoch) = {
             let mut conn = pool.get().await?;
-            migrate::migrate(&mut conn, &schema).await?
+            let adopted = migrate::migrate(&mut conn, &schema).await?;
+            (adopted, make_epoch(&conn, &schema).await?)
         };
         // One lock per schema: brains sharing a schema serialise their ingests, other schemas
         // (other tests) do not wait for them.
@@ -160,6 +162,7 @@ impl PgStore {
                 schema,
                 lock_key,
                 newest,
+                epoch,
                 listener: Mutex::new(None),
                 adopted,
             }),
@@ -217,6 +220,29 @@ impl PgStore {
             .map_err(|e| pg_err("reading the newest event id", e))?;
         Ok(row.get(0))
     }
+}
+
+/// The schema's epoch ([`BrainStore::epoch`]), made by the first brain that opens it.
+async fn make_epoch(conn: &tokio_postgres::Client, schema: &str) -> Result<i64> {
+    let err = |e: tokio_postgres::Error| {
+        BrainError::Unavailable(format!("making the store's epoch: {e}"))
+    };
+    conn.execute(
+        &format!(
+            "INSERT INTO {schema}.brain_meta (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING"
+        ),
+        &[&super::META_EPOCH, &super::new_epoch()],
+    )
+    .await
+    .map_err(err)?;
+    let row = conn
+        .query_one(
+            &format!("SELECT v FROM {schema}.brain_meta WHERE k = $1"),
+            &[&super::META_EPOCH],
+        )
+        .await
+        .map_err(err)?;
+    Ok(row.get(0))
 }
 
 impl BrainStore for PgStore {
@@ -400,6 +426,10 @@ impl BrainStore for PgStore {
             derived,
             entities,
         })
+    }
+
+    fn epoch(&self) -> i64 {
+        self.inner.epoch
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {

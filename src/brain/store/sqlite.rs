@@ -17,7 +17,7 @@ use super::{
     blocking, corrupt, parse_event_type, parse_state, unix_seconds, Binding, BrainStore,
     CheckedEvent, DeliveryFailure, DeviceAuth, DeviceRecord, DeviceSeen, DigestRederived, Ingested,
     PruneBound, PruneReport, PruneStatus, PullPage, ReplicaPoint, SnapshotPage, Webhook,
-    META_LAST_PRUNE_AT, META_LAST_PRUNE_DELETED, META_TOTAL_PRUNE_DELETED,
+    META_EPOCH, META_LAST_PRUNE_AT, META_LAST_PRUNE_DELETED, META_TOTAL_PRUNE_DELETED,
 };
 use crate::brain::{BrainError, Result};
 use crate::model::wire::{PulledEvent, SnapshotEntity};
@@ -66,6 +66,7 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     newest: watch::Sender<i64>,
+    epoch: i64,
 }
 
 fn sql_err(context: &str, e: rusqlite::Error) -> BrainError {
@@ -138,6 +139,12 @@ impl SqliteStore {
         rederive_digest(&mut conn)?.report();
         let newest = newest_id(&conn)?;
         let (newest, _) = watch::channel(newest);
+        conn.execute(
+            "INSERT OR IGNORE INTO brain_meta (k, v) VALUES (?1, ?2)",
+            rusqlite::params![META_EPOCH, super::new_epoch()],
+        )
+        .map_err(|e| sql_err("making the store's epoch", e))?;
+        let epoch = meta(&conn, META_EPOCH)?.unwrap_or_default();
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -145,6 +152,7 @@ impl SqliteStore {
                 writer: Mutex::new(conn),
                 readers: Mutex::new(Vec::new()),
                 newest,
+                epoch,
             }),
         })
     }
@@ -703,6 +711,10 @@ impl BrainStore for SqliteStore {
 
     async fn rederive_digest(&self) -> Result<DigestRederived> {
         self.write(rederive_digest).await
+    }
+
+    fn epoch(&self) -> i64 {
+        self.inner.epoch
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {

@@ -90,6 +90,18 @@ impl<'a> Batch<'a> {
             .ctx(|| "re-queueing the parked outbox rows".into())
     }
 
+    /// Puts every acknowledged event of this device back in the queue: the brain lost them (it
+    /// was restored from an older backup, or replaced). Pushing is idempotent by ULID, so the
+    /// ones it still has insert nothing. Returns how many.
+    pub fn requeue_acknowledged(&self) -> Result<usize> {
+        self.tx
+            .execute(
+                "UPDATE lib_outbox SET pushed_at = NULL WHERE pushed_at IS NOT NULL AND parked_at IS NULL",
+                [],
+            )
+            .ctx(|| "re-queueing the acknowledged outbox rows".into())
+    }
+
     /// Whether an event of this device is in its outbox (pushed or not).
     pub fn in_outbox(&self, ulid: &str) -> Result<bool> {
         self.tx
