@@ -99,11 +99,16 @@ impl DeleteGuard {
         now: Instant,
     ) -> store::Result<Vec<String>> {
         let mut by_library: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut admitted = Vec::new();
         for key in gone {
+            // A gone folder's own key, or a path never observed here: nothing to delete.
+            if store.observed(&key)?.is_none() {
+                admitted.push(key);
+                continue;
+            }
             let library = key.split('/').next().unwrap_or_default().to_owned();
             by_library.entry(library).or_default().push(key);
         }
-        let mut admitted = Vec::new();
         for (library, keys) in by_library {
             let held = store.held_deletions(&library)?;
             let trips = held.is_some()
