@@ -106,6 +106,34 @@ fn a_root_left_on_another_file_system_with_a_stray_file_deletes_nothing() {
 }
 
 #[test]
+fn agent_run_starting_on_a_root_left_on_another_file_system_deletes_nothing_and_polls_it() {
+    let lab = Lab::with_config(NOTES);
+    let Some(elsewhere) = other_file_system(&lab) else {
+        eprintln!("skipped: no second file system (/dev/shm) beside the lab's");
+        return;
+    };
+    for i in 0..5 {
+        lab.write(&format!("real/f{i}.txt"), format!("{i}\n"));
+    }
+    std::os::unix::fs::symlink(lab.path("real"), lab.path("notes")).expect("symlink");
+    lab.scan(&[]);
+    std::fs::write(elsewhere.path().join("stray.txt"), "left behind\n").expect("stray");
+    std::fs::remove_file(lab.path("notes")).expect("unlink");
+    std::os::unix::fs::symlink(elsewhere.path(), lab.path("notes")).expect("symlink");
+
+    let running = Running::start(&lab);
+    running.wait("the agent says why it scans nothing", || {
+        std::fs::read_to_string(&running.log).is_ok_and(|l| l.contains("another file system"))
+    });
+    let status = lab.json(&["status"]);
+    let mode = &status["agent"]["state"]["libraries"]["notes"];
+    assert_eq!(mode["mode"], "polling", "{status}");
+    drop(running);
+    assert_eq!(delete_events(&lab), 0);
+    assert_eq!(lab.db().live_paths().len(), 5);
+}
+
+#[test]
 fn a_root_on_another_file_system_than_recorded_is_refused_like_a_missing_root() {
     // Where no second file system is at hand: the recorded identity is made to differ.
     let lab = Lab::with_config(NOTES);
@@ -219,7 +247,9 @@ fn agent_run_holds_a_mass_delete_across_a_restart_until_scan_allow_mass_delete_r
     drop(running);
     let running = Running::start(&lab);
     running.wait("the start-up scan ran", || {
-        std::fs::read_to_string(&running.log).is_ok_and(|l| l.matches("watching").count() >= 2)
+        // One line of each run says so (the log has both runs).
+        std::fs::read_to_string(&running.log)
+            .is_ok_and(|l| l.matches("INFO watching libraries").count() >= 2)
     });
     assert_eq!(held_keys(), keys);
     assert_eq!(delete_events(&lab), recorded_before);
