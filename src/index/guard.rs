@@ -5,7 +5,7 @@
 //! rule they are not recorded until the user says they are real
 //! (`agent scan --allow-mass-delete --library NAME`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::store::{self, kv::HeldDeletions, Store};
@@ -135,11 +135,14 @@ impl DeleteGuard {
                     ..HeldDeletions::default()
                 }
             });
+            let mut known: HashSet<String> = held.keys.iter().cloned().collect();
             for key in keys {
+                if known.contains(&key) {
+                    continue;
+                }
                 if held.keys.len() < HELD_KEYS_CAP {
-                    if !held.keys.contains(&key) {
-                        held.keys.push(key);
-                    }
+                    known.insert(key.clone());
+                    held.keys.push(key);
                 } else {
                     held.more += 1;
                 }
@@ -169,6 +172,70 @@ mod tests {
             !is_mass_delete(5, 6),
             "a small library may lose most of its files"
         );
+    }
+
+    /// A store observing `n` files of library `a` (`a/f000`...) and one of `b`.
+    fn observing(dir: &tempfile::TempDir, n: usize) -> Store {
+        let mut store = Store::open(&dir.path().join("agent.db")).expect("store");
+        let batch = store.batch().expect("batch");
+        let row = crate::store::Observed {
+            bytes: 1,
+            mtime_ns: 1,
+            inode: 1,
+            sha256: "0".repeat(64),
+        };
+        for i in 0..n {
+            batch
+                .put_observed(&format!("a/f{i:03}"), &row)
+                .expect("put");
+        }
+        batch.put_observed("b/only", &row).expect("put");
+        batch.commit().expect("commit");
+        store
+    }
+
+    fn keys(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| format!("a/f{i:03}")).collect()
+    }
+
+    #[test]
+    fn the_guard_lets_ordinary_deletions_through_and_holds_from_the_one_that_trips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = observing(&dir, 150);
+        let mut guard = DeleteGuard::default();
+        let t0 = Instant::now();
+        let first = guard.admit(&mut store, keys(0..60), t0).expect("admit");
+        assert_eq!(first.len(), 60, "60 of 150 is no mass delete");
+        // As the commit would: those 60 are no longer observed.
+        let batch = store.batch().expect("batch");
+        for k in &first {
+            batch.forget_observed(k).expect("forget");
+        }
+        batch.commit().expect("commit");
+
+        let mut second = keys(60..110);
+        second.push("a/never-observed-folder".into());
+        second.push("b/only".into());
+        let admitted = guard.admit(&mut store, second, t0).expect("admit");
+        assert_eq!(
+            admitted,
+            ["a/never-observed-folder", "b/only"],
+            "110 of 150 within the window: held; what was never observed, and another \
+             library, pass"
+        );
+        let held = store.held_deletions("a").expect("read").expect("held");
+        assert_eq!(held.keys, keys(60..110));
+
+        // Later, and few: still held, while the hold lasts.
+        let later = t0 + WINDOW * 2;
+        assert!(guard
+            .admit(&mut store, keys(110..111), later)
+            .expect("admit")
+            .is_empty());
+        assert_eq!(store.held_deletions("a").unwrap().unwrap().count(), 51);
+        // Held again (a restart, the same batch twice) counts once.
+        guard.admit(&mut store, keys(60..70), later).expect("admit");
+        assert_eq!(store.held_deletions("a").unwrap().unwrap().count(), 51);
     }
 
     #[test]
