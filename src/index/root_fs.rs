@@ -14,7 +14,10 @@
 //!   tomorrow, is still the same file system);
 //! - else its type and source (`nfs` and `server:/export`, `tmpfs` and `tmpfs`): what the mount
 //!   names. Two tmpfs mounts look alike this way; their contents do not survive a reboot, and
-//!   the path below catches the usual case of a mount point left behind;
+//!   the path below catches the usual case of a mount point left behind. A disk without a
+//!   UUID link (no udev) that comes back under another device name is taken for another file
+//!   system: a false alarm that `agent scan --allow-other-file-system` answers, where the
+//!   opposite mistake would delete the library everywhere;
 //!
 //! plus the root's path within that file system (the mount's root, field 4 of mountinfo, joined
 //! with the rest of the root's path). Elsewhere than Linux, or when mountinfo cannot be read,
