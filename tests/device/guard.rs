@@ -313,8 +313,8 @@ fn a_query_starting_with_a_dash_is_searched_after_double_dash() {
     let run = lab.agent(&["search", "-foo"]);
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(
-        run.stderr.contains("'--"),
-        "the error hints at `--`: {}",
+        run.stderr.contains("agent search -- -foo"),
+        "the error hints at `--` with the whole word: {}",
         run.stderr
     );
     let help = lab.agent(&["search", "--help"]).success().stdout;
