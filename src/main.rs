@@ -10,7 +10,7 @@ use lib_agent::cli::{self, Cli};
 fn main() -> ExitCode {
     let cli = Cli::try_parse().unwrap_or_else(|e| {
         let searching = e.kind() == clap::error::ErrorKind::UnknownArgument
-            && std::env::args().skip(1).any(|a| a == "search");
+            && std::env::args_os().skip(1).any(|a| a == "search");
         if searching {
             // clap's own tip names only the first letter of `-foo` (read as the flags -f -o -o).
             let _ = e.print();
