@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver};
 
 use crate::config::Config;
+use crate::index::guard::DeleteGuard;
 use crate::index::scan::{self, ScanOptions};
 use crate::index::{self, Libraries};
 use crate::model::event::now_rfc3339;
@@ -130,6 +131,8 @@ struct Daemon<'a> {
     state: RunState,
     saver: StateSaver,
     full: DiskFull,
+    /// Mass deletions found by the watcher are held, not recorded.
+    guard: DeleteGuard,
     sync: Option<SyncAgent>,
 }
 
@@ -169,6 +172,7 @@ impl<'a> Daemon<'a> {
             state,
             saver: StateSaver::new(now),
             full: DiskFull::default(),
+            guard: DeleteGuard::default(),
             sync,
         })
     }
@@ -240,8 +244,9 @@ impl<'a> Daemon<'a> {
             let started = Instant::now();
             let debouncer = &self.debouncer;
             let pending = |path: &Path| debouncer.is_pending(path);
-            let indexed = index::index_paths_leaving(self.store, &self.libs, &due, &pending)
-                .map_err(DaemonError::from);
+            let indexed =
+                index::index_paths_guarded(self.store, &self.libs, &due, &pending, &mut self.guard)
+                    .map_err(DaemonError::from);
             let Some(outcome) = self.full.check(&self.db, indexed)? else {
                 let retry = Instant::now() + DISK_FULL_RETRY;
                 for path in due.into_iter().chain(rest) {
@@ -362,7 +367,13 @@ impl<'a> Daemon<'a> {
         let pending = self.debouncer.take_all();
         for chunk in pending.chunks(MAX_PATHS_PER_BATCH) {
             let started = Instant::now();
-            let outcome = index::index_paths(self.store, &self.libs, chunk)?;
+            let outcome = index::index_paths_guarded(
+                self.store,
+                &self.libs,
+                chunk,
+                &|_| false,
+                &mut self.guard,
+            )?;
             self.state.note_indexed(&outcome, started);
         }
         if let Some(sync) = self.sync.take() {
@@ -376,8 +387,9 @@ impl<'a> Daemon<'a> {
     }
 }
 
-/// Rescans; returns the libraries refused because their root is unavailable (to be polled until
-/// it comes back: its watch went with it).
+/// Rescans; returns the libraries refused because their root is unavailable, or on another file
+/// system than observed (an unmounted disk's mount point): polled until it comes back, and not
+/// watched meanwhile (the watch went with it, or would watch the wrong folder).
 fn reconcile(
     store: &mut Store,
     config: &Config,
@@ -386,8 +398,7 @@ fn reconcile(
     let options = ScanOptions {
         library: library.map(str::to_owned),
         progress: false,
-        allow_empty: false,
-        allow_mass_delete: false,
+        ..ScanOptions::default()
     };
     let summary = scan::scan(store, config, &options)?;
     store.release_memory();
@@ -395,7 +406,7 @@ fn reconcile(
     for lib in &summary.libraries {
         if let Some(error) = &lib.error {
             tracing::error!(library = %lib.name, "{error}");
-            if !lib.root.is_dir() {
+            if !lib.root.is_dir() || lib.other_file_system {
                 unavailable.push(lib.name.clone());
             }
         } else if lib.counts.upserted + lib.counts.deleted > 0 {

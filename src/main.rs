@@ -8,7 +8,19 @@ use tracing_subscriber::EnvFilter;
 use lib_agent::cli::{self, Cli};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let searching = e.kind() == clap::error::ErrorKind::UnknownArgument
+            && std::env::args_os().skip(1).any(|a| a == "search");
+        if searching {
+            // clap's own tip names only the first letter of `-foo` (read as the flags -f -o -o).
+            let _ = e.print();
+            eprintln!(
+                "\n  tip: a search query that starts with '-' goes after `--`: `agent search -- -foo`"
+            );
+            std::process::exit(e.exit_code());
+        }
+        e.exit()
+    });
     init_logging(cli.global.verbose);
     let json = cli.global.json;
     match cli::run(cli) {

@@ -18,6 +18,15 @@ use crate::http_server::ConnLimits;
 /// The shared brain server that devices push events to and pull events from
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The brain's SQLite file [default: the platform data dir's lib-agent/brain.db]; not used
+    /// with --database-url
+    //
+    // The agent's global `--db` under its own help: clap gives a subcommand the global flag only
+    // when it has none of that name, and the value still reaches `GlobalArgs::db`, which is
+    // what the brain reads. Without it, the brain's help would send an operator to the agent's
+    // $LIB_SQLITE_PATH, which the brain never reads.
+    #[arg(long = "db", id = "db", global = true, value_name = "PATH")]
+    pub db: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: BrainCommand,
 }

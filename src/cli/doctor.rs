@@ -2,7 +2,6 @@
 //! `warn` (works, but worth a look) or `fail` (something does not work); any failure makes
 //! the exit status 1.
 
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -78,6 +77,7 @@ pub fn run(_args: Args, global: &GlobalArgs) -> anyhow::Result<()> {
         check_replica(&mut report, store, client.as_ref())?;
     }
     if let Some(store) = &store {
+        check_guards(&mut report, &config, store)?;
         check_outbox(&mut report, store)?;
     }
     let failed = report
@@ -238,7 +238,7 @@ fn check_libraries(report: &mut Report, config: &Config) {
         }
         let dirs = crate::watch::folders_to_watch(&lib.path);
         folders += dirs;
-        match remote_file_system(&lib.path) {
+        match crate::index::root_fs::remote_kind(&lib.path) {
             Some(kind) => report.warn(
                 &name,
                 format!("{} is on a {kind} file system", lib.path.display()),
@@ -284,33 +284,48 @@ fn check_libraries(report: &mut Report, config: &Config) {
     }
 }
 
-/// The kind of a network or FUSE file system under `path`, where the kernel sees only the
-/// changes made through this machine.
-#[cfg(target_os = "linux")]
-fn remote_file_system(path: &Path) -> Option<&'static str> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid NUL-terminated path and a statfs buffer of the right size.
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut fs) } != 0 {
-        return None;
+/// Per library: is its root on the file system it was observed on, and are deletions held?
+fn check_guards(report: &mut Report, config: &Config, store: &Store) -> anyhow::Result<()> {
+    use crate::index::root_fs::{self, Compared};
+    for lib in &config.libraries {
+        let now = root_fs::identify(&lib.path);
+        let recorded = store.library_root_fs(&lib.name)?;
+        let name = format!("same_file_system {}", lib.name);
+        match root_fs::compare(recorded.as_deref(), now.as_ref()) {
+            Compared::Other { was, now } => report.fail(
+                &name,
+                format!(
+                    "root {} is on another file system ({}) than when last scanned ({}): an \
+                     unmounted disk's mount point looks like this; scans refuse it",
+                    lib.path.display(),
+                    now.describe(),
+                    was.describe()
+                ),
+                format!(
+                    "mount it again; if the library really moved there, `agent scan \
+                     --allow-other-file-system --library {}`",
+                    lib.name
+                ),
+            ),
+            Compared::Same => report.ok(&name, now.map(|n| n.describe()).unwrap_or_default()),
+            Compared::Unknown => {}
+        }
+        if let Some(held) = store.held_deletions(&lib.name)? {
+            report.fail(
+                &format!("held_deletions {}", lib.name),
+                format!(
+                    "`agent run` holds {} since {}: too many files went at once",
+                    count(held.count(), "deletion", "deletions"),
+                    held.since
+                ),
+                format!(
+                    "if they really are gone, `{}` (it records those still gone)",
+                    crate::index::guard::release_command(&lib.name)
+                ),
+            );
+        }
     }
-    // The magic numbers of statfs(2).
-    #[allow(clippy::unnecessary_cast)]
-    match fs.f_type as i64 {
-        0x6969 => Some("NFS"),
-        0xFF53_4D42 | 0xFE53_4D42 | 0x517B => Some("SMB/CIFS"),
-        0x6573_5546 => Some("FUSE"),
-        0x0102_1997 => Some("9p"),
-        0x00C3_6400 => Some("Ceph"),
-        0x5346_414F => Some("AFS"),
-        _ => None,
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn remote_file_system(_path: &Path) -> Option<&'static str> {
-    None
+    Ok(())
 }
 
 fn check_agent(report: &mut Report, config: &Config) {

@@ -23,9 +23,15 @@ pub struct Args {
     #[arg(long)]
     pub allow_empty: bool,
     /// The files this scan finds gone really are: record their deletions even when they are
-    /// more than half of a library (and more than 100), which is refused without this
+    /// more than half of a library (and more than 100), which is refused without this; also
+    /// records the deletions `agent run` held (those still gone) and ends the hold
     #[arg(long)]
     pub allow_mass_delete: bool,
+    /// A library root now on another file system than when last scanned is the right one:
+    /// scan it and remember that file system (without this, it is taken for the mount point of
+    /// an unmounted disk and nothing is scanned or deleted)
+    #[arg(long)]
+    pub allow_other_file_system: bool,
 }
 
 pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Result<()> {
@@ -49,6 +55,7 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
         progress: !global.json,
         allow_empty: args.allow_empty,
         allow_mass_delete: args.allow_mass_delete,
+        allow_other_file_system: args.allow_other_file_system,
     };
     let summary = scan::scan(&mut store, &config, &options)?;
     if global.json {

@@ -54,6 +54,10 @@ struct LibraryStatus {
     available: Option<bool>,
     files: i64,
     bytes: i64,
+    /// Deletions `agent run` holds (too many at once), waiting for
+    /// `agent scan --allow-mass-delete --library NAME`; only when there are some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_deletions: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,6 +121,7 @@ fn gather(config: &Config) -> anyhow::Result<Status> {
             available: Some(lib.path.is_dir()),
             files,
             bytes,
+            held_deletions: store.held_deletions(&lib.name)?.map(|h| h.count()),
         });
     }
     for (name, files, bytes) in store.indexed_libraries()? {
@@ -128,6 +133,7 @@ fn gather(config: &Config) -> anyhow::Result<Status> {
                 available: None,
                 files,
                 bytes,
+                held_deletions: None,
             });
         }
     }
@@ -397,6 +403,13 @@ fn print_libraries(libraries: &[LibraryStatus]) {
                     escape(&path.display().to_string()),
                     crate::term::count(files as u64, "file", "files")
                 );
+                if let Some(held) = info.held_deletions {
+                    println!(
+                        "           {} held (too many at once); if they really are gone: {}",
+                        crate::term::count(held, "deletion", "deletions"),
+                        crate::index::guard::release_command(&info.name)
+                    );
+                }
             }
             _ => println!(
                 "library    {name}  (not in the config)  {}",
@@ -541,6 +554,7 @@ mod tests {
                     available: Some(false),
                     files: 2,
                     bytes: 30,
+                    held_deletions: None,
                 },
                 LibraryStatus {
                     name: "other".into(),
@@ -549,6 +563,7 @@ mod tests {
                     available: None,
                     files: 1,
                     bytes: 4,
+                    held_deletions: None,
                 },
             ],
             counts: counts.clone(),

@@ -40,5 +40,10 @@ pub fn leave_library(store: &mut Store, name: &str, forget: bool) -> store::Resu
         }
         batch.commit()?;
     }
+    // A library added back under this name is a new one: its file system is learnt afresh,
+    // and nothing is held for it.
+    let batch = store.batch()?;
+    batch.forget_library_guards(name)?;
+    batch.commit()?;
     Ok(left)
 }

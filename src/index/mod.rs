@@ -1,9 +1,11 @@
 //! Indexing: what the disk holds, into the store. Two inputs feed one pipeline:
 //!
 //! - `agent scan` ([`scan`]): the tree [`walk`] of each library -> [`pipeline`] -> deletions of
-//!   what the walk did not meet, behind the mass-delete guard;
+//!   what the walk did not meet, behind the mass-delete [`guard`], on the file system the root
+//!   was last seen on ([`root_fs`]);
 //! - the watcher ([`watched`]): changed paths, looked at (a folder is walked whole) and compared
-//!   with what this device observed -> [`pipeline`].
+//!   with what this device observed -> [`pipeline`], its deletions through `agent run`'s
+//!   sliding window ([`guard::DeleteGuard`]).
 //!
 //! A library taken out of the configuration is left ([`leave`]): no longer observed here.
 //!
@@ -11,9 +13,11 @@
 //! writer [`commit`]s them: observed state, shared view, FTS and outbox in one transaction.
 
 mod commit;
+pub mod guard;
 mod leave;
 mod pipeline;
 mod read;
+pub mod root_fs;
 pub mod scan;
 mod walk;
 mod watched;
@@ -25,4 +29,4 @@ pub use read::{
     UNTRUSTED_MTIME,
 };
 pub use walk::Libraries;
-pub use watched::{index_paths, index_paths_leaving, PathsOutcome};
+pub use watched::{index_paths, index_paths_guarded, PathsOutcome};

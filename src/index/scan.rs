@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::commit::Observation;
+use super::guard;
 use super::pipeline::{self, Tally};
+use super::root_fs::{self, Compared};
 use crate::config::{Config, LibraryConfig};
 use crate::model::{key, EventType};
 use crate::store::{self, LocalChange, Store};
@@ -38,6 +40,10 @@ pub struct LibrarySummary {
     pub error: Option<String>,
     #[serde(flatten)]
     pub counts: Counts,
+    /// Refused because the root is on another file system than observed (`agent run` polls it
+    /// until the right one is back).
+    #[serde(skip)]
+    pub other_file_system: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,15 +66,16 @@ pub struct ScanOptions {
     /// The user says an empty library root really is empty: record its files as deleted.
     pub allow_empty: bool,
     /// The user says the files a scan finds gone really are: record the deletions even when
-    /// they are most of the library (see [`MASS_DELETE`]).
+    /// they are most of the library (see [`guard::is_mass_delete`]), and those `agent run` held.
     pub allow_mass_delete: bool,
+    /// The user says a root now on another file system than observed is the right one.
+    pub allow_other_file_system: bool,
 }
 
 /// A scan that would delete more than this many files, and more than half of what the library
-/// held, records none of those deletions until `agent scan --allow-mass-delete`: a root
-/// replaced by another folder, a wrong mount or a half-restored backup look just like that, and
-/// the deletions would reach every device.
-pub const MASS_DELETE: usize = 100;
+/// held, records none of those deletions until `agent scan --allow-mass-delete` (the rule is
+/// [`guard::is_mass_delete`]).
+pub use super::guard::MASS_DELETE;
 
 /// Runs one scan of every configured library (or one), recording it in `lib_runs`.
 pub fn scan(
@@ -163,12 +170,7 @@ fn scan_library(
         status: "ok",
         error: None,
         counts: Counts::default(),
-    };
-    // Not logged here: the caller reports it (the CLI as its error line, the daemon in its log).
-    let refuse = |mut summary: LibrarySummary, reason: String| {
-        summary.status = "refused";
-        summary.error = Some(reason);
-        summary
+        other_file_system: false,
     };
     match std::fs::metadata(&library.path) {
         Ok(meta) if meta.is_dir() => {}
@@ -187,6 +189,47 @@ fn scan_library(
             return Ok(refuse(summary, reason));
         }
     }
+    // A root on another file system than observed is a mount point left behind (or a wrong
+    // mount): refused like a missing root, before anything is read from it.
+    let fs_now = root_fs::identify(&library.path);
+    let recorded = store.library_root_fs(&library.name)?;
+    if let Compared::Other { was, now } = root_fs::compare(recorded.as_deref(), fs_now.as_ref()) {
+        if !options.allow_other_file_system {
+            let reason = format!(
+                "root {} is on another file system than when last scanned (was {}, now {}); is \
+                 it unmounted? nothing scanned, nothing deleted (if the library really moved \
+                 there, run `agent scan --allow-other-file-system --library {}`)",
+                library.path.display(),
+                was.describe(),
+                now.describe(),
+                library.name
+            );
+            summary.other_file_system = true;
+            return Ok(refuse(summary, reason));
+        }
+    }
+    let summary = scan_walked(store, config, library, progress, options, summary)?;
+    if summary.error.is_none() {
+        // The file system the library was seen on, for the next scan to compare with.
+        if let Some(now) = fs_now {
+            let batch = store.batch()?;
+            batch.set_library_root_fs(&library.name, &now.to_json())?;
+            batch.commit()?;
+        }
+    }
+    Ok(summary)
+}
+
+/// The walk of a root found where it was: upserts, then deletions behind the mass-delete rule
+/// and the deletions `agent run` held.
+fn scan_walked(
+    store: &mut Store,
+    config: &Config,
+    library: &LibraryConfig,
+    progress: &Progress,
+    options: &ScanOptions,
+    mut summary: LibrarySummary,
+) -> Result<LibrarySummary, ScanError> {
     let observed = store.observed_of_library(&library.name)?;
     progress.library(&library.name);
     let walked = pipeline::stream_library(
@@ -207,7 +250,9 @@ fn scan_library(
         .filter(|(_, stat)| !stat.seen.load(Ordering::Relaxed))
         .map(|(key, _)| &**key)
         .collect();
+    let held = store.held_deletions(&library.name)?;
     if unseen.is_empty() {
+        release_held(store, &library.name, held.is_some())?;
         return Ok(summary);
     }
     if !library.path.is_dir() {
@@ -250,10 +295,18 @@ fn scan_library(
             key: key.to_owned(),
         })
         .collect();
-    if deletions.len() > MASS_DELETE
-        && deletions.len() * 2 > observed.len()
-        && !options.allow_mass_delete
-    {
+    if let Some(held) = held.as_ref().filter(|_| !options.allow_mass_delete) {
+        let reason = format!(
+            "`agent run` holds {} of this library since {} (too many at once); not marking \
+             these {} deleted either. If they really are gone, run `{}`",
+            crate::term::count(held.count(), "deletion", "deletions"),
+            held.since,
+            crate::term::count(deletions.len() as u64, "file", "files"),
+            guard::release_command(&library.name)
+        );
+        return Ok(refuse(summary, reason));
+    }
+    if guard::is_mass_delete(deletions.len(), observed.len() as u64) && !options.allow_mass_delete {
         let reason = format!(
             "root {} no longer holds {} of the {} files indexed from it; not marking them deleted \
              (a replaced folder or a wrong mount looks like this). If they really are gone, run \
@@ -269,7 +322,28 @@ fn scan_library(
     for chunk in deletions.chunks(pipeline::BATCH) {
         pipeline::commit_chunk(store, chunk, &mut summary.counts)?;
     }
+    // The walk looked at every held key again: those still gone are recorded just now, the
+    // others came back.
+    release_held(store, &library.name, held.is_some())?;
     Ok(summary)
+}
+
+fn release_held(store: &mut Store, library: &str, held: bool) -> Result<(), ScanError> {
+    if held {
+        let batch = store.batch()?;
+        batch.clear_held_deletions(library)?;
+        batch.commit()?;
+        tracing::info!(library, "released the deletions `agent run` held");
+    }
+    Ok(())
+}
+
+/// A library not scanned, or whose deletions were held back, and why. Not logged here: the
+/// caller reports it (the CLI as its error line, the daemon in its log).
+fn refuse(mut summary: LibrarySummary, reason: String) -> LibrarySummary {
+    summary.status = "refused";
+    summary.error = Some(reason);
+    summary
 }
 
 fn obs_key(o: &Observation) -> &str {

@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::commit::Observation;
+use super::guard::DeleteGuard;
 use super::pipeline::{self, Candidate, GROUP};
 use super::read::{is_racy, FileStat, ReadFile};
 use super::walk::{walk_tree, Libraries};
@@ -178,17 +179,29 @@ pub fn index_paths(
     libs: &Libraries,
     paths: &[std::path::PathBuf],
 ) -> store::Result<PathsOutcome> {
-    index_paths_leaving(store, libs, paths, &|_| false)
+    index_paths_leaving(store, libs, paths, &|_| false, None)
 }
 
-/// [`index_paths`], where the walk of a folder leaves out the files `pending` names: the
-/// watcher's, still settling after events of their own (a folder is walked as soon as it is
-/// created, and a file being written in it would be read half-written, then again when done).
-pub fn index_paths_leaving(
+/// [`index_paths`] for `agent run`: the walk of a folder leaves out the files `pending` names
+/// (the watcher's, still settling after events of their own: a folder is walked as soon as it
+/// is created, and a file being written in it would be read half-written, then again when
+/// done), and deletions pass the mass-delete `guard` (renames are not deletions to it).
+pub fn index_paths_guarded(
     store: &mut store::Store,
     libs: &Libraries,
     paths: &[std::path::PathBuf],
     pending: &(dyn Fn(&Path) -> bool + Sync),
+    guard: &mut DeleteGuard,
+) -> store::Result<PathsOutcome> {
+    index_paths_leaving(store, libs, paths, pending, Some(guard))
+}
+
+fn index_paths_leaving(
+    store: &mut store::Store,
+    libs: &Libraries,
+    paths: &[std::path::PathBuf],
+    pending: &(dyn Fn(&Path) -> bool + Sync),
+    guard: Option<&mut DeleteGuard>,
 ) -> store::Result<PathsOutcome> {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -263,6 +276,7 @@ pub fn index_paths_leaving(
     // transaction for all the lookups, rather than one (with its file locks) per lookup.
     let mut present: Vec<Observation> = Vec::new();
     let mut to_read: Vec<Candidate> = Vec::new();
+    let mut renamed: BTreeSet<String> = BTreeSet::new();
     let probe = store.read_transaction()?;
     for (key, (path, stat)) in files {
         let stat = match stat {
@@ -280,8 +294,9 @@ pub fn index_paths_leaving(
             outcome.unchanged += 1;
             continue;
         }
-        if let Some(file) = reuse_renamed(store, &gone_rows, &path, &stat)? {
+        if let Some((file, old_key)) = reuse_renamed(store, &gone_rows, &path, &stat)? {
             outcome.reused += 1;
+            renamed.insert(old_key);
             present.push(Observation::Present {
                 key,
                 file,
@@ -297,6 +312,17 @@ pub fn index_paths_leaving(
         });
     }
     drop(probe);
+    let gone = match guard {
+        Some(guard) => {
+            let (moved, lost): (Vec<String>, Vec<String>) =
+                gone.into_iter().partition(|k| renamed.contains(k));
+            let mut admitted = guard.admit(store, lost, std::time::Instant::now())?;
+            admitted.extend(moved);
+            admitted.sort();
+            admitted
+        }
+        None => gone.into_iter().collect(),
+    };
     let gone = gone
         .into_iter()
         .map(|key| Observation::Gone { key })
@@ -326,7 +352,7 @@ fn reuse_renamed(
     gone_rows: &std::collections::HashMap<(u64, u64, i64), (String, Observed)>,
     path: &Path,
     stat: &FileStat,
-) -> store::Result<Option<ReadFile>> {
+) -> store::Result<Option<(ReadFile, String)>> {
     let Some((old_key, row)) = gone_rows.get(&(stat.inode, stat.bytes, stat.mtime_ns)) else {
         return Ok(None);
     };
@@ -339,7 +365,7 @@ fn reuse_renamed(
     if sha != row.sha256 || new_mime.is_none() || new_mime != old_mime {
         return Ok(None);
     }
-    Ok(Some(
+    Ok(Some((
         ReadFile {
             stat: *stat,
             racy: is_racy(stat.mtime_ns, store.clock().now()),
@@ -353,5 +379,6 @@ fn reuse_renamed(
             payload_json: None,
         }
         .with_payload_json(),
-    ))
+        old_key.clone(),
+    )))
 }

@@ -14,6 +14,8 @@
 //! | `durable_at` | RFC 3339 time of the last [`Store::make_durable`] |
 //! | `replica_digest` | the shared view's digest (`model::digest`), 64 hex digits, kept at commit |
 //! | `device_names` | [`DeviceNames`] as JSON: the brain's names of devices, by device id |
+//! | `library_root/<library>` | the identity of the file system its root was last scanned on (`index::root_fs`) |
+//! | `held_deletions/<library>` | [`HeldDeletions`] as JSON: deletions `agent run` held back (`index::guard`) |
 
 use std::collections::BTreeMap;
 
@@ -52,6 +54,31 @@ const DURABLE_AT: &str = "durable_at";
 pub(super) const REPLICA_DIGEST: &str = "replica_digest";
 /// The [`DeviceNames`] last learnt from the brain.
 const DEVICE_NAMES: &str = "device_names";
+
+/// The identity of the file system a library's root was observed on: this, then its name.
+const LIBRARY_ROOT_PREFIX: &str = "library_root/";
+/// The deletions `agent run` held back in a library: this, then its name.
+const HELD_DELETIONS_PREFIX: &str = "held_deletions/";
+
+/// Deletions `agent run` did not record because they tripped the mass-delete rule
+/// (`index::guard`): they wait for `agent scan --allow-mass-delete --library NAME`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldDeletions {
+    /// When the hold began (RFC 3339).
+    pub since: String,
+    /// The held entity keys, at most `index::guard::HELD_KEYS_CAP` of them.
+    pub keys: Vec<String>,
+    /// Held deletions beyond the cap, counted only: the release is a scan, which finds them too.
+    #[serde(default)]
+    pub more: u64,
+}
+
+impl HeldDeletions {
+    /// How many deletions are held.
+    pub fn count(&self) -> u64 {
+        self.keys.len() as u64 + self.more
+    }
+}
 
 /// The names the brain's operator gave each enrolled device (`agent brain device add NAME`), by
 /// device id, as sync last learnt them from `GET /devices`: what `agent conflicts` prints beside
@@ -198,6 +225,16 @@ impl Store {
         Ok(get_json(&self.conn, DEVICE_NAMES)?.unwrap_or_default())
     }
 
+    /// The identity of the file system library `name`'s root was last scanned on.
+    pub fn library_root_fs(&self, name: &str) -> Result<Option<String>> {
+        get(&self.conn, &format!("{LIBRARY_ROOT_PREFIX}{name}"))
+    }
+
+    /// The deletions held in library `name`, if any (an unreadable value counts as none).
+    pub fn held_deletions(&self, name: &str) -> Result<Option<HeldDeletions>> {
+        get_json(&self.conn, &format!("{HELD_DELETIONS_PREFIX}{name}"))
+    }
+
     /// Replaces the device names, in a transaction of its own.
     pub fn set_device_names(&mut self, names: &DeviceNames) -> Result<()> {
         let batch = self.batch()?;
@@ -284,6 +321,27 @@ impl Batch<'_> {
     /// The events of an adopted LIB v1.1 database are in the shared view.
     pub(super) fn finish_lib_v11_replay(&self) -> Result<()> {
         delete(&self.tx, LIB_V11_REPLAY)
+    }
+
+    /// Records the identity of the file system library `name`'s root is on.
+    pub fn set_library_root_fs(&self, name: &str, identity: &str) -> Result<()> {
+        set(&self.tx, &format!("{LIBRARY_ROOT_PREFIX}{name}"), identity)
+    }
+
+    /// Replaces the deletions held in library `name`.
+    pub fn set_held_deletions(&self, name: &str, held: &HeldDeletions) -> Result<()> {
+        set_json(&self.tx, &format!("{HELD_DELETIONS_PREFIX}{name}"), held)
+    }
+
+    /// Forgets the deletions held in library `name`.
+    pub fn clear_held_deletions(&self, name: &str) -> Result<()> {
+        delete(&self.tx, &format!("{HELD_DELETIONS_PREFIX}{name}"))
+    }
+
+    /// Forgets what the guards keep of library `name` (it is no longer observed here).
+    pub fn forget_library_guards(&self, name: &str) -> Result<()> {
+        delete(&self.tx, &format!("{LIBRARY_ROOT_PREFIX}{name}"))?;
+        self.clear_held_deletions(name)
     }
 
     /// The backfill of adopted rows is done.

@@ -602,6 +602,17 @@ impl Store {
         observed_of_library(&self.conn, library)
     }
 
+    /// How many files of a library this device observed.
+    pub fn observed_count(&self, library: &str) -> Result<u64> {
+        let lo = format!("{library}/");
+        let hi = format!("{library}0"); // '0' is the character after '/'
+        self.conn
+            .prepare_cached("SELECT count(*) FROM lib_observed WHERE path >= ?1 AND path < ?2")
+            .and_then(|mut s| s.query_row((&lo, &hi), |r| r.get::<_, i64>(0)))
+            .map(|n| n as u64)
+            .ctx(|| format!("counting the observed files of library {library}"))
+    }
+
     /// One path's observed row, read outside a write batch.
     pub fn observed(&self, key: &str) -> Result<Option<super::Observed>> {
         observed(&self.conn, key)

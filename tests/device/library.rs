@@ -264,13 +264,13 @@ fn agent_run_with_a_folder_that_does_not_exist_fails_at_start() {
 }
 
 /// `agent run` on the lab, its output in a log file; killed when dropped.
-struct Running {
+pub(crate) struct Running {
     child: std::process::Child,
-    log: std::path::PathBuf,
+    pub(crate) log: std::path::PathBuf,
 }
 
 impl Running {
-    fn start(lab: &Lab) -> Running {
+    pub(crate) fn start(lab: &Lab) -> Running {
         let log = lab.path("run.log");
         let mut cmd = crate::support::process::agent(Some(&log));
         cmd.arg("--db")
@@ -290,7 +290,7 @@ impl Running {
     }
 
     #[track_caller]
-    fn wait(&self, what: &str, done: impl FnMut() -> bool) {
+    pub(crate) fn wait(&self, what: &str, done: impl FnMut() -> bool) {
         let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             crate::support::wait::wait_until(what, crate::support::wait::PATIENCE, done)
         }));
