@@ -12,20 +12,23 @@ mod disk_full;
 mod error;
 mod libraries;
 mod lock;
+pub mod metrics;
 mod signals;
 mod state;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 
+use crate::burst_log::BurstLog;
 use crate::config::Config;
 use crate::index::scan::{self, ScanOptions};
 use crate::index::{self, Libraries};
 use crate::model::event::now_rfc3339;
 use crate::store::Store;
-use crate::sync::agent::SyncAgent;
+use crate::sync::agent::{SyncAgent, SyncCounters};
 use crate::watch::{self, Debouncer, FsSignal, FsWatcher};
 
 use config_file::{ConfigFile, LibraryChanges};
@@ -131,6 +134,9 @@ struct Daemon<'a> {
     saver: StateSaver,
     full: DiskFull,
     sync: Option<SyncAgent>,
+    metrics: Option<metrics::MetricsServer>,
+    /// The "indexed N files" lines, one a second at most during a burst.
+    said: BurstLog,
 }
 
 impl<'a> Daemon<'a> {
@@ -146,9 +152,16 @@ impl<'a> Daemon<'a> {
         let mut watches = Watches::new(watcher, options.poll_interval, Instant::now());
         watches.watch_all(config, &mut state);
         save_state(store, &mut state)?;
+        let counters = Arc::new(SyncCounters::default());
+        // Listening before the start-up scan, which may take long: a scrape meanwhile answers.
+        let metrics = config
+            .metrics
+            .listen
+            .map(|addr| metrics::MetricsServer::start(addr, store.path(), counters.clone()))
+            .transpose()?;
         let unavailable = reconcile(store, config, None)?;
         watches.unavailable(config, &unavailable, &mut state);
-        let sync = SyncAgent::start(config, store.path())?;
+        let sync = SyncAgent::start(config, store.path(), counters)?;
         state.state = "running".into();
         save_state(store, &mut state)?;
         tracing::info!(libraries = state.libraries.len(), "watching");
@@ -170,6 +183,8 @@ impl<'a> Daemon<'a> {
             saver: StateSaver::new(now),
             full: DiskFull::default(),
             sync,
+            metrics,
+            said: BurstLog::new("indexed", ("file", "files")),
         })
     }
 
@@ -183,6 +198,7 @@ impl<'a> Daemon<'a> {
             self.saver.wake_at(),
             self.full.wake_at(),
             self.config_file.as_ref().map(ConfigFile::next_check),
+            self.said.wake_at(),
         ]
         .into_iter()
         .flatten()
@@ -227,6 +243,9 @@ impl<'a> Daemon<'a> {
         }
         let now = Instant::now();
         self.index_due(now)?;
+        if let Some(line) = self.said.flush(Instant::now()) {
+            tracing::info!(files = line.items, batches = line.batches, "{line}");
+        }
         self.rescan_polled(now)?;
         self.save_state()
     }
@@ -249,9 +268,20 @@ impl<'a> Daemon<'a> {
                 }
                 break;
             };
-            self.state.note_indexed(&outcome, started);
-            if outcome.upserted + outcome.deleted > 0 {
+            self.state.note_indexed(&outcome);
+            let changes = outcome.upserted + outcome.deleted;
+            if changes > 0 {
                 self.changed();
+                if let Some(line) = self.said.note(Instant::now(), changes, started.elapsed()) {
+                    tracing::info!(
+                        files = line.items,
+                        upserted = outcome.upserted,
+                        deleted = outcome.deleted,
+                        renamed = outcome.reused,
+                        errors = outcome.errors,
+                        "{line}"
+                    );
+                }
             }
             // Libraries whose root itself changed.
             for name in &outcome.rescan {
@@ -363,10 +393,22 @@ impl<'a> Daemon<'a> {
         for chunk in pending.chunks(MAX_PATHS_PER_BATCH) {
             let started = Instant::now();
             let outcome = index::index_paths(self.store, &self.libs, chunk)?;
-            self.state.note_indexed(&outcome, started);
+            self.state.note_indexed(&outcome);
+            let changes = outcome.upserted + outcome.deleted;
+            if changes > 0 {
+                if let Some(line) = self.said.note(Instant::now(), changes, started.elapsed()) {
+                    tracing::info!(files = line.items, "{line}");
+                }
+            }
         }
         if let Some(sync) = self.sync.take() {
             sync.stop();
+        }
+        if let Some(line) = self.said.flush(Instant::now() + crate::burst_log::WINDOW) {
+            tracing::info!(files = line.items, batches = line.batches, "{line}");
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
         }
         self.state.state = "stopped".into();
         self.state.backlog = 0;
@@ -386,6 +428,7 @@ fn reconcile(
     let options = ScanOptions {
         library: library.map(str::to_owned),
         progress: false,
+        log_progress: true,
         allow_empty: false,
         allow_mass_delete: false,
     };

@@ -9,7 +9,10 @@ use lib_agent::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.global.verbose);
+    // `agent run` is a background agent: its log is how it says what it does (a line per
+    // indexed batch and per sync, summarised in bursts), so its default level is info.
+    let daemon = matches!(cli.command, cli::Command::Run(_));
+    init_logging(cli.global.verbose.saturating_add(u8::from(daemon)));
     let json = cli.global.json;
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -47,6 +47,7 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
     let options = ScanOptions {
         library: only,
         progress: !global.json,
+        log_progress: false,
         allow_empty: args.allow_empty,
         allow_mass_delete: args.allow_mass_delete,
     };

@@ -77,6 +77,9 @@ pub struct PullSummary {
     /// What the brain said of this replica at the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub convergence: Option<Convergence>,
+    /// The time the pull took, without the wait of a long-poll for the first event.
+    #[serde(skip)]
+    pub busy: Duration,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -236,13 +239,19 @@ pub fn pull(
     let mut cursor = store.pull_cursor()?;
     let mut wait = wait;
     let mut confirmed = false;
+    let mut started = std::time::Instant::now();
     loop {
         // Read again for every page: the digest describes the replica at the cursor it goes with.
         let replica = ReplicaReport {
             digest: store.replica_digest()?,
             pending: store.unacknowledged()?,
         };
+        let waited = wait.is_some();
         let page = match client.pull(cursor, batch_size, wait.take(), Some(&replica)) {
+            Ok(page) if waited => {
+                started = std::time::Instant::now();
+                page
+            }
             Ok(page) => page,
             Err(e) if e.is_cursor_pruned() => {
                 tracing::warn!(cursor, "the brain pruned events this device has not pulled; re-seeding from its snapshot");
@@ -280,6 +289,7 @@ pub fn pull(
         let compare_again = page.convergence.is_some() && !page.events.is_empty() && !confirmed;
         if !page.has_more && !compare_again {
             summary.new_after_id = cursor;
+            summary.busy = started.elapsed();
             return Ok(summary);
         }
         confirmed |= !page.has_more;
