@@ -423,7 +423,7 @@ impl Progress {
         let bar = (bar && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(0);
             if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{prefix}: [{bar:30}] {human_pos}/{human_len} files, {per_sec}, ETA {eta} {msg}",
+                "{prefix}: [{bar:30}] {human_pos}/{human_len} files, {msg}",
             ) {
                 bar.set_style(style.progress_chars("=> "));
             }
@@ -465,19 +465,22 @@ impl Progress {
         let (total, known) = lib.total.now();
         // An observed total is an estimate: new files make the scan see more.
         let total = total.max(seen);
+        let now = Instant::now();
+        let rate = seen as f64 / now.duration_since(lib.started).as_secs_f64().max(0.001);
         if let Some(bar) = &self.bar {
             bar.set_length(total);
             bar.set_position(seen);
+            let rate_text = crate::term::thousands(rate as u64);
             bar.set_message(if known {
-                String::new()
+                let left = total.saturating_sub(seen) as f64 / rate.max(1.0);
+                let left = humantime::format_duration(Duration::from_secs(left as u64));
+                format!("{rate_text}/s, ETA {left}")
             } else {
-                "(still counting)".into()
+                format!("{rate_text}/s, still counting")
             });
         }
-        let now = Instant::now();
         if self.log && now >= lib.last_log + LOG_EVERY {
             lib.last_log = now;
-            let rate = seen as f64 / now.duration_since(lib.started).as_secs_f64().max(0.001);
             tracing::info!(
                 library = %lib.name, seen, total, hashed = s.hashed.load(Ordering::Relaxed),
                 "reconciling library {}: {} of {}{} files, {}/s",

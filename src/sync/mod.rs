@@ -133,6 +133,16 @@ pub fn push(
     client: &(impl Brain + ?Sized),
     batch_size: usize,
 ) -> Result<PushSummary, SyncError> {
+    push_with_progress(store, client, batch_size, &|_| {})
+}
+
+/// [`push`], calling `progress` with what was pushed so far after each request.
+pub fn push_with_progress(
+    store: &mut Store,
+    client: &(impl Brain + ?Sized),
+    batch_size: usize,
+    progress: &dyn Fn(&PushSummary),
+) -> Result<PushSummary, SyncError> {
     let batch_size = batch_size.clamp(1, MAX_BATCH);
     let mut summary = PushSummary::default();
     // Nothing leaves the device before it is durable: a sequence number an event carries must
@@ -146,6 +156,7 @@ pub fn push(
         let mut sent = 0;
         for request in split_by_bytes(&pending) {
             push_rows(store, client, request, &mut summary)?;
+            progress(&summary);
             sent += request.len();
         }
         debug_assert_eq!(sent, pending.len());
@@ -234,6 +245,19 @@ pub fn pull(
     batch_size: usize,
     wait: Option<Duration>,
 ) -> Result<PullSummary, SyncError> {
+    pull_with_progress(store, client, batch_size, wait, &|_, _| {})
+}
+
+/// [`pull`], calling `progress` after each page with what was pulled so far and, when the
+/// brain says it, how many events of the log were still to pull when the page was asked for
+/// (its `convergence.lag`, the page's own events included).
+pub fn pull_with_progress(
+    store: &mut Store,
+    client: &(impl Brain + ?Sized),
+    batch_size: usize,
+    wait: Option<Duration>,
+    progress: &dyn Fn(&PullSummary, Option<u64>),
+) -> Result<PullSummary, SyncError> {
     let batch_size = batch_size.clamp(1, MAX_BATCH);
     let mut summary = PullSummary::default();
     let mut cursor = store.pull_cursor()?;
@@ -261,6 +285,7 @@ pub fn pull(
             }
             Err(e) => return Err(e.into()),
         };
+        let pulled_before = summary.pulled;
         let batch = store.batch()?;
         for pulled in &page.events {
             let event = &pulled.event;
@@ -284,6 +309,8 @@ pub fn pull(
             summary.convergence = Some(convergence);
         }
         batch.commit()?;
+        let lag = page.convergence.map(|c| c.lag.max(0) as u64);
+        progress(&summary, lag.map(|lag| pulled_before + lag));
         // A page's comparison describes the replica before it was applied: when it brought
         // events, one more request (answered at once, at the head) says where this leaves it.
         let compare_again = page.convergence.is_some() && !page.events.is_empty() && !confirmed;

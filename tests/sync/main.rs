@@ -8,6 +8,7 @@ mod support;
 
 mod chaos;
 mod push_pull;
+mod run_metrics;
 mod sync_crash;
 mod sync_faults;
 mod sync_run;
