@@ -148,6 +148,8 @@ pub fn run(
         let now = clock.now();
         let pause = schedule.pulled(now, result.as_ref().map(|_| ()));
         if let Some(until) = schedule.wait_until(now, realtime, pause) {
+            // A summary held back is said when its second is over (the loop comes round again).
+            let until = said.wake_at().map_or(until, |at| at.min(until));
             select! {
                 recv(stop) -> _ => return,
                 recv(wake) -> _ => {},
