@@ -238,3 +238,61 @@ pub fn render(store: &Store, counters: &SyncCounters, now: u64) -> Result<String
     }
     Ok(text.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::digest::Convergence;
+    use crate::store::kv::{RunState, SyncState};
+
+    #[test]
+    fn a_scrape_says_each_librarys_mode_the_counters_and_the_brains_word() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("agent.db")).expect("store");
+        let mut run = RunState::default();
+        run.libraries.insert("notes".into(), LibraryMode::Watching);
+        run.libraries.insert(
+            "nas \"photos\"".into(),
+            LibraryMode::Polling {
+                reason: "root unavailable".into(),
+            },
+        );
+        run.changes_indexed = 7;
+        let sync = SyncState {
+            convergence: Some(Convergence {
+                state: ConvergenceState::Behind,
+                lag: 12,
+            }),
+            ..SyncState::default()
+        };
+        let batch = store.batch().expect("batch");
+        batch.set_run_state(&run).expect("run state");
+        batch.set_sync_state(&sync).expect("sync state");
+        batch.commit().expect("commit");
+        let counters = SyncCounters::default();
+        SyncCounters::add(&counters.events_pushed, 3);
+        SyncCounters::add(&counters.events_parked, 1);
+
+        let before_any_sync = render(&store, &counters, 1_000).expect("render");
+        assert!(before_any_sync.contains("# TYPE lib_agent_seconds_since_last_sync gauge\n#"));
+        counters.last_success_unix.store(990, Ordering::Relaxed);
+        let text = render(&store, &counters, 1_000).expect("render");
+        for line in [
+            "lib_agent_library_files{library=\"notes\"} 0",
+            "lib_agent_watch_mode{library=\"notes\",mode=\"watching\"} 1",
+            "lib_agent_watch_mode{library=\"nas \\\"photos\\\"\",mode=\"polling\"} 1",
+            "lib_agent_watch_mode{library=\"nas \\\"photos\\\"\",mode=\"watching\"} 0",
+            "lib_agent_changes_indexed_total 7",
+            "lib_agent_events_pushed_total 3",
+            "lib_agent_events_pulled_total 0",
+            "lib_agent_events_parked_total 1",
+            "lib_agent_outbox_backlog 0",
+            "lib_agent_seconds_since_last_sync 10",
+            "lib_agent_convergence_state{state=\"behind\"} 1",
+            "lib_agent_convergence_state{state=\"converged\"} 0",
+            "lib_agent_convergence_lag_events 12",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
+        }
+    }
+}
