@@ -90,11 +90,17 @@ impl BurstLog {
 
     /// The summary of the batches held back, once a second has passed since the last line.
     pub fn flush(&mut self, now: Instant) -> Option<Line> {
-        let (items, batches, busy, _) = self.held?;
         let since = self.last_line.unwrap_or(now);
         if now < since + WINDOW {
             return None;
         }
+        self.finish(now)
+    }
+
+    /// The summary of the batches held back, whatever the time: the last line, at a stop.
+    pub fn finish(&mut self, now: Instant) -> Option<Line> {
+        let (items, batches, busy, first) = self.held?;
+        let since = self.last_line.unwrap_or(first).min(now);
         self.held = None;
         self.last_line = Some(now);
         Some(Line {
@@ -168,5 +174,19 @@ mod tests {
         // 3 s of batches: the first alone, then one summary a second.
         assert_eq!(lines, 3);
         assert!(log.flush(t0 + 3 * WINDOW).is_some());
+    }
+
+    #[test]
+    fn at_a_stop_what_is_held_is_said_at_once() {
+        let t0 = Instant::now();
+        let mut log = BurstLog::new("indexed", ("file", "files"));
+        assert!(log.note(t0, 1, MS).is_some());
+        assert_eq!(log.note(t0 + 100 * MS, 2, MS), None);
+        let last = log.finish(t0 + 200 * MS).expect("the held batch");
+        assert_eq!(
+            last.to_string(),
+            "indexed 2 files in 1 batch over the last 0.2 s"
+        );
+        assert_eq!(log.finish(t0 + 300 * MS), None);
     }
 }

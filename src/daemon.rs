@@ -404,7 +404,7 @@ impl<'a> Daemon<'a> {
         if let Some(sync) = self.sync.take() {
             sync.stop();
         }
-        if let Some(line) = self.said.flush(Instant::now() + crate::burst_log::WINDOW) {
+        if let Some(line) = self.said.finish(Instant::now()) {
             tracing::info!(files = line.items, batches = line.batches, "{line}");
         }
         if let Some(metrics) = self.metrics.take() {
