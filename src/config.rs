@@ -79,6 +79,7 @@ pub struct Config {
     pub index: IndexConfig,
     pub watch: WatchConfig,
     pub sync: SyncConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// `[store]`: the local SQLite database.
@@ -135,6 +136,14 @@ pub struct IndexConfig {
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
     pub debounce_ms: u64,
+}
+
+/// `[metrics]`: `agent run`'s own Prometheus metrics.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served; `None` (the default): not served. Always a loopback
+    /// address: the route takes no credential, and says what this device holds and does.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[sync]`: talking to the brain. Without a `brain_url` the agent runs local-only.
@@ -440,6 +449,7 @@ impl Config {
         let index = build_index(&file, raw.index)?;
         let watch = build_watch(&file, raw.watch)?;
         let sync = build_sync(&file, raw.sync, &env)?;
+        let metrics = build_metrics(&file, raw.metrics)?;
 
         Ok(Config {
             source: file.file,
@@ -448,6 +458,7 @@ impl Config {
             index,
             watch,
             sync,
+            metrics,
         })
     }
 
@@ -522,6 +533,13 @@ struct RawFile {
     index: Option<RawIndex>,
     watch: Option<RawWatch>,
     sync: Option<RawSync>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -965,6 +983,31 @@ fn build_watch(file: &FileCtx<'_>, raw: Option<RawWatch>) -> Result<WatchConfig,
     Ok(watch)
 }
 
+fn build_metrics(
+    file: &FileCtx<'_>,
+    raw: Option<RawMetrics>,
+) -> Result<MetricsConfig, ConfigError> {
+    let mut metrics = MetricsConfig::default();
+    // The empty string means off, as for the URLs.
+    let Some(v) = raw
+        .and_then(|m| m.listen)
+        .filter(|v| !v.get_ref().is_empty())
+    else {
+        return Ok(metrics);
+    };
+    let addr: SocketAddr = v.get_ref().parse().map_err(|_| {
+        let problem = "not an IP address and port like \"127.0.0.1:9464\" (no host names)";
+        file.invalid(&v.span(), "metrics.listen", v.get_ref(), problem)
+    })?;
+    if !addr.ip().is_loopback() {
+        let problem = "not a loopback address: /metrics takes no credential, so it is served on \
+                       127.0.0.1 or ::1 only (scrape it through an SSH tunnel or a local proxy)";
+        return Err(file.invalid(&v.span(), "metrics.listen", v.get_ref(), problem));
+    }
+    metrics.listen = Some(addr);
+    Ok(metrics)
+}
+
 fn build_sync(
     file: &FileCtx<'_>,
     raw: Option<RawSync>,
@@ -1199,6 +1242,40 @@ mod tests {
         assert_eq!(e.listen, d.listen);
         assert_eq!(e.public_url, d.public_url);
         assert_eq!(d.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(example.metrics.listen, defaults.metrics.listen);
+        assert_eq!(defaults.metrics.listen, None, "off by default");
+    }
+
+    #[test]
+    fn metrics_listen_is_a_loopback_address_or_a_clear_error() {
+        let ok = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").expect("loopback");
+        assert_eq!(
+            ok.metrics.listen,
+            Some("127.0.0.1:9464".parse().expect("addr"))
+        );
+        let ok = parse("[metrics]\nlisten = \"[::1]:0\"\n").expect("loopback v6");
+        assert!(ok.metrics.listen.is_some());
+        assert_eq!(
+            parse("[metrics]\nlisten = \"\"\n")
+                .expect("off")
+                .metrics
+                .listen,
+            None
+        );
+        for (value, problem) in [
+            ("localhost:9464", "not an IP address and port"),
+            ("127.0.0.1", "not an IP address and port"),
+            ("0.0.0.0:9464", "not a loopback address"),
+            ("192.168.1.5:9464", "not a loopback address"),
+        ] {
+            let e = parse(&format!("\n[metrics]\nlisten = {value:?}\n"))
+                .expect_err(value)
+                .to_string();
+            assert!(
+                e.contains("metrics.listen") && e.contains("line 3") && e.contains(problem),
+                "{value}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -12,21 +12,24 @@ mod disk_full;
 mod error;
 mod libraries;
 mod lock;
+pub mod metrics;
 mod signals;
 mod state;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 
+use crate::burst_log::BurstLog;
 use crate::config::Config;
 use crate::index::guard::DeleteGuard;
 use crate::index::scan::{self, ScanOptions};
 use crate::index::{self, Libraries};
 use crate::model::event::now_rfc3339;
 use crate::store::Store;
-use crate::sync::agent::SyncAgent;
+use crate::sync::agent::{SyncAgent, SyncCounters};
 use crate::watch::{self, Debouncer, FsSignal, FsWatcher};
 
 use config_file::{ConfigFile, LibraryChanges};
@@ -134,6 +137,9 @@ struct Daemon<'a> {
     /// Mass deletions found by the watcher are held, not recorded.
     guard: DeleteGuard,
     sync: Option<SyncAgent>,
+    metrics: Option<metrics::MetricsServer>,
+    /// The "indexed N files" lines, one a second at most during a burst.
+    said: BurstLog,
 }
 
 impl<'a> Daemon<'a> {
@@ -149,9 +155,16 @@ impl<'a> Daemon<'a> {
         let mut watches = Watches::new(watcher, options.poll_interval, Instant::now());
         watches.watch_all(config, &mut state);
         save_state(store, &mut state)?;
+        let counters = Arc::new(SyncCounters::default());
+        // Listening before the start-up scan, which may take long: a scrape meanwhile answers.
+        let metrics = config
+            .metrics
+            .listen
+            .map(|addr| metrics::MetricsServer::start(addr, store.path(), counters.clone()))
+            .transpose()?;
         let unavailable = reconcile(store, config, None)?;
         watches.unavailable(config, &unavailable, &mut state);
-        let sync = SyncAgent::start(config, store.path())?;
+        let sync = SyncAgent::start(config, store.path(), counters)?;
         state.state = "running".into();
         save_state(store, &mut state)?;
         tracing::info!(libraries = state.libraries.len(), "watching");
@@ -174,6 +187,8 @@ impl<'a> Daemon<'a> {
             full: DiskFull::default(),
             guard: DeleteGuard::default(),
             sync,
+            metrics,
+            said: BurstLog::new("indexed", ("file", "files")),
         })
     }
 
@@ -187,6 +202,7 @@ impl<'a> Daemon<'a> {
             self.saver.wake_at(),
             self.full.wake_at(),
             self.config_file.as_ref().map(ConfigFile::next_check),
+            self.said.wake_at(),
         ]
         .into_iter()
         .flatten()
@@ -231,6 +247,9 @@ impl<'a> Daemon<'a> {
         }
         let now = Instant::now();
         self.index_due(now)?;
+        if let Some(line) = self.said.flush(Instant::now()) {
+            tracing::info!(files = line.items, batches = line.batches, "{line}");
+        }
         self.rescan_polled(now)?;
         self.save_state()
     }
@@ -254,9 +273,20 @@ impl<'a> Daemon<'a> {
                 }
                 break;
             };
-            self.state.note_indexed(&outcome, started);
-            if outcome.upserted + outcome.deleted > 0 {
+            self.state.note_indexed(&outcome);
+            let changes = outcome.upserted + outcome.deleted;
+            if changes > 0 {
                 self.changed();
+                if let Some(line) = self.said.note(Instant::now(), changes, started.elapsed()) {
+                    tracing::info!(
+                        files = line.items,
+                        upserted = outcome.upserted,
+                        deleted = outcome.deleted,
+                        renamed = outcome.reused,
+                        errors = outcome.errors,
+                        "{line}"
+                    );
+                }
             }
             // Libraries whose root itself changed.
             for name in &outcome.rescan {
@@ -374,10 +404,22 @@ impl<'a> Daemon<'a> {
                 &|_| false,
                 &mut self.guard,
             )?;
-            self.state.note_indexed(&outcome, started);
+            self.state.note_indexed(&outcome);
+            let changes = outcome.upserted + outcome.deleted;
+            if changes > 0 {
+                if let Some(line) = self.said.note(Instant::now(), changes, started.elapsed()) {
+                    tracing::info!(files = line.items, "{line}");
+                }
+            }
         }
         if let Some(sync) = self.sync.take() {
             sync.stop();
+        }
+        if let Some(line) = self.said.finish(Instant::now()) {
+            tracing::info!(files = line.items, batches = line.batches, "{line}");
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
         }
         self.state.state = "stopped".into();
         self.state.backlog = 0;
@@ -398,6 +440,7 @@ fn reconcile(
     let options = ScanOptions {
         library: library.map(str::to_owned),
         progress: false,
+        log_progress: true,
         ..ScanOptions::default()
     };
     let summary = scan::scan(store, config, &options)?;

@@ -5,6 +5,7 @@
 //! holds what the agent and the brain share: the event, vector clocks and the merge rule.
 
 pub mod brain;
+pub mod burst_log;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -13,6 +14,7 @@ pub mod http_server;
 pub mod index;
 pub mod model;
 pub mod private;
+pub mod prometheus;
 pub mod service;
 pub mod store;
 pub mod sync;

@@ -21,7 +21,10 @@ fn main() -> ExitCode {
         }
         e.exit()
     });
-    init_logging(cli.global.verbose);
+    // `agent run` is a background agent: its log is how it says what it does (a line per
+    // indexed batch and per sync, summarised in bursts), so its default level is info.
+    let daemon = matches!(cli.command, cli::Command::Run(_));
+    init_logging(cli.global.verbose.saturating_add(u8::from(daemon)));
     let json = cli.global.json;
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

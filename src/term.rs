@@ -20,6 +20,19 @@ pub fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", plural(n, one, many))
 }
 
+/// `n` with a comma every three digits: "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
 /// Whether a character is escaped: C0 controls (tab and newline too: one field stays on one
 /// line), DEL, C1 controls, and the Unicode bidirectional formatting characters.
 fn needs_escape(c: char) -> bool {
@@ -74,6 +87,19 @@ pub fn escape_text(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thousands_are_separated() {
+        let cases = [
+            (0, "0"),
+            (999, "999"),
+            (1_000, "1,000"),
+            (1_234_567, "1,234,567"),
+        ];
+        for (n, text) in cases {
+            assert_eq!(thousands(n), text);
+        }
+    }
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_is_left_alone() {

@@ -3,7 +3,7 @@
 //! replica digest at the log's head. `GET /devices`, `/metrics` and `agent brain device list`
 //! all read it from here.
 
-use std::fmt::Write as _;
+use crate::prometheus::{Kind, Text};
 use std::time::{Duration, SystemTime};
 
 use super::store::{BrainStore, DeviceRecord, ReplicaPoint};
@@ -66,37 +66,33 @@ pub fn response(point: &ReplicaPoint, devices: &[DeviceConvergence]) -> DevicesR
 
 /// The devices' gauges for `/metrics`: each enrolled (not revoked) device's lag, and a 0/1
 /// gauge per state, so an alert can say `lib_brain_device_state{state="diverged"} == 1`.
-pub fn render_metrics(out: &mut String, devices: &[DeviceConvergence]) {
+pub fn render_metrics(text: &mut Text, devices: &[DeviceConvergence]) {
     let live: Vec<&DeviceConvergence> = devices
         .iter()
         .filter(|d| d.record.revoked_at.is_none())
         .collect();
     let name = "lib_brain_device_lag_events";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Events of the log the device has still to pull, at its last pull\n# TYPE {name} gauge"
+    text.family(
+        name,
+        Kind::Gauge,
+        "Events of the log the device has still to pull, at its last pull",
     );
     for d in &live {
-        let _ = writeln!(
-            out,
-            "{name}{{device=\"{}\"}} {}",
-            d.record.name, d.convergence.lag
-        );
+        text.sample(name, &[("device", &d.record.name)], d.convergence.lag);
     }
     let name = "lib_brain_device_state";
-    let _ = writeln!(
-        out,
-        "# HELP {name} 1 for the device's convergence state (converged, behind, diverged, unknown, never seen)\n# TYPE {name} gauge"
+    text.family(
+        name,
+        Kind::Gauge,
+        "1 for the device's convergence state (converged, behind, diverged, unknown, never seen)",
     );
     for d in &live {
         for state in ConvergenceState::ALL {
-            let _ = writeln!(
-                out,
-                "{name}{{device=\"{}\",state=\"{}\"}} {}",
-                d.record.name,
-                state.as_str(),
-                u8::from(d.convergence.state == state)
-            );
+            let labels = [
+                ("device", d.record.name.as_str()),
+                ("state", state.as_str()),
+            ];
+            text.sample(name, &labels, u8::from(d.convergence.state == state));
         }
     }
 }

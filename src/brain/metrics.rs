@@ -1,10 +1,11 @@
 //! Counters for `GET /metrics`, in the Prometheus text format. Plain atomics: a handful of
 //! counters and one latency histogram per route do not need a metrics framework.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+
+use crate::prometheus::{Kind, Text};
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: &[f64] = &[
@@ -76,8 +77,8 @@ impl Metrics {
         entry.sum_seconds += seconds;
     }
 
-    pub fn render(&self) -> String {
-        let mut out = String::new();
+    /// The counters and the latency histograms, into `text`.
+    pub fn render(&self, text: &mut Text) {
         let counters: [(&str, &str, &AtomicU64); 12] = [
             (
                 "lib_brain_events_ingested_total",
@@ -141,32 +142,32 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
+            text.single(name, Kind::Counter, help, value.load(Ordering::Relaxed));
         }
         let name = "lib_brain_request_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} HTTP request latency by route and status\n# TYPE {name} histogram"
+        text.family(
+            name,
+            Kind::Histogram,
+            "HTTP request latency by route and status",
+        );
+        let (bucket, sum, count) = (
+            format!("{name}_bucket"),
+            format!("{name}_sum"),
+            format!("{name}_count"),
         );
         let all = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
         for l in all.iter() {
-            let labels = format!("route=\"{}\",status=\"{}\"", l.route, l.status);
+            let status = l.status.to_string();
+            let labels = [("route", l.route.as_str()), ("status", status.as_str())];
             for (i, bound) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{labels},le=\"{bound}\"}} {}",
-                    l.counts[i]
-                );
+                let le = bound.to_string();
+                let with_le = [labels[0], labels[1], ("le", le.as_str())];
+                text.sample(&bucket, &with_le, l.counts[i]);
             }
             let total = l.counts[BUCKETS.len()];
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", l.sum_seconds);
-            let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+            text.sample(&bucket, &[labels[0], labels[1], ("le", "+Inf")], total);
+            text.sample(&sum, &labels, l.sum_seconds);
+            text.sample(&count, &labels, total);
         }
-        out
     }
 }

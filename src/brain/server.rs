@@ -620,13 +620,18 @@ impl<S> Clone for Scrape<S> {
 }
 
 async fn open_metrics<S: BrainStore>(State(scrape): State<Scrape<S>>) -> Response {
-    let mut text = scrape.metrics.render();
+    let mut text = crate::prometheus::Text::new();
+    scrape.metrics.render(&mut text);
     match convergence::devices(&*scrape.store).await {
         Ok((_, devices)) => convergence::render_metrics(&mut text, &devices),
         // The counters still go out: a scrape that fails whole would hide them too.
         Err(e) => tracing::warn!(error = %e, "/metrics: cannot read the devices' convergence"),
     }
-    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+    (
+        [("content-type", crate::prometheus::CONTENT_TYPE)],
+        text.finish(),
+    )
+        .into_response()
 }
 
 /// `GET /devices`: every enrolled device, its lag and its convergence state.

@@ -48,7 +48,7 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
     let mut store = Store::open(&config.store.path)?;
     super::scan::say_how_to_keep(&unconfigured);
     if !global.json {
-        // One line, so a user starting it by hand sees what it does (logs are at warn by default).
+        // One line, so a user starting it by hand sees what it does before the first log line.
         eprintln!(
             "agent: watching {} {} into {}; {}; Ctrl-C stops",
             config.libraries.len(),

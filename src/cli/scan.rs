@@ -53,6 +53,7 @@ pub fn run(args: Args, global: &GlobalArgs, mut config: Config) -> anyhow::Resul
     let options = ScanOptions {
         library: only,
         progress: !global.json,
+        log_progress: false,
         allow_empty: args.allow_empty,
         allow_mass_delete: args.allow_mass_delete,
         allow_other_file_system: args.allow_other_file_system,

@@ -1,5 +1,8 @@
 //! `agent sync`: one push and/or pull now, with the LIB v1.1 summary.
 
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
 use anyhow::bail;
 use serde_json::json;
 
@@ -50,8 +53,12 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
         (true, true)
     };
     let batch = config.sync.batch_size;
+    let bars = !global.json;
     let pushed = if do_push {
-        let result = sync::push(&mut store, &client, batch);
+        let bar = CatchUp::new(bars, "push", store.unacknowledged()?.max(0) as u64);
+        let result =
+            sync::push_with_progress(&mut store, &client, batch, &|p| bar.update(p.pushed, None));
+        bar.finish();
         save(
             &mut store,
             url,
@@ -81,7 +88,12 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
         None
     };
     let pulled = if do_pull {
-        let result = sync::pull(&mut store, &client, batch, None);
+        // The total comes with the brain's first answer (its `convergence.lag`).
+        let bar = CatchUp::new(bars, "pull", 0);
+        let result = sync::pull_with_progress(&mut store, &client, batch, None, &|p, total| {
+            bar.update(p.pulled, total)
+        });
+        bar.finish();
         save(&mut store, url, Step::Pull, Outcome::of(&result, |_| true));
         Some(result?)
     } else {
@@ -174,5 +186,53 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
 fn save(store: &mut Store, url: &str, step: Step, outcome: Outcome<'_>) {
     if let Err(e) = state::record(store, url, None, step, outcome) {
         tracing::warn!("cannot save the sync state for `agent status`: {e}");
+    }
+}
+
+/// A catch-up bar on stderr, only on a terminal (and never with `--json`): events done of the
+/// total (the outbox backlog for a push, the brain's lag for a pull), the rate and the time left.
+struct CatchUp {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+}
+
+impl CatchUp {
+    fn new(wanted: bool, what: &str, total: u64) -> CatchUp {
+        let bar = (wanted && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{prefix}: [{bar:30}] {human_pos}/{human_len} events, {msg}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_prefix(what.to_owned());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        CatchUp {
+            bar,
+            started: Instant::now(),
+        }
+    }
+
+    /// `done` events so far, of `total` when it is known now.
+    fn update(&self, done: u64, total: Option<u64>) {
+        let Some(bar) = &self.bar else { return };
+        let total = total.unwrap_or(bar.length().unwrap_or(0)).max(done);
+        bar.set_length(total);
+        bar.set_position(done);
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        let left = total.saturating_sub(done) as f64 / rate.max(1.0);
+        bar.set_message(format!(
+            "{}/s, ETA {}",
+            crate::term::thousands(rate as u64),
+            humantime::format_duration(Duration::from_secs(left as u64))
+        ));
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }

@@ -163,6 +163,9 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if differs(&old.sync, &new.sync) {
         parts.push("[sync]");
     }
+    if differs(&old.metrics, &new.metrics) {
+        parts.push("[metrics]");
+    }
     parts
 }
 

@@ -28,6 +28,11 @@ pub enum DaemonError {
     Scan(#[from] scan::ScanError),
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
+    #[error("cannot serve metrics on {addr} ([metrics] listen): {reason}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
     #[error("no libraries configured: `agent library add PATH` keeps one, or name folders: `agent run PATH`")]
     NoLibraries,
 }

@@ -46,20 +46,10 @@ impl RunState {
         matches!(self.libraries.get(name), Some(LibraryMode::Polling { .. }))
     }
 
-    /// Counts (and logs) what one call of the indexer, begun at `started`, did.
-    pub fn note_indexed(&mut self, outcome: &PathsOutcome, started: Instant) {
+    /// Counts what one call of the indexer did (the daemon says it, a line a second at most).
+    pub fn note_indexed(&mut self, outcome: &PathsOutcome) {
         self.changes_indexed += outcome.upserted + outcome.deleted;
         self.renames_reused += outcome.reused;
-        if outcome.upserted + outcome.deleted > 0 {
-            tracing::info!(
-                upserted = outcome.upserted,
-                deleted = outcome.deleted,
-                renamed = outcome.reused,
-                errors = outcome.errors,
-                ms = started.elapsed().as_millis() as u64,
-                "indexed changes"
-            );
-        }
     }
 }
 

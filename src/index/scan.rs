@@ -3,9 +3,11 @@
 //! deletions, unless the mass-delete guard says the library looks unmounted. Unchanged files
 //! (size, mtime and inode as observed) are never opened.
 
+use std::cell::RefCell;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -61,8 +63,10 @@ pub struct ScanSummary {
 pub struct ScanOptions {
     /// Scan only this library.
     pub library: Option<String>,
-    /// Draw a progress line on stderr (only when it is a terminal).
+    /// Draw a progress bar on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Log a progress line every [`LOG_EVERY`] while a library takes long (`agent run`).
+    pub log_progress: bool,
     /// The user says an empty library root really is empty: record its files as deleted.
     pub allow_empty: bool,
     /// The user says the files a scan finds gone really are: record the deletions even when
@@ -112,7 +116,7 @@ fn scan_all(
     // checkpoints would copy the full-text index's pages again and again. It costs the scan of
     // random bytes 0.1 to 0.3 s of 1.6 s; text is where the time goes.
     store.set_bulk_mode(true)?;
-    let progress = Progress::new(options.progress);
+    let progress = Progress::new(options.progress, options.log_progress);
     let mut summaries = Vec::new();
     let mut totals = Counts::default();
     let mut failed = None;
@@ -231,18 +235,40 @@ fn scan_walked(
     mut summary: LibrarySummary,
 ) -> Result<LibrarySummary, ScanError> {
     let observed = store.observed_of_library(&library.name)?;
-    progress.library(&library.name);
-    let walked = pipeline::stream_library(
-        store,
-        library,
-        &observed,
-        (
-            pipeline::reader_threads(config.index.hash_threads, pipeline::Reads::FromDisk),
-            config.index.max_content_bytes,
-        ),
-        &mut summary.counts,
-        &|tally| progress.update(tally),
-    )?;
+    // The total of the progress: the files observed last time on a rescan; on a library not
+    // observed yet, a counting walk racing the real one.
+    let counted = Arc::new(AtomicU64::new(0));
+    let counting = Arc::new(AtomicBool::new(true));
+    let stop_counting = AtomicBool::new(false);
+    let walked = std::thread::scope(|scope| {
+        let total = if observed.is_empty() && progress.wanted() {
+            let (count, still, stop) = (counted.clone(), counting.clone(), &stop_counting);
+            scope.spawn(move || {
+                super::walk::count_files(library, &count, stop);
+                still.store(false, Ordering::Relaxed);
+            });
+            Total::Counting {
+                counted,
+                done: counting,
+            }
+        } else {
+            Total::Observed(observed.len() as u64)
+        };
+        progress.library(&library.name, total);
+        let walked = pipeline::stream_library(
+            store,
+            library,
+            &observed,
+            (
+                pipeline::reader_threads(config.index.hash_threads, pipeline::Reads::FromDisk),
+                config.index.max_content_bytes,
+            ),
+            &mut summary.counts,
+            &|tally| progress.update(tally),
+        );
+        stop_counting.store(true, Ordering::Relaxed);
+        walked
+    })?;
 
     // Deletions, behind the mass-delete guard.
     let unseen: Vec<&str> = observed
@@ -423,42 +449,121 @@ impl From<&Counts> for store::RunTotals {
     }
 }
 
-/// A one-line spinner on stderr, only on a terminal.
+/// While a library's scan takes longer than this, `agent run` logs its progress this often.
+pub const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// What a library's progress counts towards.
+enum Total {
+    /// The files observed at the last scan: about what this one will see.
+    Observed(u64),
+    /// A counting walk's count so far; final once `done` is false.
+    Counting {
+        counted: Arc<AtomicU64>,
+        done: Arc<AtomicBool>,
+    },
+}
+
+impl Total {
+    /// The total now, and whether it is final.
+    fn now(&self) -> (u64, bool) {
+        match self {
+            Total::Observed(n) => (*n, true),
+            Total::Counting { counted, done } => (
+                counted.load(Ordering::Relaxed),
+                !done.load(Ordering::Relaxed),
+            ),
+        }
+    }
+}
+
+/// A scan's progress: a bar on stderr when it is a terminal (`agent scan`), or a log line every
+/// [`LOG_EVERY`] (`agent run`), each with the library's total, the rate and (on the bar) the
+/// time left.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    log: bool,
+    library: RefCell<Option<LibraryProgress>>,
+}
+
+struct LibraryProgress {
+    name: String,
+    total: Total,
+    started: Instant,
+    last_log: Instant,
 }
 
 impl Progress {
-    fn new(wanted: bool) -> Progress {
-        if !wanted || !std::io::stderr().is_terminal() {
-            return Progress { bar: None };
+    fn new(bar: bool, log: bool) -> Progress {
+        let bar = (bar && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{prefix}: [{bar:30}] {human_pos}/{human_len} files, {msg}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Progress {
+            bar,
+            log,
+            library: RefCell::new(None),
         }
-        let bar = indicatif::ProgressBar::new_spinner();
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]")
-        {
-            bar.set_style(style);
-        }
-        bar.enable_steady_tick(Duration::from_millis(120));
-        Progress { bar: Some(bar) }
     }
 
-    fn library(&self, name: &str) {
+    /// Whether a total is worth counting.
+    fn wanted(&self) -> bool {
+        self.bar.is_some() || self.log
+    }
+
+    fn library(&self, name: &str, total: Total) {
+        let now = Instant::now();
         if let Some(bar) = &self.bar {
+            bar.reset();
             bar.set_prefix(name.to_owned());
-            bar.set_message("walking");
+            bar.set_length(total.now().0);
+            bar.set_message("");
         }
+        *self.library.borrow_mut() = Some(LibraryProgress {
+            name: name.to_owned(),
+            total,
+            started: now,
+            last_log: now,
+        });
     }
 
     fn update(&self, s: &Tally) {
+        let seen = s.seen.load(Ordering::Relaxed);
+        let mut library = self.library.borrow_mut();
+        let Some(lib) = library.as_mut() else { return };
+        let (total, known) = lib.total.now();
+        // An observed total is an estimate: new files make the scan see more.
+        let total = total.max(seen);
+        let now = Instant::now();
+        let rate = seen as f64 / now.duration_since(lib.started).as_secs_f64().max(0.001);
         if let Some(bar) = &self.bar {
-            bar.set_message(format!(
-                "{} seen, {} unchanged, {} hashed ({} MB)",
-                s.seen.load(Ordering::Relaxed),
-                s.unchanged.load(Ordering::Relaxed),
-                s.hashed.load(Ordering::Relaxed),
-                s.bytes_hashed.load(Ordering::Relaxed) / 1_000_000
-            ));
+            bar.set_length(total);
+            bar.set_position(seen);
+            let rate_text = crate::term::thousands(rate as u64);
+            bar.set_message(if known {
+                let left = total.saturating_sub(seen) as f64 / rate.max(1.0);
+                let left = humantime::format_duration(Duration::from_secs(left as u64));
+                format!("{rate_text}/s, ETA {left}")
+            } else {
+                format!("{rate_text}/s, still counting")
+            });
+        }
+        if self.log && now >= lib.last_log + LOG_EVERY {
+            lib.last_log = now;
+            tracing::info!(
+                library = %lib.name, seen, total, hashed = s.hashed.load(Ordering::Relaxed),
+                "reconciling library {}: {} of {}{} files, {}/s",
+                lib.name,
+                crate::term::thousands(seen),
+                if known { "~" } else { "at least " },
+                crate::term::thousands(total),
+                crate::term::thousands(rate as u64)
+            );
         }
     }
 

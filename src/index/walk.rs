@@ -3,7 +3,7 @@
 //! libraries a running agent indexes, each with its compiled filter.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use walkdir::WalkDir;
 
@@ -128,6 +128,33 @@ pub(super) fn walk_tree(
         }
     }
     outcome
+}
+
+/// How many files [`walk_tree`] would hand over, about: the same pruning and globs, but
+/// unsorted, without keys, and silent (the real walk reports what it cannot read). A progress
+/// bar's total, for a library the agent has not observed yet; run on a thread of its own, it
+/// races the real walk, which waits on reads. Counts into `count` as it goes; `stop` ends it.
+pub(super) fn count_files(library: &LibraryConfig, count: &AtomicU64, stop: &AtomicBool) {
+    let root = &library.path;
+    let relative = |path: &Path| path.strip_prefix(root).ok().map(key::relative_key);
+    let walker = WalkDir::new(root)
+        .follow_links(false)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|entry| {
+            !entry.file_type().is_dir()
+                || matches!(relative(entry.path()), Some(Ok(rel)) if !library.filter.prunes_dir(&rel))
+        });
+    for entry in walker.flatten() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        if entry.file_type().is_file()
+            && matches!(relative(entry.path()), Some(Ok(rel)) if library.filter.includes_file(&rel))
+        {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Compared by device and inode, not by path: the database may be reached through a symlink,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use super::retry::SystemClock;
+pub use super::settings::SyncCounters;
 use super::settings::{Settings, Webhook};
 use super::{puller, pusher, BrainClient, SyncError};
 use crate::config::{Config, Realtime};
@@ -27,8 +28,13 @@ pub struct SyncAgent {
 }
 
 impl SyncAgent {
-    /// Starts sync for a configured brain; `None` (and a log line) when there is none.
-    pub fn start(config: &Config, db: &Path) -> Result<Option<SyncAgent>, SyncError> {
+    /// Starts sync for a configured brain; `None` (and a log line) when there is none. The
+    /// threads count what they do in `counters`.
+    pub fn start(
+        config: &Config,
+        db: &Path,
+        counters: Arc<SyncCounters>,
+    ) -> Result<Option<SyncAgent>, SyncError> {
         let Some(url) = config.sync.brain_url.clone() else {
             tracing::info!(
                 "no brain configured: local-only; events wait in the outbox until one is set"
@@ -76,6 +82,7 @@ impl SyncAgent {
             webhook,
             registered: Arc::new(AtomicBool::new(false)),
             clock: Arc::new(SystemClock),
+            counters,
         };
 
         let store = Store::open(db)?;

@@ -77,6 +77,9 @@ pub struct PullSummary {
     /// What the brain said of this replica at the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub convergence: Option<Convergence>,
+    /// The time the pull took, without the wait of a long-poll for the first event.
+    #[serde(skip)]
+    pub busy: Duration,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -130,6 +133,16 @@ pub fn push(
     client: &(impl Brain + ?Sized),
     batch_size: usize,
 ) -> Result<PushSummary, SyncError> {
+    push_with_progress(store, client, batch_size, &|_| {})
+}
+
+/// [`push`], calling `progress` with what was pushed so far after each request.
+pub fn push_with_progress(
+    store: &mut Store,
+    client: &(impl Brain + ?Sized),
+    batch_size: usize,
+    progress: &dyn Fn(&PushSummary),
+) -> Result<PushSummary, SyncError> {
     let batch_size = batch_size.clamp(1, MAX_BATCH);
     let mut summary = PushSummary::default();
     // Nothing leaves the device before it is durable: a sequence number an event carries must
@@ -143,6 +156,7 @@ pub fn push(
         let mut sent = 0;
         for request in split_by_bytes(&pending) {
             push_rows(store, client, request, &mut summary)?;
+            progress(&summary);
             sent += request.len();
         }
         debug_assert_eq!(sent, pending.len());
@@ -231,18 +245,37 @@ pub fn pull(
     batch_size: usize,
     wait: Option<Duration>,
 ) -> Result<PullSummary, SyncError> {
+    pull_with_progress(store, client, batch_size, wait, &|_, _| {})
+}
+
+/// [`pull`], calling `progress` after each page with what was pulled so far and, when the
+/// brain says it, how many events of the log were still to pull when the page was asked for
+/// (its `convergence.lag`, the page's own events included).
+pub fn pull_with_progress(
+    store: &mut Store,
+    client: &(impl Brain + ?Sized),
+    batch_size: usize,
+    wait: Option<Duration>,
+    progress: &dyn Fn(&PullSummary, Option<u64>),
+) -> Result<PullSummary, SyncError> {
     let batch_size = batch_size.clamp(1, MAX_BATCH);
     let mut summary = PullSummary::default();
     let mut cursor = store.pull_cursor()?;
     let mut wait = wait;
     let mut confirmed = false;
+    let mut started = std::time::Instant::now();
     loop {
         // Read again for every page: the digest describes the replica at the cursor it goes with.
         let replica = ReplicaReport {
             digest: store.replica_digest()?,
             pending: store.unacknowledged()?,
         };
+        let waited = wait.is_some();
         let page = match client.pull(cursor, batch_size, wait.take(), Some(&replica)) {
+            Ok(page) if waited => {
+                started = std::time::Instant::now();
+                page
+            }
             Ok(page) => page,
             Err(e) if e.is_cursor_pruned() => {
                 tracing::warn!(cursor, "the brain pruned events this device has not pulled; re-seeding from its snapshot");
@@ -261,6 +294,7 @@ pub fn pull(
             summary.reseeded = true;
             continue;
         }
+        let pulled_before = summary.pulled;
         let batch = store.batch()?;
         for pulled in &page.events {
             let event = &pulled.event;
@@ -284,11 +318,14 @@ pub fn pull(
             summary.convergence = Some(convergence);
         }
         batch.commit()?;
+        let lag = page.convergence.map(|c| c.lag.max(0) as u64);
+        progress(&summary, lag.map(|lag| pulled_before + lag));
         // A page's comparison describes the replica before it was applied: when it brought
         // events, one more request (answered at once, at the head) says where this leaves it.
         let compare_again = page.convergence.is_some() && !page.events.is_empty() && !confirmed;
         if !page.has_more && !compare_again {
             summary.new_after_id = cursor;
+            summary.busy = started.elapsed();
             return Ok(summary);
         }
         confirmed |= !page.has_more;

@@ -11,9 +11,10 @@ use crossbeam_channel::{select, Receiver};
 
 use super::registration::{self, Registration};
 use super::retry::Retry;
-use super::settings::{record, Settings};
+use super::settings::{record, Settings, SyncCounters};
 use super::state::{Outcome, Step};
 use super::{BrainClient, SyncError};
+use crate::burst_log::BurstLog;
 use crate::config::Realtime;
 use crate::store::Store;
 
@@ -126,6 +127,7 @@ pub fn run(
 ) {
     let clock = &*s.clock;
     let mut schedule = PullSchedule::new(clock.now(), s.webhook.is_some());
+    let mut said = BurstLog::new("pulled", ("event", "events"));
     loop {
         if stopping.load(Ordering::Relaxed) {
             return;
@@ -142,28 +144,45 @@ pub fn run(
             }
         }
         let realtime = s.realtime_now();
-        let wait = (realtime == Realtime::Longpoll).then_some(LONG_POLL);
+        // A summary held back is said when its second is over, not after a long-poll's wait.
+        let held = said
+            .wake_at()
+            .map(|at| at.saturating_duration_since(clock.now()));
+        let wait = (realtime == Realtime::Longpoll)
+            .then_some(held.map_or(LONG_POLL, |h| h.clamp(Duration::from_millis(1), LONG_POLL)));
         let sent = clock.now();
         let result = super::pull(&mut store, client, s.batch, wait).map(|summary| {
+            SyncCounters::add(&s.counters.events_pulled, summary.pulled);
+            s.counters.succeeded();
             if summary.applied > 0 {
-                tracing::info!(
-                    applied = summary.applied,
-                    cursor = summary.new_after_id,
-                    "pulled changes"
-                );
+                if let Some(line) = said.note(clock.now(), summary.pulled, summary.busy) {
+                    tracing::info!(
+                        events = line.items,
+                        applied = summary.applied,
+                        cursor = summary.new_after_id,
+                        "{line}"
+                    );
+                }
             }
             summary.pulled
         });
+        if let Some(line) = said.flush(clock.now()) {
+            tracing::info!(events = line.items, pulls = line.batches, "{line}");
+        }
         if stopping.load(Ordering::Relaxed) {
             return;
         }
         record(&mut store, s, Step::Pull, Outcome::of(&result, |_| true));
         let now = clock.now();
         let mut pause = schedule.pulled(now, result.as_ref().map(|_| ()));
-        if let (Some(_), Ok(pulled)) = (wait, &result) {
+        // Only a full long-poll tells whether the brain holds them (a shortened one may end
+        // at once by design).
+        if let (Some(LONG_POLL), Ok(pulled)) = (wait, &result) {
             pause = pause.or(schedule.long_polled(sent, now, *pulled));
         }
         if let Some(until) = schedule.wait_until(now, realtime, pause) {
+            // A summary held back is said when its second is over (the loop comes round again).
+            let until = said.wake_at().map_or(until, |at| at.min(until));
             select! {
                 recv(stop) -> _ => return,
                 recv(wake) -> _ => {},

@@ -8,9 +8,10 @@ use crossbeam_channel::{select, Receiver};
 
 use super::registration::reregister;
 use super::retry::Retry;
-use super::settings::{record, Settings};
+use super::settings::{record, Settings, SyncCounters};
 use super::state::{Outcome, Step};
 use super::{BrainClient, SyncError};
+use crate::burst_log::BurstLog;
 use crate::store::Store;
 
 /// A burst of changes is pushed at most this long after its first change, however long it lasts.
@@ -123,42 +124,58 @@ pub fn run(
 ) {
     let clock = &*s.clock;
     let mut schedule = PushSchedule::new(clock.now(), s.debounce, s.interval);
+    let mut said = BurstLog::new("pushed", ("event", "events"));
     loop {
         let now = clock.now();
-        let wait = schedule.wake_at(now).saturating_duration_since(now);
+        let wake = schedule.wake_at(now);
+        let wake = said.wake_at().map_or(wake, |w| w.min(wake));
         select! {
             recv(stop) -> _ => return,
             recv(changes) -> _ => {
                 schedule.changed(clock.now());
                 continue;
             },
-            default(wait) => {}
+            default(wake.saturating_duration_since(now)) => {}
+        }
+        if let Some(line) = said.flush(clock.now()) {
+            tracing::info!(events = line.items, requests = line.batches, "{line}");
         }
         let started = clock.now();
         let Some(round) = schedule.take(started) else {
             continue;
         };
         let result = sync_round(&mut store, client, s, round);
+        if let Ok(pushed) = &result {
+            if pushed.pushed > 0 {
+                let now = clock.now();
+                if let Some(line) = said.note(now, pushed.pushed, now - started) {
+                    tracing::info!(
+                        events = line.items,
+                        new = pushed.result.inserted_events,
+                        "{line}"
+                    );
+                }
+            }
+        }
         schedule.finished(started, round, result.as_ref().map(|_| ()));
     }
 }
 
 /// One round: push, and for a full one then pull and register the webhook again. Each outcome is
-/// recorded for `agent status`.
+/// recorded for `agent status`, and counted for `/metrics`.
 fn sync_round(
     store: &mut Store,
     client: &BrainClient,
     s: &Settings,
     round: Round,
-) -> Result<(), SyncError> {
+) -> Result<super::PushSummary, SyncError> {
     let pushed = super::push(store, client, s.batch);
     if let Ok(summary) = &pushed {
-        if summary.pushed > 0 {
-            tracing::debug!(
-                pushed = summary.pushed,
-                new = summary.result.inserted_events,
-                "pushed"
-            );
+        let counters = &s.counters;
+        SyncCounters::add(&counters.events_pushed, summary.pushed);
+        SyncCounters::add(&counters.events_parked, summary.parked);
+        if summary.requests > 0 {
+            counters.succeeded();
         }
     }
     record(
@@ -167,15 +184,26 @@ fn sync_round(
         Step::Push,
         Outcome::of(&pushed, |p| p.requests > 0),
     );
-    pushed?;
+    let pushed = pushed?;
     if round == Round::Full {
-        let pulled = super::pull(store, client, s.batch, None).map(|_| ());
+        let pulled = super::pull(store, client, s.batch, None);
         record(store, s, Step::Pull, Outcome::of(&pulled, |_| true));
-        pulled?;
+        let pulled = pulled?;
+        SyncCounters::add(&s.counters.events_pulled, pulled.pulled);
+        s.counters.succeeded();
+        if pulled.applied > 0 {
+            tracing::info!(
+                events = pulled.pulled,
+                applied = pulled.applied,
+                "pulled {} in {} ms (the periodic sync)",
+                crate::term::count(pulled.pulled, "event", "events"),
+                pulled.busy.as_millis()
+            );
+        }
         reregister(client, s);
         super::learn_device_names(store, client);
     }
-    Ok(())
+    Ok(pushed)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! What the sync threads of `agent run` share: their settings, the wake-up in effect, and how
 //! they record their outcomes for `agent status`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,35 @@ pub struct Settings {
     pub registered: Arc<AtomicBool>,
     /// Where the threads read the time for what is due.
     pub clock: Arc<dyn Clock>,
+    /// What they count, for the agent's `/metrics`.
+    pub counters: Arc<SyncCounters>,
+}
+
+/// What the sync threads of `agent run` count, for its `/metrics` ([`crate::daemon`]).
+#[derive(Debug, Default)]
+pub struct SyncCounters {
+    /// Outbox events the brain acknowledged.
+    pub events_pushed: AtomicU64,
+    /// Events pulled from the brain's log (this device's own included).
+    pub events_pulled: AtomicU64,
+    /// Outbox events the brain refused, set aside.
+    pub events_parked: AtomicU64,
+    /// When a push that sent something, or a pull, last succeeded (Unix seconds; 0: not yet).
+    pub last_success_unix: AtomicU64,
+}
+
+impl SyncCounters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A push or pull succeeded now.
+    pub fn succeeded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_success_unix.store(now, Ordering::Relaxed);
+    }
 }
 
 impl Settings {

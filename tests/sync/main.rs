@@ -9,6 +9,7 @@ mod support;
 mod chaos;
 mod lib_v1_1;
 mod push_pull;
+mod run_metrics;
 mod sync_crash;
 mod sync_faults;
 mod sync_run;
