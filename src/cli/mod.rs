@@ -58,7 +58,7 @@ pub enum Command {
     Doctor(doctor::Args),
     Library(library::Args),
     Service(service::Args),
-    Brain(brain::Args),
+    Brain(Box<brain::Args>),
 }
 
 impl GlobalArgs {
@@ -92,7 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor(args) => doctor::run(args, global),
         Command::Library(args) => library::run(args, global),
         Command::Service(args) => service::run(args, global),
-        Command::Brain(args) => brain::run(args, global, &load()?),
+        Command::Brain(args) => brain::run(*args, global, &load()?),
     }
 }
 
