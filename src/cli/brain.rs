@@ -406,7 +406,7 @@ fn backup(args: &BackupArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         Target::Sqlite(path) => path,
         Target::Postgres(..) => bail!(
             "`agent brain backup` copies a SQLite brain; for PostgreSQL use `pg_dump --schema={}` \
-             (docs/DEPLOYMENT.md, \"Backups\")",
+             (docs/DEPLOYMENT.md, \"Backups and restoring\")",
             args.store.schema
         ),
     };

@@ -14,6 +14,7 @@ mod doctor;
 mod guard;
 mod index;
 mod library;
+mod repository;
 mod scan;
 mod service;
 mod watch;
