@@ -54,6 +54,11 @@ pub struct InstallArgs {
     /// Print what would be written, and where, and write nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// With --brain, after `--`: the options of `agent brain serve` the unit runs it with
+    /// (e.g. `-- --listen 127.0.0.1:8787 --trusted-proxy 127.0.0.1 --prune-older-than 365d`),
+    /// checked now. Secrets go in the environment file, never here
+    #[arg(last = true, value_name = "SERVE-OPTIONS", requires = "brain")]
+    pub serve_options: Vec<String>,
 }
 
 /// The files of one service, resolved.
@@ -146,7 +151,11 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<()> {
 
 /// What the service runs: this binary, by its absolute path, with the `--config` and `--db` the
 /// install was given.
-fn exec_args(global: &GlobalArgs, brain: bool) -> anyhow::Result<Vec<String>> {
+fn exec_args(
+    global: &GlobalArgs,
+    brain: bool,
+    serve_options: &[String],
+) -> anyhow::Result<Vec<String>> {
     let exe = std::env::current_exe().context("finding this binary's path")?;
     let exe = exe.canonicalize().unwrap_or(exe);
     let text = |p: &Path, what: &str| -> anyhow::Result<String> {
@@ -164,10 +173,33 @@ fn exec_args(global: &GlobalArgs, brain: bool) -> anyhow::Result<Vec<String>> {
     }
     if brain {
         args.extend(["brain".to_owned(), "serve".to_owned()]);
+        args.extend(serve_options.iter().cloned());
     } else {
         args.push("run".to_owned());
     }
     Ok(args)
+}
+
+/// The serve options parse as `agent brain serve` parses them, so a typo fails the install, not
+/// every start of the unit; and no secret sits in the unit file, which is world-readable.
+fn check_serve_options(options: &[String]) -> anyhow::Result<()> {
+    use clap::Parser;
+    if options.is_empty() {
+        return Ok(());
+    }
+    let holds_url =
+        |o: &String| o.starts_with("--database-url") || o.contains("://") && o.contains('@');
+    if options.iter().any(holds_url) {
+        bail!(
+            "the database URL (it may hold a password) goes in the environment file as \
+             LIB_BRAIN_DATABASE_URL, not in the unit's command line"
+        );
+    }
+    let mut argv = vec!["agent".to_owned(), "brain".to_owned(), "serve".to_owned()];
+    argv.extend(options.iter().cloned());
+    super::Cli::try_parse_from(&argv)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("the options after `--` are not `agent brain serve`'s: {e}"))
 }
 
 fn run_install(args: InstallArgs, global: &GlobalArgs) -> anyhow::Result<()> {
@@ -182,7 +214,8 @@ fn run_install(args: InstallArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         }
     }
     let service = Service::resolve(&args.at, global)?;
-    let exec = exec_args(global, service.brain)?;
+    check_serve_options(&args.serve_options)?;
+    let exec = exec_args(global, service.brain, &args.serve_options)?;
     let names = if service.brain {
         service::BRAIN_ENV
     } else {

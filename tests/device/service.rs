@@ -176,6 +176,82 @@ fn service_install_brain_writes_a_system_unit_for_brain_serve() {
 }
 
 #[test]
+fn service_install_brain_runs_brain_serve_with_the_options_after_the_double_dash_checked_first() {
+    let lab = Lab::new();
+    let units = lab.path("units");
+    let env_file = lab.path("brain.env");
+    let base = [
+        "service",
+        "install",
+        "--brain",
+        "--unit-dir",
+        units.to_str().unwrap(),
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "--",
+    ];
+    let with = |options: &[&str]| -> Vec<String> {
+        base.iter()
+            .chain(options)
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    lab.agent_env(
+        &with(&[
+            "--listen",
+            "127.0.0.1:8787",
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--prune-older-than",
+            "365d",
+        ]),
+        &[("LIB_SYNC_SECRET", "s3cret")],
+    )
+    .success();
+    let unit = units.join("lib-agent-brain.service");
+    let text = std::fs::read_to_string(&unit).expect("the unit is written");
+    assert!(
+        text.contains("brain serve --listen 127.0.0.1:8787 --trusted-proxy 127.0.0.1 --prune-older-than 365d\n"),
+        "{text}"
+    );
+    verify(&unit);
+    std::fs::remove_dir_all(&units).expect("clean");
+
+    for (options, says) in [
+        (
+            &["--lisen", "127.0.0.1:8787"][..],
+            "not `agent brain serve`'s",
+        ),
+        (&["--prune-older-than", "10s"], "shorter than a minute"),
+        (
+            &["--database-url", "postgres://u:pw@db/x"],
+            "LIB_BRAIN_DATABASE_URL",
+        ),
+    ] {
+        let run = lab
+            .agent_env(&with(options), &[("LIB_SYNC_SECRET", "s3cret")])
+            .failure();
+        assert!(run.stderr.contains(says), "{options:?}: {}", run.stderr);
+        assert!(!units.exists(), "{options:?}: nothing written");
+    }
+    // Serve options are the brain's: without --brain they are refused.
+    let run = lab.agent(&[
+        "service",
+        "install",
+        "--unit-dir",
+        units.to_str().unwrap(),
+        "--",
+        "--listen",
+        "x",
+    ]);
+    assert!(
+        !run.ok() && run.stderr.contains("--brain"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn service_install_refuses_a_config_file_that_does_not_exist() {
     let lab = Lab::new();
     std::fs::remove_file(&lab.config).expect("remove the config");
