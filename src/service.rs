@@ -11,12 +11,15 @@ use std::path::Path;
 const SYSTEMD_AGENT: &str = include_str!("../config/systemd/lib-agent.service");
 const SYSTEMD_BRAIN: &str = include_str!("../config/systemd/lib-agent-brain.service");
 const LAUNCHD_AGENT: &str = include_str!("../config/launchd/com.lib-agent.agent.plist");
+const LAUNCHD_BRAIN: &str = include_str!("../config/launchd/com.lib-agent.brain.plist");
 
 /// The unit's file name.
 pub const AGENT_UNIT: &str = "lib-agent.service";
 pub const BRAIN_UNIT: &str = "lib-agent-brain.service";
 /// The launchd label, and its plist's file name with `.plist`.
 pub const LAUNCHD_LABEL: &str = "com.lib-agent.agent";
+/// The brain's launchd label (a daemon, in /Library/LaunchDaemons).
+pub const LAUNCHD_BRAIN_LABEL: &str = "com.lib-agent.brain";
 
 /// The environment a device's service needs from the shell that installs it.
 pub const AGENT_ENV: &[&str] = &[
@@ -133,8 +136,14 @@ pub fn xml_escape(text: &str) -> String {
         .replace('\'', "&apos;")
 }
 
-/// The launchd agent plist running `args`, with `env` in its environment, logging to `log_dir`.
-pub fn launchd_plist(args: &[String], env: &[(String, String)], log_dir: &Path) -> String {
+/// The launchd plist (the agent's, or with `brain` the brain daemon's) running `args`, with `env`
+/// in its environment, logging to `log_dir`.
+pub fn launchd_plist(
+    brain: bool,
+    args: &[String],
+    env: &[(String, String)],
+    log_dir: &Path,
+) -> String {
     let program_arguments: Vec<String> = args
         .iter()
         .map(|a| format!("        <string>{}</string>", xml_escape(a)))
@@ -149,7 +158,8 @@ pub fn launchd_plist(args: &[String], env: &[(String, String)], log_dir: &Path) 
             )
         })
         .collect();
-    LAUNCHD_AGENT
+    let template = if brain { LAUNCHD_BRAIN } else { LAUNCHD_AGENT };
+    template
         .replace("{program_arguments}", &program_arguments.join("\n"))
         .replace("{environment}", &environment.join("\n"))
         .replace("{log_dir}", &xml_escape(&log_dir.to_string_lossy()))
@@ -194,6 +204,7 @@ mod tests {
     #[test]
     fn the_plist_escapes_what_it_holds() {
         let plist = launchd_plist(
+            false,
             &["/bin/agent".into(), "a&b".into()],
             &[("LIB_SYNC_SECRET".into(), "<s>".into())],
             Path::new("/logs"),

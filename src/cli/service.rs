@@ -1,5 +1,5 @@
 //! `agent service install | uninstall | status`: the agent as a systemd user unit (Linux) or a
-//! launchd agent (macOS), or the brain as a systemd system unit (`--brain`). The files come
+//! launchd agent (macOS), or the brain as a systemd system unit or a launchd daemon (`--brain`). The files come
 //! from `crate::service`; this writes them and asks systemctl or launchctl to start them, or
 //! prints the commands when that cannot be done here.
 
@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::GlobalArgs;
 use crate::config;
-use crate::service::{self, AGENT_UNIT, BRAIN_UNIT, LAUNCHD_LABEL};
+use crate::service::{self, AGENT_UNIT, BRAIN_UNIT, LAUNCHD_BRAIN_LABEL, LAUNCHD_LABEL};
 
 /// Run the agent in the background at login (systemd user unit, launchd agent), or the brain
 #[derive(Debug, clap::Args)]
@@ -30,11 +30,13 @@ pub enum ServiceCommand {
 /// Which service, and where its files are.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Where {
-    /// The brain (`agent brain serve`) as a system unit, instead of this user's agent
+    /// The brain (`agent brain serve`) as a system service (a systemd system unit; macOS: a
+    /// launchd daemon), instead of this user's agent
     #[arg(long)]
     pub brain: bool,
     /// The folder of the unit file [default: ~/.config/systemd/user; --brain: /etc/systemd/system;
-    /// macOS: ~/Library/LaunchAgents]. systemctl is then left to you: the commands are printed
+    /// macOS: ~/Library/LaunchAgents; --brain: /Library/LaunchDaemons]. systemctl or launchctl
+    /// is then left to you: the commands are printed
     #[arg(long, value_name = "DIR")]
     pub unit_dir: Option<PathBuf>,
     /// The environment file the unit reads its secrets from [default: next to the config file,
@@ -74,11 +76,13 @@ struct Service {
 impl Service {
     fn resolve(at: &Where, global: &GlobalArgs) -> anyhow::Result<Service> {
         let launchd = at.launchd || cfg!(target_os = "macos");
-        if launchd && at.brain {
-            bail!("the brain runs as a systemd system unit: --brain is for Linux");
-        }
         let home = || dirs::home_dir().context("the home directory is unknown: give --unit-dir");
-        let (default_dir, file) = if launchd {
+        let (default_dir, file) = if launchd && at.brain {
+            (
+                PathBuf::from("/Library/LaunchDaemons"),
+                format!("{LAUNCHD_BRAIN_LABEL}.plist"),
+            )
+        } else if launchd {
             (
                 home()?.join("Library/LaunchAgents"),
                 format!("{LAUNCHD_LABEL}.plist"),
@@ -227,10 +231,17 @@ fn run_install(args: InstallArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             .filter_map(|n| std::env::var(n).ok().map(|v| ((*n).to_owned(), v)))
             .collect();
         let set = env.iter().map(|(k, _)| k.clone()).collect();
-        let logs = dirs::home_dir()
-            .context("the home directory is unknown")?
-            .join("Library/Logs/lib-agent");
-        (service::launchd_plist(&exec, &env, &logs), None, set)
+        let logs = match service.brain {
+            true => PathBuf::from("/Library/Logs/lib-agent"),
+            false => dirs::home_dir()
+                .context("the home directory is unknown")?
+                .join("Library/Logs/lib-agent"),
+        };
+        (
+            service::launchd_plist(service.brain, &exec, &env, &logs),
+            None,
+            set,
+        )
     } else {
         let Some(env_file) = &service.env_file else {
             bail!("no environment file for the unit");
@@ -340,7 +351,11 @@ fn run_status(at: &Where, global: &GlobalArgs) -> anyhow::Result<()> {
     let state = if !installed || !service.managed {
         None
     } else if service.launchd {
-        output(&["launchctl", "list", LAUNCHD_LABEL]).map(|_| "loaded".to_owned())
+        let label = match service.brain {
+            true => LAUNCHD_BRAIN_LABEL,
+            false => LAUNCHD_LABEL,
+        };
+        output(&["launchctl", "list", label]).map(|_| "loaded".to_owned())
     } else {
         let name = if service.brain {
             BRAIN_UNIT

@@ -267,6 +267,64 @@ fn service_install_refuses_a_config_file_that_does_not_exist() {
 }
 
 #[test]
+fn the_brains_launchd_daemon_is_a_property_list_running_brain_serve_with_its_options() {
+    let lab = Lab::new();
+    let units = lab.path("LaunchDaemons");
+    lab.agent_env(
+        &[
+            "service",
+            "install",
+            "--brain",
+            "--launchd",
+            "--unit-dir",
+            units.to_str().unwrap(),
+            "--",
+            "--listen",
+            "127.0.0.1:8787",
+        ],
+        &[("LIB_SYNC_SECRET", "s3cret")],
+    )
+    .success();
+    let plist = units.join("com.lib-agent.brain.plist");
+    assert_eq!(mode(&plist), 0o600, "it holds the secret");
+    let script =
+        "import json,plistlib,sys; print(json.dumps(plistlib.load(open(sys.argv[1],'rb'))))";
+    let Ok(out) = Command::new("python3")
+        .args(["-c", script])
+        .arg(&plist)
+        .output()
+    else {
+        eprintln!("SKIPPED parsing the plist: no python3 on this machine");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "not a property list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["Label"], "com.lib-agent.brain");
+    assert_eq!(
+        (doc["RunAtLoad"].clone(), doc["KeepAlive"].clone()),
+        (true.into(), true.into())
+    );
+    let args: Vec<&str> = doc["ProgramArguments"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        args.ends_with(&["brain", "serve", "--listen", "127.0.0.1:8787"]),
+        "{args:?}"
+    );
+    assert_eq!(doc["EnvironmentVariables"]["LIB_SYNC_SECRET"], "s3cret");
+    assert!(doc["StandardErrorPath"]
+        .as_str()
+        .is_some_and(|p| p.ends_with("lib-agent/brain.log")));
+}
+
+#[test]
 fn the_launchd_agent_is_a_property_list_with_its_program_and_environment() {
     let lab = Lab::new();
     let units = lab.path("LaunchAgents");
