@@ -205,6 +205,12 @@ impl Store {
         get_json(&self.conn, SYNC_STATE_KEY)
     }
 
+    /// The epoch of the brain store this device last pulled from; `None` before the first pull
+    /// from a brain that sends one. Read at every pull page.
+    pub fn brain_epoch(&self) -> Result<Option<String>> {
+        get(&self.conn, BRAIN_EPOCH_KEY)
+    }
+
     pub fn run_state(&self) -> Result<Option<RunState>> {
         get_json(&self.conn, RUN_STATE_KEY)
     }
@@ -275,12 +281,6 @@ impl Batch<'_> {
 
     pub fn set_pull_cursor(&self, cursor: i64) -> Result<()> {
         set(&self.tx, CURSOR_KEY, &cursor.to_string())
-    }
-
-    /// The epoch of the brain store this device last pulled from; `None` before the first pull
-    /// from a brain that sends one.
-    pub fn brain_epoch(&self) -> Result<Option<String>> {
-        get(&self.tx, BRAIN_EPOCH_KEY)
     }
 
     pub fn set_brain_epoch(&self, epoch: &str) -> Result<()> {

@@ -466,22 +466,19 @@ fn another_log(
     let Some(epoch) = page.epoch.as_deref() else {
         return Ok(None);
     };
-    let batch = store.batch()?;
-    let known = batch.brain_epoch()?;
-    match known {
-        Some(known) if known != epoch => {
-            return Ok(Some(format!(
-                "the brain's store changed (epoch {known} before, {} now): another log",
-                clip(epoch)
-            )))
-        }
-        Some(_) => {}
+    match store.brain_epoch()? {
+        Some(known) if known != epoch => Ok(Some(format!(
+            "the brain's store changed (epoch {known} before, {} now): another log",
+            clip(epoch)
+        ))),
+        Some(_) => Ok(None),
         None => {
+            let batch = store.batch()?;
             batch.set_brain_epoch(epoch)?;
             batch.commit()?;
+            Ok(None)
         }
     }
-    Ok(None)
 }
 
 /// [`reseed`] for a brain whose log is another one ([`another_log`]): the cursor is set to the
