@@ -36,6 +36,16 @@ impl DiskFull {
         let now = Instant::now();
         match result {
             Ok(value) => {
+                // A small write that fits on a nearly full disk is not space back: only once
+                // the held work was due again (a retry) is the outage over, so the user is not
+                // told "full", "back", "full" within a second.
+                let retried = self
+                    .say
+                    .failing_since()
+                    .is_some_and(|since| now.saturating_duration_since(since) >= DISK_FULL_RETRY);
+                if !retried {
+                    return Ok(Some(value));
+                }
                 if let Some(outage) = self.say.recovered(now) {
                     // A warning, so that it shows by default like the error it ends.
                     tracing::warn!(

@@ -145,6 +145,11 @@ impl SayOnce {
     pub fn is_failing(&self) -> bool {
         self.since.is_some()
     }
+
+    /// When the current run of failures began.
+    pub fn failing_since(&self) -> Option<Instant> {
+        self.since
+    }
 }
 
 /// What to do after a failure.

@@ -538,10 +538,6 @@ fn spawn_run(lab: &Lab) -> RunningAgent {
     ] {
         cmd.env_remove(var);
     }
-    // The level this test was written for (`agent run` logs at info by default): at info, a
-    // batch committed just after the first failure fits, and the disk-full error is said twice
-    // ("space is back after 0s" between them). TODO: say "space is back" only after a retry.
-    cmd.env("LIB_LOG", "warn");
     RunningAgent {
         child: cmd.spawn().expect("start agent run"),
         stderr,
