@@ -28,9 +28,10 @@ pub enum Round {
     Full,
 }
 
-/// When the pusher pushes: `debounce` after the last change (at most [`MAX_PUSH_DELAY`] after
-/// the first of a burst), at start, a full sync every `interval`, and after a failure when the
-/// backoff says.
+/// When the pusher pushes (DESIGN.md "Push timing"): a lone change at once; a change that
+/// follows another within `debounce` is part of a burst, pushed `debounce` after its last change
+/// (at most [`MAX_PUSH_DELAY`] after its first); at start; a full sync every `interval`; and
+/// after a failure when the backoff says.
 #[derive(Debug)]
 pub struct PushSchedule {
     debounce: Duration,
@@ -39,6 +40,8 @@ pub struct PushSchedule {
     due: Option<Instant>,
     /// The first change of the burst not pushed yet.
     first_change: Option<Instant>,
+    /// The last change seen, pushed or not: a change a quiet `debounce` after it is lone.
+    last_change: Option<Instant>,
     next_full: Instant,
     retry: Retry,
 }
@@ -52,6 +55,7 @@ impl PushSchedule {
             interval,
             due: Some(now),
             first_change: None,
+            last_change: None,
             next_full: now + interval,
             retry: Retry::default(),
         }
@@ -59,6 +63,15 @@ impl PushSchedule {
 
     /// A change was committed at `now`.
     pub fn changed(&mut self, now: Instant) {
+        let quiet = self
+            .last_change
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.debounce);
+        self.last_change = Some(now);
+        if quiet && self.first_change.is_none() && !self.retry.is_failing() {
+            // Nothing before it for a while: no burst to wait for.
+            self.due = Some(now);
+            return;
+        }
         let first = *self.first_change.get_or_insert(now);
         self.due = Some((now + self.debounce).min(first + MAX_PUSH_DELAY));
     }
@@ -244,12 +257,19 @@ mod tests {
     }
 
     #[test]
-    fn a_change_is_pushed_after_the_debounce_and_a_burst_within_the_max_delay() {
+    fn a_lone_change_is_pushed_at_once_and_a_burst_after_its_debounce_within_the_max_delay() {
         let clock = ManualClock::default();
         let mut s = PushSchedule::new(clock.now(), DEBOUNCE, INTERVAL);
         s.finished(clock.now(), Round::Push, Ok(()));
 
-        let first = after(&clock, Duration::from_secs(1));
+        let lone = after(&clock, Duration::from_secs(1));
+        s.changed(lone);
+        assert_eq!(s.wake_at(lone), lone, "a lone change goes at once");
+        assert_eq!(s.take(lone), Some(Round::Push));
+        s.finished(lone, Round::Push, Ok(()));
+
+        // The next change within the debounce: a burst is going on.
+        let first = after(&clock, DEBOUNCE / 5);
         s.changed(first);
         assert_eq!(s.wake_at(first), first + DEBOUNCE);
         assert_eq!(s.take(after(&clock, DEBOUNCE / 2)), None, "still settling");
@@ -263,10 +283,16 @@ mod tests {
         assert_eq!(s.take(at), Some(Round::Push));
         s.finished(at, Round::Push, Ok(()));
 
-        // The next burst has its own first change.
+        // After a quiet while, a change is lone again; one right after it starts a burst.
         let next = after(&clock, Duration::from_secs(3));
         s.changed(next);
-        assert_eq!(s.wake_at(next), next + DEBOUNCE);
+        assert_eq!(s.wake_at(next), next, "lone again");
+        s.changed(next);
+        assert_eq!(
+            s.wake_at(next),
+            next + DEBOUNCE,
+            "a second change at once: a burst"
+        );
     }
 
     #[test]
