@@ -16,6 +16,10 @@ use crate::store::Store;
 
 /// A burst of changes is pushed at most this long after its first change, however long it lasts.
 pub const MAX_PUSH_DELAY: Duration = Duration::from_secs(2);
+/// A change this long after the one before, with nothing waiting to be pushed, is lone: it is
+/// pushed at once. Closer changes are a burst (a checkout, a copy: the indexer commits them
+/// every few milliseconds), coalesced for up to `push_debounce_ms` after the last.
+pub const BURST_GAP: Duration = Duration::from_millis(100);
 /// With nothing due, the pusher still wakes this often (waking for nothing costs nothing).
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
@@ -29,9 +33,9 @@ pub enum Round {
 }
 
 /// When the pusher pushes (DESIGN.md "Push timing"): a lone change at once; a change that
-/// follows another within `debounce` is part of a burst, pushed `debounce` after its last change
-/// (at most [`MAX_PUSH_DELAY`] after its first); at start; a full sync every `interval`; and
-/// after a failure when the backoff says.
+/// follows another within [`BURST_GAP`] is part of a burst, pushed `debounce` after its last
+/// change (at most [`MAX_PUSH_DELAY`] after its first); at start; a full sync every `interval`;
+/// and after a failure when the backoff says.
 #[derive(Debug)]
 pub struct PushSchedule {
     debounce: Duration,
@@ -40,7 +44,7 @@ pub struct PushSchedule {
     due: Option<Instant>,
     /// The first change of the burst not pushed yet.
     first_change: Option<Instant>,
-    /// The last change seen, pushed or not: a change a quiet `debounce` after it is lone.
+    /// The last change seen, pushed or not: a change [`BURST_GAP`] after it is lone.
     last_change: Option<Instant>,
     next_full: Instant,
     retry: Retry,
@@ -65,7 +69,7 @@ impl PushSchedule {
     pub fn changed(&mut self, now: Instant) {
         let quiet = self
             .last_change
-            .is_none_or(|last| now.saturating_duration_since(last) >= self.debounce);
+            .is_none_or(|last| now.saturating_duration_since(last) >= BURST_GAP.min(self.debounce));
         self.last_change = Some(now);
         if quiet && self.first_change.is_none() && !self.retry.is_failing() {
             // Nothing before it for a while: no burst to wait for.
@@ -268,14 +272,14 @@ mod tests {
         assert_eq!(s.take(lone), Some(Round::Push));
         s.finished(lone, Round::Push, Ok(()));
 
-        // The next change within the debounce: a burst is going on.
-        let first = after(&clock, DEBOUNCE / 5);
+        // The next change within the burst gap: a burst is going on.
+        let first = after(&clock, BURST_GAP / 2);
         s.changed(first);
         assert_eq!(s.wake_at(first), first + DEBOUNCE);
         assert_eq!(s.take(after(&clock, DEBOUNCE / 2)), None, "still settling");
-        // A change every 400 ms never lets the debounce pass: the burst goes at MAX_PUSH_DELAY.
-        while clock.now() < first + MAX_PUSH_DELAY - Duration::from_millis(400) {
-            s.changed(after(&clock, Duration::from_millis(400)));
+        // A change every 80 ms never lets the debounce pass: the burst goes at MAX_PUSH_DELAY.
+        while clock.now() < first + MAX_PUSH_DELAY - Duration::from_millis(80) {
+            s.changed(after(&clock, Duration::from_millis(80)));
             assert!(s.wake_at(clock.now()) <= first + MAX_PUSH_DELAY);
         }
         assert_eq!(s.wake_at(clock.now()), first + MAX_PUSH_DELAY);
