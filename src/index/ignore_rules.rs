@@ -71,6 +71,11 @@ impl<'a> Rules<'a> {
         }
     }
 
+    /// The library whose rules these are.
+    pub fn library(&self) -> &'a LibraryConfig {
+        self.library
+    }
+
     /// Moves to `dir`, a folder of the library: forgets the folders that are not above it and
     /// reads the ignore files of those entered anew.
     pub fn enter(&mut self, dir: &Path) {

@@ -250,6 +250,10 @@ impl Libraries {
         })
     }
 
+    pub(super) fn libraries(&self) -> &[LibraryConfig] {
+        &self.entries
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|l| l.name.as_str())
     }
