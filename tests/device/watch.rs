@@ -584,3 +584,54 @@ fn a_file_replaced_by_a_folder_of_the_same_name_is_deleted_and_the_folder_indexe
         ]
     );
 }
+
+fn observed_keys(db: &Connection) -> Vec<String> {
+    let mut stmt = db
+        .prepare("SELECT path FROM lib_observed ORDER BY path")
+        .expect("prepare");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[test]
+fn a_libignore_written_under_agent_run_stops_observing_without_a_delete_and_undoing_it_admits_again(
+) {
+    let mut a = Agent::with_files(&[("keep.txt", "kept"), ("notes/draft.txt", "draft")]).start();
+    a.wait_for_events(2);
+    let observed = |db: &Connection, key: &str| observed_keys(db).iter().any(|k| k == key);
+
+    a.write("notes/.libignore", "draft.txt\nnew.txt\n");
+    a.wait_until("draft.txt no longer observed", |db| {
+        !observed(db, "lib/notes/draft.txt") && observed(db, "lib/notes/.libignore")
+    });
+    a.write("notes/new.txt", "admitted later");
+    a.write("notes/other.txt", "not ignored");
+    a.wait_until("other.txt indexed", |db| {
+        observed(db, "lib/notes/other.txt")
+    });
+    assert!(
+        !observed(&a.db(), "lib/notes/new.txt"),
+        "new.txt is ignored"
+    );
+
+    a.write("notes/.libignore", "");
+    a.wait_until("draft.txt and new.txt observed again", |db| {
+        observed(db, "lib/notes/draft.txt") && observed(db, "lib/notes/new.txt")
+    });
+    a.stop();
+    let db = a.db();
+    let events = outbox(&db);
+    assert!(
+        events.iter().all(|(kind, _)| kind != "delete_file"),
+        "ignoring a file records no deletion: {events:?}"
+    );
+    assert!(events.contains(&ev("upsert_file", "lib/notes/new.txt")));
+    assert!(
+        live_files(&db)
+            .iter()
+            .any(|(k, _)| k == "lib/notes/draft.txt"),
+        "the shared view keeps the file"
+    );
+}
