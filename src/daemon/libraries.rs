@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::state::{LibraryMode, RunState};
-use crate::config::Config;
+use crate::config::{Config, LibraryConfig};
+use crate::index::ignore_rules;
 use crate::watch::{self, FsWatcher};
 
 /// The watcher, and when the polled libraries are next rescanned.
@@ -30,15 +31,50 @@ impl Watches {
     pub fn watch_all(&mut self, config: &Config, state: &mut RunState) -> bool {
         let mut changed = false;
         for library in &config.libraries {
-            let mode = self.start_watching(&library.path, &library.name);
+            let mode = self.start_watching(library);
             changed |= state.set_mode(&library.name, mode);
         }
         changed
     }
 
     /// Watches one library (one the config file just added), or says why it is polled.
-    pub fn watch_one(&mut self, library: &crate::config::LibraryConfig) -> LibraryMode {
-        self.start_watching(&library.path, &library.name)
+    pub fn watch_one(&mut self, library: &LibraryConfig) -> LibraryMode {
+        self.start_watching(library)
+    }
+
+    /// Brings the watches up to date with the changed `paths`, before they are indexed: a
+    /// folder created or moved in is watched (with its folders), one gone is forgotten, and a
+    /// changed ignore file re-decides which folders below its own are watched. Returns the
+    /// paths whose watch hit the inotify limit (for [`Watches::over_limit`]).
+    pub fn follow(&mut self, config: &Config, paths: &[PathBuf], state: &RunState) -> Vec<PathBuf> {
+        let mut limit_hit = Vec::new();
+        for path in paths {
+            // The innermost library holding the path, as the indexer decides.
+            let Some(library) = config
+                .libraries
+                .iter()
+                .filter(|l| path.starts_with(&l.path))
+                .max_by_key(|l| l.path.as_os_str().len())
+            else {
+                continue;
+            };
+            if state.is_polled(&library.name) {
+                continue;
+            }
+            let dir = match ignore_rules::ignore_file_folder(library, path) {
+                Some(folder) => folder,
+                None if path.is_dir() || self.watcher.is_watched(path) => path,
+                None => continue,
+            };
+            if let Err(e) = self.watcher.follow(library, dir) {
+                if watch::is_watch_limit(&e) {
+                    limit_hit.push(path.clone());
+                } else {
+                    tracing::warn!(path = ?dir, "cannot watch: {e}");
+                }
+            }
+        }
+        limit_hit
     }
 
     /// Stops watching a root (a library the config file no longer names).
@@ -109,18 +145,19 @@ impl Watches {
             if !state.is_polled(&library.name) {
                 continue;
             }
-            let mode = self.start_watching(&library.path, &library.name);
+            let mode = self.start_watching(library);
             changed |= state.set_mode(&library.name, mode);
             due.push(library.name.clone());
         }
         (due, changed)
     }
 
-    fn start_watching(&mut self, root: &Path, name: &str) -> LibraryMode {
+    fn start_watching(&mut self, library: &LibraryConfig) -> LibraryMode {
+        let (root, name) = (&library.path, &library.name);
         if !root.is_dir() {
             return unavailable_mode(root, self.poll);
         }
-        match self.watcher.watch(root) {
+        match self.watcher.watch(library) {
             Ok(()) => LibraryMode::Watching,
             Err(e) if watch::is_watch_limit(&e) => {
                 self.watcher.unwatch(root);

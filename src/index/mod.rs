@@ -30,5 +30,5 @@ pub use read::{
     is_racy, read_file, read_file_at, read_file_with, FileStat, ReadError, ReadFile,
     UNTRUSTED_MTIME,
 };
-pub use walk::Libraries;
+pub use walk::{folders_to_watch, Libraries};
 pub use watched::{index_paths, index_paths_guarded, PathsOutcome};

@@ -176,6 +176,35 @@ pub(super) fn count_files(library: &LibraryConfig, count: &AtomicU64, stop: &Ato
     }
 }
 
+/// The folders of `library` from `start` (itself included) that its ignore files do not ignore:
+/// those the watcher watches, each on its own, so that an ignored folder (a `node_modules/` in
+/// `.libignore`) costs no inotify watch. The same rules as [`walk_tree`]'s.
+pub fn folders_to_watch(library: &LibraryConfig, start: &Path) -> Vec<PathBuf> {
+    let mut rules = Rules::new(library);
+    if start != library.path && rules.ignores(start, true) {
+        return Vec::new();
+    }
+    let walker = WalkDir::new(start)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|entry| {
+            if !entry.file_type().is_dir() {
+                return false;
+            }
+            if entry.depth() == 0 {
+                return true;
+            }
+            if let Some(parent) = entry.path().parent() {
+                rules.enter(parent);
+            }
+            !rules.ignores_entry(entry.path(), true)
+        });
+    walker
+        .filter_map(Result::ok)
+        .map(walkdir::DirEntry::into_path)
+        .collect()
+}
+
 /// Compared by device and inode, not by path: the database may be reached through a symlink,
 /// and the walk sees the library's own spelling of the path.
 fn is_database_file(entry: &walkdir::DirEntry, skip_files: &[(u64, u64)]) -> bool {

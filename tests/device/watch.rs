@@ -635,3 +635,84 @@ fn a_libignore_written_under_agent_run_stops_observing_without_a_delete_and_undo
         "the shared view keeps the file"
     );
 }
+
+/// The inodes of the folders this process holds an inotify watch on, from /proc (the agent
+/// runs in the test's process).
+fn watched_inodes() -> std::collections::BTreeSet<u64> {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return Default::default();
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .filter_map(|l| {
+                    let ino = l.split_whitespace().find_map(|f| f.strip_prefix("ino:"))?;
+                    u64::from_str_radix(ino, 16).ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_folder_listed_in_libignore_is_not_watched_and_its_new_files_are_not_indexed() {
+    use std::os::unix::fs::MetadataExt;
+    let mut a = Agent::with_files(&[
+        (".libignore", "deps/\n"),
+        ("deps/a/b/c/x.js", "x"),
+        ("deps/d/y.js", "y"),
+        ("src/main.rs", "fn main() {}"),
+    ])
+    .start();
+    a.wait_for_events(2);
+    a.write("deps/a/new.js", "ignored");
+    a.write("src/new.rs", "indexed");
+    a.wait_until("src/new.rs indexed", |db| {
+        outbox(db).contains(&ev("upsert_file", "lib/src/new.rs"))
+    });
+    let watched = watched_inodes();
+    a.stop();
+    let inode = |rel: &str| std::fs::metadata(a.path(rel)).expect("stat").ino();
+    let keys = observed_keys(&a.db());
+    assert!(
+        keys.iter().all(|k| !k.starts_with("lib/deps/")),
+        "nothing under deps/ is indexed: {keys:?}"
+    );
+    if std::path::Path::new("/proc/self/fdinfo").exists() {
+        assert!(watched.contains(&inode("src")), "src is watched");
+        for rel in ["deps", "deps/a", "deps/a/b/c", "deps/d"] {
+            assert!(!watched.contains(&inode(rel)), "{rel} costs no watch");
+        }
+    }
+}
+
+#[test]
+fn a_folder_renamed_or_no_longer_ignored_is_watched_where_it_is_now() {
+    let mut a = Agent::with_files(&[
+        (".libignore", "deps/\n"),
+        ("old/a.txt", "a"),
+        ("deps/x.js", "x"),
+    ])
+    .start();
+    a.wait_for_events(2);
+    let observed = |db: &Connection, key: &str| observed_keys(db).iter().any(|k| k == key);
+    std::fs::rename(a.path("old"), a.path("new")).expect("rename");
+    a.wait_until("the folder's file under its new name", |db| {
+        observed(db, "lib/new/a.txt")
+    });
+    a.write("new/b.txt", "b");
+    a.wait_until("a file written in the renamed folder", |db| {
+        observed(db, "lib/new/b.txt")
+    });
+    a.write(".libignore", "");
+    a.wait_until("the folder no longer ignored", |db| {
+        observed(db, "lib/deps/x.js")
+    });
+    a.write("deps/y.js", "y");
+    a.wait_until("a file written in it since", |db| {
+        observed(db, "lib/deps/y.js")
+    });
+    a.stop();
+}
