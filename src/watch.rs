@@ -376,14 +376,10 @@ pub fn watch_limit() -> Option<u64> {
         .ok()
 }
 
-/// The folders under `root`, itself included: the inotify watches watching it takes.
-pub fn folders_to_watch(root: &std::path::Path) -> u64 {
-    walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_dir())
-        .count() as u64
+/// The folders of a library, its root included, that its ignore files do not ignore: the
+/// inotify watches watching it takes.
+pub fn folders_to_watch(library: &LibraryConfig) -> u64 {
+    crate::index::folders_to_watch(library, &library.path).len() as u64
 }
 
 /// A `fs.inotify.max_user_watches` to suggest when `needed` more watches are wanted: room for

@@ -94,7 +94,7 @@ impl Watches {
         for path in paths {
             for library in &config.libraries {
                 if path.starts_with(&library.path) {
-                    let mode = watch_limit_mode(&library.path, &library.name, self.poll);
+                    let mode = watch_limit_mode(library, self.poll);
                     self.watcher.unwatch(&library.path);
                     changed |= state.set_mode(&library.name, mode);
                 }
@@ -153,7 +153,7 @@ impl Watches {
     }
 
     fn start_watching(&mut self, library: &LibraryConfig) -> LibraryMode {
-        let (root, name) = (&library.path, &library.name);
+        let root = &library.path;
         if !root.is_dir() {
             return unavailable_mode(root, self.poll);
         }
@@ -161,7 +161,7 @@ impl Watches {
             Ok(()) => LibraryMode::Watching,
             Err(e) if watch::is_watch_limit(&e) => {
                 self.watcher.unwatch(root);
-                watch_limit_mode(root, name, self.poll)
+                watch_limit_mode(library, self.poll)
             }
             Err(e) => {
                 let reason = format!(
@@ -186,8 +186,9 @@ fn unavailable_mode(root: &Path, poll: Duration) -> LibraryMode {
 
 /// Says, with the numbers a user needs to fix it, that the inotify watch limit is reached (once:
 /// [`RunState::set_mode`] says a mode only when it changes).
-fn watch_limit_mode(root: &Path, name: &str, poll: Duration) -> LibraryMode {
-    let folders = watch::folders_to_watch(root);
+fn watch_limit_mode(library: &LibraryConfig, poll: Duration) -> LibraryMode {
+    let name = &library.name;
+    let folders = watch::folders_to_watch(library);
     let limit = watch::watch_limit().map_or_else(|| "?".to_owned(), |l| l.to_string());
     let reason = format!(
         "the inotify watch limit (fs.inotify.max_user_watches = {limit}) is reached; library {name} needs \
@@ -206,18 +207,25 @@ mod tests {
     #[test]
     fn the_watch_limit_message_names_the_setting_and_the_numbers() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for d in ["a", "a/b", "c"] {
+        for d in ["a", "a/b", "c", "ignored/x"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
         }
-        let LibraryMode::Polling { reason } =
-            watch_limit_mode(dir.path(), "notes", Duration::from_secs(60))
+        std::fs::write(dir.path().join(".libignore"), "ignored/\n").expect("write");
+        let library = LibraryConfig::new(
+            "notes".into(),
+            dir.path().to_path_buf(),
+            vec!["**/*".into()],
+            Vec::new(),
+        )
+        .expect("library");
+        let LibraryMode::Polling { reason } = watch_limit_mode(&library, Duration::from_secs(60))
         else {
             panic!("a library over the limit is polled")
         };
         assert!(reason.contains("fs.inotify.max_user_watches"), "{reason}");
         assert!(
             reason.contains("needs 4 more"),
-            "the root and its three folders: {reason}"
+            "the root and its three folders not ignored: {reason}"
         );
         assert!(reason.contains("rescanned every 1m"), "{reason}");
     }
