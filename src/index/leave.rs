@@ -78,3 +78,23 @@ pub(super) fn ignored_now<'k>(
         .map(str::to_owned)
         .collect()
 }
+
+/// Records the deletion of `keys` on purpose (`agent forget`): a delete event for each that
+/// the shared view does not have deleted already, and this device stops observing them.
+pub fn forget_keys(store: &mut Store, keys: &[String]) -> store::Result<Left> {
+    let mut left = Left::default();
+    for chunk in keys.chunks(BATCH) {
+        let batch = store.batch()?;
+        for key in chunk {
+            if batch.observed(key)?.is_some() {
+                left.unobserved += 1;
+            }
+            let forgotten = Observation::Forgotten { key: key.clone() };
+            if commit(&batch, &forgotten)? == Change::Deleted {
+                left.deleted += 1;
+            }
+        }
+        batch.commit()?;
+    }
+    Ok(left)
+}

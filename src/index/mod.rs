@@ -25,7 +25,7 @@ mod walk;
 mod watched;
 
 pub use commit::{commit, Change, Observation};
-pub use leave::{leave_library, Left};
+pub use leave::{forget_keys, leave_library, Left};
 pub use read::{
     is_racy, read_file, read_file_at, read_file_with, FileStat, ReadError, ReadFile,
     UNTRUSTED_MTIME,

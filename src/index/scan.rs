@@ -384,7 +384,9 @@ fn refuse(mut summary: LibrarySummary, reason: String) -> LibrarySummary {
 
 fn obs_key(o: &Observation) -> &str {
     match o {
-        Observation::Present { key, .. } | Observation::Gone { key } => key,
+        Observation::Present { key, .. }
+        | Observation::Gone { key }
+        | Observation::Forgotten { key } => key,
     }
 }
 

@@ -6,6 +6,7 @@
 //! delete event.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
@@ -249,4 +250,48 @@ fn a_folder_everything_is_ignored_in_is_not_an_empty_root() {
     assert_eq!(summary["ok"], true, "{summary}");
     assert_eq!(summary["ignored"], 1, "{summary}");
     assert!(observed(&lab).is_empty());
+}
+
+#[test]
+fn forget_records_deletions_on_purpose_even_of_an_ignored_file_and_refuses_what_is_not_indexed() {
+    let lab = Lab::with_config(&config(false));
+    lab.write("tree/a.txt", "a");
+    lab.write("tree/b.txt", "b");
+    lab.write("tree/dir/c.txt", "c");
+    lab.scan(&[]);
+    lab.write("tree/.libignore", "a.txt\n");
+    lab.scan(&[]);
+    let deletes = |lab: &Lab| -> Vec<String> {
+        lab.db()
+            .outbox()
+            .into_iter()
+            .filter(|e| e.event_type == "delete_file")
+            .map(|e| e.entity_key)
+            .collect()
+    };
+
+    let a = lab.path("tree/a.txt");
+    let missing = lab.path("tree/nope.txt");
+    let refused = lab
+        .agent(&[OsStr::new("forget"), a.as_os_str(), missing.as_os_str()])
+        .failure();
+    refused.assert_one_line_error(&["nope.txt", "not indexed"]);
+    assert!(deletes(&lab).is_empty(), "nothing recorded after an error");
+
+    let dir = lab.path("tree/dir");
+    let out = lab.json(&[OsStr::new("forget"), a.as_os_str(), dir.as_os_str()]);
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(out["deleted"], 2, "{out}");
+    assert_eq!(out["unobserved"], 1, "a.txt was no longer observed: {out}");
+    assert_eq!(
+        out["forgotten"],
+        serde_json::json!(["t/a.txt", "t/dir/c.txt"])
+    );
+    assert_eq!(deletes(&lab), ["t/a.txt", "t/dir/c.txt"]);
+    assert_eq!(
+        observed(&lab),
+        BTreeSet::from([".libignore", "b.txt"].map(String::from))
+    );
+    let live = lab.db().live_paths();
+    assert!(!live.contains(&"t/a.txt".to_owned()) && !live.contains(&"t/dir/c.txt".to_owned()));
 }
