@@ -1230,6 +1230,13 @@ mod tests {
         assert_eq!(notes.path, dirs::home_dir().expect("home").join("notes"));
         assert_eq!(notes.include, DEFAULT_INCLUDE);
         assert_eq!(notes.exclude, DEFAULT_EXCLUDE);
+        assert!(
+            !notes.respect_gitignore,
+            "off by default, as the example says"
+        );
+        let with = parse("[[library]]\nname = \"a\"\npath = \"/a\"\nrespect_gitignore = true\n")
+            .expect("respect_gitignore");
+        assert!(with.libraries[0].respect_gitignore);
 
         // The example says "default: ..." next to every key; hold it to that.
         assert_eq!(
