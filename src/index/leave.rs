@@ -68,15 +68,18 @@ pub(super) fn ignored_now<'k>(
     library: &crate::config::LibraryConfig,
     keys: impl IntoIterator<Item = &'k str>,
 ) -> Vec<String> {
+    let mut keys = keys.into_iter().peekable();
+    if keys.peek().is_none() {
+        return Vec::new(); // the usual case: no ignore file read again, nor warned about again
+    }
     let mut rules = super::ignore_rules::Rules::new(library);
     let prefix = format!("{}/", library.name);
-    keys.into_iter()
-        .filter(|key| {
-            key.strip_prefix(&prefix)
-                .is_some_and(|rel| rules.ignores(&library.path.join(rel), false))
-        })
-        .map(str::to_owned)
-        .collect()
+    keys.filter(|key| {
+        key.strip_prefix(&prefix)
+            .is_some_and(|rel| rules.ignores(&library.path.join(rel), false))
+    })
+    .map(str::to_owned)
+    .collect()
 }
 
 /// Records the deletion of `keys` on purpose (`agent forget`): a delete event for each that
