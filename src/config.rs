@@ -101,6 +101,10 @@ pub struct LibraryConfig {
     pub exclude: Vec<String>,
     /// `include` and `exclude`, compiled once, when the library is made.
     pub filter: LibraryFilter,
+    /// `respect_gitignore`: `.gitignore` files and `.git/info/exclude` count as well as
+    /// `.libignore` files (off by default: a `.gitignore` often lists exactly the files a
+    /// library is for, such as PDFs kept out of a repository).
+    pub respect_gitignore: bool,
 }
 
 impl LibraryConfig {
@@ -119,6 +123,7 @@ impl LibraryConfig {
             include,
             exclude,
             filter,
+            respect_gitignore: false,
         })
     }
 }
@@ -555,6 +560,7 @@ struct RawLibrary {
     path: Option<Spanned<String>>,
     include: Option<Spanned<Vec<Spanned<String>>>>,
     exclude: Option<Spanned<Vec<Spanned<String>>>>,
+    respect_gitignore: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -927,6 +933,7 @@ fn build_libraries(
             include,
             exclude,
             filter,
+            respect_gitignore: lib.respect_gitignore.unwrap_or(false),
         });
     }
     Ok(libraries)
@@ -1223,6 +1230,13 @@ mod tests {
         assert_eq!(notes.path, dirs::home_dir().expect("home").join("notes"));
         assert_eq!(notes.include, DEFAULT_INCLUDE);
         assert_eq!(notes.exclude, DEFAULT_EXCLUDE);
+        assert!(
+            !notes.respect_gitignore,
+            "off by default, as the example says"
+        );
+        let with = parse("[[library]]\nname = \"a\"\npath = \"/a\"\nrespect_gitignore = true\n")
+            .expect("respect_gitignore");
+        assert!(with.libraries[0].respect_gitignore);
 
         // The example says "default: ..." next to every key; hold it to that.
         assert_eq!(

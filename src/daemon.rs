@@ -258,6 +258,14 @@ impl<'a> Daemon<'a> {
     /// On a full disk they are queued again as they are (indexing them later is idempotent).
     fn index_due(&mut self, now: Instant) -> Result<(), DaemonError> {
         let mut due = self.debouncer.take_ready(now);
+        let limit_hit = self.watches.follow(&self.config, &due, &self.state);
+        if !limit_hit.is_empty()
+            && self
+                .watches
+                .over_limit(&self.config, &limit_hit, &mut self.state)
+        {
+            self.saver.changed(true);
+        }
         while !due.is_empty() {
             let rest = due.split_off(due.len().min(MAX_PATHS_PER_BATCH));
             let started = Instant::now();

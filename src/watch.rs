@@ -5,13 +5,15 @@
 //! full it raises a flag instead, so the daemon rescans rather than silently dropping changes
 //! (STYLE.md habit 4). Nothing here keeps a map of the tree: the observed state in SQLite does.
 
-use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+
+use crate::config::LibraryConfig;
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 /// Queue depth between notify's thread and the daemon: a burst beyond it triggers a rescan.
@@ -49,10 +51,14 @@ pub enum Settle {
     Metadata,
 }
 
-/// A recursive watch on every library root, feeding a bounded queue.
+/// A watch on every folder of every library that its ignore files do not ignore, feeding a
+/// bounded queue. Each folder is watched on its own rather than the root recursively: notify
+/// would watch the ignored folders too (a `node_modules` would cost thousands of watches).
 pub struct FsWatcher {
     watcher: RecommendedWatcher,
     overflowed: Arc<AtomicBool>,
+    /// The folders watched.
+    folders: BTreeSet<PathBuf>,
 }
 
 impl FsWatcher {
@@ -74,17 +80,66 @@ impl FsWatcher {
             FsWatcher {
                 watcher,
                 overflowed,
+                folders: BTreeSet::new(),
             },
             rx,
         ))
     }
 
-    pub fn watch(&mut self, root: &std::path::Path) -> notify::Result<()> {
-        self.watcher.watch(root, RecursiveMode::Recursive)
+    /// Watches a library: its root and the folders below that are not ignored.
+    pub fn watch(&mut self, library: &LibraryConfig) -> notify::Result<()> {
+        self.follow(library, &library.path)
     }
 
-    pub fn unwatch(&mut self, root: &std::path::Path) {
-        let _ = self.watcher.unwatch(root);
+    /// Brings the watches of `dir` (a folder of `library`, or a path that was one) and the
+    /// folders below it up to date: new folders watched, folders its ignore files now ignore
+    /// unwatched, folders gone forgotten. Done before the folder is indexed, so that a file
+    /// created in a new folder has an event, or was there for the folder's walk to meet.
+    pub fn follow(&mut self, library: &LibraryConfig, dir: &Path) -> notify::Result<()> {
+        let wanted: BTreeSet<PathBuf> = crate::index::folders_to_watch(library, dir)
+            .into_iter()
+            .collect();
+        let below: Vec<PathBuf> = self
+            .folders
+            .range(dir.to_path_buf()..)
+            .take_while(|p| p.starts_with(dir))
+            .filter(|p| !wanted.contains(*p))
+            .cloned()
+            .collect();
+        for path in below {
+            self.folders.remove(&path);
+            // A folder deleted or moved away lost its watch with it (and one moved keeps its
+            // watch under its new name, which removing the old name would take away).
+            if path.is_dir() {
+                let _ = self.watcher.unwatch(&path);
+            }
+        }
+        for path in wanted {
+            if !self.folders.contains(&path) {
+                self.watcher.watch(&path, RecursiveMode::NonRecursive)?;
+                self.folders.insert(path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops watching `root` and every folder below it.
+    pub fn unwatch(&mut self, root: &Path) {
+        let below: Vec<PathBuf> = self
+            .folders
+            .range(root.to_path_buf()..)
+            .take_while(|p| p.starts_with(root))
+            .cloned()
+            .collect();
+        for path in below {
+            self.folders.remove(&path);
+            let _ = self.watcher.unwatch(&path);
+        }
+    }
+
+    /// Whether `path` is a folder watched.
+    pub fn is_watched(&self, path: &Path) -> bool {
+        self.folders.contains(path)
     }
 
     /// True (once) when events were dropped because the queue was full.
@@ -321,14 +376,10 @@ pub fn watch_limit() -> Option<u64> {
         .ok()
 }
 
-/// The folders under `root`, itself included: the inotify watches watching it takes.
-pub fn folders_to_watch(root: &std::path::Path) -> u64 {
-    walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_dir())
-        .count() as u64
+/// The folders of a library, its root included, that its ignore files do not ignore: the
+/// inotify watches watching it takes.
+pub fn folders_to_watch(library: &LibraryConfig) -> u64 {
+    crate::index::folders_to_watch(library, &library.path).len() as u64
 }
 
 /// A `fs.inotify.max_user_watches` to suggest when `needed` more watches are wanted: room for

@@ -236,7 +236,7 @@ fn check_libraries(report: &mut Report, config: &Config) {
                 continue;
             }
         }
-        let dirs = crate::watch::folders_to_watch(&lib.path);
+        let dirs = crate::watch::folders_to_watch(lib);
         folders += dirs;
         match crate::index::root_fs::remote_kind(&lib.path) {
             Some(kind) => report.warn(

@@ -5,6 +5,7 @@ mod brain_store;
 mod conflicts;
 mod device;
 mod doctor;
+mod forget;
 mod init;
 mod library;
 mod run;
@@ -51,6 +52,7 @@ pub enum Command {
     Init(init::Args),
     Run(run::Args),
     Scan(scan::Args),
+    Forget(forget::Args),
     Search(search::Args),
     Status(status::Args),
     Sync(sync::Args),
@@ -84,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(args) => init::run(args, global, &load()?),
         Command::Run(args) => run::run(args, global, load()?),
         Command::Scan(args) => scan::run(args, global, load()?),
+        Command::Forget(args) => forget::run(args, global, &load()?),
         Command::Search(args) => search::run(args, global, &load()?),
         Command::Status(args) => status::run(args, global, &load()?),
         Command::Sync(args) => sync::run(args, global, &load()?),

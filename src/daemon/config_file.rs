@@ -122,7 +122,10 @@ pub struct LibraryChanges {
 impl LibraryChanges {
     pub fn between(old: &[LibraryConfig], new: &[LibraryConfig]) -> LibraryChanges {
         let same = |a: &LibraryConfig, b: &LibraryConfig| {
-            a.path == b.path && a.include == b.include && a.exclude == b.exclude
+            a.path == b.path
+                && a.include == b.include
+                && a.exclude == b.exclude
+                && a.respect_gitignore == b.respect_gitignore
         };
         let find = |list: &'_ [LibraryConfig], name: &str| -> Option<LibraryConfig> {
             list.iter().find(|l| l.name == name).cloned()

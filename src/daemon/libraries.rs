@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::state::{LibraryMode, RunState};
-use crate::config::Config;
+use crate::config::{Config, LibraryConfig};
+use crate::index::ignore_rules;
 use crate::watch::{self, FsWatcher};
 
 /// The watcher, and when the polled libraries are next rescanned.
@@ -30,15 +31,50 @@ impl Watches {
     pub fn watch_all(&mut self, config: &Config, state: &mut RunState) -> bool {
         let mut changed = false;
         for library in &config.libraries {
-            let mode = self.start_watching(&library.path, &library.name);
+            let mode = self.start_watching(library);
             changed |= state.set_mode(&library.name, mode);
         }
         changed
     }
 
     /// Watches one library (one the config file just added), or says why it is polled.
-    pub fn watch_one(&mut self, library: &crate::config::LibraryConfig) -> LibraryMode {
-        self.start_watching(&library.path, &library.name)
+    pub fn watch_one(&mut self, library: &LibraryConfig) -> LibraryMode {
+        self.start_watching(library)
+    }
+
+    /// Brings the watches up to date with the changed `paths`, before they are indexed: a
+    /// folder created or moved in is watched (with its folders), one gone is forgotten, and a
+    /// changed ignore file re-decides which folders below its own are watched. Returns the
+    /// paths whose watch hit the inotify limit (for [`Watches::over_limit`]).
+    pub fn follow(&mut self, config: &Config, paths: &[PathBuf], state: &RunState) -> Vec<PathBuf> {
+        let mut limit_hit = Vec::new();
+        for path in paths {
+            // The innermost library holding the path, as the indexer decides.
+            let Some(library) = config
+                .libraries
+                .iter()
+                .filter(|l| path.starts_with(&l.path))
+                .max_by_key(|l| l.path.as_os_str().len())
+            else {
+                continue;
+            };
+            if state.is_polled(&library.name) {
+                continue;
+            }
+            let dir = match ignore_rules::ignore_file_folder(library, path) {
+                Some(folder) => folder,
+                None if path.is_dir() || self.watcher.is_watched(path) => path,
+                None => continue,
+            };
+            if let Err(e) = self.watcher.follow(library, dir) {
+                if watch::is_watch_limit(&e) {
+                    limit_hit.push(path.clone());
+                } else {
+                    tracing::warn!(path = ?dir, "cannot watch: {e}");
+                }
+            }
+        }
+        limit_hit
     }
 
     /// Stops watching a root (a library the config file no longer names).
@@ -58,7 +94,7 @@ impl Watches {
         for path in paths {
             for library in &config.libraries {
                 if path.starts_with(&library.path) {
-                    let mode = watch_limit_mode(&library.path, &library.name, self.poll);
+                    let mode = watch_limit_mode(library, self.poll);
                     self.watcher.unwatch(&library.path);
                     changed |= state.set_mode(&library.name, mode);
                 }
@@ -109,22 +145,23 @@ impl Watches {
             if !state.is_polled(&library.name) {
                 continue;
             }
-            let mode = self.start_watching(&library.path, &library.name);
+            let mode = self.start_watching(library);
             changed |= state.set_mode(&library.name, mode);
             due.push(library.name.clone());
         }
         (due, changed)
     }
 
-    fn start_watching(&mut self, root: &Path, name: &str) -> LibraryMode {
+    fn start_watching(&mut self, library: &LibraryConfig) -> LibraryMode {
+        let root = &library.path;
         if !root.is_dir() {
             return unavailable_mode(root, self.poll);
         }
-        match self.watcher.watch(root) {
+        match self.watcher.watch(library) {
             Ok(()) => LibraryMode::Watching,
             Err(e) if watch::is_watch_limit(&e) => {
                 self.watcher.unwatch(root);
-                watch_limit_mode(root, name, self.poll)
+                watch_limit_mode(library, self.poll)
             }
             Err(e) => {
                 let reason = format!(
@@ -149,8 +186,9 @@ fn unavailable_mode(root: &Path, poll: Duration) -> LibraryMode {
 
 /// Says, with the numbers a user needs to fix it, that the inotify watch limit is reached (once:
 /// [`RunState::set_mode`] says a mode only when it changes).
-fn watch_limit_mode(root: &Path, name: &str, poll: Duration) -> LibraryMode {
-    let folders = watch::folders_to_watch(root);
+fn watch_limit_mode(library: &LibraryConfig, poll: Duration) -> LibraryMode {
+    let name = &library.name;
+    let folders = watch::folders_to_watch(library);
     let limit = watch::watch_limit().map_or_else(|| "?".to_owned(), |l| l.to_string());
     let reason = format!(
         "the inotify watch limit (fs.inotify.max_user_watches = {limit}) is reached; library {name} needs \
@@ -169,18 +207,25 @@ mod tests {
     #[test]
     fn the_watch_limit_message_names_the_setting_and_the_numbers() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for d in ["a", "a/b", "c"] {
+        for d in ["a", "a/b", "c", "ignored/x"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("mkdir");
         }
-        let LibraryMode::Polling { reason } =
-            watch_limit_mode(dir.path(), "notes", Duration::from_secs(60))
+        std::fs::write(dir.path().join(".libignore"), "ignored/\n").expect("write");
+        let library = LibraryConfig::new(
+            "notes".into(),
+            dir.path().to_path_buf(),
+            vec!["**/*".into()],
+            Vec::new(),
+        )
+        .expect("library");
+        let LibraryMode::Polling { reason } = watch_limit_mode(&library, Duration::from_secs(60))
         else {
             panic!("a library over the limit is polled")
         };
         assert!(reason.contains("fs.inotify.max_user_watches"), "{reason}");
         assert!(
             reason.contains("needs 4 more"),
-            "the root and its three folders: {reason}"
+            "the root and its three folders not ignored: {reason}"
         );
         assert!(reason.contains("rescanned every 1m"), "{reason}");
     }

@@ -21,6 +21,12 @@ pub enum Observation {
     Gone {
         key: String,
     },
+    /// Deleted on purpose (`agent forget`): a delete event even when this device does not
+    /// observe the file (an ignore file took it out of view), unless the shared view has it
+    /// deleted already.
+    Forgotten {
+        key: String,
+    },
 }
 
 /// What committing an observation did.
@@ -94,11 +100,14 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
             batch.record_local(change().over(Shared::Read(shared.as_ref())))?;
             Ok(Change::Upserted)
         }
-        Observation::Gone { key } => {
-            if batch.observed(key)?.is_none() {
+        Observation::Gone { key } | Observation::Forgotten { key } => {
+            let observed = batch.observed(key)?.is_some();
+            if !observed && matches!(observation, Observation::Gone { .. }) {
                 return Ok(Change::Nothing);
             }
-            batch.forget_observed(key)?;
+            if observed {
+                batch.forget_observed(key)?;
+            }
             // A delete of something the shared view already has as a tombstone says nothing new.
             let shared = batch.shared(key)?;
             if shared
@@ -122,7 +131,7 @@ pub fn commit(batch: &Batch<'_>, observation: &Observation) -> store::Result<Cha
 pub(super) fn text_len(o: &Observation) -> usize {
     match o {
         Observation::Present { file, .. } => text_of(file),
-        Observation::Gone { .. } => 0,
+        Observation::Gone { .. } | Observation::Forgotten { .. } => 0,
     }
 }
 

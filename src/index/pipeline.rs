@@ -132,6 +132,8 @@ pub struct Counts {
     pub unchanged: u64,
     pub upserted: u64,
     pub deleted: u64,
+    /// Observed files an ignore file ignores now: no longer observed, and not deleted.
+    pub ignored: u64,
     pub errors: u64,
     pub bytes_hashed: u64,
 }
@@ -143,6 +145,7 @@ impl Counts {
         self.unchanged += o.unchanged;
         self.upserted += o.upserted;
         self.deleted += o.deleted;
+        self.ignored += o.ignored;
         self.errors += o.errors;
         self.bytes_hashed += o.bytes_hashed;
     }

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::commit::Observation;
 use super::guard;
+use super::leave;
 use super::pipeline::{self, Tally};
 use super::root_fs::{self, Compared};
 use crate::config::{Config, LibraryConfig};
@@ -271,11 +272,20 @@ fn scan_walked(
     })?;
 
     // Deletions, behind the mass-delete guard.
-    let unseen: Vec<&str> = observed
+    let mut unseen: Vec<&str> = observed
         .iter()
         .filter(|(_, stat)| !stat.seen.load(Ordering::Relaxed))
         .map(|(key, _)| &**key)
         .collect();
+    // Files an ignore file ignores now are not gone: this device stops observing them, and
+    // records no deletion (which would remove them for every device).
+    let ignored = leave::ignored_now(library, unseen.iter().copied());
+    if !ignored.is_empty() {
+        summary.counts.ignored = leave::unobserve(store, &ignored)?;
+        tracing::info!(library = %library.name, files = ignored.len(), "no longer observed: ignored");
+        let ignored: std::collections::HashSet<&str> = ignored.iter().map(String::as_str).collect();
+        unseen.retain(|key| !ignored.contains(key));
+    }
     let held = store.held_deletions(&library.name)?;
     if unseen.is_empty() {
         release_held(store, &library.name, held.is_some())?;
@@ -374,7 +384,9 @@ fn refuse(mut summary: LibrarySummary, reason: String) -> LibrarySummary {
 
 fn obs_key(o: &Observation) -> &str {
     match o {
-        Observation::Present { key, .. } | Observation::Gone { key } => key,
+        Observation::Present { key, .. }
+        | Observation::Gone { key }
+        | Observation::Forgotten { key } => key,
     }
 }
 

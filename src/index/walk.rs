@@ -1,5 +1,6 @@
 //! The tree walk: every included regular file under a folder of a library, in path order,
-//! leaving out the database's own files and the names shadowed by an NFC twin; and the
+//! leaving out what its ignore files ignore (ignored folders are not entered), the database's
+//! own files and the names shadowed by an NFC twin; and the
 //! libraries a running agent indexes, each with its compiled filter.
 
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use walkdir::WalkDir;
 
+use super::ignore_rules::Rules;
 use crate::config::{Config, LibraryConfig};
 use crate::model::key;
 
@@ -46,6 +48,8 @@ pub(super) fn walk_tree(
     let root = &library.path;
     let filter = &library.filter;
     let mut outcome = WalkOutcome::default();
+    let mut rules = Rules::new(library);
+    rules.enter(start);
     let relative = |path: &Path| -> Option<Result<String, key::KeyError>> {
         path.strip_prefix(root).ok().map(key::relative_key)
     };
@@ -59,7 +63,16 @@ pub(super) fn walk_tree(
         .sort_by(|a, b| a.path().as_os_str().cmp(b.path().as_os_str()))
         .into_iter()
         .filter_entry(|entry| {
-        if !entry.file_type().is_dir() {
+        let is_dir = entry.file_type().is_dir();
+        // Ignored folders are not entered; a file in one cannot be taken back out by a `!`
+        // line below it, as in git.
+        if let Some(parent) = entry.path().parent() {
+            rules.enter(parent);
+        }
+        if rules.ignores_entry(entry.path(), is_dir) {
+            return false;
+        }
+        if !is_dir {
             return true;
         }
         match relative(entry.path()) {
@@ -137,13 +150,19 @@ pub(super) fn walk_tree(
 pub(super) fn count_files(library: &LibraryConfig, count: &AtomicU64, stop: &AtomicBool) {
     let root = &library.path;
     let relative = |path: &Path| path.strip_prefix(root).ok().map(key::relative_key);
+    let mut rules = Rules::new(library);
     let walker = WalkDir::new(root)
         .follow_links(false)
         .min_depth(1)
         .into_iter()
         .filter_entry(|entry| {
-            !entry.file_type().is_dir()
-                || matches!(relative(entry.path()), Some(Ok(rel)) if !library.filter.prunes_dir(&rel))
+            let is_dir = entry.file_type().is_dir();
+            if let Some(parent) = entry.path().parent() {
+                rules.enter(parent);
+            }
+            !rules.ignores_entry(entry.path(), is_dir)
+                && (!is_dir
+                    || matches!(relative(entry.path()), Some(Ok(rel)) if !library.filter.prunes_dir(&rel)))
         });
     for entry in walker.flatten() {
         if stop.load(Ordering::Relaxed) {
@@ -155,6 +174,35 @@ pub(super) fn count_files(library: &LibraryConfig, count: &AtomicU64, stop: &Ato
             count.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// The folders of `library` from `start` (itself included) that its ignore files do not ignore:
+/// those the watcher watches, each on its own, so that an ignored folder (a `node_modules/` in
+/// `.libignore`) costs no inotify watch. The same rules as [`walk_tree`]'s.
+pub fn folders_to_watch(library: &LibraryConfig, start: &Path) -> Vec<PathBuf> {
+    let mut rules = Rules::new(library);
+    if start != library.path && rules.ignores(start, true) {
+        return Vec::new();
+    }
+    let walker = WalkDir::new(start)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|entry| {
+            if !entry.file_type().is_dir() {
+                return false;
+            }
+            if entry.depth() == 0 {
+                return true;
+            }
+            if let Some(parent) = entry.path().parent() {
+                rules.enter(parent);
+            }
+            !rules.ignores_entry(entry.path(), true)
+        });
+    walker
+        .filter_map(Result::ok)
+        .map(walkdir::DirEntry::into_path)
+        .collect()
 }
 
 /// Compared by device and inode, not by path: the database may be reached through a symlink,
@@ -229,6 +277,10 @@ impl Libraries {
                 .ok()
                 .map(|rel| (library, rel))
         })
+    }
+
+    pub(super) fn libraries(&self) -> &[LibraryConfig] {
+        &self.entries
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

@@ -4,13 +4,14 @@
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::commit::Observation;
 use super::guard::DeleteGuard;
 use super::pipeline::{self, Candidate, GROUP};
 use super::read::{is_racy, FileStat, ReadFile};
 use super::walk::{walk_tree, Libraries};
+use super::{ignore_rules, leave};
 use crate::store::{self, Observed};
 
 /// What indexing a set of changed paths did.
@@ -25,6 +26,8 @@ pub struct PathsOutcome {
     /// Files read (or reused) so soon after they were written that their stat cannot vouch for
     /// them ([`is_racy`]): the next look at them reads them again.
     pub racy: u64,
+    /// Observed files an ignore file ignores now: no longer observed, no event.
+    pub ignored: u64,
     pub errors: u64,
     /// Libraries whose root itself changed: the caller rescans them (behind the mass-delete guard).
     pub rescan: Vec<String>,
@@ -66,12 +69,26 @@ fn look_at_all(
     errors: &std::sync::atomic::AtomicU64,
 ) -> Vec<Seen> {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    // A changed ignore file changes what its folder holds: the folder is looked at whole (its
+    // walk meets what the file admits now; what it ignores now is not met).
+    let mut expanded: Vec<PathBuf> = paths.to_vec();
+    for path in paths {
+        if let Some((library, _)) = libs.locate(path) {
+            if let Some(folder) = ignore_rules::ignore_file_folder(library, path) {
+                if !expanded.iter().any(|p| p == folder) {
+                    expanded.push(folder.to_path_buf());
+                }
+            }
+        }
+    }
+    let paths = &expanded[..];
     let rounds = paths.len().div_ceil(GROUP);
     let threads = pipeline::reader_threads(libs.hash_threads, pipeline::Reads::Cached).min(rounds);
     if threads <= 1 {
+        let mut rules = RulesByLibrary::default();
         return paths
             .iter()
-            .filter_map(|p| look_at(libs, p, pending, errors))
+            .filter_map(|p| look_at(libs, &mut rules, p, pending, errors))
             .collect();
     }
     let next = AtomicUsize::new(0);
@@ -85,9 +102,10 @@ fn look_at_all(
                         let Some(chunk) = paths.chunks(GROUP).nth(round) else {
                             break;
                         };
+                        let mut rules = RulesByLibrary::default();
                         let seen = chunk
                             .iter()
-                            .filter_map(|p| look_at(libs, p, pending, errors))
+                            .filter_map(|p| look_at(libs, &mut rules, p, pending, errors))
                             .collect();
                         mine.push((round, seen));
                     }
@@ -107,9 +125,28 @@ fn look_at_all(
     parts.into_iter().flat_map(|(_, seen)| seen).collect()
 }
 
-fn look_at(
-    libs: &Libraries,
-    path: &std::path::PathBuf,
+/// The ignore rules of the libraries a group of paths is in, each kept while the group is
+/// looked at (the paths are sorted: neighbours share their folders' ignore files).
+#[derive(Default)]
+struct RulesByLibrary<'a>(Vec<ignore_rules::Rules<'a>>);
+
+impl<'a> RulesByLibrary<'a> {
+    fn of(&mut self, library: &'a crate::config::LibraryConfig) -> &mut ignore_rules::Rules<'a> {
+        let at = match self.0.iter().position(|r| r.library().name == library.name) {
+            Some(at) => at,
+            None => {
+                self.0.push(ignore_rules::Rules::new(library));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[at]
+    }
+}
+
+fn look_at<'a>(
+    libs: &'a Libraries,
+    rules: &mut RulesByLibrary<'a>,
+    path: &'a std::path::PathBuf,
     pending: &(dyn Fn(&Path) -> bool + Sync),
     errors: &std::sync::atomic::AtomicU64,
 ) -> Option<Seen> {
@@ -130,8 +167,9 @@ fn look_at(
     let key = crate::model::key::entity_key(&library.name, &rel).ok()?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.is_file() => {
-            let included =
-                filter.includes_file(&rel) && !libs.skip_files.contains(&(meta.dev(), meta.ino()));
+            let included = filter.includes_file(&rel)
+                && !libs.skip_files.contains(&(meta.dev(), meta.ino()))
+                && !rules.of(library).ignores(path, false);
             included.then(|| Seen::File {
                 key,
                 path: path.clone(),
@@ -139,7 +177,7 @@ fn look_at(
             })
         }
         Ok(meta) if meta.is_dir() => {
-            if filter.prunes_dir(&rel) {
+            if filter.prunes_dir(&rel) || rules.of(library).ignores(path, true) {
                 return None;
             }
             let mut walked = Vec::new();
@@ -266,6 +304,22 @@ fn index_paths_leaving(
     gone.retain(|k| {
         !files.contains_key(k) && !failed_dirs.iter().any(|d| k.starts_with(d.as_str()))
     });
+    // Files an ignore file ignores now are not gone: no longer observed here, no event.
+    let mut ignored: Vec<String> = Vec::new();
+    for library in libs.libraries() {
+        let prefix = format!("{}/", library.name);
+        let keys = gone
+            .iter()
+            .filter(|k| k.starts_with(&prefix))
+            .map(String::as_str);
+        ignored.extend(leave::ignored_now(library, keys));
+    }
+    for k in &ignored {
+        gone.remove(k);
+    }
+    if !ignored.is_empty() {
+        outcome.ignored = leave::unobserve(store, &ignored)?;
+    }
     for k in &gone {
         if let Some(row) = store.observed(k)? {
             gone_rows.insert((row.inode, row.bytes, row.mtime_ns), (k.clone(), row));

@@ -481,7 +481,7 @@ fn an_unknown_key_names_the_key_the_line_and_the_choices() {
         message,
         format!(
             "config {CONFIG_PATH}: line 4: unknown field `nmae`, expected one of `name`, `path`, \
-             `include`, `exclude`"
+             `include`, `exclude`, `respect_gitignore`"
         )
     );
     let message = error(parse("[index]\nhash_thread = 2\n"));
@@ -582,7 +582,7 @@ fn a_nested_unknown_key_names_the_key_and_its_line() {
         message,
         format!(
             "config {CONFIG_PATH}: line 6: unknown field `nmae`, expected one of `name`, `path`, \
-             `include`, `exclude`"
+             `include`, `exclude`, `respect_gitignore`"
         )
     );
     let message = error(parse(

@@ -12,6 +12,7 @@ mod conflicts;
 mod disk_full;
 mod doctor;
 mod guard;
+mod ignore;
 mod index;
 mod library;
 mod repository;

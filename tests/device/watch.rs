@@ -584,3 +584,135 @@ fn a_file_replaced_by_a_folder_of_the_same_name_is_deleted_and_the_folder_indexe
         ]
     );
 }
+
+fn observed_keys(db: &Connection) -> Vec<String> {
+    let mut stmt = db
+        .prepare("SELECT path FROM lib_observed ORDER BY path")
+        .expect("prepare");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[test]
+fn a_libignore_written_under_agent_run_stops_observing_without_a_delete_and_undoing_it_admits_again(
+) {
+    let mut a = Agent::with_files(&[("keep.txt", "kept"), ("notes/draft.txt", "draft")]).start();
+    a.wait_for_events(2);
+    let observed = |db: &Connection, key: &str| observed_keys(db).iter().any(|k| k == key);
+
+    a.write("notes/.libignore", "draft.txt\nnew.txt\n");
+    a.wait_until("draft.txt no longer observed", |db| {
+        !observed(db, "lib/notes/draft.txt") && observed(db, "lib/notes/.libignore")
+    });
+    a.write("notes/new.txt", "admitted later");
+    a.write("notes/other.txt", "not ignored");
+    a.wait_until("other.txt indexed", |db| {
+        observed(db, "lib/notes/other.txt")
+    });
+    assert!(
+        !observed(&a.db(), "lib/notes/new.txt"),
+        "new.txt is ignored"
+    );
+
+    a.write("notes/.libignore", "");
+    a.wait_until("draft.txt and new.txt observed again", |db| {
+        observed(db, "lib/notes/draft.txt") && observed(db, "lib/notes/new.txt")
+    });
+    a.stop();
+    let db = a.db();
+    let events = outbox(&db);
+    assert!(
+        events.iter().all(|(kind, _)| kind != "delete_file"),
+        "ignoring a file records no deletion: {events:?}"
+    );
+    assert!(events.contains(&ev("upsert_file", "lib/notes/new.txt")));
+    assert!(
+        live_files(&db)
+            .iter()
+            .any(|(k, _)| k == "lib/notes/draft.txt"),
+        "the shared view keeps the file"
+    );
+}
+
+/// The inodes of the folders this process holds an inotify watch on, from /proc (the agent
+/// runs in the test's process).
+fn watched_inodes() -> std::collections::BTreeSet<u64> {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return Default::default();
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .filter_map(|l| {
+                    let ino = l.split_whitespace().find_map(|f| f.strip_prefix("ino:"))?;
+                    u64::from_str_radix(ino, 16).ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_folder_listed_in_libignore_is_not_watched_and_its_new_files_are_not_indexed() {
+    use std::os::unix::fs::MetadataExt;
+    let mut a = Agent::with_files(&[
+        (".libignore", "deps/\n"),
+        ("deps/a/b/c/x.js", "x"),
+        ("deps/d/y.js", "y"),
+        ("src/main.rs", "fn main() {}"),
+    ])
+    .start();
+    a.wait_for_events(2);
+    a.write("deps/a/new.js", "ignored");
+    a.write("src/new.rs", "indexed");
+    a.wait_until("src/new.rs indexed", |db| {
+        outbox(db).contains(&ev("upsert_file", "lib/src/new.rs"))
+    });
+    let watched = watched_inodes();
+    a.stop();
+    let inode = |rel: &str| std::fs::metadata(a.path(rel)).expect("stat").ino();
+    let keys = observed_keys(&a.db());
+    assert!(
+        keys.iter().all(|k| !k.starts_with("lib/deps/")),
+        "nothing under deps/ is indexed: {keys:?}"
+    );
+    if std::path::Path::new("/proc/self/fdinfo").exists() {
+        assert!(watched.contains(&inode("src")), "src is watched");
+        for rel in ["deps", "deps/a", "deps/a/b/c", "deps/d"] {
+            assert!(!watched.contains(&inode(rel)), "{rel} costs no watch");
+        }
+    }
+}
+
+#[test]
+fn a_folder_renamed_or_no_longer_ignored_is_watched_where_it_is_now() {
+    let mut a = Agent::with_files(&[
+        (".libignore", "deps/\n"),
+        ("old/a.txt", "a"),
+        ("deps/x.js", "x"),
+    ])
+    .start();
+    a.wait_for_events(2);
+    let observed = |db: &Connection, key: &str| observed_keys(db).iter().any(|k| k == key);
+    std::fs::rename(a.path("old"), a.path("new")).expect("rename");
+    a.wait_until("the folder's file under its new name", |db| {
+        observed(db, "lib/new/a.txt")
+    });
+    a.write("new/b.txt", "b");
+    a.wait_until("a file written in the renamed folder", |db| {
+        observed(db, "lib/new/b.txt")
+    });
+    a.write(".libignore", "");
+    a.wait_until("the folder no longer ignored", |db| {
+        observed(db, "lib/deps/x.js")
+    });
+    a.write("deps/y.js", "y");
+    a.wait_until("a file written in it since", |db| {
+        observed(db, "lib/deps/y.js")
+    });
+    a.stop();
+}
