@@ -117,6 +117,14 @@ impl LibraryFilter {
         self.include.is_match_candidate(&candidate) && !self.exclude.is_match_candidate(&candidate)
     }
 
+    /// Which globs decide about the file at `rel` (`agent explain`): the index of the first
+    /// include glob that matches it, and of the first exclude glob, in the library's lists.
+    pub fn deciding_globs(&self, rel: &str) -> (Option<usize>, Option<usize>) {
+        let candidate = Candidate::new(rel);
+        let first = |set: &GlobSet| set.matches_candidate(&candidate).into_iter().min();
+        (first(&self.include), first(&self.exclude))
+    }
+
     /// True when the directory `rel_dir` can be skipped whole during a walk, because an exclude
     /// glob excludes everything below it: exclude `**/.git/**` prunes `.git` and `a/b/.git`.
     ///

@@ -9,6 +9,7 @@ pub mod burst_log;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod explain;
 pub mod filter;
 pub mod http_server;
 pub mod index;

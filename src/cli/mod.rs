@@ -5,6 +5,7 @@ mod brain_store;
 mod conflicts;
 mod device;
 mod doctor;
+mod explain;
 mod forget;
 mod init;
 mod library;
@@ -54,6 +55,7 @@ pub enum Command {
     Scan(scan::Args),
     Forget(forget::Args),
     Search(search::Args),
+    Explain(explain::Args),
     Status(status::Args),
     Sync(sync::Args),
     Conflicts(conflicts::Args),
@@ -88,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scan(args) => scan::run(args, global, load()?),
         Command::Forget(args) => forget::run(args, global, &load()?),
         Command::Search(args) => search::run(args, global, &load()?),
+        Command::Explain(args) => explain::run(args, global, &load()?),
         Command::Status(args) => status::run(args, global, &load()?),
         Command::Sync(args) => sync::run(args, global, &load()?),
         Command::Conflicts(args) => conflicts::run(args, global, &load()?),

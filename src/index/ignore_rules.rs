@@ -134,6 +134,85 @@ impl<'a> Rules<'a> {
     }
 }
 
+/// The ignore-file line that decided about a path (`agent explain`, like `git check-ignore -v`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RuleHit {
+    /// The ignore file the line is in.
+    pub file: PathBuf,
+    /// Its line number, from 1; `None` when the file changed since it was read.
+    pub line: Option<usize>,
+    /// The pattern as written (a `!` line re-includes).
+    pub pattern: String,
+    /// True for a `!` line: the path is not ignored, by this line.
+    pub negated: bool,
+    /// What the line matched: the path itself, or a folder above it (everything below an
+    /// ignored folder is ignored, whatever deeper lines say).
+    pub matched: PathBuf,
+}
+
+impl Rules<'_> {
+    /// The line that decides whether `path` is ignored: the first ignored folder above it, else
+    /// the line that matched the path itself (ignoring or re-including it); `None` when no ignore
+    /// file says anything about it.
+    pub fn decide(&mut self, path: &Path, is_dir: bool) -> Option<RuleHit> {
+        let rel = path.strip_prefix(&self.library.path).ok()?;
+        let mut at = self.library.path.clone();
+        let parts: Vec<_> = rel.components().collect();
+        let mut last = None;
+        for (i, part) in parts.iter().enumerate() {
+            self.enter(&at);
+            at.push(part);
+            let is_last = i + 1 == parts.len();
+            match self.matched_entry(&at, if is_last { is_dir } else { true }) {
+                Some(hit) if !hit.negated => return Some(hit),
+                Some(hit) if is_last => last = Some(hit),
+                _ => {}
+            }
+        }
+        last
+    }
+
+    /// [`Rules::ignores_entry`], saying which line decided.
+    fn matched_entry(&self, path: &Path, is_dir: bool) -> Option<RuleHit> {
+        let hit = |glob: &ignore::gitignore::Glob| {
+            let file = glob.from().map(Path::to_path_buf).unwrap_or_default();
+            RuleHit {
+                line: line_of(&file, glob.original()),
+                file,
+                pattern: glob.original().to_owned(),
+                negated: glob.is_whitelist(),
+                matched: path.to_path_buf(),
+            }
+        };
+        for (_, folder) in self.folders.iter().rev() {
+            for matcher in folder {
+                match matcher.matched(path, is_dir) {
+                    Match::Ignore(glob) | Match::Whitelist(glob) => return Some(hit(glob)),
+                    Match::None => {}
+                }
+            }
+        }
+        match self.exclude_file.as_ref()?.matched(path, is_dir) {
+            Match::Ignore(glob) => Some(hit(glob)),
+            _ => None,
+        }
+    }
+}
+
+/// The number of the last line of `file` that holds `pattern` (the matcher keeps no line
+/// numbers; of equal lines the last one wins, as in git). Trailing blanks were trimmed from it.
+fn line_of(file: &Path, pattern: &str) -> Option<usize> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            line.strip_prefix(pattern)
+                .is_some_and(|rest| rest.chars().all(|c| c == ' ' || c == '\t' || c == '\r'))
+        })
+        .last()
+        .map(|(i, _)| i + 1)
+}
+
 /// The ignore files of folder `dir` that `library` honours.
 fn load_folder(library: &LibraryConfig, dir: &Path) -> Folder {
     let mut folder = Vec::new();

@@ -8,6 +8,7 @@
 mod batch;
 pub mod conflict;
 pub mod digest;
+pub mod history;
 pub mod kv;
 mod legacy;
 pub mod read;

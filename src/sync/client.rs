@@ -452,8 +452,18 @@ impl BrainClient {
 
     /// `GET /snapshot`, one page of current entities after `after_key`.
     pub fn snapshot(&self, after_key: &str, limit: usize) -> Result<SnapshotResponse, ClientError> {
+        self.snapshot_within(after_key, limit, Duration::from_secs(60))
+    }
+
+    /// [`BrainClient::snapshot`] with a timeout of the caller's (a question asked by hand).
+    pub fn snapshot_within(
+        &self,
+        after_key: &str,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<SnapshotResponse, ClientError> {
         let request = self
-            .request(reqwest::Method::GET, "/snapshot", Duration::from_secs(60))
+            .request(reqwest::Method::GET, "/snapshot", timeout)
             .query(&[("after_key", after_key), ("limit", &limit.to_string())]);
         self.send("/snapshot", request)
     }

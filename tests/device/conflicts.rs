@@ -147,7 +147,7 @@ fn replicas_that_applied_the_same_events_in_other_orders_at_other_times_print_th
 /// from device `0-dev` (named "phone"), which loses: its clock sum is ours and its id sorts
 /// below any UUID. `text` is the remote version's (`None`: a delete); `pulled` says whether its
 /// event reached the inbox (pulled) or only the shared view (re-seeded).
-fn conflict_lab(text: Option<&str>, pulled: bool) -> (Lab, Event) {
+pub(crate) fn conflict_lab(text: Option<&str>, pulled: bool) -> (Lab, Event) {
     let lab = Lab::with_config(NOTES_LIBRARY);
     lab.write("notes/a.md", "line 1\nmine\n");
     lab.scan(&[]);

@@ -14,7 +14,7 @@ use crate::support::lab::Lab;
 
 /// Git's cases, as (path, content); the ignore files are named `IGNORE` here and get their real
 /// name when the tree is written.
-const TREE: &[(&str, &str)] = &[
+pub(crate) const TREE: &[(&str, &str)] = &[
     (
         "IGNORE",
         "# a comment, then a blank line\n\n*.log\n!important.log\n/top.txt\nbuild/\n\
@@ -62,8 +62,19 @@ const TREE: &[(&str, &str)] = &[
     ("plain.txt", "x"),
 ];
 
-/// Git with no configuration but the repository's own.
-fn git(dir: &Path, home: &Path, args: &[&str]) -> Option<std::process::Output> {
+/// Git with no configuration but the repository's own; it must succeed.
+pub(crate) fn git(dir: &Path, home: &Path, args: &[&str]) -> Option<std::process::Output> {
+    let out = git_any(dir, home, args)?;
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(out)
+}
+
+/// [`git`], whatever its exit status; `None` when git is not installed.
+pub(crate) fn git_any(dir: &Path, home: &Path, args: &[&str]) -> Option<std::process::Output> {
     let mut cmd = Command::new("git");
     cmd.args(args)
         .current_dir(dir)
@@ -81,14 +92,7 @@ fn git(dir: &Path, home: &Path, args: &[&str]) -> Option<std::process::Output> {
         cmd.env_remove(var);
     }
     match cmd.output() {
-        Ok(out) => {
-            assert!(
-                out.status.success(),
-                "git {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Some(out)
-        }
+        Ok(out) => Some(out),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => panic!("git: {e}"),
     }
@@ -115,7 +119,7 @@ fn git_untracked(tree: &Path, home: &Path, exclude: Option<&str>) -> Option<BTre
     )
 }
 
-fn write_tree(lab: &Lab, at: &str, name: &str) {
+pub(crate) fn write_tree(lab: &Lab, at: &str, name: &str) {
     for (rel, text) in TREE {
         let rel = rel.replace("IGNORE", name);
         lab.write(&format!("{at}/{rel}"), text);
@@ -131,14 +135,14 @@ fn observed(lab: &Lab) -> BTreeSet<String> {
         .collect()
 }
 
-fn config(respect_gitignore: bool) -> String {
+pub(crate) fn config(respect_gitignore: bool) -> String {
     format!(
         "[[library]]\nname = \"t\"\npath = \"{{root}}/tree\"\nexclude = [\"**/.git/**\"]\n\
          respect_gitignore = {respect_gitignore}\n"
     )
 }
 
-fn git_missing() {
+pub(crate) fn git_missing() {
     eprintln!("SKIPPED: git is not installed (.ci/run installs it)");
 }
 

@@ -11,6 +11,7 @@ mod config;
 mod conflicts;
 mod disk_full;
 mod doctor;
+mod explain;
 mod guard;
 mod ignore;
 mod index;
