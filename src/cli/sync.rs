@@ -149,6 +149,12 @@ pub fn run(args: Args, global: &GlobalArgs, config: &Config) -> anyhow::Result<(
             }
         );
     }
+    if let Some(p) = pulled.as_ref().filter(|p| p.bootstrapped > 0) {
+        println!(
+            "bootstrapped from the brain's snapshot: {} (instead of replaying its log)",
+            crate::term::count(p.bootstrapped, "file", "files")
+        );
+    }
     if let Some(p) = &pulled {
         println!(
             "pulled {}, applied {}; cursor {}{}",

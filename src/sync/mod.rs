@@ -70,6 +70,10 @@ pub struct PullSummary {
     /// The cursor was older than the brain's pruned log: re-seeded from a snapshot.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reseeded: bool,
+    /// A first pull far behind the log: this many entities of the brain's snapshot were applied
+    /// in bulk instead of replaying the log (see [`BOOTSTRAP_LAG`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub bootstrapped: u64,
     /// Of `pulled`, the events that failed validation: recorded (see [`refused_pulls`]) and
     /// skipped, never applied.
     #[serde(skip_serializing_if = "is_zero")]
@@ -292,6 +296,18 @@ pub fn pull_with_progress(
             );
             cursor = reseed_another_log(store, client, batch_size, page.epoch.as_deref())?;
             summary.reseeded = true;
+            continue;
+        }
+        let lag = page.convergence.map_or(0, |c| c.lag);
+        if cursor == 0 && summary.pulled == 0 && page.has_more && lag > BOOTSTRAP_LAG {
+            tracing::info!(
+                lag,
+                "first pull, {lag} events behind: bootstrapping from the brain's snapshot \
+                 instead of replaying its log"
+            );
+            let (watermark, entities) = bootstrap(store, client)?;
+            cursor = watermark;
+            summary.bootstrapped = entities;
             continue;
         }
         let pulled_before = summary.pulled;
@@ -532,6 +548,77 @@ fn reseed(
     let cursor = advance_cursor(&batch, watermark.unwrap_or(0))?;
     batch.commit()?;
     Ok(cursor)
+}
+
+/// A device's first pull this many events behind the brain's head bootstraps from the
+/// snapshot: one version per entity instead of every version of the log. Below it, the log is
+/// replayed and every event lands in `lib_inbox`, as LIB did.
+pub const BOOTSTRAP_LAG: i64 = 5_000;
+/// Snapshot entities applied per transaction while bootstrapping (one scan-sized transaction:
+/// a commit per page would cost an fsync per 500 entities).
+const BOOTSTRAP_TRANSACTION: usize = 20_000;
+
+/// A new device's first sync: the brain's snapshot, merged over what is here (its own scan's
+/// rows, if it scanned first) in large transactions in bulk mode, as a scan writes; then the
+/// cursor is the snapshot's watermark. No file is read: a scan of the same files afterwards finds
+/// their bytes in the shared view and records no event. Returns the watermark and the entities
+/// applied. An interruption keeps what was committed (applying it again changes nothing) and
+/// leaves the cursor at 0: the next pull bootstraps again.
+fn bootstrap(store: &mut Store, client: &(impl Brain + ?Sized)) -> Result<(i64, u64), SyncError> {
+    store.set_bulk_mode(true)?;
+    let applied = bootstrap_pages(store, client);
+    let left = store.set_bulk_mode(false);
+    let applied = applied?;
+    left?;
+    Ok(applied)
+}
+
+fn bootstrap_pages(
+    store: &mut Store,
+    client: &(impl Brain + ?Sized),
+) -> Result<(i64, u64), SyncError> {
+    let mut after_key = String::new();
+    let mut watermark = None;
+    let mut applied = 0u64;
+    loop {
+        // Pages are fetched with no transaction open: the indexer may write meanwhile.
+        let mut pages = Vec::new();
+        let mut entities = 0;
+        let mut more = true;
+        while more && entities < BOOTSTRAP_TRANSACTION {
+            let page = client.snapshot(&after_key, MAX_BATCH)?;
+            watermark.get_or_insert(page.watermark);
+            entities += page.entities.len();
+            more = page.has_more;
+            match page.entities.last() {
+                Some(last) => after_key = last.entity_key.clone(),
+                None => more = false,
+            }
+            pages.push(page);
+        }
+        let watermark = watermark.unwrap_or(0);
+        let batch = store.batch()?;
+        for entity in pages.iter().flat_map(|p| &p.entities) {
+            if apply_snapshot_entity(&batch, entity, watermark)? {
+                applied += 1;
+            }
+        }
+        if !more {
+            let cursor = advance_cursor(&batch, watermark)?;
+            batch.commit()?;
+            tracing::info!(
+                entities = applied,
+                cursor,
+                "bootstrapped from the brain's snapshot"
+            );
+            return Ok((cursor, applied));
+        }
+        batch.commit()?;
+        tracing::debug!(
+            entities = applied,
+            "bootstrapping from the brain's snapshot"
+        );
+    }
 }
 
 /// What [`replace_from_snapshot`] did.

@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod bootstrap;
 mod chaos;
 mod lib_v1_1;
 mod push_pull;
