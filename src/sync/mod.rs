@@ -321,7 +321,9 @@ pub fn pull_with_progress(
                 continue;
             }
             if event.device_id == batch.device_id() && batch.in_outbox(&event.event_ulid)? {
-                continue; // ours, applied when it was made
+                // Ours, applied when it was made; and the brain holds it.
+                batch.acknowledge_pulled(&event.event_ulid)?;
+                continue;
             }
             if batch.record_inbox(pulled.id, event)? {
                 batch.apply(event)?;

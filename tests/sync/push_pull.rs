@@ -441,3 +441,29 @@ fn a_brain_rebuilt_as_a_new_store_is_noticed_by_its_epoch_even_past_the_cursor()
         "A's file, pushed again, reached B: {rows:?}"
     );
 }
+
+#[test]
+fn an_own_event_a_pull_brings_back_is_acknowledged_before_the_push_hears_the_brains_answer() {
+    let brain_dir = tempfile::tempdir().expect("tempdir");
+    let brain = BlockingBrain::start(brain_dir.path());
+    let mut a = Device::new();
+    a.write("x.md", "pushed, answer not heard yet");
+    a.scan();
+    // The push reached the brain; its answer has not reached the pusher (in `agent run` the
+    // puller, woken by the brain, can pull between the two).
+    let rows = a.store.pending_outbox(10).expect("outbox");
+    let events: Vec<_> = rows.into_iter().map(|(_, e)| e).collect();
+    brain.client().ingest(&events).expect("ingest");
+    assert_eq!(a.pending(), 2, ".keep and x.md");
+
+    let summary = sync::pull(&mut a.store, &brain.client(), 200, None).expect("pull");
+    assert_eq!(a.pending(), 0, "the brain served them back: it holds them");
+    assert_eq!(
+        summary.convergence.map(|c| c.state),
+        Some(lib_agent::model::digest::ConvergenceState::Converged),
+        "{summary:?}"
+    );
+    // The pusher's own mark, when its answer comes, changes nothing.
+    sync::push(&mut a.store, &brain.client(), 200).expect("push");
+    assert_eq!(a.pending(), 0);
+}

@@ -66,6 +66,21 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
+    /// Marks this device's event `ulid` acknowledged when a pull brought it back: the brain
+    /// serves it, so it holds it, whether or not the pusher has seen the brain's answer yet (a
+    /// pull racing the push would otherwise report it pending, and the replica not converged,
+    /// until the next pull).
+    pub fn acknowledge_pulled(&self, ulid: &str) -> Result<()> {
+        let now = self.now();
+        self.tx
+            .prepare_cached(
+                "UPDATE lib_outbox SET pushed_at = ?2 WHERE event_ulid = ?1 AND pushed_at IS NULL",
+            )
+            .and_then(|mut s| s.execute((ulid, &now)))
+            .ctx(|| format!("marking {ulid} acknowledged"))?;
+        Ok(())
+    }
+
     /// Sets an outbox row aside with the brain's reason: it is not retried, and `agent status`
     /// shows it.
     pub fn park(&self, id: i64, error: &str) -> Result<()> {
