@@ -575,51 +575,122 @@ fn bootstrap(store: &mut Store, client: &(impl Brain + ?Sized)) -> Result<(i64, 
     Ok(applied)
 }
 
+/// Pages are fetched here while a thread of its own applies them: the brain reads the next page
+/// while this device writes the last one.
 fn bootstrap_pages(
     store: &mut Store,
     client: &(impl Brain + ?Sized),
 ) -> Result<(i64, u64), SyncError> {
-    let mut after_key = String::new();
-    let mut watermark = None;
+    let first = client.snapshot("", MAX_BATCH)?;
+    let watermark = first.watermark;
+    let (pages, received) = crossbeam_channel::bounded::<Vec<SnapshotEntity>>(PAGES_AHEAD);
+    std::thread::scope(|scope| {
+        let applier = scope.spawn(move || apply_bootstrap(store, &received, watermark));
+        let fetched = fetch_snapshot(client, first, &pages);
+        drop(pages);
+        let applied = applier
+            .join()
+            .map_err(|_| SyncError::Store(bootstrap_panicked()))?;
+        let (applied, complete) = applied?;
+        fetched?;
+        if !complete {
+            return Err(SyncError::Store(bootstrap_panicked()));
+        }
+        Ok(applied)
+    })
+}
+
+/// Snapshot pages fetched ahead of the one being applied.
+const PAGES_AHEAD: usize = 8;
+
+/// Sends every page of the snapshot, from `first`, then an empty page: the end. Stops early when
+/// the applier is gone (it failed, and says why).
+fn fetch_snapshot(
+    client: &(impl Brain + ?Sized),
+    first: SnapshotResponse,
+    pages: &crossbeam_channel::Sender<Vec<SnapshotEntity>>,
+) -> Result<(), SyncError> {
+    let mut page = first;
+    loop {
+        let next_key = match page.entities.last() {
+            Some(last) if page.has_more => Some(last.entity_key.clone()),
+            _ => None,
+        };
+        if !page.entities.is_empty() && pages.send(page.entities).is_err() {
+            return Ok(());
+        }
+        let Some(after_key) = next_key else {
+            let _ = pages.send(Vec::new());
+            return Ok(());
+        };
+        page = client.snapshot(&after_key, MAX_BATCH)?;
+    }
+}
+
+/// Applies the pages as they come, [`BOOTSTRAP_TRANSACTION`] entities a transaction; at the end
+/// (an empty page) moves the cursor to the watermark. Returns the cursor and the entities
+/// applied, and whether the end was reached (else the fetch failed: what was applied stays, the
+/// cursor does not move).
+fn apply_bootstrap(
+    store: &mut Store,
+    pages: &crossbeam_channel::Receiver<Vec<SnapshotEntity>>,
+    watermark: i64,
+) -> Result<((i64, u64), bool), SyncError> {
     let mut applied = 0u64;
     loop {
-        // Pages are fetched with no transaction open: the indexer may write meanwhile.
-        let mut pages = Vec::new();
-        let mut entities = 0;
-        let mut more = true;
-        while more && entities < BOOTSTRAP_TRANSACTION {
-            let page = client.snapshot(&after_key, MAX_BATCH)?;
-            watermark.get_or_insert(page.watermark);
-            entities += page.entities.len();
-            more = page.has_more;
-            match page.entities.last() {
-                Some(last) => after_key = last.entity_key.clone(),
-                None => more = false,
-            }
-            pages.push(page);
-        }
-        let watermark = watermark.unwrap_or(0);
         let batch = store.batch()?;
-        for entity in pages.iter().flat_map(|p| &p.entities) {
-            if apply_snapshot_entity(&batch, entity, watermark)? {
-                applied += 1;
+        let mut in_transaction = 0;
+        let mut end = None;
+        while in_transaction < BOOTSTRAP_TRANSACTION {
+            match pages.recv() {
+                Ok(page) if page.is_empty() => {
+                    end = Some(true);
+                    break;
+                }
+                Ok(page) => {
+                    for entity in &page {
+                        if apply_snapshot_entity(&batch, entity, watermark)? {
+                            applied += 1;
+                        }
+                    }
+                    in_transaction += page.len();
+                }
+                Err(_) => {
+                    end = Some(false);
+                    break;
+                }
             }
         }
-        if !more {
-            let cursor = advance_cursor(&batch, watermark)?;
-            batch.commit()?;
-            tracing::info!(
-                entities = applied,
-                cursor,
-                "bootstrapped from the brain's snapshot"
-            );
-            return Ok((cursor, applied));
+        match end {
+            Some(true) => {
+                let cursor = advance_cursor(&batch, watermark)?;
+                batch.commit()?;
+                tracing::info!(
+                    entities = applied,
+                    cursor,
+                    "bootstrapped from the brain's snapshot"
+                );
+                return Ok(((cursor, applied), true));
+            }
+            Some(false) => {
+                batch.commit()?;
+                return Ok(((0, applied), false));
+            }
+            None => {
+                batch.commit()?;
+                tracing::debug!(
+                    entities = applied,
+                    "bootstrapping from the brain's snapshot"
+                );
+            }
         }
-        batch.commit()?;
-        tracing::debug!(
-            entities = applied,
-            "bootstrapping from the brain's snapshot"
-        );
+    }
+}
+
+fn bootstrap_panicked() -> StoreError {
+    StoreError::Corrupt {
+        context: "bootstrapping from the brain's snapshot".into(),
+        detail: "the thread applying the snapshot stopped before its end".into(),
     }
 }
 
