@@ -530,6 +530,21 @@ impl Store {
             .ctx(|| "setting deferred sync".into())
     }
 
+    /// While `relaxed`, commits are not fsynced one by one (`synchronous=NORMAL`); after, they are
+    /// again unless [`Store::defer_sync`] was called. For the pusher's marks: a mark a power cut
+    /// loses only sends its event again, which the brain ignores (idempotent by ULID), while an
+    /// fsync per request doubled the time a large push took.
+    pub fn relax_sync(&mut self, relaxed: bool) -> Result<()> {
+        let sql = if relaxed || self.deferred {
+            "PRAGMA synchronous = NORMAL"
+        } else {
+            "PRAGMA synchronous = FULL"
+        };
+        self.conn
+            .execute_batch(sql)
+            .ctx(|| "setting the sync mode of the push marks".into())
+    }
+
     /// Gives memory back after a large job (a scan): SQLite's page cache, and the allocator's
     /// free pages, so a long-running agent stays small while idle.
     pub fn release_memory(&self) {

@@ -152,15 +152,30 @@ pub fn push_with_progress(
     // Nothing leaves the device before it is durable: a sequence number an event carries must
     // never be handed out again after a power loss.
     store.make_durable()?;
+    store.relax_sync(true)?;
+    let pushed = push_pages(store, client, batch_size, &mut summary, progress);
+    let restored = store.relax_sync(false);
+    pushed?;
+    restored?;
+    Ok(summary)
+}
+
+fn push_pages(
+    store: &mut Store,
+    client: &(impl Brain + ?Sized),
+    batch_size: usize,
+    summary: &mut PushSummary,
+    progress: &dyn Fn(&PushSummary),
+) -> Result<(), SyncError> {
     loop {
         let pending = store.pending_outbox(batch_size)?;
         if pending.is_empty() {
-            return Ok(summary);
+            return Ok(());
         }
         let mut sent = 0;
         for request in split_by_bytes(&pending) {
-            push_rows(store, client, request, &mut summary)?;
-            progress(&summary);
+            push_rows(store, client, request, summary)?;
+            progress(summary);
             sent += request.len();
         }
         debug_assert_eq!(sent, pending.len());
